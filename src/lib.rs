@@ -1,0 +1,26 @@
+//! uhyve: a minimal hypervisor that runs Hermit unikernels as ordinary processes.
+//!
+//! Code map: [`params`] (user configuration), [`loader`] (Hermit ELF images), [`mem`] (guest RAM
+//! and its single checked accessor), [`arch`] (per-architecture machine set-up: page tables, GDT,
+//! registers), [`boot`] (boot info and device tree), [`vcpu`] (the backend-neutral CPU trait and
+//! exit value), [`hypercall`] (the one hypercall dispatcher), [`isolation`] (the guest's sandboxed
+//! view of host files), [`output`] (serial console sink), [`vm`] (putting it together and running
+//! it), and the platform backends `linux` (KVM) and `macos` (Hypervisor.framework).
+
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod hypercall;
+pub mod isolation;
+pub mod loader;
+pub mod mem;
+pub mod output;
+pub mod params;
+pub mod stats;
+pub mod vcpu;
+pub mod vm;
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+#[cfg(target_os = "macos")]
+pub mod macos;
