@@ -354,7 +354,7 @@ mod tests {
             format!("{host}:"),
             format!("{host}:/.."),
         ] {
-            let error = FileMap::new(&[bad.clone()], None).unwrap_err();
+            let error = FileMap::new(std::slice::from_ref(&bad), None).unwrap_err();
             assert!(
                 matches!(error, IsolationError::MalformedMapping { .. }),
                 "{bad}: {error}"
