@@ -70,6 +70,11 @@ fn run() -> Result<(), String> {
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rustc-env=UHYVE_GUEST_DIR={}", out_dir.display());
 
+    // Start empty so a guest whose source was removed does not linger.
+    if out_dir.exists() {
+        fs::remove_dir_all(&out_dir)
+            .map_err(|e| format!("cannot clear {}: {e}", out_dir.display()))?;
+    }
     fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
 
