@@ -3,10 +3,14 @@
 //!
 //! The walk trusts nothing it reads: every table pointer and every resulting address is checked
 //! against guest RAM through [`GuestMemory`], and non-present entries end the walk with an error.
+//!
+//! The builder ([`build_identity_map`]) writes the boot page tables: an identity map (VA = GPA)
+//! with 2 MiB pages and the recursive PML4 slot 511 that kernels up to 0.10 rely on.
 
 use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
+use super::layout::{MemoryLayout, align_up};
 use crate::mem::{GuestMemory, MemoryError};
 
 /// Present bit of a page-table entry.
@@ -40,6 +44,49 @@ pub enum PagingError {
     OutsideRam {
         /// The address being translated.
         vaddr: u64,
+        /// The failed access.
+        source: MemoryError,
+    },
+    /// The identity map to build would be empty, inverted or overflow.
+    #[error(
+        "cannot build the identity map: kernel image {kernel_base:#x}..{image_end:#x} is empty \
+         or not addressable"
+    )]
+    InvalidMapRange {
+        /// First byte of the kernel image.
+        kernel_base: u64,
+        /// One past the last byte of the kernel image.
+        image_end: u64,
+    },
+    /// The identity map would reach the recursive PML4 slot.
+    #[error(
+        "cannot identity-map up to {map_end:#x}: the map would reach the recursive PML4 slot at \
+         {limit:#x}"
+    )]
+    MapTooLarge {
+        /// End (exclusive) of the requested map.
+        map_end: u64,
+        /// First address covered by PML4 entry 511.
+        limit: u64,
+    },
+    /// The page-table frame area is used up.
+    #[error(
+        "page-table frame area {area_start:#x}..{area_end:#x} is too small to identity-map up to \
+         {map_end:#x}"
+    )]
+    TableAreaExhausted {
+        /// First frame of the area.
+        area_start: u64,
+        /// End (exclusive) of the area.
+        area_end: u64,
+        /// End (exclusive) of the requested map.
+        map_end: u64,
+    },
+    /// A page table could not be written to guest memory.
+    #[error("cannot write the page table at guest address {address:#x}: {source}")]
+    TableWrite {
+        /// Guest-physical address of the table.
+        address: u64,
         /// The failed access.
         source: MemoryError,
     },
@@ -193,6 +240,293 @@ mod walk_tests {
         assert!(matches!(
             virt_to_phys(&mem, GuestPhysAddr::new(0x7fff_f000), GuestVirtAddr::new(0)),
             Err(PagingError::OutsideRam { .. })
+        ));
+    }
+}
+
+/// Size of a large page (PD leaf).
+pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+/// Span of one PD (512 large pages).
+const PD_SPAN: u64 = 1 << 30;
+/// Span of one PDPT (512 PDs).
+const PDPT_SPAN: u64 = 1 << 39;
+/// Entries per table.
+const ENTRIES: usize = 512;
+/// The PML4 slot that points back at the PML4 itself.
+pub const RECURSIVE_SLOT: usize = 511;
+/// Flags of upper-level entries: present, writable.
+const TABLE_FLAGS: u64 = PTE_PRESENT | PTE_WRITABLE;
+/// Flags of 2 MiB leaves: present, writable, page size (0x83).
+const LARGE_PAGE_FLAGS: u64 = PTE_PRESENT | PTE_WRITABLE | PTE_HUGE;
+
+/// Index into the table at the level whose entries span `1 << shift` bytes.
+fn table_index(address: u64, shift: u32) -> usize {
+    // Masked to 9 bits, always < 512.
+    ((address >> shift) & 0x1ff) as usize
+}
+
+/// Hands out zeroed 4 KiB frames from the page-table area, lowest first.
+struct FrameAllocator {
+    next: u64,
+    area: std::ops::Range<u64>,
+}
+
+impl FrameAllocator {
+    fn allocate(&mut self) -> Option<u64> {
+        let frame = self.next;
+        let end = frame.checked_add(PAGE_SIZE)?;
+        if frame < self.area.start || end > self.area.end {
+            return None;
+        }
+        self.next = end;
+        Some(frame)
+    }
+}
+
+/// Writes one 512-entry table to guest memory at `address`.
+fn write_table(mem: &GuestMemory, address: u64, table: &[u64; ENTRIES]) -> Result<(), PagingError> {
+    let mut bytes = [0u8; PAGE_SIZE as usize];
+    for (chunk, entry) in bytes.chunks_exact_mut(8).zip(table) {
+        chunk.copy_from_slice(&entry.to_le_bytes());
+    }
+    mem.write(GuestPhysAddr::new(address), &bytes)
+        .map_err(|source| PagingError::TableWrite { address, source })
+}
+
+/// End (exclusive, 2 MiB aligned) of the identity map for an image ending at `image_end`.
+///
+/// The image end is treated inclusively, as upstream does: the 2 MiB page that contains
+/// `image_end` is mapped too (so an exactly aligned end maps one extra page). For `legacy`
+/// kernels (< 0.10) the map also covers the whole 1 GiB region containing `kernel_base`:
+/// kernel 0.6.9 unmaps every page from its rounded image end to the end of that region and
+/// panics if one of them is not mapped.
+fn identity_map_end(kernel_base: u64, image_end: u64, legacy: bool) -> Option<u64> {
+    if image_end < kernel_base {
+        return None;
+    }
+    let image_map_end = (image_end & !(LARGE_PAGE_SIZE - 1)).checked_add(LARGE_PAGE_SIZE)?;
+    if legacy {
+        let gib_end = (kernel_base & !(PD_SPAN - 1)).checked_add(PD_SPAN)?;
+        Some(image_map_end.max(gib_end))
+    } else {
+        Some(image_map_end)
+    }
+}
+
+/// Builds the boot page tables for `layout` in guest memory and returns the PML4 address (CR3).
+///
+/// Identity-maps (VA = GPA) guest memory from the RAM base with 2 MiB pages (leaf flags 0x83,
+/// upper levels 0x3) and points PML4 entry 511 back at the PML4 itself (flags 0x3). `legacy`
+/// selects the map for images without the GNU ABI-tag note (kernels < 0.10): everything up to
+/// the end of the 1 GiB region that contains the kernel base, or up to the image end if that is
+/// larger. Otherwise only RAM base ..= `image_end` is mapped (rounded up to 2 MiB). PDPTs and
+/// PDs are bump-allocated from the layout's page-table area; running out of it is an error.
+pub fn build_identity_map(
+    mem: &GuestMemory,
+    layout: &MemoryLayout,
+    image_end: u64,
+    legacy: bool,
+) -> Result<GuestPhysAddr, PagingError> {
+    let kernel_base = layout.kernel_base();
+    let invalid = PagingError::InvalidMapRange {
+        kernel_base,
+        image_end,
+    };
+    let map_end = identity_map_end(kernel_base, image_end, legacy).ok_or(invalid)?;
+    let limit = RECURSIVE_SLOT as u64 * PDPT_SPAN;
+    if map_end > limit {
+        return Err(PagingError::MapTooLarge { map_end, limit });
+    }
+    let area = layout.page_table_frames();
+    let exhausted = || PagingError::TableAreaExhausted {
+        area_start: area.start,
+        area_end: area.end,
+        map_end,
+    };
+    let mut frames = FrameAllocator {
+        next: area.start,
+        area: area.clone(),
+    };
+    let pml4_address = layout.pml4().as_u64();
+    let mut pml4 = [0u64; ENTRIES];
+    pml4[RECURSIVE_SLOT] = pml4_address | TABLE_FLAGS;
+
+    // The RAM base is 2 MiB aligned (it is 0 for v1 guests); align down defensively.
+    let mut address = layout.ram_base().as_u64() & !(LARGE_PAGE_SIZE - 1);
+    while address < map_end {
+        // One PDPT per 512 GiB region.
+        let pdpt_address = frames.allocate().ok_or_else(exhausted)?;
+        let pdpt_index = table_index(address, 39);
+        let pdpt_end = align_up(address + 1, PDPT_SPAN).map_or(map_end, |e| e.min(map_end));
+        let mut pdpt = [0u64; ENTRIES];
+        while address < pdpt_end {
+            // One PD per 1 GiB region.
+            let pd_address = frames.allocate().ok_or_else(exhausted)?;
+            let pd_index = table_index(address, 30);
+            let pd_end = align_up(address + 1, PD_SPAN).map_or(pdpt_end, |e| e.min(pdpt_end));
+            let mut pd = [0u64; ENTRIES];
+            while address < pd_end {
+                pd[table_index(address, 21)] = address | LARGE_PAGE_FLAGS;
+                // Cannot overflow: address < map_end <= limit, which is 2 MiB aligned.
+                address += LARGE_PAGE_SIZE;
+            }
+            write_table(mem, pd_address, &pd)?;
+            pdpt[pd_index] = pd_address | TABLE_FLAGS;
+        }
+        write_table(mem, pdpt_address, &pdpt)?;
+        pml4[pdpt_index] = pdpt_address | TABLE_FLAGS;
+    }
+    write_table(mem, pml4_address, &pml4)?;
+    Ok(GuestPhysAddr::new(pml4_address))
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+    use crate::arch::x86_64::layout::PIE_KERNEL_BASE;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn translate(mem: &GuestMemory, root: GuestPhysAddr, va: u64) -> Result<u64, PagingError> {
+        virt_to_phys(mem, root, GuestVirtAddr::new(va)).map(GuestPhysAddr::as_u64)
+    }
+
+    fn entry(mem: &GuestMemory, at: u64) -> u64 {
+        mem.read_obj(GuestPhysAddr::new(at)).unwrap()
+    }
+
+    #[test]
+    fn legacy_map_covers_the_kernels_gigabyte() {
+        let ram = 64 * MIB;
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), ram).unwrap();
+        let layout = MemoryLayout::new(ram, PIE_KERNEL_BASE..0x30_0000).unwrap();
+        let root = build_identity_map(&mem, &layout, 0x30_0000, true).unwrap();
+        assert_eq!(root.as_u64(), 0x10000);
+        // Kernel, boot info, stack and the last byte of RAM are identity-mapped.
+        for va in [0x40000, 0x41234, 0x2000, 0x38000, 0x2f_ffff, ram - 1] {
+            assert_eq!(translate(&mem, root, va), Ok(va), "{va:#x}");
+        }
+        // The last 2 MiB page of the first GiB is mapped (beyond RAM, so the walk reports it as
+        // outside RAM rather than unmapped); its PD entry is a 2 MiB leaf.
+        assert!(matches!(
+            translate(&mem, root, GIB - 1),
+            Err(PagingError::OutsideRam { .. })
+        ));
+        assert_eq!(entry(&mem, 0x12000 + 511 * 8), (GIB - 2 * MIB) | 0x83);
+        // Nothing beyond the first GiB.
+        assert_eq!(
+            translate(&mem, root, GIB),
+            Err(PagingError::NotMapped {
+                vaddr: GIB,
+                level: 3
+            })
+        );
+        // Only one PDPT and one PD were used.
+        assert_eq!(entry(&mem, 0x10000), 0x11000 | 0x3);
+        assert_eq!(entry(&mem, 0x11000), 0x12000 | 0x3);
+        assert_eq!(entry(&mem, 0x12000), 0x83);
+        assert_eq!(entry(&mem, 0x11008), 0);
+    }
+
+    #[test]
+    fn recursive_slot_points_at_the_pml4() {
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), 16 * MIB).unwrap();
+        let layout = MemoryLayout::new(16 * MIB, PIE_KERNEL_BASE..0x10_0000).unwrap();
+        let root = build_identity_map(&mem, &layout, 0x10_0000, true).unwrap();
+        assert_eq!(entry(&mem, 0x10000 + 511 * 8), 0x10000 | 0x3);
+        // PML4[511] -> PML4 -> PML4 -> PML4[511] as a 4 KiB leaf: the PML4 itself.
+        assert_eq!(translate(&mem, root, 0xFFFF_FFFF_FFFF_F000), Ok(0x10000));
+        assert_eq!(
+            translate(&mem, root, 0xFFFF_FFFF_FFFF_FFF8),
+            Ok(0x10000 + 511 * 8)
+        );
+    }
+
+    #[test]
+    fn modern_map_stops_after_the_image_end_page() {
+        let ram = 64 * MIB;
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), ram).unwrap();
+        let layout = MemoryLayout::new(ram, PIE_KERNEL_BASE..0x30_0000).unwrap();
+        let root = build_identity_map(&mem, &layout, 0x30_0000, false).unwrap();
+        for va in [0, 0x2000, 0x40000, 0x30_0000, 0x3f_ffff] {
+            assert_eq!(translate(&mem, root, va), Ok(va), "{va:#x}");
+        }
+        assert_eq!(
+            translate(&mem, root, 0x40_0000),
+            Err(PagingError::NotMapped {
+                vaddr: 0x40_0000,
+                level: 2
+            })
+        );
+        // An exactly aligned end still maps the page that starts there (inclusive range).
+        let layout = MemoryLayout::new(ram, PIE_KERNEL_BASE..0x40_0000).unwrap();
+        let root = build_identity_map(&mem, &layout, 0x40_0000, false).unwrap();
+        assert_eq!(translate(&mem, root, 0x40_0000), Ok(0x40_0000));
+    }
+
+    #[test]
+    fn legacy_map_extends_to_an_image_past_the_gigabyte() {
+        let ram = 0xC000_0000;
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), ram).unwrap();
+        let image_end = GIB + 5 * MIB;
+        let layout = MemoryLayout::new(ram, PIE_KERNEL_BASE..image_end).unwrap();
+        let root = build_identity_map(&mem, &layout, image_end, true).unwrap();
+        assert_eq!(translate(&mem, root, GIB + 5 * MIB), Ok(GIB + 5 * MIB));
+        assert_eq!(
+            translate(&mem, root, GIB + 6 * MIB - 1),
+            Ok(GIB + 6 * MIB - 1)
+        );
+        assert!(matches!(
+            translate(&mem, root, GIB + 6 * MIB),
+            Err(PagingError::NotMapped { level: 2, .. })
+        ));
+        // Second PD allocated right after the first.
+        assert_eq!(entry(&mem, 0x11008), 0x13000 | 0x3);
+    }
+
+    #[test]
+    fn exhausting_the_frame_area_is_an_error() {
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), 16 * MIB).unwrap();
+        let layout = MemoryLayout::new(16 * MIB, PIE_KERNEL_BASE..0x10_0000).unwrap();
+        // 0x27000 bytes = 39 frames: one PDPT and 38 PDs map 38 GiB.
+        assert!(build_identity_map(&mem, &layout, 38 * GIB - 1, false).is_ok());
+        assert_eq!(
+            build_identity_map(&mem, &layout, 38 * GIB, false),
+            Err(PagingError::TableAreaExhausted {
+                area_start: 0x11000,
+                area_end: 0x38000,
+                map_end: 38 * GIB + 2 * MIB
+            })
+        );
+    }
+
+    #[test]
+    fn hostile_image_ends_are_rejected() {
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), 16 * MIB).unwrap();
+        let layout = MemoryLayout::new(16 * MIB, PIE_KERNEL_BASE..0x10_0000).unwrap();
+        assert!(matches!(
+            build_identity_map(&mem, &layout, 0x1000, true),
+            Err(PagingError::InvalidMapRange { .. })
+        ));
+        assert!(matches!(
+            build_identity_map(&mem, &layout, u64::MAX, false),
+            Err(PagingError::InvalidMapRange { .. })
+        ));
+        assert!(matches!(
+            build_identity_map(&mem, &layout, 511 * (1 << 39), false),
+            Err(PagingError::MapTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn tables_outside_ram_are_an_error() {
+        // RAM smaller than the layout assumes: the PML4 at 0x10000 lies outside it.
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), 0x10000).unwrap();
+        let layout = MemoryLayout::new(16 * MIB, PIE_KERNEL_BASE..0x10_0000).unwrap();
+        assert!(matches!(
+            build_identity_map(&mem, &layout, 0x10_0000, true),
+            Err(PagingError::TableWrite { .. })
         ));
     }
 }
