@@ -183,10 +183,23 @@ fn guests_are_hermit_images() {
             "{name}: entry-version note"
         );
 
-        // The loader uhyve uses must accept it at its link address.
+        // The reference loader (hermit-entry) and uhyve's own loader must accept it at its link
+        // address, as a v1 guest with entry version 4.
         let object = hermit_entry::elf::KernelObject::parse(&bytes)
             .unwrap_or_else(|e| panic!("{name}: hermit-entry rejects it: {e}"));
         assert_eq!(object.start_addr(), Some(first.p_vaddr), "{name}");
+        let image = uhyve::loader::KernelImage::parse(bytes.clone())
+            .unwrap_or_else(|e| panic!("{name}: uhyve's loader rejects it: {e}"));
+        assert_eq!(image.fixed_load_address(), Some(0x400000), "{name}");
+        assert_eq!(image.entry_version(), 4, "{name}");
+        assert_eq!(image.interface_version(), 1, "{name}");
+        let footprint = usize::try_from(image.footprint()).unwrap();
+        let mut memory = vec![0u8; footprint];
+        let loaded = image
+            .load(0x400000, &mut memory)
+            .unwrap_or_else(|e| panic!("{name}: uhyve's loader cannot load it: {e}"));
+        assert_eq!(loaded.entry_point, elf.header.e_entry, "{name}");
+        assert_eq!(loaded.tls, None, "{name}: unexpected TLS segment");
     }
 }
 
