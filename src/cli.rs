@@ -1,1 +1,194 @@
-//! Placeholder.
+//! The `uhyve` command line: a drop-in for upstream uhyve's options, turned into a
+//! [`VmConfig`]. Errors are printed as one line (a guest crash as one paragraph) and become a
+//! non-zero exit status; the guest's own exit code becomes uhyve's.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::output::OutputTarget;
+use crate::params::{EnvOption, MemorySize, VmConfig, guest_environment};
+
+/// Exit status of uhyve when it fails itself (bad options, bad image, guest crash).
+pub const FAILURE_STATUS: i32 = 1;
+
+/// uhyve: run a Hermit unikernel as a process.
+#[derive(Debug, Parser)]
+#[command(
+    name = "uhyve",
+    version,
+    about = "A minimal, fast, secure hypervisor for Hermit unikernels",
+    after_help = "Environment variables: HERMIT_MEMORY_SIZE (--memory-size), HERMIT_CPU_COUNT \
+	              (--cpu-count), HERMIT_VERBOSE (--verbose), HERMIT_STATS (--stats), HERMIT_OUTPUT \
+	              (--output), HERMIT_TEMPDIR (--tempdir); RUST_LOG sets the log filter \
+	              (e.g. RUST_LOG=debug adds register dumps to crash reports)."
+)]
+pub struct Args {
+    /// Guest RAM size, e.g. 64M, 512MiB, 1G, 1GiB
+    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", default_value = "64M", value_parser = parse_memory_size)]
+    pub memory_size: MemorySize,
+
+    /// Number of guest CPUs
+    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpu_count: u32,
+
+    /// Guest environment entry KEY=VALUE (repeatable; adds or overrides). The guest starts from
+    /// the host environment; `-e host` is accepted for compatibility
+    #[arg(short = 'e', long = "env", visible_alias = "env-vars", value_name = "KEY=VALUE", value_parser = parse_env_option)]
+    pub env: Vec<EnvOption>,
+
+    /// Start the guest environment empty instead of from the host environment (`-e` entries and
+    /// `-e host` still apply)
+    #[arg(long)]
+    pub env_clear: bool,
+
+    /// Where the guest's console output goes: a file, or `none` to discard it [default: stdout]
+    #[arg(short = 'o', long, env = "HERMIT_OUTPUT", value_name = "FILE|none")]
+    pub output: Option<String>,
+
+    /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data
+    #[arg(long, value_name = "HOST_PATH:GUEST_PATH")]
+    pub file_mapping: Vec<String>,
+
+    /// Directory in which the private per-VM temporary directory is created
+    #[arg(long, env = "HERMIT_TEMPDIR", value_name = "DIR")]
+    pub tempdir: Option<PathBuf>,
+
+    /// Print exit statistics when the guest stops
+    #[arg(long, env = "HERMIT_STATS")]
+    pub stats: bool,
+
+    /// Log what uhyve does (info level; RUST_LOG overrides)
+    #[arg(short = 'v', long, env = "HERMIT_VERBOSE")]
+    pub verbose: bool,
+
+    /// The Hermit image to run
+    #[arg(value_name = "KERNEL")]
+    pub kernel: PathBuf,
+
+    /// Arguments passed to the guest application
+    #[arg(
+        value_name = "KERNEL_ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub kernel_args: Vec<OsString>,
+}
+
+fn parse_memory_size(text: &str) -> Result<MemorySize, String> {
+    text.parse()
+        .map_err(|e: crate::params::ParamsError| e.to_string())
+}
+
+fn parse_env_option(text: &str) -> Result<EnvOption, String> {
+    text.parse()
+        .map_err(|e: crate::params::ParamsError| e.to_string())
+}
+
+impl Args {
+    /// Turns the parsed options into a VM configuration, warning about dropped environment entries.
+    pub fn into_config(self) -> VmConfig {
+        let (env, dropped) = guest_environment(std::env::vars_os(), &self.env, self.env_clear);
+        if !dropped.is_empty() {
+            log::warn!(
+                "the guest environment holds at most {} entries; not passed: {}",
+                uhyve_interface::MAX_ARGC_ENVC,
+                dropped
+                    .iter()
+                    .map(|k| k.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let output = match self.output.as_deref() {
+            None | Some("-") => OutputTarget::Stdout,
+            Some("none") => OutputTarget::None,
+            Some(path) => OutputTarget::File(PathBuf::from(path)),
+        };
+        VmConfig {
+            kernel: self.kernel,
+            kernel_args: self.kernel_args,
+            env,
+            memory_size: self.memory_size,
+            cpu_count: self.cpu_count,
+            output,
+            file_mappings: self.file_mapping,
+            tempdir: self.tempdir,
+            stats: self.stats,
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp(None)
+        .try_init();
+}
+
+/// Runs uhyve with the given command line (including the program name) and returns the process
+/// exit status: the guest's exit code, or [`FAILURE_STATUS`] after printing what went wrong.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    init_logging(args.verbose);
+    let config = args.into_config();
+    match crate::vm::run(&config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("uhyve: error: {e}");
+            FAILURE_STATUS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("uhyve").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn kernel_and_trailing_arguments() {
+        let args = parse(&["-m", "128M", "app", "-v", "--x", "y"]).unwrap();
+        assert_eq!(args.memory_size, MemorySize(128 << 20));
+        assert_eq!(args.kernel, PathBuf::from("app"));
+        assert_eq!(
+            args.kernel_args,
+            vec![OsString::from("-v"), "--x".into(), "y".into()]
+        );
+        assert!(!args.verbose);
+    }
+
+    #[test]
+    fn options_and_defaults() {
+        let args = parse(&["app"]).unwrap();
+        assert_eq!(args.memory_size, MemorySize::DEFAULT);
+        assert_eq!(args.cpu_count, 1);
+        let args = parse(&["-e", "A=1", "--env", "host", "--env-vars", "B=2", "app"]).unwrap();
+        assert_eq!(args.env.len(), 3);
+        assert!(parse(&["-e", "novalue", "app"]).is_err());
+        assert!(parse(&["-m", "lots", "app"]).is_err());
+        assert!(parse(&["-c", "0", "app"]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn output_targets() {
+        let config = |o: &str| parse(&["-o", o, "app"]).unwrap().into_config().output;
+        assert_eq!(config("none"), OutputTarget::None);
+        assert_eq!(config("log.txt"), OutputTarget::File("log.txt".into()));
+        assert_eq!(
+            parse(&["app"]).unwrap().into_config().output,
+            OutputTarget::Stdout
+        );
+    }
+}

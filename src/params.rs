@@ -1,1 +1,270 @@
-//! Placeholder.
+//! The user's configuration of a VM, independent of how it was given (command line, environment
+//! variables or the library API): memory size parsing, the guest environment list, output target.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use thiserror::Error;
+use uhyve_interface::MAX_ARGC_ENVC;
+
+use crate::output::OutputTarget;
+
+/// Errors in user-supplied parameters.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParamsError {
+    /// A memory size that cannot be parsed.
+    #[error(
+        "invalid memory size '{0}': expected a number with an optional unit, e.g. 64M, 512MiB, 1G, 1GiB"
+    )]
+    MemorySizeSyntax(String),
+    /// A memory size that does not fit 64 bits.
+    #[error("memory size '{0}' is too large to represent")]
+    MemorySizeOverflow(String),
+    /// An `-e` value without `=` (and not `host`).
+    #[error("invalid environment entry '{0}': expected KEY=VALUE or 'host'")]
+    EnvSyntax(String),
+    /// An invalid CPU count.
+    #[error("invalid CPU count '{0}': expected a number from 1 upwards")]
+    CpuCount(String),
+}
+
+/// Guest RAM size in bytes, parsed from strings like `64M`, `512MiB`, `1G`, `1GiB`, `65536`.
+/// Decimal (`K`, `M`, `G`, `T` without `i` and with a trailing `B`, e.g. `MB`) and binary suffixes
+/// both mean powers of 1024, as upstream uhyve accepts them; a plain number is bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySize(pub u64);
+
+impl MemorySize {
+    /// The default guest RAM size: 64 MiB.
+    pub const DEFAULT: MemorySize = MemorySize(64 << 20);
+}
+
+impl Default for MemorySize {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for MemorySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+        for (shift, unit) in units {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{} {unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl FromStr for MemorySize {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let digits_end = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(digits_end);
+        if number.is_empty() {
+            return Err(ParamsError::MemorySizeSyntax(text.to_string()));
+        }
+        let number: u64 = number
+            .parse()
+            .map_err(|_| ParamsError::MemorySizeOverflow(text.to_string()))?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => return Err(ParamsError::MemorySizeSyntax(text.to_string())),
+        };
+        number
+            .checked_mul(1u64 << shift)
+            .map(MemorySize)
+            .ok_or_else(|| ParamsError::MemorySizeOverflow(text.to_string()))
+    }
+}
+
+/// One `-e` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvOption {
+    /// `-e host`: include the host environment (the default unless `--env-clear`).
+    Host,
+    /// `-e KEY=VALUE`: add or override one entry.
+    Set(OsString, OsString),
+}
+
+impl FromStr for EnvOption {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "host" {
+            return Ok(Self::Host);
+        }
+        match text.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok(Self::Set(key.into(), value.into())),
+            _ => Err(ParamsError::EnvSyntax(text.to_string())),
+        }
+    }
+}
+
+/// The guest environment after applying the rules: start from the host environment (unless
+/// `clear` is set and no `-e host` is given), then apply each `-e KEY=VALUE` in order, overriding
+/// earlier values of the same key. Returns the list (at most [`MAX_ARGC_ENVC`] entries) and the
+/// keys that were dropped because the list was full.
+pub fn guest_environment(
+    host: impl IntoIterator<Item = (OsString, OsString)>,
+    options: &[EnvOption],
+    clear: bool,
+) -> (Vec<(OsString, OsString)>, Vec<OsString>) {
+    let include_host = !clear || options.contains(&EnvOption::Host);
+    let mut env: Vec<(OsString, OsString)> = if include_host {
+        host.into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    for option in options {
+        if let EnvOption::Set(key, value) = option {
+            match env.iter_mut().find(|(existing, _)| existing == key) {
+                Some(entry) => entry.1 = value.clone(),
+                None => env.push((key.clone(), value.clone())),
+            }
+        }
+    }
+    let dropped = if env.len() > MAX_ARGC_ENVC {
+        env.split_off(MAX_ARGC_ENVC)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (env, dropped)
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The Hermit image.
+    pub kernel: PathBuf,
+    /// Arguments after the image path (argv[1..] of the guest).
+    pub kernel_args: Vec<OsString>,
+    /// The guest environment (already capped at 128 entries).
+    pub env: Vec<(OsString, OsString)>,
+    /// Guest RAM size.
+    pub memory_size: MemorySize,
+    /// Number of vCPUs.
+    pub cpu_count: u32,
+    /// Where serial output goes.
+    pub output: OutputTarget,
+    /// `HOST:GUEST` file mappings.
+    pub file_mappings: Vec<String>,
+    /// Directory for the private per-VM temporary directory (default: the system's).
+    pub tempdir: Option<PathBuf>,
+    /// Count exits and print them at the end.
+    pub stats: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_with_units() {
+        let mib = |n: u64| MemorySize(n << 20);
+        assert_eq!("64M".parse(), Ok(mib(64)));
+        assert_eq!("512MiB".parse(), Ok(mib(512)));
+        assert_eq!("512MB".parse(), Ok(mib(512)));
+        assert_eq!("1G".parse(), Ok(mib(1024)));
+        assert_eq!("1GiB".parse(), Ok(mib(1024)));
+        assert_eq!("2 gib".parse(), Ok(mib(2048)));
+        assert_eq!("4096K".parse(), Ok(mib(4)));
+        assert_eq!("16777216".parse(), Ok(mib(16)));
+    }
+
+    #[test]
+    fn bad_memory_sizes_are_errors() {
+        assert!(matches!(
+            "".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeSyntax(_))
+        ));
+        assert!(matches!(
+            "M".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeSyntax(_))
+        ));
+        assert!(matches!(
+            "12Q".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeSyntax(_))
+        ));
+        assert!(matches!(
+            "-5M".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeSyntax(_))
+        ));
+        assert!(matches!(
+            "1.5G".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeSyntax(_))
+        ));
+        assert!(matches!(
+            "99999999999999999999".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeOverflow(_))
+        ));
+        assert!(matches!(
+            "17179869184T".parse::<MemorySize>(),
+            Err(ParamsError::MemorySizeOverflow(_))
+        ));
+    }
+
+    #[test]
+    fn memory_sizes_display_readably() {
+        assert_eq!(MemorySize(64 << 20).to_string(), "64 MiB");
+        assert_eq!(MemorySize(3 << 30).to_string(), "3 GiB");
+        assert_eq!(MemorySize(1000).to_string(), "1000 bytes");
+    }
+
+    #[test]
+    fn environment_options() {
+        assert_eq!("host".parse(), Ok(EnvOption::Host));
+        assert_eq!(
+            "A=b=c".parse(),
+            Ok(EnvOption::Set("A".into(), "b=c".into()))
+        );
+        assert_eq!("A=".parse(), Ok(EnvOption::Set("A".into(), "".into())));
+        assert!("=x".parse::<EnvOption>().is_err());
+        assert!("novalue".parse::<EnvOption>().is_err());
+    }
+
+    #[test]
+    fn environment_is_host_plus_overrides() {
+        let host = || vec![("HOME".into(), "/h".into()), ("A".into(), "1".into())];
+        let set = |k: &str, v: &str| EnvOption::Set(k.into(), v.into());
+        let (env, dropped) = guest_environment(host(), &[set("A", "2"), set("B", "3")], false);
+        assert!(dropped.is_empty());
+        assert_eq!(
+            env,
+            vec![
+                ("HOME".into(), "/h".into()),
+                ("A".into(), "2".into()),
+                ("B".into(), "3".into())
+            ]
+        );
+        let (env, _) = guest_environment(host(), &[set("B", "3")], true);
+        assert_eq!(env, vec![("B".into(), "3".into())]);
+        let (env, _) = guest_environment(host(), &[EnvOption::Host], true);
+        assert_eq!(env.len(), 2);
+    }
+
+    #[test]
+    fn environment_is_capped_at_128_entries() {
+        let host: Vec<(OsString, OsString)> = (0..140)
+            .map(|i| (format!("K{i}").into(), "v".into()))
+            .collect();
+        let (env, dropped) = guest_environment(host, &[], false);
+        assert_eq!(env.len(), 128);
+        assert_eq!(dropped.len(), 12);
+        assert_eq!(dropped[0], OsString::from("K128"));
+    }
+}

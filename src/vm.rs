@@ -1,1 +1,572 @@
-//! Placeholder.
+//! Building and running one VM: reads and loads the Hermit image, lays out guest RAM (page tables,
+//! GDT, boot info, FDT), creates the backend VM and vCPU, and runs the exit loop that hands
+//! hypercalls to the shared dispatcher and turns every other exit into a decision: continue, stop
+//! with the guest's exit code, or stop with an error that explains what happened.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+use thiserror::Error;
+use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
+
+use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, layout};
+use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
+use crate::hypercall::{GuestCommandLine, HypercallError, HypercallOutcome, Hypercalls};
+use crate::isolation::{FileMap, IsolationError};
+use crate::loader::{KernelImage, LoadError, LoadedKernel};
+use crate::mem::{GuestMemory, MemoryError};
+use crate::output::{OutputError, SerialOutput};
+use crate::params::VmConfig;
+use crate::stats::ExitStats;
+use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
+
+/// PCI configuration address port.
+const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+/// PCI configuration data port.
+const PCI_CONFIG_DATA: u16 = 0xcfc;
+
+/// Everything that can stop uhyve before or while running a guest.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// The kernel file cannot be read.
+    #[error("cannot read kernel image {path}: {source}")]
+    ReadKernel {
+        /// The path as given.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The kernel file is not a usable Hermit image.
+    #[error("{path}: {source}")]
+    Load {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: LoadError,
+    },
+    /// The image or memory size does not fit the guest layout.
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    /// Writing the GDT failed.
+    #[error("cannot write the guest GDT: {0}")]
+    Gdt(#[from] GdtError),
+    /// Building page tables failed.
+    #[error("cannot build the guest page tables: {0}")]
+    Paging(#[from] arch::PagingError),
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Boot info or device tree could not be written.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The file mappings are invalid.
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
+    /// The output target cannot be opened.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The hypervisor could not be set up.
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Kvm(#[from] crate::linux::KvmError),
+    /// Running a vCPU failed on the host side.
+    #[error("vCPU {cpu}: {source}")]
+    Vcpu {
+        /// The vCPU id.
+        cpu: u32,
+        /// The failure.
+        source: VcpuError,
+    },
+    /// A hypercall could not be answered.
+    #[error("vCPU {cpu}: guest hypercall failed: {source}")]
+    Hypercall {
+        /// The vCPU id.
+        cpu: u32,
+        /// The failure.
+        source: HypercallError,
+    },
+    /// The guest stopped in a way that is not an orderly exit.
+    #[error("{0}")]
+    GuestCrash(GuestCrash),
+    /// More than one vCPU was requested.
+    #[error(
+        "--cpu-count {0}: only 1 vCPU is supported so far (multi-core support is not yet implemented)"
+    )]
+    UnsupportedCpuCount(u32),
+    /// This platform has no backend yet.
+    #[error("uhyve cannot run guests on this platform yet")]
+    UnsupportedPlatform,
+}
+
+/// A description of a guest crash: what happened, where, and the instruction if known.
+#[derive(Debug)]
+pub struct GuestCrash {
+    /// The vCPU that crashed.
+    pub cpu: u32,
+    /// What happened, e.g. "triple fault".
+    pub what: String,
+    /// The instruction pointer, if it could be read.
+    pub rip: Option<u64>,
+    /// The instruction at `rip`, decoded, with its bytes.
+    pub instruction: Option<(String, InstructionBytes)>,
+    /// A hint for the user.
+    pub hint: Option<&'static str>,
+}
+
+impl fmt::Display for GuestCrash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "guest crashed: vCPU {}: {}", self.cpu, self.what)?;
+        if let Some(rip) = self.rip {
+            write!(f, " at RIP {rip:#x}")?;
+        }
+        if let Some((text, bytes)) = &self.instruction {
+            write!(f, ", instruction `{text}` ({bytes})")?;
+        }
+        if let Some(hint) = self.hint {
+            write!(f, ". {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a run ended when the guest itself asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestExit(pub i32);
+
+/// A prepared VM: guest RAM laid out, backend created, ready to run.
+pub struct Vm {
+    // Field order matters: the vCPU and the backend VM are dropped before guest RAM.
+    #[cfg(target_os = "linux")]
+    vcpu: crate::linux::KvmCpu,
+    #[cfg(target_os = "linux")]
+    _backend: crate::linux::KvmVm,
+    hypercalls: Hypercalls,
+    output: Arc<SerialOutput>,
+    stats: Option<ExitStats>,
+    mem: GuestMemory,
+}
+
+/// A kernel loaded into fresh guest RAM, with the layout around it.
+struct LoadedGuest {
+    mem: GuestMemory,
+    layout: MemoryLayout,
+    image: KernelImage,
+    kernel: LoadedKernel,
+}
+
+/// Reads, checks and loads the kernel into fresh guest RAM.
+fn load_kernel(config: &VmConfig) -> Result<LoadedGuest, VmError> {
+    let path = &config.kernel;
+    let bytes = std::fs::read(path).map_err(|source| VmError::ReadKernel {
+        path: path.clone(),
+        source,
+    })?;
+    let load_error = |source| VmError::Load {
+        path: path.clone(),
+        source,
+    };
+    let image = KernelImage::parse(bytes).map_err(load_error)?;
+    let ram_size = config.memory_size.0;
+    let base = image
+        .fixed_load_address()
+        .unwrap_or(layout::PIE_KERNEL_BASE);
+    let footprint = image.footprint();
+    let image_end = base.saturating_add(footprint);
+    let layout = MemoryLayout::new(ram_size, base..image_end)?;
+    let mem = GuestMemory::new(layout.ram_base(), ram_size)?;
+    // `MemoryLayout::new` guarantees the image fits in RAM, so its size fits a usize.
+    let mut staging = vec![0u8; footprint as usize];
+    let kernel = image.load(base, &mut staging).map_err(load_error)?;
+    mem.write(GuestPhysAddr::new(base), &staging)?;
+    Ok(LoadedGuest {
+        mem,
+        layout,
+        image,
+        kernel,
+    })
+}
+
+impl Vm {
+    /// Builds the VM described by `config`.
+    pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        if config.cpu_count != 1 {
+            return Err(VmError::UnsupportedCpuCount(config.cpu_count));
+        }
+        let LoadedGuest {
+            mem,
+            layout,
+            image,
+            kernel: loaded,
+        } = load_kernel(config)?;
+        log::info!(
+            "loaded {} (entry version {}, interface v{}) at {:#x}..{:#x}, entry {:#x}",
+            config.kernel.display(),
+            image.entry_version(),
+            image.interface_version(),
+            loaded.image_range.start,
+            loaded.image_range.end,
+            loaded.entry_point
+        );
+        let legacy_map = image
+            .kernel_version()
+            .is_none_or(|(major, minor, _)| (major, minor) < (0, 10));
+        let pml4 = arch::build_identity_map(&mem, &layout, loaded.image_range.end, legacy_map)?;
+        arch::write_gdt(&mem, layout.gdt())?;
+        let registers = arch::initial_registers(
+            loaded.entry_point,
+            pml4,
+            layout.boot_info(),
+            layout.boot_stack_bottom(),
+            0,
+        );
+
+        let output = Arc::new(SerialOutput::new(config.output.clone())?);
+        let files = FileMap::new(&config.file_mappings, config.tempdir.clone())?;
+        let mut args: Vec<OsString> = vec![config.kernel.clone().into_os_string()];
+        args.extend(config.kernel_args.iter().cloned());
+        let cmdline = GuestCommandLine {
+            args,
+            env: config.env.clone(),
+        };
+
+        cfg_if::cfg_if! {
+            if #[cfg(target_os = "linux")] {
+                let backend = crate::linux::KvmVm::new(&mem)?;
+                let vcpu = backend.create_vcpu(0, &registers)?;
+                let cpu_freq_khz = vcpu.tsc_khz();
+            } else {
+                let _ = registers;
+                return Err(VmError::UnsupportedPlatform);
+            }
+        }
+
+        let bootargs = boot::bootargs(
+            &[],
+            &lossy_pairs(&cmdline.env),
+            &lossy_list(&config.kernel_args),
+        );
+        let fdt = boot::build_fdt(&FdtParams {
+            ram: layout.ram(),
+            num_cpus: config.cpu_count,
+            tsc_khz: cpu_freq_khz,
+            bootargs,
+        })?;
+        boot::write_fdt(&mem, layout.fdt(), &fdt)?;
+        boot::write_boot_info(
+            &mem,
+            layout.boot_info(),
+            &BootParams {
+                ram: layout.ram(),
+                kernel_image: loaded.image_range.clone(),
+                tls: loaded.tls.as_ref().map(|t| TlsImage {
+                    start: t.start,
+                    filesz: t.filesz,
+                    memsz: t.memsz,
+                    align: t.align,
+                }),
+                num_cpus: config.cpu_count,
+                cpu_freq_khz,
+                boot_time: time::OffsetDateTime::now_utc(),
+                serial_port: boot::V1_SERIAL_PORT,
+                has_pci: true,
+                fdt_address: Some(layout.fdt().as_u64()),
+            },
+        )?;
+
+        let hypercalls = Hypercalls::new(Arc::clone(&output), files, cmdline);
+        Ok(Self {
+            vcpu,
+            _backend: backend,
+            hypercalls,
+            output,
+            stats: config.stats.then(ExitStats::new),
+            mem,
+        })
+    }
+
+    /// Runs the guest until it exits. Returns its exit code, or the reason it could not finish.
+    pub fn run(&mut self) -> Result<GuestExit, VmError> {
+        let result = run_vcpu(
+            &mut self.vcpu,
+            &self.mem,
+            &self.hypercalls,
+            self.stats.as_mut(),
+        );
+        self.output.flush();
+        if let Some(stats) = self.stats.as_mut() {
+            stats.finish();
+            eprint!("{stats}");
+        }
+        result
+    }
+}
+
+fn lossy_list(items: &[OsString]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn lossy_pairs(items: &[(OsString, OsString)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// State of the emulated PCI configuration mechanism: no devices, every read is all-ones.
+#[derive(Debug, Default)]
+struct PciConfigSpace {
+    address: u32,
+}
+
+/// The exit loop of one vCPU.
+fn run_vcpu(
+    vcpu: &mut dyn VirtualCpu,
+    mem: &GuestMemory,
+    hypercalls: &Hypercalls,
+    mut stats: Option<&mut ExitStats>,
+) -> Result<GuestExit, VmError> {
+    let cpu = vcpu.id();
+    let vcpu_error = |source| VmError::Vcpu { cpu, source };
+    let mut pci = PciConfigSpace::default();
+    loop {
+        let exit = vcpu.run().map_err(vcpu_error)?;
+        if let Some(stats) = stats.as_deref_mut() {
+            stats.record(exit.kind());
+        }
+        match exit {
+            VcpuExit::Hypercall { address, argument } => {
+                let mut root = || vcpu.page_table_root();
+                match hypercalls.handle(mem, address, argument, &mut root) {
+                    HypercallOutcome::Continue => {}
+                    HypercallOutcome::Exit(code) => return Ok(GuestExit(code)),
+                    HypercallOutcome::Fatal(source) => {
+                        return Err(VmError::Hypercall { cpu, source });
+                    }
+                }
+            }
+            VcpuExit::PortOut { port, data, size } => {
+                if port == PCI_CONFIG_ADDRESS && size == 4 {
+                    pci.address = data;
+                } else {
+                    log::debug!("vCPU {cpu}: ignored write of {data:#x} to port {port:#x}");
+                }
+            }
+            VcpuExit::PortIn { port, size } => {
+                if port == PCI_CONFIG_DATA {
+                    log::trace!(
+                        "vCPU {cpu}: PCI config read at {:#x}: no device",
+                        pci.address
+                    );
+                } else {
+                    log::debug!("vCPU {cpu}: read of {size} bytes from unknown port {port:#x}");
+                }
+                // No device anywhere: PCI config reads and unknown ports read as all-ones.
+                vcpu.complete_port_in(u32::MAX).map_err(vcpu_error)?;
+            }
+            VcpuExit::Halt => {
+                // With the in-kernel irqchip KVM handles HLT itself; if it reports one anyway,
+                // re-entering waits for the next interrupt.
+            }
+            VcpuExit::Interrupted => {
+                // A host signal interrupted KVM_RUN; nothing asked this vCPU to stop, so resume.
+            }
+            VcpuExit::MmioRead { address, size } => {
+                return Err(crash(
+                    vcpu,
+                    mem,
+                    &format!(
+                        "read of {size} bytes from {address:#x}, which is neither RAM nor a device"
+                    ),
+                    None,
+                    None,
+                ));
+            }
+            VcpuExit::MmioWrite {
+                address,
+                data,
+                size,
+            } => {
+                return Err(crash(
+                    vcpu,
+                    mem,
+                    &format!(
+                        "write of {size} bytes ({data:#x}) to {address:#x}, which is neither RAM nor a device"
+                    ),
+                    None,
+                    None,
+                ));
+            }
+            VcpuExit::Shutdown => {
+                return Err(crash(
+                    vcpu,
+                    mem,
+                    "triple fault (the CPU shut down after an exception it could not handle)",
+                    None,
+                    None,
+                ));
+            }
+            VcpuExit::EmulationFailure { rip, instruction } => {
+                return Err(crash(
+					vcpu,
+					mem,
+					"emulation failure: the hypervisor cannot execute this instruction",
+					Some(rip),
+					instruction,
+				)
+				.with_hint(
+					"KVM here executes guest instructions in software and lacks some of them (SSE arithmetic, XSAVE, XGETBV)",
+				));
+            }
+            VcpuExit::Debug => {
+                return Err(crash(vcpu, mem, "unexpected debug exit", None, None));
+            }
+            VcpuExit::FailedEntry { reason } => {
+                return Err(crash(
+                    vcpu,
+                    mem,
+                    &format!(
+                        "the hypervisor refused to enter the guest (hardware reason {reason:#x})"
+                    ),
+                    None,
+                    None,
+                ));
+            }
+            VcpuExit::Unhandled { description } => {
+                return Err(crash(
+                    vcpu,
+                    mem,
+                    &format!("unhandled exit: {description}"),
+                    None,
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+impl VmError {
+    fn with_hint(self, hint: &'static str) -> Self {
+        match self {
+            VmError::GuestCrash(mut crash) => {
+                crash.hint = Some(hint);
+                VmError::GuestCrash(crash)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Builds a [`GuestCrash`] error, reading RIP and the instruction bytes where the backend did not
+/// report them, and logs a register dump at debug level.
+fn crash(
+    vcpu: &mut dyn VirtualCpu,
+    mem: &GuestMemory,
+    what: &str,
+    rip: Option<u64>,
+    bytes: Option<InstructionBytes>,
+) -> VmError {
+    let rip = rip.or_else(|| vcpu.instruction_pointer().ok());
+    let bytes = bytes.or_else(|| {
+        let root = vcpu.page_table_root().ok()?;
+        read_instruction(mem, root, rip?)
+    });
+    if log::log_enabled!(log::Level::Debug) {
+        match vcpu.register_dump() {
+            Ok(dump) => log::debug!("vCPU {} registers:\n{dump}", vcpu.id()),
+            Err(e) => log::debug!("vCPU {}: no register dump: {e}", vcpu.id()),
+        }
+    }
+    let instruction = match (rip, bytes) {
+        (Some(rip), Some(bytes)) => {
+            let (text, len) = decode_instruction(rip, &bytes.0);
+            let mut shown = bytes.0;
+            if len > 0 {
+                shown.truncate(len);
+            }
+            Some((text, InstructionBytes(shown)))
+        }
+        _ => None,
+    };
+    VmError::GuestCrash(GuestCrash {
+        cpu: vcpu.id(),
+        what: what.to_string(),
+        rip,
+        instruction,
+        hint: None,
+    })
+}
+
+/// Reads up to 15 instruction bytes at guest-virtual `rip`, stopping at the first unmapped page.
+fn read_instruction(mem: &GuestMemory, root: GuestPhysAddr, rip: u64) -> Option<InstructionBytes> {
+    let mut bytes = Vec::with_capacity(15);
+    for offset in 0..15u64 {
+        let va = GuestVirtAddr::new(rip.checked_add(offset)?);
+        let Ok(pa) = arch::paging::virt_to_phys(mem, root, va) else {
+            break;
+        };
+        let Ok(byte) = mem.read_obj::<u8>(pa) else {
+            break;
+        };
+        bytes.push(byte);
+    }
+    (!bytes.is_empty()).then_some(InstructionBytes(bytes))
+}
+
+/// Decodes one x86_64 instruction for a diagnostic, e.g. `xgetbv`. Returns its text and its
+/// length in bytes (0 if the bytes do not decode).
+pub fn decode_instruction(rip: u64, bytes: &[u8]) -> (String, usize) {
+    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let instruction = decoder.decode();
+    if instruction.is_invalid() {
+        return ("(undecodable)".to_string(), 0);
+    }
+    let mut text = String::new();
+    IntelFormatter::new().format(&instruction, &mut text);
+    (text, instruction.len())
+}
+
+/// Builds and runs the VM described by `config`; returns the guest's exit code.
+pub fn run(config: &VmConfig) -> Result<i32, VmError> {
+    let mut vm = Vm::new(config)?;
+    vm.run().map(|GuestExit(code)| code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_instructions_this_kvm_cannot_emulate() {
+        let decode = |bytes: &[u8]| decode_instruction(0x1000, bytes);
+        assert_eq!(decode(&[0x0f, 0x01, 0xd0, 0x48, 0xc1]), ("xgetbv".into(), 3));
+        assert_eq!(decode(&[0x0f, 0x57, 0xc0]), ("xorps xmm0,xmm0".into(), 3));
+        assert_eq!(decode(&[0xff, 0xff]), ("(undecodable)".into(), 0));
+        assert_eq!(decode(&[]), ("(undecodable)".into(), 0));
+    }
+
+    #[test]
+    fn crash_messages_name_cpu_rip_and_instruction() {
+        let crash = GuestCrash {
+            cpu: 0,
+            what: "emulation failure".into(),
+            rip: Some(0x40_1234),
+            instruction: Some(("xgetbv".into(), InstructionBytes(vec![0x0f, 0x01, 0xd0]))),
+            hint: Some("hint"),
+        };
+        assert_eq!(
+            crash.to_string(),
+            "guest crashed: vCPU 0: emulation failure at RIP 0x401234, instruction `xgetbv` (0f 01 d0). hint"
+        );
+    }
+}

@@ -1,1 +1,118 @@
-//! Placeholder.
+//! The guest's sandboxed view of host files.
+//!
+//! A guest names files by *guest* paths; it never sees host paths. [`FileMap`] (built from the
+//! `--file-mapping HOST:GUEST` options) decides which host file a guest path means: the longest
+//! mapped guest prefix wins, a mapped directory exposes its subtree, and the resolved host path may
+//! never leave the mapped host path (neither through `..` nor through symlinks). Files the guest
+//! creates under unmapped paths live in a private per-VM temp directory that disappears with the
+//! [`FileMap`]. [`FdTable`] hands out the guest's virtual file descriptors (3, 4, 5, … never
+//! reused; 0–2 are the console), and [`flags`] translates open flags and errno values between the
+//! Hermit (= Linux x86) numbering of the ABI and the host's.
+//!
+//! Everything here is plain host-side bookkeeping: reading the guest's parameters out of guest
+//! memory is the job of [`crate::hypercall`].
+
+pub mod fdtable;
+pub mod filemap;
+pub mod flags;
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub use fdtable::{FdTable, GuestFd};
+pub use filemap::FileMap;
+pub use flags::{guest_errno, host_open_flags};
+
+/// Failures of the file map (at start-up) and of guest file operations (at run time).
+///
+/// Run-time variants become a negative errno for the guest through [`IsolationError::errno`].
+#[derive(Debug, Error)]
+pub enum IsolationError {
+    /// A `--file-mapping` option is not of the form `HOST:GUEST`.
+    #[error("invalid --file-mapping {spec:?}: {reason}")]
+    MalformedMapping {
+        /// The option as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The host side of a `--file-mapping` cannot be resolved.
+    #[error("--file-mapping {spec:?}: cannot resolve host path {path}: {source}")]
+    HostPath {
+        /// The option as given.
+        spec: String,
+        /// The host path that failed.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Two `--file-mapping` options name the same guest path.
+    #[error("--file-mapping {spec:?}: guest path /{guest} is already mapped")]
+    DuplicateMapping {
+        /// The second option naming the path.
+        spec: String,
+        /// The cleaned guest path.
+        guest: String,
+    },
+    /// The private temp directory could not be created.
+    #[error("cannot create a private temp directory in {parent}: {source}")]
+    TempDir {
+        /// The directory it should have been created in.
+        parent: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A guest path is empty or climbs above the guest root with `..`.
+    #[error("invalid guest path {0:?}")]
+    InvalidPath(String),
+    /// A guest path is neither mapped nor a file the guest created earlier.
+    #[error("guest path {0:?} does not exist")]
+    NotFound(String),
+    /// A guest path resolves (through a symlink) outside the host path it is mapped to.
+    #[error("guest path {0:?} resolves outside its mapped host directory")]
+    Escapes(String),
+    /// The guest asked to create the guest root directory.
+    #[error("guest path {0:?} is a directory")]
+    IsDirectory(String),
+    /// Unsupported open-flag combination (e.g. `O_CREAT | O_DIRECTORY`).
+    #[error("invalid open flags {0:#o}")]
+    InvalidFlags(i32),
+    /// A guest file descriptor that is not open.
+    #[error("guest file descriptor {0} is not open")]
+    BadFd(i32),
+    /// The guest opened more files than file descriptor numbers exist.
+    #[error("no guest file descriptor numbers left")]
+    FdsExhausted,
+    /// A host operation on a resolved file failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was attempted (e.g. "open").
+        operation: &'static str,
+        /// The host path involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+impl IsolationError {
+    /// The (positive) Hermit errno the guest receives for this error.
+    pub fn errno(&self) -> i32 {
+        use uhyve_interface as abi;
+        match self {
+            Self::InvalidPath(_) | Self::InvalidFlags(_) => abi::EINVAL,
+            Self::NotFound(_) => abi::ENOENT,
+            Self::Escapes(_) => abi::EPERM,
+            Self::IsDirectory(_) => abi::EISDIR,
+            Self::BadFd(_) => abi::EBADF,
+            Self::Io { source, .. } => guest_errno(source),
+            Self::MalformedMapping { .. }
+            | Self::HostPath { .. }
+            | Self::DuplicateMapping { .. }
+            | Self::TempDir { .. }
+            | Self::FdsExhausted => abi::EIO,
+        }
+    }
+}

@@ -1,1 +1,118 @@
-//! Placeholder.
+//! The KVM backend (Linux, x86_64). This is the only module that names kvm-ioctls: it creates the
+//! VM (memory slot, in-kernel irqchip, x2APIC API), creates vCPUs in the initial state computed by
+//! `crate::arch`, and turns KVM's exits into the backend-neutral [`crate::vcpu::VcpuExit`].
+
+mod vcpu;
+
+use std::io;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_enable_cap, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use thiserror::Error;
+
+pub use self::vcpu::KvmCpu;
+use crate::arch::x86_64::InitialRegisters;
+use crate::mem::GuestMemory;
+
+/// `KVM_CAP_X2APIC_API`.
+const CAP_X2APIC_API: u32 = 129;
+/// `KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK`.
+const X2APIC_API_FLAGS: u64 = 1 | 2;
+
+/// Failures setting up or talking to KVM.
+#[derive(Debug, Error)]
+pub enum KvmError {
+    /// `/dev/kvm` does not exist.
+    #[error(
+        "/dev/kvm does not exist: KVM is not available on this host (enable virtualization in the firmware and load the kvm_intel or kvm_amd module)"
+    )]
+    NoKvm,
+    /// `/dev/kvm` exists but may not be opened.
+    #[error(
+        "/dev/kvm: permission denied — add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again"
+    )]
+    PermissionDenied,
+    /// The KVM API version or a required capability is missing.
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCapability(&'static str),
+    /// An ioctl failed.
+    #[error("KVM {operation} failed: {source}")]
+    Ioctl {
+        /// What uhyve asked KVM to do.
+        operation: &'static str,
+        /// The error it returned.
+        source: io::Error,
+    },
+}
+
+pub(crate) fn ioctl_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+    move |e| KvmError::Ioctl {
+        operation,
+        source: io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+/// A KVM virtual machine with guest RAM registered as memory slot 0.
+pub struct KvmVm {
+    kvm: Kvm,
+    vm: VmFd,
+}
+
+impl KvmVm {
+    /// Opens `/dev/kvm`, creates a VM with an in-kernel irqchip and the x2APIC API, and registers
+    /// `mem` as its RAM.
+    pub fn new(mem: &GuestMemory) -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
+            libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
+            errno => KvmError::Ioctl {
+                operation: "open /dev/kvm",
+                source: io::Error::from_raw_os_error(errno),
+            },
+        })?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCapability(name));
+            }
+        }
+        let vm = kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: mem.base().as_u64(),
+            memory_size: mem.size(),
+            userspace_addr: mem.host_address() as u64,
+        };
+        // SAFETY: the region describes exactly the mapping owned by `mem`. The caller keeps `mem`
+        // alive for as long as the VM exists (`crate::vm::Vm` owns both and drops the VM first),
+        // so KVM never accesses host memory that is not guest RAM.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))?;
+        vm.create_irq_chip()
+            .map_err(ioctl_error("KVM_CREATE_IRQCHIP"))?;
+        let x2apic = kvm_enable_cap {
+            cap: CAP_X2APIC_API,
+            args: [X2APIC_API_FLAGS, 0, 0, 0],
+            ..Default::default()
+        };
+        if let Err(e) = vm.enable_cap(&x2apic) {
+            log::warn!("KVM refused the x2APIC API ({e}); continuing with the xAPIC default");
+        }
+        Ok(Self { kvm, vm })
+    }
+
+    /// Creates vCPU `id` in the given initial state. The result must only be used by the thread
+    /// that runs it.
+    pub fn create_vcpu(&self, id: u32, registers: &InitialRegisters) -> Result<KvmCpu, KvmError> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl_error("KVM_GET_SUPPORTED_CPUID"))?;
+        KvmCpu::new(&self.vm, id, registers, cpuid)
+    }
+}

@@ -1,0 +1,173 @@
+//! Translation of open flags (guest → host) and errno values (host → guest).
+//!
+//! The ABI uses Hermit's numbering, which equals Linux x86's. The host may number differently
+//! (macOS does), so nothing is passed through: every flag bit and every errno value is translated
+//! explicitly.
+//!
+//! Decisions: guest `O_DIRECT` is accepted (it is in the seed whitelist) but *not* passed to the
+//! host: uhyve copies file data through its own unaligned buffers, which `O_DIRECT` would reject
+//! with `EINVAL` (uhyve ≥ 0.6 drops it from the whitelist for the same reason). Host errno values
+//! without a Hermit counterpart in the ABI become `EIO` (upstream uses −1, indistinguishable from
+//! `−EPERM`; `EIO` is also what kernel 0.6.9 reports for every failed open).
+
+use std::io;
+
+use uhyve_interface as abi;
+
+use super::IsolationError;
+
+/// Translates guest open flags bit by bit into host `O_*` flags, always adding `O_CLOEXEC`.
+///
+/// Bits outside [`abi::ALLOWED_OPEN_FLAGS`] are ignored. The access mode 3 (invalid) is treated as
+/// `O_RDWR`; [`checked_host_open_flags`] rejects it before it gets here.
+pub fn host_open_flags(guest: i32) -> i32 {
+    let guest = guest & abi::ALLOWED_OPEN_FLAGS;
+    let mut host = match guest & 0o3 {
+        abi::O_RDONLY => libc::O_RDONLY,
+        abi::O_WRONLY => libc::O_WRONLY,
+        _ => libc::O_RDWR,
+    };
+    const BITS: [(i32, i32); 5] = [
+        (abi::O_CREAT, libc::O_CREAT),
+        (abi::O_EXCL, libc::O_EXCL),
+        (abi::O_TRUNC, libc::O_TRUNC),
+        (abi::O_APPEND, libc::O_APPEND),
+        (abi::O_DIRECTORY, libc::O_DIRECTORY),
+    ];
+    for (guest_bit, host_bit) in BITS {
+        if guest & guest_bit != 0 {
+            host |= host_bit;
+        }
+    }
+    // abi::O_DIRECT is deliberately dropped (see the module documentation).
+    host | libc::O_CLOEXEC
+}
+
+/// Masks the guest flags with the whitelist, rejects invalid combinations (`O_CREAT` with
+/// `O_DIRECTORY`, access mode 3) and translates the rest with [`host_open_flags`].
+pub fn checked_host_open_flags(guest: i32) -> Result<i32, IsolationError> {
+    let masked = guest & abi::ALLOWED_OPEN_FLAGS;
+    let creat_dir = abi::O_CREAT | abi::O_DIRECTORY;
+    if masked & creat_dir == creat_dir || masked & 0o3 == 0o3 {
+        return Err(IsolationError::InvalidFlags(guest));
+    }
+    Ok(host_open_flags(masked))
+}
+
+/// The (positive) Hermit errno for a host I/O error: EPERM, ENOENT, EIO, EBADF, EFAULT, EEXIST,
+/// EISDIR, EINVAL, EROFS and EOVERFLOW are translated; everything else becomes EIO.
+pub fn guest_errno(error: &io::Error) -> i32 {
+    if let Some(code) = error.raw_os_error() {
+        return match code {
+            libc::EPERM => abi::EPERM,
+            libc::ENOENT => abi::ENOENT,
+            libc::EIO => abi::EIO,
+            libc::EBADF => abi::EBADF,
+            libc::EFAULT => abi::EFAULT,
+            libc::EEXIST => abi::EEXIST,
+            libc::EISDIR => abi::EISDIR,
+            libc::EINVAL => abi::EINVAL,
+            libc::EROFS => abi::EROFS,
+            libc::EOVERFLOW => abi::EOVERFLOW,
+            _ => abi::EIO,
+        };
+    }
+    match error.kind() {
+        io::ErrorKind::NotFound => abi::ENOENT,
+        io::ErrorKind::PermissionDenied => abi::EPERM,
+        io::ErrorKind::AlreadyExists => abi::EEXIST,
+        io::ErrorKind::InvalidInput => abi::EINVAL,
+        _ => abi::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_translated_bit_by_bit() {
+        assert_eq!(
+            host_open_flags(abi::O_RDONLY),
+            libc::O_RDONLY | libc::O_CLOEXEC
+        );
+        assert_eq!(
+            host_open_flags(abi::O_WRONLY),
+            libc::O_WRONLY | libc::O_CLOEXEC
+        );
+        assert_eq!(host_open_flags(abi::O_RDWR), libc::O_RDWR | libc::O_CLOEXEC);
+        assert_eq!(
+            host_open_flags(abi::O_WRONLY | abi::O_CREAT | abi::O_TRUNC),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC
+        );
+        assert_eq!(
+            host_open_flags(abi::O_RDWR | abi::O_CREAT | abi::O_EXCL | abi::O_APPEND),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_APPEND | libc::O_CLOEXEC
+        );
+        assert_eq!(
+            host_open_flags(abi::O_DIRECTORY),
+            libc::O_DIRECTORY | libc::O_CLOEXEC
+        );
+        // O_DIRECT is dropped, bits outside the whitelist (O_NONBLOCK 0o4000, O_SYNC 0o4010000,
+        // O_NOFOLLOW 0o400000, O_PATH 0o10000000) are ignored.
+        assert_eq!(
+            host_open_flags(abi::O_RDONLY | abi::O_DIRECT),
+            libc::O_RDONLY | libc::O_CLOEXEC
+        );
+        assert_eq!(
+            host_open_flags(0o4000 | 0o4010000 | 0o400000 | 0o10000000 | abi::O_WRONLY),
+            libc::O_WRONLY | libc::O_CLOEXEC
+        );
+        assert_eq!(host_open_flags(-1) & libc::O_CLOEXEC, libc::O_CLOEXEC);
+    }
+
+    #[test]
+    fn invalid_combinations_are_rejected() {
+        assert!(matches!(
+            checked_host_open_flags(abi::O_CREAT | abi::O_DIRECTORY),
+            Err(IsolationError::InvalidFlags(_))
+        ));
+        assert!(matches!(
+            checked_host_open_flags(abi::O_RDWR | abi::O_CREAT | abi::O_DIRECTORY),
+            Err(IsolationError::InvalidFlags(_))
+        ));
+        assert!(matches!(
+            checked_host_open_flags(0o3),
+            Err(IsolationError::InvalidFlags(3))
+        ));
+        assert_eq!(
+            checked_host_open_flags(abi::O_RDONLY | abi::O_DIRECTORY).unwrap(),
+            libc::O_DIRECTORY | libc::O_CLOEXEC
+        );
+        // Non-whitelisted bits cannot smuggle in O_CREAT|O_DIRECTORY or anything else.
+        assert_eq!(
+            checked_host_open_flags(0o10000000 | abi::O_CREAT | abi::O_WRONLY).unwrap(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC
+        );
+    }
+
+    #[test]
+    fn errno_values_are_translated() {
+        let os = io::Error::from_raw_os_error;
+        assert_eq!(guest_errno(&os(libc::EPERM)), 1);
+        assert_eq!(guest_errno(&os(libc::ENOENT)), 2);
+        assert_eq!(guest_errno(&os(libc::EIO)), 5);
+        assert_eq!(guest_errno(&os(libc::EBADF)), 9);
+        assert_eq!(guest_errno(&os(libc::EFAULT)), 14);
+        assert_eq!(guest_errno(&os(libc::EEXIST)), 17);
+        assert_eq!(guest_errno(&os(libc::EISDIR)), 21);
+        assert_eq!(guest_errno(&os(libc::EINVAL)), 22);
+        assert_eq!(guest_errno(&os(libc::EROFS)), 30);
+        assert_eq!(guest_errno(&os(libc::EOVERFLOW)), 75);
+        assert_eq!(guest_errno(&os(libc::ELOOP)), abi::EIO);
+        assert_eq!(guest_errno(&os(libc::ENOSPC)), abi::EIO);
+        assert_eq!(
+            guest_errno(&io::Error::from(io::ErrorKind::NotFound)),
+            abi::ENOENT
+        );
+        assert_eq!(
+            guest_errno(&io::Error::from(io::ErrorKind::WriteZero)),
+            abi::EIO
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! One KVM virtual CPU: initial x86_64 state, and the translation of `KVM_RUN` exits into
+//! [`VcpuExit`].
+
+use std::io;
+
+use kvm_bindings::{
+    CpuId, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MP_STATE_RUNNABLE, Msrs, kvm_mp_state,
+    kvm_msr_entry, kvm_segment,
+};
+use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
+use uhyve_interface::{GuestPhysAddr, HypercallAddress};
+
+use super::{KvmError, ioctl_error};
+use crate::arch::x86_64::{CpuidRegisters, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf};
+use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
+
+/// `IA32_MISC_ENABLE`; bit 0 enables fast string operations.
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+
+/// A KVM vCPU in long mode, ready to run the guest entry point.
+pub struct KvmCpu {
+    id: u32,
+    fd: VcpuFd,
+    tsc_khz: Option<u32>,
+}
+
+fn backend_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |e| VcpuError::Backend {
+        operation,
+        source: io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+fn kvm_segment_from(descriptor: &SegmentDescriptor) -> kvm_segment {
+    kvm_segment {
+        base: descriptor.base,
+        limit: descriptor.limit,
+        selector: descriptor.selector,
+        type_: descriptor.type_,
+        present: u8::from(descriptor.present),
+        dpl: descriptor.dpl,
+        db: u8::from(descriptor.db),
+        s: u8::from(descriptor.s),
+        l: u8::from(descriptor.l),
+        g: u8::from(descriptor.g),
+        avl: u8::from(descriptor.avl),
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl KvmCpu {
+    pub(super) fn new(
+        vm: &VmFd,
+        id: u32,
+        registers: &InitialRegisters,
+        mut cpuid: CpuId,
+    ) -> Result<Self, KvmError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(ioctl_error("KVM_CREATE_VCPU"))?;
+
+        for entry in cpuid.as_mut_slice() {
+            let mut regs = CpuidRegisters {
+                eax: entry.eax,
+                ebx: entry.ebx,
+                ecx: entry.ecx,
+                edx: entry.edx,
+            };
+            adjust_cpuid_leaf(entry.function, entry.index, &mut regs);
+            (entry.eax, entry.ebx, entry.ecx, entry.edx) = (regs.eax, regs.ebx, regs.ecx, regs.edx);
+        }
+        fd.set_cpuid2(&cpuid)
+            .map_err(ioctl_error("KVM_SET_CPUID2"))?;
+
+        let mut sregs = fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
+        sregs.cr0 = registers.cr0;
+        sregs.cr3 = registers.cr3;
+        sregs.cr4 = registers.cr4;
+        sregs.efer = registers.efer;
+        sregs.gdt.base = registers.gdt_base;
+        sregs.gdt.limit = registers.gdt_limit;
+        let code = kvm_segment_from(&registers.code);
+        let data = kvm_segment_from(&registers.data);
+        sregs.cs = code;
+        (sregs.ds, sregs.es, sregs.ss) = (data, data, data);
+        fd.set_sregs(&sregs).map_err(ioctl_error("KVM_SET_SREGS"))?;
+
+        let mut regs = fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
+        regs.rip = registers.rip;
+        regs.rsp = registers.rsp;
+        regs.rdi = registers.rdi;
+        regs.rsi = registers.rsi;
+        regs.rflags = registers.rflags;
+        fd.set_regs(&regs).map_err(ioctl_error("KVM_SET_REGS"))?;
+
+        fd.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(ioctl_error("KVM_SET_MP_STATE"))?;
+
+        let misc_enable = kvm_msr_entry {
+            index: MSR_IA32_MISC_ENABLE,
+            data: 1,
+            ..Default::default()
+        };
+        match Msrs::from_entries(&[misc_enable]) {
+            Ok(msrs) => {
+                if let Err(e) = fd.set_msrs(&msrs) {
+                    log::debug!("IA32_MISC_ENABLE not set: {e}");
+                }
+            }
+            Err(e) => log::debug!("IA32_MISC_ENABLE not set: {e:?}"),
+        }
+
+        let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz != 0);
+        Ok(Self { id, fd, tsc_khz })
+    }
+
+    /// The guest TSC frequency KVM reports, in kHz.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.tsc_khz
+    }
+
+    /// Details of a `KVM_EXIT_INTERNAL_ERROR`, read from the shared `kvm_run` page.
+    fn internal_error(&mut self) -> VcpuExit {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, for which KVM fills the `internal`
+        // / `emulation_failure` members of the union (they share their first fields).
+        let (suberror, ndata, flags, size, bytes) = unsafe {
+            let failure = run.__bindgen_anon_1.emulation_failure;
+            let insn = failure.__bindgen_anon_1.__bindgen_anon_1;
+            (
+                failure.suberror,
+                failure.ndata,
+                failure.flags,
+                insn.insn_size,
+                insn.insn_bytes,
+            )
+        };
+        if suberror != KVM_INTERNAL_ERROR_EMULATION {
+            return VcpuExit::Unhandled {
+                description: format!("KVM internal error, suberror {suberror}"),
+            };
+        }
+        let has_bytes = ndata >= 1
+            && flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+        let instruction = has_bytes.then(|| {
+            let len = usize::from(size).min(bytes.len());
+            InstructionBytes(bytes[..len].to_vec())
+        });
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        VcpuExit::EmulationFailure { rip, instruction }
+    }
+}
+
+impl VirtualCpu for KvmCpu {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                return Ok(VcpuExit::Interrupted);
+            }
+            Err(e) => return Err(backend_error("KVM_RUN")(e)),
+        };
+        Ok(match exit {
+            KvmExit::IoOut(port, data) => {
+                let mut value = [0u8; 4];
+                match value.get_mut(..data.len()) {
+                    Some(prefix) => prefix.copy_from_slice(data),
+                    None => {
+                        return Ok(VcpuExit::Unhandled {
+                            description: format!(
+                                "string port write of {} bytes to port {port:#x}",
+                                data.len()
+                            ),
+                        });
+                    }
+                }
+                let data_value = u32::from_le_bytes(value);
+                match HypercallAddress::try_from(port) {
+                    Ok(address) => VcpuExit::Hypercall {
+                        address,
+                        argument: u64::from(data_value),
+                    },
+                    // `data.len()` is at most 4 here.
+                    Err(_) => VcpuExit::PortOut {
+                        port,
+                        data: data_value,
+                        size: data.len() as u8,
+                    },
+                }
+            }
+            KvmExit::IoIn(port, data) => {
+                if data.len() > 4 {
+                    return Ok(VcpuExit::Unhandled {
+                        description: format!(
+                            "string port read of {} bytes from port {port:#x}",
+                            data.len()
+                        ),
+                    });
+                }
+                VcpuExit::PortIn {
+                    port,
+                    size: data.len() as u8,
+                }
+            }
+            KvmExit::MmioRead(address, data) => VcpuExit::MmioRead {
+                address,
+                size: data.len().min(8) as u8,
+            },
+            KvmExit::MmioWrite(address, data) => {
+                let mut value = [0u8; 8];
+                let len = data.len().min(8);
+                value[..len].copy_from_slice(&data[..len]);
+                VcpuExit::MmioWrite {
+                    address,
+                    data: u64::from_le_bytes(value),
+                    size: len as u8,
+                }
+            }
+            KvmExit::Hlt => VcpuExit::Halt,
+            KvmExit::Shutdown => VcpuExit::Shutdown,
+            KvmExit::Debug(_) => VcpuExit::Debug,
+            KvmExit::Intr => VcpuExit::Interrupted,
+            KvmExit::FailEntry(reason, _) => VcpuExit::FailedEntry { reason },
+            KvmExit::InternalError => self.internal_error(),
+            other => VcpuExit::Unhandled {
+                description: format!("KVM exit {other:?}"),
+            },
+        })
+    }
+
+    fn complete_port_in(&mut self, value: u32) -> Result<(), VcpuError> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return Err(VcpuError::Unexpected {
+                operation: "complete port read",
+                detail: "the last exit was not a port access".into(),
+            });
+        }
+        // SAFETY: the exit reason is KVM_EXIT_IO, so the `io` member of the union is valid.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        if u32::from(io.direction) != KVM_EXIT_IO_IN {
+            return Err(VcpuError::Unexpected {
+                operation: "complete port read",
+                detail: "the last exit was a port write".into(),
+            });
+        }
+        let len = usize::from(io.size).min(4);
+        let run_page = run as *mut kvm_bindings::kvm_run as *mut u8;
+        let bytes = value.to_le_bytes();
+        // SAFETY: KVM places the data buffer of an I/O exit `data_offset` bytes into the mmapped
+        // kvm_run area, with room for `size * count` bytes; `run()` only reports single accesses
+        // of at most 4 bytes, so `len` bytes fit there.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                run_page.add(io.data_offset as usize),
+                len,
+            );
+        }
+        Ok(())
+    }
+
+    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_MMIO {
+            return Err(VcpuError::Unexpected {
+                operation: "complete MMIO read",
+                detail: "the last exit was not an MMIO access".into(),
+            });
+        }
+        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the `mmio` member of the union is valid;
+        // writing its inline data array is how user space answers the read.
+        unsafe {
+            let mmio = &mut run.__bindgen_anon_1.mmio;
+            let len = (mmio.len as usize).min(8);
+            mmio.data[..len].copy_from_slice(&value.to_le_bytes()[..len]);
+        }
+        Ok(())
+    }
+
+    fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(backend_error("KVM_GET_SREGS"))?;
+        Ok(GuestPhysAddr::new(sregs.cr3))
+    }
+
+    fn instruction_pointer(&mut self) -> Result<u64, VcpuError> {
+        Ok(self
+            .fd
+            .get_regs()
+            .map_err(backend_error("KVM_GET_REGS"))?
+            .rip)
+    }
+
+    fn register_dump(&mut self) -> Result<String, VcpuError> {
+        let r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(backend_error("KVM_GET_SREGS"))?;
+        Ok(format!(
+            "rip {:#018x} rflags {:#010x}\n\
+			 rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\
+			 rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}\n\
+			 r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n\
+			 r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n\
+			 cr0 {:#018x} cr2 {:#018x} cr3 {:#018x} cr4 {:#018x} efer {:#x}\n\
+			 cs {:#06x} ss {:#06x} gdt {:#x}/{:#x} idt {:#x}/{:#x}",
+            r.rip,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.rbp,
+            r.rsp,
+            r.r8,
+            r.r9,
+            r.r10,
+            r.r11,
+            r.r12,
+            r.r13,
+            r.r14,
+            r.r15,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.ss.selector,
+            s.gdt.base,
+            s.gdt.limit,
+            s.idt.base,
+            s.idt.limit
+        ))
+    }
+}
