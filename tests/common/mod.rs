@@ -315,11 +315,15 @@ impl Run {
             "uhyve panicked\n{}",
             self.report()
         );
-        assert!(
-            code == 0 || !self.stderr.trim().is_empty(),
-            "uhyve failed without saying why on stderr\n{}",
-            self.report()
-        );
+        if code != 0 && self.stderr.trim().is_empty() {
+            if self.stdout.contains("FAIL") {
+                panic!("a guest check failed\n{}", self.report());
+            }
+            panic!(
+                "uhyve failed without saying why on stderr\n{}",
+                self.report()
+            );
+        }
         self
     }
 
