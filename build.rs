@@ -1,0 +1,184 @@
+//! Build script: compiles the tiny C test guests in `tests/guests/` into bootable Hermit-style
+//! ELF images under `$OUT_DIR/guests/<name>` and exports that directory to the crate (and its
+//! tests) as the compile-time environment variable `UHYVE_GUEST_DIR`.
+//!
+//! Every `tests/guests/*.c` is one guest; each is linked together with the shared runtime in
+//! `tests/guests/rt/` (`start.S`, `runtime.c`) using the linker script `rt/guest.ld`. The guests
+//! only exist for the x86_64 KVM integration tests, so on any other target nothing is built (the
+//! directory is still created, empty). On x86_64 Linux a C compiler is required: `gcc`, or the
+//! one named by `UHYVE_GUEST_CC` or `CC`.
+//!
+//! The flags keep the guests to general-purpose registers: the KVM on the project's machines
+//! emulates every instruction and cannot execute SSE/AVX (see tests/guests/uhyve.h).
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Compiler flags shared by every guest translation unit.
+const CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-ffreestanding",
+    "-fno-builtin",
+    "-fno-tree-loop-distribute-patterns",
+    "-fno-pic",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+    "-fcf-protection=none",
+    "-mgeneral-regs-only",
+    "-mno-red-zone",
+    "-mcmodel=small",
+];
+
+/// Linker flags: a static, non-PIE ET_EXEC laid out by `rt/guest.ld`.
+const LDFLAGS: &[&str] = &[
+    "-nostdlib",
+    "-nostartfiles",
+    "-static",
+    "-no-pie",
+    "-Wl,--build-id=none",
+];
+
+/// ELF header byte holding the OS ABI, and the value Hermit kernels carry there.
+const EI_OSABI: usize = 7;
+const ELFOSABI_STANDALONE: u8 = 0xFF;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: building the uhyve test guests failed: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env_var("CARGO_MANIFEST_DIR")?);
+    let out_dir = PathBuf::from(env_var("OUT_DIR")?).join("guests");
+    let guest_src = manifest_dir.join("tests").join("guests");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={}", guest_src.display());
+    println!("cargo:rerun-if-env-changed=UHYVE_GUEST_CC");
+    println!("cargo:rerun-if-env-changed=CC");
+    println!("cargo:rustc-env=UHYVE_GUEST_DIR={}", out_dir.display());
+
+    // Start empty so a guest whose source was removed does not linger.
+    if out_dir.exists() {
+        fs::remove_dir_all(&out_dir)
+            .map_err(|e| format!("cannot clear {}: {e}", out_dir.display()))?;
+    }
+    fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+
+    let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if target_arch != "x86_64" || target_os != "linux" {
+        // The guests only serve the x86_64 KVM tests; other hosts do not need them.
+        return Ok(());
+    }
+    if !guest_src.is_dir() {
+        // A packaged crate without its tests: nothing to build.
+        return Ok(());
+    }
+
+    let cc = compiler();
+    let rt = guest_src.join("rt");
+    let runtime = [rt.join("start.S"), rt.join("runtime.c")];
+    let linker_script = rt.join("guest.ld");
+
+    for source in guest_sources(&guest_src)? {
+        let Some(name) = source.file_stem() else {
+            continue;
+        };
+        let output = out_dir.join(name);
+        compile_guest(&cc, &source, &runtime, &linker_script, &output)?;
+        mark_standalone(&output)?;
+    }
+    Ok(())
+}
+
+fn env_var(name: &str) -> Result<String, String> {
+    env::var(name).map_err(|e| format!("environment variable {name}: {e}"))
+}
+
+/// The C compiler: `UHYVE_GUEST_CC`, else `CC`, else `gcc`.
+fn compiler() -> OsString {
+    env::var_os("UHYVE_GUEST_CC")
+        .or_else(|| env::var_os("CC"))
+        .filter(|cc| !cc.is_empty())
+        .unwrap_or_else(|| OsString::from("gcc"))
+}
+
+/// Every `*.c` directly in the guest directory, sorted for a stable build order.
+fn guest_sources(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut sources = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.is_file() && path.extension().is_some_and(|ext| ext == "c") {
+            sources.push(path);
+        }
+    }
+    sources.sort();
+    Ok(sources)
+}
+
+fn compile_guest(
+    cc: &OsString,
+    source: &Path,
+    runtime: &[PathBuf],
+    linker_script: &Path,
+    output: &Path,
+) -> Result<(), String> {
+    let mut command = Command::new(cc);
+    command
+        .args(CFLAGS)
+        .args(LDFLAGS)
+        .arg("-T")
+        .arg(linker_script)
+        .arg("-o")
+        .arg(output)
+        .args(runtime)
+        .arg(source);
+    let result = command.output().map_err(|e| {
+        format!(
+            "cannot run the C compiler {:?}: {e}. uhyve's test guests need gcc on x86_64 Linux \
+             (install it, e.g. `apt-get install gcc`, or point UHYVE_GUEST_CC at a compiler)",
+            cc
+        )
+    })?;
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    if !result.status.success() {
+        return Err(format!(
+            "{:?} failed ({}) compiling {}:\n{stderr}",
+            cc,
+            result.status,
+            source.display()
+        ));
+    }
+    for line in stderr.lines() {
+        println!("cargo:warning={}: {line}", source.display());
+    }
+    Ok(())
+}
+
+/// Sets EI_OSABI to ELFOSABI_STANDALONE like a real Hermit kernel (the linker writes 0 = SYSV,
+/// which the Hermit loader only warns about).
+fn mark_standalone(image: &Path) -> Result<(), String> {
+    let mut bytes = fs::read(image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    match bytes.get_mut(EI_OSABI) {
+        Some(byte) => *byte = ELFOSABI_STANDALONE,
+        None => return Err(format!("{} is not an ELF file", image.display())),
+    }
+    fs::write(image, &bytes).map_err(|e| format!("cannot write {}: {e}", image.display()))
+}

@@ -1,0 +1,872 @@
+//! Integration tests: the `uhyve` binary runs the tiny test guests of `tests/guests/` (built by
+//! `build.rs`) on real KVM, one behaviour per guest, and the real Hermit sample images when
+//! `UHYVE_TEST_IMAGES` names their directory. The first tests need no KVM: they check that every
+//! built guest is a well-formed Hermit image and uses general-purpose registers only.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Uhyve, all_guests, guest, kvm_or_skip};
+
+/// Guests build.rs must produce.
+const GUESTS: &[&str] = &[
+    "args_env",
+    "boot_info",
+    "exit_code",
+    "file_ops",
+    "hello",
+    "hostile",
+    "serial_buffer",
+    "serial_byte",
+    "stdout_write",
+    "triple_fault",
+];
+
+/// Register names and mnemonics the KVM here cannot emulate (matched as whole words in objdump
+/// output). Any `%xmm`, `%ymm` or `%zmm` operand is caught by the register prefixes.
+const FORBIDDEN_REGISTERS: &[&str] = &["%xmm", "%ymm", "%zmm"];
+const FORBIDDEN_MNEMONICS: &[&str] = &[
+    "xsave",
+    "xsaveopt",
+    "xsavec",
+    "xsaves",
+    "xsave64",
+    "xrstor",
+    "xrstors",
+    "xrstor64",
+    "fxsave",
+    "fxsave64",
+    "fxrstor",
+    "fxrstor64",
+    "xgetbv",
+    "xsetbv",
+    "ldmxcsr",
+    "stmxcsr",
+    "vldmxcsr",
+    "vstmxcsr",
+];
+
+/// Lines of `objdump -d` output that use a register or instruction the emulator lacks.
+fn forbidden_lines(disassembly: &str) -> Vec<&str> {
+    disassembly
+        .lines()
+        .filter(|line| {
+            // objdump lines: "  addr:\tbytes\tmnemonic operands"; the instruction is the last field.
+            let Some(insn) = line.split('\t').nth(2) else {
+                return false;
+            };
+            // Drop objdump's trailing comment ("# 4008c8 <symbol>") and symbol references, whose
+            // names could look like mnemonics.
+            let insn = insn.split('#').next().unwrap_or_default();
+            let insn = insn
+                .split('<')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let uses_register = FORBIDDEN_REGISTERS.iter().any(|r| insn.contains(r));
+            let uses_mnemonic = insn
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| FORBIDDEN_MNEMONICS.contains(&word));
+            uses_register || uses_mnemonic
+        })
+        .collect()
+}
+
+#[test]
+fn all_guests_are_built() {
+    for name in GUESTS {
+        guest(name);
+    }
+    assert_eq!(
+        all_guests().len(),
+        GUESTS.len(),
+        "the guest directory holds guests this test does not know: {:?}",
+        all_guests()
+    );
+}
+
+#[test]
+fn guests_use_general_purpose_registers_only() {
+    for path in all_guests() {
+        let output = Command::new("objdump")
+            .arg("-d")
+            .arg(&path)
+            .output()
+            .expect("objdump (binutils) is needed to check the test guests");
+        assert!(
+            output.status.success(),
+            "objdump -d {} failed",
+            path.display()
+        );
+        let disassembly = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            disassembly.contains("<_start>:"),
+            "objdump shows no code for {}",
+            path.display()
+        );
+        let bad = forbidden_lines(&disassembly);
+        assert!(
+            bad.is_empty(),
+            "{} uses instructions the KVM here cannot emulate:\n{}",
+            path.display(),
+            bad.join("\n")
+        );
+    }
+}
+
+#[test]
+fn forbidden_instruction_scan_catches_sse_and_xsave() {
+    let dirty = "  400000:\t0f 57 c0             \txorps  %xmm0,%xmm0\n\
+                 \x20 400003:\t0f ae 27             \txsave  (%rdi)\n\
+                 \x20 400006:\t0f 01 d0             \txgetbv\n\
+                 \x20 400009:\tc5 fd 6f 07          \tvmovdqa (%rdi),%ymm0\n\
+                 \x20 40000d:\t0f ae 10             \tldmxcsr (%rax)\n";
+    assert_eq!(forbidden_lines(dirty).len(), 5);
+    let clean = "0000000000400000 <_start>:\n\
+                 \x20 400000:\t85 f6                \ttest   %esi,%esi\n\
+                 \x20 400002:\t48 8b 07             \tmov    (%rdi),%rax   # xsave_area\n\
+                 \x20 400005:\tee                   \tout    %al,(%dx)\n\
+                 \x20 400006:\te8 00 00 00 00       \tcall   40000b <fxsave_wrapper>\n";
+    assert!(forbidden_lines(clean).is_empty());
+}
+
+#[test]
+fn guests_are_hermit_images() {
+    use goblin::elf::{Elf, header, program_header};
+    for path in all_guests() {
+        let bytes = fs::read(&path).expect("read guest");
+        let elf = Elf::parse(&bytes).expect("guest is an ELF file");
+        let name = path.display();
+        assert_eq!(elf.header.e_type, header::ET_EXEC, "{name}: not ET_EXEC");
+        assert_eq!(
+            elf.header.e_machine,
+            header::EM_X86_64,
+            "{name}: not x86_64"
+        );
+        assert_eq!(elf.header.e_ident[header::EI_OSABI], 0xFF, "{name}: OS ABI");
+        assert!(elf.interpreter.is_none(), "{name}: has PT_INTERP");
+        assert!(elf.dynamic.is_none(), "{name}: has a dynamic section");
+        let loads: Vec<_> = elf
+            .program_headers
+            .iter()
+            .filter(|ph| ph.p_type == program_header::PT_LOAD)
+            .collect();
+        let first = loads.first().expect("a PT_LOAD");
+        assert!(first.p_vaddr >= 0x40000, "{name}: linked below 0x40000");
+        assert!(
+            loads.iter().any(|ph| ph.is_executable()
+                && (ph.p_vaddr..ph.p_vaddr + ph.p_memsz).contains(&elf.header.e_entry)),
+            "{name}: entry point outside the executable segment"
+        );
+        let note = elf
+            .program_headers
+            .iter()
+            .find(|ph| ph.p_type == program_header::PT_NOTE)
+            .expect("a PT_NOTE");
+        let start = usize::try_from(note.p_offset).unwrap();
+        let end = start + usize::try_from(note.p_filesz).unwrap();
+        // namesz 7, descsz 1, type 0x5A00, "HERMIT\0" + 1 byte padding, version 4 + 3 padding.
+        let mut expected = Vec::new();
+        for word in [7u32, 1, 0x5A00] {
+            expected.extend_from_slice(&word.to_le_bytes());
+        }
+        expected.extend_from_slice(b"HERMIT\0\0\x04\0\0\0");
+        assert_eq!(
+            &bytes[start..end],
+            &expected[..],
+            "{name}: entry-version note"
+        );
+
+        // The reference loader (hermit-entry) and uhyve's own loader must accept it at its link
+        // address, as a v1 guest with entry version 4.
+        let object = hermit_entry::elf::KernelObject::parse(&bytes)
+            .unwrap_or_else(|e| panic!("{name}: hermit-entry rejects it: {e}"));
+        assert_eq!(object.start_addr(), Some(first.p_vaddr), "{name}");
+        let image = uhyve::loader::KernelImage::parse(bytes.clone())
+            .unwrap_or_else(|e| panic!("{name}: uhyve's loader rejects it: {e}"));
+        assert_eq!(image.fixed_load_address(), Some(0x400000), "{name}");
+        assert_eq!(image.entry_version(), 4, "{name}");
+        assert_eq!(image.interface_version(), 1, "{name}");
+        let footprint = usize::try_from(image.footprint()).unwrap();
+        let mut memory = vec![0u8; footprint];
+        let loaded = image
+            .load(0x400000, &mut memory)
+            .unwrap_or_else(|e| panic!("{name}: uhyve's loader cannot load it: {e}"));
+        assert_eq!(loaded.entry_point, elf.header.e_entry, "{name}");
+        assert_eq!(loaded.tls, None, "{name}: unexpected TLS segment");
+    }
+}
+
+// ---- Output ----
+
+#[test]
+fn hello_prints_greeting_and_arguments() {
+    if !kvm_or_skip("hello_prints_greeting_and_arguments") {
+        return;
+    }
+    let uhyve = Uhyve::guest("hello").args(["first", "second arg"]);
+    let kernel = uhyve.kernel_path().display().to_string();
+    let run = uhyve.run();
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Hello from a uhyve demo guest!\nargv[0] = {kernel}\nargv[1] = first\n\
+             argv[2] = second arg\n"
+        ),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn option_like_guest_arguments_reach_the_guest() {
+    if !kvm_or_skip("option_like_guest_arguments_reach_the_guest") {
+        return;
+    }
+    // Everything after KERNEL belongs to the guest, even if it looks like a uhyve option.
+    let run = Uhyve::guest("hello").args(["-v", "--x", "-m", "1G"]).run();
+    run.assert_success()
+        .assert_stdout_contains("argv[1] = -v\nargv[2] = --x\nargv[3] = -m\nargv[4] = 1G\n");
+}
+
+#[test]
+fn serial_byte_port_reaches_stdout() {
+    if !kvm_or_skip("serial_byte_port_reaches_stdout") {
+        return;
+    }
+    let run = Uhyve::guest("serial_byte").run();
+    run.assert_success();
+    assert_eq!(run.stdout, "serial byte output works\n", "{}", run.report());
+}
+
+#[test]
+fn serial_buffer_reaches_stdout() {
+    if !kvm_or_skip("serial_buffer_reaches_stdout") {
+        return;
+    }
+    let run = Uhyve::guest("serial_buffer").run();
+    run.assert_success();
+    let mut expected = String::from("serial buffer output works\n");
+    for l in 0..128u32 {
+        for c in 0..63u32 {
+            let digit = u8::try_from((l + c) % 64).unwrap();
+            expected.push(char::from(b'0' + digit));
+        }
+        expected.push('\n');
+    }
+    assert!(run.stdout == expected, "{}", run.report());
+}
+
+#[test]
+fn file_write_to_fd_1_and_2_reaches_stdout() {
+    if !kvm_or_skip("file_write_to_fd_1_and_2_reaches_stdout") {
+        return;
+    }
+    let run = Uhyve::guest("stdout_write").run();
+    run.assert_all_ok()
+        .assert_stdout_contains("written to fd 1\n")
+        .assert_stdout_contains("written to fd 2\n");
+}
+
+#[test]
+fn output_option_redirects_to_a_file() {
+    if !kvm_or_skip("output_option_redirects_to_a_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("console.txt");
+    let run = Uhyve::guest("serial_byte")
+        .opts([OsStr::new("-o"), file.as_os_str()])
+        .run();
+    run.assert_success()
+        .assert_stdout_lacks("serial byte output works");
+    let written = fs::read_to_string(&file).expect("the -o file was created");
+    assert_eq!(written, "serial byte output works\n");
+}
+
+#[test]
+fn output_option_none_discards_output() {
+    if !kvm_or_skip("output_option_none_discards_output") {
+        return;
+    }
+    let run = Uhyve::guest("hello").opts(["-o", "none"]).run();
+    run.assert_success()
+        .assert_stdout_lacks("Hello from a uhyve demo guest!");
+    // The same guest without -o does print (so the run above really ran it).
+    Uhyve::guest("hello")
+        .run()
+        .assert_success()
+        .assert_stdout_contains("Hello from a uhyve demo guest!");
+}
+
+#[test]
+fn stats_option_keeps_the_run_working() {
+    if !kvm_or_skip("stats_option_keeps_the_run_working") {
+        return;
+    }
+    let run = Uhyve::guest("serial_byte").opts(["--stats"]).run();
+    run.assert_success()
+        .assert_stdout_contains("serial byte output works\n");
+}
+
+// ---- Exit status ----
+
+#[test]
+fn exit_code_becomes_the_process_status() {
+    if !kvm_or_skip("exit_code_becomes_the_process_status") {
+        return;
+    }
+    for (guest_code, status) in [
+        ("0", 0),
+        ("1", 1),
+        ("3", 3),
+        ("42", 42),
+        ("255", 255),
+        ("-1", 255),
+        ("256", 0),
+    ] {
+        let run = Uhyve::guest("exit_code").args([guest_code]).run();
+        run.assert_code(status);
+        assert_eq!(run.stdout, "", "{}", run.report());
+    }
+}
+
+#[test]
+fn triple_fault_is_reported_as_a_crash() {
+    if !kvm_or_skip("triple_fault_is_reported_as_a_crash") {
+        return;
+    }
+    let run = Uhyve::guest("triple_fault").run();
+    run.assert_no_host_crash()
+        .assert_stdout_contains("about to triple fault\n")
+        .assert_stdout_lacks("survived");
+    assert_ne!(
+        run.code(),
+        0,
+        "a triple fault must not look like success\n{}",
+        run.report()
+    );
+}
+
+// ---- Arguments, environment, boot info ----
+
+#[test]
+fn arguments_and_environment_reach_the_guest() {
+    if !kvm_or_skip("arguments_and_environment_reach_the_guest") {
+        return;
+    }
+    let uhyve = Uhyve::guest("args_env")
+        .opts(["--env-clear", "-e", "ALPHA=1", "-e", "BETA=two words"])
+        .args(["x", "with space", "", "ünïcode"]);
+    let kernel = uhyve.kernel_path().display().to_string();
+    let run = uhyve.run();
+    run.assert_all_ok();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "argc=5\narg={kernel}\narg=x\narg=with space\narg=\narg=ünïcode\n\
+             envc=2\nenv=ALPHA=1\nenv=BETA=two words\nsizes respected: ok\n"
+        ),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn environment_defaults_to_the_host_environment() {
+    if !kvm_or_skip("environment_defaults_to_the_host_environment") {
+        return;
+    }
+    let run = Uhyve::guest("args_env")
+        .env_clear()
+        .env("UHYVE_TEST_KEPT", "from host")
+        .env("UHYVE_TEST_OVERRIDDEN", "from host")
+        .opts([
+            "-e",
+            "UHYVE_TEST_OVERRIDDEN=from cli",
+            "-e",
+            "UHYVE_TEST_ADDED=new",
+        ])
+        .run();
+    run.assert_all_ok()
+        .assert_stdout_contains("env=UHYVE_TEST_KEPT=from host\n")
+        .assert_stdout_contains("env=UHYVE_TEST_OVERRIDDEN=from cli\n")
+        .assert_stdout_lacks("env=UHYVE_TEST_OVERRIDDEN=from host\n")
+        .assert_stdout_contains("env=UHYVE_TEST_ADDED=new\n");
+}
+
+#[test]
+fn more_than_128_arguments_are_capped() {
+    if !kvm_or_skip("more_than_128_arguments_are_capped") {
+        return;
+    }
+    let args: Vec<String> = (0..200).map(|i| format!("arg{i}")).collect();
+    let run = Uhyve::guest("args_env")
+        .opts(["--env-clear"])
+        .args(&args)
+        .run();
+    run.assert_all_ok()
+        .assert_stdout_contains("argc=128\n")
+        .assert_stdout_contains("arg=arg126\n")
+        .assert_stdout_lacks("arg=arg127\n");
+}
+
+/// The `name=value` lines the boot_info guest printed.
+fn boot_info_field<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Runs the boot_info guest with `options` and checks the fields that do not depend on them.
+fn boot_info_run(options: &[&str]) -> common::Run {
+    let run = Uhyve::guest("boot_info").opts(options).run();
+    run.assert_all_ok();
+    let field = |name| boot_info_field(&run.stdout, name);
+    assert_eq!(field("phys_addr_start"), Some("0x0"), "{}", run.report());
+    assert_eq!(field("serial_port_base"), Some("0x800"), "{}", run.report());
+    assert_eq!(field("platform"), Some("0x1"), "{}", run.report());
+    assert_eq!(
+        field("kernel_image_addr_start"),
+        Some("0x400000"),
+        "{}",
+        run.report()
+    );
+    run
+}
+
+#[test]
+fn boot_info_reports_the_memory_size() {
+    if !kvm_or_skip("boot_info_reports_the_memory_size") {
+        return;
+    }
+    for (options, ram_end) in [
+        (&[][..], "0x4000000"),
+        (&["-m", "32M"][..], "0x2000000"),
+        (&["--memory-size", "128M"][..], "0x8000000"),
+    ] {
+        let run = boot_info_run(options);
+        let field = |name| boot_info_field(&run.stdout, name);
+        assert_eq!(field("phys_addr_end"), Some(ram_end), "{}", run.report());
+        assert_eq!(field("num_cpus"), Some("0x1"), "{}", run.report());
+    }
+}
+
+#[test]
+fn boot_info_reports_the_cpu_count() {
+    if !kvm_or_skip("boot_info_reports_the_cpu_count") {
+        return;
+    }
+    // The secondary vCPU parks in a hlt loop; uhyve must still stop when vCPU 0 exits.
+    let run = boot_info_run(&["--cpu-count", "2"]);
+    let num_cpus = boot_info_field(&run.stdout, "num_cpus");
+    assert_eq!(num_cpus, Some("0x2"), "{}", run.report());
+}
+
+// ---- Files ----
+
+/// A temporary directory laid out for the file tests:
+/// `mnt/` (mapped as guest `data`), `outside/secret` (not mapped), `cwd/` (uhyve's working dir),
+/// and the symlinks `mnt/link -> ../outside`, `mnt/link_file -> ../outside/secret`.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+const SECRET: &str = "host secret data, 32 bytes long\n";
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for sub in ["mnt", "outside", "cwd"] {
+            fs::create_dir(root.join(sub)).unwrap();
+        }
+        fs::write(root.join("outside/secret"), SECRET).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("mnt/link")).unwrap();
+        std::os::unix::fs::symlink("../outside/secret", root.join("mnt/link_file")).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The guest `name` with `mnt/` mapped as `data`, running in `cwd/`.
+    fn uhyve(&self, name: &str) -> Uhyve {
+        let mapping = format!("{}:data", self.path("mnt").display());
+        Uhyve::guest(name)
+            .opts(["--file-mapping", mapping.as_str()])
+            .current_dir(self.path("cwd"))
+    }
+
+    /// Asserts that nothing outside `mnt/` was created or changed.
+    fn assert_outside_untouched(&self) {
+        let secret = fs::read_to_string(self.path("outside/secret"));
+        assert_eq!(
+            secret.ok().as_deref(),
+            Some(SECRET),
+            "outside/secret was changed"
+        );
+        assert_eq!(
+            entries(&self.path("outside")),
+            ["secret"],
+            "files appeared in outside/"
+        );
+        assert!(
+            entries(&self.path("cwd")).is_empty(),
+            "files appeared in cwd/"
+        );
+        assert_eq!(
+            entries(self.dir.path()),
+            ["cwd", "mnt", "outside"],
+            "files appeared in the root"
+        );
+    }
+}
+
+/// Sorted names in `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn file_hypercalls_round_trip() {
+    if !kvm_or_skip("file_hypercalls_round_trip") {
+        return;
+    }
+    for path in ["data/roundtrip.txt", "/data/roundtrip.txt"] {
+        let sandbox = Sandbox::new();
+        let run = sandbox.uhyve("file_ops").args([path]).run();
+        run.assert_all_ok()
+            .assert_stdout_contains("file_ops: all ok\n");
+        assert!(
+            !sandbox.path("mnt/roundtrip.txt").exists(),
+            "the guest unlinked the file, but it is still on the host"
+        );
+        sandbox.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn file_written_by_the_guest_lands_on_the_host() {
+    if !kvm_or_skip("file_written_by_the_guest_lands_on_the_host") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("file_ops")
+        .args(["data/kept.txt", "keep"])
+        .run();
+    run.assert_all_ok();
+    let content = fs::read_to_string(sandbox.path("mnt/kept.txt")).expect("file on host");
+    assert_eq!(content, "hello file\n");
+    sandbox.assert_outside_untouched();
+}
+
+// ---- Hostile guests: uhyve must survive every one of them ----
+
+#[test]
+fn hostile_write_params_outside_ram_stop_the_vm() {
+    if !kvm_or_skip("hostile_write_params_outside_ram_stop_the_vm") {
+        return;
+    }
+    for attack in ["write_param_outside_ram", "write_param_straddles_end"] {
+        let run = Uhyve::guest("hostile").args([attack]).run();
+        run.assert_stopped_by_host(42)
+            .assert_stderr_mentions("write")
+            .assert_stdout_lacks("survived");
+    }
+}
+
+#[test]
+fn hostile_exit_params_outside_ram_stop_the_vm() {
+    if !kvm_or_skip("hostile_exit_params_outside_ram_stop_the_vm") {
+        return;
+    }
+    let run = Uhyve::guest("hostile")
+        .args(["exit_param_outside_ram"])
+        .run();
+    run.assert_stopped_by_host(42)
+        .assert_stdout_lacks("survived");
+}
+
+#[test]
+fn hostile_read_buffers_get_errors() {
+    if !kvm_or_skip("hostile_read_buffers_get_errors") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("mnt/input.txt"), SECRET).unwrap();
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["read_bad_buffers", "data/input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("read still works: ok\n");
+}
+
+#[test]
+fn hostile_read_through_a_single_file_mapping() {
+    if !kvm_or_skip("hostile_read_through_a_single_file_mapping") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let mapping = format!("{}:input.txt", sandbox.path("outside/secret").display());
+    let run = Uhyve::guest("hostile")
+        .opts(["--file-mapping", mapping.as_str()])
+        .args(["read_bad_buffers", "input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("read still works: ok\n");
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_write_buffers_are_refused() {
+    if !kvm_or_skip("hostile_write_buffers_are_refused") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["write_bad_buffers"]).run();
+    // Either the guest learns that nothing was written, or uhyve stops it with a message.
+    run.assert_no_host_crash().assert_stdout_lacks("FAIL");
+    if run.code() == 0 {
+        run.assert_all_ok();
+    }
+}
+
+#[test]
+fn hostile_serial_buffers_do_not_crash() {
+    if !kvm_or_skip("hostile_serial_buffers_do_not_crash") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["serial_bad_buffers"]).run();
+    run.assert_no_host_crash();
+    if run.code() != 42 {
+        run.assert_stopped_by_host(42);
+    }
+    assert!(
+        run.stdout.len() < 4096,
+        "uhyve printed {} bytes for a 4-byte tail of RAM",
+        run.stdout.len()
+    );
+}
+
+#[test]
+fn hostile_unterminated_paths_get_errors() {
+    if !kvm_or_skip("hostile_unterminated_paths_get_errors") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let run = sandbox.uhyve("hostile").args(["open_unterminated"]).run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("open non-utf8 path: ok\n");
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_paths_cannot_escape_the_mapping() {
+    if !kvm_or_skip("hostile_paths_cannot_escape_the_mapping") {
+        return;
+    }
+    let paths = [
+        "../../etc/passwd",
+        "/../etc/passwd",
+        "data/../../etc/passwd",
+        "data/../../../../../../etc/passwd",
+        "/etc/passwd",
+        "etc/passwd",
+        "../outside/secret",
+        "data/../outside/secret",
+        "data/link/secret",
+        "/data/link/secret",
+        "data/link_file",
+        "data/link/../outside/secret",
+    ];
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["open_must_fail"])
+        .args(paths)
+        .run();
+    run.assert_no_host_crash().assert_all_ok();
+    for path in paths {
+        run.assert_stdout_contains(&format!("open {path}: ok\n"));
+    }
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_creates_stay_inside_the_sandbox() {
+    if !kvm_or_skip("hostile_creates_stay_inside_the_sandbox") {
+        return;
+    }
+    let paths = [
+        "../escaped",
+        "data/../escaped",
+        "data/../../escaped",
+        "data/../outside/created",
+        "data/link/created",
+        "data/link_file",
+    ];
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["create_anything"])
+        .args(paths)
+        .run();
+    run.assert_no_host_crash().assert_success();
+    for path in paths {
+        run.assert_stdout_contains(&format!("create {path}: "));
+    }
+    sandbox.assert_outside_untouched();
+    // Whatever was created inside the mapping must not be a way out either.
+    assert!(sandbox.path("mnt/link").is_symlink());
+    assert!(sandbox.path("mnt/link_file").is_symlink());
+}
+
+#[test]
+fn hostile_unlinks_cannot_remove_outside_files() {
+    if !kvm_or_skip("hostile_unlinks_cannot_remove_outside_files") {
+        return;
+    }
+    let paths = [
+        "data/link/secret",
+        "data/../outside/secret",
+        "../outside/secret",
+        "data/link_file",
+    ];
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["unlink_anything"])
+        .args(paths)
+        .run();
+    run.assert_no_host_crash().assert_success();
+    for path in paths {
+        run.assert_stdout_contains(&format!("unlink {path}: "));
+    }
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_file_descriptors_get_errors() {
+    if !kvm_or_skip("hostile_file_descriptors_get_errors") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["bad_fds"]).run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("fd 2147483647\n");
+    assert_eq!(
+        run.stdout.matches(": ok\n").count(),
+        6 * 4,
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn closing_stdio_is_ignored() {
+    if !kvm_or_skip("closing_stdio_is_ignored") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["close_stdio"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("fd 1 still works\n");
+}
+
+#[test]
+fn unknown_ports_are_ignored() {
+    if !kvm_or_skip("unknown_ports_are_ignored") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["unknown_ports"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("unknown ports: ok\n");
+}
+
+#[test]
+fn hostile_cmdval_pointers_do_not_crash() {
+    if !kvm_or_skip("hostile_cmdval_pointers_do_not_crash") {
+        return;
+    }
+    for attack in ["cmdval_outside_ram", "cmdval_bad_slots"] {
+        let run = Uhyve::guest("hostile")
+            .opts(["--env-clear"])
+            .args([attack])
+            .run();
+        run.assert_no_host_crash();
+        if run.code() != 42 {
+            run.assert_stopped_by_host(42);
+        }
+    }
+}
+
+// ---- Real Hermit images ----
+
+/// The directory named by `UHYVE_TEST_IMAGES` (relative paths are taken from the package root).
+fn image_dir(test: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
+        return None;
+    };
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+}
+
+/// Boots a sample image: it must greet, then either finish with `done_line` or (on this
+/// machine's KVM, until uhyve emulates the missing SSE instructions) stop with an emulation error.
+fn boot_real_image(test: &str, image: &str, done_line: &str) {
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some(dir) = image_dir(test) else {
+        return;
+    };
+    let path = dir.join(image);
+    assert!(
+        path.is_file(),
+        "{test}: image {} is missing",
+        path.display()
+    );
+    let run = Uhyve::kernel(path).timeout(Duration::from_secs(300)).run();
+    run.assert_no_host_crash()
+        .assert_stdout_contains("Welcome to Hermit");
+    if run.code() == 0 {
+        run.assert_stdout_contains(done_line);
+    } else {
+        run.assert_stderr_mentions("emulation");
+    }
+}
+
+#[test]
+fn real_image_hello_world_boots() {
+    boot_real_image(
+        "real_image_hello_world_boots",
+        "x86_64-hello_world",
+        "Hello, world!",
+    );
+}
+
+#[test]
+fn real_image_hello_c_boots() {
+    boot_real_image(
+        "real_image_hello_c_boots",
+        "x86_64-hello_c",
+        "Hello World!!!",
+    );
+}

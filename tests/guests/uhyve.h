@@ -1,0 +1,322 @@
+/*
+ * uhyve.h: the hypercall interface v1 (x86_64) as seen from a test guest, plus the tiny runtime
+ * every guest links against (rt/runtime.c, rt/start.S).
+ *
+ * The packed parameter structs mirror interface/src/parameters.rs byte for byte (the sizes and
+ * offsets are checked below with _Static_assert). A hypercall is `out dx, eax` with dx = port and
+ * eax = the 32-bit guest-physical address of the struct; uhyve identity-maps the first GiB, so the
+ * address of a stack or static variable is its guest-physical address. The Uart port takes the
+ * byte itself.
+ *
+ * Guests are built general-purpose-registers only (-mgeneral-regs-only): the KVM on the project's
+ * machines cannot emulate SSE/AVX instructions.
+ */
+#ifndef UHYVE_GUEST_H
+#define UHYVE_GUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Ports (interface/src/lib.rs, HypercallAddress) ---- */
+#define UHYVE_PORT_FILE_WRITE 0x400
+#define UHYVE_PORT_FILE_OPEN 0x440
+#define UHYVE_PORT_FILE_CLOSE 0x480
+#define UHYVE_PORT_FILE_READ 0x500
+#define UHYVE_PORT_EXIT 0x540
+#define UHYVE_PORT_FILE_LSEEK 0x580
+#define UHYVE_PORT_NETWRITE 0x640
+#define UHYVE_PORT_NETREAD 0x680
+#define UHYVE_PORT_NETSTAT 0x700
+#define UHYVE_PORT_CMDSIZE 0x740
+#define UHYVE_PORT_CMDVAL 0x780
+#define UHYVE_PORT_UART 0x800
+#define UHYVE_PORT_FILE_UNLINK 0x840
+#define UHYVE_PORT_SERIAL_WRITE_BUFFER 0x880
+
+#define UHYVE_MAX_ARGC_ENVC 128
+
+/* ---- Open flags (Hermit = Linux x86 numbering), whence, errno ---- */
+#define O_RDONLY 00
+#define O_WRONLY 01
+#define O_RDWR 02
+#define O_CREAT 0100
+#define O_EXCL 0200
+#define O_TRUNC 01000
+#define O_APPEND 02000
+#define O_DIRECT 040000
+#define O_DIRECTORY 0200000
+
+#define SEEK_SET 0
+#define SEEK_CUR 1
+#define SEEK_END 2
+
+#define EPERM 1
+#define ENOENT 2
+#define EIO 5
+#define EBADF 9
+#define EFAULT 14
+#define EEXIST 17
+#define EISDIR 21
+#define EINVAL 22
+#define EROFS 30
+#define EOVERFLOW 75
+
+/* ---- Parameter structs (interface/src/parameters.rs) ---- */
+struct __attribute__((packed)) CmdsizeParams {
+	int32_t argc;
+	int32_t argsz[UHYVE_MAX_ARGC_ENVC];
+	int32_t envc;
+	int32_t envsz[UHYVE_MAX_ARGC_ENVC];
+};
+
+struct __attribute__((packed)) CmdvalParams {
+	uint64_t argv; /* GPA of an array of argc GPAs */
+	uint64_t envp; /* GPA of an array of envc GPAs */
+};
+
+struct __attribute__((packed)) ExitParams {
+	int32_t arg;
+};
+
+struct __attribute__((packed)) OpenParams {
+	uint64_t name; /* GPA of the NUL-terminated path */
+	int32_t flags;
+	int32_t mode;
+	int32_t ret;
+};
+
+struct __attribute__((packed)) CloseParams {
+	int32_t fd;
+	int32_t ret;
+};
+
+struct __attribute__((packed)) ReadParams {
+	int32_t fd;
+	uint64_t buf; /* guest-virtual address */
+	uint64_t len;
+	int64_t ret;
+};
+
+struct __attribute__((packed)) WriteParams {
+	int32_t fd;
+	uint64_t buf; /* guest-virtual address */
+	uint64_t len; /* in: bytes to write; out: bytes written */
+};
+
+struct __attribute__((packed)) LseekParams {
+	int32_t fd;
+	int64_t offset; /* in: requested offset; out: resulting offset or -1 */
+	int32_t whence;
+};
+
+struct __attribute__((packed)) UnlinkParams {
+	uint64_t name; /* GPA of the path */
+	int32_t ret;
+};
+
+struct __attribute__((packed)) SerialWriteBufferParams {
+	uint64_t buf; /* guest-physical address */
+	uint64_t len;
+};
+
+_Static_assert(sizeof(struct CmdsizeParams) == 1032, "CmdsizeParams size");
+_Static_assert(offsetof(struct CmdsizeParams, envc) == 516, "CmdsizeParams.envc");
+_Static_assert(offsetof(struct CmdsizeParams, envsz) == 520, "CmdsizeParams.envsz");
+_Static_assert(sizeof(struct CmdvalParams) == 16, "CmdvalParams size");
+_Static_assert(sizeof(struct ExitParams) == 4, "ExitParams size");
+_Static_assert(sizeof(struct OpenParams) == 20, "OpenParams size");
+_Static_assert(offsetof(struct OpenParams, ret) == 16, "OpenParams.ret");
+_Static_assert(sizeof(struct CloseParams) == 8, "CloseParams size");
+_Static_assert(sizeof(struct ReadParams) == 28, "ReadParams size");
+_Static_assert(offsetof(struct ReadParams, buf) == 4, "ReadParams.buf");
+_Static_assert(offsetof(struct ReadParams, ret) == 20, "ReadParams.ret");
+_Static_assert(sizeof(struct WriteParams) == 20, "WriteParams size");
+_Static_assert(offsetof(struct WriteParams, len) == 12, "WriteParams.len");
+_Static_assert(sizeof(struct LseekParams) == 16, "LseekParams size");
+_Static_assert(offsetof(struct LseekParams, whence) == 12, "LseekParams.whence");
+_Static_assert(sizeof(struct UnlinkParams) == 12, "UnlinkParams size");
+_Static_assert(sizeof(struct SerialWriteBufferParams) == 16, "SerialWriteBufferParams size");
+
+/* ---- Boot info (hermit-abi.md section 2.1, x86_64 layout, 128 bytes) ---- */
+struct uhyve_boot_info {
+	uint64_t phys_addr_start;
+	uint64_t phys_addr_end;
+	uint16_t serial_port_base;
+	uint8_t pad0[6];
+	uint64_t device_tree;
+	uint64_t kernel_image_addr_start;
+	uint64_t kernel_image_addr_end;
+	uint64_t tls_start;
+	uint64_t tls_filesz;
+	uint64_t tls_memsz;
+	uint64_t tls_align;
+	uint32_t platform;
+	uint32_t pad1;
+	uint8_t has_pci;
+	uint8_t pad2[7];
+	uint64_t num_cpus;
+	uint32_t cpu_freq;
+	uint32_t pad3;
+	uint64_t boot_time_lo;
+	uint64_t boot_time_hi;
+};
+
+_Static_assert(sizeof(struct uhyve_boot_info) == 128, "boot info size");
+_Static_assert(offsetof(struct uhyve_boot_info, device_tree) == 24, "boot info device_tree");
+_Static_assert(offsetof(struct uhyve_boot_info, platform) == 80, "boot info platform");
+_Static_assert(offsetof(struct uhyve_boot_info, has_pci) == 88, "boot info has_pci");
+_Static_assert(offsetof(struct uhyve_boot_info, num_cpus) == 96, "boot info num_cpus");
+_Static_assert(offsetof(struct uhyve_boot_info, cpu_freq) == 104, "boot info cpu_freq");
+_Static_assert(offsetof(struct uhyve_boot_info, boot_time_lo) == 112, "boot info boot_time");
+
+/* ---- Raw hypercalls ---- */
+
+/* The low 32 bits of the guest-physical address of `p` (identity map: VA == GPA). */
+static inline uint32_t uhyve_gpa32(const volatile void *p)
+{
+	return (uint32_t)(uintptr_t)p;
+}
+
+/* `out dx, eax`: the hypercall with a raw 32-bit value (normally a parameter-struct GPA). */
+static inline void uhyve_out32(uint16_t port, uint32_t value)
+{
+	__asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port) : "memory");
+}
+
+/* `out dx, al`. */
+static inline void uhyve_out8(uint16_t port, uint8_t value)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port) : "memory");
+}
+
+/* Issue the hypercall at `port` with the parameter struct `params`. */
+static inline void uhyve_hypercall(uint16_t port, volatile void *params)
+{
+	uhyve_out32(port, uhyve_gpa32(params));
+}
+
+static inline void hc_putc(char c)
+{
+	uhyve_out8(UHYVE_PORT_UART, (uint8_t)c);
+}
+
+__attribute__((noreturn)) static inline void hc_exit(int code)
+{
+	volatile struct ExitParams p = {.arg = code};
+	uhyve_hypercall(UHYVE_PORT_EXIT, &p);
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+static inline void hc_write_buffer(const void *buf, uint64_t len)
+{
+	volatile struct SerialWriteBufferParams p = {.buf = (uintptr_t)buf, .len = len};
+	uhyve_hypercall(UHYVE_PORT_SERIAL_WRITE_BUFFER, &p);
+}
+
+/* FileWrite; returns the `len` the host left in the struct (bytes written). */
+static inline uint64_t hc_write(int fd, const void *buf, uint64_t len)
+{
+	volatile struct WriteParams p = {.fd = fd, .buf = (uintptr_t)buf, .len = len};
+	uhyve_hypercall(UHYVE_PORT_FILE_WRITE, &p);
+	return p.len;
+}
+
+static inline int hc_open(const char *path, int flags, int mode)
+{
+	volatile struct OpenParams p = {.name = (uintptr_t)path, .flags = flags, .mode = mode, .ret = -1};
+	uhyve_hypercall(UHYVE_PORT_FILE_OPEN, &p);
+	return p.ret;
+}
+
+static inline int hc_close(int fd)
+{
+	volatile struct CloseParams p = {.fd = fd, .ret = -1};
+	uhyve_hypercall(UHYVE_PORT_FILE_CLOSE, &p);
+	return p.ret;
+}
+
+/* FileRead with a raw 64-bit buffer address (which may deliberately be bogus). */
+static inline int64_t hc_read_raw(int fd, uint64_t buf, uint64_t len)
+{
+	volatile struct ReadParams p = {.fd = fd, .buf = buf, .len = len, .ret = -1};
+	uhyve_hypercall(UHYVE_PORT_FILE_READ, &p);
+	return p.ret;
+}
+
+static inline int64_t hc_read(int fd, void *buf, uint64_t len)
+{
+	return hc_read_raw(fd, (uintptr_t)buf, len);
+}
+
+static inline int64_t hc_lseek(int fd, int64_t offset, int whence)
+{
+	volatile struct LseekParams p = {.fd = fd, .offset = offset, .whence = whence};
+	uhyve_hypercall(UHYVE_PORT_FILE_LSEEK, &p);
+	return p.offset;
+}
+
+static inline int hc_unlink(const char *path)
+{
+	volatile struct UnlinkParams p = {.name = (uintptr_t)path, .ret = -1};
+	uhyve_hypercall(UHYVE_PORT_FILE_UNLINK, &p);
+	return p.ret;
+}
+
+static inline void hc_cmdsize(struct CmdsizeParams *p)
+{
+	uhyve_hypercall(UHYVE_PORT_CMDSIZE, p);
+}
+
+static inline void hc_cmdval(struct CmdvalParams *p)
+{
+	uhyve_hypercall(UHYVE_PORT_CMDVAL, p);
+}
+
+/* ---- Runtime (rt/runtime.c) ---- */
+
+/* The boot info uhyve passed in RDI. */
+extern const struct uhyve_boot_info *uhyve_boot_info;
+
+/* Each guest defines main(); its return value becomes the Exit hypercall's code. */
+int main(void);
+
+/* freestanding string helpers (gcc may also call the mem* ones for struct copies) */
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+size_t strnlen(const char *s, size_t max);
+int strcmp(const char *a, const char *b);
+
+/* Console output, byte by byte through the Uart port (0x800). */
+void put_str(const char *s);
+void put_bytes(const char *s, size_t n);
+void put_dec(int64_t v);
+void put_hex(uint64_t v);
+/* Prints "<name>: ok\n" or "<name>: FAIL (got <got>)\n"; counts failures. */
+void check(const char *name, int ok, int64_t got);
+/* Number of failed check() calls so far. */
+extern int check_failures;
+
+/* Parses an optionally signed decimal integer; returns 0 on success, -1 on malformed input. */
+int parse_int(const char *s, int64_t *out);
+
+/* Bump allocator over a static arena; returns NULL when exhausted. Alignment 16. */
+void *arena_alloc(size_t n);
+
+/* argv/envp fetched with Cmdsize + Cmdval into arena buffers (NULL-terminated arrays). */
+struct uhyve_args {
+	int argc;
+	char **argv;
+	int envc;
+	char **envp;
+	/* Items the host wrote past their announced size or left unterminated. */
+	int violations;
+};
+
+/* Fetches the arguments and environment; returns 0, or -1 if the host reported nonsense sizes. */
+int uhyve_get_args(struct uhyve_args *out);
+
+#endif
