@@ -63,17 +63,15 @@ pub struct Args {
     #[arg(short = 'v', long, env = "HERMIT_VERBOSE")]
     pub verbose: bool,
 
-    /// The Hermit image to run
-    #[arg(value_name = "KERNEL")]
-    pub kernel: PathBuf,
-
-    /// Arguments passed to the guest application
+    /// The Hermit image to run, followed by the arguments passed to the guest application.
+    /// Everything after KERNEL belongs to the guest, even if it looks like an option.
     #[arg(
-        value_name = "KERNEL_ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
+        value_name = "KERNEL [KERNEL_ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
     )]
-    pub kernel_args: Vec<OsString>,
+    pub command: Vec<OsString>,
 }
 
 fn parse_memory_size(text: &str) -> Result<MemorySize, String> {
@@ -89,6 +87,10 @@ fn parse_env_option(text: &str) -> Result<EnvOption, String> {
 impl Args {
     /// Turns the parsed options into a VM configuration, warning about dropped environment entries.
     pub fn into_config(self) -> VmConfig {
+        let mut command = self.command.into_iter();
+        // clap guarantees at least one value (`required`, `num_args = 1..`).
+        let kernel = PathBuf::from(command.next().unwrap_or_default());
+        let kernel_args: Vec<OsString> = command.collect();
         let (env, dropped) = guest_environment(std::env::vars_os(), &self.env, self.env_clear);
         if !dropped.is_empty() {
             log::warn!(
@@ -107,8 +109,8 @@ impl Args {
             Some(path) => OutputTarget::File(PathBuf::from(path)),
         };
         VmConfig {
-            kernel: self.kernel,
-            kernel_args: self.kernel_args,
+            kernel,
+            kernel_args,
             env,
             memory_size: self.memory_size,
             cpu_count: self.cpu_count,
@@ -158,14 +160,18 @@ mod tests {
 
     #[test]
     fn kernel_and_trailing_arguments() {
-        let args = parse(&["-m", "128M", "app", "-v", "--x", "y"]).unwrap();
-        assert_eq!(args.memory_size, MemorySize(128 << 20));
-        assert_eq!(args.kernel, PathBuf::from("app"));
+        let config = parse(&["-m", "128M", "app", "-v", "--x", "-m", "1G"])
+            .unwrap()
+            .into_config();
+        assert_eq!(config.memory_size, MemorySize(128 << 20));
+        assert_eq!(config.kernel, PathBuf::from("app"));
         assert_eq!(
-            args.kernel_args,
-            vec![OsString::from("-v"), "--x".into(), "y".into()]
+            config.kernel_args,
+            vec![OsString::from("-v"), "--x".into(), "-m".into(), "1G".into()]
         );
-        assert!(!args.verbose);
+        let config = parse(&["-v", "app", "--", "x"]).unwrap().into_config();
+        assert_eq!(config.kernel_args, vec![OsString::from("--"), "x".into()]);
+        assert!(parse(&["--bogus", "app"]).is_err());
     }
 
     #[test]

@@ -549,7 +549,10 @@ mod tests {
     #[test]
     fn decodes_the_instructions_this_kvm_cannot_emulate() {
         let decode = |bytes: &[u8]| decode_instruction(0x1000, bytes);
-        assert_eq!(decode(&[0x0f, 0x01, 0xd0, 0x48, 0xc1]), ("xgetbv".into(), 3));
+        assert_eq!(
+            decode(&[0x0f, 0x01, 0xd0, 0x48, 0xc1]),
+            ("xgetbv".into(), 3)
+        );
         assert_eq!(decode(&[0x0f, 0x57, 0xc0]), ("xorps xmm0,xmm0".into(), 3));
         assert_eq!(decode(&[0xff, 0xff]), ("(undecodable)".into(), 0));
         assert_eq!(decode(&[]), ("(undecodable)".into(), 0));
