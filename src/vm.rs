@@ -23,6 +23,12 @@ use crate::params::VmConfig;
 use crate::stats::ExitStats;
 use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 
+/// What an emulation failure is, for the crash report.
+const EMULATION_FAILURE: &str = "emulation failure: the hypervisor cannot execute this instruction";
+/// Why emulation failures happen, for the crash report.
+const EMULATION_FAILURE_HINT: &str = "Some KVM hosts (e.g. KVM-PVM) execute every guest \
+     instruction in software and lack some instructions (SSE arithmetic, XSAVE, XGETBV)";
+
 /// PCI configuration address port.
 const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
 /// PCI configuration data port.
@@ -53,6 +59,14 @@ pub enum VmError {
     /// Writing the GDT failed.
     #[error("cannot write the guest GDT: {0}")]
     Gdt(#[from] GdtError),
+    /// The image does not fit the guest memory layout.
+    #[error("{path}: {source}")]
+    Placement {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it does not fit.
+        source: layout::LayoutError,
+    },
     /// Building page tables failed.
     #[error("cannot build the guest page tables: {0}")]
     Paging(#[from] arch::PagingError),
@@ -136,13 +150,63 @@ impl fmt::Display for GuestCrash {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestExit(pub i32);
 
+/// The platform's hypervisor objects for one VM: on Linux a KVM VM and its vCPU.
+#[cfg(target_os = "linux")]
+struct Backend {
+    // Field order matters: the vCPU is dropped before the VM.
+    vcpu: crate::linux::KvmCpu,
+    _vm: crate::linux::KvmVm,
+}
+
+#[cfg(target_os = "linux")]
+impl Backend {
+    fn new(
+        mem: &GuestMemory,
+        registers: &arch::InitialRegisters,
+        _cpu_count: u32,
+    ) -> Result<Self, VmError> {
+        let vm = crate::linux::KvmVm::new(mem)?;
+        let vcpu = vm.create_vcpu(0, registers)?;
+        Ok(Self { vcpu, _vm: vm })
+    }
+
+    fn tsc_khz(&self) -> Option<u32> {
+        self.vcpu.tsc_khz()
+    }
+
+    fn boot_cpu(&mut self) -> &mut dyn VirtualCpu {
+        &mut self.vcpu
+    }
+}
+
+/// No backend on this platform yet: a value of this type cannot exist.
+#[cfg(not(target_os = "linux"))]
+enum Backend {}
+
+#[cfg(not(target_os = "linux"))]
+impl Backend {
+    fn new(
+        _mem: &GuestMemory,
+        _registers: &arch::InitialRegisters,
+        _cpu_count: u32,
+    ) -> Result<Self, VmError> {
+        Err(VmError::UnsupportedPlatform)
+    }
+
+    fn tsc_khz(&self) -> Option<u32> {
+        match *self {}
+    }
+
+    fn boot_cpu(&mut self) -> &mut dyn VirtualCpu {
+        match *self {}
+    }
+}
+
 /// A prepared VM: guest RAM laid out, backend created, ready to run.
 pub struct Vm {
-    // Field order matters: the vCPU and the backend VM are dropped before guest RAM.
-    #[cfg(target_os = "linux")]
-    vcpu: crate::linux::KvmCpu,
-    #[cfg(target_os = "linux")]
-    _backend: crate::linux::KvmVm,
+    // Field order matters: the backend (which maps guest RAM into the hypervisor) is dropped
+    // before guest RAM itself.
+    backend: Backend,
     hypercalls: Hypercalls,
     output: Arc<SerialOutput>,
     stats: Option<ExitStats>,
@@ -175,7 +239,12 @@ fn load_kernel(config: &VmConfig) -> Result<LoadedGuest, VmError> {
         .unwrap_or(layout::PIE_KERNEL_BASE);
     let footprint = image.footprint();
     let image_end = base.saturating_add(footprint);
-    let layout = MemoryLayout::new(ram_size, base..image_end)?;
+    layout::check_memory_size(ram_size)?;
+    let layout =
+        MemoryLayout::new(ram_size, base..image_end).map_err(|source| VmError::Placement {
+            path: path.clone(),
+            source,
+        })?;
     let mem = GuestMemory::new(layout.ram_base(), ram_size)?;
     // `MemoryLayout::new` guarantees the image fits in RAM, so its size fits a usize.
     let mut staging = vec![0u8; footprint as usize];
@@ -232,16 +301,8 @@ impl Vm {
             env: config.env.clone(),
         };
 
-        cfg_if::cfg_if! {
-            if #[cfg(target_os = "linux")] {
-                let backend = crate::linux::KvmVm::new(&mem)?;
-                let vcpu = backend.create_vcpu(0, &registers)?;
-                let cpu_freq_khz = vcpu.tsc_khz();
-            } else {
-                let _ = registers;
-                return Err(VmError::UnsupportedPlatform);
-            }
-        }
+        let backend = Backend::new(&mem, &registers, config.cpu_count)?;
+        let cpu_freq_khz = backend.tsc_khz();
 
         let bootargs = boot::bootargs(
             &[],
@@ -278,8 +339,7 @@ impl Vm {
 
         let hypercalls = Hypercalls::new(Arc::clone(&output), files, cmdline);
         Ok(Self {
-            vcpu,
-            _backend: backend,
+            backend,
             hypercalls,
             output,
             stats: config.stats.then(ExitStats::new),
@@ -290,7 +350,7 @@ impl Vm {
     /// Runs the guest until it exits. Returns its exit code, or the reason it could not finish.
     pub fn run(&mut self) -> Result<GuestExit, VmError> {
         let result = run_vcpu(
-            &mut self.vcpu,
+            self.backend.boot_cpu(),
             &self.mem,
             &self.hypercalls,
             self.stats.as_mut(),
@@ -417,16 +477,8 @@ fn run_vcpu(
                 ));
             }
             VcpuExit::EmulationFailure { rip, instruction } => {
-                return Err(crash(
-					vcpu,
-					mem,
-					"emulation failure: the hypervisor cannot execute this instruction",
-					Some(rip),
-					instruction,
-				)
-				.with_hint(
-					"KVM here executes guest instructions in software and lacks some of them (SSE arithmetic, XSAVE, XGETBV)",
-				));
+                let failure = crash(vcpu, mem, EMULATION_FAILURE, Some(rip), instruction);
+                return Err(failure.with_hint(EMULATION_FAILURE_HINT));
             }
             VcpuExit::Debug => {
                 return Err(crash(vcpu, mem, "unexpected debug exit", None, None));
