@@ -226,9 +226,9 @@ fn image_larger_than_guest_memory() {
     let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
     // Grow the memory size (BSS) of the last PT_LOAD segment to 100 MiB.
     let last_load = (0..phnum)
+        .rev()
         .map(|i| phoff + i * 56)
-        .filter(|&ph| u32::from_le_bytes(bytes[ph..ph + 4].try_into().unwrap()) == 1)
-        .last()
+        .find(|&ph| u32::from_le_bytes(bytes[ph..ph + 4].try_into().unwrap()) == 1)
         .expect("the test guest has a PT_LOAD segment");
     bytes[last_load + 40..last_load + 48].copy_from_slice(&(100u64 << 20).to_le_bytes());
     fs::write(&path, bytes).unwrap();

@@ -2,6 +2,9 @@
 //! used (and what to do when it cannot), and running the `uhyve` binary under a deadline so a hung
 //! VM fails its test instead of hanging the whole run.
 
+// Each integration-test crate compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::Read;
