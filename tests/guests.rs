@@ -470,6 +470,23 @@ fn boot_info_reports_the_cpu_count() {
 }
 
 #[test]
+fn boot_info_reports_tsc_frequency_and_device_tree() {
+    if !kvm_or_skip("boot_info_reports_tsc_frequency_and_device_tree") {
+        return;
+    }
+    let run = boot_info_run(&[]);
+    let cpu_freq = boot_info_field(&run.stdout, "cpu_freq");
+    assert!(
+        cpu_freq.is_some_and(|khz| khz != "0x0"),
+        "the TSC frequency from KVM must reach the guest\n{}",
+        run.report()
+    );
+    let device_tree = boot_info_field(&run.stdout, "device_tree");
+    assert_eq!(device_tree, Some("0x3000"), "{}", run.report());
+    run.assert_stdout_contains("fdt magic: ok");
+}
+
+#[test]
 fn more_than_one_cpu_is_refused_clearly_until_multicore_lands() {
     // Multi-core guests are a later issue; until then `-c 2` must fail with a clear message
     // rather than boot a guest that waits forever for its second CPU.

@@ -21,6 +21,11 @@ int main(void)
 	field("kernel_image_addr_start", bi->kernel_image_addr_start);
 	field("platform", bi->platform);
 	field("num_cpus", bi->num_cpus);
+	field("cpu_freq", bi->cpu_freq);
+	field("device_tree", bi->device_tree);
+	/* The device tree starts with the big-endian magic 0xd00dfeed. */
+	check("fdt magic", bi->device_tree != 0 &&
+		*(const volatile uint32_t *)(uintptr_t)bi->device_tree == 0xedfe0dd0u, 0);
 	check("boot_time set", bi->boot_time_lo != 0 || bi->boot_time_hi != 0, 0);
 	return check_failures != 0;
 }
