@@ -141,8 +141,15 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     init_logging(args.verbose);
     let config = args.into_config();
+    if let Err(e) = crate::signals::install_stop_handlers() {
+        log::warn!("{e}; interrupting uhyve will not clean up");
+    }
     match crate::vm::run(&config) {
         Ok(code) => code,
+        Err(crate::vm::VmError::Stopped(signal)) => {
+            eprintln!("uhyve: stopped by {}", crate::signals::signal_name(signal));
+            128 + signal
+        }
         Err(e) => {
             eprintln!("uhyve: error: {e}");
             FAILURE_STATUS

@@ -118,8 +118,10 @@ pub enum HypercallOutcome {
 #[derive(Debug)]
 pub struct Hypercalls {
     output: Arc<SerialOutput>,
-    files: FileMap,
+    // Field order matters: open files are closed (`fds` dropped) before the temp directory that
+    // may hold them is removed (`files` dropped).
     fds: FdTable,
+    files: FileMap,
     /// What Cmdsize announces.
     sizes: CmdsizeParams,
     /// The argument items Cmdval writes, NUL included, exactly `sizes.argsz[k]` bytes each.

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod mem;
 pub mod output;
 pub mod params;
+pub mod signals;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -110,6 +110,9 @@ pub enum VmError {
         "--cpu-count {0}: only 1 vCPU is supported so far (multi-core support is not yet implemented)"
     )]
     UnsupportedCpuCount(u32),
+    /// A host signal asked uhyve to stop.
+    #[error("stopped by {}", crate::signals::signal_name(*.0))]
+    Stopped(i32),
     /// This platform has no backend yet.
     #[error("uhyve cannot run guests on this platform yet")]
     UnsupportedPlatform,
@@ -234,9 +237,14 @@ fn load_kernel(config: &VmConfig) -> Result<LoadedGuest, VmError> {
     };
     let image = KernelImage::parse(bytes).map_err(load_error)?;
     let ram_size = config.memory_size.0;
-    let base = image
-        .fixed_load_address()
-        .unwrap_or(layout::PIE_KERNEL_BASE);
+    // A PIE goes to the lowest address above the boot structures that keeps its segments'
+    // alignment (0x40000 for every known Hermit image).
+    let base = match image.fixed_load_address() {
+        Some(fixed) => fixed,
+        None => layout::PIE_KERNEL_BASE
+            .checked_next_multiple_of(image.load_alignment().max(1))
+            .unwrap_or(u64::MAX),
+    };
     let footprint = image.footprint();
     let image_end = base.saturating_add(footprint);
     layout::check_memory_size(ram_size)?;
@@ -279,10 +287,11 @@ impl Vm {
             loaded.image_range.end,
             loaded.entry_point
         );
-        let legacy_map = image
+        let pre_0_10_kernel = image
             .kernel_version()
             .is_none_or(|(major, minor, _)| (major, minor) < (0, 10));
-        let pml4 = arch::build_identity_map(&mem, &layout, loaded.image_range.end, legacy_map)?;
+        let pml4 =
+            arch::build_identity_map(&mem, &layout, loaded.image_range.end, pre_0_10_kernel)?;
         arch::write_gdt(&mem, layout.gdt())?;
         let registers = arch::initial_registers(
             loaded.entry_point,
@@ -304,11 +313,14 @@ impl Vm {
         let backend = Backend::new(&mem, &registers, config.cpu_count)?;
         let cpu_freq_khz = backend.tsc_khz();
 
-        let bootargs = boot::bootargs(
-            &[],
-            &lossy_pairs(&cmdline.env),
-            &lossy_list(&config.kernel_args),
-        );
+        // Kernels >= 0.10 read arguments and environment from `/chosen/bootargs`; older ones ask
+        // with Cmdsize/Cmdval, so their device tree does not need to carry the environment.
+        let bootargs_env = if pre_0_10_kernel {
+            Vec::new()
+        } else {
+            lossy_pairs(&cmdline.env)
+        };
+        let bootargs = boot::bootargs(&[], &bootargs_env, &lossy_list(&config.kernel_args));
         let fdt = boot::build_fdt(&FdtParams {
             ram: layout.ram(),
             num_cpus: config.cpu_count,
@@ -402,6 +414,9 @@ fn run_vcpu(
     let vcpu_error = |source| VmError::Vcpu { cpu, source };
     let mut pci = PciConfigSpace::default();
     loop {
+        if let Some(signal) = crate::signals::stop_requested() {
+            return Err(VmError::Stopped(signal));
+        }
         let exit = vcpu.run().map_err(vcpu_error)?;
         if let Some(stats) = stats.as_deref_mut() {
             stats.record(exit.kind());
@@ -441,7 +456,8 @@ fn run_vcpu(
                 // re-entering waits for the next interrupt.
             }
             VcpuExit::Interrupted => {
-                // A host signal interrupted KVM_RUN; nothing asked this vCPU to stop, so resume.
+                // A host signal interrupted KVM_RUN: a stop request is handled at the top of the
+                // loop; any other signal just resumes the guest.
             }
             VcpuExit::MmioRead { address, size } => {
                 return Err(crash(
@@ -563,16 +579,28 @@ fn crash(
 
 /// Reads up to 15 instruction bytes at guest-virtual `rip`, stopping at the first unmapped page.
 fn read_instruction(mem: &GuestMemory, root: GuestPhysAddr, rip: u64) -> Option<InstructionBytes> {
-    let mut bytes = Vec::with_capacity(15);
-    for offset in 0..15u64 {
-        let va = GuestVirtAddr::new(rip.checked_add(offset)?);
-        let Ok(pa) = arch::paging::virt_to_phys(mem, root, va) else {
+    const MAX_INSTRUCTION_LEN: u64 = 15;
+    let mut bytes = Vec::with_capacity(MAX_INSTRUCTION_LEN as usize);
+    // At most two pages: the one holding RIP and, if the instruction may cross it, the next.
+    let in_first_page = arch::paging::PAGE_SIZE - rip % arch::paging::PAGE_SIZE;
+    for (start, len) in [
+        (rip, in_first_page.min(MAX_INSTRUCTION_LEN)),
+        (
+            rip.checked_add(in_first_page)?,
+            MAX_INSTRUCTION_LEN.saturating_sub(in_first_page),
+        ),
+    ] {
+        if len == 0 {
+            break;
+        }
+        let Ok(pieces) = arch::translate_range(mem, root, GuestVirtAddr::new(start), len) else {
             break;
         };
-        let Ok(byte) = mem.read_obj::<u8>(pa) else {
-            break;
-        };
-        bytes.push(byte);
+        for (address, piece_len) in pieces {
+            let mut piece = vec![0u8; piece_len as usize];
+            mem.read(address, &mut piece).ok()?;
+            bytes.extend_from_slice(&piece);
+        }
     }
     (!bytes.is_empty()).then_some(InstructionBytes(bytes))
 }

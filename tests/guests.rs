@@ -24,6 +24,7 @@ const GUESTS: &[&str] = &[
     "hostile",
     "serial_buffer",
     "serial_byte",
+    "spin",
     "stdout_write",
     "triple_fault",
 ];
@@ -613,6 +614,26 @@ fn hostile_write_params_outside_ram_stop_the_vm() {
         run.assert_stopped_by_host(42)
             .assert_stderr_mentions("write")
             .assert_stdout_lacks("survived");
+    }
+}
+
+#[test]
+fn hostile_string_port_io_is_served_per_element_or_stops_the_vm() {
+    if !kvm_or_skip("hostile_string_port_io_is_served_per_element_or_stops_the_vm") {
+        return;
+    }
+    // KVM either reports `rep outs`/`rep ins` one element per exit (this machine's software
+    // emulator does), which uhyve serves like single accesses, or as one exit with a count, which
+    // uhyve refuses with a message rather than mis-reading the elements as one wide access.
+    for (attack, per_element_output) in [("rep_outs", "AB\nrep_outs: ok"), ("rep_ins", ": ok")] {
+        let run = Uhyve::guest("hostile").args([attack]).run();
+        if run.code() == 0 {
+            run.assert_all_ok()
+                .assert_stdout_contains(per_element_output);
+        } else {
+            run.assert_stopped_by_host(0)
+                .assert_stderr_mentions("string port I/O");
+        }
     }
 }
 

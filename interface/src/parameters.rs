@@ -239,6 +239,10 @@ pub const EEXIST: i32 = 17;
 pub const EISDIR: i32 = 21;
 /// Invalid argument.
 pub const EINVAL: i32 = 22;
+/// Too many open files.
+pub const EMFILE: i32 = 24;
+/// No space left on device.
+pub const ENOSPC: i32 = 28;
 /// Read-only file system.
 pub const EROFS: i32 = 30;
 /// Value too large.

@@ -16,6 +16,11 @@ use super::IsolationError;
 /// The first descriptor number handed out for opened files.
 pub const FIRST_FILE_FD: i32 = 3;
 
+/// How many files a guest may hold open at once. Each is a host descriptor of the uhyve
+/// process, so the cap keeps a guest well below the usual host limit (1024) and leaves uhyve
+/// the descriptors it needs itself (e.g. to delete its temp directory at exit).
+pub const MAX_OPEN_FILES: usize = 512;
+
 /// What a guest file descriptor refers to.
 #[derive(Debug, Clone)]
 pub enum GuestFd {
@@ -68,6 +73,9 @@ impl FdTable {
     /// Registers `file` and returns its new guest fd (3, 4, 5, …).
     pub fn insert(&self, file: File) -> Result<i32, IsolationError> {
         let mut table = self.lock();
+        if table.files.len() >= MAX_OPEN_FILES {
+            return Err(IsolationError::TooManyOpenFiles);
+        }
         let fd = table.next.ok_or(IsolationError::FdsExhausted)?;
         table.next = fd.checked_add(1);
         table.files.insert(fd, Arc::new(file));
@@ -112,6 +120,27 @@ impl FdTable {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn open_files_are_capped() {
+        let table = FdTable::new();
+        let open = || File::open("/dev/null").unwrap();
+        for _ in 0..MAX_OPEN_FILES {
+            table.insert(open()).unwrap();
+        }
+        assert!(matches!(
+            table.insert(open()),
+            Err(IsolationError::TooManyOpenFiles)
+        ));
+        assert_eq!(
+            IsolationError::TooManyOpenFiles.errno(),
+            uhyve_interface::EMFILE
+        );
+        // Closing one makes room again, under a new number.
+        table.close(FIRST_FILE_FD).unwrap();
+        let fd = table.insert(open()).unwrap();
+        assert_eq!(fd, FIRST_FILE_FD + MAX_OPEN_FILES as i32);
+    }
+
     use super::*;
 
     fn scratch_file() -> File {

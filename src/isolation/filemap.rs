@@ -66,13 +66,34 @@ struct CreatedFiles {
     next: u64,
 }
 
+/// How many files a guest may create outside its mappings (in the private temp directory). Each
+/// costs an inode on the host and a map entry of at most `MAX_PATH_LEN` bytes in uhyve.
+pub const MAX_CREATED_FILES: usize = 16 * 1024;
+
 /// The guest's view of host files; `Send + Sync`.
 #[derive(Debug)]
 pub struct FileMap {
     /// Cleaned guest path → canonical host path.
     mappings: BTreeMap<GuestKey, PathBuf>,
-    temp: TempDir,
+    /// The private temp directory (`temp`'s path, kept for use while `temp` is taken on drop).
+    temp_path: PathBuf,
+    /// Owner of the private temp directory; `None` only while being dropped.
+    temp: Option<TempDir>,
     created: Mutex<CreatedFiles>,
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let path = temp.path().to_owned();
+            if let Err(error) = temp.close() {
+                log::warn!(
+                    "cannot remove the guest's temp directory {}: {error}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 impl FileMap {
@@ -103,14 +124,15 @@ impl FileMap {
             .map_err(|source| IsolationError::TempDir { parent, source })?;
         Ok(FileMap {
             mappings: map,
-            temp,
+            temp_path: temp.path().to_owned(),
+            temp: Some(temp),
             created: Mutex::new(CreatedFiles::default()),
         })
     }
 
     /// The private temp directory holding the files the guest created under unmapped paths.
     pub fn temp_dir(&self) -> &Path {
-        self.temp.path()
+        &self.temp_path
     }
 
     /// The mapped host paths (for sandbox rules).
@@ -168,9 +190,12 @@ impl FileMap {
         if key.is_empty() {
             return Err(IsolationError::IsDirectory(guest_path.to_owned()));
         }
+        if created.paths.len() >= MAX_CREATED_FILES {
+            return Err(IsolationError::TooManyCreatedFiles);
+        }
         let number = created.next;
         created.next = number.wrapping_add(1);
-        let host = self.temp.path().join(format!("file-{number}"));
+        let host = self.temp_path.join(format!("file-{number}"));
         let file = open_host(&host, host_flags | libc::O_CREAT | libc::O_EXCL, mode)?;
         log::debug!("guest file {guest_path:?} created as {}", host.display());
         created.paths.insert(key, host);
@@ -321,6 +346,27 @@ fn open_host(path: &Path, host_flags: i32, mode: u32) -> Result<File, IsolationE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn created_files_are_capped_and_removed_with_the_map() {
+        let parent = tempfile::tempdir().unwrap();
+        let map = FileMap::new(&[], Some(parent.path().to_owned())).unwrap();
+        let temp = map.temp_dir().to_owned();
+        let create = abi::O_CREAT | abi::O_WRONLY;
+        for i in 0..MAX_CREATED_FILES {
+            drop(map.open(&format!("/t/{i}"), create, 0o600).unwrap());
+        }
+        let refused = map.open("/t/one-more", create, 0o600).unwrap_err();
+        assert!(matches!(refused, IsolationError::TooManyCreatedFiles));
+        assert_eq!(refused.errno(), abi::ENOSPC);
+        // Files created earlier can still be reopened.
+        drop(map.open("/t/7", abi::O_RDONLY, 0).unwrap());
+        // An open file does not keep the temp directory alive.
+        let still_open = map.open("/t/8", abi::O_RDONLY, 0).unwrap();
+        drop(map);
+        assert!(!temp.exists(), "temp dir {} left behind", temp.display());
+        drop(still_open);
+    }
+
     use super::*;
     use std::io::{Read, Write};
     use uhyve_interface as abi;

@@ -82,6 +82,12 @@ pub enum IsolationError {
     /// A guest file descriptor that is not open.
     #[error("guest file descriptor {0} is not open")]
     BadFd(i32),
+    /// The guest holds the maximum number of open files.
+    #[error("the guest has too many open files")]
+    TooManyOpenFiles,
+    /// The guest created the maximum number of files in its private temp directory.
+    #[error("the guest created too many files in its private temp directory")]
+    TooManyCreatedFiles,
     /// The guest opened more files than file descriptor numbers exist.
     #[error("no guest file descriptor numbers left")]
     FdsExhausted,
@@ -107,6 +113,8 @@ impl IsolationError {
             Self::Escapes(_) => abi::EPERM,
             Self::IsDirectory(_) => abi::EISDIR,
             Self::BadFd(_) => abi::EBADF,
+            Self::TooManyOpenFiles => abi::EMFILE,
+            Self::TooManyCreatedFiles => abi::ENOSPC,
             Self::Io { source, .. } => guest_errno(source),
             Self::MalformedMapping { .. }
             | Self::HostPath { .. }

@@ -123,6 +123,17 @@ impl KvmCpu {
         self.tsc_khz
     }
 
+    /// `(port, size, count)` if the last exit was a port access repeated more than once.
+    fn string_io(&mut self) -> Option<(u16, u8, u32)> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return None;
+        }
+        // SAFETY: the exit reason is KVM_EXIT_IO, so the `io` member of the union is valid.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        (io.count != 1).then_some((io.port, io.size, io.count))
+    }
+
     /// Details of a `KVM_EXIT_INTERNAL_ERROR`, read from the shared `kvm_run` page.
     fn internal_error(&mut self) -> VcpuExit {
         let run = self.fd.get_kvm_run();
@@ -169,7 +180,7 @@ impl VirtualCpu for KvmCpu {
             }
             Err(e) => return Err(backend_error("KVM_RUN")(e)),
         };
-        Ok(match exit {
+        let translated = match exit {
             KvmExit::IoOut(port, data) => {
                 let mut value = [0u8; 4];
                 match value.get_mut(..data.len()) {
@@ -234,7 +245,22 @@ impl VirtualCpu for KvmCpu {
             other => VcpuExit::Unhandled {
                 description: format!("KVM exit {other:?}"),
             },
-        })
+        };
+        // KVM reports `rep ins`/`rep outs` as one exit carrying `count` elements; uhyve has no
+        // device that takes string I/O, and treating the elements as one wide access would
+        // mis-read the data, so such an access stops the guest.
+        if matches!(
+            translated,
+            VcpuExit::Hypercall { .. } | VcpuExit::PortOut { .. } | VcpuExit::PortIn { .. }
+        ) && let Some((port, size, count)) = self.string_io()
+        {
+            return Ok(VcpuExit::Unhandled {
+                description: format!(
+                    "string port I/O (rep ins/outs) of {count} × {size} bytes on port {port:#x}"
+                ),
+            });
+        }
+        Ok(translated)
     }
 
     fn complete_port_in(&mut self, value: u32) -> Result<(), VcpuError> {

@@ -21,6 +21,8 @@
  *   unknown_ports             out/in on ports uhyve does not serve
  *   cmdval_outside_ram        Cmdval with its argv array outside RAM
  *   cmdval_bad_slots          Cmdval whose string slots run past the end of RAM
+ *   rep_outs                  `rep outsb` of 2 bytes to the serial port (string port I/O)
+ *   rep_ins                   `rep insb` of 4 bytes from an unknown port (must read all-ones)
  */
 #include "uhyve.h"
 
@@ -253,6 +255,30 @@ static int cmdval_bad_slots(void)
 	return survived();
 }
 
+static int rep_outs(void)
+{
+	static const char bytes[2] = {'A', 'B'};
+	const char *from = bytes;
+	uint64_t count = 2;
+	__asm__ volatile("rep outsb" : "+S"(from), "+c"(count) : "d"((uint16_t)UHYVE_PORT_UART) : "memory");
+	put_str("\nrep_outs: ok\n");
+	return 0;
+}
+
+static int rep_ins(void)
+{
+	static char bytes[4];
+	char *to = bytes;
+	uint64_t count = 4;
+	__asm__ volatile("rep insb" : "+D"(to), "+c"(count) : "d"((uint16_t)0x3f0) : "memory");
+	/* No device at that port: every element reads as all-ones. */
+	int all_ones = 1;
+	for (int i = 0; i < 4; i++)
+		all_ones &= (uint8_t)bytes[i] == 0xff;
+	check("rep_ins all-ones", all_ones, (uint8_t)bytes[0]);
+	return check_failures != 0;
+}
+
 int main(void)
 {
 	struct uhyve_args args;
@@ -293,6 +319,10 @@ int main(void)
 		return cmdval_outside_ram();
 	if (strcmp(attack, "cmdval_bad_slots") == 0)
 		return cmdval_bad_slots();
+	if (strcmp(attack, "rep_outs") == 0)
+		return rep_outs();
+	if (strcmp(attack, "rep_ins") == 0)
+		return rep_ins();
 	put_str("unknown attack\n");
 	return 100;
 }

@@ -1,0 +1,79 @@
+//! Host signals that stop the VM in an orderly way: SIGINT, SIGTERM and SIGHUP set a flag that the
+//! vCPU loop checks whenever `KVM_RUN` is interrupted or about to be entered, so uhyve flushes the
+//! guest's output, removes its temporary directory and exits with `128 + signal`. Each handler is
+//! one-shot (`SA_RESETHAND`): a second signal of the same kind terminates uhyve at once.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use thiserror::Error;
+
+/// The signal that asked uhyve to stop, or 0.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The signals that stop a VM.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Failure to install the handlers.
+#[derive(Debug, Error)]
+#[error("cannot install a handler for signal {signal}: {source}")]
+pub struct SignalError {
+    signal: libc::c_int,
+    source: std::io::Error,
+}
+
+extern "C" fn record_stop_signal(signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// Installs the stop handlers for SIGINT, SIGTERM and SIGHUP.
+pub fn install_stop_handlers() -> Result<(), SignalError> {
+    for signal in STOP_SIGNALS {
+        // SAFETY: a zeroed `sigaction` is a valid empty action; it is then filled with a handler
+        // that only performs an atomic store, an empty mask and flags that exist on every Unix.
+        let result = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = record_stop_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if result != 0 {
+            return Err(SignalError {
+                signal,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The signal that asked uhyve to stop, if any.
+pub fn stop_requested() -> Option<i32> {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// A short name for a stop signal, for messages.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(signal_name(libc::SIGINT), "SIGINT");
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(0), "a signal");
+    }
+}

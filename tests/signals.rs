@@ -1,0 +1,70 @@
+//! A host signal stops a running guest cleanly: the console output is flushed, the private temp
+//! directory is removed, and uhyve exits with `128 + signal` and a message.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{UHYVE_BIN, guest, kvm_or_skip};
+
+#[test]
+fn sigint_stops_a_spinning_guest_and_cleans_up() {
+    if !kvm_or_skip("sigint_stops_a_spinning_guest_and_cleans_up") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(UHYVE_BIN)
+        .arg(guest("spin"))
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the guest to reach its loop (it prints "spinning" first).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"spinning\n") {
+        match stdout.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!(
+                "the guest ended before spinning: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    let temp_dirs = std::fs::read_dir(tmp.path()).unwrap().count();
+    assert_eq!(
+        temp_dirs, 1,
+        "uhyve's private temp directory should exist while it runs"
+    );
+
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("uhyve did not stop within 10 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+}
