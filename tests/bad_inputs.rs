@@ -188,20 +188,31 @@ fn dev_kvm_without_permission_is_explained() {
         return;
     }
     let kvm_mode = fs::metadata("/dev/kvm").map(|m| {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::PermissionsExt as _;
         m.permissions().mode()
     });
     if kvm_mode.is_ok_and(|mode| mode & 0o006 != 0) {
         eprintln!("skipping dev_kvm_without_permission_is_explained: /dev/kvm is world-accessible");
         return;
     }
-    let wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
-    let Some(output) = run_wrapped(&wrapper) else {
+    // The unprivileged user must be able to reach uhyve and the guest, wherever the checkout is:
+    // run copies from a world-readable directory.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let uhyve = dir.path().join("uhyve");
+    let hello = dir.path().join("hello");
+    fs::copy(UHYVE_BIN, &uhyve).unwrap();
+    fs::copy(guest("hello"), &hello).unwrap();
+    fs::set_permissions(&uhyve, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&hello, fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&uhyve)
+        .arg(&hello)
+        .output()
+        .ok();
+    let Some(output) = output else {
         eprintln!("skipping dev_kvm_without_permission_is_explained: setpriv is not available");
         return;
     };
