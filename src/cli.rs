@@ -18,6 +18,7 @@ pub const FAILURE_STATUS: i32 = 1;
 #[command(
     name = "uhyve",
     version,
+    override_usage = "uhyve [OPTIONS] <KERNEL> [KERNEL_ARGS]...",
     about = "A minimal, fast, secure hypervisor for Hermit unikernels",
     after_help = "Environment variables: HERMIT_MEMORY_SIZE (--memory-size), HERMIT_CPU_COUNT \
 	              (--cpu-count), HERMIT_VERBOSE (--verbose), HERMIT_STATS (--stats), HERMIT_OUTPUT \
@@ -56,11 +57,11 @@ pub struct Args {
     pub tempdir: Option<PathBuf>,
 
     /// Print exit statistics when the guest stops
-    #[arg(long, env = "HERMIT_STATS")]
+    #[arg(long, env = "HERMIT_STATS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub stats: bool,
 
     /// Log what uhyve does (info level; RUST_LOG overrides)
-    #[arg(short = 'v', long, env = "HERMIT_VERBOSE")]
+    #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub verbose: bool,
 
     /// The Hermit image to run, followed by the arguments passed to the guest application.

@@ -315,6 +315,41 @@ fn stats_option_keeps_the_run_working() {
     let run = Uhyve::guest("serial_byte").opts(["--stats"]).run();
     run.assert_success()
         .assert_stdout_contains("serial byte output works\n");
+    // Statistics go to stderr: one SerialWriteByte exit per byte and the final Exit.
+    let count = |kind: &str| {
+        run.stderr
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|words| words.len() == 2 && words[0] == kind)
+            .and_then(|words| words[1].parse::<usize>().ok())
+    };
+    let line = "serial byte output works\n";
+    assert_eq!(
+        count("SerialWriteByte"),
+        Some(line.len()),
+        "{}",
+        run.report()
+    );
+    assert_eq!(count("Exit"), Some(1), "{}", run.report());
+}
+
+#[test]
+fn options_come_from_upstream_environment_variables() {
+    if !kvm_or_skip("options_come_from_upstream_environment_variables") {
+        return;
+    }
+    let run = Uhyve::guest("boot_info")
+        .env("HERMIT_MEMORY_SIZE", "32M")
+        .env("HERMIT_STATS", "1")
+        .run();
+    run.assert_all_ok();
+    assert_eq!(
+        boot_info_field(&run.stdout, "phys_addr_end"),
+        Some("0x2000000"),
+        "{}",
+        run.report()
+    );
+    assert!(run.stderr.contains("vCPU exits"), "{}", run.report());
 }
 
 // ---- Exit status ----
