@@ -60,6 +60,11 @@ pub struct Args {
     #[arg(long, env = "HERMIT_STATS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub stats: bool,
 
+    /// Stop the guest when the hypervisor cannot execute an instruction, instead of executing
+    /// it in user space
+    #[arg(long)]
+    pub no_emulation_fallback: bool,
+
     /// Log what uhyve does (info level; RUST_LOG overrides)
     #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub verbose: bool,
@@ -119,6 +124,7 @@ impl Args {
             file_mappings: self.file_mapping,
             tempdir: self.tempdir,
             stats: self.stats,
+            emulation_fallback: !self.no_emulation_fallback,
         }
     }
 }

@@ -167,6 +167,8 @@ pub struct VmConfig {
     pub tempdir: Option<PathBuf>,
     /// Count exits and print them at the end.
     pub stats: bool,
+    /// Execute instructions the hypervisor cannot emulate in user space.
+    pub emulation_fallback: bool,
 }
 
 #[cfg(test)]

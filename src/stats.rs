@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct ExitStats {
     counts: BTreeMap<&'static str, u64>,
+    emulated: BTreeMap<String, u64>,
     started: Instant,
     finished: Option<Duration>,
 }
@@ -24,6 +25,7 @@ impl ExitStats {
     pub fn new() -> Self {
         Self {
             counts: BTreeMap::new(),
+            emulated: BTreeMap::new(),
             started: Instant::now(),
             finished: None,
         }
@@ -32,6 +34,21 @@ impl ExitStats {
     /// Counts one exit of the given kind.
     pub fn record(&mut self, kind: &'static str) {
         *self.counts.entry(kind).or_insert(0) += 1;
+    }
+
+    /// Counts one instruction executed by the user-space emulation fallback.
+    pub fn record_emulated(&mut self, mnemonic: &str) {
+        match self.emulated.get_mut(mnemonic) {
+            Some(count) => *count += 1,
+            None => {
+                self.emulated.insert(mnemonic.to_owned(), 1);
+            }
+        }
+    }
+
+    /// How many instructions the emulation fallback executed.
+    pub fn emulated_total(&self) -> u64 {
+        self.emulated.values().sum()
     }
 
     /// Marks the end of the run.
@@ -60,6 +77,13 @@ impl fmt::Display for ExitStats {
         for (kind, count) in &self.counts {
             writeln!(f, "    {kind:<width$}  {count}")?;
         }
+        if !self.emulated.is_empty() {
+            writeln!(f, "  emulated in user space: {}", self.emulated_total())?;
+            let width = self.emulated.keys().map(|k| k.len()).max().unwrap_or(0);
+            for (mnemonic, count) in &self.emulated {
+                writeln!(f, "    {mnemonic:<width$}  {count}")?;
+            }
+        }
         Ok(())
     }
 }
@@ -74,12 +98,18 @@ mod tests {
         stats.record("SerialWriteByte");
         stats.record("SerialWriteByte");
         stats.record("Exit");
+        stats.record_emulated("xorps");
+        stats.record_emulated("xorps");
+        stats.record_emulated("xgetbv");
         stats.finish();
+        assert_eq!(stats.emulated_total(), 3);
         assert_eq!(stats.count("SerialWriteByte"), 2);
         assert_eq!(stats.count("FileOpen"), 0);
         assert_eq!(stats.total(), 3);
         let text = stats.to_string();
         assert!(text.contains("vCPU exits: 3"), "{text}");
         assert!(text.contains("SerialWriteByte  2"), "{text}");
+        assert!(text.contains("emulated in user space: 3"), "{text}");
+        assert!(text.contains("xorps   2"), "{text}");
     }
 }

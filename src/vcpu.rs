@@ -165,4 +165,10 @@ pub trait VirtualCpu {
 
     /// A multi-line dump of the register state, for diagnostics.
     fn register_dump(&mut self) -> Result<String, VcpuError>;
+
+    /// Access to the x86 state for the user-space instruction emulator, where the backend
+    /// offers it.
+    fn as_x86(&mut self) -> Option<&mut dyn crate::arch::x86_64::emulate::X86Cpu> {
+        None
+    }
 }

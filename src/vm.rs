@@ -7,12 +7,13 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, layout};
+use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, emulate, layout};
 use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
 use crate::hypercall::{GuestCommandLine, HypercallError, HypercallOutcome, Hypercalls};
 use crate::isolation::{FileMap, IsolationError};
@@ -213,6 +214,7 @@ pub struct Vm {
     hypercalls: Hypercalls,
     output: Arc<SerialOutput>,
     stats: Option<ExitStats>,
+    emulation_fallback: bool,
     mem: GuestMemory,
 }
 
@@ -357,16 +359,19 @@ impl Vm {
             hypercalls,
             output,
             stats: config.stats.then(ExitStats::new),
+            emulation_fallback: config.emulation_fallback,
             mem,
         })
     }
 
     /// Runs the guest until it exits. Returns its exit code, or the reason it could not finish.
     pub fn run(&mut self) -> Result<GuestExit, VmError> {
+        let fallback = EmulationFallback::new(self.emulation_fallback);
         let result = run_vcpu(
             self.backend.boot_cpu(),
             &self.mem,
             &self.hypercalls,
+            &fallback,
             self.stats.as_mut(),
         );
         self.output.flush();
@@ -397,6 +402,44 @@ fn lossy_pairs(items: &[(OsString, OsString)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The user-space fallback for instructions the hypervisor cannot emulate, shared by all vCPUs.
+struct EmulationFallback {
+    enabled: bool,
+    warned: AtomicBool,
+}
+
+impl EmulationFallback {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Executes the instruction at the vCPU's RIP in user space. `None` if the backend offers no
+    /// access for it; otherwise the lower-case mnemonic, or why it failed.
+    fn execute(
+        &self,
+        vcpu: &mut dyn VirtualCpu,
+        mem: &GuestMemory,
+        reported: Option<&[u8]>,
+    ) -> Option<Result<String, emulate::FallbackError>> {
+        let cpu = vcpu.as_x86()?;
+        let result = emulate::emulate_on_vcpu(cpu, mem, reported);
+        if let Ok(instruction) = &result
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            log::warn!(
+                "the hypervisor cannot execute `{instruction}` (RIP {:#x}); uhyve executes such \
+                 instructions in user space, which is much slower (--no-emulation-fallback turns \
+                 this off; --stats counts them)",
+                instruction.ip()
+            );
+        }
+        Some(result.map(|instruction| format!("{:?}", instruction.mnemonic()).to_lowercase()))
+    }
+}
+
 /// State of the emulated PCI configuration mechanism: no devices, every read is all-ones.
 #[derive(Debug, Default)]
 struct PciConfigSpace {
@@ -408,6 +451,7 @@ fn run_vcpu(
     vcpu: &mut dyn VirtualCpu,
     mem: &GuestMemory,
     hypercalls: &Hypercalls,
+    fallback: &EmulationFallback,
     mut stats: Option<&mut ExitStats>,
 ) -> Result<GuestExit, VmError> {
     let cpu = vcpu.id();
@@ -495,6 +539,24 @@ fn run_vcpu(
                 ));
             }
             VcpuExit::EmulationFailure { rip, instruction } => {
+                if fallback.enabled {
+                    let reported = instruction.as_ref().map(|bytes| bytes.0.as_slice());
+                    match fallback.execute(vcpu, mem, reported) {
+                        Some(Ok(mnemonic)) => {
+                            if let Some(stats) = stats.as_deref_mut() {
+                                stats.record_emulated(&mnemonic);
+                            }
+                            continue;
+                        }
+                        Some(Err(error)) => {
+                            let what = format!(
+                                "emulation failure the user-space fallback cannot handle: {error}"
+                            );
+                            return Err(crash(vcpu, mem, &what, Some(rip), instruction));
+                        }
+                        None => {}
+                    }
+                }
                 let failure = crash(vcpu, mem, EMULATION_FAILURE, Some(rip), instruction);
                 return Err(failure.with_hint(EMULATION_FAILURE_HINT));
             }

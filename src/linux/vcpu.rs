@@ -12,17 +12,23 @@ use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use super::{KvmError, ioctl_error};
+use crate::arch::x86_64::emulate::{X86Cpu, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
 use crate::arch::x86_64::{CpuidRegisters, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf};
 use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 
 /// `IA32_MISC_ENABLE`; bit 0 enables fast string operations.
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+/// `IA32_TIME_STAMP_COUNTER`.
+const MSR_IA32_TSC: u32 = 0x10;
+/// `IA32_TSC_AUX` (what RDTSCP returns in ECX).
+const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 
 /// A KVM vCPU in long mode, ready to run the guest entry point.
 pub struct KvmCpu {
     id: u32,
     fd: VcpuFd,
     tsc_khz: Option<u32>,
+    xsave_layout: XsaveLayout,
 }
 
 fn backend_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
@@ -61,6 +67,13 @@ impl KvmCpu {
             .create_vcpu(u64::from(id))
             .map_err(ioctl_error("KVM_CREATE_VCPU"))?;
 
+        let xsave_layout = XsaveLayout::from_cpuid(|function, index| {
+            cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == function && e.index == index)
+                .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+        });
         for entry in cpuid.as_mut_slice() {
             let mut regs = CpuidRegisters {
                 eax: entry.eax,
@@ -115,7 +128,12 @@ impl KvmCpu {
         }
 
         let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz != 0);
-        Ok(Self { id, fd, tsc_khz })
+        Ok(Self {
+            id,
+            fd,
+            tsc_khz,
+            xsave_layout,
+        })
     }
 
     /// The guest TSC frequency KVM reports, in kHz.
@@ -329,6 +347,10 @@ impl VirtualCpu for KvmCpu {
             .rip)
     }
 
+    fn as_x86(&mut self) -> Option<&mut dyn X86Cpu> {
+        Some(self)
+    }
+
     fn register_dump(&mut self) -> Result<String, VcpuError> {
         let r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
         let s = self
@@ -373,5 +395,106 @@ impl VirtualCpu for KvmCpu {
             s.idt.base,
             s.idt.limit
         ))
+    }
+}
+
+impl X86Cpu for KvmCpu {
+    fn emulation_state(&mut self) -> Result<X86State, VcpuError> {
+        let r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(backend_error("KVM_GET_SREGS"))?;
+        let xsave = self
+            .fd
+            .get_xsave()
+            .map_err(backend_error("KVM_GET_XSAVE"))?;
+        let xcrs = self.fd.get_xcrs().map_err(backend_error("KVM_GET_XCRS"))?;
+        let mut area = Box::new([0u8; XSAVE_AREA_SIZE]);
+        for (chunk, word) in area.chunks_exact_mut(4).zip(xsave.region.iter()) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        let valid_xcrs = xcrs.xcrs.get(..xcrs.nr_xcrs as usize).unwrap_or(&xcrs.xcrs);
+        let xcr0 = valid_xcrs
+            .iter()
+            .find(|x| x.xcr == 0)
+            .map_or(1, |x| x.value);
+        Ok(X86State {
+            gprs: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            rflags: r.rflags,
+            fs_base: s.fs.base,
+            gs_base: s.gs.base,
+            cr3: s.cr3,
+            xcr0,
+            xsave: area,
+        })
+    }
+
+    fn set_emulation_state(
+        &mut self,
+        before: &X86State,
+        after: &X86State,
+    ) -> Result<(), VcpuError> {
+        if after.xsave != before.xsave {
+            let mut xsave = kvm_bindings::kvm_xsave::default();
+            for (word, chunk) in xsave.region.iter_mut().zip(after.xsave.chunks_exact(4)) {
+                *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+            // SAFETY: `xsave` is a complete `kvm_xsave` (4096 bytes) that lives for the call.
+            // uhyve never enables dynamically sized state (AMX), so the kernel's XSAVE buffer for
+            // this vCPU is at most 4096 bytes and KVM reads nothing beyond the struct.
+            unsafe { self.fd.set_xsave(&xsave) }.map_err(backend_error("KVM_SET_XSAVE"))?;
+        }
+        if after.xcr0 != before.xcr0 {
+            let mut xcrs = kvm_bindings::kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = after.xcr0;
+            self.fd
+                .set_xcrs(&xcrs)
+                .map_err(backend_error("KVM_SET_XCRS"))?;
+        }
+        let mut r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+        [
+            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15,
+        ] = after.gprs;
+        r.rip = after.rip;
+        r.rflags = after.rflags;
+        self.fd.set_regs(&r).map_err(backend_error("KVM_SET_REGS"))
+    }
+
+    fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError> {
+        let entry = |index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        };
+        let mut msrs = Msrs::from_entries(&[entry(MSR_IA32_TSC), entry(MSR_IA32_TSC_AUX)])
+            .map_err(|e| VcpuError::Unexpected {
+                operation: "KVM_GET_MSRS",
+                detail: format!("{e:?}"),
+            })?;
+        let read = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(backend_error("KVM_GET_MSRS"))?;
+        let entries = msrs.as_slice();
+        let tsc = entries.first().filter(|_| read >= 1).map(|e| e.data);
+        let aux = entries.get(1).filter(|_| read >= 2).map_or(0, |e| e.data);
+        let tsc = tsc.ok_or(VcpuError::Unexpected {
+            operation: "KVM_GET_MSRS",
+            detail: "IA32_TSC could not be read".into(),
+        })?;
+        Ok((tsc, aux as u32))
+    }
+
+    fn xsave_layout(&self) -> &XsaveLayout {
+        &self.xsave_layout
     }
 }

@@ -7,7 +7,193 @@
 //! ([`GuestAccess`]), advances RIP and resumes the guest. An instruction this module does not
 //! know stops the VM with its mnemonic and bytes: nothing is ever executed approximately.
 
+pub mod operands;
 pub mod sse;
 pub mod state;
+pub mod system;
 
 pub use state::{EmulationError, GuestAccess, X86State};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction};
+use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
+
+pub use system::{SystemServices, XsaveLayout};
+
+use crate::arch::x86_64::paging::translate_range;
+use crate::mem::GuestMemory;
+use crate::vcpu::VcpuError;
+
+/// Longest x86 instruction.
+pub const MAX_INSTRUCTION_LEN: usize = 15;
+
+/// A backend's access to the x86 vCPU state, for the emulator.
+pub trait X86Cpu {
+    /// Reads the state the emulator works on.
+    fn emulation_state(&mut self) -> Result<X86State, VcpuError>;
+    /// Writes back what changed between `before` and `after`.
+    fn set_emulation_state(&mut self, before: &X86State, after: &X86State)
+    -> Result<(), VcpuError>;
+    /// The guest's TSC and `IA32_TSC_AUX`.
+    fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError>;
+    /// The XSAVE layout of this vCPU.
+    fn xsave_layout(&self) -> &XsaveLayout;
+}
+
+/// Whether the emulator implements `instruction`.
+pub fn supports(instruction: &Instruction) -> bool {
+    system::supports(instruction) || sse::supports(instruction)
+}
+
+/// Decodes the instruction at `state.rip` from `bytes` and executes it against `state` and
+/// `memory`. On success RIP points past it; on failure `state` is unchanged.
+pub fn emulate(
+    bytes: &[u8],
+    state: &mut X86State,
+    memory: &mut dyn GuestAccess,
+    services: &mut dyn SystemServices,
+) -> Result<Instruction, EmulationError> {
+    let instruction = Decoder::with_ip(64, bytes, state.rip, DecoderOptions::NONE).decode();
+    if instruction.is_invalid() {
+        return Err(EmulationError::Undecodable);
+    }
+    let mut next = state.clone();
+    let handled = system::execute(&instruction, &mut next, memory, services)?
+        || sse::execute(&instruction, &mut next, memory)?;
+    if !handled {
+        return Err(EmulationError::Unsupported(instruction.to_string()));
+    }
+    next.rip = instruction.next_ip();
+    *state = next;
+    Ok(instruction)
+}
+
+/// Guest memory seen through the guest's page tables: every access is translated page by page
+/// and checked against guest RAM.
+pub struct PagedGuestMemory<'a> {
+    mem: &'a GuestMemory,
+    root: GuestPhysAddr,
+}
+
+impl<'a> PagedGuestMemory<'a> {
+    /// Guest memory as the page tables rooted at `root` (CR3) map it.
+    pub fn new(mem: &'a GuestMemory, root: GuestPhysAddr) -> Self {
+        Self { mem, root }
+    }
+
+    fn pieces(
+        &self,
+        address: u64,
+        len: usize,
+    ) -> Result<Vec<(GuestPhysAddr, u64)>, EmulationError> {
+        translate_range(self.mem, self.root, GuestVirtAddr::new(address), len as u64)
+            .map_err(|_| EmulationError::BadAddress { address, len })
+    }
+
+    /// Reads up to `max` bytes at `address`, stopping at the first inaccessible byte.
+    pub fn read_prefix(&mut self, address: u64, max: usize) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(max);
+        for offset in 0..max as u64 {
+            let mut byte = [0u8];
+            match address.checked_add(offset) {
+                Some(at) if self.read(at, &mut byte).is_ok() => bytes.push(byte[0]),
+                _ => break,
+            }
+        }
+        bytes
+    }
+}
+
+impl GuestAccess for PagedGuestMemory<'_> {
+    fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError> {
+        let mut done = 0;
+        for (gpa, len) in self.pieces(address, buf.len())? {
+            let len = len as usize;
+            self.mem
+                .read(gpa, &mut buf[done..done + len])
+                .map_err(|_| EmulationError::BadAddress {
+                    address,
+                    len: buf.len(),
+                })?;
+            done += len;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
+        let pieces = self.pieces(address, data.len())?;
+        let mut done = 0;
+        for (gpa, len) in pieces {
+            let len = len as usize;
+            self.mem.write(gpa, &data[done..done + len]).map_err(|_| {
+                EmulationError::BadAddress {
+                    address,
+                    len: data.len(),
+                }
+            })?;
+            done += len;
+        }
+        Ok(())
+    }
+}
+
+/// [`SystemServices`] backed by a vCPU.
+struct BackendServices<'a> {
+    cpu: &'a mut dyn X86Cpu,
+}
+
+impl SystemServices for BackendServices<'_> {
+    fn read_tsc(&mut self) -> Result<(u64, u32), EmulationError> {
+        self.cpu
+            .guest_tsc()
+            .map_err(|e| EmulationError::Unsupported(format!("rdtscp (cannot read the TSC: {e})")))
+    }
+
+    fn supported_xcr0(&self) -> u64 {
+        self.cpu.xsave_layout().supported_xcr0
+    }
+
+    fn xsave_component(&self, index: u32) -> Option<(usize, usize)> {
+        self.cpu.xsave_layout().component(index)
+    }
+
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError> {
+        let mut file = std::fs::File::open("/dev/urandom")
+            .map_err(|e| EmulationError::Unsupported(format!("rdrand (no randomness: {e})")))?;
+        std::io::Read::read_exact(&mut file, buf)
+            .map_err(|e| EmulationError::Unsupported(format!("rdrand (no randomness: {e})")))
+    }
+}
+
+/// Why the fallback could not execute an instruction.
+#[derive(Debug, thiserror::Error)]
+pub enum FallbackError {
+    /// Reading or writing the vCPU state failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The instruction cannot be emulated.
+    #[error(transparent)]
+    Emulation(#[from] EmulationError),
+}
+
+/// Executes the instruction at the vCPU's RIP in user space and writes the new state back.
+/// `reported` are the instruction bytes the hypervisor gave, if any. Returns the instruction.
+pub fn emulate_on_vcpu(
+    cpu: &mut dyn X86Cpu,
+    mem: &GuestMemory,
+    reported: Option<&[u8]>,
+) -> Result<Instruction, FallbackError> {
+    let before = cpu.emulation_state()?;
+    let mut memory = PagedGuestMemory::new(mem, GuestPhysAddr::new(before.cr3));
+    let fetched;
+    let bytes = match reported {
+        Some(bytes) if !bytes.is_empty() => bytes,
+        _ => {
+            fetched = memory.read_prefix(before.rip, MAX_INSTRUCTION_LEN);
+            &fetched
+        }
+    };
+    let mut after = before.clone();
+    let instruction = emulate(bytes, &mut after, &mut memory, &mut BackendServices { cpu })?;
+    cpu.set_emulation_state(&before, &after)?;
+    Ok(instruction)
+}
