@@ -460,14 +460,48 @@ impl X86Cpu for KvmCpu {
                 .set_xcrs(&xcrs)
                 .map_err(backend_error("KVM_SET_XCRS"))?;
         }
-        let mut r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
-        [
-            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-            r.r12, r.r13, r.r14, r.r15,
+        // `kvm_regs` is exactly the general registers, RIP and RFLAGS: all of it is in `after`.
+        let [
+            rax,
+            rcx,
+            rdx,
+            rbx,
+            rsp,
+            rbp,
+            rsi,
+            rdi,
+            r8,
+            r9,
+            r10,
+            r11,
+            r12,
+            r13,
+            r14,
+            r15,
         ] = after.gprs;
-        r.rip = after.rip;
-        r.rflags = after.rflags;
-        self.fd.set_regs(&r).map_err(backend_error("KVM_SET_REGS"))
+        let regs = kvm_bindings::kvm_regs {
+            rax,
+            rbx,
+            rcx,
+            rdx,
+            rsi,
+            rdi,
+            rsp,
+            rbp,
+            r8,
+            r9,
+            r10,
+            r11,
+            r12,
+            r13,
+            r14,
+            r15,
+            rip: after.rip,
+            rflags: after.rflags,
+        };
+        self.fd
+            .set_regs(&regs)
+            .map_err(backend_error("KVM_SET_REGS"))
     }
 
     fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError> {

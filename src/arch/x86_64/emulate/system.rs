@@ -88,11 +88,18 @@ pub fn execute(
     match instruction.mnemonic() {
         Mnemonic::Xgetbv => xgetbv(instruction, state)?,
         Mnemonic::Xsetbv => xsetbv(instruction, state, services)?,
-        Mnemonic::Xsave | Mnemonic::Xsaveopt => {
+        Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => {
             let address = aligned_operand(instruction, state, &operands, 64)?;
-            xsave(state, memory, services, address, requested_features(state))?;
+            xsave(
+                instruction,
+                state,
+                memory,
+                services,
+                address,
+                requested_features(state),
+            )?;
         }
-        Mnemonic::Xrstor => {
+        Mnemonic::Xrstor | Mnemonic::Xrstor64 => {
             let address = aligned_operand(instruction, state, &operands, 64)?;
             xrstor(
                 instruction,
@@ -103,11 +110,11 @@ pub fn execute(
                 requested_features(state),
             )?;
         }
-        Mnemonic::Fxsave => {
+        Mnemonic::Fxsave | Mnemonic::Fxsave64 => {
             let address = aligned_operand(instruction, state, &operands, 16)?;
             fxsave(instruction, state, memory, address)?;
         }
-        Mnemonic::Fxrstor => {
+        Mnemonic::Fxrstor | Mnemonic::Fxrstor64 => {
             let address = aligned_operand(instruction, state, &operands, 16)?;
             fxrstor(instruction, state, memory, address)?;
         }
@@ -142,10 +149,15 @@ pub fn supports(instruction: &Instruction) -> bool {
         Mnemonic::Xgetbv
             | Mnemonic::Xsetbv
             | Mnemonic::Xsave
+            | Mnemonic::Xsave64
             | Mnemonic::Xsaveopt
+            | Mnemonic::Xsaveopt64
             | Mnemonic::Xrstor
+            | Mnemonic::Xrstor64
             | Mnemonic::Fxsave
+            | Mnemonic::Fxsave64
             | Mnemonic::Fxrstor
+            | Mnemonic::Fxrstor64
             | Mnemonic::Ldmxcsr
             | Mnemonic::Stmxcsr
             | Mnemonic::Rdtscp
@@ -273,6 +285,7 @@ fn component_ranges(
 }
 
 fn xsave(
+    instruction: &Instruction,
     state: &mut X86State,
     memory: &mut dyn GuestAccess,
     services: &mut dyn SystemServices,
@@ -280,7 +293,9 @@ fn xsave(
     requested: u64,
 ) -> Result<(), EmulationError> {
     let rfbm = requested & state.xcr0;
-    let area = state.xsave.as_slice();
+    let mut area = state.xsave.clone();
+    fix_x87_pointers(instruction, &mut area[..]);
+    let area = area.as_slice();
     // Gather everything first, so a fault leaves guest memory untouched where possible.
     let mut writes: Vec<(usize, &[u8])> = Vec::new();
     for index in 0..63u32 {
@@ -351,6 +366,9 @@ fn xrstor(
             }
         }
     }
+    if rfbm & saved_bv & 1 != 0 {
+        fix_x87_pointers(instruction, &mut area[..]);
+    }
     let in_use = (xstate_bv(area.as_slice()) & !rfbm) | (saved_bv & rfbm);
     area[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&in_use.to_le_bytes());
     state.xsave = area;
@@ -374,11 +392,7 @@ fn fxsave(
 ) -> Result<(), EmulationError> {
     let mut image = [0u8; FXSAVE_WRITTEN];
     image.copy_from_slice(&state.xsave[..FXSAVE_WRITTEN]);
-    if !is_rex_w_form(instruction) {
-        // 32-bit format: FIP/FDP are 32 bits, followed by the (zero) FCS/FDS selectors.
-        image[12..16].fill(0);
-        image[20..24].fill(0);
-    }
+    fix_x87_pointers(instruction, &mut image);
     memory.write(address, &image)
 }
 
@@ -392,10 +406,7 @@ fn fxrstor(
     memory.read(address, &mut image)?;
     let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
     check_mxcsr(instruction, mxcsr)?;
-    if !is_rex_w_form(instruction) {
-        image[12..16].fill(0);
-        image[20..24].fill(0);
-    }
+    fix_x87_pointers(instruction, &mut image);
     // MXCSR_MASK is read-only: keep the CPU's value.
     let mask_range = MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4;
     image[mask_range.clone()].copy_from_slice(&state.xsave[mask_range]);
@@ -406,11 +417,26 @@ fn fxrstor(
     Ok(())
 }
 
+/// Whether the instruction uses the 64-bit layout of the x87 instruction and data pointers
+/// (REX.W forms); the others store 32-bit offsets followed by (zero) selectors.
 fn is_rex_w_form(instruction: &Instruction) -> bool {
     matches!(
-        instruction.code(),
-        Code::Fxsave64_m512byte | Code::Fxrstor64_m512byte
+        instruction.mnemonic(),
+        Mnemonic::Fxsave64
+            | Mnemonic::Fxrstor64
+            | Mnemonic::Xsave64
+            | Mnemonic::Xsaveopt64
+            | Mnemonic::Xrstor64
     )
+}
+
+/// Rewrites the x87 pointer fields (bytes 8..24 of the legacy region) into the 32-bit format
+/// unless the instruction is a REX.W form.
+fn fix_x87_pointers(instruction: &Instruction, legacy: &mut [u8]) {
+    if !is_rex_w_form(instruction) && legacy.len() >= 24 {
+        legacy[12..16].fill(0);
+        legacy[20..24].fill(0);
+    }
 }
 
 fn random_into_register(
@@ -438,4 +464,389 @@ fn random_into_register(
     state.set_gpr(number, new);
     state.rflags = (state.rflags & !ARITHMETIC_FLAGS) | CF;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{emulate, state::XSAVE_AREA_SIZE};
+    use super::*;
+    use iced_x86::code_asm::*;
+
+    /// Guest memory for tests: `bytes` seen at guest-virtual `base`.
+    struct FakeMemory {
+        base: u64,
+        bytes: Vec<u8>,
+    }
+
+    impl FakeMemory {
+        fn new(base: u64, len: usize) -> Self {
+            Self {
+                base,
+                bytes: vec![0xaa; len],
+            }
+        }
+
+        fn range(
+            &self,
+            address: u64,
+            len: usize,
+        ) -> Result<std::ops::Range<usize>, EmulationError> {
+            let bad = EmulationError::BadAddress { address, len };
+            let start = address.checked_sub(self.base).ok_or(bad.clone())? as usize;
+            let end = start.checked_add(len).ok_or(bad.clone())?;
+            (end <= self.bytes.len()).then_some(start..end).ok_or(bad)
+        }
+    }
+
+    impl GuestAccess for FakeMemory {
+        fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError> {
+            let range = self.range(address, buf.len())?;
+            buf.copy_from_slice(&self.bytes[range]);
+            Ok(())
+        }
+
+        fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
+            let range = self.range(address, data.len())?;
+            self.bytes[range].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    struct FakeServices {
+        layout: XsaveLayout,
+    }
+
+    impl FakeServices {
+        fn new() -> Self {
+            // x87 | SSE | AVX, with the AVX component at 576 (256 bytes), as on real CPUs.
+            let mut components = vec![None; 63];
+            components[2] = Some((576, 256));
+            Self {
+                layout: XsaveLayout {
+                    supported_xcr0: 0x7,
+                    components,
+                },
+            }
+        }
+    }
+
+    impl SystemServices for FakeServices {
+        fn read_tsc(&mut self) -> Result<(u64, u32), EmulationError> {
+            Ok((0x1234_5678_9abc_def0, 7))
+        }
+        fn supported_xcr0(&self) -> u64 {
+            self.layout.supported_xcr0
+        }
+        fn xsave_component(&self, index: u32) -> Option<(usize, usize)> {
+            self.layout.component(index)
+        }
+        fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError> {
+            buf.fill(0x5a);
+            Ok(())
+        }
+    }
+
+    const CODE: u64 = 0x40_0000;
+    const DATA: u64 = 0x10_0000;
+
+    fn assemble(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+        let mut assembler = CodeAssembler::new(64).unwrap();
+        build(&mut assembler).unwrap();
+        assembler.assemble(CODE).unwrap()
+    }
+
+    fn run(
+        bytes: &[u8],
+        state: &mut X86State,
+        memory: &mut FakeMemory,
+    ) -> Result<Instruction, EmulationError> {
+        state.rip = CODE;
+        emulate(bytes, state, memory, &mut FakeServices::new())
+    }
+
+    fn state_with_data() -> X86State {
+        let mut state = X86State::default();
+        state.xcr0 = 0x7;
+        for index in 0..16 {
+            state.set_xmm(
+                index,
+                0x0101_0101_0101_0101_0101_0101_0101_0101 * (index as u128 + 1),
+            );
+        }
+        state.set_mxcsr(0x1fa0);
+        state.xsave[MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4]
+            .copy_from_slice(&0xffffu32.to_le_bytes());
+        state.xsave[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        state.xsave[32..42].copy_from_slice(&[9; 10]); // ST0
+        state.xsave[576..576 + 256].fill(0x77); // upper halves of YMM0–15
+        state.xsave[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&7u64.to_le_bytes());
+        state.set_gpr(0, 0x7); // EAX: requested features
+        state.set_gpr(2, 0); // EDX
+        state.set_gpr(3, DATA); // RBX: save area
+        state
+    }
+
+    #[test]
+    fn xgetbv_reads_xcr0_and_xinuse() {
+        let bytes = assemble(|a| a.xgetbv());
+        let mut state = state_with_data();
+        state.xcr0 = 0x7;
+        state.xsave[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&3u64.to_le_bytes());
+        let mut memory = FakeMemory::new(DATA, 0);
+        state.set_gpr(1, 0);
+        run(&bytes, &mut state, &mut memory).unwrap();
+        assert_eq!((state.gpr(0), state.gpr(2)), (7, 0));
+        assert_eq!(state.rip, CODE + 3);
+        state.set_gpr(1, 1);
+        run(&bytes, &mut state, &mut memory).unwrap();
+        assert_eq!(state.gpr(0), 3);
+        state.set_gpr(1, 2);
+        state.rip = CODE;
+        let before = state.clone();
+        let error = run(&bytes, &mut state, &mut memory).unwrap_err();
+        assert!(matches!(
+            error,
+            EmulationError::GuestException {
+                exception: "#GP",
+                ..
+            }
+        ));
+        assert_eq!(state, before, "a failed instruction changes nothing");
+    }
+
+    #[test]
+    fn xsetbv_accepts_only_valid_supported_values() {
+        let bytes = assemble(|a| a.xsetbv());
+        let mut memory = FakeMemory::new(DATA, 0);
+        let mut state = X86State::default();
+        let mut try_set = |value: u64, register: u64| {
+            state.set_gpr(0, value & 0xffff_ffff);
+            state.set_gpr(2, value >> 32);
+            state.set_gpr(1, register);
+            run(&bytes, &mut state, &mut memory).map(|_| state.xcr0)
+        };
+        assert_eq!(try_set(0x3, 0), Ok(0x3));
+        assert_eq!(try_set(0x7, 0), Ok(0x7));
+        for bad in [0x0, 0x2, 0x5, 0xf, 1 << 40] {
+            assert!(try_set(bad, 0).is_err(), "XCR0 {bad:#x} must be refused");
+        }
+        assert!(try_set(0x3, 1).is_err(), "only XCR0 is writable");
+    }
+
+    #[test]
+    fn xsave_then_xrstor_round_trips_every_component() {
+        let save = assemble(|a| a.xsave(ptr(rbx)));
+        let restore = assemble(|a| a.xrstor(ptr(rbx)));
+        let mut memory = FakeMemory::new(DATA, 4096);
+        memory.bytes[512..576].fill(0); // a clean header, as after a first XSAVE of a zeroed area
+        let mut state = state_with_data();
+        let saved = state.clone();
+        run(&save, &mut state, &mut memory).unwrap();
+        // Data landed at the architectural offsets; the header says all three are in use.
+        assert_eq!(&memory.bytes[160..176], &saved.xsave[160..176]);
+        assert_eq!(&memory.bytes[24..28], &0x1fa0u32.to_le_bytes());
+        assert_eq!(&memory.bytes[576..832], &[0x77; 256][..]);
+        assert_eq!(read_u64(&memory.bytes, 512), 7);
+        // Bytes no component owns stay untouched.
+        assert_eq!(&memory.bytes[416..512], &[0xaa; 96][..]);
+
+        let mut clobbered = saved.clone();
+        for index in 0..16 {
+            clobbered.set_xmm(index, 0);
+        }
+        clobbered.set_mxcsr(0x1f80);
+        clobbered.xsave[576..832].fill(0);
+        clobbered.xsave[32..42].fill(0);
+        run(&restore, &mut clobbered, &mut memory).unwrap();
+        clobbered.rip = saved.rip;
+        assert_eq!(clobbered.xsave[..], saved.xsave[..]);
+    }
+
+    #[test]
+    fn xrstor_initialises_components_missing_from_xstate_bv() {
+        let restore = assemble(|a| a.xrstor(ptr(rbx)));
+        let mut memory = FakeMemory::new(DATA, 4096);
+        memory.bytes[512..576].fill(0);
+        memory.bytes[512] = 0b001; // only x87 saved
+        memory.bytes[24..28].copy_from_slice(&0x1f00u32.to_le_bytes());
+        memory.bytes[0..2].copy_from_slice(&0x027fu16.to_le_bytes());
+        let mut state = state_with_data();
+        run(&restore, &mut state, &mut memory).unwrap();
+        assert_eq!(
+            state.xmm(5),
+            0,
+            "SSE not in XSTATE_BV: XMM registers are initialised"
+        );
+        assert_eq!(
+            state.mxcsr(),
+            0x1f00,
+            "MXCSR is loaded whenever SSE is requested"
+        );
+        assert_eq!(&state.xsave[0..2], &0x027fu16.to_le_bytes());
+        assert_eq!(&state.xsave[576..832], &[0u8; 256][..], "AVX initialised");
+        assert_eq!(read_u64(state.xsave.as_slice(), XSTATE_BV_OFFSET), 1);
+    }
+
+    #[test]
+    fn xsave_family_faults_are_refused_without_side_effects() {
+        let mut memory = FakeMemory::new(DATA, 8192);
+        memory.bytes[512..576].fill(0);
+        for (bytes, address) in [
+            (assemble(|a| a.xsave(ptr(rbx))), DATA + 8),
+            (assemble(|a| a.xrstor(ptr(rbx))), DATA + 32),
+            (assemble(|a| a.fxsave(ptr(rbx))), DATA + 4),
+            (assemble(|a| a.fxrstor(ptr(rbx))), DATA + 8),
+        ] {
+            let mut state = state_with_data();
+            state.set_gpr(3, address);
+            state.rip = CODE;
+            let before = state.clone();
+            let error = run(&bytes, &mut state, &mut memory).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    EmulationError::GuestException {
+                        exception: "#GP",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert_eq!(state, before);
+        }
+        // A compacted-format header is refused by XRSTOR.
+        let restore = assemble(|a| a.xrstor(ptr(rbx)));
+        memory.bytes[520..528].copy_from_slice(&(1u64 << 63 | 7).to_le_bytes());
+        let mut state = state_with_data();
+        assert!(run(&restore, &mut state, &mut memory).is_err());
+        // An area outside memory is a bad address.
+        let mut state = state_with_data();
+        state.set_gpr(3, DATA + 0x10_0000);
+        let save = assemble(|a| a.xsave(ptr(rbx)));
+        assert!(matches!(
+            run(&save, &mut state, &mut memory),
+            Err(EmulationError::BadAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn fxsave_and_fxrstor_move_the_legacy_region() {
+        let save = assemble(|a| a.fxsave64(ptr(rbx)));
+        let restore = assemble(|a| a.fxrstor64(ptr(rbx)));
+        let mut memory = FakeMemory::new(DATA, 512);
+        let mut state = state_with_data();
+        let saved = state.clone();
+        run(&save, &mut state, &mut memory).unwrap();
+        assert_eq!(&memory.bytes[..416], &saved.xsave[..416]);
+        assert_eq!(
+            &memory.bytes[416..],
+            &[0xaa; 96][..],
+            "bytes 416..512 are not written"
+        );
+        let mut clobbered = saved.clone();
+        clobbered.set_xmm(15, 0);
+        clobbered.set_mxcsr(0x1f80);
+        memory.bytes[28..32].fill(0); // a different MXCSR_MASK in memory is ignored
+        run(&restore, &mut clobbered, &mut memory).unwrap();
+        assert_eq!(clobbered.xmm(15), saved.xmm(15));
+        assert_eq!(clobbered.mxcsr(), saved.mxcsr());
+        assert_eq!(&clobbered.xsave[28..32], &0xffffu32.to_le_bytes());
+        // Reserved MXCSR bits in the image fault.
+        memory.bytes[24..28].copy_from_slice(&0x1_0000u32.to_le_bytes());
+        assert!(run(&restore, &mut clobbered, &mut memory).is_err());
+    }
+
+    #[test]
+    fn ldmxcsr_and_stmxcsr_match_the_host() {
+        let load = assemble(|a| a.ldmxcsr(dword_ptr(rbx)));
+        let store = assemble(|a| a.stmxcsr(dword_ptr(rbx + 4)));
+        let mut memory = FakeMemory::new(DATA, 16);
+        for value in [0x1f80u32, 0x9fc0, 0x7f80, 0x1fbf, 0x0000] {
+            memory.bytes[0..4].copy_from_slice(&value.to_le_bytes());
+            let mut state = state_with_data();
+            run(&load, &mut state, &mut memory).unwrap();
+            run(&store, &mut state, &mut memory).unwrap();
+            // The host CPU, given the same value, stores it back unchanged too.
+            let host_saved = host_ldmxcsr_stmxcsr(value);
+            assert_eq!(&memory.bytes[4..8], &host_saved.to_le_bytes());
+        }
+        memory.bytes[0..4].copy_from_slice(&0x1_0000u32.to_le_bytes());
+        let mut state = state_with_data();
+        assert!(run(&load, &mut state, &mut memory).is_err());
+    }
+
+    fn host_ldmxcsr_stmxcsr(value: u32) -> u32 {
+        let mut saved_host = 0u32;
+        let mut out = 0u32;
+        // SAFETY: saves the host MXCSR, loads a valid value (reserved bits clear, so no #GP), stores
+        // it, and restores the host MXCSR before returning; all pointers are to live locals.
+        unsafe {
+            std::arch::asm!(
+                "stmxcsr [{saved}]",
+                "ldmxcsr [{value}]",
+                "stmxcsr [{out}]",
+                "ldmxcsr [{saved}]",
+                saved = in(reg) &mut saved_host,
+                value = in(reg) &value,
+                out = in(reg) &mut out,
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn rdtscp_and_random_numbers() {
+        let mut memory = FakeMemory::new(DATA, 0);
+        let mut state = X86State::default();
+        state.gprs = [u64::MAX; 16];
+        run(&assemble(|a| a.rdtscp()), &mut state, &mut memory).unwrap();
+        assert_eq!(
+            (state.gpr(0), state.gpr(2), state.gpr(1)),
+            (0x9abc_def0, 0x1234_5678, 7)
+        );
+
+        state.rflags = 0x2 | 0x8d4; // OF SF ZF AF PF set, CF clear
+        run(&assemble(|a| a.rdrand(eax)), &mut state, &mut memory).unwrap();
+        assert_eq!(
+            state.gpr(0),
+            0x5a5a_5a5a,
+            "a 32-bit destination zero-extends"
+        );
+        assert_eq!(state.rflags, 0x2 | 1, "CF set, OF/SF/ZF/AF/PF clear");
+        state.gprs[3] = u64::MAX;
+        run(&assemble(|a| a.rdseed(bx)), &mut state, &mut memory).unwrap();
+        assert_eq!(
+            state.gpr(3),
+            0xffff_ffff_ffff_5a5a,
+            "a 16-bit destination merges"
+        );
+        run(&assemble(|a| a.rdrand(r12)), &mut state, &mut memory).unwrap();
+        assert_eq!(state.gpr(12), 0x5a5a_5a5a_5a5a_5a5a);
+    }
+
+    #[test]
+    fn unknown_instructions_are_refused_by_name() {
+        let mut memory = FakeMemory::new(DATA, 0);
+        let mut state = X86State::default();
+        let error = run(&assemble(|a| a.cpuid()), &mut state, &mut memory).unwrap_err();
+        assert_eq!(error, EmulationError::Unsupported("cpuid".into()));
+        assert_eq!(
+            run(&[0xff, 0xff], &mut state, &mut memory).unwrap_err(),
+            EmulationError::Undecodable
+        );
+        assert_eq!(XSAVE_AREA_SIZE, 4096);
+    }
+
+    #[test]
+    fn xsave_layout_from_cpuid() {
+        let layout = XsaveLayout::from_cpuid(|leaf, sub| match (leaf, sub) {
+            (0xd, 0) => [0x7, 0x340, 0x340, 0],
+            (0xd, 2) => [256, 576, 0, 0],
+            _ => [0; 4],
+        });
+        assert_eq!(layout.supported_xcr0, 7);
+        assert_eq!(layout.component(2), Some((576, 256)));
+        assert_eq!(layout.component(3), None);
+        assert_eq!(layout.component(99), None);
+    }
 }
