@@ -5,7 +5,7 @@
 //! XSAVE area of [`X86State`] (the same layout the architecture defines for memory), component by
 //! component, as selected by XCR0 and EDX:EAX.
 
-use iced_x86::{Code, Instruction, Mnemonic, OpKind};
+use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::operands::{OperandAccess, gpr_number};
 use super::state::{
@@ -565,8 +565,10 @@ mod tests {
     }
 
     fn state_with_data() -> X86State {
-        let mut state = X86State::default();
-        state.xcr0 = 0x7;
+        let mut state = X86State {
+            xcr0: 0x7,
+            ..Default::default()
+        };
         for index in 0..16 {
             state.set_xmm(
                 index,
@@ -797,8 +799,10 @@ mod tests {
     #[test]
     fn rdtscp_and_random_numbers() {
         let mut memory = FakeMemory::new(DATA, 0);
-        let mut state = X86State::default();
-        state.gprs = [u64::MAX; 16];
+        let mut state = X86State {
+            gprs: [u64::MAX; 16],
+            ..Default::default()
+        };
         run(&assemble(|a| a.rdtscp()), &mut state, &mut memory).unwrap();
         assert_eq!(
             (state.gpr(0), state.gpr(2), state.gpr(1)),
