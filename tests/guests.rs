@@ -10,7 +10,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::{Uhyve, all_guests, guest, kvm_or_skip};
 
@@ -897,58 +896,4 @@ fn hostile_cmdval_pointers_do_not_crash() {
             run.assert_stopped_by_host(42);
         }
     }
-}
-
-// ---- Real Hermit images ----
-
-/// The directory named by `UHYVE_TEST_IMAGES` (relative paths are taken from the package root).
-fn image_dir(test: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
-        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
-        return None;
-    };
-    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
-}
-
-/// Boots a sample image: it must greet, then either finish with `done_line` or (on this
-/// machine's KVM, until uhyve emulates the missing SSE instructions) stop with an emulation error.
-fn boot_real_image(test: &str, image: &str, done_line: &str) {
-    if !kvm_or_skip(test) {
-        return;
-    }
-    let Some(dir) = image_dir(test) else {
-        return;
-    };
-    let path = dir.join(image);
-    assert!(
-        path.is_file(),
-        "{test}: image {} is missing",
-        path.display()
-    );
-    let run = Uhyve::kernel(path).timeout(Duration::from_secs(300)).run();
-    run.assert_no_host_crash()
-        .assert_stdout_contains("Welcome to Hermit");
-    if run.code() == 0 {
-        run.assert_stdout_contains(done_line);
-    } else {
-        run.assert_stderr_mentions("emulation");
-    }
-}
-
-#[test]
-fn real_image_hello_world_boots() {
-    boot_real_image(
-        "real_image_hello_world_boots",
-        "x86_64-hello_world",
-        "Hello, world!",
-    );
-}
-
-#[test]
-fn real_image_hello_c_boots() {
-    boot_real_image(
-        "real_image_hello_c_boots",
-        "x86_64-hello_c",
-        "Hello World!!!",
-    );
 }

@@ -1,0 +1,119 @@
+//! The real Hermit images in `$UHYVE_TEST_IMAGES` (built by the Hermit project, never committed
+//! here) run end to end: they print their greeting and exit 0. On a KVM that cannot execute SSE
+//! and XSAVE instructions (this project's CI machine) that needs the user-space emulation
+//! fallback; with `--no-emulation-fallback` they must stop with a clear emulation-failure report.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Run, Uhyve, kvm_or_skip};
+
+/// The image folder, or `None` (after printing why) when the test should be skipped. With
+/// `UHYVE_REQUIRE_IMAGES` set (CI), a missing folder fails the test instead.
+fn image(test: &str, name: &str) -> Option<PathBuf> {
+    if !kvm_or_skip(test) {
+        return None;
+    }
+    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
+            panic!("{test}: UHYVE_TEST_IMAGES is not set, but UHYVE_REQUIRE_IMAGES is");
+        }
+        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
+        return None;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{test}: image {} is missing",
+        path.display()
+    );
+    Some(path)
+}
+
+fn run_image(path: PathBuf, options: &[&str]) -> Run {
+    Uhyve::kernel(path)
+        .opts(options.iter().copied())
+        .timeout(Duration::from_secs(300))
+        .run()
+}
+
+/// How many instructions the fallback executed, from the `--stats` report.
+fn emulated_count(run: &Run) -> u64 {
+    run.stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("emulated in user space: "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}
+
+fn runs_to_completion(test: &str, name: &str, greeting: &str) {
+    let Some(path) = image(test, name) else {
+        return;
+    };
+    let run = run_image(path, &["--stats"]);
+    run.assert_no_host_crash()
+        .assert_success()
+        .assert_stdout_contains("Welcome to Hermit")
+        .assert_stdout_contains(greeting);
+    eprintln!(
+        "{test}: {} instructions emulated in user space",
+        emulated_count(&run)
+    );
+}
+
+#[test]
+fn hello_world_runs_to_completion() {
+    runs_to_completion(
+        "hello_world_runs_to_completion",
+        "x86_64-hello_world",
+        "Hello, world!\n",
+    );
+}
+
+#[test]
+fn hello_c_runs_to_completion() {
+    runs_to_completion(
+        "hello_c_runs_to_completion",
+        "x86_64-hello_c",
+        "Hello World!!!\n",
+    );
+}
+
+#[test]
+fn without_the_fallback_the_first_missing_instruction_is_reported() {
+    let test = "without_the_fallback_the_first_missing_instruction_is_reported";
+    let Some(path) = image(test, "x86_64-hello_c") else {
+        return;
+    };
+    let run = run_image(path, &["--no-emulation-fallback"]);
+    if run.code() == 0 {
+        // A KVM that executes these instructions itself never needs the fallback.
+        run.assert_stdout_contains("Hello World!!!");
+        return;
+    }
+    run.assert_no_host_crash()
+        .assert_stdout_contains("Welcome to Hermit")
+        .assert_stderr_mentions("emulation failure")
+        .assert_stderr_mentions("`xgetbv` (0f 01 d0)");
+    assert_eq!(run.code(), 1, "{}", run.report());
+}
+
+#[test]
+fn the_first_fallback_logs_one_warning() {
+    let test = "the_first_fallback_logs_one_warning";
+    let Some(path) = image(test, "x86_64-hello_c") else {
+        return;
+    };
+    let run = run_image(path, &[]);
+    run.assert_success();
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|line| line.contains("executes such instructions in user space"))
+        .count();
+    assert!(warnings <= 1, "{}", run.report());
+}
