@@ -13,10 +13,14 @@ use std::process::Command;
 
 use common::{Uhyve, all_guests, guest, kvm_or_skip};
 
+/// The guest that uses SSE/XSAVE instructions on purpose, to test uhyve's emulation fallback.
+const EMULATION_GUEST: &str = "emulated";
+
 /// Guests build.rs must produce.
 const GUESTS: &[&str] = &[
     "args_env",
     "boot_info",
+    "emulated",
     "exit_code",
     "file_ops",
     "hello",
@@ -94,6 +98,7 @@ fn all_guests_are_built() {
 #[test]
 fn guests_use_general_purpose_registers_only() {
     for path in all_guests() {
+        let emulation_guest = path.file_name() == Some(std::ffi::OsStr::new(EMULATION_GUEST));
         let output = Command::new("objdump")
             .arg("-d")
             .arg(&path)
@@ -111,6 +116,14 @@ fn guests_use_general_purpose_registers_only() {
             path.display()
         );
         let bad = forbidden_lines(&disassembly);
+        if emulation_guest {
+            // The one guest that uses them on purpose: it must really contain them.
+            assert!(
+                !bad.is_empty(),
+                "{EMULATION_GUEST} lost its SSE/XSAVE instructions"
+            );
+            continue;
+        }
         assert!(
             bad.is_empty(),
             "{} uses instructions the KVM here cannot emulate:\n{}",
@@ -895,5 +908,22 @@ fn hostile_cmdval_pointers_do_not_crash() {
         if run.code() != 42 {
             run.assert_stopped_by_host(42);
         }
+    }
+}
+
+#[test]
+fn instructions_the_hypervisor_lacks_are_emulated() {
+    if !kvm_or_skip("instructions_the_hypervisor_lacks_are_emulated") {
+        return;
+    }
+    let run = Uhyve::guest(EMULATION_GUEST).opts(["--stats"]).run();
+    run.assert_all_ok();
+    // Without the fallback, a KVM that lacks these instructions stops the guest with a report.
+    let run = Uhyve::guest(EMULATION_GUEST)
+        .opts(["--no-emulation-fallback"])
+        .run();
+    if run.code() != 0 {
+        run.assert_no_host_crash()
+            .assert_stderr_mentions("emulation failure");
     }
 }
