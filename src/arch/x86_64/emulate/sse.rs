@@ -17,6 +17,8 @@
 
 mod float;
 mod int;
+#[cfg(test)]
+mod tests;
 
 use iced_x86::{Code, Instruction, OpKind, Register};
 

@@ -227,21 +227,13 @@ pub(super) fn psraw(dst: u128, src: u128, _: u8) -> u128 {
 pub(super) fn psrad(dst: u128, src: u128, _: u8) -> u128 {
     arithmetic_shift(dst, src, 32)
 }
-/// pslldq: byte shift left by imm8, all-zero above 15.
-pub(super) fn pslldq(dst: u128, _: u128, imm: u8) -> u128 {
-    if imm > 15 {
-        0
-    } else {
-        dst << (8 * u32::from(imm))
-    }
+/// pslldq: byte shift left by the imm8 (passed as `src`), all-zero above 15.
+pub(super) fn pslldq(dst: u128, src: u128, _: u8) -> u128 {
+    if src > 15 { 0 } else { dst << (8 * src) }
 }
-/// psrldq: byte shift right by imm8, all-zero above 15.
-pub(super) fn psrldq(dst: u128, _: u128, imm: u8) -> u128 {
-    if imm > 15 {
-        0
-    } else {
-        dst >> (8 * u32::from(imm))
-    }
+/// psrldq: byte shift right by the imm8 (passed as `src`), all-zero above 15.
+pub(super) fn psrldq(dst: u128, src: u128, _: u8) -> u128 {
+    if src > 15 { 0 } else { dst >> (8 * src) }
 }
 
 // --- Shuffles, unpacks, packs --------------------------------------------------------------
@@ -349,7 +341,8 @@ mod tests {
         assert_eq!(saturate(-300, 8, true), 0x80);
         assert_eq!(psrlq(u128::MAX, 64, 0), 0);
         assert_eq!(psraw(0x8000, 100, 0), 0xffff);
-        assert_eq!(pslldq(1, 0, 16), 0);
+        assert_eq!(pslldq(1, 16, 0), 0);
+        assert_eq!(psrldq(0x100, 1, 0), 1);
     }
 
     #[test]
