@@ -329,13 +329,14 @@ fn write(
     Ok(())
 }
 
-/// The MXCSR bits the guest may set (its MXCSR_MASK; 0 there means the default 0xffbf).
+/// The MXCSR bits the guest may set: the MXCSR_MASK of its XSAVE area, or, when the backend
+/// left that field 0, the mask of the host CPU the guest runs on.
 fn guest_mxcsr_mask(state: &X86State) -> u32 {
     let mut bytes = [0u8; 4];
     // The range is a constant inside the fixed-size XSAVE area.
     bytes.copy_from_slice(&state.xsave[MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4]);
     match u32::from_le_bytes(bytes) {
-        0 => 0xffbf,
+        0 => float::host_mxcsr_mask(),
         mask => mask,
     }
 }

@@ -66,8 +66,25 @@ pub(super) struct HostOp {
     pub(super) output: Output,
 }
 
-/// MXCSR bits the host accepts (MXCSR_MASK of every CPU with DAZ); others would fault `ldmxcsr`.
-pub(super) const HOST_MXCSR_MASK: u32 = 0xffff;
+/// The legacy FXSAVE region, the only way to read MXCSR_MASK.
+#[repr(C, align(16))]
+struct FxsaveArea([u8; 512]);
+
+/// The host's MXCSR_MASK: the MXCSR bits `ldmxcsr` accepts (0xffbf when FXSAVE reports 0).
+/// The guest runs on this CPU, so it is also the guest's mask.
+pub(super) fn host_mxcsr_mask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        let mut area = FxsaveArea([0; 512]);
+        // SAFETY: `fxsave` writes exactly 512 bytes to the 16-byte aligned buffer it is given,
+        // which is `area`; it changes no register.
+        unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+        match u32::from_le_bytes([area.0[28], area.0[29], area.0[30], area.0[31]]) {
+            0 => 0xffbf,
+            mask => mask,
+        }
+    })
+}
 /// The six exception flags.
 pub(super) const EXCEPTION_FLAGS: u32 = 0x3f;
 /// The six exception masks.
@@ -76,7 +93,7 @@ pub(super) const EXCEPTION_MASKS: u32 = 0x3f << 7;
 /// Runs `op` under the guest's `mxcsr` with all exceptions masked; returns the exception flags
 /// the operation raised (bits 0–5) — the context holds the results.
 pub(super) fn run(op: HostOp, context: &mut HostContext, mxcsr: u32) -> u32 {
-    context.mxcsr = (mxcsr & HOST_MXCSR_MASK & !EXCEPTION_FLAGS) | EXCEPTION_MASKS;
+    context.mxcsr = (mxcsr & host_mxcsr_mask() & !EXCEPTION_FLAGS) | EXCEPTION_MASKS;
     (op.run)(context);
     context.mxcsr & EXCEPTION_FLAGS
 }

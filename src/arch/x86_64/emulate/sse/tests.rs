@@ -8,6 +8,7 @@ use iced_x86::{
     Code, CpuidFeature, Decoder, DecoderOptions, Encoder, Instruction, MemoryOperand, Register,
 };
 
+use super::super::state::MXCSR_DEFAULT;
 use super::*;
 
 /// Guest-virtual base of the fake guest memory.
@@ -335,7 +336,7 @@ impl Inputs {
         xmm.iter_mut().for_each(|x| *x = value(rng));
         let mut gprs = [0; 16];
         gprs.iter_mut().for_each(|g| {
-            *g = if rng.next() % 2 == 0 {
+            *g = if rng.next().is_multiple_of(2) {
                 rng.pick(&INT_EDGES)
             } else {
                 rng.next()
@@ -589,4 +590,461 @@ fn every_implemented_form_matches_the_host_cpu() {
     }
     assert!(tested > 300, "only {tested} forms tested");
     println!("{tested} forms tested");
+}
+
+// --- Expectation tests (hand-computed results, independent of the host) -------------------------
+
+/// Decodes a single instruction from `bytes` at [`GUEST_RIP`].
+fn decode(bytes: &[u8]) -> Instruction {
+    let instruction = Decoder::with_ip(64, bytes, GUEST_RIP, DecoderOptions::NONE).decode();
+    assert_ne!(instruction.code(), Code::INVALID, "{bytes:02x?}");
+    instruction
+}
+
+/// Assembles one instruction with iced's code assembler and decodes it.
+fn assemble(
+    build: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Instruction {
+    let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+    build(&mut a).expect("assemble");
+    decode(&a.assemble(GUEST_RIP).expect("assemble"))
+}
+
+fn memory() -> FakeMemory {
+    FakeMemory {
+        base: GUEST_BASE,
+        bytes: vec![0; MEMORY_SIZE],
+    }
+}
+
+/// Executes `instruction` and expects it to be implemented and to succeed.
+fn run(instruction: &Instruction, state: &mut X86State, memory: &mut FakeMemory) {
+    assert_eq!(
+        execute(instruction, state, memory),
+        Ok(true),
+        "{instruction}"
+    );
+}
+
+#[test]
+fn movsd_loads_zero_extend_and_register_moves_merge() {
+    use code_asm::{qword_ptr, rbx, xmm0, xmm1};
+    let mut state = X86State::default();
+    let mut memory = memory();
+    state.gprs[3] = GUEST_BASE + 0xffc;
+    memory.bytes[0xffc..0x1004].copy_from_slice(&1.5f64.to_le_bytes());
+    state.set_xmm(0, u128::MAX);
+    run(
+        &assemble(|a| a.movsd_2(xmm0, qword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(0), u128::from(1.5f64.to_bits()));
+
+    state.set_xmm(1, (7 << 64) | u128::from(2.0f64.to_bits()));
+    state.set_xmm(0, 9 << 64);
+    run(
+        &assemble(|a| a.movsd_2(xmm0, xmm1)),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(0), (9 << 64) | u128::from(2.0f64.to_bits()));
+
+    run(
+        &assemble(|a| a.movsd_2(qword_ptr(rbx), xmm1)),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(memory.bytes[0xffc..0x1004], 2.0f64.to_le_bytes());
+    assert_eq!(memory.bytes[0x1004], 0, "movsd m64 writes exactly 8 bytes");
+}
+
+#[test]
+fn ucomisd_sets_zf_pf_cf_and_clears_of_sf_af() {
+    use code_asm::{xmm0, xmm1};
+    let ucomisd = assemble(|a| a.ucomisd(xmm0, xmm1));
+    let cases = [
+        (1.0, 2.0, 0x01),      // less: CF
+        (2.0, 1.0, 0x00),      // greater
+        (1.0, 1.0, 0x40),      // equal: ZF
+        (f64::NAN, 1.0, 0x45), // unordered: ZF PF CF
+        (0.0, -0.0, 0x40),     // +0 == -0
+    ];
+    for (a, b, flags) in cases {
+        let mut state = X86State {
+            rflags: 0x2 | 0x8d5,
+            ..X86State::default()
+        };
+        state.set_xmm(0, u128::from(f64::to_bits(a)));
+        state.set_xmm(1, u128::from(f64::to_bits(b)));
+        run(&ucomisd, &mut state, &mut memory());
+        assert_eq!(state.rflags, 0x2 | flags, "ucomisd {a} {b}");
+        assert_eq!(
+            state.mxcsr(),
+            MXCSR_DEFAULT,
+            "a quiet NaN raises nothing in ucomisd"
+        );
+    }
+    // A signalling NaN raises IE in ucomisd; a quiet one raises IE in comisd only.
+    let mut state = X86State::default();
+    state.set_xmm(0, 0x7ff0_0000_0000_0001);
+    run(&ucomisd, &mut state, &mut memory());
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 1);
+    let mut state = X86State::default();
+    state.set_xmm(0, u128::from(f64::NAN.to_bits()));
+    run(
+        &assemble(|a| a.comisd(xmm0, xmm1)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 1);
+}
+
+#[test]
+fn conversions_give_integer_indefinite_and_set_invalid() {
+    use code_asm::{eax, rax, rcx, xmm0, xmm1};
+    let mut state = X86State::default();
+    state.gprs[0] = 0xdead_beef_dead_beef;
+    state.set_xmm(1, u128::from(1e30f64.to_bits()));
+    run(
+        &assemble(|a| a.cvttsd2si(rax, xmm1)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.gprs[0], 0x8000_0000_0000_0000);
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 1, "IE");
+    run(
+        &assemble(|a| a.cvttsd2si(eax, xmm1)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.gprs[0], 0x8000_0000, "r32 result zero-extends");
+
+    // cvtsi2sd: 2^53 + 1 rounds to even (PE set) under round-to-nearest, merges the upper half.
+    let mut state = X86State::default();
+    state.gprs[1] = (1 << 53) + 1;
+    state.set_xmm(0, 5 << 64);
+    run(
+        &assemble(|a| a.cvtsi2sd(xmm0, rcx)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(
+        state.xmm(0),
+        (5 << 64) | u128::from(9_007_199_254_740_992f64.to_bits())
+    );
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x20, "PE");
+    // … and up under round-up.
+    state.set_mxcsr(MXCSR_DEFAULT | (2 << 13));
+    run(
+        &assemble(|a| a.cvtsi2sd(xmm0, rcx)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.xmm(0) as u64, 9_007_199_254_740_994f64.to_bits());
+}
+
+#[test]
+fn denormals_follow_daz_and_ftz() {
+    use code_asm::{xmm0, xmm1};
+    let mulsd = assemble(|a| a.mulsd(xmm0, xmm1));
+    let tiny = f64::from_bits(1); // smallest denormal
+    for (mxcsr, expected, flags) in [
+        (MXCSR_DEFAULT, tiny.to_bits(), 0x02), // DE: a denormal operand
+        (MXCSR_DEFAULT | 0x40, 0, 0x00),       // DAZ: operand read as 0
+    ] {
+        let mut state = X86State::default();
+        state.set_mxcsr(mxcsr);
+        state.set_xmm(0, u128::from(tiny.to_bits()));
+        state.set_xmm(1, u128::from(1.0f64.to_bits()));
+        run(&mulsd, &mut state, &mut memory());
+        assert_eq!(state.xmm(0), u128::from(expected), "mxcsr {mxcsr:#x}");
+        assert_eq!(state.mxcsr(), mxcsr | flags, "mxcsr {mxcsr:#x}");
+    }
+    // FTZ: a tiny result becomes +0 with UE and PE set.
+    let mut state = X86State::default();
+    state.set_mxcsr(MXCSR_DEFAULT | 0x8000);
+    state.set_xmm(0, u128::from(f64::MIN_POSITIVE.to_bits()));
+    state.set_xmm(1, u128::from(0.5f64.to_bits()));
+    run(&mulsd, &mut state, &mut memory());
+    assert_eq!(state.xmm(0), 0);
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x8000 | 0x30);
+}
+
+#[test]
+fn memory_operands_use_rip_relative_32_bit_and_segment_addressing() {
+    let mut memory = memory();
+    memory.bytes[0x100..0x108].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+
+    // movq xmm0, [rip + disp32]: F3 0F 7E 05 disp32 (8 bytes long).
+    let disp = (GUEST_BASE + 0x100 - (GUEST_RIP + 8)) as u32;
+    let mut bytes = vec![0xf3, 0x0f, 0x7e, 0x05];
+    bytes.extend_from_slice(&disp.to_le_bytes());
+    let mut state = X86State::default();
+    run(&decode(&bytes), &mut state, &mut memory);
+    assert_eq!(state.xmm(0), 0x1122_3344_5566_7788);
+
+    // movq xmm1, [ebx] (address-size override): only EBX's low 32 bits count.
+    let mut state = X86State::default();
+    state.gprs[3] = 0xffff_ffff_0000_0000 | (GUEST_BASE + 0x100);
+    run(
+        &decode(&[0x67, 0xf3, 0x0f, 0x7e, 0x0b]),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(1), 0x1122_3344_5566_7788);
+
+    // movq xmm2, fs:[rbx]: FS base added; GS likewise.
+    for (prefix, register) in [(0x64u8, 2usize), (0x65, 3)] {
+        let mut state = X86State {
+            fs_base: GUEST_BASE,
+            gs_base: GUEST_BASE,
+            ..X86State::default()
+        };
+        state.gprs[3] = 0x100;
+        let modrm = 0x03 | ((register as u8) << 3);
+        run(
+            &decode(&[prefix, 0xf3, 0x0f, 0x7e, modrm]),
+            &mut state,
+            &mut memory,
+        );
+        assert_eq!(state.xmm(register), 0x1122_3344_5566_7788);
+    }
+}
+
+#[test]
+fn mxcsr_loads_and_stores() {
+    use code_asm::{dword_ptr, rbx};
+    let mut state = X86State::default();
+    let mut memory = memory();
+    state.gprs[3] = GUEST_BASE;
+    memory.bytes[..4].copy_from_slice(&0x9fc1u32.to_le_bytes());
+    run(
+        &assemble(|a| a.ldmxcsr(dword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.mxcsr(), 0x9fc1);
+    run(
+        &assemble(|a| a.stmxcsr(dword_ptr(rbx + 8))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(memory.bytes[8..12], 0x9fc1u32.to_le_bytes());
+
+    // Reserved bits: #GP, MXCSR unchanged.
+    memory.bytes[..4].copy_from_slice(&0x1_1f80u32.to_le_bytes());
+    let result = execute(
+        &assemble(|a| a.ldmxcsr(dword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#GP",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state.mxcsr(), 0x9fc1);
+
+    // A guest whose MXCSR_MASK lacks DAZ may not set it.
+    state.xsave[MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4].copy_from_slice(&0xffbfu32.to_le_bytes());
+    memory.bytes[..4].copy_from_slice(&0x1fc0u32.to_le_bytes());
+    let result = execute(
+        &assemble(|a| a.ldmxcsr(dword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#GP",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+// --- Negative tests ----------------------------------------------------------------------------
+
+#[test]
+fn misaligned_m128_operands_raise_gp_except_for_unaligned_moves() {
+    use code_asm::{rbx, xmm0, xmmword_ptr};
+    let mut memory = memory();
+    let mut state = X86State::default();
+    state.gprs[3] = GUEST_BASE + 8;
+    let before = state.clone();
+    let aligned_only: [Instruction; 4] = [
+        assemble(|a| a.movaps(xmm0, xmmword_ptr(rbx))),
+        assemble(|a| a.movdqa(xmmword_ptr(rbx), xmm0)),
+        assemble(|a| a.pxor(xmm0, xmmword_ptr(rbx))),
+        assemble(|a| a.addpd(xmm0, xmmword_ptr(rbx))),
+    ];
+    for instruction in &aligned_only {
+        let result = execute(instruction, &mut state, &mut memory);
+        assert!(
+            matches!(
+                result,
+                Err(EmulationError::GuestException {
+                    exception: "#GP",
+                    ..
+                })
+            ),
+            "{instruction}: {result:?}"
+        );
+        assert_eq!(state, before);
+        assert!(memory.bytes.iter().all(|&b| b == 0));
+    }
+    memory.bytes[8] = 0x42;
+    run(
+        &assemble(|a| a.movups(xmm0, xmmword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(0), 0x42);
+    state.gprs[3] = GUEST_BASE + 0xff9;
+    run(
+        &assemble(|a| a.movdqu(xmmword_ptr(rbx), xmm0)),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(memory.bytes[0xff9], 0x42);
+}
+
+#[test]
+fn unmasked_exception_raises_xm_and_changes_nothing() {
+    use code_asm::{xmm0, xmm1};
+    let divsd = assemble(|a| a.divsd(xmm0, xmm1));
+    let mut state = X86State::default();
+    state.set_mxcsr(MXCSR_DEFAULT & !0x200); // ZM unmasked
+    state.set_xmm(0, u128::from(1.0f64.to_bits()));
+    let before = state.clone();
+    let result = execute(&divsd, &mut state, &mut memory());
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#XM",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state, before);
+
+    // The same division with ZM masked: +inf and ZE set.
+    state.set_mxcsr(MXCSR_DEFAULT);
+    run(&divsd, &mut state, &mut memory());
+    assert_eq!(state.xmm(0), u128::from(f64::INFINITY.to_bits()));
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x4);
+}
+
+#[test]
+fn other_instructions_are_not_this_modules() {
+    use code_asm::{rax, rbx, xmm0, xmm1, ymm0, ymm1};
+    let mut state = X86State::default();
+    let before = state.clone();
+    for instruction in [
+        assemble(|a| a.add(rax, rbx)),
+        assemble(|a| a.vaddsd(xmm0, xmm0, xmm1)),
+        assemble(|a| a.vmovaps(ymm0, ymm1)),
+    ] {
+        assert!(!supports(&instruction), "{instruction}");
+        assert_eq!(
+            execute(&instruction, &mut state, &mut memory()),
+            Ok(false),
+            "{instruction}"
+        );
+        assert_eq!(state, before);
+    }
+}
+
+#[test]
+fn bad_memory_is_reported_and_changes_nothing() {
+    use code_asm::{qword_ptr, rbx, xmm0, xmmword_ptr};
+    let mut memory = memory();
+    let mut state = X86State::default();
+    state.gprs[3] = GUEST_BASE + MEMORY_SIZE as u64 - 4; // the 8-byte operand runs off the end
+    state.set_xmm(0, 0x1234);
+    let before = state.clone();
+    for instruction in [
+        assemble(|a| a.movsd_2(xmm0, qword_ptr(rbx))),
+        assemble(|a| a.addsd(xmm0, qword_ptr(rbx))),
+        assemble(|a| a.movq(qword_ptr(rbx), xmm0)),
+        assemble(|a| a.movups(xmmword_ptr(rbx), xmm0)),
+    ] {
+        let result = execute(&instruction, &mut state, &mut memory);
+        assert!(
+            matches!(result, Err(EmulationError::BadAddress { .. })),
+            "{instruction}: {result:?}"
+        );
+        assert_eq!(state, before);
+        assert!(memory.bytes.iter().all(|&b| b == 0));
+    }
+}
+
+// --- Coverage of the real images ---------------------------------------------------------------
+
+/// Every SSE/SSE2 instruction (by iced's CPUID features) in the executable sections of `image`.
+fn sse_instructions(image: &[u8]) -> Vec<Instruction> {
+    let elf = goblin::elf::Elf::parse(image).expect("parse the image");
+    let mut found = Vec::new();
+    for section in &elf.section_headers {
+        if !section.is_executable() || section.sh_type != goblin::elf::section_header::SHT_PROGBITS
+        {
+            continue;
+        }
+        let Some(bytes) = section.file_range().and_then(|range| image.get(range)) else {
+            continue;
+        };
+        let mut decoder = Decoder::with_ip(64, bytes, section.sh_addr, DecoderOptions::NONE);
+        found.extend(decoder.iter().filter(|instruction| {
+            instruction
+                .cpuid_features()
+                .iter()
+                .any(|feature| matches!(feature, CpuidFeature::SSE | CpuidFeature::SSE2))
+        }));
+    }
+    found
+}
+
+#[test]
+fn every_sse_instruction_of_the_hermit_images_is_supported() {
+    let Some(directory) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        println!("skipped: UHYVE_TEST_IMAGES is not set");
+        return;
+    };
+    let mut missing = std::collections::BTreeSet::new();
+    for name in ["x86_64-hello_world", "x86_64-hello_c"] {
+        let path = std::path::Path::new(&directory).join(name);
+        let image =
+            std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let instructions = sse_instructions(&image);
+        assert!(
+            !instructions.is_empty(),
+            "{name}: no SSE instructions found"
+        );
+        println!("{name}: {} SSE/SSE2 instructions", instructions.len());
+        for instruction in instructions
+            .iter()
+            .filter(|instruction| !supports(instruction))
+        {
+            missing.insert(format!(
+                "{:?} (e.g. `{instruction}` at {:#x})",
+                instruction.code(),
+                instruction.ip()
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "unsupported SSE/SSE2 forms:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }
