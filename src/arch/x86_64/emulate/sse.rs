@@ -341,6 +341,50 @@ fn guest_mxcsr_mask(state: &X86State) -> u32 {
     }
 }
 
+/// The decoded operands and input values of a two-operand (plus optional imm8) form.
+struct Inputs {
+    /// Operand 0.
+    destination: Operand,
+    /// Operand 1.
+    source: Operand,
+    /// The destination's old value if it is an XMM register, else 0.
+    old: u128,
+    /// The source value, zero-extended.
+    value: u128,
+    /// The imm8 operand 2, or 0.
+    imm: u8,
+}
+
+impl Inputs {
+    /// Decodes the operands, checks alignment and reads the source (nothing is written).
+    fn fetch(
+        instruction: &Instruction,
+        state: &X86State,
+        memory: &mut dyn GuestAccess,
+    ) -> Result<Self, EmulationError> {
+        let destination = operand(instruction, 0, state)?;
+        let source = operand(instruction, 1, state)?;
+        check_alignment(instruction, destination)?;
+        check_alignment(instruction, source)?;
+        let imm = match instruction.op_count() {
+            3.. if instruction.op_kind(2) == OpKind::Immediate8 => instruction.immediate8(),
+            _ => 0,
+        };
+        let old = match destination {
+            Operand::Xmm(number) => state.xmm(number),
+            _ => 0,
+        };
+        let value = read(state, memory, source)?;
+        Ok(Self {
+            destination,
+            source,
+            old,
+            value,
+            imm,
+        })
+    }
+}
+
 /// RFLAGS bits written by ucomis*/comis*: OF, SF, ZF, AF, PF, CF.
 const COMPARE_FLAGS: u64 = 0x8d5;
 
@@ -350,11 +394,11 @@ fn execute_on_host(
     state: &mut X86State,
     memory: &mut dyn GuestAccess,
     op: HostOp,
-    destination: Operand,
-    (old, source): (u128, u128),
+    inputs: &Inputs,
 ) -> Result<(), EmulationError> {
+    let destination = inputs.destination;
     let mxcsr = state.mxcsr();
-    let mut context = HostContext::new(old, source);
+    let mut context = HostContext::new(inputs.old, inputs.value);
     let raised = float::run(op, &mut context, mxcsr);
     let unmasked = raised & !(mxcsr >> 7) & EXCEPTION_FLAGS;
     if unmasked != 0 {
@@ -417,33 +461,22 @@ pub fn execute(
             let value = u128::from(state.mxcsr());
             write(instruction, state, memory, destination, value)?;
         }
-        Semantics::Pure(_) | Semantics::MoveScalar(_) | Semantics::Host(_) => {
-            let destination = operand(instruction, 0, state)?;
-            let source = operand(instruction, 1, state)?;
-            check_alignment(instruction, destination)?;
-            check_alignment(instruction, source)?;
-            let imm = match instruction.op_count() {
-                3.. if instruction.op_kind(2) == OpKind::Immediate8 => instruction.immediate8(),
-                _ => 0,
+        Semantics::Pure(function) => {
+            let inputs = Inputs::fetch(instruction, state, memory)?;
+            let result = function(inputs.old, inputs.value, inputs.imm);
+            write(instruction, state, memory, inputs.destination, result)?;
+        }
+        Semantics::MoveScalar(mask) => {
+            let inputs = Inputs::fetch(instruction, state, memory)?;
+            let result = match (inputs.destination, inputs.source) {
+                (Operand::Xmm(_), Operand::Xmm(_)) => (inputs.old & !mask) | (inputs.value & mask),
+                _ => inputs.value & mask,
             };
-            let old = match destination {
-                Operand::Xmm(number) => state.xmm(number),
-                _ => 0,
-            };
-            let value = read(state, memory, source)?;
-            let result = match semantics {
-                Semantics::Pure(function) => function(old, value, imm),
-                Semantics::MoveScalar(mask) => match (destination, source) {
-                    (Operand::Xmm(_), Operand::Xmm(_)) => (old & !mask) | (value & mask),
-                    _ => value & mask,
-                },
-                Semantics::Host(op) => {
-                    execute_on_host(instruction, state, memory, op, destination, (old, value))?;
-                    return Ok(true);
-                }
-                _ => return Ok(false),
-            };
-            write(instruction, state, memory, destination, result)?;
+            write(instruction, state, memory, inputs.destination, result)?;
+        }
+        Semantics::Host(op) => {
+            let inputs = Inputs::fetch(instruction, state, memory)?;
+            execute_on_host(instruction, state, memory, op, &inputs)?;
         }
     }
     Ok(true)
