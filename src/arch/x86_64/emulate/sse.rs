@@ -11,13 +11,16 @@
 //! floating-point exception the guest left unmasked stops with `#XM`. On any error nothing of
 //! the state or of guest memory has been changed.
 //!
+//! Floating point needs an x86_64 host (the only host that runs x86_64 guests); built for
+//! another architecture, the module supports only the non-floating-point forms.
+//!
 //! Known limit: exception flags are computed with all exceptions masked. For underflow this is
 //! what the guest sees unless it unmasked UM: an exact tiny result then traps on hardware (#XM)
 //! while here it completes without the UE flag.
 
 mod float;
 mod int;
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 
 use iced_x86::{Code, Instruction, OpKind, Register};

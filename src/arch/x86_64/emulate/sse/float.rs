@@ -10,6 +10,7 @@
 //! the XMM or memory source (`b`, zero-extended), `rax`/`eax` the general-register or integer
 //! source and the general-register result.
 
+#[cfg(target_arch = "x86_64")]
 use std::arch::asm;
 use std::mem::offset_of;
 
@@ -66,12 +67,26 @@ pub(super) struct HostOp {
     pub(super) output: Output,
 }
 
+/// The host's MXCSR_MASK: on other hosts nothing runs natively; the architectural default.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn host_mxcsr_mask() -> u32 {
+    0xffbf
+}
+
+/// No host execution on other architectures: floating-point forms are unsupported there.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn lookup(_: Code) -> Option<HostOp> {
+    None
+}
+
 /// The legacy FXSAVE region, the only way to read MXCSR_MASK.
+#[cfg(target_arch = "x86_64")]
 #[repr(C, align(16))]
 struct FxsaveArea([u8; 512]);
 
 /// The host's MXCSR_MASK: the MXCSR bits `ldmxcsr` accepts (0xffbf when FXSAVE reports 0).
 /// The guest runs on this CPU, so it is also the guest's mask.
+#[cfg(target_arch = "x86_64")]
 pub(super) fn host_mxcsr_mask() -> u32 {
     static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *MASK.get_or_init(|| {
@@ -98,7 +113,8 @@ pub(super) fn run(op: HostOp, context: &mut HostContext, mxcsr: u32) -> u32 {
     context.mxcsr & EXCEPTION_FLAGS
 }
 
-/// Defines [`lookup`]: one host function per instruction form, from its asm text.
+/// Defines `lookup`: one host function per instruction form, from its asm text.
+#[cfg(target_arch = "x86_64")]
 macro_rules! host_ops {
     ($($code:ident => $output:ident, $text:literal;)*) => {
         /// The host operation executing `code`, if it is one of this table.
@@ -150,6 +166,7 @@ macro_rules! host_ops {
     };
 }
 
+#[cfg(target_arch = "x86_64")]
 host_ops! {
     Addss_xmm_xmmm32 => Xmm, "addss xmm0, xmm1";
     Addsd_xmm_xmmm64 => Xmm, "addsd xmm0, xmm1";
