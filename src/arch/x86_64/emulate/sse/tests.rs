@@ -1,0 +1,1050 @@
+//! Tests of the SSE emulator: a differential harness that runs every implemented instruction
+//! form natively (JIT-assembled around the instruction bytes) and through [`execute`] on the
+//! same inputs, expectation tests with hand-computed results, negative tests and a coverage
+//! test over the real Hermit images.
+
+use iced_x86::code_asm::{self, AsmRegister64, AsmRegisterXmm, CodeAssembler};
+use iced_x86::{
+    Code, CpuidFeature, Decoder, DecoderOptions, Encoder, Instruction, MemoryOperand, Register,
+};
+
+use super::super::state::MXCSR_DEFAULT;
+use super::*;
+
+/// Guest-virtual base of the fake guest memory.
+const GUEST_BASE: u64 = 0x40_0000;
+/// Size of the memory buffer (two 4 KiB "pages").
+const MEMORY_SIZE: usize = 0x2000;
+/// RIP the test instructions are decoded at.
+const GUEST_RIP: u64 = 0x20_0000;
+/// The arithmetic flags compared (OF, SF, ZF, AF, PF, CF).
+const ARITHMETIC_FLAGS: u64 = 0x8d5;
+
+/// Guest memory for the emulator: one contiguous buffer at [`GUEST_BASE`].
+struct FakeMemory {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl FakeMemory {
+    fn range(&self, address: u64, len: usize) -> Result<std::ops::Range<usize>, EmulationError> {
+        let bad = EmulationError::BadAddress { address, len };
+        let start = address.checked_sub(self.base).ok_or(bad.clone())?;
+        let start = usize::try_from(start).map_err(|_| bad.clone())?;
+        let end = start.checked_add(len).ok_or(bad.clone())?;
+        if end > self.bytes.len() {
+            return Err(bad);
+        }
+        Ok(start..end)
+    }
+}
+
+impl GuestAccess for FakeMemory {
+    fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError> {
+        let range = self.range(address, buf.len())?;
+        buf.copy_from_slice(&self.bytes[range]);
+        Ok(())
+    }
+
+    fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
+        let range = self.range(address, data.len())?;
+        self.bytes[range].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+// --- Native execution ------------------------------------------------------------------------
+
+/// Register file exchanged with the JIT-compiled harness.
+#[repr(C, align(16))]
+#[derive(Debug, Clone, Default)]
+struct Native {
+    xmm: [u128; 16],
+    gprs: [u64; 16],
+    rflags: u64,
+    mxcsr: u32,
+    host_mxcsr: u32,
+}
+
+/// The 16-byte aligned memory the native instruction works on.
+#[repr(C, align(4096))]
+struct NativeMemory([u8; MEMORY_SIZE]);
+
+const GPRS: [AsmRegister64; 16] = [
+    code_asm::rax,
+    code_asm::rcx,
+    code_asm::rdx,
+    code_asm::rbx,
+    code_asm::rsp,
+    code_asm::rbp,
+    code_asm::rsi,
+    code_asm::rdi,
+    code_asm::r8,
+    code_asm::r9,
+    code_asm::r10,
+    code_asm::r11,
+    code_asm::r12,
+    code_asm::r13,
+    code_asm::r14,
+    code_asm::r15,
+];
+const XMMS: [AsmRegisterXmm; 16] = [
+    code_asm::xmm0,
+    code_asm::xmm1,
+    code_asm::xmm2,
+    code_asm::xmm3,
+    code_asm::xmm4,
+    code_asm::xmm5,
+    code_asm::xmm6,
+    code_asm::xmm7,
+    code_asm::xmm8,
+    code_asm::xmm9,
+    code_asm::xmm10,
+    code_asm::xmm11,
+    code_asm::xmm12,
+    code_asm::xmm13,
+    code_asm::xmm14,
+    code_asm::xmm15,
+];
+/// RSP and RDI (the context pointer) are neither loaded nor used by test instructions.
+const UNTOUCHED_GPRS: [usize; 2] = [4, 7];
+
+/// Executable code: loads a [`Native`] (pointer in RDI), runs the instruction, stores it back.
+struct Jit {
+    code: *mut libc::c_void,
+    len: usize,
+}
+
+impl Jit {
+    fn new(instruction_bytes: &[u8]) -> Self {
+        let code = Self::assemble(instruction_bytes).expect("assemble the harness");
+        let len = code.len().next_multiple_of(4096);
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing; no
+        // existing memory is affected.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap for the JIT harness");
+        // SAFETY: `map` is a fresh writable mapping of `len` ≥ `code.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), map.cast::<u8>(), code.len()) };
+        // SAFETY: changes the protection of the mapping created above only.
+        let status = unsafe { libc::mprotect(map, len, libc::PROT_READ | libc::PROT_EXEC) };
+        assert_eq!(status, 0, "mprotect for the JIT harness");
+        Self { code: map, len }
+    }
+
+    fn assemble(instruction_bytes: &[u8]) -> Result<Vec<u8>, iced_x86::IcedError> {
+        use code_asm::{dword_ptr, qword_ptr, rdi, xmmword_ptr};
+        let field = |offset: usize| i32::try_from(offset).expect("small offset");
+        let xmm_at = field(std::mem::offset_of!(Native, xmm));
+        let gprs_at = field(std::mem::offset_of!(Native, gprs));
+        let rflags_at = field(std::mem::offset_of!(Native, rflags));
+        let mxcsr_at = field(std::mem::offset_of!(Native, mxcsr));
+        let host_mxcsr_at = field(std::mem::offset_of!(Native, host_mxcsr));
+        let loaded = || (0..16).filter(|n| !UNTOUCHED_GPRS.contains(n));
+        let saved = [
+            code_asm::rbx,
+            code_asm::rbp,
+            code_asm::r12,
+            code_asm::r13,
+            code_asm::r14,
+            code_asm::r15,
+        ];
+
+        let mut a = CodeAssembler::new(64)?;
+        for register in saved {
+            a.push(register)?;
+        }
+        a.stmxcsr(dword_ptr(rdi + host_mxcsr_at))?;
+        a.ldmxcsr(dword_ptr(rdi + mxcsr_at))?;
+        for (n, register) in XMMS.iter().enumerate() {
+            a.movdqu(*register, xmmword_ptr(rdi + xmm_at + field(16 * n)))?;
+        }
+        a.push(qword_ptr(rdi + rflags_at))?;
+        a.popfq()?;
+        for n in loaded() {
+            a.mov(GPRS[n], qword_ptr(rdi + gprs_at + field(8 * n)))?;
+        }
+        a.db(instruction_bytes)?;
+        a.pushfq()?;
+        a.pop(qword_ptr(rdi + rflags_at))?;
+        for n in loaded() {
+            a.mov(qword_ptr(rdi + gprs_at + field(8 * n)), GPRS[n])?;
+        }
+        for (n, register) in XMMS.iter().enumerate() {
+            a.movdqu(xmmword_ptr(rdi + xmm_at + field(16 * n)), *register)?;
+        }
+        a.stmxcsr(dword_ptr(rdi + mxcsr_at))?;
+        a.ldmxcsr(dword_ptr(rdi + host_mxcsr_at))?;
+        for register in saved.iter().rev() {
+            a.pop(*register)?;
+        }
+        a.ret()?;
+        a.assemble(0)
+    }
+
+    fn run(&self, context: &mut Native) {
+        // SAFETY: `code` is the harness assembled in `new`: a SysV function taking the context
+        // pointer in RDI that saves/restores every callee-saved register and the host MXCSR,
+        // keeps the stack balanced, and runs one test instruction that touches only registers
+        // other than RSP/RDI and memory inside the test buffer.
+        let function: unsafe extern "sysv64" fn(*mut Native) =
+            unsafe { std::mem::transmute(self.code) };
+        // SAFETY: see above; `context` is a live exclusive reference.
+        unsafe { function(context) };
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`, which nothing references now.
+        unsafe { libc::munmap(self.code, self.len) };
+    }
+}
+
+// --- Inputs ----------------------------------------------------------------------------------
+
+/// xorshift64* — deterministic test inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
+        values[(self.next() % values.len() as u64) as usize]
+    }
+}
+
+/// Edge-case doubles: zeros, denormals, infinities, NaNs with payloads, conversion limits.
+const F64_EDGES: [u64; 30] = [
+    0x0000_0000_0000_0000,
+    0x8000_0000_0000_0000,
+    0x3ff0_0000_0000_0000, // 1.0
+    0xbff8_0000_0000_0000, // -1.5
+    0x4004_0000_0000_0000, // 2.5
+    0x3fb9_9999_9999_999a, // 0.1
+    0x3fd5_5555_5555_5555, // 1/3
+    0x4620_1ceb_3ae6_2fa9, // ~1e30
+    0xc620_1ceb_3ae6_2fa9,
+    0x7fef_ffff_ffff_ffff, // MAX
+    0x0010_0000_0000_0000, // MIN_POSITIVE
+    0x0000_0000_0000_0001, // smallest denormal
+    0x800f_ffff_ffff_ffff, // largest negative denormal
+    0x7ff0_0000_0000_0000, // +inf
+    0xfff0_0000_0000_0000, // -inf
+    0x7ff8_0000_0000_1234, // quiet NaN with payload
+    0x7ff0_0000_0000_5678, // signalling NaN with payload
+    0xfff8_0000_0000_0000, // negative quiet NaN (indefinite)
+    0x43e0_0000_0000_0000, // 2^63
+    0xc3e0_0000_0000_0000, // -2^63
+    0x41df_ffff_ffe0_0000, // 2147483647.5
+    0xc1e0_0000_0010_0000, // -2147483648.5
+    0x41e0_0000_0000_0000, // 2^31
+    0x4330_0000_0000_0001, // 2^52 + 1
+    0x3fe0_0000_0000_0000, // 0.5
+    0xbfe0_0000_0000_0000, // -0.5
+    0x400c_0000_0000_0000, // 3.5
+    0x47ef_ffff_e000_0000, // f32::MAX as f64
+    0x47ef_ffff_f000_0000, // just above f32::MAX (rounding-dependent overflow)
+    0x37a0_0000_0000_0001, // below the f32 denormal range
+];
+
+/// Edge-case floats, same spirit as [`F64_EDGES`].
+const F32_EDGES: [u32; 24] = [
+    0x0000_0000,
+    0x8000_0000,
+    0x3f80_0000,
+    0xbfc0_0000,
+    0x4020_0000,
+    0x3dcc_cccd,
+    0x7149_f2ca,
+    0xf149_f2ca,
+    0x7f7f_ffff,
+    0x0080_0000,
+    0x0000_0001,
+    0x807f_ffff,
+    0x7f80_0000,
+    0xff80_0000,
+    0x7fc0_1234,
+    0x7f80_5678,
+    0xffc0_0000,
+    0x4f00_0000,
+    0xcf00_0000,
+    0x5f00_0000,
+    0x3f00_0000,
+    0xbf00_0000,
+    0x4060_0000,
+    0x4b80_0001,
+];
+
+/// Edge-case integers for conversions and general registers.
+const INT_EDGES: [u64; 12] = [
+    0,
+    1,
+    u64::MAX,
+    0x7fff_ffff,
+    0xffff_ffff_8000_0000,
+    0x8000_0000,
+    0x7fff_ffff_ffff_ffff,
+    0x8000_0000_0000_0000,
+    (1 << 53) + 1,
+    0x7fff_ffff_ffff_fc00,
+    0xffff_ffff,
+    0x0123_4567_89ab_cdef,
+];
+
+/// A 128-bit input of a random flavour (random bits, doubles, floats, saturation bytes).
+fn value(rng: &mut Rng) -> u128 {
+    match rng.next() % 5 {
+        0 => u128::from(rng.next()) | (u128::from(rng.next()) << 64),
+        1 => u128::from(rng.pick(&F64_EDGES)) | (u128::from(rng.pick(&F64_EDGES)) << 64),
+        2 => (0..4).fold(0, |acc, i| {
+            acc | (u128::from(rng.pick(&F32_EDGES)) << (32 * i))
+        }),
+        3 => u128::from(rng.pick(&F64_EDGES)) | (u128::from(rng.pick(&INT_EDGES)) << 64),
+        _ => (0..16).fold(0, |acc, i| {
+            acc | (u128::from(rng.pick(&[0u8, 1, 0x7f, 0x80, 0xff, 0xfe])) << (8 * i))
+        }),
+    }
+}
+
+/// One set of inputs.
+#[derive(Clone)]
+struct Inputs {
+    xmm: [u128; 16],
+    gprs: [u64; 16],
+    rflags: u64,
+    mxcsr: u32,
+    memory: Vec<u8>,
+}
+
+impl Inputs {
+    /// Case `case`: rounding mode, DAZ and FTZ cycle with the case number; exceptions masked.
+    fn new(rng: &mut Rng, case: u32) -> Self {
+        let mut xmm = [0; 16];
+        xmm.iter_mut().for_each(|x| *x = value(rng));
+        let mut gprs = [0; 16];
+        gprs.iter_mut().for_each(|g| {
+            *g = if rng.next().is_multiple_of(2) {
+                rng.pick(&INT_EDGES)
+            } else {
+                rng.next()
+            }
+        });
+        let mut memory = Vec::with_capacity(MEMORY_SIZE);
+        while memory.len() < MEMORY_SIZE {
+            memory.extend_from_slice(&value(rng).to_le_bytes());
+        }
+        let mxcsr = 0x1f80
+            | ((case & 3) << 13)
+            | if case & 4 != 0 { 0x40 } else { 0 }
+            | if case & 8 != 0 { 0x8000 } else { 0 }
+            | (rng.next() as u32 & 0x3f & if case & 16 != 0 { 0x3f } else { 0 });
+        let rflags = 0x2 | (rng.next() & ARITHMETIC_FLAGS);
+        Self {
+            xmm,
+            gprs,
+            rflags,
+            mxcsr,
+            memory,
+        }
+    }
+}
+
+// --- Building test instructions ---------------------------------------------------------------
+
+/// An operand to create an instruction with.
+#[derive(Debug, Clone, Copy)]
+enum Arg {
+    Reg(Register),
+    Mem(MemoryOperand),
+    Imm(u32),
+}
+
+/// General registers a test instruction may use (not RBX = memory base, RSP, RDI).
+const DATA_GPRS: [usize; 13] = [0, 1, 2, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+
+fn gpr(number: usize, size: usize) -> Register {
+    let base = if size == 4 {
+        Register::EAX
+    } else {
+        Register::RAX
+    };
+    Register::try_from(base as usize + number).expect("valid GPR number")
+}
+
+fn xmm(number: usize) -> Register {
+    Register::try_from(Register::XMM0 as usize + number).expect("valid XMM number")
+}
+
+fn create(code: Code, args: &[Arg]) -> Instruction {
+    use Arg::{Imm, Mem, Reg};
+    let created = match *args {
+        [] => Ok(Instruction::with(code)),
+        [Reg(a)] => Instruction::with1(code, a),
+        [Mem(a)] => Instruction::with1(code, a),
+        [Reg(a), Reg(b)] => Instruction::with2(code, a, b),
+        [Reg(a), Mem(b)] => Instruction::with2(code, a, b),
+        [Mem(a), Reg(b)] => Instruction::with2(code, a, b),
+        [Reg(a), Imm(b)] => Instruction::with2(code, a, b),
+        [Reg(a), Reg(b), Imm(c)] => Instruction::with3(code, a, b, c),
+        [Reg(a), Mem(b), Imm(c)] => Instruction::with3(code, a, b, c),
+        _ => panic!("{code:?}: no constructor for {args:?}"),
+    };
+    created.unwrap_or_else(|error| panic!("{code:?} {args:?}: {error}"))
+}
+
+/// Encodes `instruction` and decodes it back at [`GUEST_RIP`] (as uhyve would see it).
+fn encode(instruction: &Instruction) -> (Vec<u8>, Instruction) {
+    let mut encoder = Encoder::new(64);
+    encoder
+        .encode(instruction, GUEST_RIP)
+        .unwrap_or_else(|error| panic!("encode {instruction}: {error}"));
+    let bytes = encoder.take_buffer();
+    let decoded = Decoder::with_ip(64, &bytes, GUEST_RIP, DecoderOptions::NONE).decode();
+    assert_eq!(
+        decoded.code(),
+        instruction.code(),
+        "{instruction} round trip"
+    );
+    (bytes, decoded)
+}
+
+/// Immediates tried for imm8 forms (shift counts around lane widths, shuffle patterns).
+const IMMEDIATES: [u32; 16] = [
+    0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 63, 64, 0x1b, 0x4e, 0xb1, 0xff,
+];
+
+/// The operand kinds of a form, as far as the harness needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Xmm,
+    XmmOrMem,
+    Gpr(usize),
+    GprOrMem(usize),
+    Mem,
+    Imm8,
+}
+
+/// The operand kinds of `code`, read from its iced name (`Addsd_xmm_xmmm64`, `Movd_rm32_xmm`,
+/// `Pinsrw_xmm_r32m16_imm8`, …); the crate is built without iced's op-code tables.
+fn operand_kinds(code: Code) -> Vec<Kind> {
+    format!("{code:?}")
+        .split('_')
+        .skip(1)
+        .map(|token| match token {
+            "xmm" => Kind::Xmm,
+            "r32" => Kind::Gpr(4),
+            "r64" => Kind::Gpr(8),
+            "rm32" | "r32m16" => Kind::GprOrMem(4),
+            "rm64" | "r64m16" => Kind::GprOrMem(8),
+            "imm8" => Kind::Imm8,
+            _ if token.starts_with("xmmm") => Kind::XmmOrMem,
+            _ if token.starts_with('m') => Kind::Mem,
+            _ => panic!("{code:?}: operand `{token}` not handled by the harness"),
+        })
+        .collect()
+}
+
+/// Every operand combination tested for `code`: register forms and memory forms at `offsets`
+/// from RBX, with register numbers varied by `seed`.
+fn forms(code: Code, seed: usize) -> Vec<(Vec<Arg>, Option<u64>)> {
+    let kinds = operand_kinds(code);
+    let has_imm = kinds.contains(&Kind::Imm8);
+    let has_memory = kinds
+        .iter()
+        .any(|kind| matches!(kind, Kind::Mem | Kind::XmmOrMem | Kind::GprOrMem(_)));
+    let must_use_memory = kinds.contains(&Kind::Mem);
+    let mut memory_choices: Vec<Option<u64>> = if must_use_memory { vec![] } else { vec![None] };
+    if has_memory {
+        memory_choices.extend([0x100, 0x103, 0xffa, 0xffc, 0xff0].map(Some));
+    }
+    let immediates: Vec<Option<u32>> = if has_imm {
+        IMMEDIATES.iter().map(|&i| Some(i)).collect()
+    } else {
+        vec![None]
+    };
+    let mut result = Vec::new();
+    for (index, memory) in memory_choices.iter().enumerate() {
+        for immediate in &immediates {
+            let mut args = Vec::new();
+            for (position, kind) in kinds.iter().enumerate() {
+                let pick = seed + 7 * index + 3 * position;
+                let memory_operand = || Arg::Mem(MemoryOperand::with_base_displ(Register::RBX, 0));
+                let register = |size| Arg::Reg(gpr(DATA_GPRS[pick % DATA_GPRS.len()], size));
+                args.push(match *kind {
+                    Kind::Xmm => Arg::Reg(xmm(pick % 16)),
+                    Kind::XmmOrMem if memory.is_none() => Arg::Reg(xmm(pick % 16)),
+                    Kind::Gpr(size) => register(size),
+                    Kind::GprOrMem(size) if memory.is_none() => register(size),
+                    Kind::XmmOrMem | Kind::GprOrMem(_) | Kind::Mem => memory_operand(),
+                    Kind::Imm8 => Arg::Imm(immediate.expect("imm8 form")),
+                });
+            }
+            result.push((args, *memory));
+        }
+    }
+    result
+}
+
+// --- The differential harness ------------------------------------------------------------------
+
+/// Cases per instruction form: covers all rounding modes × DAZ × FTZ × sticky flags.
+const CASES: u32 = 32;
+
+/// Runs `bytes`/`decoded` natively and emulated on the same inputs and compares the results.
+fn compare(bytes: &[u8], decoded: &Instruction, offset: Option<u64>, rng: &mut Rng, jit: &Jit) {
+    let mut native_memory = Box::new(NativeMemory([0; MEMORY_SIZE]));
+    let host_base = native_memory.0.as_mut_ptr() as u64;
+    for case in 0..CASES {
+        let inputs = Inputs::new(rng, case);
+        let offset = offset.unwrap_or(0);
+
+        native_memory.0.copy_from_slice(&inputs.memory);
+        let mut native = Native {
+            xmm: inputs.xmm,
+            gprs: inputs.gprs,
+            rflags: inputs.rflags,
+            mxcsr: inputs.mxcsr,
+            host_mxcsr: 0,
+        };
+        native.gprs[3] = host_base + offset;
+        jit.run(&mut native);
+
+        let mut state = X86State {
+            gprs: inputs.gprs,
+            rflags: inputs.rflags,
+            ..X86State::default()
+        };
+        state.gprs[3] = GUEST_BASE + offset;
+        for (n, value) in inputs.xmm.iter().enumerate() {
+            state.set_xmm(n, *value);
+        }
+        state.set_mxcsr(inputs.mxcsr);
+        let mut memory = FakeMemory {
+            base: GUEST_BASE,
+            bytes: inputs.memory.clone(),
+        };
+        let outcome = execute(decoded, &mut state, &mut memory);
+
+        let context = format!(
+            "`{decoded}` ({bytes:02x?}) case {case}, mxcsr {:#x}, rflags {:#x}, xmm {:#x?}, gprs {:#x?}",
+            inputs.mxcsr, inputs.rflags, inputs.xmm, inputs.gprs
+        );
+        assert_eq!(outcome, Ok(true), "{context}");
+        for n in 0..16 {
+            assert_eq!(state.xmm(n), native.xmm[n], "xmm{n} after {context}");
+            let (emulated, expected) = if n == 3 {
+                (state.gprs[n] - GUEST_BASE, native.gprs[n] - host_base)
+            } else if UNTOUCHED_GPRS.contains(&n) {
+                (state.gprs[n], inputs.gprs[n])
+            } else {
+                (state.gprs[n], native.gprs[n])
+            };
+            assert_eq!(emulated, expected, "gpr {n} after {context}");
+        }
+        assert_eq!(
+            state.rflags & ARITHMETIC_FLAGS,
+            native.rflags & ARITHMETIC_FLAGS,
+            "rflags after {context}"
+        );
+        assert_eq!(state.mxcsr(), native.mxcsr, "mxcsr after {context}");
+        assert!(memory.bytes == native_memory.0, "memory after {context}");
+    }
+}
+
+/// Every implemented form, except `ldmxcsr` (random memory would fault natively).
+fn implemented_codes() -> impl Iterator<Item = Code> {
+    Code::values().filter(|&code| semantics(code).is_some() && code != Code::Ldmxcsr_m32)
+}
+
+#[test]
+fn every_implemented_form_matches_the_host_cpu() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut tested = 0;
+    for (seed, code) in implemented_codes().enumerate() {
+        for (args, offset) in forms(code, seed) {
+            let (bytes, decoded) = encode(&create(code, &args));
+            if offset.is_some() {
+                let size = decoded.memory_size().size();
+                let aligned = offset.is_some_and(|offset| offset % 16 == 0);
+                if size == 16 && !allows_unaligned(code) && !aligned {
+                    continue;
+                }
+            }
+            let jit = Jit::new(&bytes);
+            compare(&bytes, &decoded, offset, &mut rng, &jit);
+            tested += 1;
+        }
+    }
+    assert!(tested > 300, "only {tested} forms tested");
+    println!("{tested} forms tested");
+}
+
+// --- Expectation tests (hand-computed results, independent of the host) -------------------------
+
+/// Decodes a single instruction from `bytes` at [`GUEST_RIP`].
+fn decode(bytes: &[u8]) -> Instruction {
+    let instruction = Decoder::with_ip(64, bytes, GUEST_RIP, DecoderOptions::NONE).decode();
+    assert_ne!(instruction.code(), Code::INVALID, "{bytes:02x?}");
+    instruction
+}
+
+/// Assembles one instruction with iced's code assembler and decodes it.
+fn assemble(
+    build: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Instruction {
+    let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+    build(&mut a).expect("assemble");
+    decode(&a.assemble(GUEST_RIP).expect("assemble"))
+}
+
+fn memory() -> FakeMemory {
+    FakeMemory {
+        base: GUEST_BASE,
+        bytes: vec![0; MEMORY_SIZE],
+    }
+}
+
+/// Executes `instruction` and expects it to be implemented and to succeed.
+fn run(instruction: &Instruction, state: &mut X86State, memory: &mut FakeMemory) {
+    assert_eq!(
+        execute(instruction, state, memory),
+        Ok(true),
+        "{instruction}"
+    );
+}
+
+#[test]
+fn movsd_loads_zero_extend_and_register_moves_merge() {
+    use code_asm::{qword_ptr, rbx, xmm0, xmm1};
+    let mut state = X86State::default();
+    let mut memory = memory();
+    state.gprs[3] = GUEST_BASE + 0xffc;
+    memory.bytes[0xffc..0x1004].copy_from_slice(&1.5f64.to_le_bytes());
+    state.set_xmm(0, u128::MAX);
+    run(
+        &assemble(|a| a.movsd_2(xmm0, qword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(0), u128::from(1.5f64.to_bits()));
+
+    state.set_xmm(1, (7 << 64) | u128::from(2.0f64.to_bits()));
+    state.set_xmm(0, 9 << 64);
+    run(
+        &assemble(|a| a.movsd_2(xmm0, xmm1)),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(0), (9 << 64) | u128::from(2.0f64.to_bits()));
+
+    run(
+        &assemble(|a| a.movsd_2(qword_ptr(rbx), xmm1)),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(memory.bytes[0xffc..0x1004], 2.0f64.to_le_bytes());
+    assert_eq!(memory.bytes[0x1004], 0, "movsd m64 writes exactly 8 bytes");
+}
+
+#[test]
+fn ucomisd_sets_zf_pf_cf_and_clears_of_sf_af() {
+    use code_asm::{xmm0, xmm1};
+    let ucomisd = assemble(|a| a.ucomisd(xmm0, xmm1));
+    let cases = [
+        (1.0, 2.0, 0x01),      // less: CF
+        (2.0, 1.0, 0x00),      // greater
+        (1.0, 1.0, 0x40),      // equal: ZF
+        (f64::NAN, 1.0, 0x45), // unordered: ZF PF CF
+        (0.0, -0.0, 0x40),     // +0 == -0
+    ];
+    for (a, b, flags) in cases {
+        let mut state = X86State {
+            rflags: 0x2 | 0x8d5,
+            ..X86State::default()
+        };
+        state.set_xmm(0, u128::from(f64::to_bits(a)));
+        state.set_xmm(1, u128::from(f64::to_bits(b)));
+        run(&ucomisd, &mut state, &mut memory());
+        assert_eq!(state.rflags, 0x2 | flags, "ucomisd {a} {b}");
+        assert_eq!(
+            state.mxcsr(),
+            MXCSR_DEFAULT,
+            "a quiet NaN raises nothing in ucomisd"
+        );
+    }
+    // A signalling NaN raises IE in ucomisd; a quiet one raises IE in comisd only.
+    let mut state = X86State::default();
+    state.set_xmm(0, 0x7ff0_0000_0000_0001);
+    run(&ucomisd, &mut state, &mut memory());
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 1);
+    let mut state = X86State::default();
+    state.set_xmm(0, u128::from(f64::NAN.to_bits()));
+    run(
+        &assemble(|a| a.comisd(xmm0, xmm1)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 1);
+}
+
+#[test]
+fn conversions_give_integer_indefinite_and_set_invalid() {
+    use code_asm::{eax, rax, rcx, xmm0, xmm1};
+    let mut state = X86State::default();
+    state.gprs[0] = 0xdead_beef_dead_beef;
+    state.set_xmm(1, u128::from(1e30f64.to_bits()));
+    run(
+        &assemble(|a| a.cvttsd2si(rax, xmm1)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.gprs[0], 0x8000_0000_0000_0000);
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 1, "IE");
+    run(
+        &assemble(|a| a.cvttsd2si(eax, xmm1)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.gprs[0], 0x8000_0000, "r32 result zero-extends");
+
+    // cvtsi2sd: 2^53 + 1 rounds to even (PE set) under round-to-nearest, merges the upper half.
+    let mut state = X86State::default();
+    state.gprs[1] = (1 << 53) + 1;
+    state.set_xmm(0, 5 << 64);
+    run(
+        &assemble(|a| a.cvtsi2sd(xmm0, rcx)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(
+        state.xmm(0),
+        (5 << 64) | u128::from(9_007_199_254_740_992f64.to_bits())
+    );
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x20, "PE");
+    // … and up under round-up.
+    state.set_mxcsr(MXCSR_DEFAULT | (2 << 13));
+    run(
+        &assemble(|a| a.cvtsi2sd(xmm0, rcx)),
+        &mut state,
+        &mut memory(),
+    );
+    assert_eq!(state.xmm(0) as u64, 9_007_199_254_740_994f64.to_bits());
+}
+
+#[test]
+fn denormals_follow_daz_and_ftz() {
+    use code_asm::{xmm0, xmm1};
+    let mulsd = assemble(|a| a.mulsd(xmm0, xmm1));
+    let tiny = f64::from_bits(1); // smallest denormal
+    for (mxcsr, expected, flags) in [
+        (MXCSR_DEFAULT, tiny.to_bits(), 0x02), // DE: a denormal operand
+        (MXCSR_DEFAULT | 0x40, 0, 0x00),       // DAZ: operand read as 0
+    ] {
+        let mut state = X86State::default();
+        state.set_mxcsr(mxcsr);
+        state.set_xmm(0, u128::from(tiny.to_bits()));
+        state.set_xmm(1, u128::from(1.0f64.to_bits()));
+        run(&mulsd, &mut state, &mut memory());
+        assert_eq!(state.xmm(0), u128::from(expected), "mxcsr {mxcsr:#x}");
+        assert_eq!(state.mxcsr(), mxcsr | flags, "mxcsr {mxcsr:#x}");
+    }
+    // FTZ: a tiny result becomes +0 with UE and PE set.
+    let mut state = X86State::default();
+    state.set_mxcsr(MXCSR_DEFAULT | 0x8000);
+    state.set_xmm(0, u128::from(f64::MIN_POSITIVE.to_bits()));
+    state.set_xmm(1, u128::from(0.5f64.to_bits()));
+    run(&mulsd, &mut state, &mut memory());
+    assert_eq!(state.xmm(0), 0);
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x8000 | 0x30);
+}
+
+#[test]
+fn memory_operands_use_rip_relative_32_bit_and_segment_addressing() {
+    let mut memory = memory();
+    memory.bytes[0x100..0x108].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+
+    // movq xmm0, [rip + disp32]: F3 0F 7E 05 disp32 (8 bytes long).
+    let disp = (GUEST_BASE + 0x100 - (GUEST_RIP + 8)) as u32;
+    let mut bytes = vec![0xf3, 0x0f, 0x7e, 0x05];
+    bytes.extend_from_slice(&disp.to_le_bytes());
+    let mut state = X86State::default();
+    run(&decode(&bytes), &mut state, &mut memory);
+    assert_eq!(state.xmm(0), 0x1122_3344_5566_7788);
+
+    // movq xmm1, [ebx] (address-size override): only EBX's low 32 bits count.
+    let mut state = X86State::default();
+    state.gprs[3] = 0xffff_ffff_0000_0000 | (GUEST_BASE + 0x100);
+    run(
+        &decode(&[0x67, 0xf3, 0x0f, 0x7e, 0x0b]),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(1), 0x1122_3344_5566_7788);
+
+    // movq xmm2, fs:[rbx]: FS base added; GS likewise.
+    for (prefix, register) in [(0x64u8, 2usize), (0x65, 3)] {
+        let mut state = X86State {
+            fs_base: GUEST_BASE,
+            gs_base: GUEST_BASE,
+            ..X86State::default()
+        };
+        state.gprs[3] = 0x100;
+        let modrm = 0x03 | ((register as u8) << 3);
+        run(
+            &decode(&[prefix, 0xf3, 0x0f, 0x7e, modrm]),
+            &mut state,
+            &mut memory,
+        );
+        assert_eq!(state.xmm(register), 0x1122_3344_5566_7788);
+    }
+}
+
+#[test]
+fn mxcsr_loads_and_stores() {
+    use code_asm::{dword_ptr, rbx};
+    let mut state = X86State::default();
+    let mut memory = memory();
+    state.gprs[3] = GUEST_BASE;
+    memory.bytes[..4].copy_from_slice(&0x9fc1u32.to_le_bytes());
+    run(
+        &assemble(|a| a.ldmxcsr(dword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.mxcsr(), 0x9fc1);
+    run(
+        &assemble(|a| a.stmxcsr(dword_ptr(rbx + 8))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(memory.bytes[8..12], 0x9fc1u32.to_le_bytes());
+
+    // Reserved bits: #GP, MXCSR unchanged.
+    memory.bytes[..4].copy_from_slice(&0x1_1f80u32.to_le_bytes());
+    let result = execute(
+        &assemble(|a| a.ldmxcsr(dword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#GP",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state.mxcsr(), 0x9fc1);
+
+    // A guest whose MXCSR_MASK lacks DAZ may not set it.
+    state.xsave[MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4].copy_from_slice(&0xffbfu32.to_le_bytes());
+    memory.bytes[..4].copy_from_slice(&0x1fc0u32.to_le_bytes());
+    let result = execute(
+        &assemble(|a| a.ldmxcsr(dword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#GP",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+// --- Negative tests ----------------------------------------------------------------------------
+
+#[test]
+fn misaligned_m128_operands_raise_gp_except_for_unaligned_moves() {
+    use code_asm::{rbx, xmm0, xmmword_ptr};
+    let mut memory = memory();
+    let mut state = X86State::default();
+    state.gprs[3] = GUEST_BASE + 8;
+    let before = state.clone();
+    let aligned_only: [Instruction; 4] = [
+        assemble(|a| a.movaps(xmm0, xmmword_ptr(rbx))),
+        assemble(|a| a.movdqa(xmmword_ptr(rbx), xmm0)),
+        assemble(|a| a.pxor(xmm0, xmmword_ptr(rbx))),
+        assemble(|a| a.addpd(xmm0, xmmword_ptr(rbx))),
+    ];
+    for instruction in &aligned_only {
+        let result = execute(instruction, &mut state, &mut memory);
+        assert!(
+            matches!(
+                result,
+                Err(EmulationError::GuestException {
+                    exception: "#GP",
+                    ..
+                })
+            ),
+            "{instruction}: {result:?}"
+        );
+        assert_eq!(state, before);
+        assert!(memory.bytes.iter().all(|&b| b == 0));
+    }
+    memory.bytes[8] = 0x42;
+    run(
+        &assemble(|a| a.movups(xmm0, xmmword_ptr(rbx))),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(state.xmm(0), 0x42);
+    state.gprs[3] = GUEST_BASE + 0xff9;
+    run(
+        &assemble(|a| a.movdqu(xmmword_ptr(rbx), xmm0)),
+        &mut state,
+        &mut memory,
+    );
+    assert_eq!(memory.bytes[0xff9], 0x42);
+}
+
+#[test]
+fn unmasked_exception_raises_xm_and_changes_nothing() {
+    use code_asm::{xmm0, xmm1};
+    let divsd = assemble(|a| a.divsd(xmm0, xmm1));
+    let mut state = X86State::default();
+    state.set_mxcsr(MXCSR_DEFAULT & !0x200); // ZM unmasked
+    state.set_xmm(0, u128::from(1.0f64.to_bits()));
+    let before = state.clone();
+    let result = execute(&divsd, &mut state, &mut memory());
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#XM",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state, before);
+
+    // The same division with ZM masked: +inf and ZE set.
+    state.set_mxcsr(MXCSR_DEFAULT);
+    run(&divsd, &mut state, &mut memory());
+    assert_eq!(state.xmm(0), u128::from(f64::INFINITY.to_bits()));
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x4);
+}
+
+#[test]
+fn other_instructions_are_not_this_modules() {
+    use code_asm::{rax, rbx, xmm0, xmm1, ymm0, ymm1};
+    let mut state = X86State::default();
+    let before = state.clone();
+    for instruction in [
+        assemble(|a| a.add(rax, rbx)),
+        assemble(|a| a.vaddsd(xmm0, xmm0, xmm1)),
+        assemble(|a| a.vmovaps(ymm0, ymm1)),
+    ] {
+        assert!(!supports(&instruction), "{instruction}");
+        assert_eq!(
+            execute(&instruction, &mut state, &mut memory()),
+            Ok(false),
+            "{instruction}"
+        );
+        assert_eq!(state, before);
+    }
+}
+
+#[test]
+fn bad_memory_is_reported_and_changes_nothing() {
+    use code_asm::{qword_ptr, rbx, xmm0, xmmword_ptr};
+    let mut memory = memory();
+    let mut state = X86State::default();
+    state.gprs[3] = GUEST_BASE + MEMORY_SIZE as u64 - 4; // the 8-byte operand runs off the end
+    state.set_xmm(0, 0x1234);
+    let before = state.clone();
+    for instruction in [
+        assemble(|a| a.movsd_2(xmm0, qword_ptr(rbx))),
+        assemble(|a| a.addsd(xmm0, qword_ptr(rbx))),
+        assemble(|a| a.movq(qword_ptr(rbx), xmm0)),
+        assemble(|a| a.movups(xmmword_ptr(rbx), xmm0)),
+    ] {
+        let result = execute(&instruction, &mut state, &mut memory);
+        assert!(
+            matches!(result, Err(EmulationError::BadAddress { .. })),
+            "{instruction}: {result:?}"
+        );
+        assert_eq!(state, before);
+        assert!(memory.bytes.iter().all(|&b| b == 0));
+    }
+}
+
+// --- Coverage of the real images ---------------------------------------------------------------
+
+/// Every SSE/SSE2 instruction (by iced's CPUID features) in the executable sections of `image`.
+fn sse_instructions(image: &[u8]) -> Vec<Instruction> {
+    let elf = goblin::elf::Elf::parse(image).expect("parse the image");
+    let mut found = Vec::new();
+    for section in &elf.section_headers {
+        if !section.is_executable() || section.sh_type != goblin::elf::section_header::SHT_PROGBITS
+        {
+            continue;
+        }
+        let Some(bytes) = section.file_range().and_then(|range| image.get(range)) else {
+            continue;
+        };
+        let mut decoder = Decoder::with_ip(64, bytes, section.sh_addr, DecoderOptions::NONE);
+        found.extend(decoder.iter().filter(|instruction| {
+            instruction
+                .cpuid_features()
+                .iter()
+                .any(|feature| matches!(feature, CpuidFeature::SSE | CpuidFeature::SSE2))
+        }));
+    }
+    found
+}
+
+#[test]
+fn every_sse_instruction_of_the_hermit_images_is_supported() {
+    let Some(directory) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        println!("skipped: UHYVE_TEST_IMAGES is not set");
+        return;
+    };
+    let mut missing = std::collections::BTreeSet::new();
+    for name in ["x86_64-hello_world", "x86_64-hello_c"] {
+        let path = std::path::Path::new(&directory).join(name);
+        let image =
+            std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let instructions = sse_instructions(&image);
+        assert!(
+            !instructions.is_empty(),
+            "{name}: no SSE instructions found"
+        );
+        println!("{name}: {} SSE/SSE2 instructions", instructions.len());
+        for instruction in instructions
+            .iter()
+            .filter(|instruction| !supports(instruction))
+        {
+            missing.insert(format!(
+                "{:?} (e.g. `{instruction}` at {:#x})",
+                instruction.code(),
+                instruction.ip()
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "unsupported SSE/SSE2 forms:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
