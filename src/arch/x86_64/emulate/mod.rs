@@ -57,9 +57,10 @@ pub fn emulate(
         return Err(EmulationError::Undecodable);
     }
     let mut next = state.clone();
-    let handled = system::execute(&instruction, &mut next, memory, services)?
-        || sse::execute(&instruction, &mut next, memory)?;
-    if !handled {
+    if sse::execute(&instruction, &mut next, memory)? {
+        // The XSAVE family sets XSTATE_BV itself; other instructions put what they modify in use.
+        next.mark_modified_components_in_use(state);
+    } else if !system::execute(&instruction, &mut next, memory, services)? {
         return Err(EmulationError::Unsupported(instruction.to_string()));
     }
     next.rip = instruction.next_ip();

@@ -33,13 +33,16 @@ impl<'a> OperandAccess<'a> {
             return Err(EmulationError::Unsupported(self.instruction.to_string()));
         }
         self.instruction
-            .virtual_address(operand, 0, |register, _, _| register_value(state, register))
+            .virtual_address(operand, 0, |register, _, _| {
+                address_register(state, register)
+            })
             .ok_or_else(|| EmulationError::Unsupported(self.instruction.to_string()))
     }
 }
 
-/// The value of `register` as an address component (segment registers give their base).
-fn register_value(state: &X86State, register: Register) -> Option<u64> {
+/// The value iced needs for `register` when computing an effective address: general registers
+/// of any address size, RIP, and segment registers as their base.
+pub fn address_register(state: &X86State, register: Register) -> Option<u64> {
     match register {
         Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
         Register::FS => Some(state.fs_base),

@@ -23,8 +23,9 @@ mod int;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 
-use iced_x86::{Code, Instruction, OpKind, Register};
+use iced_x86::{Code, Instruction, OpKind};
 
+use super::operands::address_register;
 use super::state::{EmulationError, GuestAccess, MXCSR_MASK_OFFSET, X86State};
 use float::{EXCEPTION_FLAGS, HostContext, HostOp, Output};
 use int::{LOW32, LOW64, PureOp};
@@ -199,33 +200,6 @@ enum Operand {
     Immediate(u8),
 }
 
-/// The value iced needs for `register` when computing an effective address.
-fn address_register(state: &X86State, register: Register) -> Option<u64> {
-    let number = register.number();
-    match register {
-        _ if register.is_gpr64() => Some(state.gpr(number)),
-        _ if register.is_gpr32() => Some(state.gpr(number) & u64::from(u32::MAX)),
-        _ if register.is_gpr16() => Some(state.gpr(number) & u64::from(u16::MAX)),
-        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
-        Register::FS => Some(state.fs_base),
-        Register::GS => Some(state.gs_base),
-        _ => None,
-    }
-}
-
-/// The "would raise `exception`" error for `instruction`.
-fn guest_exception(
-    instruction: &Instruction,
-    exception: &'static str,
-    reason: String,
-) -> EmulationError {
-    EmulationError::GuestException {
-        instruction: instruction.to_string(),
-        exception,
-        reason,
-    }
-}
-
 /// Decodes operand `index` of `instruction`.
 fn operand(
     instruction: &Instruction,
@@ -267,7 +241,7 @@ fn check_alignment(instruction: &Instruction, operand: Operand) -> Result<(), Em
         Operand::Memory { address, size: 16 }
             if address % 16 != 0 && !allows_unaligned(instruction.code()) =>
         {
-            Err(guest_exception(
+            Err(EmulationError::guest_exception(
                 instruction,
                 "#GP",
                 format!("16-byte memory operand at {address:#x} is not 16-byte aligned"),
@@ -334,7 +308,7 @@ fn write(
 
 /// The MXCSR bits the guest may set: the MXCSR_MASK of its XSAVE area, or, when the backend
 /// left that field 0, the mask of the host CPU the guest runs on.
-fn guest_mxcsr_mask(state: &X86State) -> u32 {
+pub(super) fn guest_mxcsr_mask(state: &X86State) -> u32 {
     let mut bytes = [0u8; 4];
     // The range is a constant inside the fixed-size XSAVE area.
     bytes.copy_from_slice(&state.xsave[MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4]);
@@ -405,7 +379,7 @@ fn execute_on_host(
     let raised = float::run(op, &mut context, mxcsr);
     let unmasked = raised & !(mxcsr >> 7) & EXCEPTION_FLAGS;
     if unmasked != 0 {
-        return Err(guest_exception(
+        return Err(EmulationError::guest_exception(
             instruction,
             "#XM",
             format!(
@@ -451,7 +425,7 @@ pub fn execute(
             let value = read(state, memory, source)? as u32;
             let reserved = value & !guest_mxcsr_mask(state);
             if reserved != 0 {
-                return Err(guest_exception(
+                return Err(EmulationError::guest_exception(
                     instruction,
                     "#GP",
                     format!("MXCSR value {value:#x} sets reserved bits {reserved:#x}"),

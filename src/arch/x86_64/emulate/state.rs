@@ -52,6 +52,21 @@ pub enum EmulationError {
     },
 }
 
+impl EmulationError {
+    /// The error for `instruction` raising `exception` (e.g. "#GP") in the guest.
+    pub fn guest_exception(
+        instruction: &iced_x86::Instruction,
+        exception: &'static str,
+        reason: String,
+    ) -> Self {
+        Self::GuestException {
+            instruction: instruction.to_string(),
+            exception,
+            reason,
+        }
+    }
+}
+
 /// A copy of the vCPU state, as read from and written back to the backend.
 #[derive(Clone, PartialEq, Eq)]
 pub struct X86State {
@@ -129,6 +144,28 @@ impl X86State {
         self.xsave[MXCSR_OFFSET..MXCSR_OFFSET + 4].copy_from_slice(&value.to_le_bytes());
     }
 
+    /// Sets the XSAVE header's XSTATE_BV bits of the x87 (0) and SSE (1) components that differ
+    /// from `before`. A component whose bit is clear is in its initial state, and loading the
+    /// area (XRSTOR, `KVM_SET_XSAVE`) would discard its bytes: state an instruction modified is in
+    /// use by definition.
+    pub fn mark_modified_components_in_use(&mut self, before: &X86State) {
+        let x87 = [0..MXCSR_OFFSET, 32..XMM_OFFSET];
+        let sse = [MXCSR_OFFSET..MXCSR_OFFSET + 4, XMM_OFFSET..XMM_OFFSET + 256];
+        let changed = |ranges: &[std::ops::Range<usize>]| {
+            ranges
+                .iter()
+                .any(|range| self.xsave[range.clone()] != before.xsave[range.clone()])
+        };
+        let mut in_use = 0u8;
+        if changed(&x87) {
+            in_use |= 1;
+        }
+        if changed(&sse) {
+            in_use |= 2;
+        }
+        self.xsave[XSAVE_HEADER_OFFSET] |= in_use;
+    }
+
     /// General register by hardware number (0 = RAX … 15 = R15).
     pub fn gpr(&self, number: usize) -> u64 {
         self.gprs[number & 15]
@@ -152,6 +189,22 @@ pub trait GuestAccess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modified_components_are_marked_in_use() {
+        let before = X86State::default();
+        let mut after = before.clone();
+        after.mark_modified_components_in_use(&before);
+        assert_eq!(after.xsave[XSAVE_HEADER_OFFSET], 0);
+        after.set_xmm(15, 1);
+        after.mark_modified_components_in_use(&before);
+        assert_eq!(after.xsave[XSAVE_HEADER_OFFSET], 0b10);
+        let mut after = before.clone();
+        after.set_mxcsr(0x1fc0);
+        after.xsave[32] = 1; // ST0
+        after.mark_modified_components_in_use(&before);
+        assert_eq!(after.xsave[XSAVE_HEADER_OFFSET], 0b11);
+    }
 
     #[test]
     fn xmm_and_mxcsr_live_in_the_xsave_area() {

@@ -1,5 +1,6 @@
 //! System instructions the hypervisor may fail to emulate: XGETBV/XSETBV, the XSAVE family
-//! (XSAVE, XSAVEOPT, XRSTOR, FXSAVE, FXRSTOR), LDMXCSR/STMXCSR, RDTSCP, RDRAND and RDSEED.
+//! (XSAVE, XSAVEOPT, XRSTOR, FXSAVE, FXRSTOR), RDTSCP, RDRAND and RDSEED. (LDMXCSR/STMXCSR belong
+//! to the SSE module.)
 //!
 //! The XSAVE-family instructions move bytes between the guest's save area and the standard-format
 //! XSAVE area of [`X86State`] (the same layout the architecture defines for memory), component by
@@ -62,8 +63,6 @@ pub trait SystemServices {
     fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError>;
 }
 
-/// Bits of MXCSR that may be set (bits 0–15; DAZ is bit 6).
-const MXCSR_VALID_BITS: u32 = 0xffff;
 /// Size of the x87 + SSE part of the legacy region FXSAVE writes in 64-bit mode (the rest of the
 /// 512-byte region is reserved or available to software and left untouched).
 const FXSAVE_WRITTEN: usize = 416;
@@ -118,18 +117,6 @@ pub fn execute(
             let address = aligned_operand(instruction, state, &operands, 16)?;
             fxrstor(instruction, state, memory, address)?;
         }
-        Mnemonic::Ldmxcsr => {
-            let address = operands.memory_address(state, 0)?;
-            let mut bytes = [0u8; 4];
-            memory.read(address, &mut bytes)?;
-            let value = u32::from_le_bytes(bytes);
-            check_mxcsr(instruction, value)?;
-            state.set_mxcsr(value);
-        }
-        Mnemonic::Stmxcsr => {
-            let address = operands.memory_address(state, 0)?;
-            memory.write(address, &state.mxcsr().to_le_bytes())?;
-        }
         Mnemonic::Rdtscp => {
             let (tsc, aux) = services.read_tsc()?;
             state.set_gpr(0, tsc & 0xffff_ffff);
@@ -158,20 +145,10 @@ pub fn supports(instruction: &Instruction) -> bool {
             | Mnemonic::Fxsave64
             | Mnemonic::Fxrstor
             | Mnemonic::Fxrstor64
-            | Mnemonic::Ldmxcsr
-            | Mnemonic::Stmxcsr
             | Mnemonic::Rdtscp
             | Mnemonic::Rdrand
             | Mnemonic::Rdseed
     )
-}
-
-fn exception(instruction: &Instruction, exception: &'static str, reason: String) -> EmulationError {
-    EmulationError::GuestException {
-        instruction: instruction.to_string(),
-        exception,
-        reason,
-    }
 }
 
 fn aligned_operand(
@@ -182,7 +159,7 @@ fn aligned_operand(
 ) -> Result<u64, EmulationError> {
     let address = operands.memory_address(state, 0)?;
     if address % alignment != 0 {
-        return Err(exception(
+        return Err(EmulationError::guest_exception(
             instruction,
             "#GP",
             format!("save area at {address:#x} is not {alignment}-byte aligned"),
@@ -191,9 +168,13 @@ fn aligned_operand(
     Ok(address)
 }
 
-fn check_mxcsr(instruction: &Instruction, value: u32) -> Result<(), EmulationError> {
-    if value & !MXCSR_VALID_BITS != 0 {
-        return Err(exception(
+fn check_mxcsr(
+    instruction: &Instruction,
+    state: &X86State,
+    value: u32,
+) -> Result<(), EmulationError> {
+    if value & !super::sse::guest_mxcsr_mask(state) != 0 {
+        return Err(EmulationError::guest_exception(
             instruction,
             "#GP",
             format!("MXCSR value {value:#x} sets reserved bits"),
@@ -213,7 +194,7 @@ fn xgetbv(instruction: &Instruction, state: &mut X86State) -> Result<(), Emulati
         // XCR0 & XINUSE: the components not in their initial state.
         1 => state.xcr0 & xstate_bv(state.xsave.as_slice()),
         other => {
-            return Err(exception(
+            return Err(EmulationError::guest_exception(
                 instruction,
                 "#GP",
                 format!("XCR{other} does not exist"),
@@ -232,7 +213,7 @@ fn xsetbv(
 ) -> Result<(), EmulationError> {
     let register = state.gpr(1) & 0xffff_ffff;
     if register != 0 {
-        return Err(exception(
+        return Err(EmulationError::guest_exception(
             instruction,
             "#GP",
             format!("XCR{register} cannot be written"),
@@ -243,7 +224,7 @@ fn xsetbv(
     // x87 must stay enabled, AVX needs SSE, and only supported components may be enabled.
     let invalid = value & 1 == 0 || (value & 4 != 0 && value & 2 == 0) || value & !supported != 0;
     if invalid {
-        return Err(exception(
+        return Err(EmulationError::guest_exception(
             instruction,
             "#GP",
             format!("XCR0 value {value:#x} is invalid (supported: {supported:#x})"),
@@ -337,7 +318,7 @@ fn xrstor(
     let saved_bv = read_u64(&header, 0);
     let comp_bv = read_u64(&header, 8);
     if comp_bv != 0 || header[16..].iter().any(|&b| b != 0) || saved_bv & !state.xcr0 != 0 {
-        return Err(exception(
+        return Err(EmulationError::guest_exception(
             instruction,
             "#GP",
             format!("invalid XSAVE header (XSTATE_BV {saved_bv:#x}, XCOMP_BV {comp_bv:#x})"),
@@ -348,7 +329,7 @@ fn xrstor(
         let mut mxcsr = [0u8; 4];
         memory.read(address + MXCSR_OFFSET as u64, &mut mxcsr)?;
         let value = u32::from_le_bytes(mxcsr);
-        check_mxcsr(instruction, value)?;
+        check_mxcsr(instruction, state, value)?;
         area[MXCSR_OFFSET..MXCSR_OFFSET + 4].copy_from_slice(&mxcsr);
     }
     for index in 0..63u32 {
@@ -405,7 +386,7 @@ fn fxrstor(
     let mut image = [0u8; FXSAVE_WRITTEN];
     memory.read(address, &mut image)?;
     let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
-    check_mxcsr(instruction, mxcsr)?;
+    check_mxcsr(instruction, state, mxcsr)?;
     fix_x87_pointers(instruction, &mut image);
     // MXCSR_MASK is read-only: keep the CPU's value.
     let mask_range = MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4;
@@ -756,44 +737,6 @@ mod tests {
         // Reserved MXCSR bits in the image fault.
         memory.bytes[24..28].copy_from_slice(&0x1_0000u32.to_le_bytes());
         assert!(run(&restore, &mut clobbered, &mut memory).is_err());
-    }
-
-    #[test]
-    fn ldmxcsr_and_stmxcsr_match_the_host() {
-        let load = assemble(|a| a.ldmxcsr(dword_ptr(rbx)));
-        let store = assemble(|a| a.stmxcsr(dword_ptr(rbx + 4)));
-        let mut memory = FakeMemory::new(DATA, 16);
-        for value in [0x1f80u32, 0x9fc0, 0x7f80, 0x1fbf, 0x0000] {
-            memory.bytes[0..4].copy_from_slice(&value.to_le_bytes());
-            let mut state = state_with_data();
-            run(&load, &mut state, &mut memory).unwrap();
-            run(&store, &mut state, &mut memory).unwrap();
-            // The host CPU, given the same value, stores it back unchanged too.
-            let host_saved = host_ldmxcsr_stmxcsr(value);
-            assert_eq!(&memory.bytes[4..8], &host_saved.to_le_bytes());
-        }
-        memory.bytes[0..4].copy_from_slice(&0x1_0000u32.to_le_bytes());
-        let mut state = state_with_data();
-        assert!(run(&load, &mut state, &mut memory).is_err());
-    }
-
-    fn host_ldmxcsr_stmxcsr(value: u32) -> u32 {
-        let mut saved_host = 0u32;
-        let mut out = 0u32;
-        // SAFETY: saves the host MXCSR, loads a valid value (reserved bits clear, so no #GP), stores
-        // it, and restores the host MXCSR before returning; all pointers are to live locals.
-        unsafe {
-            std::arch::asm!(
-                "stmxcsr [{saved}]",
-                "ldmxcsr [{value}]",
-                "stmxcsr [{out}]",
-                "ldmxcsr [{saved}]",
-                saved = in(reg) &mut saved_host,
-                value = in(reg) &value,
-                out = in(reg) &mut out,
-            );
-        }
-        out
     }
 
     #[test]
