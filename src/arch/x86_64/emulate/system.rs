@@ -796,4 +796,73 @@ mod tests {
         assert_eq!(layout.component(3), None);
         assert_eq!(layout.component(99), None);
     }
+
+    /// A 64-byte aligned buffer for native FXSAVE/XSAVE.
+    #[repr(C, align(64))]
+    struct Aligned([u8; 512]);
+
+    #[test]
+    fn fxsave64_matches_the_host_cpu() {
+        // Put known XMM and MXCSR values into the host CPU with FXRSTOR64, read them back with a
+        // native FXSAVE64, and compare with the emulator saving the same state.
+        let mut image = Aligned([0; 512]);
+        // SAFETY: FXSAVE64 writes 512 bytes into the aligned, live buffer.
+        unsafe { std::arch::asm!("fxsave64 [{}]", in(reg) image.0.as_mut_ptr()) };
+        for (index, chunk) in image.0[160..416].chunks_exact_mut(16).enumerate() {
+            chunk.fill(0x0f_u8.wrapping_mul(index as u8 + 1));
+        }
+        image.0[24..28].copy_from_slice(&0x3fa0u32.to_le_bytes());
+        let mut native = Aligned([0xcc; 512]);
+        // SAFETY: restores an image the CPU itself produced (only XMM values and a valid MXCSR
+        // changed), saves it again, and finally restores the original state so the test thread
+        // continues with its own registers; both buffers are aligned and live.
+        unsafe {
+            let mut original = Aligned([0; 512]);
+            std::arch::asm!(
+                "fxsave64 [{original}]",
+                "fxrstor64 [{image}]",
+                "fxsave64 [{native}]",
+                "fxrstor64 [{original}]",
+                original = in(reg) original.0.as_mut_ptr(),
+                image = in(reg) image.0.as_ptr(),
+                native = in(reg) native.0.as_mut_ptr(),
+            );
+        }
+        let mut state = X86State::default();
+        state.xsave[..512].copy_from_slice(&native.0);
+        state.set_gpr(3, DATA);
+        let mut memory = FakeMemory::new(DATA, 512);
+        memory.bytes[416..].copy_from_slice(&native.0[416..]);
+        run(&assemble(|a| a.fxsave64(ptr(rbx))), &mut state, &mut memory).unwrap();
+        assert_eq!(&memory.bytes[..], &native.0[..]);
+    }
+
+    #[test]
+    fn rdrand_flags_match_the_host_cpu() {
+        if !std::arch::is_x86_feature_detected!("rdrand") {
+            eprintln!("skipping rdrand_flags_match_the_host_cpu: the host has no RDRAND");
+            return;
+        }
+        let flags: u64;
+        // SAFETY: RDRAND only writes RAX and the flags, which are declared; pushfq/pop read them
+        // back through the stack the asm block is allowed to use.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "rdrand rax",
+                "jnc 2b",
+                "pushfq",
+                "pop {flags}",
+                flags = out(reg) flags,
+                out("rax") _,
+            );
+        }
+        let mut state = X86State {
+            rflags: 0x2 | 0x8d4,
+            ..Default::default()
+        };
+        let mut memory = FakeMemory::new(DATA, 0);
+        run(&assemble(|a| a.rdrand(rax)), &mut state, &mut memory).unwrap();
+        assert_eq!(state.rflags & ARITHMETIC_FLAGS, flags & ARITHMETIC_FLAGS);
+    }
 }
