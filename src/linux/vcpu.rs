@@ -398,6 +398,56 @@ impl VirtualCpu for KvmCpu {
     }
 }
 
+/// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8 … R15 of `kvm_regs`.
+fn gprs_in_hardware_order(r: &kvm_bindings::kvm_regs) -> [u64; 16] {
+    [
+        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ]
+}
+
+/// The inverse of [`gprs_in_hardware_order`], with RIP and RFLAGS.
+fn kvm_regs_from(gprs: &[u64; 16], rip: u64, rflags: u64) -> kvm_bindings::kvm_regs {
+    let [
+        rax,
+        rcx,
+        rdx,
+        rbx,
+        rsp,
+        rbp,
+        rsi,
+        rdi,
+        r8,
+        r9,
+        r10,
+        r11,
+        r12,
+        r13,
+        r14,
+        r15,
+    ] = *gprs;
+    kvm_bindings::kvm_regs {
+        rax,
+        rbx,
+        rcx,
+        rdx,
+        rsi,
+        rdi,
+        rsp,
+        rbp,
+        r8,
+        r9,
+        r10,
+        r11,
+        r12,
+        r13,
+        r14,
+        r15,
+        rip,
+        rflags,
+    }
+}
+
 impl X86Cpu for KvmCpu {
     fn emulation_state(&mut self) -> Result<X86State, VcpuError> {
         let r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
@@ -420,10 +470,7 @@ impl X86Cpu for KvmCpu {
             .find(|x| x.xcr == 0)
             .map_or(1, |x| x.value);
         Ok(X86State {
-            gprs: [
-                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-                r.r12, r.r13, r.r14, r.r15,
-            ],
+            gprs: gprs_in_hardware_order(&r),
             rip: r.rip,
             rflags: r.rflags,
             fs_base: s.fs.base,
@@ -461,44 +508,7 @@ impl X86Cpu for KvmCpu {
                 .map_err(backend_error("KVM_SET_XCRS"))?;
         }
         // `kvm_regs` is exactly the general registers, RIP and RFLAGS: all of it is in `after`.
-        let [
-            rax,
-            rcx,
-            rdx,
-            rbx,
-            rsp,
-            rbp,
-            rsi,
-            rdi,
-            r8,
-            r9,
-            r10,
-            r11,
-            r12,
-            r13,
-            r14,
-            r15,
-        ] = after.gprs;
-        let regs = kvm_bindings::kvm_regs {
-            rax,
-            rbx,
-            rcx,
-            rdx,
-            rsi,
-            rdi,
-            rsp,
-            rbp,
-            r8,
-            r9,
-            r10,
-            r11,
-            r12,
-            r13,
-            r14,
-            r15,
-            rip: after.rip,
-            rflags: after.rflags,
-        };
+        let regs = kvm_regs_from(&after.gprs, after.rip, after.rflags);
         self.fd
             .set_regs(&regs)
             .map_err(backend_error("KVM_SET_REGS"))

@@ -11,6 +11,8 @@ pub mod operands;
 pub mod sse;
 pub mod state;
 pub mod system;
+#[cfg(test)]
+mod testing;
 
 pub use state::{EmulationError, GuestAccess, X86State};
 

@@ -76,6 +76,35 @@ const ARITHMETIC_FLAGS: u64 = 0x8d5;
 /// RFLAGS carry flag.
 const CF: u64 = 1;
 
+/// The instructions of this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SystemInstruction {
+    Xgetbv,
+    Xsetbv,
+    Xsave,
+    Xrstor,
+    Fxsave,
+    Fxrstor,
+    Rdtscp,
+    Random,
+}
+
+fn classify(instruction: &Instruction) -> Option<SystemInstruction> {
+    use SystemInstruction as S;
+    Some(match instruction.mnemonic() {
+        Mnemonic::Xgetbv => S::Xgetbv,
+        Mnemonic::Xsetbv => S::Xsetbv,
+        // XSAVEOPT may skip components in their initial state; saving them anyway is allowed.
+        Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => S::Xsave,
+        Mnemonic::Xrstor | Mnemonic::Xrstor64 => S::Xrstor,
+        Mnemonic::Fxsave | Mnemonic::Fxsave64 => S::Fxsave,
+        Mnemonic::Fxrstor | Mnemonic::Fxrstor64 => S::Fxrstor,
+        Mnemonic::Rdtscp => S::Rdtscp,
+        Mnemonic::Rdrand | Mnemonic::Rdseed => S::Random,
+        _ => return None,
+    })
+}
+
 /// Executes `instruction` if it is one of this module's; `Ok(false)` otherwise.
 pub fn execute(
     instruction: &Instruction,
@@ -83,72 +112,45 @@ pub fn execute(
     memory: &mut dyn GuestAccess,
     services: &mut dyn SystemServices,
 ) -> Result<bool, EmulationError> {
+    use SystemInstruction as S;
+    let Some(kind) = classify(instruction) else {
+        return Ok(false);
+    };
     let operands = OperandAccess::new(instruction);
-    match instruction.mnemonic() {
-        Mnemonic::Xgetbv => xgetbv(instruction, state)?,
-        Mnemonic::Xsetbv => xsetbv(instruction, state, services)?,
-        Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => {
+    let requested = requested_features(state);
+    match kind {
+        S::Xgetbv => xgetbv(instruction, state)?,
+        S::Xsetbv => xsetbv(instruction, state, services)?,
+        S::Xsave => {
             let address = aligned_operand(instruction, state, &operands, 64)?;
-            xsave(
-                instruction,
-                state,
-                memory,
-                services,
-                address,
-                requested_features(state),
-            )?;
+            xsave(instruction, state, memory, services, address, requested)?;
         }
-        Mnemonic::Xrstor | Mnemonic::Xrstor64 => {
+        S::Xrstor => {
             let address = aligned_operand(instruction, state, &operands, 64)?;
-            xrstor(
-                instruction,
-                state,
-                memory,
-                services,
-                address,
-                requested_features(state),
-            )?;
+            xrstor(instruction, state, memory, services, address, requested)?;
         }
-        Mnemonic::Fxsave | Mnemonic::Fxsave64 => {
+        S::Fxsave => {
             let address = aligned_operand(instruction, state, &operands, 16)?;
             fxsave(instruction, state, memory, address)?;
         }
-        Mnemonic::Fxrstor | Mnemonic::Fxrstor64 => {
+        S::Fxrstor => {
             let address = aligned_operand(instruction, state, &operands, 16)?;
             fxrstor(instruction, state, memory, address)?;
         }
-        Mnemonic::Rdtscp => {
+        S::Rdtscp => {
             let (tsc, aux) = services.read_tsc()?;
             state.set_gpr(0, tsc & 0xffff_ffff);
             state.set_gpr(2, tsc >> 32);
             state.set_gpr(1, u64::from(aux));
         }
-        Mnemonic::Rdrand | Mnemonic::Rdseed => random_into_register(instruction, state, services)?,
-        _ => return Ok(false),
+        S::Random => random_into_register(instruction, state, services)?,
     }
     Ok(true)
 }
 
 /// Whether [`execute`] implements `instruction`.
 pub fn supports(instruction: &Instruction) -> bool {
-    matches!(
-        instruction.mnemonic(),
-        Mnemonic::Xgetbv
-            | Mnemonic::Xsetbv
-            | Mnemonic::Xsave
-            | Mnemonic::Xsave64
-            | Mnemonic::Xsaveopt
-            | Mnemonic::Xsaveopt64
-            | Mnemonic::Xrstor
-            | Mnemonic::Xrstor64
-            | Mnemonic::Fxsave
-            | Mnemonic::Fxsave64
-            | Mnemonic::Fxrstor
-            | Mnemonic::Fxrstor64
-            | Mnemonic::Rdtscp
-            | Mnemonic::Rdrand
-            | Mnemonic::Rdseed
-    )
+    classify(instruction).is_some()
 }
 
 fn aligned_operand(
@@ -449,49 +451,10 @@ fn random_into_register(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::FakeMemory;
     use super::super::{emulate, state::XSAVE_AREA_SIZE};
     use super::*;
     use iced_x86::code_asm::*;
-
-    /// Guest memory for tests: `bytes` seen at guest-virtual `base`.
-    struct FakeMemory {
-        base: u64,
-        bytes: Vec<u8>,
-    }
-
-    impl FakeMemory {
-        fn new(base: u64, len: usize) -> Self {
-            Self {
-                base,
-                bytes: vec![0xaa; len],
-            }
-        }
-
-        fn range(
-            &self,
-            address: u64,
-            len: usize,
-        ) -> Result<std::ops::Range<usize>, EmulationError> {
-            let bad = EmulationError::BadAddress { address, len };
-            let start = address.checked_sub(self.base).ok_or(bad.clone())? as usize;
-            let end = start.checked_add(len).ok_or(bad.clone())?;
-            (end <= self.bytes.len()).then_some(start..end).ok_or(bad)
-        }
-    }
-
-    impl GuestAccess for FakeMemory {
-        fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError> {
-            let range = self.range(address, buf.len())?;
-            buf.copy_from_slice(&self.bytes[range]);
-            Ok(())
-        }
-
-        fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
-            let range = self.range(address, data.len())?;
-            self.bytes[range].copy_from_slice(data);
-            Ok(())
-        }
-    }
 
     struct FakeServices {
         layout: XsaveLayout,
@@ -575,7 +538,7 @@ mod tests {
         let mut state = state_with_data();
         state.xcr0 = 0x7;
         state.xsave[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&3u64.to_le_bytes());
-        let mut memory = FakeMemory::new(DATA, 0);
+        let mut memory = FakeMemory::new(DATA, 0, 0xaa);
         state.set_gpr(1, 0);
         run(&bytes, &mut state, &mut memory).unwrap();
         assert_eq!((state.gpr(0), state.gpr(2)), (7, 0));
@@ -600,7 +563,7 @@ mod tests {
     #[test]
     fn xsetbv_accepts_only_valid_supported_values() {
         let bytes = assemble(|a| a.xsetbv());
-        let mut memory = FakeMemory::new(DATA, 0);
+        let mut memory = FakeMemory::new(DATA, 0, 0xaa);
         let mut state = X86State::default();
         let mut try_set = |value: u64, register: u64| {
             state.set_gpr(0, value & 0xffff_ffff);
@@ -620,7 +583,7 @@ mod tests {
     fn xsave_then_xrstor_round_trips_every_component() {
         let save = assemble(|a| a.xsave(ptr(rbx)));
         let restore = assemble(|a| a.xrstor(ptr(rbx)));
-        let mut memory = FakeMemory::new(DATA, 4096);
+        let mut memory = FakeMemory::new(DATA, 4096, 0xaa);
         memory.bytes[512..576].fill(0); // a clean header, as after a first XSAVE of a zeroed area
         let mut state = state_with_data();
         let saved = state.clone();
@@ -648,7 +611,7 @@ mod tests {
     #[test]
     fn xrstor_initialises_components_missing_from_xstate_bv() {
         let restore = assemble(|a| a.xrstor(ptr(rbx)));
-        let mut memory = FakeMemory::new(DATA, 4096);
+        let mut memory = FakeMemory::new(DATA, 4096, 0xaa);
         memory.bytes[512..576].fill(0);
         memory.bytes[512] = 0b001; // only x87 saved
         memory.bytes[24..28].copy_from_slice(&0x1f00u32.to_le_bytes());
@@ -672,7 +635,7 @@ mod tests {
 
     #[test]
     fn xsave_family_faults_are_refused_without_side_effects() {
-        let mut memory = FakeMemory::new(DATA, 8192);
+        let mut memory = FakeMemory::new(DATA, 8192, 0xaa);
         memory.bytes[512..576].fill(0);
         for (bytes, address) in [
             (assemble(|a| a.xsave(ptr(rbx))), DATA + 8),
@@ -716,7 +679,7 @@ mod tests {
     fn fxsave_and_fxrstor_move_the_legacy_region() {
         let save = assemble(|a| a.fxsave64(ptr(rbx)));
         let restore = assemble(|a| a.fxrstor64(ptr(rbx)));
-        let mut memory = FakeMemory::new(DATA, 512);
+        let mut memory = FakeMemory::new(DATA, 512, 0xaa);
         let mut state = state_with_data();
         let saved = state.clone();
         run(&save, &mut state, &mut memory).unwrap();
@@ -741,7 +704,7 @@ mod tests {
 
     #[test]
     fn rdtscp_and_random_numbers() {
-        let mut memory = FakeMemory::new(DATA, 0);
+        let mut memory = FakeMemory::new(DATA, 0, 0xaa);
         let mut state = X86State {
             gprs: [u64::MAX; 16],
             ..Default::default()
@@ -773,7 +736,7 @@ mod tests {
 
     #[test]
     fn unknown_instructions_are_refused_by_name() {
-        let mut memory = FakeMemory::new(DATA, 0);
+        let mut memory = FakeMemory::new(DATA, 0, 0xaa);
         let mut state = X86State::default();
         let error = run(&assemble(|a| a.cpuid()), &mut state, &mut memory).unwrap_err();
         assert_eq!(error, EmulationError::Unsupported("cpuid".into()));
@@ -831,7 +794,7 @@ mod tests {
         let mut state = X86State::default();
         state.xsave[..512].copy_from_slice(&native.0);
         state.set_gpr(3, DATA);
-        let mut memory = FakeMemory::new(DATA, 512);
+        let mut memory = FakeMemory::new(DATA, 512, 0xaa);
         memory.bytes[416..].copy_from_slice(&native.0[416..]);
         run(&assemble(|a| a.fxsave64(ptr(rbx))), &mut state, &mut memory).unwrap();
         assert_eq!(&memory.bytes[..], &native.0[..]);
@@ -861,7 +824,7 @@ mod tests {
             rflags: 0x2 | 0x8d4,
             ..Default::default()
         };
-        let mut memory = FakeMemory::new(DATA, 0);
+        let mut memory = FakeMemory::new(DATA, 0, 0xaa);
         run(&assemble(|a| a.rdrand(rax)), &mut state, &mut memory).unwrap();
         assert_eq!(state.rflags & ARITHMETIC_FLAGS, flags & ARITHMETIC_FLAGS);
     }

@@ -9,6 +9,7 @@ use iced_x86::{
 };
 
 use super::super::state::MXCSR_DEFAULT;
+use super::super::testing::FakeMemory;
 use super::*;
 
 /// Guest-virtual base of the fake guest memory.
@@ -19,39 +20,6 @@ const MEMORY_SIZE: usize = 0x2000;
 const GUEST_RIP: u64 = 0x20_0000;
 /// The arithmetic flags compared (OF, SF, ZF, AF, PF, CF).
 const ARITHMETIC_FLAGS: u64 = 0x8d5;
-
-/// Guest memory for the emulator: one contiguous buffer at [`GUEST_BASE`].
-struct FakeMemory {
-    base: u64,
-    bytes: Vec<u8>,
-}
-
-impl FakeMemory {
-    fn range(&self, address: u64, len: usize) -> Result<std::ops::Range<usize>, EmulationError> {
-        let bad = EmulationError::BadAddress { address, len };
-        let start = address.checked_sub(self.base).ok_or(bad.clone())?;
-        let start = usize::try_from(start).map_err(|_| bad.clone())?;
-        let end = start.checked_add(len).ok_or(bad.clone())?;
-        if end > self.bytes.len() {
-            return Err(bad);
-        }
-        Ok(start..end)
-    }
-}
-
-impl GuestAccess for FakeMemory {
-    fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError> {
-        let range = self.range(address, buf.len())?;
-        buf.copy_from_slice(&self.bytes[range]);
-        Ok(())
-    }
-
-    fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
-        let range = self.range(address, data.len())?;
-        self.bytes[range].copy_from_slice(data);
-        Ok(())
-    }
-}
 
 // --- Native execution ------------------------------------------------------------------------
 
