@@ -435,24 +435,7 @@ impl Hypercalls {
             // A prompt without a newline must be visible before the guest waits for input.
             self.output.flush();
         }
-        let mut chunk = vec![0u8; chunk_len(total)];
-        let mut done = 0u64;
-        while done < total {
-            let want = (total - done).min(CHUNK_SIZE);
-            let Some(vaddr) = buf.checked_add(done) else {
-                break;
-            };
-            let pieces = translate_prefix(mem, root, vaddr, want);
-            let mapped: u64 = pieces.iter().map(|&(_, piece_len)| piece_len).sum();
-            if mapped == 0 {
-                if done == 0 {
-                    return Ok(-i64::from(abi::EFAULT));
-                }
-                break;
-            }
-            let Some(part) = chunk.get_mut(..chunk_len(mapped)) else {
-                break;
-            };
+        let transferred = transfer(mem, root, buf, total, |pieces, part, done| {
             let result = match &file {
                 Some(file) => read_retrying(&mut &**file, part),
                 None => read_retrying(&mut io::stdin().lock(), part),
@@ -461,22 +444,23 @@ impl Hypercalls {
                 Ok(got) => got,
                 Err(error) if done == 0 => {
                     log::debug!("FileRead fd {fd}: {error}");
-                    return Ok(-i64::from(crate::isolation::guest_errno(&error)));
+                    return Err(-i64::from(crate::isolation::guest_errno(&error)));
                 }
-                Err(_) => break,
+                Err(_) => return Ok((0, false)),
             };
             let data = part.get(..got).unwrap_or_default();
-            if scatter(mem, &pieces, data).is_err() {
+            if scatter(mem, pieces, data).is_err() {
                 // Cannot happen (every piece was checked against RAM); report what arrived before.
-                break;
+                return Ok((0, false));
             }
-            done += data.len() as u64;
             // Like read(2) on a terminal or pipe, stdin returns whatever one read delivered.
-            if (data.len() as u64) < want || file.is_none() {
-                break;
-            }
-        }
-        Ok(i64::try_from(done).unwrap_or(i64::MAX))
+            Ok((data.len(), file.is_some()))
+        });
+        Ok(match transferred {
+            Err(errno) => errno,
+            Ok(Transferred::Unmapped) => -i64::from(abi::EFAULT),
+            Ok(Transferred::Bytes(done)) => i64::try_from(done).unwrap_or(i64::MAX),
+        })
     }
 
     fn file_write(
@@ -514,20 +498,9 @@ impl Hypercalls {
             return Ok(0);
         }
         let root = cr3(HypercallAddress::FileWrite, page_table_root)?;
-        let mut chunk = vec![0u8; chunk_len(total)];
-        let mut done = 0u64;
-        while done < total {
-            let want = (total - done).min(CHUNK_SIZE);
-            let Some(vaddr) = buf.checked_add(done) else {
-                break;
-            };
-            let pieces = translate_prefix(mem, root, vaddr, want);
-            let mapped: u64 = pieces.iter().map(|&(_, piece_len)| piece_len).sum();
-            let Some(part) = chunk.get_mut(..chunk_len(mapped)) else {
-                break;
-            };
-            if mapped == 0 || gather(mem, &pieces, part).is_err() {
-                break;
+        let transferred = transfer(mem, root, buf, total, |pieces, part, _| {
+            if gather(mem, pieces, part).is_err() {
+                return Ok::<_, std::convert::Infallible>((0, false));
             }
             let written = match &file {
                 Some(file) => write_counting(file, part),
@@ -536,11 +509,12 @@ impl Hypercalls {
                     part.len()
                 }
             };
-            done += written as u64;
-            if (written as u64) < want {
-                break;
-            }
-        }
+            Ok((written, true))
+        });
+        let done = match transferred {
+            Ok(Transferred::Bytes(done)) => done,
+            Ok(Transferred::Unmapped) | Err(_) => 0,
+        };
         if done < len {
             log::debug!("FileWrite fd {fd}: wrote {done:#x} of {len:#x} bytes");
         }
@@ -620,6 +594,53 @@ fn fill_slots(
 fn chunk_len(len: u64) -> usize {
     // At most CHUNK_SIZE (64 KiB), which fits every usize.
     len.min(CHUNK_SIZE) as usize
+}
+
+/// What a [`transfer`] moved.
+enum Transferred {
+    /// This many bytes (possibly fewer than asked for).
+    Bytes(u64),
+    /// Nothing: the first page of the buffer is not accessible.
+    Unmapped,
+}
+
+/// Moves data between the guest-virtual buffer `[buf, buf + total)` and the host in chunks of at
+/// most [`CHUNK_SIZE`] bytes. Each chunk is translated page by page up to its first inaccessible
+/// page; `step` gets its guest-physical pieces, a host buffer of the same size and the bytes moved
+/// so far, and returns how many bytes it moved and whether to go on. The transfer ends at the end
+/// of the buffer, at an inaccessible page, after a short step, or when `step` says so or fails.
+fn transfer<E>(
+    mem: &GuestMemory,
+    root: GuestPhysAddr,
+    buf: GuestVirtAddr,
+    total: u64,
+    mut step: impl FnMut(&[(GuestPhysAddr, u64)], &mut [u8], u64) -> Result<(usize, bool), E>,
+) -> Result<Transferred, E> {
+    let mut host = vec![0u8; chunk_len(total)];
+    let mut done = 0u64;
+    while done < total {
+        let want = (total - done).min(CHUNK_SIZE);
+        let Some(vaddr) = buf.checked_add(done) else {
+            break;
+        };
+        let pieces = translate_prefix(mem, root, vaddr, want);
+        let mapped: u64 = pieces.iter().map(|&(_, piece_len)| piece_len).sum();
+        if mapped == 0 {
+            if done == 0 {
+                return Ok(Transferred::Unmapped);
+            }
+            break;
+        }
+        let Some(part) = host.get_mut(..chunk_len(mapped)) else {
+            break;
+        };
+        let (moved, more) = step(&pieces, part, done)?;
+        done += moved as u64;
+        if !more || (moved as u64) < want {
+            break;
+        }
+    }
+    Ok(Transferred::Bytes(done))
 }
 
 /// Translates the longest translatable prefix of `[vaddr, vaddr + len)`, one page at a time.
