@@ -200,3 +200,126 @@ pub fn emulate_on_vcpu(
     cpu.set_emulation_state(&before, &after)?;
     Ok(instruction)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::paging::{PTE_HUGE, PTE_PRESENT, PTE_WRITABLE};
+
+    /// A vCPU for the fallback: its state, and what was written back.
+    struct FakeCpu {
+        state: X86State,
+        written: Option<X86State>,
+        layout: XsaveLayout,
+    }
+
+    impl X86Cpu for FakeCpu {
+        fn emulation_state(&mut self) -> Result<X86State, VcpuError> {
+            Ok(self.state.clone())
+        }
+        fn set_emulation_state(&mut self, _: &X86State, after: &X86State) -> Result<(), VcpuError> {
+            self.written = Some(after.clone());
+            Ok(())
+        }
+        fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError> {
+            Ok((1, 0))
+        }
+        fn xsave_layout(&self) -> &XsaveLayout {
+            &self.layout
+        }
+    }
+
+    /// 4 MiB of RAM, identity-mapped with one 2 MiB page at VA 0x20_0000 → PA 0x20_0000 and
+    /// VA 0 → PA 0; tables at 0x1000 (PML4), 0x2000 (PDPT), 0x3000 (PD).
+    fn memory() -> GuestMemory {
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), 4 << 20).unwrap();
+        let w = |at: u64, v: u64| mem.write_obj(GuestPhysAddr::new(at), &v).unwrap();
+        w(0x1000, 0x2000 | PTE_PRESENT | PTE_WRITABLE);
+        w(0x2000, 0x3000 | PTE_PRESENT | PTE_WRITABLE);
+        w(0x3000, PTE_PRESENT | PTE_WRITABLE | PTE_HUGE);
+        w(0x3008, 0x20_0000 | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE);
+        mem
+    }
+
+    fn cpu_at(rip: u64) -> FakeCpu {
+        let mut state = X86State {
+            rip,
+            cr3: 0x1000,
+            xcr0: 3,
+            ..Default::default()
+        };
+        state.set_gpr(1, 0); // ECX = 0: XCR0
+        FakeCpu {
+            state,
+            written: None,
+            layout: XsaveLayout::default(),
+        }
+    }
+
+    #[test]
+    fn executes_reported_bytes_and_advances_rip() {
+        let mem = memory();
+        let mut cpu = cpu_at(0x20_0000);
+        let xgetbv = [0x0f, 0x01, 0xd0];
+        let instruction = emulate_on_vcpu(&mut cpu, &mem, Some(&xgetbv)).unwrap();
+        assert_eq!(instruction.to_string(), "xgetbv");
+        let written = cpu.written.unwrap();
+        assert_eq!(written.rip, 0x20_0003);
+        assert_eq!(written.gpr(0), 3);
+    }
+
+    #[test]
+    fn fetches_the_instruction_through_the_page_tables() {
+        let mem = memory();
+        // pxor xmm1, xmm1 at the last bytes of a page, crossing into the next one.
+        let rip = 0x20_0ffe;
+        mem.write(GuestPhysAddr::new(rip), &[0x66, 0x0f, 0xef, 0xc9])
+            .unwrap();
+        let mut cpu = cpu_at(rip);
+        cpu.state.set_xmm(1, u128::MAX);
+        let instruction = emulate_on_vcpu(&mut cpu, &mem, None).unwrap();
+        assert_eq!(instruction.to_string(), "pxor xmm1,xmm1");
+        let written = cpu.written.unwrap();
+        assert_eq!(written.xmm(1), 0);
+        assert_eq!(written.rip, rip + 4);
+        assert_eq!(
+            written.xsave[state::XSAVE_HEADER_OFFSET] & 2,
+            2,
+            "SSE state now in use"
+        );
+    }
+
+    #[test]
+    fn unknown_instructions_are_named_and_nothing_is_written() {
+        let mem = memory();
+        let mut cpu = cpu_at(0x20_0000);
+        let cpuid = [0x0f, 0xa2];
+        let error = emulate_on_vcpu(&mut cpu, &mem, Some(&cpuid)).unwrap_err();
+        assert_eq!(error.to_string(), "the emulator does not implement `cpuid`");
+        assert!(cpu.written.is_none());
+        // Code on an unmapped page cannot even be fetched.
+        let mut cpu = cpu_at(0x80_0000_0000);
+        let error = emulate_on_vcpu(&mut cpu, &mem, None).unwrap_err();
+        assert!(matches!(
+            error,
+            FallbackError::Emulation(EmulationError::Undecodable)
+        ));
+    }
+
+    #[test]
+    fn memory_operands_outside_ram_are_bad_addresses() {
+        let mem = memory();
+        let mut cpu = cpu_at(0x20_0000);
+        cpu.state.set_gpr(3, 0x40_0000); // RBX: the first byte after RAM, not mapped
+        // movdqu xmm0, [rbx]
+        let error = emulate_on_vcpu(&mut cpu, &mem, Some(&[0xf3, 0x0f, 0x6f, 0x03])).unwrap_err();
+        assert!(matches!(
+            error,
+            FallbackError::Emulation(EmulationError::BadAddress {
+                address: 0x40_0000,
+                len: 16
+            })
+        ));
+        assert!(cpu.written.is_none());
+    }
+}
