@@ -14,13 +14,11 @@ pub mod system;
 #[cfg(test)]
 mod testing;
 
-pub use state::{EmulationError, GuestAccess, X86State};
-
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-pub use system::{SystemServices, XsaveLayout};
-
+pub use self::state::{EmulationError, GuestAccess, X86State};
+pub use self::system::{SystemServices, XsaveLayout};
 use crate::arch::x86_64::paging::translate_range;
 use crate::mem::GuestMemory;
 use crate::vcpu::VcpuError;
