@@ -27,6 +27,7 @@ const GUESTS: &[&str] = &[
     "hostile",
     "serial_buffer",
     "serial_byte",
+    "smp",
     "spin",
     "stdout_write",
     "triple_fault",

@@ -1,0 +1,302 @@
+//! Integration tests of multi-core guests (`-c/--cpu-count N`): the `smp` test guest
+//! (`tests/guests/smp.c`) checks that every vCPU starts with its own id and that they share memory
+//! coherently, that an Exit hypercall or a crash on one vCPU stops all of them (even one spinning
+//! with interrupts off), and that output of concurrent vCPUs is never mixed within a hypercall;
+//! plus `--stats` per-vCPU counts, `--affinity` and the real Hermit hello_world image on several
+//! vCPUs (when `UHYVE_TEST_IMAGES` names the image folder).
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Run, Uhyve, kvm_or_skip};
+
+/// Lines each of cpu 0 and cpu 1 prints in `concurrent_print` mode (see smp.c).
+const PRINT_LINES: usize = 200;
+/// Length of one such line, newline included.
+const LINE_LEN: usize = 100;
+
+/// Upper bound on the wall time of a run whose guest exits at once from cpu 1 while cpu 0 spins.
+/// Far below the harness deadline; the 100 ms target belongs in benchmarks.
+const PROMPT_EXIT: Duration = Duration::from_secs(5);
+
+/// Runs the smp guest in `mode` on `cpus` vCPUs with extra uhyve `options`.
+fn smp(mode: &str, cpus: u32, options: &[&str]) -> Run {
+    Uhyve::guest("smp")
+        .opts(["-c", &cpus.to_string()])
+        .opts(options.iter().copied())
+        .args([mode])
+        .run()
+}
+
+/// Asserts that the guest's own exit `code` became uhyve's status and uhyve did not panic.
+/// (Not `assert_no_host_crash`: a guest may exit non-zero, even with 101, Rust's panic status,
+/// without uhyve saying anything on stderr.)
+fn assert_guest_code(run: &Run, code: i32) {
+    assert!(
+        !run.stderr.contains("panicked"),
+        "uhyve panicked\n{}",
+        run.report()
+    );
+    run.assert_code(code);
+}
+
+/// Asserts a successful `checkin` on `cpus` vCPUs: exit code 100 + cpus and the report line.
+fn assert_checked_in(run: &Run, cpus: u32) {
+    run.assert_stdout_contains(&format!("checked in: {cpus}\n"))
+        .assert_stdout_lacks("smp: ");
+    assert_guest_code(run, 100 + i32::try_from(cpus).expect("small cpu count"));
+}
+
+/// The exact line `cpu` prints as its `number`th line in `concurrent_print` mode.
+fn expected_line(cpu: u32, number: usize) -> String {
+    let prefix = format!("cpu{cpu} line {number:03} ");
+    let fill = "x".repeat(LINE_LEN - 1 - prefix.len());
+    format!("{prefix}{fill}")
+}
+
+// ---- Start-up: every vCPU runs, with its own id ----
+
+#[test]
+fn every_cpu_checks_in() {
+    if !kvm_or_skip("every_cpu_checks_in") {
+        return;
+    }
+    for cpus in [1, 2, 4, 8] {
+        assert_checked_in(&smp("checkin", cpus, &[]), cpus);
+    }
+}
+
+#[test]
+fn more_vcpus_than_host_cpus_all_check_in() {
+    if !kvm_or_skip("more_vcpus_than_host_cpus_all_check_in") {
+        return;
+    }
+    for cpus in [16, 64] {
+        assert_checked_in(&smp("checkin", cpus, &[]), cpus);
+    }
+}
+
+#[test]
+fn smp_modes_that_need_two_cpus_refuse_one() {
+    if !kvm_or_skip("smp_modes_that_need_two_cpus_refuse_one") {
+        return;
+    }
+    // The guest itself must not mistake a single vCPU for success (negative test of the guest).
+    let run = smp("concurrent_print", 1, &[]);
+    run.assert_stdout_contains("smp: this mode needs at least 2 cpus");
+    assert_guest_code(&run, 1);
+}
+
+// ---- Stopping: one vCPU's exit or crash ends the whole VM ----
+
+#[test]
+fn exit_from_a_secondary_stops_a_spinning_cpu0() {
+    if !kvm_or_skip("exit_from_a_secondary_stops_a_spinning_cpu0") {
+        return;
+    }
+    for cpus in [2, 4] {
+        let started = Instant::now();
+        let run = smp("exit_from_cpu1", cpus, &[]);
+        let elapsed = started.elapsed();
+        run.assert_stdout_contains("cpu1 exiting\n");
+        assert_guest_code(&run, 7);
+        assert!(
+            elapsed < PROMPT_EXIT,
+            "-c {cpus}: uhyve took {elapsed:?} to stop the other vCPUs\n{}",
+            run.report()
+        );
+    }
+}
+
+#[test]
+fn crash_of_a_secondary_is_reported_with_its_id() {
+    if !kvm_or_skip("crash_of_a_secondary_is_reported_with_its_id") {
+        return;
+    }
+    let run = smp("crash_cpu1", 2, &[]);
+    run.assert_no_host_crash().assert_stderr_mentions("vCPU 1");
+    assert_ne!(run.code(), 0, "{}", run.report());
+}
+
+// ---- Output of concurrent vCPUs ----
+
+#[test]
+fn concurrent_output_is_never_mixed_within_a_line() {
+    if !kvm_or_skip("concurrent_output_is_never_mixed_within_a_line") {
+        return;
+    }
+    let run = smp("concurrent_print", 2, &[]);
+    run.assert_no_host_crash().assert_success();
+    let expected: [Vec<String>; 2] =
+        [0, 1].map(|cpu| (0..PRINT_LINES).map(|n| expected_line(cpu, n)).collect());
+    let mut next = [0usize; 2];
+    assert!(
+        run.stdout.ends_with('\n'),
+        "output ends mid-line\n{}",
+        run.report()
+    );
+    for (index, line) in run.stdout.lines().enumerate() {
+        let cpu = match line.get(..4) {
+            Some("cpu0") => 0,
+            Some("cpu1") => 1,
+            _ => panic!("line {index} is no cpu's line: {line:?}\n{}", run.report()),
+        };
+        let want = expected[cpu].get(next[cpu]).map(String::as_str);
+        assert_eq!(
+            Some(line),
+            want,
+            "line {index}: cpu {cpu}'s line {} expected (mixed or out of order)\n{}",
+            next[cpu],
+            run.report()
+        );
+        next[cpu] += 1;
+    }
+    assert_eq!(
+        next,
+        [PRINT_LINES; 2],
+        "lines printed per cpu\n{}",
+        run.report()
+    );
+}
+
+// ---- Options: --stats and --affinity ----
+
+/// The number in a `--stats` line `  <label>: <n> exits` or `  <label>: <n>`.
+fn stats_count(stderr: &str, label: &str) -> Option<u64> {
+    stderr.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix(label)?.strip_prefix(": ")?;
+        let number = rest.strip_suffix(" exits").unwrap_or(rest);
+        number.parse().ok()
+    })
+}
+
+#[test]
+fn stats_count_exits_per_vcpu() {
+    if !kvm_or_skip("stats_count_exits_per_vcpu") {
+        return;
+    }
+    let run = smp("checkin", 2, &["--stats"]);
+    assert_checked_in(&run, 2);
+    let cpu0 = stats_count(&run.stderr, "vCPU 0");
+    let cpu1 = stats_count(&run.stderr, "vCPU 1");
+    let total = stats_count(&run.stderr, "vCPU exits");
+    let (Some(cpu0), Some(cpu1), Some(total)) = (cpu0, cpu1, total) else {
+        panic!(
+            "--stats lacks the per-vCPU lines or the total\n{}",
+            run.report()
+        );
+    };
+    // Cpu 0 made at least the Cmdsize, Cmdval, output and Exit hypercalls.
+    assert!(cpu0 >= 4, "{}", run.report());
+    assert_eq!(
+        total,
+        cpu0 + cpu1,
+        "the total is not the per-vCPU sum\n{}",
+        run.report()
+    );
+    assert_eq!(
+        stats_count(&run.stderr, "vCPU 2"),
+        None,
+        "a vCPU that does not exist\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn affinity_pins_each_vcpu() {
+    if !kvm_or_skip("affinity_pins_each_vcpu") {
+        return;
+    }
+    assert_checked_in(&smp("checkin", 2, &["--affinity", "0,1"]), 2);
+    assert_checked_in(&smp("checkin", 2, &["--affinity", "0-1"]), 2);
+}
+
+/// Asserts that uhyve refused the options before running the guest, with a one-line message.
+fn assert_refused(run: &Run) {
+    run.assert_no_host_crash();
+    assert_ne!(run.code(), 0, "{}", run.report());
+    assert!(
+        !run.stdout.contains("checked in"),
+        "the guest ran\n{}",
+        run.report()
+    );
+    assert_eq!(
+        run.stderr.trim().lines().count(),
+        1,
+        "expected a one-line message\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn affinity_of_the_wrong_length_is_refused() {
+    if !kvm_or_skip("affinity_of_the_wrong_length_is_refused") {
+        return;
+    }
+    let run = smp("checkin", 2, &["--affinity", "0"]);
+    assert_refused(&run);
+    run.assert_stderr_mentions("affinity");
+}
+
+#[test]
+fn affinity_naming_a_missing_host_cpu_is_refused() {
+    if !kvm_or_skip("affinity_naming_a_missing_host_cpu_is_refused") {
+        return;
+    }
+    let run = smp("checkin", 1, &["--affinity", "999"]);
+    assert_refused(&run);
+    run.assert_stderr_mentions("999");
+}
+
+// ---- The real Hermit image on several vCPUs ----
+
+/// The hello_world image, or `None` (after printing why) when the test should be skipped. With
+/// `UHYVE_REQUIRE_IMAGES` set (CI), a missing folder fails the test instead (as in
+/// tests/real_images.rs).
+fn hello_world_image(test: &str) -> Option<PathBuf> {
+    if !kvm_or_skip(test) {
+        return None;
+    }
+    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
+            panic!("{test}: UHYVE_TEST_IMAGES is not set, but UHYVE_REQUIRE_IMAGES is");
+        }
+        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
+        return None;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join("x86_64-hello_world");
+    assert!(
+        path.is_file(),
+        "{test}: image {} is missing",
+        path.display()
+    );
+    Some(path)
+}
+
+#[test]
+fn hello_world_runs_on_several_cpus() {
+    let Some(path) = hello_world_image("hello_world_runs_on_several_cpus") else {
+        return;
+    };
+    for cpus in ["2", "4"] {
+        let run = Uhyve::kernel(&path)
+            .opts(["-c", cpus])
+            .timeout(Duration::from_secs(300))
+            .run();
+        run.assert_no_host_crash()
+            .assert_success()
+            .assert_stdout_contains("Hello, world!\n");
+    }
+}
+
+#[test]
+fn expected_lines_follow_the_guest_format() {
+    // The parser above relies on smp.c's line format: 100 bytes with the newline.
+    assert_eq!(expected_line(0, 17).len() + 1, LINE_LEN);
+    assert!(expected_line(1, 199).starts_with("cpu1 line 199 xxxx"));
+}
