@@ -258,6 +258,8 @@ impl Hypercalls {
             len,
         };
         mem.checked_range(buf, len).map_err(|_| outside())?;
+        // One call is one unit on the console, even if it is copied in several chunks.
+        let mut console = self.output.writer();
         let mut chunk = vec![0u8; chunk_len(len)];
         let mut done = 0u64;
         while done < len {
@@ -265,7 +267,7 @@ impl Hypercalls {
             let part = chunk.get_mut(..chunk_len(step)).ok_or_else(outside)?;
             let address = buf.checked_add(done).ok_or_else(outside)?;
             mem.read(address, part).map_err(|_| outside())?;
-            self.output.write_all(part);
+            console.write_all(part);
             done += step;
         }
         Ok(HypercallOutcome::Continue)
@@ -498,16 +500,19 @@ impl Hypercalls {
             return Ok(0);
         }
         let root = cr3(HypercallAddress::FileWrite, page_table_root)?;
+        // A write to the console is one unit on it, even if it is copied in several chunks.
+        let mut console = file.is_none().then(|| self.output.writer());
         let transferred = transfer(mem, root, buf, total, |pieces, part, _| {
             if gather(mem, pieces, part).is_err() {
                 return Ok::<_, std::convert::Infallible>((0, false));
             }
-            let written = match &file {
-                Some(file) => write_counting(file, part),
-                None => {
-                    self.output.write_all(part);
+            let written = match (&file, console.as_mut()) {
+                (Some(file), _) => write_counting(file, part),
+                (None, Some(console)) => {
+                    console.write_all(part);
                     part.len()
                 }
+                (None, None) => 0,
             };
             Ok((written, true))
         });
