@@ -595,6 +595,7 @@ impl SharedVcpuState<'_> {
     /// Stops the whole VM: every vCPU leaves the guest at once and does not re-enter.
     fn stop_all(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.hypercalls.stop();
         for kick in self.kicks().iter().flatten() {
             kick.kick();
         }
