@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::output::OutputTarget;
-use crate::params::{EnvOption, MemorySize, VmConfig, guest_environment};
+use crate::params::{CpuList, EnvOption, MemorySize, VmConfig, guest_environment};
 
 /// Exit status of uhyve when it fails itself (bad options, bad image, guest crash).
 pub const FAILURE_STATUS: i32 = 1;
@@ -33,6 +33,10 @@ pub struct Args {
     /// Number of guest CPUs
     #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpu_count: u32,
+
+    /// Pin the vCPU threads to these host CPUs, one per vCPU in order, e.g. 0-3,6
+    #[arg(short = 'a', long, value_name = "CPUS", value_parser = parse_affinity)]
+    pub affinity: Option<CpuList>,
 
     /// Guest environment entry KEY=VALUE (repeatable; adds or overrides). The guest starts from
     /// the host environment; `-e host` is accepted for compatibility
@@ -85,6 +89,11 @@ fn parse_memory_size(text: &str) -> Result<MemorySize, String> {
         .map_err(|e: crate::params::ParamsError| e.to_string())
 }
 
+fn parse_affinity(text: &str) -> Result<CpuList, String> {
+    text.parse()
+        .map_err(|e: crate::params::ParamsError| e.to_string())
+}
+
 fn parse_env_option(text: &str) -> Result<EnvOption, String> {
     text.parse()
         .map_err(|e: crate::params::ParamsError| e.to_string())
@@ -120,6 +129,7 @@ impl Args {
             env,
             memory_size: self.memory_size,
             cpu_count: self.cpu_count,
+            affinity: self.affinity.map(|list| list.0),
             output,
             file_mappings: self.file_mapping,
             tempdir: self.tempdir,

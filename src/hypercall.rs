@@ -129,6 +129,8 @@ pub struct Hypercalls {
     /// The environment items (`KEY=VALUE\0`), exactly `sizes.envsz[k]` bytes each.
     env_items: Vec<Vec<u8>>,
     net_warned: AtomicBool,
+    /// Set when the VM stops: blocking host reads give up instead of retrying.
+    stopping: AtomicBool,
 }
 
 /// The items `CmdsizeParams::update` keeps: those whose size fits an `i32`, at most 128.
@@ -190,7 +192,14 @@ impl Hypercalls {
             arg_items,
             env_items,
             net_warned: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Tells hypercalls in progress that the VM is stopping: a read interrupted by the vCPU kick
+    /// returns instead of waiting on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// The file map (e.g. for sandbox rules or mount points).
@@ -258,6 +267,8 @@ impl Hypercalls {
             len,
         };
         mem.checked_range(buf, len).map_err(|_| outside())?;
+        // One call is one unit on the console, even if it is copied in several chunks.
+        let mut console = self.output.writer();
         let mut chunk = vec![0u8; chunk_len(len)];
         let mut done = 0u64;
         while done < len {
@@ -265,7 +276,7 @@ impl Hypercalls {
             let part = chunk.get_mut(..chunk_len(step)).ok_or_else(outside)?;
             let address = buf.checked_add(done).ok_or_else(outside)?;
             mem.read(address, part).map_err(|_| outside())?;
-            self.output.write_all(part);
+            console.write_all(part);
             done += step;
         }
         Ok(HypercallOutcome::Continue)
@@ -437,8 +448,8 @@ impl Hypercalls {
         }
         let transferred = transfer(mem, root, buf, total, |pieces, part, done| {
             let result = match &file {
-                Some(file) => read_retrying(&mut &**file, part),
-                None => read_retrying(&mut io::stdin().lock(), part),
+                Some(file) => read_retrying(&mut &**file, part, &self.stopping),
+                None => read_retrying(&mut io::stdin().lock(), part, &self.stopping),
             };
             let got = match result {
                 Ok(got) => got,
@@ -498,16 +509,19 @@ impl Hypercalls {
             return Ok(0);
         }
         let root = cr3(HypercallAddress::FileWrite, page_table_root)?;
+        // A write to the console is one unit on it, even if it is copied in several chunks.
+        let mut console = file.is_none().then(|| self.output.writer());
         let transferred = transfer(mem, root, buf, total, |pieces, part, _| {
             if gather(mem, pieces, part).is_err() {
                 return Ok::<_, std::convert::Infallible>((0, false));
             }
-            let written = match &file {
-                Some(file) => write_counting(file, part),
-                None => {
-                    self.output.write_all(part);
+            let written = match (&file, console.as_mut()) {
+                (Some(file), _) => write_counting(file, part),
+                (None, Some(console)) => {
+                    console.write_all(part);
                     part.len()
                 }
+                (None, None) => 0,
             };
             Ok((written, true))
         });
@@ -707,11 +721,21 @@ fn gather(
     Ok(())
 }
 
-/// One `read`, retried when interrupted by a signal.
-fn read_retrying(source: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+/// One `read`, retried when interrupted by a signal unless the VM is stopping (a read from a
+/// terminal or pipe may block for ever; the vCPU kick interrupts it).
+fn read_retrying(
+    source: &mut impl Read,
+    buffer: &mut [u8],
+    stopping: &AtomicBool,
+) -> io::Result<usize> {
     loop {
         match source.read(buffer) {
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if error.kind() == io::ErrorKind::Interrupted
+                    && !stopping.load(Ordering::SeqCst) =>
+            {
+                continue;
+            }
             result => return result,
         }
     }

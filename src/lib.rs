@@ -7,6 +7,7 @@
 //! view of host files), [`output`] (serial console sink), [`vm`] (putting it together and running
 //! it), and the platform backends `linux` (KVM) and `macos` (Hypervisor.framework).
 
+pub mod affinity;
 pub mod arch;
 pub mod boot;
 pub mod cli;

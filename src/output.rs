@@ -135,19 +135,36 @@ impl SerialOutput {
     /// Appends `bytes` as one unit (never interleaved with another call); writes the buffer out if
     /// the bytes contain a newline or the buffer is full.
     pub fn write_all(&self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        let mut state = self.lock();
-        state.buffer.extend_from_slice(bytes);
-        if bytes.contains(&b'\n') || state.must_flush() {
-            state.flush();
-        }
+        self.writer().write_all(bytes);
+    }
+
+    /// Exclusive access for a write made of several pieces (e.g. a guest buffer copied in
+    /// chunks): no other vCPU's output can come between them while the writer lives.
+    pub fn writer(&self) -> SerialWriter<'_> {
+        SerialWriter { state: self.lock() }
     }
 
     /// Writes out everything buffered so far.
     pub fn flush(&self) {
         self.lock().flush();
+    }
+}
+
+/// Holds the console for one multi-piece write (see [`SerialOutput::writer`]).
+pub struct SerialWriter<'a> {
+    state: MutexGuard<'a, State>,
+}
+
+impl SerialWriter<'_> {
+    /// Appends `bytes`; writes the buffer out if they contain a newline or the buffer is full.
+    pub fn write_all(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.state.buffer.extend_from_slice(bytes);
+        if bytes.contains(&b'\n') || self.state.must_flush() {
+            self.state.flush();
+        }
     }
 }
 
@@ -208,6 +225,38 @@ mod tests {
         output.write_all(b"def");
         drop(output);
         assert_eq!(contents(&path), b"abcdef");
+    }
+
+    #[test]
+    fn a_writer_keeps_its_pieces_together() {
+        let (_dir, path, output) = file_output();
+        let output = Arc::new(output);
+        let threads: Vec<_> = (0..4u8)
+            .map(|id| {
+                let output = Arc::clone(&output);
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let mut writer = output.writer();
+                        for _ in 0..5 {
+                            writer.write_all(&[b'a' + id; 20]);
+                        }
+                        writer.write_all(b"\n");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(output);
+        let text = contents(&path);
+        for line in text.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            assert_eq!(line.len(), 100);
+            assert!(
+                line.iter().all(|&b| b == line[0]),
+                "pieces of two writers mixed"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum ParamsError {
     /// An `-e` value without `=` (and not `host`).
     #[error("invalid environment entry '{0}': expected KEY=VALUE or 'host'")]
     EnvSyntax(String),
+    /// A malformed `--affinity` list.
+    #[error("invalid --affinity '{0}': expected host CPU numbers and ranges, e.g. 0-3,6")]
+    CpuList(String),
     /// An invalid CPU count.
     #[error("invalid CPU count '{0}': expected a number from 1 upwards")]
     CpuCount(String),
@@ -146,6 +149,41 @@ pub fn guest_environment(
     (env, dropped)
 }
 
+/// Parses a list of host CPU numbers such as `0-3,6` or `0 1 2` (ranges inclusive, items
+/// separated by commas or spaces), keeping the order given.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ParamsError> {
+    let error = || ParamsError::CpuList(text.to_string());
+    let mut cpus = Vec::new();
+    for item in text.split([',', ' ']).filter(|item| !item.is_empty()) {
+        let (first, last) = match item.split_once('-') {
+            Some((first, last)) => (first, last),
+            None => (item, item),
+        };
+        let first: usize = first.trim().parse().map_err(|_| error())?;
+        let last: usize = last.trim().parse().map_err(|_| error())?;
+        if first > last || last - first >= 4096 {
+            return Err(error());
+        }
+        cpus.extend(first..=last);
+    }
+    if cpus.is_empty() {
+        return Err(error());
+    }
+    Ok(cpus)
+}
+
+/// A parsed `--affinity` list (see [`parse_cpu_list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+impl FromStr for CpuList {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_cpu_list(text).map(CpuList)
+    }
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -159,6 +197,8 @@ pub struct VmConfig {
     pub memory_size: MemorySize,
     /// Number of vCPUs.
     pub cpu_count: u32,
+    /// Host CPU for each vCPU thread (`--affinity`), in vCPU order.
+    pub affinity: Option<Vec<usize>>,
     /// Where serial output goes.
     pub output: OutputTarget,
     /// `HOST:GUEST` file mappings.
@@ -225,6 +265,16 @@ mod tests {
         assert_eq!(MemorySize(64 << 20).to_string(), "64 MiB");
         assert_eq!(MemorySize(3 << 30).to_string(), "3 GiB");
         assert_eq!(MemorySize(1000).to_string(), "1000 bytes");
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,6"), Ok(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("1 0"), Ok(vec![1, 0]));
+        assert_eq!(parse_cpu_list("5"), Ok(vec![5]));
+        for bad in ["", "a", "3-1", "1-", "-1", "0-99999", ",", "1.5"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

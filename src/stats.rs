@@ -1,34 +1,22 @@
-//! Exit statistics for `--stats`: how many exits of each kind a vCPU took, and how long the run
-//! lasted. Counting is a map lookup per exit and only happens when statistics were requested.
+//! Exit statistics for `--stats`: how many exits of each kind every vCPU took, which instructions
+//! the emulation fallback executed, and how long the run lasted. Each vCPU thread counts into its
+//! own [`ExitStats`] (no sharing on the exit path); [`RunStats`] puts them together at the end.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Exit counts of one run.
-#[derive(Debug)]
+/// Exit counts of one vCPU.
+#[derive(Debug, Default, Clone)]
 pub struct ExitStats {
     counts: BTreeMap<&'static str, u64>,
     emulated: BTreeMap<String, u64>,
-    started: Instant,
-    finished: Option<Duration>,
-}
-
-impl Default for ExitStats {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl ExitStats {
-    /// Starts counting now.
+    /// No exits counted yet.
     pub fn new() -> Self {
-        Self {
-            counts: BTreeMap::new(),
-            emulated: BTreeMap::new(),
-            started: Instant::now(),
-            finished: None,
-        }
+        Self::default()
     }
 
     /// Counts one exit of the given kind.
@@ -46,16 +34,6 @@ impl ExitStats {
         }
     }
 
-    /// How many instructions the emulation fallback executed.
-    pub fn emulated_total(&self) -> u64 {
-        self.emulated.values().sum()
-    }
-
-    /// Marks the end of the run.
-    pub fn finish(&mut self) {
-        self.finished = Some(self.started.elapsed());
-    }
-
     /// How many exits of `kind` were counted.
     pub fn count(&self, kind: &str) -> u64 {
         self.counts.get(kind).copied().unwrap_or(0)
@@ -65,24 +43,74 @@ impl ExitStats {
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
     }
+
+    /// How many instructions the emulation fallback executed.
+    pub fn emulated_total(&self) -> u64 {
+        self.emulated.values().sum()
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &ExitStats) {
+        for (kind, count) in &other.counts {
+            *self.counts.entry(kind).or_insert(0) += count;
+        }
+        for (mnemonic, count) in &other.emulated {
+            match self.emulated.get_mut(mnemonic) {
+                Some(total) => *total += count,
+                None => {
+                    self.emulated.insert(mnemonic.clone(), *count);
+                }
+            }
+        }
+    }
 }
 
-impl fmt::Display for ExitStats {
+/// The statistics of a whole run: every vCPU's counts and the wall time.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    /// `(vCPU id, its counts)`, in id order.
+    pub per_cpu: Vec<(u32, ExitStats)>,
+    /// Wall time from the start of the vCPUs to the end of the run.
+    pub elapsed: Duration,
+}
+
+fn write_counts<K: AsRef<str>>(
+    f: &mut fmt::Formatter<'_>,
+    counts: impl Iterator<Item = (K, u64)> + Clone,
+) -> fmt::Result {
+    let width = counts
+        .clone()
+        .map(|(k, _)| k.as_ref().len())
+        .max()
+        .unwrap_or(0);
+    for (kind, count) in counts {
+        writeln!(f, "    {:<width$}  {count}", kind.as_ref())?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for RunStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "uhyve statistics:")?;
-        let elapsed = self.finished.unwrap_or_else(|| self.started.elapsed());
-        writeln!(f, "  run time: {:.3} ms", elapsed.as_secs_f64() * 1000.0)?;
-        writeln!(f, "  vCPU exits: {}", self.total())?;
-        let width = self.counts.keys().map(|k| k.len()).max().unwrap_or(0);
-        for (kind, count) in &self.counts {
-            writeln!(f, "    {kind:<width$}  {count}")?;
+        let mut total = ExitStats::new();
+        for (_, stats) in &self.per_cpu {
+            total.merge(stats);
         }
-        if !self.emulated.is_empty() {
-            writeln!(f, "  emulated in user space: {}", self.emulated_total())?;
-            let width = self.emulated.keys().map(|k| k.len()).max().unwrap_or(0);
-            for (mnemonic, count) in &self.emulated {
-                writeln!(f, "    {mnemonic:<width$}  {count}")?;
+        writeln!(f, "uhyve statistics:")?;
+        writeln!(
+            f,
+            "  run time: {:.3} ms",
+            self.elapsed.as_secs_f64() * 1000.0
+        )?;
+        writeln!(f, "  vCPU exits: {}", total.total())?;
+        write_counts(f, total.counts.iter().map(|(k, v)| (*k, *v)))?;
+        if self.per_cpu.len() > 1 {
+            for (cpu, stats) in &self.per_cpu {
+                writeln!(f, "  vCPU {cpu}: {} exits", stats.total())?;
             }
+        }
+        if total.emulated_total() > 0 {
+            writeln!(f, "  emulated in user space: {}", total.emulated_total())?;
+            write_counts(f, total.emulated.iter().map(|(k, v)| (k.as_str(), *v)))?;
         }
         Ok(())
     }
@@ -93,23 +121,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_by_kind() {
-        let mut stats = ExitStats::new();
-        stats.record("SerialWriteByte");
-        stats.record("SerialWriteByte");
-        stats.record("Exit");
-        stats.record_emulated("xorps");
-        stats.record_emulated("xorps");
-        stats.record_emulated("xgetbv");
-        stats.finish();
-        assert_eq!(stats.emulated_total(), 3);
-        assert_eq!(stats.count("SerialWriteByte"), 2);
-        assert_eq!(stats.count("FileOpen"), 0);
-        assert_eq!(stats.total(), 3);
-        let text = stats.to_string();
-        assert!(text.contains("vCPU exits: 3"), "{text}");
-        assert!(text.contains("SerialWriteByte  2"), "{text}");
+    fn counts_by_kind_and_vcpu() {
+        let mut cpu0 = ExitStats::new();
+        cpu0.record("SerialWriteByte");
+        cpu0.record("SerialWriteByte");
+        cpu0.record("Exit");
+        cpu0.record_emulated("xorps");
+        cpu0.record_emulated("xgetbv");
+        let mut cpu1 = ExitStats::new();
+        cpu1.record("SerialWriteByte");
+        cpu1.record_emulated("xorps");
+        assert_eq!(cpu0.count("SerialWriteByte"), 2);
+        assert_eq!(cpu0.count("FileOpen"), 0);
+        assert_eq!(cpu0.total(), 3);
+        assert_eq!(cpu0.emulated_total(), 2);
+        let run = RunStats {
+            per_cpu: vec![(0, cpu0), (1, cpu1)],
+            elapsed: Duration::from_millis(5),
+        };
+        let text = run.to_string();
+        assert!(text.contains("run time: 5.000 ms"), "{text}");
+        assert!(text.contains("vCPU exits: 4"), "{text}");
+        assert!(text.contains("SerialWriteByte  3"), "{text}");
+        assert!(text.contains("vCPU 0: 3 exits"), "{text}");
+        assert!(text.contains("vCPU 1: 1 exits"), "{text}");
         assert!(text.contains("emulated in user space: 3"), "{text}");
         assert!(text.contains("xorps   2"), "{text}");
+    }
+
+    #[test]
+    fn one_vcpu_has_no_per_vcpu_lines() {
+        let mut cpu0 = ExitStats::new();
+        cpu0.record("Exit");
+        let text = RunStats {
+            per_cpu: vec![(0, cpu0)],
+            elapsed: Duration::ZERO,
+        }
+        .to_string();
+        assert!(!text.contains("vCPU 0:"), "{text}");
+        assert!(!text.contains("emulated"), "{text}");
     }
 }

@@ -6,13 +6,16 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
+use crate::affinity;
 use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, emulate, layout};
 use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
 use crate::hypercall::{GuestCommandLine, HypercallError, HypercallOutcome, Hypercalls};
@@ -21,7 +24,7 @@ use crate::loader::{KernelImage, LoadError, LoadedKernel};
 use crate::mem::{GuestMemory, MemoryError};
 use crate::output::{OutputError, SerialOutput};
 use crate::params::VmConfig;
-use crate::stats::ExitStats;
+use crate::stats::{ExitStats, RunStats};
 use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 
 /// What an emulation failure is, for the crash report.
@@ -106,11 +109,20 @@ pub enum VmError {
     /// The guest stopped in a way that is not an orderly exit.
     #[error("{0}")]
     GuestCrash(GuestCrash),
-    /// More than one vCPU was requested.
-    #[error(
-        "--cpu-count {0}: only 1 vCPU is supported so far (multi-core support is not yet implemented)"
-    )]
-    UnsupportedCpuCount(u32),
+    /// An unusable number of vCPUs.
+    #[error("--cpu-count {0}: uhyve supports 1 to {max} vCPUs", max = MAX_CPUS)]
+    CpuCount(u32),
+    /// The `--affinity` list cannot be used.
+    #[error(transparent)]
+    Affinity(#[from] affinity::AffinityError),
+    /// A vCPU thread could not be started or ended abnormally.
+    #[error("vCPU {cpu}: {reason}")]
+    Thread {
+        /// The vCPU id.
+        cpu: u32,
+        /// What happened.
+        reason: String,
+    },
     /// A host signal asked uhyve to stop.
     #[error("stopped by {}", crate::signals::signal_name(*.0))]
     Stopped(i32),
@@ -154,56 +166,108 @@ impl fmt::Display for GuestCrash {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestExit(pub i32);
 
-/// The platform's hypervisor objects for one VM: on Linux a KVM VM and its vCPU.
+/// The platform's hypervisor objects: on Linux a KVM VM, whose vCPUs each thread creates for
+/// itself (Hypervisor.framework requires a vCPU to be created, run and read by one thread).
 #[cfg(target_os = "linux")]
 struct Backend {
-    // Field order matters: the vCPU is dropped before the VM.
-    vcpu: crate::linux::KvmCpu,
-    _vm: crate::linux::KvmVm,
+    vm: crate::linux::KvmVm,
 }
 
 #[cfg(target_os = "linux")]
+type BackendCpu = crate::linux::KvmCpu;
+#[cfg(target_os = "linux")]
+type Kick = crate::linux::KvmKick;
+
+#[cfg(target_os = "linux")]
 impl Backend {
-    fn new(
-        mem: &GuestMemory,
+    fn new(mem: &GuestMemory) -> Result<Self, VmError> {
+        Ok(Self {
+            vm: crate::linux::KvmVm::new(mem)?,
+        })
+    }
+
+    /// Creates vCPU `cpu` on the calling thread, with a handle to interrupt it from others.
+    fn create_vcpu(
+        &self,
+        cpu: u32,
         registers: &arch::InitialRegisters,
-        _cpu_count: u32,
-    ) -> Result<Self, VmError> {
-        let vm = crate::linux::KvmVm::new(mem)?;
-        let vcpu = vm.create_vcpu(0, registers)?;
-        Ok(Self { vcpu, _vm: vm })
-    }
-
-    fn tsc_khz(&self) -> Option<u32> {
-        self.vcpu.tsc_khz()
-    }
-
-    fn boot_cpu(&mut self) -> &mut dyn VirtualCpu {
-        &mut self.vcpu
+    ) -> Result<(BackendCpu, Kick), VmError> {
+        let mut vcpu = self.vm.create_vcpu(cpu, registers)?;
+        let kick = vcpu.kick_handle();
+        Ok((vcpu, kick))
     }
 }
 
-/// No backend on this platform yet: a value of this type cannot exist.
+#[cfg(target_os = "linux")]
+fn tsc_khz(vcpu: &BackendCpu) -> Option<u32> {
+    vcpu.tsc_khz()
+}
+
+/// No backend on this platform yet: values of these types cannot exist.
 #[cfg(not(target_os = "linux"))]
 enum Backend {}
+#[cfg(not(target_os = "linux"))]
+enum BackendCpu {}
+#[cfg(not(target_os = "linux"))]
+enum Kick {}
 
 #[cfg(not(target_os = "linux"))]
 impl Backend {
-    fn new(
-        _mem: &GuestMemory,
-        _registers: &arch::InitialRegisters,
-        _cpu_count: u32,
-    ) -> Result<Self, VmError> {
+    fn new(_mem: &GuestMemory) -> Result<Self, VmError> {
         Err(VmError::UnsupportedPlatform)
     }
 
-    fn tsc_khz(&self) -> Option<u32> {
+    fn create_vcpu(
+        &self,
+        _cpu: u32,
+        _registers: &arch::InitialRegisters,
+    ) -> Result<(BackendCpu, Kick), VmError> {
         match *self {}
     }
+}
 
-    fn boot_cpu(&mut self) -> &mut dyn VirtualCpu {
+#[cfg(not(target_os = "linux"))]
+impl Kick {
+    fn kick(&self) {
         match *self {}
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tsc_khz(vcpu: &BackendCpu) -> Option<u32> {
+    match *vcpu {}
+}
+
+#[cfg(not(target_os = "linux"))]
+impl VirtualCpu for BackendCpu {
+    fn id(&self) -> u32 {
+        match *self {}
+    }
+    fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        match *self {}
+    }
+    fn complete_port_in(&mut self, _: u32) -> Result<(), VcpuError> {
+        match *self {}
+    }
+    fn complete_mmio_read(&mut self, _: u64) -> Result<(), VcpuError> {
+        match *self {}
+    }
+    fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {
+        match *self {}
+    }
+    fn instruction_pointer(&mut self) -> Result<u64, VcpuError> {
+        match *self {}
+    }
+    fn register_dump(&mut self) -> Result<String, VcpuError> {
+        match *self {}
+    }
+}
+
+/// Everything needed to write the boot info once the TSC frequency is known.
+struct BootInfoTemplate {
+    layout: MemoryLayout,
+    kernel: LoadedKernel,
+    bootargs: String,
 }
 
 /// A prepared VM: guest RAM laid out, backend created, ready to run.
@@ -213,7 +277,12 @@ pub struct Vm {
     backend: Backend,
     hypercalls: Hypercalls,
     output: Arc<SerialOutput>,
-    stats: Option<ExitStats>,
+    cpu_count: u32,
+    affinity: Option<Vec<usize>>,
+    /// Initial registers of vCPU 0 (the others differ only in RSI).
+    registers: arch::InitialRegisters,
+    boot: BootInfoTemplate,
+    stats: bool,
     emulation_fallback: bool,
     mem: GuestMemory,
 }
@@ -271,8 +340,11 @@ fn load_kernel(config: &VmConfig) -> Result<LoadedGuest, VmError> {
 impl Vm {
     /// Builds the VM described by `config`.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
-        if config.cpu_count != 1 {
-            return Err(VmError::UnsupportedCpuCount(config.cpu_count));
+        if config.cpu_count == 0 || config.cpu_count > MAX_CPUS {
+            return Err(VmError::CpuCount(config.cpu_count));
+        }
+        if let Some(list) = &config.affinity {
+            affinity::check(list, config.cpu_count)?;
         }
         let LoadedGuest {
             mem,
@@ -311,10 +383,6 @@ impl Vm {
             args,
             env: config.env.clone(),
         };
-
-        let backend = Backend::new(&mem, &registers, config.cpu_count)?;
-        let cpu_freq_khz = backend.tsc_khz();
-
         // Kernels >= 0.10 read arguments and environment from `/chosen/bootargs`; older ones ask
         // with Cmdsize/Cmdval, so their device tree does not need to carry the environment.
         let bootargs_env = if pre_0_10_kernel {
@@ -323,26 +391,54 @@ impl Vm {
             lossy_pairs(&cmdline.env)
         };
         let bootargs = boot::bootargs(&[], &bootargs_env, &lossy_list(&config.kernel_args));
+
+        let backend = Backend::new(&mem)?;
+        let hypercalls = Hypercalls::new(Arc::clone(&output), files, cmdline);
+        Ok(Self {
+            backend,
+            hypercalls,
+            output,
+            cpu_count: config.cpu_count,
+            affinity: config.affinity.clone(),
+            registers,
+            boot: BootInfoTemplate {
+                layout,
+                kernel: loaded,
+                bootargs,
+            },
+            stats: config.stats,
+            emulation_fallback: config.emulation_fallback,
+            mem,
+        })
+    }
+
+    /// Writes the device tree and the boot info (which carry the TSC frequency of vCPU 0).
+    fn write_boot_structures(&self, cpu_freq_khz: Option<u32>) -> Result<(), VmError> {
+        let BootInfoTemplate {
+            layout,
+            kernel,
+            bootargs,
+        } = &self.boot;
         let fdt = boot::build_fdt(&FdtParams {
             ram: layout.ram(),
-            num_cpus: config.cpu_count,
+            num_cpus: self.cpu_count,
             tsc_khz: cpu_freq_khz,
-            bootargs,
+            bootargs: bootargs.clone(),
         })?;
-        boot::write_fdt(&mem, layout.fdt(), &fdt)?;
+        boot::write_fdt(&self.mem, layout.fdt(), &fdt)?;
         boot::write_boot_info(
-            &mem,
+            &self.mem,
             layout.boot_info(),
             &BootParams {
                 ram: layout.ram(),
-                kernel_image: loaded.image_range.clone(),
-                tls: loaded.tls.as_ref().map(|t| TlsImage {
+                kernel_image: kernel.image_range.clone(),
+                tls: kernel.tls.as_ref().map(|t| TlsImage {
                     start: t.start,
                     filesz: t.filesz,
                     memsz: t.memsz,
                     align: t.align,
                 }),
-                num_cpus: config.cpu_count,
+                num_cpus: self.cpu_count,
                 cpu_freq_khz,
                 boot_time: time::OffsetDateTime::now_utc(),
                 serial_port: boot::V1_SERIAL_PORT,
@@ -352,34 +448,301 @@ impl Vm {
                 fdt_address: Some(layout.fdt().as_u64()),
             },
         )?;
-
-        let hypercalls = Hypercalls::new(Arc::clone(&output), files, cmdline);
-        Ok(Self {
-            backend,
-            hypercalls,
-            output,
-            stats: config.stats.then(ExitStats::new),
-            emulation_fallback: config.emulation_fallback,
-            mem,
-        })
+        Ok(())
     }
 
-    /// Runs the guest until it exits. Returns its exit code, or the reason it could not finish.
+    /// Runs the guest on one thread per vCPU until it exits. Returns the exit code of the first
+    /// Exit hypercall, or the first failure of any vCPU.
     pub fn run(&mut self) -> Result<GuestExit, VmError> {
-        let fallback = EmulationFallback::new(self.emulation_fallback);
-        let result = run_vcpu(
-            self.backend.boot_cpu(),
-            &self.mem,
-            &self.hypercalls,
-            &fallback,
-            self.stats.as_mut(),
-        );
+        let started = Instant::now();
+        let (result, stats) = self.run_vcpus();
         self.output.flush();
-        if let Some(stats) = self.stats.as_mut() {
-            stats.finish();
+        if let Some(mut stats) = stats {
+            stats.elapsed = started.elapsed();
             eprint!("{stats}");
         }
         result
+    }
+
+    fn run_vcpus(&self) -> (Result<GuestExit, VmError>, Option<RunStats>) {
+        let count = self.cpu_count as usize;
+        let shared = SharedVcpuState {
+            mem: &self.mem,
+            hypercalls: &self.hypercalls,
+            fallback: EmulationFallback::new(self.emulation_fallback),
+            stop: AtomicBool::new(false),
+            kicks: Mutex::new((0..count).map(|_| None).collect()),
+        };
+        let gate = StartGate::default();
+        let (reports, inbox) = mpsc::channel::<VcpuReport>();
+        let mut per_cpu: Vec<(u32, ExitStats)> = Vec::new();
+        let result = thread::scope(|scope| {
+            let mut finished = 0usize;
+            let mut first_end: Option<Result<GuestExit, VmError>> = None;
+            for cpu in 0..self.cpu_count {
+                let context = VcpuThread {
+                    cpu,
+                    vm: self,
+                    shared: &shared,
+                    gate: &gate,
+                    reports: reports.clone(),
+                };
+                let spawned = thread::Builder::new()
+                    .name(format!("vcpu-{cpu}"))
+                    .spawn_scoped(scope, move || context.run());
+                if let Err(error) = spawned {
+                    finished += 1;
+                    first_end.get_or_insert(Err(VmError::Thread {
+                        cpu,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            drop(reports);
+
+            // Every vCPU is created (or failed) before any runs: then the boot info can carry
+            // the TSC frequency, and all vCPUs start at the entry point together.
+            let mut ready = 0usize;
+            let mut tsc = None;
+            while ready + finished < count {
+                match inbox.recv() {
+                    Ok(VcpuReport::Ready { cpu, tsc_khz }) => {
+                        ready += 1;
+                        if cpu == 0 {
+                            tsc = tsc_khz;
+                        }
+                    }
+                    Ok(VcpuReport::Finished { end, stats, cpu }) => {
+                        finished += 1;
+                        per_cpu.extend(stats.map(|s| (cpu, s)));
+                        first_end.get_or_insert(end.into_result());
+                    }
+                    Err(_) => break,
+                }
+            }
+            if first_end.is_none()
+                && let Err(error) = self.write_boot_structures(tsc)
+            {
+                first_end = Some(Err(error));
+            }
+            gate.open(first_end.is_none());
+
+            while finished < count {
+                match inbox.recv_timeout(STOP_POLL) {
+                    Ok(VcpuReport::Finished { cpu, end, stats }) => {
+                        finished += 1;
+                        per_cpu.extend(stats.map(|s| (cpu, s)));
+                        if !matches!(end, VcpuEnd::Stopped) && first_end.is_none() {
+                            first_end = Some(end.into_result());
+                        }
+                        shared.stop_all();
+                    }
+                    Ok(VcpuReport::Ready { .. }) => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(signal) = crate::signals::stop_requested() {
+                            first_end.get_or_insert(Err(VmError::Stopped(signal)));
+                        }
+                        if first_end.is_some() {
+                            // Kick again: cheap, and robust against a vCPU that was between
+                            // its stop check and KVM_RUN when the first kick came.
+                            shared.stop_all();
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            first_end.unwrap_or_else(|| {
+                Err(VmError::Thread {
+                    cpu: 0,
+                    reason: "every vCPU thread ended without a result".into(),
+                })
+            })
+        });
+        per_cpu.sort_by_key(|(cpu, _)| *cpu);
+        let stats = self.stats.then_some(RunStats {
+            per_cpu,
+            elapsed: Duration::ZERO,
+        });
+        (result, stats)
+    }
+}
+
+/// How often the main thread checks for stop signals while the vCPUs run.
+const STOP_POLL: Duration = Duration::from_millis(10);
+
+/// The most vCPUs one VM may have (x2APIC ids and thread count stay sane).
+pub const MAX_CPUS: u32 = 256;
+
+/// What the vCPU threads share.
+struct SharedVcpuState<'a> {
+    mem: &'a GuestMemory,
+    hypercalls: &'a Hypercalls,
+    fallback: EmulationFallback,
+    /// Set when the VM stops; every vCPU loop checks it before entering the guest.
+    stop: AtomicBool,
+    /// How to interrupt each vCPU; an entry is present only while its vCPU exists.
+    kicks: Mutex<Vec<Option<Kick>>>,
+}
+
+impl SharedVcpuState<'_> {
+    fn kicks(&self) -> std::sync::MutexGuard<'_, Vec<Option<Kick>>> {
+        // The vector holds plain handles, consistent even if a holder panicked.
+        self.kicks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops the whole VM: every vCPU leaves the guest at once and does not re-enter.
+    fn stop_all(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.hypercalls.stop();
+        for kick in self.kicks().iter().flatten() {
+            kick.kick();
+        }
+    }
+}
+
+/// Holds the vCPU threads until the main thread has written the boot info.
+#[derive(Default)]
+struct StartGate {
+    /// `None` while closed; then whether to run (`true`) or give up (`false`).
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    fn open(&self, run: bool) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate opens; whether to run.
+    fn wait(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(run) = *state {
+                return run;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// How one vCPU ended.
+enum VcpuEnd {
+    /// The guest called Exit.
+    Exit(i32),
+    /// The VM was stopped from outside this vCPU.
+    Stopped,
+    /// This vCPU failed.
+    Failed(VmError),
+}
+
+impl VcpuEnd {
+    fn into_result(self) -> Result<GuestExit, VmError> {
+        match self {
+            Self::Exit(code) => Ok(GuestExit(code)),
+            Self::Failed(error) => Err(error),
+            Self::Stopped => Err(VmError::Thread {
+                cpu: 0,
+                reason: "stopped before it started".into(),
+            }),
+        }
+    }
+}
+
+/// What a vCPU thread tells the main thread.
+enum VcpuReport {
+    /// Created and waiting at the start gate.
+    Ready { cpu: u32, tsc_khz: Option<u32> },
+    /// Done (or failed to start), with its statistics.
+    Finished {
+        cpu: u32,
+        end: VcpuEnd,
+        stats: Option<ExitStats>,
+    },
+}
+
+/// One vCPU thread.
+struct VcpuThread<'scope, 'vm> {
+    cpu: u32,
+    vm: &'vm Vm,
+    shared: &'scope SharedVcpuState<'vm>,
+    gate: &'scope StartGate,
+    reports: mpsc::Sender<VcpuReport>,
+}
+
+/// Removes a vCPU's kick handle from the registry when dropped, before the vCPU itself goes.
+struct KickRegistration<'a, 'vm> {
+    shared: &'a SharedVcpuState<'vm>,
+    cpu: usize,
+}
+
+impl Drop for KickRegistration<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shared.kicks().get_mut(self.cpu) {
+            *slot = None;
+        }
+    }
+}
+
+impl VcpuThread<'_, '_> {
+    fn run(self) {
+        let cpu = self.cpu;
+        let reports = self.reports.clone();
+        let mut stats = self.vm.stats.then(ExitStats::new);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.create_and_run(stats.as_mut())
+        }));
+        let end = outcome.unwrap_or_else(|_| {
+            VcpuEnd::Failed(VmError::Thread {
+                cpu,
+                reason: "the vCPU thread panicked".into(),
+            })
+        });
+        // A failing vCPU takes the whole VM down at once.
+        if !matches!(end, VcpuEnd::Stopped) {
+            self.shared.stop_all();
+        }
+        // The main thread may already be gone only if it stopped waiting; nothing to do then.
+        let _ = reports.send(VcpuReport::Finished { cpu, end, stats });
+    }
+
+    fn create_and_run(&self, stats: Option<&mut ExitStats>) -> VcpuEnd {
+        let cpu = self.cpu;
+        if let Some(host_cpu) = self.vm.affinity.as_ref().and_then(|l| l.get(cpu as usize))
+            && let Err(error) = affinity::pin_current_thread(*host_cpu)
+        {
+            return VcpuEnd::Failed(error.into());
+        }
+        let registers = arch::InitialRegisters {
+            rsi: u64::from(cpu),
+            ..self.vm.registers
+        };
+        let (mut vcpu, kick) = match self.vm.backend.create_vcpu(cpu, &registers) {
+            Ok(created) => created,
+            Err(error) => return VcpuEnd::Failed(error),
+        };
+        if let Some(slot) = self.shared.kicks().get_mut(cpu as usize) {
+            *slot = Some(kick);
+        }
+        // Declared after `vcpu`, so dropped before it.
+        let _registration = KickRegistration {
+            shared: self.shared,
+            cpu: cpu as usize,
+        };
+        let ready = VcpuReport::Ready {
+            cpu,
+            tsc_khz: tsc_khz(&vcpu),
+        };
+        if self.reports.send(ready).is_err() || !self.gate.wait() {
+            return VcpuEnd::Stopped;
+        }
+        match run_vcpu(&mut vcpu, self.shared, stats) {
+            Ok(Some(GuestExit(code))) => VcpuEnd::Exit(code),
+            Ok(None) => VcpuEnd::Stopped,
+            Err(error) => VcpuEnd::Failed(error),
+        }
     }
 }
 
@@ -446,20 +809,20 @@ struct PciConfigSpace {
     address: u32,
 }
 
-/// The exit loop of one vCPU.
+/// The exit loop of one vCPU: `Some(exit)` when the guest called Exit, `None` when the VM was
+/// stopped from outside this vCPU.
 fn run_vcpu(
     vcpu: &mut dyn VirtualCpu,
-    mem: &GuestMemory,
-    hypercalls: &Hypercalls,
-    fallback: &EmulationFallback,
+    shared: &SharedVcpuState<'_>,
     mut stats: Option<&mut ExitStats>,
-) -> Result<GuestExit, VmError> {
+) -> Result<Option<GuestExit>, VmError> {
+    let (mem, hypercalls, fallback) = (shared.mem, shared.hypercalls, &shared.fallback);
     let cpu = vcpu.id();
     let vcpu_error = |source| VmError::Vcpu { cpu, source };
     let mut pci = PciConfigSpace::default();
     loop {
-        if let Some(signal) = crate::signals::stop_requested() {
-            return Err(VmError::Stopped(signal));
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(None);
         }
         let exit = vcpu.run().map_err(vcpu_error)?;
         if let Some(stats) = stats.as_deref_mut() {
@@ -470,7 +833,7 @@ fn run_vcpu(
                 let mut root = || vcpu.page_table_root();
                 match hypercalls.handle(mem, address, argument, &mut root) {
                     HypercallOutcome::Continue => {}
-                    HypercallOutcome::Exit(code) => return Ok(GuestExit(code)),
+                    HypercallOutcome::Exit(code) => return Ok(Some(GuestExit(code))),
                     HypercallOutcome::Fatal(source) => {
                         return Err(VmError::Hypercall { cpu, source });
                     }

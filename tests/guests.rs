@@ -535,16 +535,6 @@ fn boot_info_reports_tsc_frequency_and_device_tree() {
     run.assert_stdout_contains("fdt magic: ok");
 }
 
-#[test]
-fn more_than_one_cpu_is_refused_clearly_until_multicore_lands() {
-    // Multi-core guests are a later issue; until then `-c 2` must fail with a clear message
-    // rather than boot a guest that waits forever for its second CPU.
-    let run = Uhyve::guest("boot_info").opts(["--cpu-count", "2"]).run();
-    assert_ne!(run.code(), 0, "{}", run.report());
-    run.assert_no_host_crash()
-        .assert_stderr_mentions("not yet implemented");
-}
-
 // ---- Files ----
 
 /// A temporary directory laid out for the file tests:

@@ -14,11 +14,27 @@ fn sigint_stops_a_spinning_guest_and_cleans_up() {
     if !kvm_or_skip("sigint_stops_a_spinning_guest_and_cleans_up") {
         return;
     }
+    interrupt_guest(&[], "spinning\n");
+}
+
+#[test]
+fn sigint_stops_a_guest_blocked_on_stdin() {
+    if !kvm_or_skip("sigint_stops_a_guest_blocked_on_stdin") {
+        return;
+    }
+    interrupt_guest(&["stdin"], "reading\n");
+}
+
+/// Starts the spin guest with `args`, waits until it printed `ready`, sends SIGINT and checks
+/// that uhyve stops promptly, reports the signal and leaves no temp files behind.
+fn interrupt_guest(args: &[&str], ready: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(UHYVE_BIN)
         .arg(guest("spin"))
+        .args(args)
         .env("TMPDIR", tmp.path())
-        .stdin(Stdio::null())
+        // An open pipe nobody writes to: a read from the guest's stdin blocks.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -27,11 +43,11 @@ fn sigint_stops_a_spinning_guest_and_cleans_up() {
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
-    while !seen.ends_with(b"spinning\n") {
+    while !seen.ends_with(ready.as_bytes()) {
         match stdout.read(&mut byte) {
             Ok(1) => seen.push(byte[0]),
             _ => panic!(
-                "the guest ended before spinning: {}",
+                "the guest ended before it was ready: {}",
                 String::from_utf8_lossy(&seen)
             ),
         }

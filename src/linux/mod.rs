@@ -10,7 +10,7 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_enable_cap, kvm_userspace_memory_r
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 
-pub use self::vcpu::KvmCpu;
+pub use self::vcpu::{KvmCpu, KvmKick};
 use crate::arch::x86_64::InitialRegisters;
 use crate::mem::GuestMemory;
 
@@ -35,6 +35,9 @@ pub enum KvmError {
     /// The KVM API version or a required capability is missing.
     #[error("KVM lacks a required capability: {0}")]
     MissingCapability(&'static str),
+    /// The vCPU kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(io::Error),
     /// An ioctl failed.
     #[error("KVM {operation} failed: {source}")]
     Ioctl {
@@ -54,8 +57,9 @@ pub(crate) fn ioctl_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Er
 
 /// A KVM virtual machine with guest RAM registered as memory slot 0.
 pub struct KvmVm {
-    kvm: Kvm,
     vm: VmFd,
+    /// What KVM supports, read once; each vCPU gets an edited copy.
+    supported_cpuid: kvm_bindings::CpuId,
 }
 
 impl KvmVm {
@@ -103,16 +107,19 @@ impl KvmVm {
         if let Err(e) = vm.enable_cap(&x2apic) {
             log::warn!("KVM refused the x2APIC API ({e}); continuing with the xAPIC default");
         }
-        Ok(Self { kvm, vm })
-    }
-
-    /// Creates vCPU `id` in the given initial state. The result must only be used by the thread
-    /// that runs it.
-    pub fn create_vcpu(&self, id: u32, registers: &InitialRegisters) -> Result<KvmCpu, KvmError> {
-        let cpuid = self
-            .kvm
+        let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_error("KVM_GET_SUPPORTED_CPUID"))?;
-        KvmCpu::new(&self.vm, id, registers, cpuid)
+        vcpu::install_kick_handler()?;
+        Ok(Self {
+            vm,
+            supported_cpuid,
+        })
+    }
+
+    /// Creates vCPU `id` in the given initial state. Call it on the thread that will run the
+    /// vCPU (the kick signal is aimed at the creating thread).
+    pub fn create_vcpu(&self, id: u32, registers: &InitialRegisters) -> Result<KvmCpu, KvmError> {
+        KvmCpu::new(&self.vm, id, registers, self.supported_cpuid.clone())
     }
 }

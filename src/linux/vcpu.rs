@@ -23,6 +23,59 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// `IA32_TSC_AUX` (what RDTSCP returns in ECX).
 const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 
+/// The signal that interrupts a vCPU thread in `KVM_RUN` (its handler does nothing).
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn ignore_kick(_: libc::c_int) {}
+
+/// Installs the (empty) handler of the kick signal, without `SA_RESTART`, so that the signal
+/// makes `KVM_RUN` return `EINTR`. Idempotent.
+pub(super) fn install_kick_handler() -> Result<(), KvmError> {
+    // SAFETY: a zeroed `sigaction` is a valid empty action; it is given a handler that does
+    // nothing, an empty mask and no flags.
+    let result = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_kick as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(kick_signal(), &action, std::ptr::null_mut())
+    };
+    if result != 0 {
+        return Err(KvmError::KickHandler(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Interrupts one vCPU from another thread: sets `immediate_exit` in its `kvm_run` page (so a
+/// `KVM_RUN` about to start returns at once) and signals its thread (so a running one returns).
+///
+/// It refers to the vCPU's `kvm_run` mapping: it must only be used while that vCPU exists. The
+/// VM code keeps each kick handle in a registry the vCPU thread clears before dropping its vCPU.
+pub struct KvmKick {
+    immediate_exit: *const std::sync::atomic::AtomicU8,
+    thread: libc::pthread_t,
+}
+
+// SAFETY: the pointer is only dereferenced as an atomic byte inside the vCPU's kvm_run mapping,
+// which stays mapped for as long as the handle may be used (see the type's documentation); the
+// pthread id is a plain value usable from any thread.
+unsafe impl Send for KvmKick {}
+// SAFETY: as above; `kick` only performs an atomic store and pthread_kill.
+unsafe impl Sync for KvmKick {}
+
+impl KvmKick {
+    /// Makes the vCPU leave `KVM_RUN` as soon as possible.
+    pub fn kick(&self) {
+        // SAFETY: the pointer addresses `immediate_exit` in a live kvm_run mapping (see above);
+        // KVM reads that byte, user space may write it at any time.
+        unsafe { (*self.immediate_exit).store(1, std::sync::atomic::Ordering::SeqCst) };
+        // SAFETY: `thread` is the id of the vCPU's thread, which is alive while the vCPU exists;
+        // the signal has an empty handler, so delivering it only interrupts KVM_RUN.
+        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+    }
+}
+
 /// A KVM vCPU in long mode, ready to run the guest entry point.
 pub struct KvmCpu {
     id: u32,
@@ -134,6 +187,17 @@ impl KvmCpu {
             tsc_khz,
             xsave_layout,
         })
+    }
+
+    /// A handle another thread can use to interrupt this vCPU (see [`KvmKick`]). Call it on the
+    /// thread that runs the vCPU.
+    pub fn kick_handle(&mut self) -> KvmKick {
+        let immediate_exit = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
+        KvmKick {
+            immediate_exit: immediate_exit.cast::<std::sync::atomic::AtomicU8>(),
+            // SAFETY: pthread_self has no preconditions.
+            thread: unsafe { libc::pthread_self() },
+        }
     }
 
     /// The guest TSC frequency KVM reports, in kHz.
