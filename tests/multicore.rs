@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Run, Uhyve, kvm_or_skip};
+use common::{Run, Uhyve, kvm_or_skip, real_image};
 
 /// Lines each of cpu 0 and cpu 1 prints in `concurrent_print` mode (see smp.c).
 const PRINT_LINES: usize = 200;
@@ -253,34 +252,9 @@ fn affinity_naming_a_missing_host_cpu_is_refused() {
 
 // ---- The real Hermit image on several vCPUs ----
 
-/// The hello_world image, or `None` (after printing why) when the test should be skipped. With
-/// `UHYVE_REQUIRE_IMAGES` set (CI), a missing folder fails the test instead (as in
-/// tests/real_images.rs).
-fn hello_world_image(test: &str) -> Option<PathBuf> {
-    if !kvm_or_skip(test) {
-        return None;
-    }
-    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
-        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
-            panic!("{test}: UHYVE_TEST_IMAGES is not set, but UHYVE_REQUIRE_IMAGES is");
-        }
-        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
-        return None;
-    };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(dir)
-        .join("x86_64-hello_world");
-    assert!(
-        path.is_file(),
-        "{test}: image {} is missing",
-        path.display()
-    );
-    Some(path)
-}
-
 #[test]
 fn hello_world_runs_on_several_cpus() {
-    let Some(path) = hello_world_image("hello_world_runs_on_several_cpus") else {
+    let Some(path) = real_image("hello_world_runs_on_several_cpus", "x86_64-hello_world") else {
         return;
     };
     for cpus in ["2", "4"] {
@@ -291,6 +265,31 @@ fn hello_world_runs_on_several_cpus() {
         run.assert_no_host_crash()
             .assert_success()
             .assert_stdout_contains("Hello, world!\n");
+    }
+}
+
+#[test]
+fn hello_c_boots_every_application_processor() {
+    // Unlike hello_world (built without SMP), the C image starts every CPU it is given.
+    let Some(path) = real_image(
+        "hello_c_boots_every_application_processor",
+        "x86_64-hello_c",
+    ) else {
+        return;
+    };
+    for cpus in [2u32, 4] {
+        let run = Uhyve::kernel(&path)
+            .opts(["-c", &cpus.to_string()])
+            .timeout(Duration::from_secs(300))
+            .run();
+        run.assert_no_host_crash()
+            .assert_success()
+            .assert_stdout_contains("Hello World!!!\n");
+        for cpu in 1..cpus {
+            run.assert_stdout_contains(&format!(
+                "[{cpu}][INFO] Entering idle loop for application processor"
+            ));
+        }
     }
 }
 

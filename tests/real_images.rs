@@ -8,31 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Run, Uhyve, kvm_or_skip};
-
-/// The image folder, or `None` (after printing why) when the test should be skipped. With
-/// `UHYVE_REQUIRE_IMAGES` set (CI), a missing folder fails the test instead.
-fn image(test: &str, name: &str) -> Option<PathBuf> {
-    if !kvm_or_skip(test) {
-        return None;
-    }
-    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
-        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
-            panic!("{test}: UHYVE_TEST_IMAGES is not set, but UHYVE_REQUIRE_IMAGES is");
-        }
-        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
-        return None;
-    };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(dir)
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{test}: image {} is missing",
-        path.display()
-    );
-    Some(path)
-}
+use common::{Run, Uhyve, real_image as image};
 
 fn run_image(path: PathBuf, options: &[&str]) -> Run {
     Uhyve::kernel(path)

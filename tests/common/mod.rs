@@ -356,3 +356,28 @@ impl Run {
         self
     }
 }
+
+/// The real Hermit image `name` from `$UHYVE_TEST_IMAGES` (relative paths are relative to the
+/// crate), or `None` after printing why the test `test` is skipped: no usable KVM, or no image
+/// folder. With `UHYVE_REQUIRE_IMAGES` set (CI), a missing folder fails the test instead.
+pub fn real_image(test: &str, name: &str) -> Option<PathBuf> {
+    if !kvm_or_skip(test) {
+        return None;
+    }
+    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
+            panic!("{test}: UHYVE_TEST_IMAGES is not set, but UHYVE_REQUIRE_IMAGES is");
+        }
+        eprintln!("skipping {test}: UHYVE_TEST_IMAGES is not set");
+        return None;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{test}: image {} is missing",
+        path.display()
+    );
+    Some(path)
+}
