@@ -527,6 +527,7 @@ impl Vm {
             }
             gate.open(first_end.is_none());
 
+            let mut stopping_since: Option<Instant> = None;
             while finished < count {
                 match inbox.recv_timeout(STOP_POLL) {
                     Ok(VcpuReport::Finished { cpu, end, stats }) => {
@@ -535,6 +536,7 @@ impl Vm {
                         if !matches!(end, VcpuEnd::Stopped) && first_end.is_none() {
                             first_end = Some(end.into_result());
                         }
+                        stopping_since.get_or_insert_with(Instant::now);
                         shared.stop_all();
                     }
                     Ok(VcpuReport::Ready { .. }) => {}
@@ -550,6 +552,12 @@ impl Vm {
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
+            }
+            if let Some(since) = stopping_since {
+                log::debug!(
+                    "all {count} vCPUs stopped {:?} after the first one ended",
+                    since.elapsed()
+                );
             }
             first_end.unwrap_or_else(|| {
                 Err(VmError::Thread {
