@@ -365,6 +365,16 @@ fn vaddr_to_file(
         ..usize::try_from(stop).map_err(|_| unmapped())?)
 }
 
+/// Zeroes `bytes`, writing only the 4 KiB pieces that are not zero already: fresh guest RAM is
+/// zero, and reading it (unlike writing) does not make the host allocate memory for it.
+fn zero_untouched(bytes: &mut [u8]) {
+    for piece in bytes.chunks_mut(4096) {
+        if piece.iter().any(|&byte| byte != 0) {
+            piece.fill(0);
+        }
+    }
+}
+
 impl KernelImage {
     /// Parses and validates a Hermit kernel image. Nothing in `bytes` can make this panic.
     pub fn parse(bytes: Vec<u8>) -> Result<KernelImage, LoadError> {
@@ -625,7 +635,7 @@ impl KernelImage {
                 },
             )?;
             file_part.copy_from_slice(src);
-            bss.fill(0);
+            zero_untouched(bss);
         }
 
         for reloc in &self.relocations {
@@ -982,6 +992,15 @@ fn resolve_symbol(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bss_zeroing_writes_only_dirty_pieces() {
+        let mut bytes = vec![0u8; 3 * 4096 + 100];
+        bytes[5000] = 7;
+        bytes[3 * 4096 + 99] = 1;
+        zero_untouched(&mut bytes);
+        assert!(bytes.iter().all(|&b| b == 0));
+    }
+
     use super::*;
     use goblin::elf::dynamic::{DT_STRSZ, DT_STRTAB};
     use goblin::elf::header::{ELFCLASS32, ELFDATA2MSB, ET_REL};

@@ -128,6 +128,23 @@ impl GuestMemory {
             .expect("guest RAM base is always mapped")
     }
 
+    /// Mutable access to `[address, address + len)` for loading the kernel before the VM runs.
+    /// `&mut self` guarantees that nothing else in uhyve accesses guest RAM meanwhile; callers
+    /// use it only before any vCPU exists, so the guest cannot either.
+    pub fn slice_for_loading(
+        &mut self,
+        address: GuestPhysAddr,
+        len: u64,
+    ) -> Result<&mut [u8], MemoryError> {
+        let offset = self.checked_range(address, len)?;
+        // Both fit in usize: the RAM size does (checked in `new`), and they lie inside it.
+        let (offset, len) = (offset as usize, len as usize);
+        // SAFETY: `checked_range` proved the range lies inside the mapping, which lives as long
+        // as `self`; `&mut self` makes the returned slice the only Rust access to it for its
+        // lifetime, and no vCPU runs while the caller loads (see above).
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.host_address().add(offset), len) })
+    }
+
     /// The single bounds check: `[address, address + len)` must lie inside RAM.
     /// Returns the offset of `address` from the RAM base.
     pub fn checked_range(&self, address: GuestPhysAddr, len: u64) -> Result<u64, MemoryError> {
@@ -345,6 +362,23 @@ mod tests {
             mem.read_until_nul_or_end(GuestPhysAddr::new(0x5000), 10)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn loading_slices_are_bounds_checked_and_visible() {
+        let mut mem = memory();
+        assert!(
+            mem.slice_for_loading(GuestPhysAddr::new(0x4ff0), 0x20)
+                .is_err()
+        );
+        assert!(mem.slice_for_loading(GuestPhysAddr::new(0), 1).is_err());
+        let slice = mem
+            .slice_for_loading(GuestPhysAddr::new(0x2000), 4)
+            .unwrap();
+        slice.copy_from_slice(b"load");
+        let mut back = [0u8; 4];
+        mem.read(GuestPhysAddr::new(0x2000), &mut back).unwrap();
+        assert_eq!(&back, b"load");
     }
 
     #[test]

@@ -180,10 +180,15 @@ type Kick = crate::linux::KvmKick;
 
 #[cfg(target_os = "linux")]
 impl Backend {
-    fn new(mem: &GuestMemory) -> Result<Self, VmError> {
+    /// Creates the VM without memory (runs beside the kernel loading).
+    fn create() -> Result<Self, VmError> {
         Ok(Self {
-            vm: crate::linux::KvmVm::new(mem)?,
+            vm: crate::linux::KvmVm::create()?,
         })
+    }
+
+    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+        Ok(self.vm.map_memory(mem)?)
     }
 
     /// Creates vCPU `cpu` on the calling thread, with a handle to interrupt it from others.
@@ -213,8 +218,12 @@ enum Kick {}
 
 #[cfg(not(target_os = "linux"))]
 impl Backend {
-    fn new(_mem: &GuestMemory) -> Result<Self, VmError> {
+    fn create() -> Result<Self, VmError> {
         Err(VmError::UnsupportedPlatform)
+    }
+
+    fn map_memory(&self, _mem: &GuestMemory) -> Result<(), VmError> {
+        match *self {}
     }
 
     fn create_vcpu(
@@ -324,11 +333,10 @@ fn load_kernel(config: &VmConfig) -> Result<LoadedGuest, VmError> {
             path: path.clone(),
             source,
         })?;
-    let mem = GuestMemory::new(layout.ram_base(), ram_size)?;
-    // `MemoryLayout::new` guarantees the image fits in RAM, so its size fits a usize.
-    let mut staging = vec![0u8; footprint as usize];
-    let kernel = image.load(base, &mut staging).map_err(load_error)?;
-    mem.write(GuestPhysAddr::new(base), &staging)?;
+    let mut mem = GuestMemory::new(layout.ram_base(), ram_size)?;
+    // Straight into guest RAM: no staging copy, and untouched BSS stays unallocated.
+    let image_slot = mem.slice_for_loading(GuestPhysAddr::new(base), footprint)?;
+    let kernel = image.load(base, image_slot).map_err(load_error)?;
     Ok(LoadedGuest {
         mem,
         layout,
@@ -346,6 +354,14 @@ impl Vm {
         if let Some(list) = &config.affinity {
             affinity::check(list, config.cpu_count)?;
         }
+        // Creating the VM waits in the host kernel for milliseconds: do it while the image loads.
+        let backend = thread::Builder::new()
+            .name("vm-setup".into())
+            .spawn(Backend::create)
+            .map_err(|error| VmError::Thread {
+                cpu: 0,
+                reason: format!("cannot start the VM set-up thread: {error}"),
+            })?;
         let LoadedGuest {
             mem,
             layout,
@@ -392,7 +408,11 @@ impl Vm {
         };
         let bootargs = boot::bootargs(&[], &bootargs_env, &lossy_list(&config.kernel_args));
 
-        let backend = Backend::new(&mem)?;
+        let backend = backend.join().map_err(|_| VmError::Thread {
+            cpu: 0,
+            reason: "the VM set-up thread panicked".into(),
+        })??;
+        backend.map_memory(&mem)?;
         let hypercalls = Hypercalls::new(Arc::clone(&output), files, cmdline);
         Ok(Self {
             backend,

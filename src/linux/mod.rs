@@ -63,9 +63,10 @@ pub struct KvmVm {
 }
 
 impl KvmVm {
-    /// Opens `/dev/kvm`, creates a VM with an in-kernel irqchip and the x2APIC API, and registers
-    /// `mem` as its RAM.
-    pub fn new(mem: &GuestMemory) -> Result<Self, KvmError> {
+    /// Opens `/dev/kvm` and creates a VM with an in-kernel irqchip and the x2APIC API. Guest RAM
+    /// is registered later with [`KvmVm::map_memory`], so this (slow: creating the irqchip waits
+    /// in the host kernel) can run while the kernel image is being loaded.
+    pub fn create() -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
             libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
@@ -85,18 +86,6 @@ impl KvmVm {
             }
         }
         let vm = kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: mem.base().as_u64(),
-            memory_size: mem.size(),
-            userspace_addr: mem.host_address() as u64,
-        };
-        // SAFETY: the region describes exactly the mapping owned by `mem`. The caller keeps `mem`
-        // alive for as long as the VM exists (`crate::vm::Vm` owns both and drops the VM first),
-        // so KVM never accesses host memory that is not guest RAM.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))?;
         vm.create_irq_chip()
             .map_err(ioctl_error("KVM_CREATE_IRQCHIP"))?;
         let x2apic = kvm_enable_cap {
@@ -115,6 +104,23 @@ impl KvmVm {
             vm,
             supported_cpuid,
         })
+    }
+
+    /// Registers `mem` as the VM's RAM (memory slot 0).
+    ///
+    /// The VM must not outlive `mem`: `crate::vm::Vm` owns both and drops the VM first.
+    pub fn map_memory(&self, mem: &GuestMemory) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: mem.base().as_u64(),
+            memory_size: mem.size(),
+            userspace_addr: mem.host_address() as u64,
+        };
+        // SAFETY: the region describes exactly the mapping owned by `mem`, which outlives the VM
+        // (see above), so KVM never accesses host memory that is not guest RAM.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))
     }
 
     /// Creates vCPU `id` in the given initial state. Call it on the thread that will run the
