@@ -267,6 +267,17 @@ fn component_ranges(
     }
 }
 
+/// `(component, byte range)` of every existing component selected by `rfbm`.
+fn requested_ranges(
+    rfbm: u64,
+    services: &dyn SystemServices,
+) -> impl Iterator<Item = (u32, std::ops::Range<usize>)> + '_ {
+    (0..63u32)
+        .filter(move |index| rfbm & (1 << index) != 0)
+        .filter_map(move |index| Some((index, component_ranges(index, services)?)))
+        .flat_map(|(index, ranges)| ranges.into_iter().map(move |range| (index, range)))
+}
+
 fn xsave(
     instruction: &Instruction,
     state: &mut X86State,
@@ -280,18 +291,9 @@ fn xsave(
     fix_x87_pointers(instruction, &mut area[..]);
     let area = area.as_slice();
     // Gather everything first, so a fault leaves guest memory untouched where possible.
-    let mut writes: Vec<(usize, &[u8])> = Vec::new();
-    for index in 0..63u32 {
-        if rfbm & (1 << index) == 0 {
-            continue;
-        }
-        let Some(ranges) = component_ranges(index, services) else {
-            continue;
-        };
-        for range in ranges {
-            writes.push((range.start, &area[range]));
-        }
-    }
+    let mut writes: Vec<(usize, &[u8])> = requested_ranges(rfbm, services)
+        .map(|(_, range)| (range.start, &area[range]))
+        .collect();
     if rfbm & 0b110 != 0 {
         writes.push((MXCSR_OFFSET, &area[MXCSR_OFFSET..MXCSR_MASK_OFFSET + 4]));
     }
@@ -334,19 +336,11 @@ fn xrstor(
         check_mxcsr(instruction, state, value)?;
         area[MXCSR_OFFSET..MXCSR_OFFSET + 4].copy_from_slice(&mxcsr);
     }
-    for index in 0..63u32 {
-        if rfbm & (1 << index) == 0 {
-            continue;
-        }
-        let Some(ranges) = component_ranges(index, services) else {
-            continue;
-        };
-        for range in ranges {
-            if saved_bv & (1 << index) != 0 {
-                memory.read(address + range.start as u64, &mut area[range])?;
-            } else {
-                init_component(index, &mut area[..], range);
-            }
+    for (index, range) in requested_ranges(rfbm, services) {
+        if saved_bv & (1 << index) != 0 {
+            memory.read(address + range.start as u64, &mut area[range])?;
+        } else {
+            init_component(index, &mut area[..], range);
         }
     }
     if rfbm & saved_bv & 1 != 0 {
