@@ -19,6 +19,10 @@ const EMULATION_GUEST: &str = "emulated";
 /// Guests build.rs must produce.
 const GUESTS: &[&str] = &[
     "args_env",
+    "bench_exit",
+    "bench_file",
+    "bench_hypercalls",
+    "bench_touch",
     "boot_info",
     "emulated",
     "exit_code",

@@ -1,0 +1,205 @@
+//! uhyve's benchmark: `cargo bench --bench uhyve_bench` (add `-- --quick`, or set
+//! `UHYVE_BENCH_QUICK=1`, for fewer repetitions). See docs/performance.md.
+//!
+//! It runs the release `uhyve` binary on the `bench_*` test guests as child processes and
+//! compares it with a *floor*: this same binary re-executed as `uhyve_bench --floor <ram bytes>
+//! <iterations>`, the smallest KVM host that boots a vCPU in long mode and answers `out` exits
+//! (`floor.rs`). Every figure is a median over repeated runs in which uhyve and the floor
+//! alternate, and the ratios come from the same run, because on this project's KVM (KVM-PVM,
+//! which emulates every guest instruction) only ratios are meaningful. It prints one markdown
+//! table per measurement and a summary of the project's performance targets (PASS/MISS).
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "uhyve_bench/child.rs"]
+mod child;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "uhyve_bench/floor.rs"]
+mod floor;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "uhyve_bench/scenarios.rs"]
+mod scenarios;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "uhyve_bench/stats.rs"]
+mod stats;
+
+use std::process::ExitCode;
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn main() -> ExitCode {
+    println!("uhyve_bench: skipped (needs x86_64 Linux with KVM)");
+    ExitCode::SUCCESS
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor") {
+        return floor_main(args.get(2..).unwrap_or_default());
+    }
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("UHYVE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    match harness::run(scenarios::Settings::new(quick)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uhyve_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--floor <ram bytes> <iterations>`: run the floor VM (exits the process on success).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn floor_main(args: &[String]) -> ExitCode {
+    let parsed = match args {
+        [ram, iterations] => ram.parse::<u64>().ok().zip(iterations.parse::<u32>().ok()),
+        _ => None,
+    };
+    let Some((ram, iterations)) = parsed else {
+        eprintln!("usage: uhyve_bench --floor <ram bytes> <iterations>");
+        return ExitCode::from(2);
+    };
+    match floor::run(ram, iterations) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The benchmark run: machine description, the five measurements, the summary.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod harness {
+    use std::fs::OpenOptions;
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use crate::scenarios::{Bench, BenchError, Settings};
+    use crate::stats;
+
+    /// The environment variable naming the directory of real Hermit images.
+    const IMAGES_ENV: &str = "UHYVE_TEST_IMAGES";
+    /// The real image of measurement 5.
+    const HELLO_WORLD: &str = "x86_64-hello_world";
+
+    fn section(title: &str, table: &stats::Table, note: Option<&str>) {
+        println!("\n### {title}\n");
+        print!("{}", table.render());
+        if let Some(note) = note {
+            println!("\n{note}");
+        }
+    }
+
+    pub fn run(settings: Settings) -> Result<(), BenchError> {
+        if OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
+            println!("uhyve_bench: skipped (/dev/kvm cannot be opened read-write)");
+            return Ok(());
+        }
+        let me = std::env::current_exe().map_err(|source| BenchError::Io {
+            what: "locating the benchmark binary".to_owned(),
+            source,
+        })?;
+        let mut bench = Bench::new(
+            PathBuf::from(env!("CARGO_BIN_EXE_uhyve")),
+            me,
+            PathBuf::from(env!("UHYVE_GUEST_DIR")),
+            settings,
+        );
+        let started = Instant::now();
+        println!("## uhyve benchmark\n");
+        println!("{}", machine_description(&settings));
+
+        eprintln!("uhyve_bench: 1/5 cold start");
+        section(
+            "1. Cold start (bench_exit guest vs floor, one exit)",
+            &bench.cold_start()?,
+            Some(
+                "Wall: spawn to wait4 return. CPU: user + system time of the child. -m 3G stands in \
+             for 4G (3 GiB is the v1 maximum); the floor uses the same RAM size.",
+            ),
+        );
+        eprintln!("uhyve_bench: 2/5 hypercall round trip");
+        section(
+            "2. Hypercall round trip (bench_hypercalls vs floor `out` loop)",
+            &bench.hypercalls()?,
+            Some(
+                "µs / iteration = (median wall with n iterations − median wall with 0) / n; \
+                 both loops are `out; dec; jnz`.",
+            ),
+        );
+        eprintln!("uhyve_bench: 3/5 file throughput");
+        let (table, note) = bench.file_throughput()?;
+        section(
+            "3. File throughput (bench_file, --file-mapping)",
+            &table,
+            Some(&note),
+        );
+        eprintln!("uhyve_bench: 4/5 host memory");
+        let (table, note) = bench.host_memory()?;
+        section(
+            "4. Host memory (bench_touch, peak RSS)",
+            &table,
+            Some(&note),
+        );
+        eprintln!("uhyve_bench: 5/5 real image");
+        match std::env::var_os(IMAGES_ENV) {
+            Some(dir) if PathBuf::from(&dir).join(HELLO_WORLD).is_file() => {
+                let image = PathBuf::from(dir).join(HELLO_WORLD);
+                section(
+                    "5. Real image end to end",
+                    &bench.real_image(&image)?,
+                    Some("Default options (64 MiB, output to stdout = /dev/null)."),
+                );
+            }
+            _ => println!(
+                "\n### 5. Real image end to end\n\nskipped: {IMAGES_ENV} is unset or holds no \
+                 {HELLO_WORLD}"
+            ),
+        }
+        section("Summary", &stats::summary(&bench.checks), None);
+        println!(
+            "\nTotal benchmark time: {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Date, mode, CPUs, CPU model, kernel, and whether the KVM is KVM-PVM.
+    fn machine_description(settings: &Settings) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map_or("unknown", |(_, model)| model.trim());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+        format!(
+            "- date: {:04}-{:02}-{:02} {:02}:{:02} UTC\n- mode: {}\n- CPUs (nproc): {cpus}\n\
+             - CPU model: {model}\n- kernel: {}\n- KVM: {}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            if settings.quick {
+                "quick (fewer repetitions)"
+            } else {
+                "full"
+            },
+            kernel.trim(),
+            if pvm {
+                "KVM-PVM (kvm_pvm loaded: every guest instruction is emulated, ~1 µs each)"
+            } else {
+                "kvm (kvm_pvm not loaded)"
+            }
+        )
+    }
+}
