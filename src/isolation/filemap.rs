@@ -64,6 +64,9 @@ struct CreatedFiles {
     paths: HashMap<GuestKey, PathBuf>,
     /// Number for the next file name.
     next: u64,
+    /// The private temp directory, created when the guest first creates a file (most guests
+    /// never do, and then nothing is created on the host at all).
+    dir: Option<TempDir>,
 }
 
 /// How many files a guest may create outside its mappings (in the private temp directory). Each
@@ -75,16 +78,18 @@ pub const MAX_CREATED_FILES: usize = 16 * 1024;
 pub struct FileMap {
     /// Cleaned guest path → canonical host path.
     mappings: BTreeMap<GuestKey, PathBuf>,
-    /// The private temp directory (`temp`'s path, kept for use while `temp` is taken on drop).
-    temp_path: PathBuf,
-    /// Owner of the private temp directory; `None` only while being dropped.
-    temp: Option<TempDir>,
+    /// Where the private temp directory is created.
+    temp_parent: PathBuf,
     created: Mutex<CreatedFiles>,
 }
 
 impl Drop for FileMap {
     fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
+        let created = self
+            .created
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(temp) = created.dir.take() {
             let path = temp.path().to_owned();
             if let Err(error) = temp.close() {
                 log::warn!(
@@ -117,22 +122,30 @@ impl FileMap {
             map.insert(guest, host);
         }
         let parent = tempdir.unwrap_or_else(std::env::temp_dir);
-        let temp = tempfile::Builder::new()
-            .prefix("uhyve-")
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir_in(&parent)
-            .map_err(|source| IsolationError::TempDir { parent, source })?;
+        match fs::metadata(&parent) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(_) => {
+                return Err(IsolationError::TempDir {
+                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                    parent,
+                });
+            }
+            Err(source) => return Err(IsolationError::TempDir { parent, source }),
+        }
         Ok(FileMap {
             mappings: map,
-            temp_path: temp.path().to_owned(),
-            temp: Some(temp),
+            temp_parent: parent,
             created: Mutex::new(CreatedFiles::default()),
         })
     }
 
-    /// The private temp directory holding the files the guest created under unmapped paths.
-    pub fn temp_dir(&self) -> &Path {
-        &self.temp_path
+    /// The private temp directory holding the files the guest created under unmapped paths, once
+    /// the guest created one.
+    pub fn temp_dir(&self) -> Option<PathBuf> {
+        self.lock_created()
+            .dir
+            .as_ref()
+            .map(|dir| dir.path().to_owned())
     }
 
     /// The mapped host paths (for sandbox rules).
@@ -195,7 +208,23 @@ impl FileMap {
         }
         let number = created.next;
         created.next = number.wrapping_add(1);
-        let host = self.temp_path.join(format!("file-{number}"));
+        let dir = match &created.dir {
+            Some(dir) => dir.path().to_owned(),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("uhyve-")
+                    .permissions(fs::Permissions::from_mode(0o700))
+                    .tempdir_in(&self.temp_parent)
+                    .map_err(|source| IsolationError::TempDir {
+                        parent: self.temp_parent.clone(),
+                        source,
+                    })?;
+                let path = dir.path().to_owned();
+                created.dir = Some(dir);
+                path
+            }
+        };
+        let host = dir.join(format!("file-{number}"));
         let file = open_host(&host, host_flags | libc::O_CREAT | libc::O_EXCL, mode)?;
         log::debug!("guest file {guest_path:?} created as {}", host.display());
         created.paths.insert(key, host);
@@ -350,11 +379,11 @@ mod tests {
     fn created_files_are_capped_and_removed_with_the_map() {
         let parent = tempfile::tempdir().unwrap();
         let map = FileMap::new(&[], Some(parent.path().to_owned())).unwrap();
-        let temp = map.temp_dir().to_owned();
         let create = abi::O_CREAT | abi::O_WRONLY;
         for i in 0..MAX_CREATED_FILES {
             drop(map.open(&format!("/t/{i}"), create, 0o600).unwrap());
         }
+        let temp = map.temp_dir().unwrap();
         let refused = map.open("/t/one-more", create, 0o600).unwrap_err();
         assert!(matches!(refused, IsolationError::TooManyCreatedFiles));
         assert_eq!(refused.errno(), abi::ENOSPC);
@@ -493,13 +522,26 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_tempdir_is_refused_at_start() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        for parent in [Path::new("/nonexistent/uhyve"), file.path()] {
+            assert!(matches!(
+                FileMap::new(&[], Some(parent.to_path_buf())),
+                Err(IsolationError::TempDir { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn unmapped_files_live_in_the_private_temp_dir() {
         let parent = tempfile::tempdir().unwrap();
         let map = FileMap::new(&[], Some(parent.path().to_path_buf())).unwrap();
-        let temp = map.temp_dir().to_path_buf();
-        assert!(temp.starts_with(parent.path()));
-        let mode = fs::metadata(&temp).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(
+            map.temp_dir(),
+            None,
+            "nothing is created on the host before it is needed"
+        );
+        assert_eq!(fs::read_dir(parent.path()).unwrap().count(), 0);
 
         assert!(matches!(
             map.open("/scratch/x", abi::O_RDONLY, 0),
@@ -508,6 +550,10 @@ mod tests {
         let mut file = map
             .open("/scratch/x", abi::O_WRONLY | abi::O_CREAT, 0o644)
             .unwrap();
+        let temp = map.temp_dir().unwrap();
+        assert!(temp.starts_with(parent.path()));
+        let mode = fs::metadata(&temp).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         file.write_all(b"data").unwrap();
         let names: Vec<_> = fs::read_dir(&temp)
             .unwrap()
