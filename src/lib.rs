@@ -2,15 +2,18 @@
 //!
 //! Code map: [`params`] (user configuration), [`loader`] (Hermit ELF images), [`mem`] (guest RAM
 //! and its single checked accessor), [`arch`] (per-architecture machine set-up: page tables, GDT,
-//! registers), [`boot`] (boot info and device tree), [`vcpu`] (the backend-neutral CPU trait and
-//! exit value), [`hypercall`] (the one hypercall dispatcher), [`isolation`] (the guest's sandboxed
-//! view of host files), [`output`] (serial console sink), [`vm`] (putting it together and running
-//! it), and the platform backends `linux` (KVM) and `macos` (Hypervisor.framework).
+//! registers, and the x86 instruction emulation fallback), [`boot`] (boot info and device tree),
+//! [`vcpu`] (the backend-neutral CPU trait and exit value), [`exits`] (what each exit means),
+//! [`hypercall`] (the one hypercall dispatcher), [`isolation`] (the guest's sandboxed view of host
+//! files), [`output`] (serial console sink), [`vm`] (putting it together, one thread per vCPU),
+//! [`affinity`] and [`signals`] (host CPU pinning, stop signals), [`stats`], [`cli`], and the
+//! platform backends `linux` (KVM) and `macos` (Hypervisor.framework).
 
 pub mod affinity;
 pub mod arch;
 pub mod boot;
 pub mod cli;
+pub mod exits;
 pub mod hypercall;
 pub mod isolation;
 pub mod loader;

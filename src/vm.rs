@@ -1,7 +1,8 @@
 //! Building and running one VM: reads and loads the Hermit image, lays out guest RAM (page tables,
-//! GDT, boot info, FDT), creates the backend VM and vCPU, and runs the exit loop that hands
-//! hypercalls to the shared dispatcher and turns every other exit into a decision: continue, stop
-//! with the guest's exit code, or stop with an error that explains what happened.
+//! GDT, boot info, FDT), creates the backend VM, and runs every vCPU on its own thread (each
+//! creates its own vCPU; a start gate releases them together once the boot info is written). The
+//! first vCPU to end stops the whole VM; its Exit code or error is the result. What each exit
+//! means is decided in [`crate::exits`].
 
 use std::ffi::OsString;
 use std::fmt;
@@ -11,32 +12,21 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use thiserror::Error;
-use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
+use uhyve_interface::GuestPhysAddr;
 
 use crate::affinity;
-use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, emulate, layout};
+use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, layout};
 use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
-use crate::hypercall::{GuestCommandLine, HypercallError, HypercallOutcome, Hypercalls};
+use crate::exits::{EmulationFallback, ExitServices, run_vcpu};
+use crate::hypercall::{GuestCommandLine, HypercallError, Hypercalls};
 use crate::isolation::{FileMap, IsolationError};
 use crate::loader::{KernelImage, LoadError, LoadedKernel};
 use crate::mem::{GuestMemory, MemoryError};
 use crate::output::{OutputError, SerialOutput};
 use crate::params::VmConfig;
 use crate::stats::{ExitStats, RunStats};
-use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
-
-/// What an emulation failure is, for the crash report.
-const EMULATION_FAILURE: &str = "emulation failure: the hypervisor cannot execute this instruction";
-/// Why emulation failures happen, for the crash report.
-const EMULATION_FAILURE_HINT: &str = "Some KVM hosts (e.g. KVM-PVM) execute every guest \
-     instruction in software and lack some instructions (SSE arithmetic, XSAVE, XGETBV)";
-
-/// PCI configuration address port.
-const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
-/// PCI configuration data port.
-const PCI_CONFIG_DATA: u16 = 0xcfc;
+use crate::vcpu::{InstructionBytes, VcpuError};
 
 /// Everything that can stop uhyve before or while running a guest.
 #[derive(Debug, Error)]
@@ -248,11 +238,11 @@ fn tsc_khz(vcpu: &BackendCpu) -> Option<u32> {
 }
 
 #[cfg(not(target_os = "linux"))]
-impl VirtualCpu for BackendCpu {
+impl crate::vcpu::VirtualCpu for BackendCpu {
     fn id(&self) -> u32 {
         match *self {}
     }
-    fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+    fn run(&mut self) -> Result<crate::vcpu::VcpuExit, VcpuError> {
         match *self {}
     }
     fn complete_port_in(&mut self, _: u32) -> Result<(), VcpuError> {
@@ -487,10 +477,12 @@ impl Vm {
     fn run_vcpus(&self) -> (Result<GuestExit, VmError>, Option<RunStats>) {
         let count = self.cpu_count as usize;
         let shared = SharedVcpuState {
-            mem: &self.mem,
-            hypercalls: &self.hypercalls,
-            fallback: EmulationFallback::new(self.emulation_fallback),
-            stop: AtomicBool::new(false),
+            services: ExitServices {
+                mem: &self.mem,
+                hypercalls: &self.hypercalls,
+                fallback: EmulationFallback::new(self.emulation_fallback),
+                stop: AtomicBool::new(false),
+            },
             kicks: Mutex::new((0..count).map(|_| None).collect()),
         };
         let gate = StartGate::default();
@@ -603,11 +595,8 @@ pub const MAX_CPUS: u32 = 256;
 
 /// What the vCPU threads share.
 struct SharedVcpuState<'a> {
-    mem: &'a GuestMemory,
-    hypercalls: &'a Hypercalls,
-    fallback: EmulationFallback,
-    /// Set when the VM stops; every vCPU loop checks it before entering the guest.
-    stop: AtomicBool,
+    /// What the exit loops use.
+    services: ExitServices<'a>,
     /// How to interrupt each vCPU; an entry is present only while its vCPU exists.
     kicks: Mutex<Vec<Option<Kick>>>,
 }
@@ -622,8 +611,8 @@ impl SharedVcpuState<'_> {
 
     /// Stops the whole VM: every vCPU leaves the guest at once and does not re-enter.
     fn stop_all(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.hypercalls.stop();
+        self.services.stop.store(true, Ordering::SeqCst);
+        self.services.hypercalls.stop();
         for kick in self.kicks().iter().flatten() {
             kick.kick();
         }
@@ -766,7 +755,7 @@ impl VcpuThread<'_, '_> {
         if self.reports.send(ready).is_err() || !self.gate.wait() {
             return VcpuEnd::Stopped;
         }
-        match run_vcpu(&mut vcpu, self.shared, stats) {
+        match run_vcpu(&mut vcpu, &self.shared.services, stats) {
             Ok(Some(GuestExit(code))) => VcpuEnd::Exit(code),
             Ok(None) => VcpuEnd::Stopped,
             Err(error) => VcpuEnd::Failed(error),
@@ -793,284 +782,6 @@ fn lossy_pairs(items: &[(OsString, OsString)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The user-space fallback for instructions the hypervisor cannot emulate, shared by all vCPUs.
-struct EmulationFallback {
-    enabled: bool,
-    warned: AtomicBool,
-}
-
-impl EmulationFallback {
-    fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            warned: AtomicBool::new(false),
-        }
-    }
-
-    /// Executes the instruction at the vCPU's RIP in user space. `None` if the backend offers no
-    /// access for it; otherwise the lower-case mnemonic, or why it failed.
-    fn execute(
-        &self,
-        vcpu: &mut dyn VirtualCpu,
-        mem: &GuestMemory,
-        reported: Option<&[u8]>,
-    ) -> Option<Result<String, emulate::FallbackError>> {
-        let cpu = vcpu.as_x86()?;
-        let result = emulate::emulate_on_vcpu(cpu, mem, reported);
-        if let Ok(instruction) = &result
-            && !self.warned.swap(true, Ordering::Relaxed)
-        {
-            log::warn!(
-                "the hypervisor cannot execute `{instruction}` (RIP {:#x}); uhyve executes such \
-                 instructions in user space, which is much slower (--no-emulation-fallback turns \
-                 this off; --stats counts them)",
-                instruction.ip()
-            );
-        }
-        Some(result.map(|instruction| format!("{:?}", instruction.mnemonic()).to_lowercase()))
-    }
-}
-
-/// State of the emulated PCI configuration mechanism: no devices, every read is all-ones.
-#[derive(Debug, Default)]
-struct PciConfigSpace {
-    address: u32,
-}
-
-/// The exit loop of one vCPU: `Some(exit)` when the guest called Exit, `None` when the VM was
-/// stopped from outside this vCPU.
-fn run_vcpu(
-    vcpu: &mut dyn VirtualCpu,
-    shared: &SharedVcpuState<'_>,
-    mut stats: Option<&mut ExitStats>,
-) -> Result<Option<GuestExit>, VmError> {
-    let (mem, hypercalls, fallback) = (shared.mem, shared.hypercalls, &shared.fallback);
-    let cpu = vcpu.id();
-    let vcpu_error = |source| VmError::Vcpu { cpu, source };
-    let mut pci = PciConfigSpace::default();
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        let exit = vcpu.run().map_err(vcpu_error)?;
-        if let Some(stats) = stats.as_deref_mut() {
-            stats.record(exit.kind());
-        }
-        match exit {
-            VcpuExit::Hypercall { address, argument } => {
-                let mut root = || vcpu.page_table_root();
-                match hypercalls.handle(mem, address, argument, &mut root) {
-                    HypercallOutcome::Continue => {}
-                    HypercallOutcome::Exit(code) => return Ok(Some(GuestExit(code))),
-                    HypercallOutcome::Fatal(source) => {
-                        return Err(VmError::Hypercall { cpu, source });
-                    }
-                }
-            }
-            VcpuExit::PortOut { port, data, size } => {
-                if port == PCI_CONFIG_ADDRESS && size == 4 {
-                    pci.address = data;
-                } else {
-                    log::debug!("vCPU {cpu}: ignored write of {data:#x} to port {port:#x}");
-                }
-            }
-            VcpuExit::PortIn { port, size } => {
-                if port == PCI_CONFIG_DATA {
-                    log::trace!(
-                        "vCPU {cpu}: PCI config read at {:#x}: no device",
-                        pci.address
-                    );
-                } else {
-                    log::debug!("vCPU {cpu}: read of {size} bytes from unknown port {port:#x}");
-                }
-                // No device anywhere: PCI config reads and unknown ports read as all-ones.
-                vcpu.complete_port_in(u32::MAX).map_err(vcpu_error)?;
-            }
-            VcpuExit::Halt => {
-                // With the in-kernel irqchip KVM handles HLT itself; if it reports one anyway,
-                // re-entering waits for the next interrupt.
-            }
-            VcpuExit::Interrupted => {
-                // A host signal interrupted KVM_RUN: a stop request is handled at the top of the
-                // loop; any other signal just resumes the guest.
-            }
-            VcpuExit::MmioRead { address, size } => {
-                return Err(crash(
-                    vcpu,
-                    mem,
-                    &format!(
-                        "read of {size} bytes from {address:#x}, which is neither RAM nor a device"
-                    ),
-                    None,
-                    None,
-                ));
-            }
-            VcpuExit::MmioWrite {
-                address,
-                data,
-                size,
-            } => {
-                return Err(crash(
-                    vcpu,
-                    mem,
-                    &format!(
-                        "write of {size} bytes ({data:#x}) to {address:#x}, which is neither RAM nor a device"
-                    ),
-                    None,
-                    None,
-                ));
-            }
-            VcpuExit::Shutdown => {
-                return Err(crash(
-                    vcpu,
-                    mem,
-                    "triple fault (the CPU shut down after an exception it could not handle)",
-                    None,
-                    None,
-                ));
-            }
-            VcpuExit::EmulationFailure { rip, instruction } => {
-                if fallback.enabled {
-                    let reported = instruction.as_ref().map(|bytes| bytes.0.as_slice());
-                    match fallback.execute(vcpu, mem, reported) {
-                        Some(Ok(mnemonic)) => {
-                            if let Some(stats) = stats.as_deref_mut() {
-                                stats.record_emulated(&mnemonic);
-                            }
-                            continue;
-                        }
-                        Some(Err(error)) => {
-                            let what = format!(
-                                "emulation failure the user-space fallback cannot handle: {error}"
-                            );
-                            return Err(crash(vcpu, mem, &what, Some(rip), instruction));
-                        }
-                        None => {}
-                    }
-                }
-                let failure = crash(vcpu, mem, EMULATION_FAILURE, Some(rip), instruction);
-                return Err(failure.with_hint(EMULATION_FAILURE_HINT));
-            }
-            VcpuExit::Debug => {
-                return Err(crash(vcpu, mem, "unexpected debug exit", None, None));
-            }
-            VcpuExit::FailedEntry { reason } => {
-                return Err(crash(
-                    vcpu,
-                    mem,
-                    &format!(
-                        "the hypervisor refused to enter the guest (hardware reason {reason:#x})"
-                    ),
-                    None,
-                    None,
-                ));
-            }
-            VcpuExit::Unhandled { description } => {
-                return Err(crash(
-                    vcpu,
-                    mem,
-                    &format!("unhandled exit: {description}"),
-                    None,
-                    None,
-                ));
-            }
-        }
-    }
-}
-
-impl VmError {
-    fn with_hint(self, hint: &'static str) -> Self {
-        match self {
-            VmError::GuestCrash(mut crash) => {
-                crash.hint = Some(hint);
-                VmError::GuestCrash(crash)
-            }
-            other => other,
-        }
-    }
-}
-
-/// Builds a [`GuestCrash`] error, reading RIP and the instruction bytes where the backend did not
-/// report them, and logs a register dump at debug level.
-fn crash(
-    vcpu: &mut dyn VirtualCpu,
-    mem: &GuestMemory,
-    what: &str,
-    rip: Option<u64>,
-    bytes: Option<InstructionBytes>,
-) -> VmError {
-    let rip = rip.or_else(|| vcpu.instruction_pointer().ok());
-    let bytes = bytes.or_else(|| {
-        let root = vcpu.page_table_root().ok()?;
-        read_instruction(mem, root, rip?)
-    });
-    if log::log_enabled!(log::Level::Debug) {
-        match vcpu.register_dump() {
-            Ok(dump) => log::debug!("vCPU {} registers:\n{dump}", vcpu.id()),
-            Err(e) => log::debug!("vCPU {}: no register dump: {e}", vcpu.id()),
-        }
-    }
-    let instruction = match (rip, bytes) {
-        (Some(rip), Some(bytes)) => {
-            let (text, len) = decode_instruction(rip, &bytes.0);
-            let mut shown = bytes.0;
-            if len > 0 {
-                shown.truncate(len);
-            }
-            Some((text, InstructionBytes(shown)))
-        }
-        _ => None,
-    };
-    VmError::GuestCrash(GuestCrash {
-        cpu: vcpu.id(),
-        what: what.to_string(),
-        rip,
-        instruction,
-        hint: None,
-    })
-}
-
-/// Reads up to 15 instruction bytes at guest-virtual `rip`, stopping at the first unmapped page.
-fn read_instruction(mem: &GuestMemory, root: GuestPhysAddr, rip: u64) -> Option<InstructionBytes> {
-    const MAX_INSTRUCTION_LEN: u64 = 15;
-    let mut bytes = Vec::with_capacity(MAX_INSTRUCTION_LEN as usize);
-    // At most two pages: the one holding RIP and, if the instruction may cross it, the next.
-    let in_first_page = arch::paging::PAGE_SIZE - rip % arch::paging::PAGE_SIZE;
-    for (start, len) in [
-        (rip, in_first_page.min(MAX_INSTRUCTION_LEN)),
-        (
-            rip.checked_add(in_first_page)?,
-            MAX_INSTRUCTION_LEN.saturating_sub(in_first_page),
-        ),
-    ] {
-        if len == 0 {
-            break;
-        }
-        let Ok(pieces) = arch::translate_range(mem, root, GuestVirtAddr::new(start), len) else {
-            break;
-        };
-        for (address, piece_len) in pieces {
-            let mut piece = vec![0u8; piece_len as usize];
-            mem.read(address, &mut piece).ok()?;
-            bytes.extend_from_slice(&piece);
-        }
-    }
-    (!bytes.is_empty()).then_some(InstructionBytes(bytes))
-}
-
-/// Decodes one x86_64 instruction for a diagnostic, e.g. `xgetbv`. Returns its text and its
-/// length in bytes (0 if the bytes do not decode).
-pub fn decode_instruction(rip: u64, bytes: &[u8]) -> (String, usize) {
-    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let instruction = decoder.decode();
-    if instruction.is_invalid() {
-        return ("(undecodable)".to_string(), 0);
-    }
-    let mut text = String::new();
-    IntelFormatter::new().format(&instruction, &mut text);
-    (text, instruction.len())
-}
-
 /// Builds and runs the VM described by `config`; returns the guest's exit code.
 pub fn run(config: &VmConfig) -> Result<i32, VmError> {
     let mut vm = Vm::new(config)?;
@@ -1080,18 +791,6 @@ pub fn run(config: &VmConfig) -> Result<i32, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decodes_the_instructions_this_kvm_cannot_emulate() {
-        let decode = |bytes: &[u8]| decode_instruction(0x1000, bytes);
-        assert_eq!(
-            decode(&[0x0f, 0x01, 0xd0, 0x48, 0xc1]),
-            ("xgetbv".into(), 3)
-        );
-        assert_eq!(decode(&[0x0f, 0x57, 0xc0]), ("xorps xmm0,xmm0".into(), 3));
-        assert_eq!(decode(&[0xff, 0xff]), ("(undecodable)".into(), 0));
-        assert_eq!(decode(&[]), ("(undecodable)".into(), 0));
-    }
 
     #[test]
     fn crash_messages_name_cpu_rip_and_instruction() {
