@@ -630,7 +630,26 @@ fn transfer<E>(
     total: u64,
     mut step: impl FnMut(&[(GuestPhysAddr, u64)], &mut [u8], u64) -> Result<(usize, bool), E>,
 ) -> Result<Transferred, E> {
-    let mut host = vec![0u8; chunk_len(total)];
+    SCRATCH.with_borrow_mut(|host| transfer_with(mem, root, buf, total, host, &mut step))
+}
+
+thread_local! {
+    /// Each vCPU thread's host buffer for moving guest data in chunks: allocated once, not zeroed
+    /// or freed per hypercall.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn transfer_with<E>(
+    mem: &GuestMemory,
+    root: GuestPhysAddr,
+    buf: GuestVirtAddr,
+    total: u64,
+    host: &mut Vec<u8>,
+    step: &mut impl FnMut(&[(GuestPhysAddr, u64)], &mut [u8], u64) -> Result<(usize, bool), E>,
+) -> Result<Transferred, E> {
+    if host.len() < chunk_len(total) {
+        host.resize(chunk_len(total), 0);
+    }
     let mut done = 0u64;
     while done < total {
         let want = (total - done).min(CHUNK_SIZE);
