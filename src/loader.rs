@@ -75,9 +75,9 @@ pub enum LoadError {
     #[error(
         "built for {} (e_machine {machine}), but this uhyve runs {} guests",
         machine_name(*machine),
-        machine_name(HOST_MACHINE)
+        machine_name(*expected)
     )]
-    WrongMachine { machine: u16 },
+    WrongMachine { machine: u16, expected: u16 },
     #[error(
         "ELF type {e_type} ({}) is not an executable: a Hermit kernel is ET_EXEC or ET_DYN",
         et_to_str(*e_type)
@@ -377,8 +377,15 @@ fn zero_untouched(bytes: &mut [u8]) {
 }
 
 impl KernelImage {
-    /// Parses and validates a Hermit kernel image. Nothing in `bytes` can make this panic.
+    /// Parses and validates a Hermit kernel image for the host's architecture. Nothing in
+    /// `bytes` can make this panic.
     pub fn parse(bytes: Vec<u8>) -> Result<KernelImage, LoadError> {
+        Self::parse_for(bytes, HOST_MACHINE)
+    }
+
+    /// Parses and validates a Hermit kernel image built for ELF machine `machine` (`EM_X86_64`
+    /// or `EM_AARCH64`): lets the aarch64 boot path be built and tested on an x86_64 host.
+    pub fn parse_for(bytes: Vec<u8>, machine: u16) -> Result<KernelImage, LoadError> {
         let file_len = bytes.len();
 
         // Identification, checked before goblin so that each problem gets its own error.
@@ -411,9 +418,10 @@ impl KernelImage {
             what: "ELF header",
             source,
         })?;
-        if header.e_machine != HOST_MACHINE {
+        if header.e_machine != machine {
             return Err(LoadError::WrongMachine {
                 machine: header.e_machine,
+                expected: machine,
             });
         }
         let position_independent = match header.e_type {
@@ -1492,7 +1500,7 @@ mod tests {
             machine: OTHER_MACHINE,
             ..pie()
         });
-        assert!(matches!(e, LoadError::WrongMachine { machine } if machine == OTHER_MACHINE));
+        assert!(matches!(e, LoadError::WrongMachine { machine, .. } if machine == OTHER_MACHINE));
         assert!(e.to_string().contains(machine_name(HOST_MACHINE)), "{e}");
         let e = parse_err(&Spec {
             e_type: ET_REL,
@@ -2066,7 +2074,13 @@ mod tests {
             );
         } else {
             assert!(
-                matches!(e, LoadError::WrongMachine { machine: EM_X86_64 }),
+                matches!(
+                    e,
+                    LoadError::WrongMachine {
+                        machine: EM_X86_64,
+                        ..
+                    }
+                ),
                 "{e}"
             );
         }
@@ -2129,20 +2143,43 @@ mod tests {
                 Err(LoadError::FixedAddressMismatch { .. })
             ));
 
-            let e = KernelImage::parse(aarch64).unwrap_err();
+            let e = KernelImage::parse(aarch64.clone()).unwrap_err();
             assert!(
                 matches!(
                     e,
                     LoadError::WrongMachine {
-                        machine: EM_AARCH64
+                        machine: EM_AARCH64,
+                        ..
                     }
                 ),
                 "{e}"
             );
+            // The aarch64 boot path can still be prepared (and tested) on this host.
+            let kernel = KernelImage::parse_for(aarch64, EM_AARCH64).unwrap();
+            assert!(kernel.is_position_independent());
+            assert_eq!(kernel.kernel_version(), Some((0, 11, 0)));
+            assert_eq!(kernel.interface_version(), 1);
+            assert_eq!(kernel.load_alignment(), 0x10000);
+            let base = 0x1000_0000 + 0x4_0000;
+            let (loaded, image) = load_at(&kernel, base).unwrap();
+            assert_eq!(loaded.entry_point, base + 0x64c4c);
+            assert_eq!(loaded.image_range.start, base);
+            assert!(
+                loaded
+                    .tls
+                    .is_some_and(|tls| tls.start >= base && tls.align == 8)
+            );
+            assert_eq!(image.len() as u64, kernel.footprint());
         } else {
             let e = KernelImage::parse(hello_world.clone()).unwrap_err();
             assert!(
-                matches!(e, LoadError::WrongMachine { machine: EM_X86_64 }),
+                matches!(
+                    e,
+                    LoadError::WrongMachine {
+                        machine: EM_X86_64,
+                        ..
+                    }
+                ),
                 "{e}"
             );
             let kernel = KernelImage::parse(aarch64).unwrap();
