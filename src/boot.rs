@@ -220,6 +220,28 @@ pub struct FdtParams {
 
 /// Builds the device tree blob (DTB version 17) for `params`.
 pub fn build_fdt(params: &FdtParams) -> Result<Vec<u8>, BootError> {
+    build_fdt_for(params, FdtPlatform::X86_64)
+}
+
+/// Which architecture's devices the device tree describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdtPlatform {
+    /// x86_64: `/hermit,tsc` when the TSC frequency is known.
+    X86_64,
+    /// aarch64 (hermit-abi.md §7.4): the GICv3 (`/intc@8000000` with its ITS) and the generic
+    /// timer (`/timer`); CPUs are `arm,cortex-a72`.
+    Aarch64,
+}
+
+/// GICv3 distributor base and size, redistributor base and size (§7.4).
+const GIC_REG: [u64; 4] = [0x800_0000, 0x1_0000, 0x80A_0000, 0xF6_0000];
+/// GIC ITS base and size.
+const GIC_ITS_REG: [u64; 2] = [0x808_0000, 0x2_0000];
+/// Timer PPIs: secure physical, non-secure physical, virtual, hypervisor (type 1 = PPI, level).
+const TIMER_INTERRUPTS: [u32; 12] = [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4];
+
+/// [`build_fdt`] for a given platform.
+pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8>, BootError> {
     let Range { start, end } = params.ram;
     if start >= end {
         return Err(BootError::InvalidRam { start, end });
@@ -244,14 +266,40 @@ pub fn build_fdt(params: &FdtParams) -> Result<Vec<u8>, BootError> {
     for id in 0..params.num_cpus {
         let cpu = fdt.begin_node(&format!("cpu@{id}"))?;
         fdt.property_string("device_type", "cpu")?;
+        if platform == FdtPlatform::Aarch64 {
+            fdt.property_string("compatible", "arm,cortex-a72")?;
+        }
         fdt.end_node(cpu)?;
     }
     fdt.end_node(cpus)?;
 
-    if let Some(khz) = params.tsc_khz {
-        let tsc = fdt.begin_node("hermit,tsc")?;
-        fdt.property_u32("khz", khz)?;
-        fdt.end_node(tsc)?;
+    match platform {
+        FdtPlatform::X86_64 => {
+            if let Some(khz) = params.tsc_khz {
+                let tsc = fdt.begin_node("hermit,tsc")?;
+                fdt.property_u32("khz", khz)?;
+                fdt.end_node(tsc)?;
+            }
+        }
+        FdtPlatform::Aarch64 => {
+            let intc = fdt.begin_node(&format!("intc@{:x}", GIC_REG[0]))?;
+            fdt.property_string("compatible", "arm,gic-v3")?;
+            fdt.property_u32("#address-cells", 2)?;
+            fdt.property_u32("#size-cells", 2)?;
+            fdt.property_array_u64("reg", &GIC_REG)?;
+            let its = fdt.begin_node(&format!("its@{:x}", GIC_ITS_REG[0]))?;
+            fdt.property_u32("#msi-cells", 1)?;
+            fdt.property_array_u64("reg", &GIC_ITS_REG)?;
+            fdt.property_string("compatible", "arm,gic-v3-its")?;
+            fdt.property_null("msi-controller")?;
+            fdt.end_node(its)?;
+            fdt.end_node(intc)?;
+            let timer = fdt.begin_node("timer")?;
+            fdt.property_array_u32("interrupts", &TIMER_INTERRUPTS)?;
+            fdt.property_null("always-on")?;
+            fdt.property_string("compatible", "arm,armv8-timer")?;
+            fdt.end_node(timer)?;
+        }
     }
 
     let chosen = fdt.begin_node("chosen")?;
@@ -588,6 +636,58 @@ mod tests {
             prop(&nodes, "/chosen", "bootargs"),
             Some(&b"-freq 2995 -- hello\0"[..])
         );
+    }
+
+    #[test]
+    fn aarch64_fdt_describes_gic_and_timer() {
+        let blob = build_fdt_for(
+            &FdtParams {
+                ram: 0x1000_0000..0x1400_0000,
+                num_cpus: 1,
+                tsc_khz: Some(1),
+                bootargs: String::new(),
+            },
+            FdtPlatform::Aarch64,
+        )
+        .unwrap();
+        let nodes = parse_dtb(&blob);
+        let paths: Vec<&str> = nodes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/",
+                "/memory@10000000",
+                "/cpus",
+                "/cpus/cpu@0",
+                "/intc@8000000",
+                "/intc@8000000/its@8080000",
+                "/timer",
+                "/chosen"
+            ]
+        );
+        assert_eq!(
+            prop(&nodes, "/cpus/cpu@0", "compatible"),
+            Some(&b"arm,cortex-a72\0"[..])
+        );
+        let be64 =
+            |values: &[u64]| -> Vec<u8> { values.iter().flat_map(|v| v.to_be_bytes()).collect() };
+        assert_eq!(
+            prop(&nodes, "/intc@8000000", "reg"),
+            Some(be64(&[0x800_0000, 0x1_0000, 0x80A_0000, 0xF6_0000]).as_slice())
+        );
+        assert_eq!(
+            prop(&nodes, "/intc@8000000/its@8080000", "msi-controller"),
+            Some(&[][..])
+        );
+        let interrupts: Vec<u8> = [1u32, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        assert_eq!(
+            prop(&nodes, "/timer", "interrupts"),
+            Some(interrupts.as_slice())
+        );
+        assert_eq!(prop(&nodes, "/timer", "always-on"), Some(&[][..]));
     }
 
     #[test]
