@@ -140,6 +140,49 @@ fn serial_port_base(port: u16) -> Option<SerialPortBase> {
     SerialPortBase::new(u64::from(port))
 }
 
+/// Encodes the boot info for an **aarch64** guest, whatever the host architecture (hermit-entry's
+/// types follow the host, so the aarch64 layout of hermit-abi.md §2.1 is written field by field):
+/// serial port base as u64 at 16, boot time as i128 nanoseconds at 108, all gaps zero.
+pub fn encode_boot_info_aarch64(params: &BootParams) -> Result<[u8; BOOT_INFO_SIZE], BootError> {
+    if params.ram.start >= params.ram.end {
+        return Err(BootError::InvalidRam {
+            start: params.ram.start,
+            end: params.ram.end,
+        });
+    }
+    if params.num_cpus == 0 {
+        return Err(BootError::NoCpus);
+    }
+    if params.fdt_address == Some(0) {
+        return Err(BootError::ZeroFdtAddress);
+    }
+    let mut bytes = [0u8; BOOT_INFO_SIZE];
+    let mut put = |at: usize, field: &[u8]| bytes[at..at + field.len()].copy_from_slice(field);
+    put(0, &params.ram.start.to_le_bytes());
+    put(8, &params.ram.end.to_le_bytes());
+    put(16, &u64::from(params.serial_port).to_le_bytes());
+    put(24, &params.fdt_address.unwrap_or(0).to_le_bytes());
+    put(32, &params.kernel_image.start.to_le_bytes());
+    put(40, &params.kernel_image.end.to_le_bytes());
+    if let Some(tls) = params.tls {
+        for (index, value) in [tls.start, tls.filesz, tls.memsz, tls.align]
+            .iter()
+            .enumerate()
+        {
+            put(48 + 8 * index, &value.to_le_bytes());
+        }
+    }
+    put(80, &AARCH64_PLATFORM_UHYVE.to_le_bytes());
+    put(88, &[u8::from(params.has_pci)]);
+    put(96, &u64::from(params.num_cpus).to_le_bytes());
+    put(104, &params.cpu_freq_khz.unwrap_or(0).to_le_bytes());
+    put(108, &params.boot_time.unix_timestamp_nanos().to_le_bytes());
+    Ok(bytes)
+}
+
+/// Platform tag of `PlatformInfo::Uhyve` in the aarch64 boot info.
+const AARCH64_PLATFORM_UHYVE: u32 = 1;
+
 /// Builds the raw boot info for `params` and returns its bytes, padding zeroed.
 pub fn encode_boot_info(params: &BootParams) -> Result<[u8; BOOT_INFO_SIZE], BootError> {
     if params.ram.start >= params.ram.end {
@@ -636,6 +679,55 @@ mod tests {
             prop(&nodes, "/chosen", "bootargs"),
             Some(&b"-freq 2995 -- hello\0"[..])
         );
+    }
+
+    #[test]
+    fn aarch64_boot_info_follows_the_abi_offsets() {
+        let boot_time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let params = BootParams {
+            ram: 0x1000_0000..0x1400_0000,
+            kernel_image: 0x1004_0000..0x1010_0000,
+            tls: Some(TlsImage {
+                start: 0x1004_0020,
+                filesz: 0x20,
+                memsz: 0x70,
+                align: 8,
+            }),
+            num_cpus: 2,
+            cpu_freq_khz: None,
+            boot_time,
+            serial_port: 0x800,
+            has_pci: false,
+            fdt_address: Some(0x1000_3000),
+        };
+        let bytes = encode_boot_info_aarch64(&params).unwrap();
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!((u64_at(0), u64_at(8)), (0x1000_0000, 0x1400_0000));
+        assert_eq!(u64_at(16), 0x800);
+        assert_eq!(u64_at(24), 0x1000_3000);
+        assert_eq!((u64_at(32), u64_at(40)), (0x1004_0000, 0x1010_0000));
+        assert_eq!(
+            [u64_at(48), u64_at(56), u64_at(64), u64_at(72)],
+            [0x1004_0020, 0x20, 0x70, 8]
+        );
+        assert_eq!(u32_at(80), 1);
+        assert_eq!(bytes[88], 0);
+        assert_eq!(u64_at(96), 2);
+        assert_eq!(u32_at(104), 0);
+        assert_eq!(
+            i128::from_le_bytes(bytes[108..124].try_into().unwrap()),
+            1_700_000_000_123_456_789
+        );
+        for gap in [84..88, 89..96, 124..128] {
+            assert!(bytes[gap].iter().all(|&b| b == 0));
+        }
+        let no_cpus = BootParams {
+            num_cpus: 0,
+            ..params
+        };
+        assert!(encode_boot_info_aarch64(&no_cpus).is_err());
     }
 
     #[test]
