@@ -7,9 +7,11 @@
 pub mod esr;
 pub mod layout;
 pub mod paging;
+pub mod registers;
 
 pub use esr::{DataAbort, EsrError, decode_data_abort, exception_class, exception_class_name};
 pub use layout::{
     LayoutError, MemoryLayout, boot_stack_bottom, check_kernel_placement, check_memory_size,
 };
 pub use paging::{PagingError, build_identity_map, translate_range, virt_to_phys};
+pub use registers::{InitialRegisters, initial_registers};
