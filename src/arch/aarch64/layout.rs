@@ -1,0 +1,457 @@
+//! Guest-physical memory layout of aarch64 v1 guests: where the hypercall trap window, boot info,
+//! device tree, page tables, boot stack and kernel go, and the rules for the RAM size and the
+//! kernel's placement.
+//!
+//! v1 aarch64 guests get their RAM at guest-physical address G = [`RAM_BASE`] = 0x1000_0000
+//! (below it sits the GIC at 0x0800_0000). The offsets follow x86_64 where they can; the two
+//! differences are that there is no GDT and that the first 16 KiB of RAM (Apple's stage-2 page
+//! size) are the hypercall trap window, which the backend maps without access rights, so the
+//! boot info and the device tree start at G + 0x4000:
+//!
+//! | offset from G      | content                                              |
+//! |--------------------|------------------------------------------------------|
+//! | 0x0 .. 0x4000      | hypercall trap window (no stage-2 access)            |
+//! | 0x4000             | boot info (one page)                                 |
+//! | 0x5000 .. 0x10000  | flattened device tree (44 KiB at most)               |
+//! | 0x10000            | L0 table (TTBR0_EL1)                                 |
+//! | 0x11000 .. 0x38000 | further page-table frames (bump-allocated)           |
+//! | kernel − 0x8000    | boot stack (32 KiB, ends at the kernel base)         |
+//! | 0x40000            | kernel base of position-independent images           |
+
+use std::ops::Range;
+
+use thiserror::Error;
+use uhyve_interface::GuestPhysAddr;
+
+/// One mebibyte.
+const MIB: u64 = 1 << 20;
+/// One gibibyte.
+const GIB: u64 = 1 << 30;
+
+/// First guest-physical address of RAM (G) for v1 guests (uhyve ≥ 0.6.0).
+pub const RAM_BASE: u64 = 0x1000_0000;
+/// Size of the hypercall trap window at G: the first 16 KiB (one stage-2 page on Apple
+/// silicon) get no access rights, so every guest access there exits as a data abort.
+pub const HYPERCALL_WINDOW_SIZE: u64 = 0x4000;
+/// Offset of the boot info (one page) from G: the first page after the trap window.
+pub const BOOT_INFO_OFFSET: u64 = 0x4000;
+/// Offset of the flattened device tree from G.
+pub const FDT_OFFSET: u64 = 0x5000;
+/// Largest device tree that fits between [`FDT_OFFSET`] and [`PAGE_TABLE_ROOT_OFFSET`] (44 KiB).
+pub const FDT_MAX_SIZE: u64 = PAGE_TABLE_ROOT_OFFSET - FDT_OFFSET;
+/// Offset of the L0 table (the stage-1 root, TTBR0_EL1) from G.
+pub const PAGE_TABLE_ROOT_OFFSET: u64 = 0x10000;
+/// Offset of the first further page-table frame from G.
+pub const PAGE_TABLES_OFFSET: u64 = 0x11000;
+/// Offset (exclusive) where the page-table frame area ends.
+pub const PAGE_TABLES_END_OFFSET: u64 = 0x38000;
+/// Size of the boot stack directly below the kernel base.
+pub const BOOT_STACK_SIZE: u64 = 0x8000;
+/// Offset of the kernel base of position-independent (ET_DYN) images from G.
+pub const PIE_KERNEL_OFFSET: u64 = 0x40000;
+
+/// Guest-physical hypercall trap window `[G, G + 16 KiB)`.
+pub const HYPERCALL_WINDOW: Range<u64> = RAM_BASE..RAM_BASE + HYPERCALL_WINDOW_SIZE;
+/// Guest-physical address of the boot info.
+pub const BOOT_INFO_ADDRESS: u64 = RAM_BASE + BOOT_INFO_OFFSET;
+/// Guest-physical address of the device tree.
+pub const FDT_ADDRESS: u64 = RAM_BASE + FDT_OFFSET;
+/// Guest-physical address of the L0 table.
+pub const PAGE_TABLE_ROOT_ADDRESS: u64 = RAM_BASE + PAGE_TABLE_ROOT_OFFSET;
+/// Guest-physical page-table frame area (excluding the L0 table).
+pub const PAGE_TABLES: Range<u64> =
+    (RAM_BASE + PAGE_TABLES_OFFSET)..(RAM_BASE + PAGE_TABLES_END_OFFSET);
+/// Kernel base of position-independent images.
+pub const PIE_KERNEL_BASE: u64 = RAM_BASE + PIE_KERNEL_OFFSET;
+
+/// GICv3 distributor (GICD) base and size.
+pub const GICD: Range<u64> = 0x0800_0000..0x0801_0000;
+/// GICv3 ITS (MSI controller) base and size.
+pub const GIC_ITS: Range<u64> = 0x0808_0000..0x080A_0000;
+/// GICv3 redistributors (GICR) base and size.
+pub const GICR: Range<u64> = 0x080A_0000..0x0900_0000;
+
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY: u64 = 16 * MIB;
+/// End (exclusive) of the v1 guest-physical address space: 64 GiB, the 36-bit IPA space that
+/// Hypervisor.framework gives a VM by default (and the upper bound upstream uses for v1 RAM).
+pub const V1_ADDRESS_SPACE_END: u64 = 64 * GIB;
+/// Largest guest RAM for v1 guests: RAM `[G, G + size)` must end within
+/// [`V1_ADDRESS_SPACE_END`], so at most 64 GiB − 256 MiB.
+pub const V1_MAX_MEMORY: u64 = V1_ADDRESS_SPACE_END - RAM_BASE;
+/// Granularity of the guest RAM size.
+pub const MEMORY_GRANULE: u64 = 2 * MIB;
+/// Free RAM the kernel needs at least after its 2 MiB-rounded image end (its first heap page).
+pub const MIN_FREE_AFTER_IMAGE: u64 = 2 * MIB;
+
+// The boot structures must not overlap, must lie outside the trap window and below the PIE
+// kernel base; the GIC must lie below RAM.
+const _: () = {
+    assert!(HYPERCALL_WINDOW.end <= BOOT_INFO_ADDRESS);
+    assert!(BOOT_INFO_ADDRESS + 0x1000 <= FDT_ADDRESS);
+    assert!(FDT_ADDRESS + FDT_MAX_SIZE <= PAGE_TABLE_ROOT_ADDRESS);
+    assert!(FDT_MAX_SIZE == 44 * 1024);
+    assert!(PAGE_TABLE_ROOT_ADDRESS + 0x1000 <= PAGE_TABLES.start);
+    assert!(PAGE_TABLES.end + BOOT_STACK_SIZE <= PIE_KERNEL_BASE);
+    assert!(RAM_BASE.is_multiple_of(MEMORY_GRANULE));
+    assert!(V1_MAX_MEMORY.is_multiple_of(MEMORY_GRANULE));
+    assert!(GICD.end <= GIC_ITS.start && GIC_ITS.end <= GICR.start && GICR.end <= RAM_BASE);
+};
+
+/// Violations of the memory-layout rules.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LayoutError {
+    /// The requested RAM is smaller than [`MIN_MEMORY`].
+    #[error(
+        "guest memory of {size:#x} bytes ({} MiB) is too small: at least 16 MiB are required",
+        .size / MIB
+    )]
+    MemoryTooSmall {
+        /// Requested size in bytes.
+        size: u64,
+    },
+    /// The requested RAM is larger than [`V1_MAX_MEMORY`].
+    #[error(
+        "guest memory of {size:#x} bytes ({} MiB) is too large: aarch64 v1 guests get their RAM \
+         at 0x1000_0000 and it must end within the 64 GiB (36-bit) guest-physical address space, \
+         so at most {} MiB are supported",
+        .size / MIB,
+        V1_MAX_MEMORY / MIB
+    )]
+    MemoryTooLarge {
+        /// Requested size in bytes.
+        size: u64,
+    },
+    /// The requested RAM is not a multiple of 2 MiB.
+    #[error("guest memory of {size:#x} bytes is not a multiple of 2 MiB")]
+    MemoryNotAligned {
+        /// Requested size in bytes.
+        size: u64,
+    },
+    /// The kernel image range is empty or inverted.
+    #[error("kernel image range {start:#x}..{end:#x} is empty or inverted")]
+    EmptyImage {
+        /// First byte of the image.
+        start: u64,
+        /// One past the last byte of the image.
+        end: u64,
+    },
+    /// The kernel would overlap the boot structures below [`PIE_KERNEL_BASE`].
+    #[error(
+        "kernel image starts at {start:#x}, below {min:#x}: it would overlap the hypercall \
+         window, boot info, device tree, page tables and boot stack (a non-relocatable kernel \
+         must be linked at or above {min:#x})"
+    )]
+    KernelTooLow {
+        /// First byte of the image.
+        start: u64,
+        /// Lowest allowed kernel base.
+        min: u64,
+    },
+    /// The boot stack below the kernel would overlap the page-table area.
+    #[error(
+        "boot stack {bottom:#x}..{kernel_base:#x} below the kernel would overlap the page-table \
+         area, which ends at {tables_end:#x}"
+    )]
+    StackOverlapsPageTables {
+        /// Lowest address of the stack (`kernel_base - BOOT_STACK_SIZE`, saturated at 0).
+        bottom: u64,
+        /// Kernel base (top of the stack).
+        kernel_base: u64,
+        /// End of the page-table area.
+        tables_end: u64,
+    },
+    /// The kernel plus its minimum heap does not fit into guest RAM.
+    #[error(
+        "kernel image ends at {image_end:#x}, but guest RAM ends at {ram_end:#x}: at least \
+         {needed:#x} bytes of RAM are needed (image end rounded up to 2 MiB plus 2 MiB of free \
+         memory); increase the memory size"
+    )]
+    KernelDoesNotFit {
+        /// One past the last byte of the image.
+        image_end: u64,
+        /// One past the last byte of RAM.
+        ram_end: u64,
+        /// RAM end the image requires.
+        needed: u64,
+    },
+}
+
+/// Checks the guest RAM size for a v1 guest: at least [`MIN_MEMORY`], at most
+/// [`V1_MAX_MEMORY`], and a multiple of [`MEMORY_GRANULE`].
+pub fn check_memory_size(bytes: u64) -> Result<(), LayoutError> {
+    if bytes < MIN_MEMORY {
+        return Err(LayoutError::MemoryTooSmall { size: bytes });
+    }
+    if bytes > V1_MAX_MEMORY {
+        return Err(LayoutError::MemoryTooLarge { size: bytes });
+    }
+    if !bytes.is_multiple_of(MEMORY_GRANULE) {
+        return Err(LayoutError::MemoryNotAligned { size: bytes });
+    }
+    Ok(())
+}
+
+/// Lowest address of the 32 KiB boot stack that ends at `kernel_base`. Fails if the stack
+/// would reach into the page-table area.
+pub fn boot_stack_bottom(kernel_base: u64) -> Result<u64, LayoutError> {
+    match kernel_base.checked_sub(BOOT_STACK_SIZE) {
+        Some(bottom) if bottom >= PAGE_TABLES.end => Ok(bottom),
+        other => Err(LayoutError::StackOverlapsPageTables {
+            bottom: other.unwrap_or(0),
+            kernel_base,
+            tables_end: PAGE_TABLES.end,
+        }),
+    }
+}
+
+/// Rounds `value` up to a multiple of the power of two `align`, or `None` on overflow.
+pub(crate) fn align_up(value: u64, align: u64) -> Option<u64> {
+    debug_assert!(align.is_power_of_two());
+    value.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+/// Checks where the kernel image `[start, end)` lies: it must start at or above
+/// [`PIE_KERNEL_BASE`] (below that it overlaps the boot structures, e.g. an ET_EXEC image
+/// linked too low) and end — rounded up to 2 MiB, plus [`MIN_FREE_AFTER_IMAGE`] of heap —
+/// inside guest RAM of `ram_size` bytes starting at [`RAM_BASE`].
+pub fn check_kernel_placement(image_range: Range<u64>, ram_size: u64) -> Result<(), LayoutError> {
+    let Range { start, end } = image_range;
+    if start >= end {
+        return Err(LayoutError::EmptyImage { start, end });
+    }
+    if start < PIE_KERNEL_BASE {
+        return Err(LayoutError::KernelTooLow {
+            start,
+            min: PIE_KERNEL_BASE,
+        });
+    }
+    boot_stack_bottom(start)?;
+    let ram_end = RAM_BASE.saturating_add(ram_size);
+    let needed = align_up(end, MEMORY_GRANULE).and_then(|e| e.checked_add(MIN_FREE_AFTER_IMAGE));
+    match needed {
+        Some(needed) if needed <= ram_end => Ok(()),
+        _ => Err(LayoutError::KernelDoesNotFit {
+            image_end: end,
+            ram_end,
+            needed: needed.unwrap_or(u64::MAX),
+        }),
+    }
+}
+
+/// The checked layout of one aarch64 v1 guest: RAM `[G, G + size)` with G = [`RAM_BASE`] and
+/// the kernel image inside it. Constructing it runs [`check_memory_size`] and
+/// [`check_kernel_placement`], so every address it returns lies inside RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLayout {
+    ram_size: u64,
+    kernel_image: Range<u64>,
+}
+
+impl MemoryLayout {
+    /// Checks `ram_size` and the placement of `kernel_image` and returns the layout.
+    pub fn new(ram_size: u64, kernel_image: Range<u64>) -> Result<Self, LayoutError> {
+        check_memory_size(ram_size)?;
+        check_kernel_placement(kernel_image.clone(), ram_size)?;
+        Ok(Self {
+            ram_size,
+            kernel_image,
+        })
+    }
+
+    /// First guest-physical address of RAM (G).
+    pub fn ram_base(&self) -> GuestPhysAddr {
+        GuestPhysAddr::new(RAM_BASE)
+    }
+
+    /// Size of guest RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    /// Guest RAM as a range of guest-physical addresses.
+    pub fn ram(&self) -> Range<u64> {
+        // Cannot overflow: RAM_BASE + V1_MAX_MEMORY = 64 GiB (checked in `new`).
+        RAM_BASE..RAM_BASE + self.ram_size
+    }
+
+    /// The guest-physical hypercall trap window (the backend maps it without access rights).
+    pub fn hypercall_window(&self) -> Range<u64> {
+        HYPERCALL_WINDOW
+    }
+
+    /// The kernel image's guest-physical range.
+    pub fn kernel_image(&self) -> Range<u64> {
+        self.kernel_image.clone()
+    }
+
+    /// Kernel base (first byte of the image).
+    pub fn kernel_base(&self) -> u64 {
+        self.kernel_image.start
+    }
+
+    /// Address of the boot info.
+    pub fn boot_info(&self) -> GuestPhysAddr {
+        GuestPhysAddr::new(BOOT_INFO_ADDRESS)
+    }
+
+    /// Address of the device tree; it may use at most [`FDT_MAX_SIZE`] bytes.
+    pub fn fdt(&self) -> GuestPhysAddr {
+        GuestPhysAddr::new(FDT_ADDRESS)
+    }
+
+    /// Address of the L0 table, the stage-1 root (the value for TTBR0_EL1). The x86_64
+    /// counterpart is `pml4()`.
+    pub fn page_table_root(&self) -> GuestPhysAddr {
+        GuestPhysAddr::new(PAGE_TABLE_ROOT_ADDRESS)
+    }
+
+    /// The area further page-table frames are allocated from.
+    pub fn page_table_frames(&self) -> Range<u64> {
+        PAGE_TABLES
+    }
+
+    /// Lowest address of the boot stack (the value for SP_EL1).
+    pub fn boot_stack_bottom(&self) -> u64 {
+        // Checked in `new` (check_kernel_placement calls boot_stack_bottom); kernel_base is at
+        // least PIE_KERNEL_BASE, so the subtraction cannot underflow.
+        self.kernel_image.start - BOOT_STACK_SIZE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = RAM_BASE;
+
+    #[test]
+    fn memory_size_rules() {
+        assert_eq!(check_memory_size(MIN_MEMORY), Ok(()));
+        assert_eq!(check_memory_size(64 * MIB), Ok(()));
+        assert_eq!(check_memory_size(4 * GIB), Ok(()));
+        assert_eq!(check_memory_size(V1_MAX_MEMORY), Ok(()));
+        assert_eq!(V1_MAX_MEMORY, 0xF_F000_0000);
+        assert_eq!(
+            check_memory_size(14 * MIB),
+            Err(LayoutError::MemoryTooSmall { size: 14 * MIB })
+        );
+        assert_eq!(
+            check_memory_size(0),
+            Err(LayoutError::MemoryTooSmall { size: 0 })
+        );
+        assert_eq!(
+            check_memory_size(V1_MAX_MEMORY + 2 * MIB),
+            Err(LayoutError::MemoryTooLarge {
+                size: V1_MAX_MEMORY + 2 * MIB
+            })
+        );
+        assert!(check_memory_size(u64::MAX).is_err());
+        assert_eq!(
+            check_memory_size(17 * MIB),
+            Err(LayoutError::MemoryNotAligned { size: 17 * MIB })
+        );
+    }
+
+    #[test]
+    fn memory_errors_say_what_is_allowed() {
+        let small = check_memory_size(MIB).unwrap_err().to_string();
+        assert!(small.contains("16 MiB"), "{small}");
+        let large = check_memory_size(64 * GIB).unwrap_err().to_string();
+        assert!(
+            large.contains("64 GiB") && large.contains("65280 MiB"),
+            "{large}"
+        );
+        let odd = check_memory_size(17 * MIB).unwrap_err().to_string();
+        assert!(odd.contains("2 MiB"), "{odd}");
+    }
+
+    #[test]
+    fn stack_bottom_is_below_the_kernel() {
+        assert_eq!(boot_stack_bottom(PIE_KERNEL_BASE), Ok(G + 0x38000));
+        assert_eq!(boot_stack_bottom(G + 0x20_0000), Ok(G + 0x1f_8000));
+        assert!(matches!(
+            boot_stack_bottom(G + 0x3f000),
+            Err(LayoutError::StackOverlapsPageTables { .. })
+        ));
+        assert!(matches!(
+            boot_stack_bottom(0x1000),
+            Err(LayoutError::StackOverlapsPageTables { bottom: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_placement_rules() {
+        assert_eq!(
+            check_kernel_placement(PIE_KERNEL_BASE..PIE_KERNEL_BASE, 16 * MIB),
+            Err(LayoutError::EmptyImage {
+                start: PIE_KERNEL_BASE,
+                end: PIE_KERNEL_BASE
+            })
+        );
+        assert_eq!(
+            check_kernel_placement(PIE_KERNEL_BASE..G + 0x20_0000, 16 * MIB),
+            Ok(())
+        );
+        // A kernel linked at a low address (as on x86_64) lies below RAM.
+        assert_eq!(
+            check_kernel_placement(0x40000..0x20_0000, 64 * MIB),
+            Err(LayoutError::KernelTooLow {
+                start: 0x40000,
+                min: PIE_KERNEL_BASE
+            })
+        );
+        assert!(matches!(
+            check_kernel_placement(G + 0x1000..G + 0x20_0000, 64 * MIB),
+            Err(LayoutError::KernelTooLow { .. })
+        ));
+        // Image end G + 15 MiB + 1 rounds to 16 MiB, plus 2 MiB heap needs 18 MiB.
+        assert_eq!(
+            check_kernel_placement(PIE_KERNEL_BASE..G + 15 * MIB + 1, 16 * MIB),
+            Err(LayoutError::KernelDoesNotFit {
+                image_end: G + 15 * MIB + 1,
+                ram_end: G + 16 * MIB,
+                needed: G + 18 * MIB
+            })
+        );
+        assert_eq!(
+            check_kernel_placement(PIE_KERNEL_BASE..G + 15 * MIB + 1, 18 * MIB),
+            Ok(())
+        );
+        assert!(check_kernel_placement(PIE_KERNEL_BASE..u64::MAX, V1_MAX_MEMORY).is_err());
+    }
+
+    #[test]
+    fn layout_addresses() {
+        let layout = MemoryLayout::new(64 * MIB, PIE_KERNEL_BASE..G + 0x30_0000).unwrap();
+        assert_eq!(layout.ram(), G..G + 64 * MIB);
+        assert_eq!(layout.ram_base().as_u64(), 0x1000_0000);
+        assert_eq!(layout.ram_size(), 64 * MIB);
+        assert_eq!(layout.hypercall_window(), G..G + 0x4000);
+        assert_eq!(layout.kernel_base(), G + 0x40000);
+        assert_eq!(layout.kernel_image(), G + 0x40000..G + 0x30_0000);
+        assert_eq!(layout.boot_info().as_u64(), G + 0x4000);
+        assert_eq!(layout.fdt().as_u64(), G + 0x5000);
+        assert_eq!(layout.page_table_root().as_u64(), G + 0x10000);
+        assert_eq!(layout.page_table_frames(), G + 0x11000..G + 0x38000);
+        assert_eq!(layout.boot_stack_bottom(), G + 0x38000);
+        assert!(MemoryLayout::new(64 * MIB + 1, PIE_KERNEL_BASE..G + 0x30_0000).is_err());
+        assert!(MemoryLayout::new(64 * MIB, G..G + 0x30_0000).is_err());
+    }
+
+    #[test]
+    fn boot_structures_avoid_the_trap_window() {
+        let layout = MemoryLayout::new(16 * MIB, PIE_KERNEL_BASE..G + 0x10_0000).unwrap();
+        let window = layout.hypercall_window();
+        for address in [
+            layout.boot_info().as_u64(),
+            layout.fdt().as_u64(),
+            layout.page_table_root().as_u64(),
+            layout.page_table_frames().start,
+            layout.boot_stack_bottom(),
+            layout.kernel_base(),
+        ] {
+            assert!(!window.contains(&address), "{address:#x}");
+        }
+    }
+}
