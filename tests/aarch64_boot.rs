@@ -1,0 +1,92 @@
+//! The real aarch64 Hermit image, prepared on this (any) host exactly as the Hypervisor.framework
+//! backend will prepare it: parsed, relocated, laid out, with page tables, FDT, boot info and entry
+//! registers, all checked. Needs `$UHYVE_TEST_IMAGES` (no KVM, no aarch64 host).
+
+use std::path::PathBuf;
+
+use uhyve::arch::aarch64::{GuestSetup, layout, prepare_guest, virt_to_phys};
+use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
+
+fn image() -> Option<Vec<u8>> {
+    let Some(dir) = std::env::var_os("UHYVE_TEST_IMAGES") else {
+        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
+            panic!("UHYVE_TEST_IMAGES is not set, but UHYVE_REQUIRE_IMAGES is");
+        }
+        eprintln!("skipping the aarch64 image test: UHYVE_TEST_IMAGES is not set");
+        return None;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join("aarch64-hello_world");
+    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+#[test]
+fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
+    let Some(bytes) = image() else {
+        return;
+    };
+    let ram_size = 64 << 20;
+    let guest = prepare_guest(
+        bytes,
+        &GuestSetup {
+            ram_size,
+            num_cpus: 1,
+            bootargs: "-- hello".into(),
+            pa_range: 2,
+            boot_time: time::OffsetDateTime::UNIX_EPOCH,
+        },
+    )
+    .unwrap();
+    let g = layout::RAM_BASE;
+    let kernel_base = g + 0x4_0000;
+    let entry = kernel_base + 0x64c4c;
+    assert_eq!(guest.kernel.entry_point, entry);
+    assert_eq!(guest.kernel.image_range.start, kernel_base);
+    assert_eq!(guest.ttbr0, GuestPhysAddr::new(g + 0x1_0000));
+
+    let r = &guest.registers;
+    assert_eq!(r.pc, entry);
+    assert_eq!(r.x0, guest.layout.boot_info().as_u64());
+    assert_eq!(r.x1, 0);
+    assert_eq!(r.sp_el1, kernel_base - 0x8000);
+    assert_eq!(r.ttbr0_el1, g + 0x1_0000);
+    assert_eq!(r.cpsr, 0x3c5);
+
+    // The entry point, the boot info and the FDT are identity mapped; the v1 hypercall
+    // addresses hit the hypercall page at the start of RAM.
+    let walk = |va: u64| virt_to_phys(&guest.mem, guest.ttbr0, GuestVirtAddr::new(va));
+    assert_eq!(walk(entry), Ok(GuestPhysAddr::new(entry)));
+    let boot_info = guest.layout.boot_info().as_u64();
+    assert_eq!(walk(boot_info), Ok(GuestPhysAddr::new(boot_info)));
+    assert_eq!(walk(0x540), Ok(GuestPhysAddr::new(g + 0x540)));
+    assert!(walk(guest.kernel.image_range.end + 0x10_0000).is_err());
+
+    // Boot info fields at the aarch64 offsets of hermit-abi.md §2.1.
+    let mut info = [0u8; 128];
+    guest.mem.read(guest.layout.boot_info(), &mut info).unwrap();
+    let u64_at = |at: usize| u64::from_le_bytes(info[at..at + 8].try_into().unwrap());
+    assert_eq!((u64_at(0), u64_at(8)), (g, g + ram_size));
+    assert_eq!(u64_at(24), guest.layout.fdt().as_u64());
+    assert_eq!(
+        (u64_at(32), u64_at(40)),
+        (kernel_base, guest.kernel.image_range.end)
+    );
+    assert_eq!(u32::from_le_bytes(info[80..84].try_into().unwrap()), 1);
+    assert_eq!(u64_at(96), 1);
+
+    // The FDT: the magic, and the nodes the 0.11 kernel reads.
+    let mut fdt = vec![0u8; 0x2000];
+    guest.mem.read(guest.layout.fdt(), &mut fdt).unwrap();
+    assert_eq!(&fdt[..4], &0xd00d_feedu32.to_be_bytes());
+    let text = String::from_utf8_lossy(&fdt);
+    for needle in [
+        "memory@10000000",
+        "intc@8000000",
+        "arm,gic-v3",
+        "arm,armv8-timer",
+        "-- hello",
+    ] {
+        assert!(text.contains(needle), "the FDT lacks {needle}");
+    }
+}
