@@ -6,14 +6,16 @@
 //! [`vcpu`] (the backend-neutral CPU trait and exit value), [`exits`] (what each exit means),
 //! [`hypercall`] (the one hypercall dispatcher), [`isolation`] (the guest's sandboxed view of host
 //! files), [`output`] (serial console sink), [`vm`] (putting it together, one thread per vCPU),
-//! [`affinity`] and [`signals`] (host CPU pinning, stop signals), [`stats`], [`cli`], and the
-//! platform backends `linux` (KVM) and `macos` (Hypervisor.framework).
+//! [`affinity`] and [`signals`] (host CPU pinning, stop signals), [`stats`], [`cli`], [`hvf`]
+//! (the Hypervisor.framework vCPU logic, platform-neutral), and the platform backends `linux`
+//! (KVM) and `macos` (the Hypervisor.framework adapter).
 
 pub mod affinity;
 pub mod arch;
 pub mod boot;
 pub mod cli;
 pub mod exits;
+pub mod hvf;
 pub mod hypercall;
 pub mod isolation;
 pub mod loader;

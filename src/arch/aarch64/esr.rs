@@ -128,7 +128,7 @@ pub fn exception_class(esr: u64) -> u8 {
 pub fn decode_data_abort(
     esr: u64,
     ipa: u64,
-    read_register: impl Fn(u8) -> u64,
+    mut read_register: impl FnMut(u8) -> u64,
 ) -> Result<DataAbort, EsrError> {
     let ec = exception_class(esr);
     if ec != EC_DATA_ABORT_LOWER_EL && ec != EC_DATA_ABORT_SAME_EL {

@@ -1,0 +1,319 @@
+//! The Hypervisor.framework vCPU logic, as platform-neutral code: everything between HVF's raw
+//! calls and uhyve's [`VirtualCpu`] — register set-up at entry, turning HVF exits (data aborts
+//! for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps, cancellation) into
+//! [`VcpuExit`], advancing PC past every handled access, and answering MMIO loads.
+//!
+//! The macOS-only adapter (`crate::macos`) implements [`HvfVcpuOps`] with the real
+//! `hv_vcpu_*` calls; everything here builds and is tested on any host against a scripted fake.
+
+use thiserror::Error;
+use uhyve_interface::{GuestPhysAddr, HypercallAddress};
+
+use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
+use crate::arch::aarch64::layout::HYPERCALL_WINDOW;
+use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
+use crate::vcpu::{VcpuError, VcpuExit, VirtualCpu};
+
+/// A general register or PC/CPSR, as HVF names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reg {
+    /// X0 … X30.
+    X(u8),
+    /// The program counter.
+    Pc,
+    /// PSTATE.
+    Cpsr,
+}
+
+/// The system registers uhyve sets or reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SysReg {
+    /// Stack pointer at EL1.
+    SpEl1,
+    /// Multiprocessor affinity.
+    MpidrEl1,
+    /// Memory attribute indirection.
+    MairEl1,
+    /// Translation control.
+    TcrEl1,
+    /// Translation table base 0.
+    Ttbr0El1,
+    /// Translation table base 1.
+    Ttbr1El1,
+    /// Architectural feature access control.
+    CpacrEl1,
+    /// Monitor debug system control.
+    MdscrEl1,
+    /// System control.
+    SctlrEl1,
+}
+
+/// What `hv_vcpu_run` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvfExit {
+    /// Another thread called `hv_vcpus_exit`.
+    Canceled,
+    /// A guest exception: ESR_EL2, FAR and the faulting IPA.
+    Exception {
+        /// ESR_EL2.
+        syndrome: u64,
+        /// FAR_EL2.
+        virtual_address: u64,
+        /// The faulting IPA (guest-physical address).
+        physical_address: u64,
+    },
+    /// The virtual timer fired (only without the in-kernel GIC).
+    VtimerActivated,
+    /// Any other exit reason.
+    Unknown(u32),
+}
+
+/// An error of a raw HVF call.
+#[derive(Debug, Error)]
+#[error("{call} returned {code:#x}")]
+pub struct HvfError {
+    /// The call, e.g. "hv_vcpu_run".
+    pub call: &'static str,
+    /// Its `hv_return_t`.
+    pub code: i32,
+}
+
+/// The raw vCPU calls of Hypervisor.framework. Implementations must be used only by the thread
+/// that created the vCPU (HVF's rule).
+pub trait HvfVcpuOps {
+    /// `hv_vcpu_run` and the exit information.
+    fn run(&mut self) -> Result<HvfExit, HvfError>;
+    /// `hv_vcpu_get_reg`.
+    fn reg(&mut self, reg: Reg) -> Result<u64, HvfError>;
+    /// `hv_vcpu_set_reg`.
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HvfError>;
+    /// `hv_vcpu_get_sys_reg`.
+    fn sys_reg(&mut self, reg: SysReg) -> Result<u64, HvfError>;
+    /// `hv_vcpu_set_sys_reg`.
+    fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), HvfError>;
+}
+
+/// Exception class of WFI/WFE: the guest idles; it resumes after the instruction.
+const EC_WFX: u8 = 0x01;
+/// Exception class of BRK: a breakpoint, reported as a debug exit.
+const EC_BRK: u8 = 0x3c;
+// Everything else (HVC 0x16, SMC 0x17 — uhyve offers no PSCI —, system-register traps 0x18, …)
+// is reported by name as an unhandled exit.
+
+fn hvf_error(operation: &'static str) -> impl FnOnce(HvfError) -> VcpuError {
+    move |error| VcpuError::Unexpected {
+        operation,
+        detail: error.to_string(),
+    }
+}
+
+/// A vCPU driven through [`HvfVcpuOps`]: the backend-neutral view of an HVF vCPU.
+pub struct HvfCpu<T: HvfVcpuOps> {
+    ops: T,
+    id: u32,
+    /// First guest-physical address of RAM: hypercall addresses are IPA − RAM base.
+    ram_base: u64,
+    /// The MMIO load waiting for its value.
+    pending_load: Option<DataAbort>,
+}
+
+impl<T: HvfVcpuOps> HvfCpu<T> {
+    /// Puts a freshly created vCPU into the entry state of hermit-abi.md §7.3.
+    pub fn new(
+        mut ops: T,
+        id: u32,
+        ram_base: u64,
+        registers: &InitialRegisters,
+    ) -> Result<Self, VcpuError> {
+        let cpacr = ops
+            .sys_reg(SysReg::CpacrEl1)
+            .map_err(hvf_error("read CPACR_EL1"))?;
+        let system = [
+            (SysReg::SpEl1, registers.sp_el1),
+            (SysReg::MpidrEl1, registers.mpidr_el1),
+            (SysReg::MairEl1, registers.mair_el1),
+            (SysReg::TcrEl1, registers.tcr_el1),
+            (SysReg::Ttbr0El1, registers.ttbr0_el1),
+            (SysReg::Ttbr1El1, registers.ttbr1_el1),
+            (SysReg::CpacrEl1, registers.cpacr_el1(cpacr)),
+            (SysReg::MdscrEl1, registers.mdscr_el1),
+            (SysReg::SctlrEl1, registers.sctlr_el1),
+        ];
+        for (reg, value) in system {
+            ops.set_sys_reg(reg, value)
+                .map_err(hvf_error("set a system register"))?;
+        }
+        let general = [
+            (Reg::Cpsr, registers.cpsr),
+            (Reg::Pc, registers.pc),
+            (Reg::X(0), registers.x0),
+            (Reg::X(1), registers.x1),
+        ];
+        for (reg, value) in general {
+            ops.set_reg(reg, value)
+                .map_err(hvf_error("set a register"))?;
+        }
+        Ok(Self {
+            ops,
+            id,
+            ram_base,
+            pending_load: None,
+        })
+    }
+
+    /// The raw calls, e.g. for the adapter's own clean-up.
+    pub fn ops(&mut self) -> &mut T {
+        &mut self.ops
+    }
+
+    fn advance_pc(&mut self) -> Result<(), VcpuError> {
+        let pc = self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))?;
+        self.ops
+            .set_reg(Reg::Pc, pc.wrapping_add(4))
+            .map_err(hvf_error("set PC"))
+    }
+
+    /// Turns one data abort into an exit.
+    fn data_abort(&mut self, syndrome: u64, ipa: u64) -> Result<VcpuExit, VcpuError> {
+        let ops = &mut self.ops;
+        let mut register_error = None;
+        let decoded = decode_data_abort(syndrome, ipa, |number| {
+            ops.reg(Reg::X(number)).unwrap_or_else(|error| {
+                register_error = Some(error);
+                0
+            })
+        });
+        if let Some(error) = register_error {
+            return Err(hvf_error("read the source register")(error));
+        }
+        let access = match decoded {
+            Ok(access) => access,
+            Err(error) => {
+                return Ok(VcpuExit::Unhandled {
+                    description: format!("data abort at {ipa:#x}: {error}"),
+                });
+            }
+        };
+        let offset = ipa.wrapping_sub(self.ram_base);
+        let in_window =
+            ipa >= self.ram_base && offset < HYPERCALL_WINDOW.end - HYPERCALL_WINDOW.start;
+        let hypercall = u16::try_from(offset)
+            .ok()
+            .filter(|_| in_window && access.is_write)
+            .and_then(|port| HypercallAddress::try_from(port).ok());
+        if let Some(address) = hypercall {
+            // Handled now: the guest resumes after the store.
+            self.advance_pc()?;
+            return Ok(VcpuExit::Hypercall {
+                address,
+                argument: access.value,
+            });
+        }
+        if access.is_write {
+            self.advance_pc()?;
+            return Ok(VcpuExit::MmioWrite {
+                address: ipa,
+                data: access.value,
+                size: access.size,
+            });
+        }
+        self.pending_load = Some(access);
+        Ok(VcpuExit::MmioRead {
+            address: ipa,
+            size: access.size,
+        })
+    }
+}
+
+impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        let exit = self.ops.run().map_err(hvf_error("hv_vcpu_run"))?;
+        match exit {
+            HvfExit::Canceled => Ok(VcpuExit::Interrupted),
+            HvfExit::VtimerActivated => Ok(VcpuExit::Unhandled {
+                description: "virtual timer exit (the in-kernel GIC should deliver it)".into(),
+            }),
+            HvfExit::Unknown(reason) => Ok(VcpuExit::Unhandled {
+                description: format!("Hypervisor.framework exit reason {reason}"),
+            }),
+            HvfExit::Exception {
+                syndrome,
+                physical_address,
+                ..
+            } => match esr::exception_class(syndrome) {
+                EC_DATA_ABORT_LOWER_EL | EC_DATA_ABORT_SAME_EL => {
+                    self.data_abort(syndrome, physical_address)
+                }
+                EC_WFX => {
+                    self.advance_pc()?;
+                    Ok(VcpuExit::Halt)
+                }
+                EC_BRK => Ok(VcpuExit::Debug),
+                ec => Ok(VcpuExit::Unhandled {
+                    description: format!(
+                        "guest exception: {} (ESR {syndrome:#x})",
+                        esr::exception_class_name(ec)
+                    ),
+                }),
+            },
+        }
+    }
+
+    fn complete_port_in(&mut self, _value: u32) -> Result<(), VcpuError> {
+        Err(VcpuError::Unexpected {
+            operation: "complete port read",
+            detail: "aarch64 has no I/O ports".into(),
+        })
+    }
+
+    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {
+        let Some(load) = self.pending_load.take() else {
+            return Err(VcpuError::Unexpected {
+                operation: "complete MMIO read",
+                detail: "no MMIO load is pending".into(),
+            });
+        };
+        if let Some(target) = load.load_target() {
+            self.ops
+                .set_reg(Reg::X(target), load.load_result(value))
+                .map_err(hvf_error("set the load's target register"))?;
+        }
+        self.advance_pc()
+    }
+
+    fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {
+        let ttbr0 = self
+            .ops
+            .sys_reg(SysReg::Ttbr0El1)
+            .map_err(hvf_error("read TTBR0_EL1"))?;
+        // Bits 47:1 hold the table address (ASID above, CnP in bit 0).
+        Ok(GuestPhysAddr::new(ttbr0 & 0x0000_ffff_ffff_fffe))
+    }
+
+    fn instruction_pointer(&mut self) -> Result<u64, VcpuError> {
+        self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))
+    }
+
+    fn register_dump(&mut self) -> Result<String, VcpuError> {
+        let mut text = String::new();
+        for number in 0..31u8 {
+            let value = self
+                .ops
+                .reg(Reg::X(number))
+                .map_err(hvf_error("read a register"))?;
+            text.push_str(&format!("x{number:<2} {value:#018x}"));
+            text.push(if number % 4 == 3 { '\n' } else { ' ' });
+        }
+        let pc = self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))?;
+        let cpsr = self.ops.reg(Reg::Cpsr).map_err(hvf_error("read CPSR"))?;
+        text.push_str(&format!("\npc  {pc:#018x} cpsr {cpsr:#010x}"));
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests;
