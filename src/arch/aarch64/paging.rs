@@ -6,7 +6,7 @@
 //! an error. It follows 4 KiB pages and also 1 GiB (level 1) and 2 MiB (level 2) blocks, although
 //! the boot tables never contain blocks.
 //!
-//! The builder ([`build_identity_map`]) writes the boot tables of the fact sheet (§7.2): L0[511]
+//! The builder ([`build_identity_map`]) writes the boot tables of the fact sheet (§7.2): L0\[511\]
 //! points back at L0 (the kernel's recursive mapping), VA page 0 maps the hypercall page at G
 //! (Normal non-cacheable), and every 4 KiB page of [G, image end) is identity-mapped (Normal
 //! write-back). Levels are numbered as the Arm architecture does: 0 (root) … 3 (pages).
@@ -317,7 +317,7 @@ fn level3_table(
 /// Builds the boot page tables for `layout` in guest memory and returns the L0 address (the
 /// value for TTBR0_EL1).
 ///
-/// * L0[511] = L0 | 0x713 | bit 55 (recursive self entry);
+/// * L0\[511\] = L0 | 0x713 | bit 55 (recursive self entry);
 /// * VA 0x0–0xFFF → PA G with flags 0x70F (the hypercall page, Normal non-cacheable);
 /// * every 4 KiB page of [G, `image_end`) (end rounded up to 4 KiB) → itself with flags 0x713,
 ///   plus the contiguous hint (bit 52) on each page whose whole aligned 64 KiB group is mapped;
