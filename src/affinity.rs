@@ -144,6 +144,7 @@ mod tests {
         assert_eq!(describe(&[5]), "5");
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn lists_must_match_the_vcpus_and_the_host() {
         assert_eq!(
@@ -159,6 +160,7 @@ mod tests {
         ));
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn pinning_the_current_thread() {
         let cpu = available_cpus().unwrap()[0];

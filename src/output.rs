@@ -308,6 +308,7 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
+    #[cfg(target_os = "linux")] // /dev/full is Linux-only
     #[test]
     fn write_errors_do_not_panic() {
         // Every write to /dev/full fails with ENOSPC.

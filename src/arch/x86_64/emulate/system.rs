@@ -755,9 +755,11 @@ mod tests {
     }
 
     /// A 64-byte aligned buffer for native FXSAVE/XSAVE.
+    #[cfg(target_arch = "x86_64")]
     #[repr(C, align(64))]
     struct Aligned([u8; 512]);
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn fxsave64_matches_the_host_cpu() {
         // Put known XMM and MXCSR values into the host CPU with FXRSTOR64, read them back with a
@@ -794,6 +796,7 @@ mod tests {
         assert_eq!(&memory.bytes[..], &native.0[..]);
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn rdrand_flags_match_the_host_cpu() {
         if !std::arch::is_x86_feature_detected!("rdrand") {
