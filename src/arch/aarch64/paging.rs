@@ -225,28 +225,14 @@ pub fn translate_range(
     vaddr: GuestVirtAddr,
     len: u64,
 ) -> Result<Vec<(GuestPhysAddr, u64)>, PagingError> {
-    let start = vaddr.as_u64();
-    let mut pieces: Vec<(GuestPhysAddr, u64)> = Vec::new();
-    let mut done = 0u64;
-    while done < len {
-        let va = start
-            .checked_add(done)
-            .ok_or(PagingError::OutsideTtbr0Range(u64::MAX))?;
-        let in_page = (PAGE_SIZE - (va & (PAGE_SIZE - 1))).min(len - done);
-        let pa = virt_to_phys(mem, ttbr0, GuestVirtAddr::new(va))?;
-        mem.checked_range(pa, in_page)
-            .map_err(|source| PagingError::OutsideRam { vaddr: va, source })?;
-        match pieces.last_mut() {
-            Some((last_pa, last_len))
-                if last_pa.as_u64().checked_add(*last_len) == Some(pa.as_u64()) =>
-            {
-                *last_len += in_page;
-            }
-            _ => pieces.push((pa, in_page)),
-        }
-        done += in_page;
-    }
-    Ok(pieces)
+    super::super::translate_pages(
+        mem,
+        vaddr,
+        len,
+        |va| virt_to_phys(mem, ttbr0, va),
+        || PagingError::OutsideTtbr0Range(u64::MAX),
+        |vaddr, source| PagingError::OutsideRam { vaddr, source },
+    )
 }
 
 /// Hands out zeroed 4 KiB frames from the page-table area, lowest first.
