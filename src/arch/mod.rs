@@ -2,6 +2,7 @@
 //! layout, page tables, initial register state), so the VM code reads the same on every arch.
 
 pub mod aarch64;
+pub mod layout_rules;
 pub mod x86_64;
 
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};

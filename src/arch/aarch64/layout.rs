@@ -20,8 +20,11 @@
 
 use std::ops::Range;
 
-use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
+
+pub use crate::arch::layout_rules::LayoutError;
+pub(crate) use crate::arch::layout_rules::align_up;
+use crate::arch::layout_rules::{LayoutRules, RamLayout};
 
 /// One mebibyte.
 const MIB: u64 = 1 << 20;
@@ -98,145 +101,39 @@ const _: () = {
     assert!(GICD.end <= GIC_ITS.start && GIC_ITS.end <= GICR.start && GICR.end <= RAM_BASE);
 };
 
-/// Violations of the memory-layout rules.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum LayoutError {
-    /// The requested RAM is smaller than [`MIN_MEMORY`].
-    #[error(
-        "guest memory of {size:#x} bytes ({} MiB) is too small: at least 16 MiB are required",
-        .size / MIB
-    )]
-    MemoryTooSmall {
-        /// Requested size in bytes.
-        size: u64,
-    },
-    /// The requested RAM is larger than [`V1_MAX_MEMORY`].
-    #[error(
-        "guest memory of {size:#x} bytes ({} MiB) is too large: aarch64 v1 guests get their RAM \
-         at 0x1000_0000 and it must end within the 64 GiB (36-bit) guest-physical address space, \
-         so at most {} MiB are supported",
-        .size / MIB,
-        V1_MAX_MEMORY / MIB
-    )]
-    MemoryTooLarge {
-        /// Requested size in bytes.
-        size: u64,
-    },
-    /// The requested RAM is not a multiple of 2 MiB.
-    #[error("guest memory of {size:#x} bytes is not a multiple of 2 MiB")]
-    MemoryNotAligned {
-        /// Requested size in bytes.
-        size: u64,
-    },
-    /// The kernel image range is empty or inverted.
-    #[error("kernel image range {start:#x}..{end:#x} is empty or inverted")]
-    EmptyImage {
-        /// First byte of the image.
-        start: u64,
-        /// One past the last byte of the image.
-        end: u64,
-    },
-    /// The kernel would overlap the boot structures below [`PIE_KERNEL_BASE`].
-    #[error(
-        "kernel image starts at {start:#x}, below {min:#x}: it would overlap the hypercall \
-         window, boot info, device tree, page tables and boot stack (a non-relocatable kernel \
-         must be linked at or above {min:#x})"
-    )]
-    KernelTooLow {
-        /// First byte of the image.
-        start: u64,
-        /// Lowest allowed kernel base.
-        min: u64,
-    },
-    /// The boot stack below the kernel would overlap the page-table area.
-    #[error(
-        "boot stack {bottom:#x}..{kernel_base:#x} below the kernel would overlap the page-table \
-         area, which ends at {tables_end:#x}"
-    )]
-    StackOverlapsPageTables {
-        /// Lowest address of the stack (`kernel_base - BOOT_STACK_SIZE`, saturated at 0).
-        bottom: u64,
-        /// Kernel base (top of the stack).
-        kernel_base: u64,
-        /// End of the page-table area.
-        tables_end: u64,
-    },
-    /// The kernel plus its minimum heap does not fit into guest RAM.
-    #[error(
-        "kernel image ends at {image_end:#x}, but guest RAM ends at {ram_end:#x}: at least \
-         {needed:#x} bytes of RAM are needed (image end rounded up to 2 MiB plus 2 MiB of free \
-         memory); increase the memory size"
-    )]
-    KernelDoesNotFit {
-        /// One past the last byte of the image.
-        image_end: u64,
-        /// One past the last byte of RAM.
-        ram_end: u64,
-        /// RAM end the image requires.
-        needed: u64,
-    },
-}
+// The "too large" message states the maximum in MiB.
+const _: () = assert!(V1_MAX_MEMORY / MIB == 65280);
+
+/// The shared layout rules with this architecture's values.
+pub const RULES: LayoutRules = LayoutRules {
+    ram_base: RAM_BASE,
+    min_memory: MIN_MEMORY,
+    max_memory: V1_MAX_MEMORY,
+    max_memory_reason: "aarch64 v1 guests get their RAM at 0x1000_0000 and it must end within the 64 GiB (36-bit) guest-physical address space, so at most 65280 MiB are supported",
+    granule: MEMORY_GRANULE,
+    page_tables: PAGE_TABLES,
+    boot_stack_size: BOOT_STACK_SIZE,
+    pie_kernel_base: PIE_KERNEL_BASE,
+    min_free_after_image: MIN_FREE_AFTER_IMAGE,
+    boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
+};
 
 /// Checks the guest RAM size for a v1 guest: at least [`MIN_MEMORY`], at most
 /// [`V1_MAX_MEMORY`], and a multiple of [`MEMORY_GRANULE`].
 pub fn check_memory_size(bytes: u64) -> Result<(), LayoutError> {
-    if bytes < MIN_MEMORY {
-        return Err(LayoutError::MemoryTooSmall { size: bytes });
-    }
-    if bytes > V1_MAX_MEMORY {
-        return Err(LayoutError::MemoryTooLarge { size: bytes });
-    }
-    if !bytes.is_multiple_of(MEMORY_GRANULE) {
-        return Err(LayoutError::MemoryNotAligned { size: bytes });
-    }
-    Ok(())
+    RULES.check_memory_size(bytes)
 }
 
 /// Lowest address of the 32 KiB boot stack that ends at `kernel_base`. Fails if the stack
 /// would reach into the page-table area.
 pub fn boot_stack_bottom(kernel_base: u64) -> Result<u64, LayoutError> {
-    match kernel_base.checked_sub(BOOT_STACK_SIZE) {
-        Some(bottom) if bottom >= PAGE_TABLES.end => Ok(bottom),
-        other => Err(LayoutError::StackOverlapsPageTables {
-            bottom: other.unwrap_or(0),
-            kernel_base,
-            tables_end: PAGE_TABLES.end,
-        }),
-    }
+    RULES.boot_stack_bottom(kernel_base)
 }
 
-/// Rounds `value` up to a multiple of the power of two `align`, or `None` on overflow.
-pub(crate) fn align_up(value: u64, align: u64) -> Option<u64> {
-    debug_assert!(align.is_power_of_two());
-    value.checked_add(align - 1).map(|v| v & !(align - 1))
-}
-
-/// Checks where the kernel image `[start, end)` lies: it must start at or above
-/// [`PIE_KERNEL_BASE`] (below that it overlaps the boot structures, e.g. an ET_EXEC image
-/// linked too low) and end — rounded up to 2 MiB, plus [`MIN_FREE_AFTER_IMAGE`] of heap —
-/// inside guest RAM of `ram_size` bytes starting at [`RAM_BASE`].
+/// Checks where the kernel image lies: at or above [`PIE_KERNEL_BASE`] and ending — rounded up
+/// to 2 MiB, plus [`MIN_FREE_AFTER_IMAGE`] of heap — inside guest RAM of `ram_size` bytes.
 pub fn check_kernel_placement(image_range: Range<u64>, ram_size: u64) -> Result<(), LayoutError> {
-    let Range { start, end } = image_range;
-    if start >= end {
-        return Err(LayoutError::EmptyImage { start, end });
-    }
-    if start < PIE_KERNEL_BASE {
-        return Err(LayoutError::KernelTooLow {
-            start,
-            min: PIE_KERNEL_BASE,
-        });
-    }
-    boot_stack_bottom(start)?;
-    let ram_end = RAM_BASE.saturating_add(ram_size);
-    let needed = align_up(end, MEMORY_GRANULE).and_then(|e| e.checked_add(MIN_FREE_AFTER_IMAGE));
-    match needed {
-        Some(needed) if needed <= ram_end => Ok(()),
-        _ => Err(LayoutError::KernelDoesNotFit {
-            image_end: end,
-            ram_end,
-            needed: needed.unwrap_or(u64::MAX),
-        }),
-    }
+    RULES.check_kernel_placement(image_range, ram_size)
 }
 
 /// The checked layout of one aarch64 v1 guest: RAM `[G, G + size)` with G = [`RAM_BASE`] and
@@ -244,50 +141,29 @@ pub fn check_kernel_placement(image_range: Range<u64>, ram_size: u64) -> Result<
 /// [`check_kernel_placement`], so every address it returns lies inside RAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryLayout {
-    ram_size: u64,
-    kernel_image: Range<u64>,
+    ram: RamLayout,
+}
+
+impl std::ops::Deref for MemoryLayout {
+    type Target = RamLayout;
+
+    /// The parts every architecture shares: RAM range, kernel image, boot stack.
+    fn deref(&self) -> &RamLayout {
+        &self.ram
+    }
 }
 
 impl MemoryLayout {
     /// Checks `ram_size` and the placement of `kernel_image` and returns the layout.
     pub fn new(ram_size: u64, kernel_image: Range<u64>) -> Result<Self, LayoutError> {
-        check_memory_size(ram_size)?;
-        check_kernel_placement(kernel_image.clone(), ram_size)?;
         Ok(Self {
-            ram_size,
-            kernel_image,
+            ram: RamLayout::new(&RULES, ram_size, kernel_image)?,
         })
-    }
-
-    /// First guest-physical address of RAM (G).
-    pub fn ram_base(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(RAM_BASE)
-    }
-
-    /// Size of guest RAM in bytes.
-    pub fn ram_size(&self) -> u64 {
-        self.ram_size
-    }
-
-    /// Guest RAM as a range of guest-physical addresses.
-    pub fn ram(&self) -> Range<u64> {
-        // Cannot overflow: RAM_BASE + V1_MAX_MEMORY = 64 GiB (checked in `new`).
-        RAM_BASE..RAM_BASE + self.ram_size
     }
 
     /// The guest-physical hypercall trap window (the backend maps it without access rights).
     pub fn hypercall_window(&self) -> Range<u64> {
         HYPERCALL_WINDOW
-    }
-
-    /// The kernel image's guest-physical range.
-    pub fn kernel_image(&self) -> Range<u64> {
-        self.kernel_image.clone()
-    }
-
-    /// Kernel base (first byte of the image).
-    pub fn kernel_base(&self) -> u64 {
-        self.kernel_image.start
     }
 
     /// Address of the boot info.
@@ -310,13 +186,6 @@ impl MemoryLayout {
     pub fn page_table_frames(&self) -> Range<u64> {
         PAGE_TABLES
     }
-
-    /// Lowest address of the boot stack (the value for SP_EL1).
-    pub fn boot_stack_bottom(&self) -> u64 {
-        // Checked in `new` (check_kernel_placement calls boot_stack_bottom); kernel_base is at
-        // least PIE_KERNEL_BASE, so the subtraction cannot underflow.
-        self.kernel_image.start - BOOT_STACK_SIZE
-    }
 }
 
 #[cfg(test)]
@@ -334,16 +203,23 @@ mod tests {
         assert_eq!(V1_MAX_MEMORY, 0xF_F000_0000);
         assert_eq!(
             check_memory_size(14 * MIB),
-            Err(LayoutError::MemoryTooSmall { size: 14 * MIB })
+            Err(LayoutError::MemoryTooSmall {
+                size: 14 * MIB,
+                min: MIN_MEMORY
+            })
         );
         assert_eq!(
             check_memory_size(0),
-            Err(LayoutError::MemoryTooSmall { size: 0 })
+            Err(LayoutError::MemoryTooSmall {
+                size: 0,
+                min: MIN_MEMORY
+            })
         );
         assert_eq!(
             check_memory_size(V1_MAX_MEMORY + 2 * MIB),
             Err(LayoutError::MemoryTooLarge {
-                size: V1_MAX_MEMORY + 2 * MIB
+                size: V1_MAX_MEMORY + 2 * MIB,
+                reason: RULES.max_memory_reason,
             })
         );
         assert!(check_memory_size(u64::MAX).is_err());
@@ -398,7 +274,8 @@ mod tests {
             check_kernel_placement(0x40000..0x20_0000, 64 * MIB),
             Err(LayoutError::KernelTooLow {
                 start: 0x40000,
-                min: PIE_KERNEL_BASE
+                min: PIE_KERNEL_BASE,
+                structures: RULES.boot_structures,
             })
         );
         assert!(matches!(
