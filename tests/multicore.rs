@@ -278,10 +278,24 @@ fn hello_c_boots_every_application_processor() {
         return;
     };
     for cpus in [2u32, 4] {
-        let run = Uhyve::kernel(&path)
-            .opts(["-c", &cpus.to_string()])
-            .timeout(Duration::from_secs(300))
-            .run();
+        // Kernel 0.6.9 has a start-up race of its own: an application processor can register
+        // with the scheduler before the boot processor has (it panics with "insertion index
+        // (is 1) should be <= len (is 0)"). It shows up rarely, under host load; only that
+        // guest-side panic is retried.
+        let mut attempts = 0;
+        let run = loop {
+            attempts += 1;
+            let run = Uhyve::kernel(&path)
+                .opts(["-c", &cpus.to_string()])
+                .timeout(Duration::from_secs(300))
+                .run();
+            let kernel_race = run.code() == 1 && run.stdout.contains("insertion index (is 1)");
+            if kernel_race && attempts < 3 {
+                eprintln!("hello_c -c {cpus}: the kernel's own start-up race hit; retrying");
+                continue;
+            }
+            break run;
+        };
         run.assert_no_host_crash()
             .assert_success()
             .assert_stdout_contains("Hello World!!!\n");
