@@ -1,14 +1,15 @@
 //! What each vCPU exit means: the per-vCPU exit loop hands hypercalls to the shared dispatcher,
 //! answers PCI probes and unknown ports, runs the user-space emulation fallback on emulation
-//! failures, and turns every other exit into a [`GuestCrash`] report that names the vCPU, RIP and
-//! the instruction.
+//! failures, and turns every other exit into a [`GuestCrash`] report that names the vCPU, the
+//! instruction pointer and the instruction (decoded on x86_64, the raw word on aarch64).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-use crate::arch::x86_64::{self as arch, emulate};
+use crate::arch::x86_64::emulate;
+use crate::arch::{GuestArch, PAGE_SIZE};
 use crate::hypercall::{HypercallOutcome, Hypercalls};
 use crate::mem::GuestMemory;
 use crate::stats::ExitStats;
@@ -94,6 +95,10 @@ pub fn run_vcpu(
     let cpu = vcpu.id();
     let vcpu_error = |source| VmError::Vcpu { cpu, source };
     let mut pci = PciConfigSpace::default();
+    let guest = CrashContext {
+        mem,
+        arch: hypercalls.arch(),
+    };
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(None);
@@ -143,7 +148,7 @@ pub fn run_vcpu(
             VcpuExit::MmioRead { address, size } => {
                 return Err(crash(
                     vcpu,
-                    mem,
+                    guest,
                     &format!(
                         "read of {size} bytes from {address:#x}, which is neither RAM nor a device"
                     ),
@@ -158,7 +163,7 @@ pub fn run_vcpu(
             } => {
                 return Err(crash(
                     vcpu,
-                    mem,
+                    guest,
                     &format!(
                         "write of {size} bytes ({data:#x}) to {address:#x}, which is neither RAM nor a device"
                     ),
@@ -169,7 +174,7 @@ pub fn run_vcpu(
             VcpuExit::Shutdown => {
                 return Err(crash(
                     vcpu,
-                    mem,
+                    guest,
                     "triple fault (the CPU shut down after an exception it could not handle)",
                     None,
                     None,
@@ -189,21 +194,21 @@ pub fn run_vcpu(
                             let what = format!(
                                 "emulation failure the user-space fallback cannot handle: {error}"
                             );
-                            return Err(crash(vcpu, mem, &what, Some(rip), instruction));
+                            return Err(crash(vcpu, guest, &what, Some(rip), instruction));
                         }
                         None => {}
                     }
                 }
-                let failure = crash(vcpu, mem, EMULATION_FAILURE, Some(rip), instruction);
+                let failure = crash(vcpu, guest, EMULATION_FAILURE, Some(rip), instruction);
                 return Err(failure.with_hint(EMULATION_FAILURE_HINT));
             }
             VcpuExit::Debug => {
-                return Err(crash(vcpu, mem, "unexpected debug exit", None, None));
+                return Err(crash(vcpu, guest, "unexpected debug exit", None, None));
             }
             VcpuExit::FailedEntry { reason } => {
                 return Err(crash(
                     vcpu,
-                    mem,
+                    guest,
                     &format!(
                         "the hypervisor refused to enter the guest (hardware reason {reason:#x})"
                     ),
@@ -214,7 +219,7 @@ pub fn run_vcpu(
             VcpuExit::Unhandled { description } => {
                 return Err(crash(
                     vcpu,
-                    mem,
+                    guest,
                     &format!("unhandled exit: {description}"),
                     None,
                     None,
@@ -236,11 +241,18 @@ impl VmError {
     }
 }
 
-/// Builds a [`GuestCrash`] error, reading RIP and the instruction bytes where the backend did not
-/// report them, and logs a register dump at debug level.
+/// What a crash report reads from the guest.
+#[derive(Clone, Copy)]
+struct CrashContext<'a> {
+    mem: &'a GuestMemory,
+    arch: GuestArch,
+}
+
+/// Builds a [`GuestCrash`] error, reading the instruction pointer and the instruction bytes where
+/// the backend did not report them, and logs a register dump at debug level.
 fn crash(
     vcpu: &mut dyn VirtualCpu,
-    mem: &GuestMemory,
+    guest: CrashContext<'_>,
     what: &str,
     rip: Option<u64>,
     bytes: Option<InstructionBytes>,
@@ -248,7 +260,7 @@ fn crash(
     let rip = rip.or_else(|| vcpu.instruction_pointer().ok());
     let bytes = bytes.or_else(|| {
         let root = vcpu.page_table_root().ok()?;
-        read_instruction(mem, root, rip?)
+        read_instruction(guest, root, rip?)
     });
     if log::log_enabled!(log::Level::Debug) {
         match vcpu.register_dump() {
@@ -257,18 +269,12 @@ fn crash(
         }
     }
     let instruction = match (rip, bytes) {
-        (Some(rip), Some(bytes)) => {
-            let (text, len) = decode_instruction(rip, &bytes.0);
-            let mut shown = bytes.0;
-            if len > 0 {
-                shown.truncate(len);
-            }
-            Some((text, InstructionBytes(shown)))
-        }
+        (Some(rip), Some(bytes)) => Some(describe_instruction(guest.arch, rip, bytes)),
         _ => None,
     };
     VmError::GuestCrash(GuestCrash {
         cpu: vcpu.id(),
+        arch: guest.arch,
         what: what.to_string(),
         rip,
         instruction,
@@ -276,23 +282,61 @@ fn crash(
     })
 }
 
-/// Reads up to 15 instruction bytes at guest-virtual `rip`, stopping at the first unmapped page.
-fn read_instruction(mem: &GuestMemory, root: GuestPhysAddr, rip: u64) -> Option<InstructionBytes> {
-    const MAX_INSTRUCTION_LEN: u64 = 15;
-    let mut bytes = Vec::with_capacity(MAX_INSTRUCTION_LEN as usize);
+/// The text of the instruction in `bytes` and the bytes it occupies.
+fn describe_instruction(
+    arch: GuestArch,
+    rip: u64,
+    bytes: InstructionBytes,
+) -> (String, InstructionBytes) {
+    match arch {
+        GuestArch::X86_64 => {
+            let (text, len) = decode_instruction(rip, &bytes.0);
+            let mut shown = bytes.0;
+            if len > 0 {
+                shown.truncate(len);
+            }
+            (text, InstructionBytes(shown))
+        }
+        GuestArch::Aarch64 => {
+            // Every A64 instruction is one little-endian word; shown as the assembler's `.inst`.
+            let text = match <[u8; 4]>::try_from(bytes.0.as_slice()) {
+                Ok(word) => format!(".inst {:#010x}", u32::from_le_bytes(word)),
+                Err(_) => "(incomplete)".to_string(),
+            };
+            (text, bytes)
+        }
+    }
+}
+
+/// Reads the instruction bytes at guest-virtual `rip` (x86_64: up to 15, A64: 4), stopping at the
+/// first unmapped page.
+fn read_instruction(
+    guest: CrashContext<'_>,
+    root: GuestPhysAddr,
+    rip: u64,
+) -> Option<InstructionBytes> {
+    let max_len: u64 = match guest.arch {
+        GuestArch::X86_64 => 15,
+        GuestArch::Aarch64 => 4,
+    };
+    let mem = guest.mem;
+    let mut bytes = Vec::with_capacity(max_len as usize);
     // At most two pages: the one holding RIP and, if the instruction may cross it, the next.
-    let in_first_page = arch::paging::PAGE_SIZE - rip % arch::paging::PAGE_SIZE;
+    let in_first_page = PAGE_SIZE - rip % PAGE_SIZE;
     for (start, len) in [
-        (rip, in_first_page.min(MAX_INSTRUCTION_LEN)),
+        (rip, in_first_page.min(max_len)),
         (
             rip.checked_add(in_first_page)?,
-            MAX_INSTRUCTION_LEN.saturating_sub(in_first_page),
+            max_len.saturating_sub(in_first_page),
         ),
     ] {
         if len == 0 {
             break;
         }
-        let Ok(pieces) = arch::translate_range(mem, root, GuestVirtAddr::new(start), len) else {
+        let Ok(pieces) = guest
+            .arch
+            .translate_range(mem, root, GuestVirtAddr::new(start), len)
+        else {
             break;
         };
         for (address, piece_len) in pieces {

@@ -3,7 +3,7 @@
 //! A backend turns a guest's hypercall into `(HypercallAddress, argument)` and calls
 //! [`Hypercalls::handle`]. For every port except SerialWriteByte the argument is the guest-physical
 //! address of a packed parameter struct (on x86_64 only its low 32 bits are meaningful: the guest
-//! passes it in EAX). The struct is copied out of guest RAM, the request is served, and results
+//! passes it in EAX; on aarch64 it is a whole register). The struct is copied out of guest RAM, the request is served, and results
 //! are copied back; the host never holds a reference into guest memory.
 //!
 //! Guest input is hostile. A parameter struct, Cmdval slot or SerialWriteBuffer range outside
@@ -31,18 +31,11 @@ use uhyve_interface::{
     SerialWriteBufferParams, UnlinkParams, WriteParams,
 };
 
-use crate::arch::x86_64::paging::{PAGE_SIZE, translate_range};
+use crate::arch::{GuestArch, PAGE_SIZE};
 use crate::isolation::{FdTable, FileMap, GuestFd};
 use crate::mem::{GuestMemory, GuestPod, MemoryError};
 use crate::output::SerialOutput;
 use crate::vcpu::VcpuError;
-
-/// The part of the hypercall argument that holds the parameter address. x86_64 guests pass it in
-/// EAX, so only the low 32 bits count; elsewhere the argument is a full guest address.
-#[cfg(target_arch = "x86_64")]
-const PARAMETER_ADDRESS_MASK: u64 = 0xFFFF_FFFF;
-#[cfg(not(target_arch = "x86_64"))]
-const PARAMETER_ADDRESS_MASK: u64 = u64::MAX;
 
 /// Longest path (without NUL) read from the guest.
 pub const MAX_PATH_LEN: u64 = 4096;
@@ -117,6 +110,8 @@ pub enum HypercallOutcome {
 /// The hypercall server of one VM; `Send + Sync`, shared by all vCPU threads.
 #[derive(Debug)]
 pub struct Hypercalls {
+    /// The guest's architecture: argument width and page-table format.
+    arch: GuestArch,
     output: Arc<SerialOutput>,
     // Field order matters: open files are closed (`fds` dropped) before the temp directory that
     // may hold them is removed (`files` dropped).
@@ -153,9 +148,14 @@ fn nul_terminated(parts: &[&OsStr]) -> Vec<u8> {
 }
 
 impl Hypercalls {
-    /// A server writing console output to `output`, resolving files through `files` and passing
-    /// `cmdline` to Cmdsize/Cmdval.
-    pub fn new(output: Arc<SerialOutput>, files: FileMap, cmdline: GuestCommandLine) -> Self {
+    /// A server for `arch` guests writing console output to `output`, resolving files through
+    /// `files` and passing `cmdline` to Cmdsize/Cmdval.
+    pub fn new(
+        arch: GuestArch,
+        output: Arc<SerialOutput>,
+        files: FileMap,
+        cmdline: GuestCommandLine,
+    ) -> Self {
         let (path, args) = match cmdline.args.split_first() {
             Some((path, args)) => (path.as_os_str(), args),
             None => (OsStr::new(""), &[][..]),
@@ -185,6 +185,7 @@ impl Hypercalls {
             envsz.get(..envc).unwrap_or_default(),
         );
         Self {
+            arch,
             output,
             files,
             fds: FdTable::new(),
@@ -202,13 +203,18 @@ impl Hypercalls {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// The guest architecture this server decodes for.
+    pub fn arch(&self) -> GuestArch {
+        self.arch
+    }
+
     /// The file map (e.g. for sandbox rules or mount points).
     pub fn files(&self) -> &FileMap {
         &self.files
     }
 
     /// Serves one hypercall. `page_table_root` is called lazily (only FileRead/FileWrite need the
-    /// guest's CR3), at most once.
+    /// guest's CR3 or TTBR0_EL1), at most once.
     pub fn handle(
         &self,
         mem: &GuestMemory,
@@ -217,7 +223,7 @@ impl Hypercalls {
         page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
     ) -> HypercallOutcome {
         use HypercallAddress as H;
-        let params = GuestPhysAddr::new(argument & PARAMETER_ADDRESS_MASK);
+        let params = self.arch.parameter_address(argument);
         log::trace!("hypercall {} argument {argument:#x}", address.name());
         let result = match address {
             H::Uart => {
@@ -441,12 +447,12 @@ impl Hypercalls {
         if total == 0 {
             return Ok(0);
         }
-        let root = cr3(HypercallAddress::FileRead, page_table_root)?;
+        let tables = self.page_tables(HypercallAddress::FileRead, page_table_root)?;
         if file.is_none() {
             // A prompt without a newline must be visible before the guest waits for input.
             self.output.flush();
         }
-        let transferred = transfer(mem, root, buf, total, |pieces, part, done| {
+        let transferred = transfer(mem, tables, buf, total, |pieces, part, done| {
             let result = match &file {
                 Some(file) => read_retrying(&mut &**file, part, &self.stopping),
                 None => read_retrying(&mut io::stdin().lock(), part, &self.stopping),
@@ -508,10 +514,10 @@ impl Hypercalls {
         if total == 0 {
             return Ok(0);
         }
-        let root = cr3(HypercallAddress::FileWrite, page_table_root)?;
+        let tables = self.page_tables(HypercallAddress::FileWrite, page_table_root)?;
         // A write to the console is one unit on it, even if it is copied in several chunks.
         let mut console = file.is_none().then(|| self.output.writer());
-        let transferred = transfer(mem, root, buf, total, |pieces, part, _| {
+        let transferred = transfer(mem, tables, buf, total, |pieces, part, _| {
             if gather(mem, pieces, part).is_err() {
                 return Ok::<_, std::convert::Infallible>((0, false));
             }
@@ -562,14 +568,31 @@ fn write_params<T: GuestPod>(
     Ok(HypercallOutcome::Continue)
 }
 
-fn cr3(
-    hypercall: HypercallAddress,
-    page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
-) -> Result<GuestPhysAddr, HypercallError> {
-    page_table_root().map_err(|source| HypercallError::PageTableRoot {
-        hypercall: hypercall.name(),
-        source,
-    })
+/// The page tables through which a guest-virtual buffer is translated.
+#[derive(Debug, Clone, Copy)]
+struct GuestPageTables {
+    /// Their format.
+    arch: GuestArch,
+    /// The root table (CR3 or TTBR0_EL1).
+    root: GuestPhysAddr,
+}
+
+impl Hypercalls {
+    /// The calling vCPU's current page tables.
+    fn page_tables(
+        &self,
+        hypercall: HypercallAddress,
+        page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
+    ) -> Result<GuestPageTables, HypercallError> {
+        let root = page_table_root().map_err(|source| HypercallError::PageTableRoot {
+            hypercall: hypercall.name(),
+            source,
+        })?;
+        Ok(GuestPageTables {
+            arch: self.arch,
+            root,
+        })
+    }
 }
 
 /// Writes item k into the buffer whose GPA is the k-th u64 of the array at `array`.
@@ -625,12 +648,12 @@ enum Transferred {
 /// of the buffer, at an inaccessible page, after a short step, or when `step` says so or fails.
 fn transfer<E>(
     mem: &GuestMemory,
-    root: GuestPhysAddr,
+    tables: GuestPageTables,
     buf: GuestVirtAddr,
     total: u64,
     mut step: impl FnMut(&[(GuestPhysAddr, u64)], &mut [u8], u64) -> Result<(usize, bool), E>,
 ) -> Result<Transferred, E> {
-    SCRATCH.with_borrow_mut(|host| transfer_with(mem, root, buf, total, host, &mut step))
+    SCRATCH.with_borrow_mut(|host| transfer_with(mem, tables, buf, total, host, &mut step))
 }
 
 thread_local! {
@@ -641,7 +664,7 @@ thread_local! {
 
 fn transfer_with<E>(
     mem: &GuestMemory,
-    root: GuestPhysAddr,
+    tables: GuestPageTables,
     buf: GuestVirtAddr,
     total: u64,
     host: &mut Vec<u8>,
@@ -656,7 +679,7 @@ fn transfer_with<E>(
         let Some(vaddr) = buf.checked_add(done) else {
             break;
         };
-        let pieces = translate_prefix(mem, root, vaddr, want);
+        let pieces = translate_prefix(mem, tables, vaddr, want);
         let mapped: u64 = pieces.iter().map(|&(_, piece_len)| piece_len).sum();
         if mapped == 0 {
             if done == 0 {
@@ -680,7 +703,7 @@ fn transfer_with<E>(
 /// Every returned piece lies inside guest RAM; an empty result means the first page is unusable.
 fn translate_prefix(
     mem: &GuestMemory,
-    root: GuestPhysAddr,
+    tables: GuestPageTables,
     vaddr: GuestVirtAddr,
     len: u64,
 ) -> Vec<(GuestPhysAddr, u64)> {
@@ -691,7 +714,10 @@ fn translate_prefix(
             break;
         };
         let in_page = (PAGE_SIZE - page_start.as_u64() % PAGE_SIZE).min(len - done);
-        match translate_range(mem, root, page_start, in_page) {
+        match tables
+            .arch
+            .translate_range(mem, tables.root, page_start, in_page)
+        {
             Ok(mut page) => pieces.append(&mut page),
             Err(error) => {
                 log::debug!("guest buffer not accessible: {error}");
@@ -839,7 +865,7 @@ mod tests {
         let files = FileMap::new(&[format!("{}:/root", mapped.path().display())], None).unwrap();
         Guest {
             mem: guest_memory(),
-            calls: Hypercalls::new(Arc::clone(&output), files, cmdline),
+            calls: Hypercalls::new(GuestArch::X86_64, Arc::clone(&output), files, cmdline),
             output,
             console,
             mapped,

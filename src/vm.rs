@@ -1,8 +1,9 @@
-//! Building and running one VM: reads and loads the Hermit image, lays out guest RAM (page tables,
-//! GDT, boot info, FDT), creates the backend VM, and runs every vCPU on its own thread (each
-//! creates its own vCPU; a start gate releases them together once the boot info is written). The
-//! first vCPU to end stops the whole VM; its Exit code or error is the result. What each exit
-//! means is decided in [`crate::exits`].
+//! Building and running one VM on any [`Hypervisor`]: reads and loads the Hermit image for the
+//! hypervisor's architecture, lays out guest RAM (x86_64: page tables, GDT, boot info, FDT;
+//! aarch64: [`crate::arch::aarch64::prepare_image`]), creates the hypervisor's VM, and runs every
+//! vCPU on its own thread (each creates its own vCPU; a start gate releases them together once
+//! the boot info is written). The first vCPU to end stops the whole VM; its Exit code or error is
+//! the result. What each exit means is decided in [`crate::exits`].
 
 use std::ffi::OsString;
 use std::fmt;
@@ -16,7 +17,8 @@ use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
 
 use crate::affinity;
-use crate::arch::x86_64::{self as arch, GdtError, MemoryLayout, layout};
+use crate::arch::x86_64::{GdtError, layout};
+use crate::arch::{GuestArch, aarch64, x86_64};
 use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
 use crate::exits::{EmulationFallback, ExitServices, run_vcpu};
 use crate::hypercall::{GuestCommandLine, HypercallError, Hypercalls};
@@ -26,7 +28,7 @@ use crate::mem::{GuestMemory, MemoryError};
 use crate::output::{OutputError, SerialOutput};
 use crate::params::VmConfig;
 use crate::stats::{ExitStats, RunStats};
-use crate::vcpu::{InstructionBytes, VcpuError};
+use crate::vcpu::{InstructionBytes, VcpuError, VirtualCpu};
 
 /// Everything that can stop uhyve before or while running a guest.
 #[derive(Debug, Error)]
@@ -63,7 +65,10 @@ pub enum VmError {
     },
     /// Building page tables failed.
     #[error("cannot build the guest page tables: {0}")]
-    Paging(#[from] arch::PagingError),
+    Paging(#[from] x86_64::PagingError),
+    /// The aarch64 guest could not be prepared.
+    #[error("cannot prepare the aarch64 guest: {0}")]
+    Aarch64Setup(aarch64::PrepareError),
     /// Guest RAM could not be set up.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -80,6 +85,10 @@ pub enum VmError {
     #[cfg(target_os = "linux")]
     #[error(transparent)]
     Kvm(#[from] crate::linux::KvmError),
+    /// Hypervisor.framework could not be set up.
+    #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+    #[error(transparent)]
+    Hvf(#[from] crate::macos::HvfVmError),
     /// Running a vCPU failed on the host side.
     #[error("vCPU {cpu}: {source}")]
     Vcpu {
@@ -126,9 +135,11 @@ pub enum VmError {
 pub struct GuestCrash {
     /// The vCPU that crashed.
     pub cpu: u32,
+    /// The guest's architecture (names the instruction pointer).
+    pub arch: GuestArch,
     /// What happened, e.g. "triple fault".
     pub what: String,
-    /// The instruction pointer, if it could be read.
+    /// The instruction pointer (RIP or PC), if it could be read.
     pub rip: Option<u64>,
     /// The instruction at `rip`, decoded, with its bytes.
     pub instruction: Option<(String, InstructionBytes)>,
@@ -140,7 +151,11 @@ impl fmt::Display for GuestCrash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "guest crashed: vCPU {}: {}", self.cpu, self.what)?;
         if let Some(rip) = self.rip {
-            write!(f, " at RIP {rip:#x}")?;
+            let name = match self.arch {
+                GuestArch::X86_64 => "RIP",
+                GuestArch::Aarch64 => "PC",
+            };
+            write!(f, " at {name} {rip:#x}")?;
         }
         if let Some((text, bytes)) = &self.instruction {
             write!(f, ", instruction `{text}` ({bytes})")?;
@@ -156,61 +171,95 @@ impl fmt::Display for GuestCrash {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestExit(pub i32);
 
-/// The platform's hypervisor objects: on Linux a KVM VM, whose vCPUs each thread creates for
-/// itself (Hypervisor.framework requires a vCPU to be created, run and read by one thread).
-#[cfg(target_os = "linux")]
-struct Backend {
-    vm: crate::linux::KvmVm,
-}
+/// A platform's hypervisor as the VM sees it: one VM whose vCPUs are each created, run and read
+/// by their own thread (Hypervisor.framework's rule, which KVM also satisfies).
+pub trait Hypervisor: Send + Sync + Sized {
+    /// The architecture of the guests it runs.
+    const ARCH: GuestArch;
+    /// Its virtual CPUs.
+    type Cpu: VirtualCpu;
+    /// Makes a running vCPU return to the host; used from other threads.
+    type Kick: VcpuKick;
 
-#[cfg(target_os = "linux")]
-type BackendCpu = crate::linux::KvmCpu;
-#[cfg(target_os = "linux")]
-type Kick = crate::linux::KvmKick;
+    /// Makes guest RAM visible to the guest. `mem` outlives the hypervisor ([`Vm`] owns both and
+    /// drops the hypervisor first).
+    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError>;
 
-#[cfg(target_os = "linux")]
-impl Backend {
-    /// Creates the VM without memory (runs beside the kernel loading).
-    fn create() -> Result<Self, VmError> {
-        Ok(Self {
-            vm: crate::linux::KvmVm::create()?,
-        })
-    }
-
-    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
-        Ok(self.vm.map_memory(mem)?)
-    }
-
-    /// Creates vCPU `cpu` on the calling thread, with a handle to interrupt it from others.
+    /// Creates vCPU `cpu` on the calling thread in the state `entry`, with a handle that
+    /// interrupts it from other threads.
     fn create_vcpu(
         &self,
         cpu: u32,
-        registers: &arch::InitialRegisters,
-    ) -> Result<(BackendCpu, Kick), VmError> {
-        let mut vcpu = self.vm.create_vcpu(cpu, registers)?;
-        let kick = vcpu.kick_handle();
-        Ok((vcpu, kick))
+        entry: &EntryRegisters,
+    ) -> Result<(Self::Cpu, Self::Kick), VmError>;
+
+    /// The time-stamp counter frequency `cpu` runs with, where the architecture has one; it goes
+    /// into the boot info.
+    fn tsc_khz(_cpu: &Self::Cpu) -> Option<u32> {
+        None
     }
 }
 
-#[cfg(target_os = "linux")]
-fn tsc_khz(vcpu: &BackendCpu) -> Option<u32> {
-    vcpu.tsc_khz()
+/// Interrupts a running vCPU from another thread.
+pub trait VcpuKick: Send {
+    /// Makes the vCPU leave the guest as soon as possible (its run returns
+    /// [`crate::vcpu::VcpuExit::Interrupted`]).
+    fn kick(&self);
 }
 
-/// No backend on this platform yet: values of these types cannot exist.
-#[cfg(not(target_os = "linux"))]
-enum Backend {}
-#[cfg(not(target_os = "linux"))]
-enum BackendCpu {}
-#[cfg(not(target_os = "linux"))]
-enum Kick {}
+/// The state a vCPU starts in, for the guest's architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryRegisters {
+    /// An x86_64 vCPU in 64-bit mode.
+    X86_64(x86_64::InitialRegisters),
+    /// An aarch64 vCPU at EL1.
+    Aarch64(aarch64::InitialRegisters),
+}
 
-#[cfg(not(target_os = "linux"))]
-impl Backend {
+impl EntryRegisters {
+    /// The state of vCPU `cpu`: the boot CPU's, with the CPU id in RSI (x86_64) or in X1 and
+    /// MPIDR_EL1.Aff0 (aarch64).
+    pub fn for_cpu(&self, cpu: u32) -> Self {
+        match *self {
+            Self::X86_64(registers) => Self::X86_64(x86_64::InitialRegisters {
+                rsi: u64::from(cpu),
+                ..registers
+            }),
+            Self::Aarch64(registers) => Self::Aarch64(aarch64::InitialRegisters {
+                x1: u64::from(cpu),
+                mpidr_el1: u64::from(cpu & 0xFF),
+                ..registers
+            }),
+        }
+    }
+}
+
+/// The hypervisor uhyve uses on this platform.
+#[cfg(target_os = "linux")]
+pub type HostHypervisor = crate::linux::KvmVm;
+/// The hypervisor uhyve uses on this platform.
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+pub type HostHypervisor = crate::macos::HvfVm;
+/// No hypervisor on this platform: [`Vm::new`] reports it.
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+pub type HostHypervisor = NoHypervisor;
+
+/// Stands in for the hypervisor on platforms uhyve has no backend for; cannot be created.
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+pub enum NoHypervisor {}
+
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+impl NoHypervisor {
     fn create() -> Result<Self, VmError> {
         Err(VmError::UnsupportedPlatform)
     }
+}
+
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+impl Hypervisor for NoHypervisor {
+    const ARCH: GuestArch = GuestArch::HOST;
+    type Cpu = crate::hvf::HvfCpu<NoHypervisorCpu>;
+    type Kick = NoHypervisorCpu;
 
     fn map_memory(&self, _mem: &GuestMemory) -> Result<(), VmError> {
         match *self {}
@@ -219,167 +268,215 @@ impl Backend {
     fn create_vcpu(
         &self,
         _cpu: u32,
-        _registers: &arch::InitialRegisters,
-    ) -> Result<(BackendCpu, Kick), VmError> {
+        _entry: &EntryRegisters,
+    ) -> Result<(Self::Cpu, Self::Kick), VmError> {
         match *self {}
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-impl Kick {
+/// The vCPU of [`NoHypervisor`]; cannot exist.
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+pub enum NoHypervisorCpu {}
+
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+impl VcpuKick for NoHypervisorCpu {
     fn kick(&self) {
         match *self {}
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn tsc_khz(vcpu: &BackendCpu) -> Option<u32> {
-    match *vcpu {}
-}
-
-#[cfg(not(target_os = "linux"))]
-impl crate::vcpu::VirtualCpu for BackendCpu {
-    fn id(&self) -> u32 {
+#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+impl crate::hvf::HvfVcpuOps for NoHypervisorCpu {
+    fn run(&mut self) -> Result<crate::hvf::HvfExit, crate::hvf::HvfError> {
         match *self {}
     }
-    fn run(&mut self) -> Result<crate::vcpu::VcpuExit, VcpuError> {
+    fn reg(&mut self, _: crate::hvf::Reg) -> Result<u64, crate::hvf::HvfError> {
         match *self {}
     }
-    fn complete_port_in(&mut self, _: u32) -> Result<(), VcpuError> {
+    fn set_reg(&mut self, _: crate::hvf::Reg, _: u64) -> Result<(), crate::hvf::HvfError> {
         match *self {}
     }
-    fn complete_mmio_read(&mut self, _: u64) -> Result<(), VcpuError> {
+    fn sys_reg(&mut self, _: crate::hvf::SysReg) -> Result<u64, crate::hvf::HvfError> {
         match *self {}
     }
-    fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {
-        match *self {}
-    }
-    fn instruction_pointer(&mut self) -> Result<u64, VcpuError> {
-        match *self {}
-    }
-    fn register_dump(&mut self) -> Result<String, VcpuError> {
+    fn set_sys_reg(&mut self, _: crate::hvf::SysReg, _: u64) -> Result<(), crate::hvf::HvfError> {
         match *self {}
     }
 }
 
-/// Everything needed to write the boot info once the TSC frequency is known.
+/// What is needed to write the x86_64 boot info once vCPU 0 reports its TSC frequency.
 struct BootInfoTemplate {
-    layout: MemoryLayout,
+    layout: x86_64::MemoryLayout,
     kernel: LoadedKernel,
     bootargs: String,
 }
 
-/// A prepared VM: guest RAM laid out, backend created, ready to run.
-pub struct Vm {
-    // Field order matters: the backend (which maps guest RAM into the hypervisor) is dropped
+/// A prepared VM: guest RAM laid out, hypervisor created, ready to run.
+pub struct Vm<H: Hypervisor = HostHypervisor> {
+    // Field order matters: the hypervisor (which maps guest RAM into the guest) is dropped
     // before guest RAM itself.
-    backend: Backend,
+    hypervisor: H,
     hypercalls: Hypercalls,
     output: Arc<SerialOutput>,
     cpu_count: u32,
     affinity: Option<Vec<usize>>,
-    /// Initial registers of vCPU 0 (the others differ only in RSI).
-    registers: arch::InitialRegisters,
-    boot: BootInfoTemplate,
+    /// Initial registers of vCPU 0 (the others differ only in their CPU id).
+    registers: EntryRegisters,
+    /// x86_64: the boot info and FDT are written when the vCPUs exist (they carry vCPU 0's TSC
+    /// frequency). aarch64 writes them while preparing the guest.
+    deferred_boot: Option<BootInfoTemplate>,
     stats: bool,
     emulation_fallback: bool,
     mem: GuestMemory,
 }
 
-/// A kernel loaded into fresh guest RAM, with the layout around it.
-struct LoadedGuest {
+/// Guest RAM with the kernel and everything around it, ready for the vCPUs.
+struct PreparedGuest {
     mem: GuestMemory,
-    layout: MemoryLayout,
-    image: KernelImage,
-    kernel: LoadedKernel,
+    registers: EntryRegisters,
+    deferred_boot: Option<BootInfoTemplate>,
 }
 
-/// Reads, checks and loads the kernel into fresh guest RAM.
-fn load_kernel(config: &VmConfig) -> Result<LoadedGuest, VmError> {
+/// Reads and checks the kernel image for `arch`.
+fn read_kernel(config: &VmConfig, arch: GuestArch) -> Result<KernelImage, VmError> {
     let path = &config.kernel;
     let bytes = std::fs::read(path).map_err(|source| VmError::ReadKernel {
         path: path.clone(),
         source,
     })?;
-    let load_error = |source| VmError::Load {
+    KernelImage::parse_for(bytes, arch.elf_machine()).map_err(|source| VmError::Load {
         path: path.clone(),
         source,
-    };
-    let image = KernelImage::parse(bytes).map_err(load_error)?;
-    let ram_size = config.memory_size.0;
-    // A PIE goes to the lowest address above the boot structures that keeps its segments'
-    // alignment (0x40000 for every known Hermit image).
-    let base = match image.fixed_load_address() {
+    })
+}
+
+/// Where a kernel goes: its fixed address, or for a PIE the lowest address at or above
+/// `pie_base` that keeps its segments' alignment (0x40000 for every known Hermit image).
+fn kernel_base(image: &KernelImage, pie_base: u64) -> u64 {
+    match image.fixed_load_address() {
         Some(fixed) => fixed,
-        None => layout::PIE_KERNEL_BASE
+        None => pie_base
             .checked_next_multiple_of(image.load_alignment().max(1))
             .unwrap_or(u64::MAX),
-    };
+    }
+}
+
+/// Lays out an x86_64 guest: kernel, page tables, GDT and vCPU 0's registers. The boot info and
+/// FDT follow once the TSC frequency is known.
+fn prepare_x86_64(
+    config: &VmConfig,
+    image: &KernelImage,
+    pre_0_10_kernel: bool,
+    bootargs: String,
+) -> Result<PreparedGuest, VmError> {
+    let path = &config.kernel;
+    let ram_size = config.memory_size.0;
+    let base = kernel_base(image, x86_64::layout::PIE_KERNEL_BASE);
     let footprint = image.footprint();
-    let image_end = base.saturating_add(footprint);
-    layout::check_memory_size(ram_size)?;
-    let layout =
-        MemoryLayout::new(ram_size, base..image_end).map_err(|source| VmError::Placement {
+    x86_64::check_memory_size(ram_size)?;
+    let layout = x86_64::MemoryLayout::new(ram_size, base..base.saturating_add(footprint))
+        .map_err(|source| VmError::Placement {
             path: path.clone(),
             source,
         })?;
     let mut mem = GuestMemory::new(layout.ram_base(), ram_size)?;
     // Straight into guest RAM: no staging copy, and untouched BSS stays unallocated.
     let image_slot = mem.slice_for_loading(GuestPhysAddr::new(base), footprint)?;
-    let kernel = image.load(base, image_slot).map_err(load_error)?;
-    Ok(LoadedGuest {
+    let kernel = image
+        .load(base, image_slot)
+        .map_err(|source| VmError::Load {
+            path: path.clone(),
+            source,
+        })?;
+    let pml4 = x86_64::build_identity_map(&mem, &layout, kernel.image_range.end, pre_0_10_kernel)?;
+    x86_64::write_gdt(&mem, layout.gdt())?;
+    let registers = x86_64::initial_registers(
+        kernel.entry_point,
+        pml4,
+        layout.boot_info(),
+        layout.boot_stack_bottom(),
+        0,
+    );
+    Ok(PreparedGuest {
         mem,
-        layout,
-        image,
-        kernel,
+        registers: EntryRegisters::X86_64(registers),
+        deferred_boot: Some(BootInfoTemplate {
+            layout,
+            kernel,
+            bootargs,
+        }),
     })
 }
 
-impl Vm {
-    /// Builds the VM described by `config`.
+/// Lays out an aarch64 guest completely: kernel, stage-1 tables, FDT, boot info and vCPU 0's
+/// registers (see [`aarch64::prepare_image`]).
+fn prepare_aarch64(
+    config: &VmConfig,
+    image: &KernelImage,
+    bootargs: String,
+) -> Result<PreparedGuest, VmError> {
+    let path = &config.kernel;
+    aarch64::check_memory_size(config.memory_size.0)?;
+    let setup = aarch64::GuestSetup {
+        ram_size: config.memory_size.0,
+        num_cpus: config.cpu_count,
+        bootargs,
+        // The vCPU replaces it with the PARange it reports (crate::hvf::HvfCpu::new).
+        pa_range: 0,
+        boot_time: time::OffsetDateTime::now_utc(),
+    };
+    let prepared = aarch64::prepare_image(image, &setup).map_err(|error| match error {
+        aarch64::PrepareError::Load(source) => VmError::Load {
+            path: path.clone(),
+            source,
+        },
+        aarch64::PrepareError::Layout(source) => VmError::Placement {
+            path: path.clone(),
+            source,
+        },
+        other => VmError::Aarch64Setup(other),
+    })?;
+    Ok(PreparedGuest {
+        mem: prepared.mem,
+        registers: EntryRegisters::Aarch64(prepared.registers),
+        deferred_boot: None,
+    })
+}
+
+impl Vm<HostHypervisor> {
+    /// Builds the VM described by `config` on this platform's hypervisor.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        Self::with_hypervisor(config, || Ok(HostHypervisor::create()?))
+    }
+}
+
+impl<H: Hypervisor> Vm<H> {
+    /// Builds the VM described by `config` on the hypervisor that `create` makes (called on its
+    /// own thread, while the image loads: creating a VM can wait in the host kernel).
+    pub fn with_hypervisor(
+        config: &VmConfig,
+        create: impl FnOnce() -> Result<H, VmError> + Send + 'static,
+    ) -> Result<Self, VmError>
+    where
+        H: 'static,
+    {
         if config.cpu_count == 0 || config.cpu_count > MAX_CPUS {
             return Err(VmError::CpuCount(config.cpu_count));
         }
         if let Some(list) = &config.affinity {
             affinity::check(list, config.cpu_count)?;
         }
-        // Creating the VM waits in the host kernel for milliseconds: do it while the image loads.
-        let backend = thread::Builder::new()
+        let hypervisor = thread::Builder::new()
             .name("vm-setup".into())
-            .spawn(Backend::create)
+            .spawn(create)
             .map_err(|error| VmError::Thread {
                 cpu: 0,
                 reason: format!("cannot start the VM set-up thread: {error}"),
             })?;
-        let LoadedGuest {
-            mem,
-            layout,
-            image,
-            kernel: loaded,
-        } = load_kernel(config)?;
-        log::info!(
-            "loaded {} (entry version {}, interface v{}) at {:#x}..{:#x}, entry {:#x}",
-            config.kernel.display(),
-            image.entry_version(),
-            image.interface_version(),
-            loaded.image_range.start,
-            loaded.image_range.end,
-            loaded.entry_point
-        );
+        let image = read_kernel(config, H::ARCH)?;
         let pre_0_10_kernel = image
             .kernel_version()
             .is_none_or(|(major, minor, _)| (major, minor) < (0, 10));
-        let pml4 =
-            arch::build_identity_map(&mem, &layout, loaded.image_range.end, pre_0_10_kernel)?;
-        arch::write_gdt(&mem, layout.gdt())?;
-        let registers = arch::initial_registers(
-            loaded.entry_point,
-            pml4,
-            layout.boot_info(),
-            layout.boot_stack_bottom(),
-            0,
-        );
 
         let output = Arc::new(SerialOutput::new(config.output.clone())?);
         let files = FileMap::new(&config.file_mappings, config.tempdir.clone())?;
@@ -398,37 +495,55 @@ impl Vm {
         };
         let bootargs = boot::bootargs(&[], &bootargs_env, &lossy_list(&config.kernel_args));
 
-        let backend = backend.join().map_err(|_| VmError::Thread {
+        let PreparedGuest {
+            mem,
+            registers,
+            deferred_boot,
+        } = match H::ARCH {
+            GuestArch::X86_64 => prepare_x86_64(config, &image, pre_0_10_kernel, bootargs)?,
+            GuestArch::Aarch64 => prepare_aarch64(config, &image, bootargs)?,
+        };
+        log::info!(
+            "loaded {} (entry version {}, interface v{}), entry {:#x}",
+            config.kernel.display(),
+            image.entry_version(),
+            image.interface_version(),
+            match registers {
+                EntryRegisters::X86_64(r) => r.rip,
+                EntryRegisters::Aarch64(r) => r.pc,
+            }
+        );
+
+        let hypervisor = hypervisor.join().map_err(|_| VmError::Thread {
             cpu: 0,
             reason: "the VM set-up thread panicked".into(),
         })??;
-        backend.map_memory(&mem)?;
-        let hypercalls = Hypercalls::new(Arc::clone(&output), files, cmdline);
+        hypervisor.map_memory(&mem)?;
+        let hypercalls = Hypercalls::new(H::ARCH, Arc::clone(&output), files, cmdline);
         Ok(Self {
-            backend,
+            hypervisor,
             hypercalls,
             output,
             cpu_count: config.cpu_count,
             affinity: config.affinity.clone(),
             registers,
-            boot: BootInfoTemplate {
-                layout,
-                kernel: loaded,
-                bootargs,
-            },
+            deferred_boot,
             stats: config.stats,
             emulation_fallback: config.emulation_fallback,
             mem,
         })
     }
 
-    /// Writes the device tree and the boot info (which carry the TSC frequency of vCPU 0).
+    /// Writes the x86_64 device tree and boot info (which carry the TSC frequency of vCPU 0).
     fn write_boot_structures(&self, cpu_freq_khz: Option<u32>) -> Result<(), VmError> {
-        let BootInfoTemplate {
+        let Some(BootInfoTemplate {
             layout,
             kernel,
             bootargs,
-        } = &self.boot;
+        }) = &self.deferred_boot
+        else {
+            return Ok(());
+        };
         let fdt = boot::build_fdt(&FdtParams {
             ram: layout.ram(),
             num_cpus: self.cpu_count,
@@ -594,15 +709,15 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 pub const MAX_CPUS: u32 = 256;
 
 /// What the vCPU threads share.
-struct SharedVcpuState<'a> {
+struct SharedVcpuState<'a, K> {
     /// What the exit loops use.
     services: ExitServices<'a>,
     /// How to interrupt each vCPU; an entry is present only while its vCPU exists.
-    kicks: Mutex<Vec<Option<Kick>>>,
+    kicks: Mutex<Vec<Option<K>>>,
 }
 
-impl SharedVcpuState<'_> {
-    fn kicks(&self) -> std::sync::MutexGuard<'_, Vec<Option<Kick>>> {
+impl<K: VcpuKick> SharedVcpuState<'_, K> {
+    fn kicks(&self) -> std::sync::MutexGuard<'_, Vec<Option<K>>> {
         // The vector holds plain handles, consistent even if a holder panicked.
         self.kicks
             .lock()
@@ -681,21 +796,21 @@ enum VcpuReport {
 }
 
 /// One vCPU thread.
-struct VcpuThread<'scope, 'vm> {
+struct VcpuThread<'scope, 'vm, H: Hypervisor> {
     cpu: u32,
-    vm: &'vm Vm,
-    shared: &'scope SharedVcpuState<'vm>,
+    vm: &'vm Vm<H>,
+    shared: &'scope SharedVcpuState<'vm, H::Kick>,
     gate: &'scope StartGate,
     reports: mpsc::Sender<VcpuReport>,
 }
 
 /// Removes a vCPU's kick handle from the registry when dropped, before the vCPU itself goes.
-struct KickRegistration<'a, 'vm> {
-    shared: &'a SharedVcpuState<'vm>,
+struct KickRegistration<'a, 'vm, K: VcpuKick> {
+    shared: &'a SharedVcpuState<'vm, K>,
     cpu: usize,
 }
 
-impl Drop for KickRegistration<'_, '_> {
+impl<K: VcpuKick> Drop for KickRegistration<'_, '_, K> {
     fn drop(&mut self) {
         if let Some(slot) = self.shared.kicks().get_mut(self.cpu) {
             *slot = None;
@@ -703,7 +818,7 @@ impl Drop for KickRegistration<'_, '_> {
     }
 }
 
-impl VcpuThread<'_, '_> {
+impl<H: Hypervisor> VcpuThread<'_, '_, H> {
     fn run(self) {
         let cpu = self.cpu;
         let reports = self.reports.clone();
@@ -732,11 +847,8 @@ impl VcpuThread<'_, '_> {
         {
             return VcpuEnd::Failed(error.into());
         }
-        let registers = arch::InitialRegisters {
-            rsi: u64::from(cpu),
-            ..self.vm.registers
-        };
-        let (mut vcpu, kick) = match self.vm.backend.create_vcpu(cpu, &registers) {
+        let registers = self.vm.registers.for_cpu(cpu);
+        let (mut vcpu, kick) = match self.vm.hypervisor.create_vcpu(cpu, &registers) {
             Ok(created) => created,
             Err(error) => return VcpuEnd::Failed(error),
         };
@@ -750,7 +862,7 @@ impl VcpuThread<'_, '_> {
         };
         let ready = VcpuReport::Ready {
             cpu,
-            tsc_khz: tsc_khz(&vcpu),
+            tsc_khz: H::tsc_khz(&vcpu),
         };
         if self.reports.send(ready).is_err() || !self.gate.wait() {
             return VcpuEnd::Stopped;
@@ -796,6 +908,7 @@ mod tests {
     fn crash_messages_name_cpu_rip_and_instruction() {
         let crash = GuestCrash {
             cpu: 0,
+            arch: GuestArch::X86_64,
             what: "emulation failure".into(),
             rip: Some(0x40_1234),
             instruction: Some(("xgetbv".into(), InstructionBytes(vec![0x0f, 0x01, 0xd0]))),

@@ -206,6 +206,7 @@ fn a_scripted_guest_runs_through_the_shared_dispatcher() {
     let log = dir.path().join("console");
     let output = Arc::new(SerialOutput::new(OutputTarget::File(log.clone())).unwrap());
     let hypercalls = Hypercalls::new(
+        crate::arch::GuestArch::Aarch64,
         Arc::clone(&output),
         FileMap::new(&[], Some(dir.path().to_owned())).unwrap(),
         GuestCommandLine::default(),

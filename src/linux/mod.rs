@@ -11,8 +11,11 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 
 pub use self::vcpu::{KvmCpu, KvmKick};
+use crate::arch::GuestArch;
 use crate::arch::x86_64::InitialRegisters;
 use crate::mem::GuestMemory;
+use crate::vcpu::VcpuError;
+use crate::vm::{EntryRegisters, Hypervisor, VcpuKick, VmError};
 
 /// `KVM_CAP_X2APIC_API`.
 const CAP_X2APIC_API: u32 = 129;
@@ -127,5 +130,40 @@ impl KvmVm {
     /// vCPU (the kick signal is aimed at the creating thread).
     pub fn create_vcpu(&self, id: u32, registers: &InitialRegisters) -> Result<KvmCpu, KvmError> {
         KvmCpu::new(&self.vm, id, registers, self.supported_cpuid.clone())
+    }
+}
+
+impl Hypervisor for KvmVm {
+    const ARCH: GuestArch = GuestArch::X86_64;
+    type Cpu = KvmCpu;
+    type Kick = KvmKick;
+
+    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+        Ok(KvmVm::map_memory(self, mem)?)
+    }
+
+    fn create_vcpu(&self, cpu: u32, entry: &EntryRegisters) -> Result<(KvmCpu, KvmKick), VmError> {
+        let EntryRegisters::X86_64(registers) = entry else {
+            return Err(VmError::Vcpu {
+                cpu,
+                source: VcpuError::Unexpected {
+                    operation: "create vCPU",
+                    detail: "KVM runs x86_64 guests only".into(),
+                },
+            });
+        };
+        let mut vcpu = KvmVm::create_vcpu(self, cpu, registers)?;
+        let kick = vcpu.kick_handle();
+        Ok((vcpu, kick))
+    }
+
+    fn tsc_khz(cpu: &KvmCpu) -> Option<u32> {
+        cpu.tsc_khz()
+    }
+}
+
+impl VcpuKick for KvmKick {
+    fn kick(&self) {
+        KvmKick::kick(self);
     }
 }

@@ -74,7 +74,14 @@ pub struct PreparedGuest {
 
 /// Prepares the aarch64 Hermit image `bytes` as described by `setup`.
 pub fn prepare_guest(bytes: Vec<u8>, setup: &GuestSetup) -> Result<PreparedGuest, PrepareError> {
-    let image = KernelImage::parse_for(bytes, EM_AARCH64)?;
+    prepare_image(&KernelImage::parse_for(bytes, EM_AARCH64)?, setup)
+}
+
+/// Prepares the parsed aarch64 Hermit image `image` as described by `setup`.
+pub fn prepare_image(
+    image: &KernelImage,
+    setup: &GuestSetup,
+) -> Result<PreparedGuest, PrepareError> {
     let base = match image.fixed_load_address() {
         Some(fixed) => fixed,
         None => layout::PIE_KERNEL_BASE

@@ -11,7 +11,7 @@ pub mod paging;
 pub mod registers;
 
 pub use esr::{DataAbort, EsrError, decode_data_abort, exception_class, exception_class_name};
-pub use guest::{GuestSetup, PrepareError, PreparedGuest, prepare_guest};
+pub use guest::{GuestSetup, PrepareError, PreparedGuest, prepare_guest, prepare_image};
 pub use layout::{
     LayoutError, MemoryLayout, boot_stack_bottom, check_kernel_placement, check_memory_size,
 };
