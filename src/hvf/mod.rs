@@ -1,7 +1,8 @@
 //! The Hypervisor.framework vCPU logic, as platform-neutral code: everything between HVF's raw
 //! calls and uhyve's [`VirtualCpu`] — register set-up at entry, turning HVF exits (data aborts
 //! for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps, cancellation) into
-//! [`VcpuExit`], advancing PC past every handled access, and answering MMIO loads.
+//! [`VcpuExit`], advancing PC past every handled access when the guest resumes (so a crash report
+//! still names the faulting instruction), and answering MMIO loads.
 //!
 //! The macOS-only adapter (`crate::macos`) implements [`HvfVcpuOps`] with the real
 //! `hv_vcpu_*` calls; everything here builds and is tested on any host against a scripted fake.
@@ -46,6 +47,8 @@ pub enum SysReg {
     MdscrEl1,
     /// System control.
     SctlrEl1,
+    /// Memory model feature register 0 (read-only: PARange).
+    IdAa64Mmfr0El1,
 }
 
 /// What `hv_vcpu_run` reported.
@@ -115,16 +118,24 @@ pub struct HvfCpu<T: HvfVcpuOps> {
     ram_base: u64,
     /// The MMIO load waiting for its value.
     pending_load: Option<DataAbort>,
+    /// The last exit was an access (or WFI) the host handled: PC moves past it when the guest
+    /// resumes. Until then PC names the instruction, as crash reports want.
+    step_over: bool,
 }
 
 impl<T: HvfVcpuOps> HvfCpu<T> {
-    /// Puts a freshly created vCPU into the entry state of hermit-abi.md §7.3.
+    /// Puts a freshly created vCPU into the entry state of hermit-abi.md §7.3, with TCR_EL1.IPS
+    /// set from the physical address range the vCPU reports.
     pub fn new(
         mut ops: T,
         id: u32,
         ram_base: u64,
         registers: &InitialRegisters,
     ) -> Result<Self, VcpuError> {
+        let mmfr0 = ops
+            .sys_reg(SysReg::IdAa64Mmfr0El1)
+            .map_err(hvf_error("read ID_AA64MMFR0_EL1"))?;
+        let registers = registers.with_pa_range_of(mmfr0);
         let cpacr = ops
             .sys_reg(SysReg::CpacrEl1)
             .map_err(hvf_error("read CPACR_EL1"))?;
@@ -158,6 +169,7 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
             id,
             ram_base,
             pending_load: None,
+            step_over: false,
         })
     }
 
@@ -202,15 +214,15 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
             .filter(|_| in_window && access.is_write)
             .and_then(|port| HypercallAddress::try_from(port).ok());
         if let Some(address) = hypercall {
-            // Handled now: the guest resumes after the store.
-            self.advance_pc()?;
+            // The guest resumes after the store.
+            self.step_over = true;
             return Ok(VcpuExit::Hypercall {
                 address,
                 argument: access.value,
             });
         }
         if access.is_write {
-            self.advance_pc()?;
+            self.step_over = true;
             return Ok(VcpuExit::MmioWrite {
                 address: ipa,
                 data: access.value,
@@ -231,6 +243,9 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
     }
 
     fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        if std::mem::take(&mut self.step_over) {
+            self.advance_pc()?;
+        }
         let exit = self.ops.run().map_err(hvf_error("hv_vcpu_run"))?;
         match exit {
             HvfExit::Canceled => Ok(VcpuExit::Interrupted),
@@ -249,7 +264,7 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
                     self.data_abort(syndrome, physical_address)
                 }
                 EC_WFX => {
-                    self.advance_pc()?;
+                    self.step_over = true;
                     Ok(VcpuExit::Halt)
                 }
                 EC_BRK => Ok(VcpuExit::Debug),
@@ -282,7 +297,8 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
                 .set_reg(Reg::X(target), load.load_result(value))
                 .map_err(hvf_error("set the load's target register"))?;
         }
-        self.advance_pc()
+        self.step_over = true;
+        Ok(())
     }
 
     fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {

@@ -147,7 +147,22 @@ impl InitialRegisters {
     pub fn cpacr_el1(&self, current: u64) -> u64 {
         current | self.cpacr_el1_set
     }
+
+    /// The same state with TCR_EL1.IPS set for a vCPU whose ID_AA64MMFR0_EL1 is `mmfr0`: its
+    /// PARange (bits 3:0), capped at 48 bits (0b101) because the boot tables use no 52-bit
+    /// descriptors.
+    pub fn with_pa_range_of(self, mmfr0: u64) -> Self {
+        let pa_range = (mmfr0 & 0xF).min(PA_RANGE_48_BITS);
+        let ips_mask = 0x7 << TCR_IPS_SHIFT;
+        Self {
+            tcr_el1: (self.tcr_el1 & !ips_mask) | (pa_range << TCR_IPS_SHIFT),
+            ..self
+        }
+    }
 }
+
+/// ID_AA64MMFR0_EL1.PARange (and TCR_EL1.IPS) for 48-bit physical addresses.
+pub const PA_RANGE_48_BITS: u64 = 0b101;
 
 /// The initial state of vCPU `cpu_id`: every vCPU gets the same values except X1 and MPIDR_EL1.
 ///
@@ -181,6 +196,29 @@ pub fn initial_registers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ips_field_follows_the_vcpu_pa_range() {
+        let regs = at(0, 0);
+        // Apple M1 reports PARange 0b0001 (36 bits) in its guests; the rest of TCR stays.
+        let m1 = regs.with_pa_range_of(0x0000_0000_1101_2121);
+        assert_eq!(m1.tcr_el1, 0x1_3510_3510);
+        assert_eq!(
+            regs.with_pa_range_of(0b0101).tcr_el1 >> TCR_IPS_SHIFT,
+            0b101
+        );
+        // 52 bits (0b0110) and reserved values are capped at 48 bits.
+        assert_eq!(
+            regs.with_pa_range_of(0b0110).tcr_el1 >> TCR_IPS_SHIFT,
+            0b101
+        );
+        assert_eq!(regs.with_pa_range_of(0xF).tcr_el1 >> TCR_IPS_SHIFT, 0b101);
+        // Lower to higher and back.
+        assert_eq!(
+            regs.with_pa_range_of(5).with_pa_range_of(2).tcr_el1,
+            at(0, 2).tcr_el1
+        );
+    }
 
     const G: u64 = 0x1000_0000;
 
