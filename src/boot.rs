@@ -447,6 +447,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn u64_at(bytes: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
     }

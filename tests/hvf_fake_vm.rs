@@ -182,7 +182,7 @@ impl HvfVcpuOps for FakeVcpu {
                         if Instant::now() > deadline {
                             return Err(HvfError {
                                 call: "hv_vcpu_run (fake: the other vCPU never ran)",
-                                code: -1,
+                                code: u32::MAX,
                             });
                         }
                         std::thread::sleep(Duration::from_millis(1));
@@ -200,7 +200,7 @@ impl HvfVcpuOps for FakeVcpu {
                     if Instant::now() > deadline {
                         return Err(HvfError {
                             call: "hv_vcpu_run (fake: never kicked)",
-                            code: -1,
+                            code: u32::MAX,
                         });
                     }
                     std::thread::sleep(Duration::from_millis(1));

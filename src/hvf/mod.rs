@@ -77,8 +77,8 @@ pub enum HvfExit {
 pub struct HvfError {
     /// The call, e.g. "hv_vcpu_run".
     pub call: &'static str,
-    /// Its `hv_return_t`.
-    pub code: i32,
+    /// Its `hv_return_t` (Apple's codes are 0xfae94xxx).
+    pub code: u32,
 }
 
 /// The raw vCPU calls of Hypervisor.framework. Implementations must be used only by the thread

@@ -26,7 +26,7 @@ impl HvfVcpuOps for FakeHvf {
     fn run(&mut self) -> Result<HvfExit, HvfError> {
         self.script.pop_front().ok_or(HvfError {
             call: "hv_vcpu_run",
-            code: -1,
+            code: u32::MAX,
         })
     }
     fn reg(&mut self, reg: Reg) -> Result<u64, HvfError> {

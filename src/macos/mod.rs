@@ -1,2 +1,425 @@
-//! The Hypervisor.framework backend for Apple Silicon. A later change fills it in; until then
-//! uhyve builds on macOS but cannot start a VM there.
+//! The Hypervisor.framework backend for Apple Silicon: a thin adapter from the framework's C calls
+//! to uhyve's traits. It owns the process's one VM ([`HvfVm`]: `hv_vm_create`, the in-kernel GIC,
+//! `hv_vm_map` of guest RAM without the hypercall trap window, `hv_vm_destroy` on drop), each
+//! vCPU's raw calls ([`HvfVcpu`], used only by the thread that created it, `hv_vcpu_destroy` on
+//! drop) and the cross-thread stop ([`HvfKick`]: `hv_vcpus_exit`). Everything that decides what
+//! an exit means lives in platform-neutral code ([`crate::hvf`], [`crate::exits`]).
+//!
+//! The raw declarations and constants come from xhypervisor's `ffi` module where they match
+//! Apple's headers. Two are bound here instead: `hv_vcpu_create`, whose config argument
+//! xhypervisor 0.3.0 declares as a pointer to the config (Apple passes the config itself), and the
+//! macOS 15 GIC calls ([`gic`]), looked up at run time so that uhyve still starts on older macOS
+//! and says what is missing.
+
+mod gic;
+
+use std::marker::PhantomData;
+use std::ptr;
+
+use thiserror::Error;
+use xhypervisor::ffi as hv;
+
+use crate::arch::GuestArch;
+use crate::arch::aarch64::layout::{HYPERCALL_WINDOW, RAM_BASE};
+use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg};
+use crate::mem::GuestMemory;
+use crate::vcpu::VcpuError;
+use crate::vm::{EntryRegisters, Hypervisor, VcpuKick, VmError};
+
+pub use gic::GicError;
+
+/// `hv_vcpu_create` as Apple declares it (`hv_vcpu.h`, macOS 11): the config is passed by value,
+/// NULL for the default configuration.
+mod create {
+    use xhypervisor::ffi::{hv_return_t, hv_vcpu_config_t, hv_vcpu_exit_t, hv_vcpu_t};
+
+    // The framework itself is linked by xhypervisor's build script.
+    unsafe extern "C" {
+        #[link_name = "hv_vcpu_create"]
+        pub fn hv_vcpu_create_with_config(
+            vcpu: *mut hv_vcpu_t,
+            exit: *mut *const hv_vcpu_exit_t,
+            config: hv_vcpu_config_t,
+        ) -> hv_return_t;
+    }
+}
+
+/// Failures setting up Hypervisor.framework.
+#[derive(Debug, Error)]
+pub enum HvfVmError {
+    /// The process lacks the hypervisor entitlement.
+    #[error(
+        "Hypervisor.framework denied access (HV_DENIED): uhyve must be signed with the \
+         com.apple.security.hypervisor entitlement: \
+         codesign --entitlements uhyve.entitlements --force -s - path/to/uhyve"
+    )]
+    Denied,
+    /// This Mac or macOS cannot run VMs.
+    #[error(
+        "Hypervisor.framework is not supported here (HV_UNSUPPORTED): check `sysctl kern.hv_support`"
+    )]
+    Unsupported,
+    /// The process already has a VM.
+    #[error("Hypervisor.framework allows one VM per process, and this process already has one")]
+    Busy,
+    /// The in-kernel GIC could not be set up.
+    #[error(transparent)]
+    Gic(#[from] GicError),
+    /// Any other failing call.
+    #[error("Hypervisor.framework: {call} failed with {}", return_name(*.code))]
+    Call {
+        /// The call.
+        call: &'static str,
+        /// Its `hv_return_t`.
+        code: hv::hv_return_t,
+    },
+}
+
+/// The name of an `hv_return_t` (Apple's `hv_kern_types.h`).
+pub fn return_name(code: hv::hv_return_t) -> String {
+    let name = match code {
+        hv::HV_SUCCESS => "HV_SUCCESS",
+        hv::HV_ERROR => "HV_ERROR",
+        hv::HV_BUSY => "HV_BUSY",
+        hv::HV_BAD_ARGUMENT => "HV_BAD_ARGUMENT",
+        hv::HV_ILLEGAL_GUEST_STATE => "HV_ILLEGAL_GUEST_STATE",
+        hv::HV_NO_RESOURCES => "HV_NO_RESOURCES",
+        hv::HV_NO_DEVICE => "HV_NO_DEVICE",
+        hv::HV_DENIED => "HV_DENIED",
+        hv::HV_UNSUPPORTED => "HV_UNSUPPORTED",
+        _ => return format!("{code:#x}"),
+    };
+    format!("{name} ({code:#x})")
+}
+
+/// `Ok` for HV_SUCCESS, else the VM-level error for `call`.
+fn vm_call(call: &'static str, code: hv::hv_return_t) -> Result<(), HvfVmError> {
+    match code {
+        hv::HV_SUCCESS => Ok(()),
+        hv::HV_DENIED => Err(HvfVmError::Denied),
+        hv::HV_UNSUPPORTED => Err(HvfVmError::Unsupported),
+        hv::HV_BUSY if call == "hv_vm_create" => Err(HvfVmError::Busy),
+        code => Err(HvfVmError::Call { call, code }),
+    }
+}
+
+/// `Ok` for HV_SUCCESS, else the vCPU-level error for `call`.
+fn vcpu_call(call: &'static str, code: hv::hv_return_t) -> Result<(), HvfError> {
+    if code == hv::HV_SUCCESS {
+        Ok(())
+    } else {
+        Err(HvfError { call, code })
+    }
+}
+
+/// The process's Hypervisor.framework VM (the framework has no VM handle: at most one VM exists
+/// per process, and every `hv_vm_*` call acts on it). Destroyed on drop, after every vCPU
+/// (each vCPU thread destroys its own vCPU before [`crate::vm::Vm`] drops this).
+pub struct HvfVm {
+    /// Not constructible outside [`HvfVm::create`].
+    _created: (),
+}
+
+impl HvfVm {
+    /// Creates the VM with the default configuration and the in-kernel GICv3 at the addresses
+    /// the device tree names.
+    pub fn create() -> Result<Self, HvfVmError> {
+        // SAFETY: hv_vm_create takes an optional config object; NULL selects the defaults.
+        vm_call("hv_vm_create", unsafe { hv::hv_vm_create(ptr::null_mut()) })?;
+        // From here on, drop destroys the VM, also when the GIC fails below.
+        let vm = Self { _created: () };
+        gic::create()?;
+        Ok(vm)
+    }
+}
+
+impl Drop for HvfVm {
+    fn drop(&mut self) {
+        // SAFETY: the VM exists (created in `create`) and all of its vCPUs were destroyed by
+        // their threads; guest RAM is still mapped in this process, so the framework releases
+        // its mapping before uhyve unmaps the memory.
+        let code = unsafe { hv::hv_vm_destroy() };
+        if code != hv::HV_SUCCESS {
+            log::warn!("hv_vm_destroy failed with {}", return_name(code));
+        }
+    }
+}
+
+impl Hypervisor for HvfVm {
+    const ARCH: GuestArch = GuestArch::Aarch64;
+    type Cpu = HvfCpu<HvfVcpu>;
+    type Kick = HvfKick;
+
+    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+        // The first 16 KiB of RAM (one Apple Silicon page) stay unmapped: the guest's v1
+        // hypercall stores there fault and reach uhyve as data aborts.
+        let window = HYPERCALL_WINDOW.end - HYPERCALL_WINDOW.start;
+        let (Some(size), true) = (
+            mem.size().checked_sub(window),
+            mem.base().as_u64() == HYPERCALL_WINDOW.start,
+        ) else {
+            return Err(VmError::Hvf(HvfVmError::Call {
+                call: "hv_vm_map (guest RAM does not start at the hypercall window)",
+                code: hv::HV_BAD_ARGUMENT,
+            }));
+        };
+        let (Ok(offset), Ok(size)) = (usize::try_from(window), usize::try_from(size)) else {
+            return Err(VmError::Hvf(HvfVmError::Call {
+                call: "hv_vm_map (guest RAM larger than the address space)",
+                code: hv::HV_BAD_ARGUMENT,
+            }));
+        };
+        // SAFETY: `offset` < mem.size(), so the pointer stays inside the mapping `mem` owns.
+        let host = unsafe { mem.host_address().add(offset) };
+        // SAFETY: [host, host + size) is the part of guest RAM above the window, page aligned
+        // (RAM is page aligned, the window is one 16 KiB page). `mem` outlives the VM (the Vm
+        // drops the hypervisor first, and hv_vm_destroy removes the mapping), so the framework
+        // never reaches host memory that is not guest RAM.
+        let code = unsafe {
+            hv::hv_vm_map(
+                host.cast(),
+                HYPERCALL_WINDOW.end,
+                size,
+                hv::HV_MEMORY_READ | hv::HV_MEMORY_WRITE | hv::HV_MEMORY_EXEC,
+            )
+        };
+        vm_call("hv_vm_map", code).map_err(VmError::Hvf)
+    }
+
+    fn create_vcpu(
+        &self,
+        cpu: u32,
+        entry: &EntryRegisters,
+    ) -> Result<(Self::Cpu, Self::Kick), VmError> {
+        let EntryRegisters::Aarch64(registers) = entry else {
+            return Err(VmError::Vcpu {
+                cpu,
+                source: VcpuError::Unexpected {
+                    operation: "create vCPU",
+                    detail: "Hypervisor.framework on Apple Silicon runs aarch64 guests only".into(),
+                },
+            });
+        };
+        let vcpu = HvfVcpu::create().map_err(|error| VmError::Vcpu {
+            cpu,
+            source: VcpuError::Unexpected {
+                operation: "create vCPU",
+                detail: error.to_string(),
+            },
+        })?;
+        let kick = HvfKick { vcpu: vcpu.id };
+        let vcpu = HvfCpu::new(vcpu, cpu, RAM_BASE, registers)
+            .map_err(|source| VmError::Vcpu { cpu, source })?;
+        Ok((vcpu, kick))
+    }
+}
+
+/// One vCPU's raw calls. Created by, used by and destroyed on one thread (HVF's rule): the raw
+/// pointer field makes it neither `Send` nor `Sync`.
+pub struct HvfVcpu {
+    id: hv::hv_vcpu_t,
+    /// The framework's exit record for this vCPU, updated by every `hv_vcpu_run`.
+    exit: *const hv::hv_vcpu_exit_t,
+    _one_thread: PhantomData<*const ()>,
+}
+
+impl HvfVcpu {
+    /// `hv_vcpu_create` for the calling thread, default configuration.
+    fn create() -> Result<Self, HvfError> {
+        let mut id: hv::hv_vcpu_t = 0;
+        let mut exit: *const hv::hv_vcpu_exit_t = ptr::null();
+        // SAFETY: both out-pointers point to live locals; NULL is the documented default config.
+        let code =
+            unsafe { create::hv_vcpu_create_with_config(&mut id, &mut exit, ptr::null_mut()) };
+        vcpu_call("hv_vcpu_create", code)?;
+        if exit.is_null() {
+            // SAFETY: the vCPU was just created by this thread.
+            unsafe { hv::hv_vcpu_destroy(id) };
+            return Err(HvfError {
+                call: "hv_vcpu_create (no exit record)",
+                code: hv::HV_ERROR,
+            });
+        }
+        Ok(Self {
+            id,
+            exit,
+            _one_thread: PhantomData,
+        })
+    }
+}
+
+impl Drop for HvfVcpu {
+    fn drop(&mut self) {
+        // SAFETY: the vCPU was created by this thread (the type cannot leave it) and is not
+        // running: only this thread runs it.
+        let code = unsafe { hv::hv_vcpu_destroy(self.id) };
+        if code != hv::HV_SUCCESS {
+            log::warn!("hv_vcpu_destroy failed with {}", return_name(code));
+        }
+    }
+}
+
+/// The framework's number for a general register.
+fn reg_number(reg: Reg) -> Result<hv::hv_reg_t, HvfError> {
+    match reg {
+        Reg::X(number @ 0..=30) => Ok(hv::HV_REG_X0 + hv::hv_reg_t::from(number)),
+        Reg::X(_) => Err(HvfError {
+            call: "hv_vcpu_get_reg (no such X register)",
+            code: hv::HV_BAD_ARGUMENT,
+        }),
+        Reg::Pc => Ok(hv::HV_REG_PC),
+        Reg::Cpsr => Ok(hv::HV_REG_CPSR),
+    }
+}
+
+/// The framework's number for a system register (op0:op1:CRn:CRm:op2, see `hv_vcpu_types.h`).
+fn sys_reg_number(reg: SysReg) -> hv::hv_sys_reg_t {
+    match reg {
+        SysReg::SpEl1 => hv::HV_SYS_REG_SP_EL1,
+        SysReg::MpidrEl1 => hv::HV_SYS_REG_MPIDR_EL1,
+        SysReg::MairEl1 => hv::HV_SYS_REG_MAIR_EL1,
+        SysReg::TcrEl1 => hv::HV_SYS_REG_TCR_EL1,
+        SysReg::Ttbr0El1 => hv::HV_SYS_REG_TTBR0_EL1,
+        SysReg::Ttbr1El1 => hv::HV_SYS_REG_TTBR1_EL1,
+        SysReg::CpacrEl1 => hv::HV_SYS_REG_CPACR_EL1,
+        SysReg::MdscrEl1 => hv::HV_SYS_REG_MDSCR_EL1,
+        SysReg::SctlrEl1 => hv::HV_SYS_REG_SCTLR_EL1,
+        SysReg::IdAa64Mmfr0El1 => hv::HV_SYS_REG_ID_AA64MMFR0_EL1,
+    }
+}
+
+impl HvfVcpuOps for HvfVcpu {
+    fn run(&mut self) -> Result<HvfExit, HvfError> {
+        // SAFETY: this thread created the vCPU.
+        vcpu_call("hv_vcpu_run", unsafe { hv::hv_vcpu_run(self.id) })?;
+        // SAFETY: `exit` is the framework's record for this vCPU (non-null, checked at
+        // creation), valid until hv_vcpu_destroy and written only during hv_vcpu_run on this
+        // thread; it is copied out, never referenced.
+        let exit = unsafe { ptr::read(self.exit) };
+        Ok(match exit.reason {
+            hv::HV_EXIT_REASON_CANCELED => HvfExit::Canceled,
+            hv::HV_EXIT_REASON_EXCEPTION => HvfExit::Exception {
+                syndrome: exit.exception.syndrome,
+                virtual_address: exit.exception.virtual_address,
+                physical_address: exit.exception.physical_address,
+            },
+            hv::HV_EXIT_REASON_VTIMER_ACTIVATED => HvfExit::VtimerActivated,
+            other => HvfExit::Unknown(other),
+        })
+    }
+
+    fn reg(&mut self, reg: Reg) -> Result<u64, HvfError> {
+        let number = reg_number(reg)?;
+        let mut value = 0;
+        // SAFETY: this thread created the vCPU; `value` is a live out-parameter.
+        vcpu_call("hv_vcpu_get_reg", unsafe {
+            hv::hv_vcpu_get_reg(self.id, number, &mut value)
+        })?;
+        Ok(value)
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HvfError> {
+        let number = reg_number(reg)?;
+        // SAFETY: this thread created the vCPU.
+        vcpu_call("hv_vcpu_set_reg", unsafe {
+            hv::hv_vcpu_set_reg(self.id, number, value)
+        })
+    }
+
+    fn sys_reg(&mut self, reg: SysReg) -> Result<u64, HvfError> {
+        let mut value = 0;
+        // SAFETY: this thread created the vCPU; `value` is a live out-parameter.
+        vcpu_call("hv_vcpu_get_sys_reg", unsafe {
+            hv::hv_vcpu_get_sys_reg(self.id, sys_reg_number(reg), &mut value)
+        })?;
+        Ok(value)
+    }
+
+    fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), HvfError> {
+        // SAFETY: this thread created the vCPU.
+        vcpu_call("hv_vcpu_set_sys_reg", unsafe {
+            hv::hv_vcpu_set_sys_reg(self.id, sys_reg_number(reg), value)
+        })
+    }
+}
+
+/// Stops one vCPU from any thread: `hv_vcpus_exit` makes its current or next `hv_vcpu_run`
+/// return with HV_EXIT_REASON_CANCELED.
+pub struct HvfKick {
+    vcpu: hv::hv_vcpu_t,
+}
+
+impl VcpuKick for HvfKick {
+    fn kick(&self) {
+        // SAFETY: hv_vcpus_exit may be called from any thread. The vCPU still exists: the
+        // kick handle is removed from the VM's registry (under its lock, which every kick
+        // holds) before the vCPU thread destroys the vCPU.
+        let code = unsafe { hv::hv_vcpus_exit(&self.vcpu, 1) };
+        if code != hv::HV_SUCCESS {
+            log::warn!("hv_vcpus_exit failed with {}", return_name(code));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `hv_sys_reg_t` is op0:op1:CRn:CRm:op2 packed as 2:3:4:4:3 bits (`hv_vcpu_types.h`).
+    fn encoding(op0: u16, op1: u16, crn: u16, crm: u16, op2: u16) -> hv::hv_sys_reg_t {
+        (op0 << 14) | (op1 << 11) | (crn << 7) | (crm << 3) | op2
+    }
+
+    #[test]
+    fn system_register_numbers_follow_the_architectural_encoding() {
+        // Encodings from the Arm ARM; SP_EL1 uses its EL2 view (op1 = 4), as the header does.
+        let expected = [
+            (SysReg::SpEl1, encoding(3, 4, 4, 1, 0)),
+            (SysReg::MpidrEl1, encoding(3, 0, 0, 0, 5)),
+            (SysReg::MairEl1, encoding(3, 0, 10, 2, 0)),
+            (SysReg::TcrEl1, encoding(3, 0, 2, 0, 2)),
+            (SysReg::Ttbr0El1, encoding(3, 0, 2, 0, 0)),
+            (SysReg::Ttbr1El1, encoding(3, 0, 2, 0, 1)),
+            (SysReg::CpacrEl1, encoding(3, 0, 1, 0, 2)),
+            (SysReg::MdscrEl1, encoding(2, 0, 0, 2, 2)),
+            (SysReg::SctlrEl1, encoding(3, 0, 1, 0, 0)),
+            (SysReg::IdAa64Mmfr0El1, encoding(3, 0, 0, 7, 0)),
+        ];
+        for (reg, number) in expected {
+            assert_eq!(sys_reg_number(reg), number, "{reg:?}");
+        }
+    }
+
+    #[test]
+    fn general_register_numbers_match_the_header() {
+        assert_eq!(reg_number(Reg::X(0)).unwrap(), 0);
+        assert_eq!(reg_number(Reg::X(30)).unwrap(), 30);
+        assert_eq!(reg_number(Reg::Pc).unwrap(), 31);
+        assert_eq!(reg_number(Reg::Cpsr).unwrap(), 34);
+        assert!(
+            reg_number(Reg::X(31)).is_err(),
+            "X31 is SP or XZR, not a register"
+        );
+    }
+
+    #[test]
+    fn framework_errors_are_named() {
+        assert_eq!(return_name(0xfae9_4007), "HV_DENIED (0xfae94007)");
+        assert_eq!(return_name(0x1234), "0x1234");
+        assert!(matches!(
+            vm_call("hv_vm_create", hv::HV_DENIED),
+            Err(HvfVmError::Denied)
+        ));
+        assert!(matches!(
+            vm_call("hv_vm_create", hv::HV_BUSY),
+            Err(HvfVmError::Busy)
+        ));
+        assert!(HvfVmError::Denied.to_string().contains("codesign"));
+    }
+
+    #[test]
+    fn the_exit_record_has_apples_layout() {
+        assert_eq!(std::mem::size_of::<hv::hv_vcpu_exit_t>(), 32);
+        assert_eq!(std::mem::offset_of!(hv::hv_vcpu_exit_t, exception), 8);
+    }
+}

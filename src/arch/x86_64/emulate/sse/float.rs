@@ -12,12 +12,14 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::asm;
+#[cfg(target_arch = "x86_64")]
 use std::mem::offset_of;
 
 use iced_x86::Code;
 
-/// What a host operation produces.
+/// What a host operation produces (only x86_64 hosts execute operations natively).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) enum Output {
     /// The new value of the destination XMM register.
     Xmm,
