@@ -121,6 +121,32 @@ mod tests {
         assert_eq!(host_open_flags(-1) & libc::O_CLOEXEC, libc::O_CLOEXEC);
     }
 
+    /// The numbers of macOS's `<sys/fcntl.h>` and `<sys/errno.h>`, written out so that the
+    /// translation is checked against them and not only against the libc crate.
+    #[cfg(target_os = "macos")]
+    #[test]
+    fn linux_numbered_guest_flags_become_macos_flags() {
+        const O_APPEND: i32 = 0x8;
+        const O_CREAT: i32 = 0x200;
+        const O_TRUNC: i32 = 0x400;
+        const O_EXCL: i32 = 0x800;
+        const O_DIRECTORY: i32 = 0x10_0000;
+        const O_CLOEXEC: i32 = 0x100_0000;
+        // Guest (Linux) O_WRONLY|O_CREAT|O_TRUNC = 0o1101; macOS 0x601 plus O_CLOEXEC.
+        assert_eq!(host_open_flags(0o1101), 1 | O_CREAT | O_TRUNC | O_CLOEXEC);
+        assert_eq!(
+            host_open_flags(abi::O_RDWR | abi::O_EXCL | abi::O_APPEND | abi::O_CREAT),
+            2 | O_EXCL | O_APPEND | O_CREAT | O_CLOEXEC
+        );
+        assert_eq!(host_open_flags(abi::O_DIRECTORY), O_DIRECTORY | O_CLOEXEC);
+        // macOS numbers EOVERFLOW 84 and EROFS 30 (Linux: 75 and 30).
+        assert_eq!(
+            guest_errno(&io::Error::from_raw_os_error(84)),
+            abi::EOVERFLOW
+        );
+        assert_eq!(guest_errno(&io::Error::from_raw_os_error(30)), abi::EROFS);
+    }
+
     #[test]
     fn invalid_combinations_are_rejected() {
         assert!(matches!(
