@@ -142,8 +142,9 @@ pub fn run_vcpu(
                 // re-entering waits for the next interrupt.
             }
             VcpuExit::Interrupted => {
-                // A host signal interrupted KVM_RUN: a stop request is handled at the top of the
-                // loop; any other signal just resumes the guest.
+                // A kick or host signal ended the run (KVM_RUN returned EINTR, or hv_vcpu_run
+                // returned CANCELED): a stop request is handled at the top of the loop; anything
+                // else just resumes the guest.
             }
             VcpuExit::MmioRead { address, size } => {
                 return Err(crash(

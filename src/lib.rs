@@ -27,7 +27,7 @@ pub mod stats;
 pub mod vcpu;
 pub mod vm;
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod linux;
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 pub mod macos;

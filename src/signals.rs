@@ -1,5 +1,6 @@
 //! Host signals that stop the VM in an orderly way: SIGINT, SIGTERM and SIGHUP set a flag that the
-//! vCPU loop checks whenever `KVM_RUN` is interrupted or about to be entered, so uhyve flushes the
+//! main thread polls while the vCPUs run; it then stops every vCPU (KVM: `immediate_exit` and a
+//! signal; Hypervisor.framework: `hv_vcpus_exit` and a signal), so uhyve flushes the
 //! guest's output, removes its temporary directory and exits with `128 + signal`. Each handler is
 //! one-shot (`SA_RESETHAND`): a second signal of the same kind terminates uhyve at once.
 

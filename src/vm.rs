@@ -82,7 +82,7 @@ pub enum VmError {
     #[error(transparent)]
     Output(#[from] OutputError),
     /// The hypervisor could not be set up.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[error(transparent)]
     Kvm(#[from] crate::linux::KvmError),
     /// Hypervisor.framework could not be set up.
@@ -111,6 +111,14 @@ pub enum VmError {
     /// An unusable number of vCPUs.
     #[error("--cpu-count {0}: uhyve supports 1 to {max} vCPUs", max = MAX_CPUS)]
     CpuCount(u32),
+    /// More vCPUs than this hypervisor offers.
+    #[error("--cpu-count {requested}: this hypervisor offers at most {max} vCPUs per VM")]
+    TooManyCpus {
+        /// What was asked for.
+        requested: u32,
+        /// The hypervisor's limit.
+        max: u32,
+    },
     /// The `--affinity` list cannot be used.
     #[error(transparent)]
     Affinity(#[from] affinity::AffinityError),
@@ -181,9 +189,19 @@ pub trait Hypervisor: Send + Sync + Sized {
     /// Makes a running vCPU return to the host; used from other threads.
     type Kick: VcpuKick;
 
-    /// Makes guest RAM visible to the guest. `mem` outlives the hypervisor ([`Vm`] owns both and
-    /// drops the hypervisor first).
-    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError>;
+    /// Makes guest RAM visible to the guest.
+    ///
+    /// # Safety
+    ///
+    /// `mem` must outlive the hypervisor's VM: the hypervisor keeps its host address, and the
+    /// guest (and the framework) write there for as long as the VM exists. [`Vm`] owns both and
+    /// drops the hypervisor first.
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError>;
+
+    /// The most vCPUs this hypervisor can give one VM, where it has a limit below [`MAX_CPUS`].
+    fn max_cpus(&self) -> Option<u32> {
+        None
+    }
 
     /// Creates vCPU `cpu` on the calling thread in the state `entry`, with a handle that
     /// interrupts it from other threads.
@@ -235,33 +253,45 @@ impl EntryRegisters {
 }
 
 /// The hypervisor uhyve uses on this platform.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub type HostHypervisor = crate::linux::KvmVm;
 /// The hypervisor uhyve uses on this platform.
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 pub type HostHypervisor = crate::macos::HvfVm;
 /// No hypervisor on this platform: [`Vm::new`] reports it.
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 pub type HostHypervisor = NoHypervisor;
 
 /// Stands in for the hypervisor on platforms uhyve has no backend for; cannot be created.
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 pub enum NoHypervisor {}
 
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 impl NoHypervisor {
     fn create() -> Result<Self, VmError> {
         Err(VmError::UnsupportedPlatform)
     }
 }
 
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 impl Hypervisor for NoHypervisor {
     const ARCH: GuestArch = GuestArch::HOST;
     type Cpu = crate::hvf::HvfCpu<NoHypervisorCpu>;
     type Kick = NoHypervisorCpu;
 
-    fn map_memory(&self, _mem: &GuestMemory) -> Result<(), VmError> {
+    unsafe fn map_memory(&self, _mem: &GuestMemory) -> Result<(), VmError> {
         match *self {}
     }
 
@@ -275,17 +305,26 @@ impl Hypervisor for NoHypervisor {
 }
 
 /// The vCPU of [`NoHypervisor`]; cannot exist.
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 pub enum NoHypervisorCpu {}
 
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 impl VcpuKick for NoHypervisorCpu {
     fn kick(&self) {
         match *self {}
     }
 }
 
-#[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "macos", target_arch = "aarch64")
+)))]
 impl crate::hvf::HvfVcpuOps for NoHypervisorCpu {
     fn run(&mut self) -> Result<crate::hvf::HvfExit, crate::hvf::HvfError> {
         match *self {}
@@ -518,7 +557,18 @@ impl<H: Hypervisor> Vm<H> {
             cpu: 0,
             reason: "the VM set-up thread panicked".into(),
         })??;
-        hypervisor.map_memory(&mem)?;
+        if let Some(max) = hypervisor.max_cpus()
+            && config.cpu_count > max
+        {
+            return Err(VmError::TooManyCpus {
+                requested: config.cpu_count,
+                max,
+            });
+        }
+        // SAFETY: `mem` and `hypervisor` both move into the returned Vm, whose field order drops
+        // the hypervisor first; on the error paths below, `hypervisor` (declared after `mem`) is
+        // dropped before it.
+        unsafe { hypervisor.map_memory(&mem) }?;
         let hypercalls = Hypercalls::new(H::ARCH, Arc::clone(&output), files, cmdline);
         Ok(Self {
             hypervisor,
@@ -673,7 +723,7 @@ impl<H: Hypervisor> Vm<H> {
                         }
                         if first_end.is_some() {
                             // Kick again: cheap, and robust against a vCPU that was between
-                            // its stop check and KVM_RUN when the first kick came.
+                            // its stop check and entering the guest when the first kick came.
                             shared.stop_all();
                         }
                     }

@@ -103,6 +103,8 @@ struct Observed {
 /// A scripted Hypervisor.framework: vCPU `n` replays `scripts[n]`, then idles until kicked.
 struct FakeHvf {
     scripts: Vec<Vec<Step>>,
+    /// What `hv_vm_get_max_vcpu_count` (and the GIC) allow.
+    max_cpus: Option<u32>,
     mapping: Mutex<Option<Mapping>>,
     observed: Arc<Mutex<HashMap<u32, Observed>>>,
 }
@@ -229,13 +231,17 @@ impl Hypervisor for FakeHvf {
     type Cpu = HvfCpu<FakeVcpu>;
     type Kick = FakeKick;
 
-    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
         *self.mapping.lock().unwrap() = Some(Mapping {
             host: mem.host_address() as usize,
             base: mem.base().as_u64(),
             size: mem.size(),
         });
         Ok(())
+    }
+
+    fn max_cpus(&self) -> Option<u32> {
+        self.max_cpus
     }
 
     fn create_vcpu(
@@ -318,9 +324,18 @@ fn run(
     config: &VmConfig,
     scripts: Vec<Vec<Step>>,
 ) -> (Result<GuestExit, VmError>, HashMap<u32, Observed>) {
+    run_limited(config, scripts, None)
+}
+
+fn run_limited(
+    config: &VmConfig,
+    scripts: Vec<Vec<Step>>,
+    max_cpus: Option<u32>,
+) -> (Result<GuestExit, VmError>, HashMap<u32, Observed>) {
     let observed = Arc::new(Mutex::new(HashMap::new()));
     let fake = FakeHvf {
         scripts,
+        max_cpus,
         mapping: Mutex::new(None),
         observed: Arc::clone(&observed),
     };
@@ -595,6 +610,20 @@ fn an_x86_64_image_is_refused_by_the_aarch64_vm_with_one_clear_line() {
             "{}: built for x86_64 (e_machine 62), but this uhyve runs aarch64 guests",
             x86_image.display()
         )
+    );
+    assert!(observed.is_empty(), "no vCPU was created");
+}
+
+#[test]
+fn more_vcpus_than_the_framework_offers_is_one_clear_error() {
+    let Some(kernel) = image_path() else {
+        return;
+    };
+    let config = config(kernel, 8, OutputTarget::None, vec![]);
+    let (result, observed) = run_limited(&config, vec![], Some(4));
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "--cpu-count 8: this hypervisor offers at most 4 vCPUs per VM"
     );
     assert!(observed.is_empty(), "no vCPU was created");
 }

@@ -73,12 +73,31 @@ pub enum HvfExit {
 
 /// An error of a raw HVF call.
 #[derive(Debug, Error)]
-#[error("{call} returned {code:#x}")]
+#[error("{call} returned {}", return_name(*.code))]
 pub struct HvfError {
     /// The call, e.g. "hv_vcpu_run".
     pub call: &'static str,
     /// Its `hv_return_t` (Apple's codes are 0xfae94xxx).
     pub code: u32,
+}
+
+/// The name of an `hv_return_t`, with its value (codes of Apple's `hv_kern_types.h`:
+/// `0xfae94000 | n`).
+pub fn return_name(code: u32) -> String {
+    let name = match code {
+        0 => "HV_SUCCESS",
+        0xfae9_4001 => "HV_ERROR",
+        0xfae9_4002 => "HV_BUSY",
+        0xfae9_4003 => "HV_BAD_ARGUMENT",
+        0xfae9_4004 => "HV_ILLEGAL_GUEST_STATE",
+        0xfae9_4005 => "HV_NO_RESOURCES",
+        0xfae9_4006 => "HV_NO_DEVICE",
+        0xfae9_4007 => "HV_DENIED",
+        0xfae9_4008 => "HV_EXISTS",
+        0xfae9_400f => "HV_UNSUPPORTED",
+        _ => return format!("{code:#x}"),
+    };
+    format!("{name} ({code:#x})")
 }
 
 /// The raw vCPU calls of Hypervisor.framework. Implementations must be used only by the thread
@@ -98,6 +117,12 @@ pub trait HvfVcpuOps {
 
 /// Exception class of WFI/WFE: the guest idles; it resumes after the instruction.
 const EC_WFX: u8 = 0x01;
+/// ISS bit 0 of a WFx trap: set for WFE, clear for WFI.
+const WFX_ISS_WFE: u64 = 1;
+/// How long a vCPU thread sleeps on a trapped WFI before re-entering the guest. WFI may end at
+/// any time (the architecture allows spurious wake-ups), so this only bounds the extra latency
+/// of an interrupt, while an idle guest no longer spins a host core. A kick ends the sleep.
+pub const WFI_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 /// Exception class of BRK: a breakpoint, reported as a debug exit.
 const EC_BRK: u8 = 0x3c;
 // Everything else (HVC 0x16, SMC 0x17 — uhyve offers no PSCI —, system-register traps 0x18, …)
@@ -265,6 +290,13 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
                 }
                 EC_WFX => {
                     self.step_over = true;
+                    if syndrome & WFX_ISS_WFE == 0 {
+                        // WFI: idle briefly; the thread's unpark (every kick) wakes it early.
+                        std::thread::park_timeout(WFI_IDLE);
+                    } else {
+                        // WFE (spin-wait loops): give the host CPU away, come back at once.
+                        std::thread::yield_now();
+                    }
                     Ok(VcpuExit::Halt)
                 }
                 EC_BRK => Ok(VcpuExit::Debug),

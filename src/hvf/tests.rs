@@ -172,6 +172,45 @@ fn mmio_loads_fill_the_target_register_and_stores_report_their_value() {
 }
 
 #[test]
+fn framework_return_codes_are_named() {
+    assert_eq!(return_name(0xfae9_4007), "HV_DENIED (0xfae94007)");
+    assert_eq!(return_name(0xfae9_4008), "HV_EXISTS (0xfae94008)");
+    assert_eq!(return_name(0x1234), "0x1234");
+    let error = HvfError {
+        call: "hv_vcpu_run",
+        code: 0xfae9_4004,
+    };
+    assert_eq!(
+        error.to_string(),
+        "hv_vcpu_run returned HV_ILLEGAL_GUEST_STATE (0xfae94004)"
+    );
+}
+
+#[test]
+fn a_trapped_wfi_idles_until_woken_and_wfe_does_not() {
+    let wfi = HvfExit::Exception {
+        syndrome: 0x01 << 26,
+        virtual_address: 0,
+        physical_address: 0,
+    };
+    let wfe = HvfExit::Exception {
+        syndrome: (0x01 << 26) | 1,
+        virtual_address: 0,
+        physical_address: 0,
+    };
+    let mut vcpu = cpu(vec![wfi, wfe]);
+    // A pending unpark (what a kick does) ends the idle at once.
+    std::thread::current().unpark();
+    assert_eq!(vcpu.run().unwrap(), VcpuExit::Halt);
+    assert_eq!(vcpu.run().unwrap(), VcpuExit::Halt);
+    assert_eq!(
+        vcpu.instruction_pointer().unwrap(),
+        ENTRY + 4,
+        "past the WFI"
+    );
+}
+
+#[test]
 fn other_exits_are_named() {
     let exception = |syndrome| HvfExit::Exception {
         syndrome,

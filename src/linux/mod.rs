@@ -138,7 +138,7 @@ impl Hypervisor for KvmVm {
     type Cpu = KvmCpu;
     type Kick = KvmKick;
 
-    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
         Ok(KvmVm::map_memory(self, mem)?)
     }
 

@@ -8,7 +8,8 @@
 //! `hv_gic_config_set_{distributor,redistributor,msi_region}_base(hv_gic_config_t, hv_ipa_t)`,
 //! `hv_gic_config_set_msi_interrupt_range(hv_gic_config_t, uint32_t base, uint32_t count)`,
 //! `hv_gic_get_{distributor_size,distributor_base_alignment,redistributor_region_size,
-//! redistributor_base_alignment,msi_region_size,msi_region_base_alignment}(size_t *)`,
+//! redistributor_size,redistributor_base_alignment,msi_region_size,
+//! msi_region_base_alignment}(size_t *)`,
 //! `hv_gic_get_spi_interrupt_range(uint32_t *base, uint32_t *count)` and
 //! `hv_gic_create(hv_gic_config_t)`.
 
@@ -18,8 +19,8 @@ use std::ops::Range;
 use thiserror::Error;
 use xhypervisor::ffi::{HV_SUCCESS, hv_gic_config_t, hv_ipa_t, hv_return_t, os_release};
 
-use super::return_name;
-use crate::arch::aarch64::layout::{GIC_ITS, GICD, GICR};
+use crate::arch::aarch64::layout::{GIC_ITS, GICD, GICR, RAM_BASE};
+use crate::hvf::return_name;
 
 /// Why the GIC could not be created.
 #[derive(Debug, Error)]
@@ -47,6 +48,9 @@ pub enum GicError {
         /// Room uhyve has there.
         available: u64,
     },
+    /// The framework returned no GIC config object.
+    #[error("Hypervisor.framework: hv_gic_config_create returned no configuration")]
+    NoConfig,
     /// A GIC call failed.
     #[error("Hypervisor.framework: {call} failed with {}", return_name(*.code))]
     Call {
@@ -133,8 +137,9 @@ impl Drop for Config {
 
 /// Creates the GIC: distributor at GICD, redistributors at GICR, and, where the framework's MSI
 /// frame fits the ITS area of the device tree, MSIs there on the upper half of the SPIs (the
-/// lower half stays for wired interrupts).
-pub fn create() -> Result<(), GicError> {
+/// lower half stays for wired interrupts). Returns how many vCPUs' redistributors fit the area
+/// the device tree describes.
+pub fn create() -> Result<u32, GicError> {
     let create = gic_fn!(c"hv_gic_create" as Create);
     let config_create = gic_fn!(c"hv_gic_config_create" as ConfigCreate);
     let set_distributor = gic_fn!(c"hv_gic_config_set_distributor_base" as ConfigSetBase);
@@ -143,7 +148,8 @@ pub fn create() -> Result<(), GicError> {
     let set_msi_range = gic_fn!(c"hv_gic_config_set_msi_interrupt_range" as ConfigSetRange);
     let distributor_size = gic_fn!(c"hv_gic_get_distributor_size" as GetSize);
     let distributor_alignment = gic_fn!(c"hv_gic_get_distributor_base_alignment" as GetSize);
-    let redistributor_size = gic_fn!(c"hv_gic_get_redistributor_region_size" as GetSize);
+    let redistributor_region_size = gic_fn!(c"hv_gic_get_redistributor_region_size" as GetSize);
+    let redistributor_size = gic_fn!(c"hv_gic_get_redistributor_size" as GetSize);
     let redistributor_alignment = gic_fn!(c"hv_gic_get_redistributor_base_alignment" as GetSize);
     let msi_size = gic_fn!(c"hv_gic_get_msi_region_size" as GetSize);
     let msi_alignment = gic_fn!(c"hv_gic_get_msi_region_base_alignment" as GetSize);
@@ -158,23 +164,29 @@ pub fn create() -> Result<(), GicError> {
         )?,
         &GICD,
     )?;
+    // The framework's region holds a redistributor for every vCPU it supports (possibly more
+    // than the device tree's GICR area describes): it must not reach RAM. The guest learns only
+    // the GICR area, so that bounds the vCPUs whose redistributor it can find.
     check_fit(
         "redistributors",
-        parameter("hv_gic_get_redistributor_region_size", redistributor_size)?,
+        parameter(
+            "hv_gic_get_redistributor_region_size",
+            redistributor_region_size,
+        )?,
         parameter(
             "hv_gic_get_redistributor_base_alignment",
             redistributor_alignment,
         )?,
-        &GICR,
+        &(GICR.start..RAM_BASE),
     )?;
+    let one_redistributor = parameter("hv_gic_get_redistributor_size", redistributor_size)?;
+    let described = (GICR.end - GICR.start) / (one_redistributor.max(1) as u64);
+    let max_cpus = u32::try_from(described).unwrap_or(u32::MAX);
 
     // SAFETY: no arguments; the result is a retained object or NULL.
     let raw = unsafe { config_create() };
     if raw.is_null() {
-        return Err(GicError::Call {
-            call: "hv_gic_config_create",
-            code: xhypervisor::ffi::HV_NO_RESOURCES,
-        });
+        return Err(GicError::NoConfig);
     }
     let config = Config(raw);
     // SAFETY: `config.0` is a live GIC config object.
@@ -211,5 +223,6 @@ pub fn create() -> Result<(), GicError> {
     }
     // SAFETY: the VM exists and has no vCPUs yet (HvfVm::create calls this right after
     // hv_vm_create), as hv_gic_create requires.
-    check("hv_gic_create", unsafe { create(config.0) })
+    check("hv_gic_create", unsafe { create(config.0) })?;
+    Ok(max_cpus)
 }

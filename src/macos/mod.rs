@@ -6,13 +6,18 @@
 //! an exit means lives in platform-neutral code ([`crate::hvf`], [`crate::exits`]).
 //!
 //! The raw declarations and constants come from xhypervisor's `ffi` module where they match
-//! Apple's headers. Two are bound here instead: `hv_vcpu_create`, whose config argument
-//! xhypervisor 0.3.0 declares as a pointer to the config (Apple passes the config itself), and the
-//! macOS 15 GIC calls ([`gic`]), looked up at run time so that uhyve still starts on older macOS
-//! and says what is missing.
+//! Apple's headers. Bound here instead: `hv_vcpu_create`, whose config argument xhypervisor 0.3.0
+//! declares as a pointer to the config (Apple passes the config itself),
+//! `hv_vm_get_max_vcpu_count`, which it lacks, and the macOS 15 GIC calls ([`gic`]), looked up at
+//! run time so that uhyve still starts on older macOS and says what is missing.
+//!
+//! Stopping a vCPU takes two things on macOS: `hv_vcpus_exit` ends (or pre-empts) its
+//! `hv_vcpu_run`, and a signal with an empty handler interrupts a host `read(2)` its thread may
+//! be blocked in during a hypercall (stdin, a FIFO), which `hv_vcpus_exit` cannot reach.
 
 mod gic;
 
+use std::io;
 use std::marker::PhantomData;
 use std::ptr;
 
@@ -21,16 +26,17 @@ use xhypervisor::ffi as hv;
 
 use crate::arch::GuestArch;
 use crate::arch::aarch64::layout::{HYPERCALL_WINDOW, RAM_BASE};
-use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg};
+use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg, return_name};
 use crate::mem::GuestMemory;
 use crate::vcpu::VcpuError;
 use crate::vm::{EntryRegisters, Hypervisor, VcpuKick, VmError};
 
 pub use gic::GicError;
 
-/// `hv_vcpu_create` as Apple declares it (`hv_vcpu.h`, macOS 11): the config is passed by value,
-/// NULL for the default configuration.
-mod create {
+/// Calls bound here rather than taken from xhypervisor: `hv_vcpu_create` as Apple declares it
+/// (`hv_vcpu.h`, macOS 11: the config by value, NULL for the defaults) and
+/// `hv_vm_get_max_vcpu_count` (`hv_vm.h`, macOS 11), which xhypervisor lacks.
+mod bindings {
     use xhypervisor::ffi::{hv_return_t, hv_vcpu_config_t, hv_vcpu_exit_t, hv_vcpu_t};
 
     // The framework itself is linked by xhypervisor's build script.
@@ -41,6 +47,8 @@ mod create {
             exit: *mut *const hv_vcpu_exit_t,
             config: hv_vcpu_config_t,
         ) -> hv_return_t;
+
+        pub fn hv_vm_get_max_vcpu_count(max_vcpu_count: *mut u32) -> hv_return_t;
     }
 }
 
@@ -59,9 +67,18 @@ pub enum HvfVmError {
         "Hypervisor.framework is not supported here (HV_UNSUPPORTED): check `sysctl kern.hv_support`"
     )]
     Unsupported,
-    /// The process already has a VM.
-    #[error("Hypervisor.framework allows one VM per process, and this process already has one")]
+    /// The framework is busy, most likely because the process already has a VM.
+    #[error(
+        "hv_vm_create returned HV_BUSY: Hypervisor.framework allows one VM per process, and this \
+         process probably has one already"
+    )]
     Busy,
+    /// Guest RAM cannot be mapped as the framework requires.
+    #[error("cannot map guest RAM: {0}")]
+    RamLayout(String),
+    /// The vCPU kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(io::Error),
     /// The in-kernel GIC could not be set up.
     #[error(transparent)]
     Gic(#[from] GicError),
@@ -75,28 +92,12 @@ pub enum HvfVmError {
     },
 }
 
-/// The name of an `hv_return_t` (Apple's `hv_kern_types.h`).
-pub fn return_name(code: hv::hv_return_t) -> String {
-    let name = match code {
-        hv::HV_SUCCESS => "HV_SUCCESS",
-        hv::HV_ERROR => "HV_ERROR",
-        hv::HV_BUSY => "HV_BUSY",
-        hv::HV_BAD_ARGUMENT => "HV_BAD_ARGUMENT",
-        hv::HV_ILLEGAL_GUEST_STATE => "HV_ILLEGAL_GUEST_STATE",
-        hv::HV_NO_RESOURCES => "HV_NO_RESOURCES",
-        hv::HV_NO_DEVICE => "HV_NO_DEVICE",
-        hv::HV_DENIED => "HV_DENIED",
-        hv::HV_UNSUPPORTED => "HV_UNSUPPORTED",
-        _ => return format!("{code:#x}"),
-    };
-    format!("{name} ({code:#x})")
-}
-
 /// `Ok` for HV_SUCCESS, else the VM-level error for `call`.
 fn vm_call(call: &'static str, code: hv::hv_return_t) -> Result<(), HvfVmError> {
     match code {
         hv::HV_SUCCESS => Ok(()),
-        hv::HV_DENIED => Err(HvfVmError::Denied),
+        // The missing entitlement is what HV_DENIED means when creating the VM.
+        hv::HV_DENIED if call == "hv_vm_create" => Err(HvfVmError::Denied),
         hv::HV_UNSUPPORTED => Err(HvfVmError::Unsupported),
         hv::HV_BUSY if call == "hv_vm_create" => Err(HvfVmError::Busy),
         code => Err(HvfVmError::Call { call, code }),
@@ -116,19 +117,25 @@ fn vcpu_call(call: &'static str, code: hv::hv_return_t) -> Result<(), HvfError> 
 /// per process, and every `hv_vm_*` call acts on it). Destroyed on drop, after every vCPU
 /// (each vCPU thread destroys its own vCPU before [`crate::vm::Vm`] drops this).
 pub struct HvfVm {
-    /// Not constructible outside [`HvfVm::create`].
-    _created: (),
+    /// The most vCPUs the framework and the device tree's redistributor area allow.
+    max_cpus: u32,
 }
 
 impl HvfVm {
     /// Creates the VM with the default configuration and the in-kernel GICv3 at the addresses
     /// the device tree names.
     pub fn create() -> Result<Self, HvfVmError> {
+        install_kick_handler()?;
         // SAFETY: hv_vm_create takes an optional config object; NULL selects the defaults.
         vm_call("hv_vm_create", unsafe { hv::hv_vm_create(ptr::null_mut()) })?;
-        // From here on, drop destroys the VM, also when the GIC fails below.
-        let vm = Self { _created: () };
-        gic::create()?;
+        // From here on, drop destroys the VM, also when a step below fails.
+        let mut vm = Self { max_cpus: 0 };
+        let mut framework_max = 0u32;
+        // SAFETY: `framework_max` is a live out-parameter.
+        let code = unsafe { bindings::hv_vm_get_max_vcpu_count(&mut framework_max) };
+        vm_call("hv_vm_get_max_vcpu_count", code)?;
+        let gic_max = gic::create()?;
+        vm.max_cpus = framework_max.min(gic_max);
         Ok(vm)
     }
 }
@@ -150,31 +157,42 @@ impl Hypervisor for HvfVm {
     type Cpu = HvfCpu<HvfVcpu>;
     type Kick = HvfKick;
 
-    fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
         // The first 16 KiB of RAM (one Apple Silicon page) stay unmapped: the guest's v1
         // hypercall stores there fault and reach uhyve as data aborts.
         let window = HYPERCALL_WINDOW.end - HYPERCALL_WINDOW.start;
-        let (Some(size), true) = (
-            mem.size().checked_sub(window),
-            mem.base().as_u64() == HYPERCALL_WINDOW.start,
-        ) else {
-            return Err(VmError::Hvf(HvfVmError::Call {
-                call: "hv_vm_map (guest RAM does not start at the hypercall window)",
-                code: hv::HV_BAD_ARGUMENT,
-            }));
-        };
-        let (Ok(offset), Ok(size)) = (usize::try_from(window), usize::try_from(size)) else {
-            return Err(VmError::Hvf(HvfVmError::Call {
-                call: "hv_vm_map (guest RAM larger than the address space)",
-                code: hv::HV_BAD_ARGUMENT,
-            }));
-        };
-        // SAFETY: `offset` < mem.size(), so the pointer stays inside the mapping `mem` owns.
+        let layout_error = |what: String| VmError::Hvf(HvfVmError::RamLayout(what));
+        if mem.base().as_u64() != HYPERCALL_WINDOW.start {
+            return Err(layout_error(format!(
+                "RAM starts at {:#x}, not at the hypercall window {:#x}",
+                mem.base().as_u64(),
+                HYPERCALL_WINDOW.start
+            )));
+        }
+        let size = mem
+            .size()
+            .checked_sub(window)
+            .and_then(|size| usize::try_from(size).ok())
+            .ok_or_else(|| layout_error(format!("{:#x} bytes of RAM", mem.size())))?;
+        let offset = usize::try_from(window).map_err(|e| layout_error(e.to_string()))?;
+        // SAFETY: `offset` < mem.size() (checked above), so the pointer stays inside the
+        // mapping `mem` owns.
         let host = unsafe { mem.host_address().add(offset) };
+        // hv_vm_map wants the host address, the IPA and the size page aligned (16 KiB pages on
+        // Apple Silicon; mmap gives page-aligned RAM, and its size is a multiple of 2 MiB).
+        let page = APPLE_SILICON_PAGE;
+        if !(host as usize).is_multiple_of(page)
+            || !HYPERCALL_WINDOW.end.is_multiple_of(page as u64)
+            || !size.is_multiple_of(page)
+        {
+            return Err(layout_error(format!(
+                "host {host:p}, guest {:#x} or size {size:#x} is not 16 KiB aligned",
+                HYPERCALL_WINDOW.end
+            )));
+        }
         // SAFETY: [host, host + size) is the part of guest RAM above the window, page aligned
-        // (RAM is page aligned, the window is one 16 KiB page). `mem` outlives the VM (the Vm
-        // drops the hypervisor first, and hv_vm_destroy removes the mapping), so the framework
-        // never reaches host memory that is not guest RAM.
+        // (checked above). The caller guarantees that `mem` outlives the VM (and hv_vm_destroy
+        // removes the mapping), so the framework never reaches host memory that is not guest RAM.
         let code = unsafe {
             hv::hv_vm_map(
                 host.cast(),
@@ -184,6 +202,10 @@ impl Hypervisor for HvfVm {
             )
         };
         vm_call("hv_vm_map", code).map_err(VmError::Hvf)
+    }
+
+    fn max_cpus(&self) -> Option<u32> {
+        Some(self.max_cpus)
     }
 
     fn create_vcpu(
@@ -207,7 +229,12 @@ impl Hypervisor for HvfVm {
                 detail: error.to_string(),
             },
         })?;
-        let kick = HvfKick { vcpu: vcpu.id };
+        let kick = HvfKick {
+            vcpu: vcpu.id,
+            thread: std::thread::current(),
+            // SAFETY: pthread_self has no preconditions.
+            pthread: unsafe { libc::pthread_self() },
+        };
         let vcpu = HvfCpu::new(vcpu, cpu, RAM_BASE, registers)
             .map_err(|source| VmError::Vcpu { cpu, source })?;
         Ok((vcpu, kick))
@@ -230,7 +257,7 @@ impl HvfVcpu {
         let mut exit: *const hv::hv_vcpu_exit_t = ptr::null();
         // SAFETY: both out-pointers point to live locals; NULL is the documented default config.
         let code =
-            unsafe { create::hv_vcpu_create_with_config(&mut id, &mut exit, ptr::null_mut()) };
+            unsafe { bindings::hv_vcpu_create_with_config(&mut id, &mut exit, ptr::null_mut()) };
         vcpu_call("hv_vcpu_create", code)?;
         if exit.is_null() {
             // SAFETY: the vCPU was just created by this thread.
@@ -343,11 +370,47 @@ impl HvfVcpuOps for HvfVcpu {
     }
 }
 
+/// Host page size on Apple Silicon: `hv_vm_map` works in these units.
+const APPLE_SILICON_PAGE: usize = 0x4000;
+
+/// The signal that interrupts a vCPU thread blocked in a host call (its handler does nothing).
+const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
+
+extern "C" fn ignore_kick(_: libc::c_int) {}
+
+/// Installs the empty handler of [`KICK_SIGNAL`] without `SA_RESTART`, so that the signal makes
+/// a blocking `read(2)` return `EINTR`. Idempotent.
+fn install_kick_handler() -> Result<(), HvfVmError> {
+    // SAFETY: a zeroed `sigaction` is a valid empty action; it gets a handler that does nothing,
+    // an empty mask and no flags.
+    let result = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_kick as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(KICK_SIGNAL, &action, ptr::null_mut())
+    };
+    if result != 0 {
+        return Err(HvfVmError::KickHandler(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Stops one vCPU from any thread: `hv_vcpus_exit` makes its current or next `hv_vcpu_run`
-/// return with HV_EXIT_REASON_CANCELED.
+/// return with HV_EXIT_REASON_CANCELED, an unpark ends a WFI idle, and a signal interrupts a
+/// host call its thread is blocked in.
 pub struct HvfKick {
     vcpu: hv::hv_vcpu_t,
+    /// The vCPU's thread, for unpark.
+    thread: std::thread::Thread,
+    /// The same thread, for the signal.
+    pthread: libc::pthread_t,
 }
+
+// SAFETY: the pthread id is a plain value usable from any thread (the other fields are Send and
+// Sync already); the vCPU id is only passed to hv_vcpus_exit, which any thread may call.
+unsafe impl Send for HvfKick {}
+// SAFETY: as above; `kick` only makes thread-safe calls.
+unsafe impl Sync for HvfKick {}
 
 impl VcpuKick for HvfKick {
     fn kick(&self) {
@@ -358,6 +421,10 @@ impl VcpuKick for HvfKick {
         if code != hv::HV_SUCCESS {
             log::warn!("hv_vcpus_exit failed with {}", return_name(code));
         }
+        self.thread.unpark();
+        // SAFETY: the thread is alive while its kick handle is registered (see above); the
+        // signal's handler is empty, so delivering it only interrupts a blocking call.
+        unsafe { libc::pthread_kill(self.pthread, KICK_SIGNAL) };
     }
 }
 
@@ -404,8 +471,6 @@ mod tests {
 
     #[test]
     fn framework_errors_are_named() {
-        assert_eq!(return_name(0xfae9_4007), "HV_DENIED (0xfae94007)");
-        assert_eq!(return_name(0x1234), "0x1234");
         assert!(matches!(
             vm_call("hv_vm_create", hv::HV_DENIED),
             Err(HvfVmError::Denied)
@@ -413,6 +478,10 @@ mod tests {
         assert!(matches!(
             vm_call("hv_vm_create", hv::HV_BUSY),
             Err(HvfVmError::Busy)
+        ));
+        assert!(matches!(
+            vm_call("hv_vm_map", hv::HV_DENIED),
+            Err(HvfVmError::Call { .. })
         ));
         assert!(HvfVmError::Denied.to_string().contains("codesign"));
     }
