@@ -6,7 +6,8 @@
 //! [`vcpu`] (the backend-neutral CPU trait and exit value), [`exits`] (what each exit means),
 //! [`hypercall`] (the one hypercall dispatcher), [`isolation`] (the guest's sandboxed view of host
 //! files), [`output`] (serial console sink), [`vm`] (putting it together, one thread per vCPU),
-//! [`affinity`] and [`signals`] (host CPU pinning, stop signals), [`stats`], [`cli`], [`hvf`]
+//! [`affinity`] and [`signals`] (host CPU pinning, stop signals), [`thread_kick`] (interrupting a
+//! blocked vCPU thread), [`stats`], [`cli`], [`hvf`]
 //! (the Hypervisor.framework vCPU logic, platform-neutral), and the platform backends `linux`
 //! (KVM) and `macos` (the Hypervisor.framework adapter).
 
@@ -24,6 +25,7 @@ pub mod output;
 pub mod params;
 pub mod signals;
 pub mod stats;
+pub mod thread_kick;
 pub mod vcpu;
 pub mod vm;
 

@@ -28,23 +28,10 @@ fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
-extern "C" fn ignore_kick(_: libc::c_int) {}
-
 /// Installs the (empty) handler of the kick signal, without `SA_RESTART`, so that the signal
 /// makes `KVM_RUN` return `EINTR`. Idempotent.
 pub(super) fn install_kick_handler() -> Result<(), KvmError> {
-    // SAFETY: a zeroed `sigaction` is a valid empty action; it is given a handler that does
-    // nothing, an empty mask and no flags.
-    let result = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = ignore_kick as *const () as libc::sighandler_t;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(kick_signal(), &action, std::ptr::null_mut())
-    };
-    if result != 0 {
-        return Err(KvmError::KickHandler(io::Error::last_os_error()));
-    }
-    Ok(())
+    crate::thread_kick::install_empty_handler(kick_signal()).map_err(KvmError::KickHandler)
 }
 
 /// Interrupts one vCPU from another thread: sets `immediate_exit` in its `kvm_run` page (so a
@@ -72,7 +59,7 @@ impl KvmKick {
         unsafe { (*self.immediate_exit).store(1, std::sync::atomic::Ordering::SeqCst) };
         // SAFETY: `thread` is the id of the vCPU's thread, which is alive while the vCPU exists;
         // the signal has an empty handler, so delivering it only interrupts KVM_RUN.
-        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+        unsafe { crate::thread_kick::interrupt(self.thread, kick_signal()) };
     }
 }
 

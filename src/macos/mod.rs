@@ -376,23 +376,10 @@ const APPLE_SILICON_PAGE: usize = 0x4000;
 /// The signal that interrupts a vCPU thread blocked in a host call (its handler does nothing).
 const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
 
-extern "C" fn ignore_kick(_: libc::c_int) {}
-
 /// Installs the empty handler of [`KICK_SIGNAL`] without `SA_RESTART`, so that the signal makes
 /// a blocking `read(2)` return `EINTR`. Idempotent.
 fn install_kick_handler() -> Result<(), HvfVmError> {
-    // SAFETY: a zeroed `sigaction` is a valid empty action; it gets a handler that does nothing,
-    // an empty mask and no flags.
-    let result = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = ignore_kick as *const () as libc::sighandler_t;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(KICK_SIGNAL, &action, ptr::null_mut())
-    };
-    if result != 0 {
-        return Err(HvfVmError::KickHandler(io::Error::last_os_error()));
-    }
-    Ok(())
+    crate::thread_kick::install_empty_handler(KICK_SIGNAL).map_err(HvfVmError::KickHandler)
 }
 
 /// Stops one vCPU from any thread: `hv_vcpus_exit` makes its current or next `hv_vcpu_run`
@@ -424,7 +411,7 @@ impl VcpuKick for HvfKick {
         self.thread.unpark();
         // SAFETY: the thread is alive while its kick handle is registered (see above); the
         // signal's handler is empty, so delivering it only interrupts a blocking call.
-        unsafe { libc::pthread_kill(self.pthread, KICK_SIGNAL) };
+        unsafe { crate::thread_kick::interrupt(self.pthread, KICK_SIGNAL) };
     }
 }
 
