@@ -259,6 +259,9 @@ pub struct FdtParams {
     pub tsc_khz: Option<u32>,
     /// `/chosen/bootargs`, see [`bootargs`].
     pub bootargs: String,
+    /// Guest directories for `/uhyve,mounts` (kernels ≥ 0.12 mount the host file system at
+    /// each); no node when empty.
+    pub mounts: Vec<String>,
 }
 
 /// Builds the device tree blob (DTB version 17) for `params`.
@@ -345,6 +348,12 @@ pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8
         }
     }
 
+    if !params.mounts.is_empty() {
+        let mounts = fdt.begin_node("uhyve,mounts")?;
+        fdt.property_string_list("mounts", params.mounts.clone())?;
+        fdt.end_node(mounts)?;
+    }
+
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", &params.bootargs)?;
     fdt.end_node(chosen)?;
@@ -372,6 +381,17 @@ pub fn write_fdt(mem: &GuestMemory, at: GuestPhysAddr, bytes: &[u8]) -> Result<(
 /// Whether `c` can stand in a shell word without quoting.
 fn is_shell_safe(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_-.,:/@%+=".contains(c)
+}
+
+/// `text` as one shell word (see [`push_quoted`]), e.g. for a kernel argument's value.
+pub fn shell_word(text: &str) -> String {
+    let mut word = String::new();
+    if text.is_empty() {
+        word.push_str("''");
+    } else {
+        push_quoted(&mut word, text);
+    }
+    word
 }
 
 /// Appends `text` to `out` so that a POSIX shell-words split reads it back unchanged: as is if
@@ -630,6 +650,7 @@ mod tests {
             num_cpus: 2,
             tsc_khz: Some(2_995_200),
             bootargs: "-freq 2995 -- hello".to_owned(),
+            mounts: Vec::new(),
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -739,6 +760,7 @@ mod tests {
                 num_cpus: 1,
                 tsc_khz: Some(1),
                 bootargs: String::new(),
+                mounts: Vec::new(),
             },
             FdtPlatform::Aarch64,
         )
@@ -790,6 +812,7 @@ mod tests {
             num_cpus: 1,
             tsc_khz: None,
             bootargs: String::new(),
+            mounts: Vec::new(),
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -799,12 +822,50 @@ mod tests {
     }
 
     #[test]
+    fn mount_points_go_into_one_node_as_a_string_list() {
+        let blob = build_fdt(&FdtParams {
+            ram: 0..0x400_0000,
+            num_cpus: 1,
+            tsc_khz: None,
+            bootargs: String::new(),
+            mounts: vec!["/data".to_owned(), "/root/cfg".to_owned()],
+        })
+        .unwrap();
+        let nodes = parse_dtb(&blob);
+        let paths: Vec<&str> = nodes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/",
+                "/memory@0",
+                "/cpus",
+                "/cpus/cpu@0",
+                "/uhyve,mounts",
+                "/chosen"
+            ]
+        );
+        assert_eq!(
+            prop(&nodes, "/uhyve,mounts", "mounts"),
+            Some(&b"/data\0/root/cfg\0"[..])
+        );
+    }
+
+    #[test]
+    fn shell_words_survive_splitting() {
+        assert_eq!(shell_word("/root"), "/root");
+        assert_eq!(shell_word(""), "''");
+        assert_eq!(shell_word("/my data"), "'/my data'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+    }
+
+    #[test]
     fn invalid_fdt_params_are_rejected() {
         let ok = FdtParams {
             ram: 0..0x100_0000,
             num_cpus: 1,
             tsc_khz: None,
             bootargs: String::new(),
+            mounts: Vec::new(),
         };
         assert!(matches!(
             build_fdt(&FdtParams {
@@ -837,6 +898,7 @@ mod tests {
             num_cpus: 1,
             tsc_khz: Some(1000),
             bootargs: "x".to_owned(),
+            mounts: Vec::new(),
         })
         .unwrap();
         write_fdt(&mem, GuestPhysAddr::new(0x3000), &blob).unwrap();
@@ -851,6 +913,7 @@ mod tests {
             num_cpus: 1,
             tsc_khz: None,
             bootargs: "y".repeat(60 * 1024),
+            mounts: Vec::new(),
         })
         .unwrap();
         assert!(matches!(

@@ -303,8 +303,25 @@ pub struct KernelImage {
     tls: Option<TlsTemplate>,
     entry_version: u8,
     interface_version: u32,
+    /// Whether the image carries the UHYVEIF note (kernels ≥ 0.12).
+    interface_note: bool,
     kernel_version: Option<(u32, u32, u32)>,
     relocations: Vec<Relocation>,
+}
+
+/// The kernel generations that differ in how they learn their command line and where the host
+/// file system is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelGeneration {
+    /// Before 0.10 (no ABI-tag note): arguments and environment through the Cmdsize/Cmdval
+    /// hypercalls; the mount point is built into the kernel (`/root`, or `/host` in tag 0.6.9).
+    Legacy,
+    /// 0.10 and 0.11: the device tree's `/chosen/bootargs`, and one mount point taken from the
+    /// `-mount DIR` kernel argument (or `UHYVE_MOUNT`, default `/root`).
+    BootargsMount,
+    /// 0.12 and later (the UHYVEIF note): bootargs, and every directory listed in the device
+    /// tree's `/uhyve,mounts` node.
+    FdtMounts,
 }
 
 /// Notes found in the `PT_NOTE` segments.
@@ -542,6 +559,7 @@ impl KernelImage {
             tls,
             entry_version,
             interface_version,
+            interface_note: notes.interface_version.is_some(),
             kernel_version: notes.kernel_version,
             relocations,
         })
@@ -555,6 +573,17 @@ impl KernelImage {
     /// The uhyve interface version from the UHYVEIF note; 1 when the note is absent.
     pub fn interface_version(&self) -> u32 {
         self.interface_version
+    }
+
+    /// How the kernel expects its command line and the host file system's mount points
+    /// (hermit-abi.md §0 and §8.2), from its notes.
+    pub fn generation(&self) -> KernelGeneration {
+        match self.kernel_version {
+            _ if self.interface_note => KernelGeneration::FdtMounts,
+            Some(version) if version >= (0, 12, 0) => KernelGeneration::FdtMounts,
+            Some(version) if version >= (0, 10, 0) => KernelGeneration::BootargsMount,
+            _ => KernelGeneration::Legacy,
+        }
     }
 
     /// The kernel version (major, minor, patch) from the GNU ABI-tag note, if present.
@@ -1585,6 +1614,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(kernel.interface_version(), 1);
+    }
+
+    #[test]
+    fn the_generation_follows_the_abi_tag_and_the_interface_note() {
+        let generation = |abi_tag: Option<[u32; 4]>, uhyveif: Option<u32>| {
+            parse(&Spec {
+                abi_tag,
+                uhyveif,
+                ..pie()
+            })
+            .unwrap()
+            .generation()
+        };
+        assert_eq!(generation(None, None), KernelGeneration::Legacy);
+        assert_eq!(
+            generation(Some([6, 0, 8, 0]), None),
+            KernelGeneration::Legacy
+        );
+        assert_eq!(
+            generation(Some([6, 0, 10, 0]), None),
+            KernelGeneration::BootargsMount
+        );
+        assert_eq!(
+            generation(Some([6, 0, 11, 0]), None),
+            KernelGeneration::BootargsMount
+        );
+        assert_eq!(
+            generation(Some([6, 0, 12, 0]), None),
+            KernelGeneration::FdtMounts
+        );
+        assert_eq!(
+            generation(Some([6, 0, 13, 2]), Some(1)),
+            KernelGeneration::FdtMounts
+        );
+        // The interface note alone is enough (it first appeared in 0.12).
+        assert_eq!(generation(None, Some(1)), KernelGeneration::FdtMounts);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
 use crate::exits::{EmulationFallback, ExitServices, run_vcpu};
 use crate::hypercall::{GuestCommandLine, HypercallError, Hypercalls};
 use crate::isolation::{FileMap, IsolationError};
-use crate::loader::{KernelImage, LoadError, LoadedKernel};
+use crate::loader::{KernelGeneration, KernelImage, LoadError, LoadedKernel};
 use crate::mem::{GuestMemory, MemoryError};
 use crate::output::{OutputError, SerialOutput};
 use crate::params::VmConfig;
@@ -348,6 +348,67 @@ struct BootInfoTemplate {
     layout: x86_64::MemoryLayout,
     kernel: LoadedKernel,
     bootargs: String,
+    /// `/uhyve,mounts`.
+    mounts: Vec<String>,
+}
+
+/// How the guest kernel learns where to mount the host file system (the `--file-mapping`
+/// directories), by kernel generation: nothing for pre-0.10 kernels (their mount point is
+/// built in), `-mount DIR` on the command line for 0.10–0.11 (one directory), the device tree's
+/// `/uhyve,mounts` for ≥ 0.12. Mappings the kernel cannot reach are reported with a warning.
+struct MountHandoff {
+    /// Kernel arguments to put before the environment in bootargs.
+    kernel_args: Vec<String>,
+    /// Directories for `/uhyve,mounts`.
+    fdt_mounts: Vec<String>,
+}
+
+impl MountHandoff {
+    fn new(generation: KernelGeneration, files: &FileMap, env: &[(String, String)]) -> Self {
+        let mut handoff = Self {
+            kernel_args: Vec::new(),
+            fdt_mounts: Vec::new(),
+        };
+        match generation {
+            KernelGeneration::Legacy => {}
+            KernelGeneration::BootargsMount => {
+                if env.iter().any(|(key, _)| key == "UHYVE_MOUNT") {
+                    // The user chose the mount point; `env=UHYVE_MOUNT=…` carries it.
+                    return handoff;
+                }
+                let Some(mount) = files.legacy_mount_point() else {
+                    warn_unreachable(&files.unmountable_mappings(), "no directory to mount");
+                    return handoff;
+                };
+                warn_unreachable(
+                    &mount.unreachable,
+                    &format!(
+                        "this kernel (0.10/0.11) mounts host files at one directory only, {}",
+                        mount.point
+                    ),
+                );
+                handoff.kernel_args = vec!["-mount".to_owned(), boot::shell_word(&mount.point)];
+            }
+            KernelGeneration::FdtMounts => {
+                warn_unreachable(
+                    &files.unmountable_mappings(),
+                    "a file directly under / has no directory to mount",
+                );
+                handoff.fdt_mounts = files.mount_points();
+            }
+        }
+        handoff
+    }
+}
+
+/// Warns once that the guest cannot see the mapped guest `paths`, and why.
+fn warn_unreachable(paths: &[String], why: &str) {
+    if !paths.is_empty() {
+        log::warn!(
+            "--file-mapping: the guest cannot reach {} ({why})",
+            paths.join(", ")
+        );
+    }
 }
 
 /// A prepared VM: guest RAM laid out, hypervisor created, ready to run.
@@ -407,6 +468,7 @@ fn prepare_x86_64(
     image: &KernelImage,
     pre_0_10_kernel: bool,
     bootargs: String,
+    mounts: Vec<String>,
 ) -> Result<PreparedGuest, VmError> {
     let path = &config.kernel;
     let ram_size = config.memory_size.0;
@@ -443,6 +505,7 @@ fn prepare_x86_64(
             layout,
             kernel,
             bootargs,
+            mounts,
         }),
     })
 }
@@ -453,6 +516,7 @@ fn prepare_aarch64(
     config: &VmConfig,
     image: &KernelImage,
     bootargs: String,
+    mounts: Vec<String>,
 ) -> Result<PreparedGuest, VmError> {
     let path = &config.kernel;
     aarch64::check_memory_size(config.memory_size.0)?;
@@ -460,6 +524,7 @@ fn prepare_aarch64(
         ram_size: config.memory_size.0,
         num_cpus: config.cpu_count,
         bootargs,
+        mounts,
         // The vCPU replaces it with the PARange it reports (crate::hvf::HvfCpu::new).
         pa_range: 0,
         boot_time: time::OffsetDateTime::now_utc(),
@@ -513,9 +578,8 @@ impl<H: Hypervisor> Vm<H> {
                 reason: format!("cannot start the VM set-up thread: {error}"),
             })?;
         let image = read_kernel(config, H::ARCH)?;
-        let pre_0_10_kernel = image
-            .kernel_version()
-            .is_none_or(|(major, minor, _)| (major, minor) < (0, 10));
+        let generation = image.generation();
+        let pre_0_10_kernel = generation == KernelGeneration::Legacy;
 
         let output = Arc::new(SerialOutput::new(config.output.clone())?);
         let files = FileMap::new(&config.file_mappings, config.tempdir.clone())?;
@@ -532,15 +596,26 @@ impl<H: Hypervisor> Vm<H> {
         } else {
             lossy_pairs(&cmdline.env)
         };
-        let bootargs = boot::bootargs(&[], &bootargs_env, &lossy_list(&config.kernel_args));
+        let handoff = MountHandoff::new(generation, &files, &bootargs_env);
+        let bootargs = boot::bootargs(
+            &handoff.kernel_args,
+            &bootargs_env,
+            &lossy_list(&config.kernel_args),
+        );
 
         let PreparedGuest {
             mem,
             registers,
             deferred_boot,
         } = match H::ARCH {
-            GuestArch::X86_64 => prepare_x86_64(config, &image, pre_0_10_kernel, bootargs)?,
-            GuestArch::Aarch64 => prepare_aarch64(config, &image, bootargs)?,
+            GuestArch::X86_64 => prepare_x86_64(
+                config,
+                &image,
+                pre_0_10_kernel,
+                bootargs,
+                handoff.fdt_mounts,
+            )?,
+            GuestArch::Aarch64 => prepare_aarch64(config, &image, bootargs, handoff.fdt_mounts)?,
         };
         log::info!(
             "loaded {} (entry version {}, interface v{}), entry {:#x}",
@@ -590,6 +665,7 @@ impl<H: Hypervisor> Vm<H> {
             layout,
             kernel,
             bootargs,
+            mounts,
         }) = &self.deferred_boot
         else {
             return Ok(());
@@ -599,6 +675,7 @@ impl<H: Hypervisor> Vm<H> {
             num_cpus: self.cpu_count,
             tsc_khz: cpu_freq_khz,
             bootargs: bootargs.clone(),
+            mounts: mounts.clone(),
         })?;
         boot::write_fdt(&self.mem, layout.fdt(), &fdt)?;
         boot::write_boot_info(

@@ -153,19 +153,82 @@ impl FileMap {
         self.mappings.values().map(PathBuf::as_path)
     }
 
-    /// The guest directories to announce as mount points (absolute, sorted, unique): every guest
-    /// path that maps a host directory, and the parent of every guest path that maps a file.
+    /// The guest directory of each mapping: the mapped path for a host directory, its parent for a
+    /// host file (cleaned keys; the empty key is the guest root).
+    fn mapping_directories(&self) -> BTreeSet<&[String]> {
+        self.mappings
+            .iter()
+            .map(|(guest, host)| {
+                if host.is_dir() {
+                    guest.as_slice()
+                } else {
+                    guest.split_last().map_or(&[][..], |(_, parent)| parent)
+                }
+            })
+            .collect()
+    }
+
+    /// The guest directories kernels ≥ 0.12 mount the host file system at (`/uhyve,mounts` in the
+    /// device tree; absolute, sorted, unique): every guest path that maps a host directory, and
+    /// the parent of every guest path that maps a file. The guest root is never one — a kernel
+    /// cannot mount over its root — so a file mapped directly under `/` is listed by
+    /// [`FileMap::unmountable_mappings`] instead.
     pub fn mount_points(&self) -> Vec<String> {
-        let mut mounts = BTreeSet::new();
-        for (guest, host) in &self.mappings {
-            let dir = if host.is_dir() {
-                guest.as_slice()
-            } else {
-                guest.split_last().map_or(&[][..], |(_, parent)| parent)
-            };
-            mounts.insert(format!("/{}", display_key(dir)));
-        }
-        mounts.into_iter().collect()
+        self.mapping_directories()
+            .into_iter()
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| format!("/{}", display_key(dir)))
+            .collect()
+    }
+
+    /// Guest paths of mappings no mount point can reach: files mapped directly under `/`.
+    pub fn unmountable_mappings(&self) -> Vec<String> {
+        self.mappings
+            .iter()
+            .filter(|(guest, host)| guest.len() <= 1 && !(host.is_dir() && guest.len() == 1))
+            .map(|(guest, _)| format!("/{}", display_key(guest)))
+            .collect()
+    }
+
+    /// The one directory kernels 0.10 and 0.11 mount the host file system at (they read a single
+    /// mount point, `-mount DIR` on the kernel command line, default `/root`), and the mapped
+    /// guest paths that lie outside it. `None` when nothing is mapped.
+    ///
+    /// Those kernels can only mount at a directory whose parent already exists in their own file
+    /// system and which does not exist yet: `/NAME`, or `/tmp/NAME` and `/proc/NAME` (the two
+    /// directories they create at boot). The choice is the shallowest such directory that
+    /// contains every mapping, or, when there is none, the one that contains the first mapping
+    /// that has one. `None` when nothing is mapped or no mapping can be reached at all.
+    pub fn legacy_mount_point(&self) -> Option<LegacyMount> {
+        let directories: Vec<&[String]> = self
+            .mapping_directories()
+            .into_iter()
+            .filter(|dir| !dir.is_empty())
+            .collect();
+        let first = *directories.first()?;
+        let common = directories.iter().skip(1).fold(first, |common, dir| {
+            let shared = common
+                .iter()
+                .zip(dir.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
+            &common[..shared]
+        });
+        let mount = legacy_mountable_prefix(common).or_else(|| {
+            directories
+                .iter()
+                .find_map(|dir| legacy_mountable_prefix(dir))
+        })?;
+        let unreachable = self
+            .mappings
+            .keys()
+            .filter(|guest| !guest.starts_with(mount))
+            .map(|guest| format!("/{}", display_key(guest)))
+            .collect();
+        Some(LegacyMount {
+            point: format!("/{}", display_key(mount)),
+            unreachable,
+        })
     }
 
     fn lock_created(&self) -> MutexGuard<'_, CreatedFiles> {
@@ -264,6 +327,31 @@ fn guest_key(guest_path: &str) -> Result<GuestKey, IsolationError> {
         return Err(IsolationError::NotFound(String::new()));
     }
     clean_guest_path(guest_path).ok_or_else(|| IsolationError::InvalidPath(guest_path.to_owned()))
+}
+
+/// Directories the file system of kernels 0.10–0.11 creates at boot: a mount point can be made
+/// inside them, not at them.
+const LEGACY_KERNEL_DIRECTORIES: [&str; 2] = ["tmp", "proc"];
+
+/// The part of `dir` a 0.10–0.11 kernel can mount at: its first component, or its first two when
+/// the first is a directory the kernel creates itself. `None` if `dir` is too short for that.
+fn legacy_mountable_prefix(dir: &[String]) -> Option<&[String]> {
+    let top = dir.first()?;
+    let depth = if LEGACY_KERNEL_DIRECTORIES.contains(&top.as_str()) {
+        2
+    } else {
+        1
+    };
+    dir.get(..depth)
+}
+
+/// The mount point chosen for a 0.10–0.11 kernel ([`FileMap::legacy_mount_point`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyMount {
+    /// Absolute guest directory, e.g. `/root`.
+    pub point: String,
+    /// Mapped guest paths outside it (unreachable for such a kernel).
+    pub unreachable: Vec<String>,
 }
 
 /// Splits `HOST:GUEST` and resolves both sides.
@@ -484,7 +572,75 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(map.mount_points(), vec!["/", "/etc", "/root"]);
+        assert_eq!(map.mount_points(), vec!["/etc", "/root"]);
+        assert_eq!(map.unmountable_mappings(), vec!["/top"]);
+    }
+
+    /// A map with the given guest paths, each mapping a directory (names ending in `.txt`: a
+    /// file).
+    fn map_of(guests: &[&str]) -> (tempfile::TempDir, FileMap) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f.txt"), b"").unwrap();
+        let d = dir.path().display();
+        let specs: Vec<String> = guests
+            .iter()
+            .map(|guest| {
+                if guest.ends_with(".txt") {
+                    format!("{d}/f.txt:{guest}")
+                } else {
+                    format!("{d}:{guest}")
+                }
+            })
+            .collect();
+        let map = FileMap::new(&specs, None).unwrap();
+        (dir, map)
+    }
+
+    fn legacy(guests: &[&str]) -> Option<(String, Vec<String>)> {
+        let (_dir, map) = map_of(guests);
+        map.legacy_mount_point()
+            .map(|mount| (mount.point, mount.unreachable))
+    }
+
+    #[test]
+    fn legacy_kernels_get_the_shallowest_common_mountable_directory() {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(legacy(&[]), None);
+        assert_eq!(legacy(&["/data"]), Some(("/data".into(), none.clone())));
+        assert_eq!(
+            legacy(&["/root/a", "/root/b/c"]),
+            Some(("/root".into(), none.clone()))
+        );
+        assert_eq!(
+            legacy(&["/root/a/cfg.txt"]),
+            Some(("/root".into(), none.clone()))
+        );
+        // /tmp and /proc exist in those kernels: the mount goes one level deeper.
+        assert_eq!(legacy(&["/tmp/x/y"]), Some(("/tmp/x".into(), none.clone())));
+        assert_eq!(
+            legacy(&["/proc/info.txt", "/proc/sys/x"]),
+            Some(("/proc/sys".into(), vec!["/proc/info.txt".to_owned()]))
+        );
+        // /tmp itself cannot be a mount point.
+        assert_eq!(legacy(&["/tmp"]), None);
+    }
+
+    #[test]
+    fn legacy_kernels_cannot_reach_mappings_outside_the_one_mount_point() {
+        // No common top directory: the first mapping's wins, the others are reported.
+        assert_eq!(
+            legacy(&["/cfg", "/data/x"]),
+            Some(("/cfg".into(), vec!["/data/x".to_owned()]))
+        );
+        // A file directly under / has no directory to mount.
+        assert_eq!(legacy(&["/top.txt"]), None);
+        assert_eq!(
+            legacy(&["/top.txt", "/root"]),
+            Some(("/root".into(), vec!["/top.txt".to_owned()]))
+        );
+        let (_dir, map) = map_of(&["/top.txt", "/root"]);
+        assert_eq!(map.unmountable_mappings(), vec!["/top.txt"]);
+        assert_eq!(map.mount_points(), vec!["/root"]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use fdtable::{FdTable, GuestFd};
-pub use filemap::FileMap;
+pub use filemap::{FileMap, LegacyMount};
 pub use flags::{guest_errno, host_open_flags};
 
 /// Failures of the file map (at start-up) and of guest file operations (at run time).

@@ -51,6 +51,8 @@ pub struct GuestSetup {
     pub num_cpus: u32,
     /// `/chosen/bootargs`.
     pub bootargs: String,
+    /// `/uhyve,mounts` (see [`FdtParams::mounts`]).
+    pub mounts: Vec<String>,
     /// ID_AA64MMFR0_EL1.PARange of the host, for TCR_EL1.IPS.
     pub pa_range: u8,
     /// Wall-clock time at VM creation.
@@ -101,6 +103,7 @@ pub fn prepare_image(
             num_cpus: setup.num_cpus,
             tsc_khz: None,
             bootargs: setup.bootargs.clone(),
+            mounts: setup.mounts.clone(),
         },
         FdtPlatform::Aarch64,
     )?;
