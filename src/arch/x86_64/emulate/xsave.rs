@@ -745,3 +745,6 @@ fn fix_x87_pointers(instruction: &Instruction, legacy: &mut [u8]) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod host_tests;
