@@ -13,12 +13,14 @@ pub mod state;
 pub mod system;
 #[cfg(test)]
 mod testing;
+pub mod xsave;
 
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 pub use self::state::{EmulationError, GuestAccess, X86State};
-pub use self::system::{SystemServices, XsaveLayout};
+pub use self::system::SystemServices;
+pub use self::xsave::XsaveLayout;
 use crate::arch::x86_64::paging::translate_range;
 use crate::mem::GuestMemory;
 use crate::vcpu::VcpuError;
@@ -153,8 +155,12 @@ impl SystemServices for BackendServices<'_> {
         self.cpu.xsave_layout().supported_xcr0
     }
 
-    fn xsave_component(&self, index: u32) -> Option<(usize, usize)> {
+    fn xsave_component(&self, index: u32) -> Option<xsave::XsaveComponent> {
         self.cpu.xsave_layout().component(index)
+    }
+
+    fn xsave_extensions(&self) -> xsave::XsaveExtensions {
+        self.cpu.xsave_layout().extensions
     }
 
     fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError> {

@@ -1,6 +1,9 @@
-//! Test support shared by the emulator's test modules: guest memory as one plain buffer.
+//! Test support shared by the emulator's test modules: guest memory as one plain buffer, and host
+//! services with a fixed TSC, fixed "random" bytes and an XSAVE layout the test chooses.
 
 use super::state::{EmulationError, GuestAccess};
+use super::system::SystemServices;
+use super::xsave::{XsaveComponent, XsaveExtensions, XsaveLayout};
 
 /// Guest memory for tests: `bytes` seen at guest-virtual address `base`; anything else is a bad
 /// address.
@@ -42,6 +45,59 @@ impl GuestAccess for FakeMemory {
     fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
         let range = self.range(address, data.len())?;
         self.bytes[range].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// [`SystemServices`] for tests: TSC 0x1234_5678_9abc_def0 with `IA32_TSC_AUX` 7, random bytes
+/// 0x5a, and `layout`.
+pub struct FakeServices {
+    /// The XSAVE layout and extensions the virtual CPU reports.
+    pub layout: XsaveLayout,
+}
+
+impl FakeServices {
+    /// x87 | SSE | AVX, with the AVX component at 576 (256 bytes) as on real CPUs, and XSAVEOPT,
+    /// XSAVEC and XGETBV with ECX = 1.
+    pub fn new() -> Self {
+        let mut components = vec![None; 63];
+        components[2] = Some(XsaveComponent {
+            offset: 576,
+            size: 256,
+            aligned: false,
+        });
+        Self::with_layout(XsaveLayout {
+            supported_xcr0: 0x7,
+            extensions: XsaveExtensions {
+                xsaveopt: true,
+                compaction: true,
+                xgetbv_in_use: true,
+            },
+            components,
+        })
+    }
+
+    /// Services reporting `layout`.
+    pub fn with_layout(layout: XsaveLayout) -> Self {
+        Self { layout }
+    }
+}
+
+impl SystemServices for FakeServices {
+    fn read_tsc(&mut self) -> Result<(u64, u32), EmulationError> {
+        Ok((0x1234_5678_9abc_def0, 7))
+    }
+    fn supported_xcr0(&self) -> u64 {
+        self.layout.supported_xcr0
+    }
+    fn xsave_component(&self, index: u32) -> Option<XsaveComponent> {
+        self.layout.component(index)
+    }
+    fn xsave_extensions(&self) -> XsaveExtensions {
+        self.layout.extensions
+    }
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError> {
+        buf.fill(0x5a);
         Ok(())
     }
 }
