@@ -381,3 +381,31 @@ pub fn real_image(test: &str, name: &str) -> Option<PathBuf> {
     );
     Some(path)
 }
+
+/// The Hermit application `name` built for `arch` by `tests/hermit/build.sh`, from
+/// `$UHYVE_HERMIT_APPS/<arch>/<name>` (relative paths are relative to the crate), or `None` after
+/// printing why the test `test` is skipped. With `UHYVE_REQUIRE_IMAGES` set (CI), a missing
+/// variable fails the test instead. Does not check for KVM (aarch64 images run on a fake).
+pub fn hermit_app(test: &str, arch: &str, name: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("UHYVE_HERMIT_APPS") else {
+        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
+            panic!(
+                "{test}: UHYVE_HERMIT_APPS is not set (run tests/hermit/build.sh), but UHYVE_REQUIRE_IMAGES is"
+            );
+        }
+        eprintln!(
+            "skipping {test}: UHYVE_HERMIT_APPS is not set (tests/hermit/build.sh builds the applications)"
+        );
+        return None;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join(arch)
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{test}: Hermit application {} is missing (run tests/hermit/build.sh)",
+        path.display()
+    );
+    Some(path)
+}

@@ -1,5 +1,6 @@
-//! One busy thread per vCPU, all alive at the same time (a barrier), each printing from its own
-//! thread so that every vCPU makes hypercalls; checks every thread's result.
+//! One busy thread per vCPU, all alive at the same time (a barrier), each printing progress
+//! lines from its own thread (so the vCPU it runs on makes console hypercalls the host can
+//! count); checks every thread's result.
 
 use std::sync::{Arc, Barrier};
 
@@ -23,6 +24,9 @@ fn main() {
                     value = value
                         .wrapping_mul(6_364_136_223_846_793_005)
                         .wrapping_add(round);
+                    if round % 2_000 == 0 {
+                        println!("threads: worker {index} at round {round}");
+                    }
                 }
                 println!("threads: worker {index} finished");
                 (index, value)
