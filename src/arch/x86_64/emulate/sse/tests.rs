@@ -2,8 +2,10 @@
 //! form natively (JIT-assembled around the instruction bytes) and through [`execute`] on the
 //! same inputs (every imm8 value of the register forms, memory operands misaligned and across a
 //! page boundary where allowed), a check of the alignment rule of every form against the host
-//! CPU, expectation tests with hand-computed results, negative tests and a coverage test over the
-//! real Hermit images.
+//! CPU, expectation tests with hand-computed results (SSE/SSE2 here, the later extensions in
+//! `extension_expectations`), negative tests and a coverage test over the real Hermit images.
+
+mod extension_expectations;
 
 use iced_x86::code_asm::{self, AsmRegister64, AsmRegisterXmm, CodeAssembler};
 use iced_x86::{
