@@ -30,6 +30,8 @@
 //! what the guest sees unless it unmasked UM: an exact tiny result then traps on hardware (#XM)
 //! while here it completes without the UE flag.
 
+#[cfg(test)]
+mod completeness_tests;
 mod float;
 mod general;
 mod int;
