@@ -56,7 +56,8 @@ type FlagsOp = fn(u128, u128, u8) -> (u128, u64);
 /// The extensions of which every legacy-encoded form with XMM, general-register or memory
 /// operands is implemented (MMX-register forms and the x87 `fisttp` are outside that scope);
 /// `completeness_tests` proves the claim against iced's list of all instruction forms. Only
-/// these may be announced to a guest whose SIMD instructions may end up here.
+/// these may be announced to a guest whose SIMD instructions may end up here, and only those
+/// the host CPU has too: the floating-point forms run on the host.
 pub fn complete_extensions() -> &'static [CpuidFeature] {
     #[cfg(target_arch = "x86_64")]
     const COMPLETE: &[CpuidFeature] = &[
