@@ -1,14 +1,22 @@
-//! SSE/SSE2 floating-point instructions, executed on the host CPU.
+//! Floating-point instructions of SSE, SSE2, SSE3 and SSE4.1, executed on the host CPU.
 //!
 //! Each operation runs the very instruction the guest executed on host XMM registers, under the
 //! guest's MXCSR (rounding mode, DAZ, FTZ) with every exception masked, so results, NaN
-//! payloads, denormal handling and the exception flags are bit-identical to what the guest's
-//! CPU would produce. The caller merges the raised flags into the guest MXCSR and turns a
-//! raised flag whose exception the guest left unmasked into a `#XM` stop.
+//! payloads, denormal handling, the approximations of `rcp*`/`rsqrt*` and the exception flags
+//! are bit-identical to what the guest's CPU (this very CPU) would produce. The caller merges
+//! the raised flags into the guest MXCSR and turns a raised flag whose exception the guest left
+//! unmasked into a `#XM` stop.
 //!
 //! Operand convention of the asm templates: `xmm0` is the destination XMM value (`a`), `xmm1`
 //! the XMM or memory source (`b`, zero-extended), `rax`/`eax` the general-register or integer
 //! source and the general-register result.
+//!
+//! An imm8 that selects behaviour (the predicate of `cmpps`, the rounding control of `roundps`,
+//! the masks of `dpps`) cannot be a run-time operand of a host instruction, so such a form has
+//! one template per imm8 value the hardware distinguishes: its table line names the imm8 bits
+//! the instruction reads (the others are reserved and ignored, which the tests check on the
+//! host for all 256 values) and the values of each nibble, from which the templates are
+//! instantiated with const generics.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::asm;
@@ -63,8 +71,8 @@ impl HostContext {
 /// A host operation and the kind of result it yields.
 #[derive(Clone, Copy)]
 pub(super) struct HostOp {
-    /// Runs the instruction on the host.
-    pub(super) run: fn(&mut HostContext),
+    /// Runs the instruction on the host with the given imm8 (ignored by forms without one).
+    pub(super) run: fn(&mut HostContext, u8),
     /// Where its result goes.
     pub(super) output: Output,
 }
@@ -107,60 +115,111 @@ pub(super) const EXCEPTION_FLAGS: u32 = 0x3f;
 /// The six exception masks.
 pub(super) const EXCEPTION_MASKS: u32 = 0x3f << 7;
 
-/// Runs `op` under the guest's `mxcsr` with all exceptions masked; returns the exception flags
-/// the operation raised (bits 0–5) — the context holds the results.
-pub(super) fn run(op: HostOp, context: &mut HostContext, mxcsr: u32) -> u32 {
+/// Runs `op` with control byte `imm` under the guest's `mxcsr` with all exceptions masked;
+/// returns the exception flags the operation raised (bits 0–5) — the context holds the results.
+pub(super) fn run(op: HostOp, context: &mut HostContext, mxcsr: u32, imm: u8) -> u32 {
     context.mxcsr = (mxcsr & host_mxcsr_mask() & !EXCEPTION_FLAGS) | EXCEPTION_MASKS;
-    (op.run)(context);
+    (op.run)(context, imm);
     context.mxcsr & EXCEPTION_FLAGS
 }
 
-/// Defines `lookup`: one host function per instruction form, from its asm text.
+/// Runs the asm text `$text` (plus optional `const` operands) on `$context`: loads the operands
+/// and the MXCSR to run under, executes the text, stores the results and restores the host MXCSR.
+#[cfg(target_arch = "x86_64")]
+macro_rules! host_asm {
+    ($context:expr, $text:expr $(, $name:ident = const $value:expr)*) => {{
+        let context: &mut HostContext = $context;
+        // SAFETY: the template reads and writes only `*context` (through a pointer to a live,
+        // exclusively borrowed, 16-byte aligned struct, at field offsets computed by the
+        // compiler), clobbers only the declared registers, and pushes one quadword which it pops
+        // again. The host MXCSR is saved first and restored last; the value loaded in between has
+        // only bits the host supports and all exceptions masked (see `run`), so neither `ldmxcsr`
+        // nor the operation can fault. Constant operands are imm8 values of the instruction.
+        unsafe {
+            asm!(
+                "stmxcsr [{ctx} + {saved}]",
+                "ldmxcsr [{ctx} + {mxcsr}]",
+                "movdqa xmm0, [{ctx} + {a}]",
+                "movdqa xmm1, [{ctx} + {b}]",
+                "mov rax, [{ctx} + {gpr}]",
+                $text,
+                "pushfq",
+                "pop rdx",
+                "mov [{ctx} + {flags}], rdx",
+                "mov [{ctx} + {gpr}], rax",
+                "movdqa [{ctx} + {a}], xmm0",
+                "stmxcsr [{ctx} + {mxcsr}]",
+                "ldmxcsr [{ctx} + {saved}]",
+                ctx = in(reg) std::ptr::from_mut(context),
+                saved = const offset_of!(HostContext, saved_mxcsr),
+                mxcsr = const offset_of!(HostContext, mxcsr),
+                a = const offset_of!(HostContext, a),
+                b = const offset_of!(HostContext, b),
+                gpr = const offset_of!(HostContext, gpr),
+                flags = const offset_of!(HostContext, flags),
+                $($name = const $value,)*
+                out("rax") _,
+                out("rdx") _,
+                out("xmm0") _,
+                out("xmm1") _,
+            );
+        }
+    }};
+}
+
+/// `match $low { … }` calling `$template::<$high, LOW>` for each listed low nibble; the listed
+/// values are the non-zero ones, so the `_` arm is the low nibble 0.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_low_nibble {
+    ($template:ident, $context:expr, $high:literal, $low:expr, [$($value:literal)*]) => {
+        match $low {
+            $($value => $template::<$high, $value>($context),)*
+            _ => $template::<$high, 0>($context),
+        }
+    };
+}
+
+/// Defines `lookup`: one host function per instruction form from its asm text, and for imm8
+/// forms one template per distinguished imm8 value.
 #[cfg(target_arch = "x86_64")]
 macro_rules! host_ops {
-    ($($code:ident => $output:ident, $text:literal;)*) => {
+    (
+        plain { $($code:ident => $output:ident, $text:literal;)* }
+        imm8 {
+            $($imm_code:ident => $mnemonic:literal, bits $mask:literal,
+                high [$($high:literal)*], low $lows:tt;)*
+        }
+    ) => {
         /// The host operation executing `code`, if it is one of this table.
         pub(super) fn lookup(code: Code) -> Option<HostOp> {
             match code {
                 $(Code::$code => {
-                    fn run(context: &mut HostContext) {
-                        // SAFETY: the template reads and writes only `*context` (through a
-                        // pointer to a live, exclusively borrowed, 16-byte aligned struct, at
-                        // field offsets computed by the compiler), clobbers only the declared
-                        // registers, and pushes one quadword which it pops again. The host
-                        // MXCSR is saved first and restored last; the value loaded in between
-                        // has only bits the host supports and all exceptions masked (see
-                        // `run`), so neither `ldmxcsr` nor the operation can fault.
-                        unsafe {
-                            asm!(
-                                "stmxcsr [{ctx} + {saved}]",
-                                "ldmxcsr [{ctx} + {mxcsr}]",
-                                "movdqa xmm0, [{ctx} + {a}]",
-                                "movdqa xmm1, [{ctx} + {b}]",
-                                "mov rax, [{ctx} + {gpr}]",
-                                $text,
-                                "pushfq",
-                                "pop rdx",
-                                "mov [{ctx} + {flags}], rdx",
-                                "mov [{ctx} + {gpr}], rax",
-                                "movdqa [{ctx} + {a}], xmm0",
-                                "stmxcsr [{ctx} + {mxcsr}]",
-                                "ldmxcsr [{ctx} + {saved}]",
-                                ctx = in(reg) std::ptr::from_mut(context),
-                                saved = const offset_of!(HostContext, saved_mxcsr),
-                                mxcsr = const offset_of!(HostContext, mxcsr),
-                                a = const offset_of!(HostContext, a),
-                                b = const offset_of!(HostContext, b),
-                                gpr = const offset_of!(HostContext, gpr),
-                                flags = const offset_of!(HostContext, flags),
-                                out("rax") _,
-                                out("rdx") _,
-                                out("xmm0") _,
-                                out("xmm1") _,
-                            );
-                        }
+                    fn run(context: &mut HostContext, _: u8) {
+                        host_asm!(context, $text);
                     }
                     Some(HostOp { run, output: Output::$output })
+                })*
+                $(Code::$imm_code => {
+                    /// The instruction with imm8 `HIGH * 16 + LOW`.
+                    fn template<const HIGH: u8, const LOW: u8>(context: &mut HostContext) {
+                        host_asm!(
+                            context,
+                            concat!($mnemonic, " xmm0, xmm1, {imm}"),
+                            imm = const HIGH * 16 + LOW
+                        );
+                    }
+                    /// Runs the template of the imm8 bits the instruction reads. The listed
+                    /// nibble values are the non-zero ones, so each `_` arm is the nibble 0.
+                    fn run(context: &mut HostContext, imm: u8) {
+                        let imm = imm & $mask;
+                        match imm >> 4 {
+                            $($high => dispatch_low_nibble!(
+                                template, context, $high, imm & 15, $lows
+                            ),)*
+                            _ => dispatch_low_nibble!(template, context, 0, imm & 15, $lows),
+                        }
+                    }
+                    Some(HostOp { run, output: Output::Xmm })
                 })*
                 _ => None,
             }
@@ -170,58 +229,92 @@ macro_rules! host_ops {
 
 #[cfg(target_arch = "x86_64")]
 host_ops! {
-    Addss_xmm_xmmm32 => Xmm, "addss xmm0, xmm1";
-    Addsd_xmm_xmmm64 => Xmm, "addsd xmm0, xmm1";
-    Addps_xmm_xmmm128 => Xmm, "addps xmm0, xmm1";
-    Addpd_xmm_xmmm128 => Xmm, "addpd xmm0, xmm1";
-    Subss_xmm_xmmm32 => Xmm, "subss xmm0, xmm1";
-    Subsd_xmm_xmmm64 => Xmm, "subsd xmm0, xmm1";
-    Subps_xmm_xmmm128 => Xmm, "subps xmm0, xmm1";
-    Subpd_xmm_xmmm128 => Xmm, "subpd xmm0, xmm1";
-    Mulss_xmm_xmmm32 => Xmm, "mulss xmm0, xmm1";
-    Mulsd_xmm_xmmm64 => Xmm, "mulsd xmm0, xmm1";
-    Mulps_xmm_xmmm128 => Xmm, "mulps xmm0, xmm1";
-    Mulpd_xmm_xmmm128 => Xmm, "mulpd xmm0, xmm1";
-    Divss_xmm_xmmm32 => Xmm, "divss xmm0, xmm1";
-    Divsd_xmm_xmmm64 => Xmm, "divsd xmm0, xmm1";
-    Divps_xmm_xmmm128 => Xmm, "divps xmm0, xmm1";
-    Divpd_xmm_xmmm128 => Xmm, "divpd xmm0, xmm1";
-    Minss_xmm_xmmm32 => Xmm, "minss xmm0, xmm1";
-    Minsd_xmm_xmmm64 => Xmm, "minsd xmm0, xmm1";
-    Minps_xmm_xmmm128 => Xmm, "minps xmm0, xmm1";
-    Minpd_xmm_xmmm128 => Xmm, "minpd xmm0, xmm1";
-    Maxss_xmm_xmmm32 => Xmm, "maxss xmm0, xmm1";
-    Maxsd_xmm_xmmm64 => Xmm, "maxsd xmm0, xmm1";
-    Maxps_xmm_xmmm128 => Xmm, "maxps xmm0, xmm1";
-    Maxpd_xmm_xmmm128 => Xmm, "maxpd xmm0, xmm1";
-    Sqrtss_xmm_xmmm32 => Xmm, "sqrtss xmm0, xmm1";
-    Sqrtsd_xmm_xmmm64 => Xmm, "sqrtsd xmm0, xmm1";
-    Sqrtps_xmm_xmmm128 => Xmm, "sqrtps xmm0, xmm1";
-    Sqrtpd_xmm_xmmm128 => Xmm, "sqrtpd xmm0, xmm1";
-    Ucomiss_xmm_xmmm32 => Flags, "ucomiss xmm0, xmm1";
-    Ucomisd_xmm_xmmm64 => Flags, "ucomisd xmm0, xmm1";
-    Comiss_xmm_xmmm32 => Flags, "comiss xmm0, xmm1";
-    Comisd_xmm_xmmm64 => Flags, "comisd xmm0, xmm1";
-    Cvtsi2ss_xmm_rm32 => Xmm, "cvtsi2ss xmm0, eax";
-    Cvtsi2ss_xmm_rm64 => Xmm, "cvtsi2ss xmm0, rax";
-    Cvtsi2sd_xmm_rm32 => Xmm, "cvtsi2sd xmm0, eax";
-    Cvtsi2sd_xmm_rm64 => Xmm, "cvtsi2sd xmm0, rax";
-    Cvtss2si_r32_xmmm32 => Gpr, "cvtss2si eax, xmm1";
-    Cvtss2si_r64_xmmm32 => Gpr, "cvtss2si rax, xmm1";
-    Cvttss2si_r32_xmmm32 => Gpr, "cvttss2si eax, xmm1";
-    Cvttss2si_r64_xmmm32 => Gpr, "cvttss2si rax, xmm1";
-    Cvtsd2si_r32_xmmm64 => Gpr, "cvtsd2si eax, xmm1";
-    Cvtsd2si_r64_xmmm64 => Gpr, "cvtsd2si rax, xmm1";
-    Cvttsd2si_r32_xmmm64 => Gpr, "cvttsd2si eax, xmm1";
-    Cvttsd2si_r64_xmmm64 => Gpr, "cvttsd2si rax, xmm1";
-    Cvtss2sd_xmm_xmmm32 => Xmm, "cvtss2sd xmm0, xmm1";
-    Cvtsd2ss_xmm_xmmm64 => Xmm, "cvtsd2ss xmm0, xmm1";
-    Cvtps2pd_xmm_xmmm64 => Xmm, "cvtps2pd xmm0, xmm1";
-    Cvtpd2ps_xmm_xmmm128 => Xmm, "cvtpd2ps xmm0, xmm1";
-    Cvtdq2ps_xmm_xmmm128 => Xmm, "cvtdq2ps xmm0, xmm1";
-    Cvtdq2pd_xmm_xmmm64 => Xmm, "cvtdq2pd xmm0, xmm1";
-    Cvtps2dq_xmm_xmmm128 => Xmm, "cvtps2dq xmm0, xmm1";
-    Cvttps2dq_xmm_xmmm128 => Xmm, "cvttps2dq xmm0, xmm1";
-    Cvtpd2dq_xmm_xmmm128 => Xmm, "cvtpd2dq xmm0, xmm1";
-    Cvttpd2dq_xmm_xmmm128 => Xmm, "cvttpd2dq xmm0, xmm1";
+    plain {
+        Addss_xmm_xmmm32 => Xmm, "addss xmm0, xmm1";
+        Addsd_xmm_xmmm64 => Xmm, "addsd xmm0, xmm1";
+        Addps_xmm_xmmm128 => Xmm, "addps xmm0, xmm1";
+        Addpd_xmm_xmmm128 => Xmm, "addpd xmm0, xmm1";
+        Subss_xmm_xmmm32 => Xmm, "subss xmm0, xmm1";
+        Subsd_xmm_xmmm64 => Xmm, "subsd xmm0, xmm1";
+        Subps_xmm_xmmm128 => Xmm, "subps xmm0, xmm1";
+        Subpd_xmm_xmmm128 => Xmm, "subpd xmm0, xmm1";
+        Mulss_xmm_xmmm32 => Xmm, "mulss xmm0, xmm1";
+        Mulsd_xmm_xmmm64 => Xmm, "mulsd xmm0, xmm1";
+        Mulps_xmm_xmmm128 => Xmm, "mulps xmm0, xmm1";
+        Mulpd_xmm_xmmm128 => Xmm, "mulpd xmm0, xmm1";
+        Divss_xmm_xmmm32 => Xmm, "divss xmm0, xmm1";
+        Divsd_xmm_xmmm64 => Xmm, "divsd xmm0, xmm1";
+        Divps_xmm_xmmm128 => Xmm, "divps xmm0, xmm1";
+        Divpd_xmm_xmmm128 => Xmm, "divpd xmm0, xmm1";
+        Minss_xmm_xmmm32 => Xmm, "minss xmm0, xmm1";
+        Minsd_xmm_xmmm64 => Xmm, "minsd xmm0, xmm1";
+        Minps_xmm_xmmm128 => Xmm, "minps xmm0, xmm1";
+        Minpd_xmm_xmmm128 => Xmm, "minpd xmm0, xmm1";
+        Maxss_xmm_xmmm32 => Xmm, "maxss xmm0, xmm1";
+        Maxsd_xmm_xmmm64 => Xmm, "maxsd xmm0, xmm1";
+        Maxps_xmm_xmmm128 => Xmm, "maxps xmm0, xmm1";
+        Maxpd_xmm_xmmm128 => Xmm, "maxpd xmm0, xmm1";
+        Sqrtss_xmm_xmmm32 => Xmm, "sqrtss xmm0, xmm1";
+        Sqrtsd_xmm_xmmm64 => Xmm, "sqrtsd xmm0, xmm1";
+        Sqrtps_xmm_xmmm128 => Xmm, "sqrtps xmm0, xmm1";
+        Sqrtpd_xmm_xmmm128 => Xmm, "sqrtpd xmm0, xmm1";
+        Rcpss_xmm_xmmm32 => Xmm, "rcpss xmm0, xmm1";
+        Rcpps_xmm_xmmm128 => Xmm, "rcpps xmm0, xmm1";
+        Rsqrtss_xmm_xmmm32 => Xmm, "rsqrtss xmm0, xmm1";
+        Rsqrtps_xmm_xmmm128 => Xmm, "rsqrtps xmm0, xmm1";
+        Addsubps_xmm_xmmm128 => Xmm, "addsubps xmm0, xmm1";
+        Addsubpd_xmm_xmmm128 => Xmm, "addsubpd xmm0, xmm1";
+        Haddps_xmm_xmmm128 => Xmm, "haddps xmm0, xmm1";
+        Haddpd_xmm_xmmm128 => Xmm, "haddpd xmm0, xmm1";
+        Hsubps_xmm_xmmm128 => Xmm, "hsubps xmm0, xmm1";
+        Hsubpd_xmm_xmmm128 => Xmm, "hsubpd xmm0, xmm1";
+        Ucomiss_xmm_xmmm32 => Flags, "ucomiss xmm0, xmm1";
+        Ucomisd_xmm_xmmm64 => Flags, "ucomisd xmm0, xmm1";
+        Comiss_xmm_xmmm32 => Flags, "comiss xmm0, xmm1";
+        Comisd_xmm_xmmm64 => Flags, "comisd xmm0, xmm1";
+        Cvtsi2ss_xmm_rm32 => Xmm, "cvtsi2ss xmm0, eax";
+        Cvtsi2ss_xmm_rm64 => Xmm, "cvtsi2ss xmm0, rax";
+        Cvtsi2sd_xmm_rm32 => Xmm, "cvtsi2sd xmm0, eax";
+        Cvtsi2sd_xmm_rm64 => Xmm, "cvtsi2sd xmm0, rax";
+        Cvtss2si_r32_xmmm32 => Gpr, "cvtss2si eax, xmm1";
+        Cvtss2si_r64_xmmm32 => Gpr, "cvtss2si rax, xmm1";
+        Cvttss2si_r32_xmmm32 => Gpr, "cvttss2si eax, xmm1";
+        Cvttss2si_r64_xmmm32 => Gpr, "cvttss2si rax, xmm1";
+        Cvtsd2si_r32_xmmm64 => Gpr, "cvtsd2si eax, xmm1";
+        Cvtsd2si_r64_xmmm64 => Gpr, "cvtsd2si rax, xmm1";
+        Cvttsd2si_r32_xmmm64 => Gpr, "cvttsd2si eax, xmm1";
+        Cvttsd2si_r64_xmmm64 => Gpr, "cvttsd2si rax, xmm1";
+        Cvtss2sd_xmm_xmmm32 => Xmm, "cvtss2sd xmm0, xmm1";
+        Cvtsd2ss_xmm_xmmm64 => Xmm, "cvtsd2ss xmm0, xmm1";
+        Cvtps2pd_xmm_xmmm64 => Xmm, "cvtps2pd xmm0, xmm1";
+        Cvtpd2ps_xmm_xmmm128 => Xmm, "cvtpd2ps xmm0, xmm1";
+        Cvtdq2ps_xmm_xmmm128 => Xmm, "cvtdq2ps xmm0, xmm1";
+        Cvtdq2pd_xmm_xmmm64 => Xmm, "cvtdq2pd xmm0, xmm1";
+        Cvtps2dq_xmm_xmmm128 => Xmm, "cvtps2dq xmm0, xmm1";
+        Cvttps2dq_xmm_xmmm128 => Xmm, "cvttps2dq xmm0, xmm1";
+        Cvtpd2dq_xmm_xmmm128 => Xmm, "cvtpd2dq xmm0, xmm1";
+        Cvttpd2dq_xmm_xmmm128 => Xmm, "cvttpd2dq xmm0, xmm1";
+    }
+    imm8 {
+        // Legacy compares read the predicate from imm8[2:0].
+        Cmpps_xmm_xmmm128_imm8 => "cmpps", bits 0x07, high [], low [1 2 3 4 5 6 7];
+        Cmppd_xmm_xmmm128_imm8 => "cmppd", bits 0x07, high [], low [1 2 3 4 5 6 7];
+        Cmpss_xmm_xmmm32_imm8 => "cmpss", bits 0x07, high [], low [1 2 3 4 5 6 7];
+        Cmpsd_xmm_xmmm64_imm8 => "cmpsd", bits 0x07, high [], low [1 2 3 4 5 6 7];
+        // Rounding: imm8[1:0] mode, [2] use MXCSR.RC, [3] suppress the precision exception.
+        Roundps_xmm_xmmm128_imm8 => "roundps", bits 0x0f, high [],
+            low [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15];
+        Roundpd_xmm_xmmm128_imm8 => "roundpd", bits 0x0f, high [],
+            low [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15];
+        Roundss_xmm_xmmm32_imm8 => "roundss", bits 0x0f, high [],
+            low [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15];
+        Roundsd_xmm_xmmm64_imm8 => "roundsd", bits 0x0f, high [],
+            low [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15];
+        // Dot products: imm8[7:4] (dpps) or [5:4] (dppd) select the products, the low bits
+        // the result lanes.
+        Dpps_xmm_xmmm128_imm8 => "dpps", bits 0xff,
+            high [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15],
+            low [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15];
+        Dppd_xmm_xmmm128_imm8 => "dppd", bits 0x33, high [1 2 3], low [1 2 3];
+    }
 }

@@ -1,5 +1,6 @@
-//! Integer, logic, shuffle and plain-move semantics of SSE/SSE2 instructions, in pure Rust on
-//! 128-bit values (lane 0 in the least significant bits, as in the XMM register file).
+//! Integer, logic, shuffle and plain-move semantics of SSE/SSE2 instructions and the SSE3
+//! duplicating moves, in pure Rust on 128-bit values (lane 0 in the least significant bits, as
+//! in the XMM register file), and the lane helpers the later extensions' modules share.
 //!
 //! Every function has the shape `fn(dst, src, imm) -> result`: `dst` is the old destination
 //! value (0 when the destination is memory or a general register), `src` the source operand
@@ -16,34 +17,34 @@ pub(super) const LOW64: u128 = u64::MAX as u128;
 pub(super) const LOW32: u128 = u32::MAX as u128;
 
 /// All-ones in the low `bits` bits (`bits` in 1 ..= 128).
-fn lane_mask(bits: u32) -> u128 {
+pub(super) fn lane_mask(bits: u32) -> u128 {
     u128::MAX >> (128 - bits)
 }
 
 /// Lane `index` of width `bits`.
-fn lane(value: u128, bits: u32, index: u32) -> u128 {
+pub(super) fn lane(value: u128, bits: u32, index: u32) -> u128 {
     (value >> (bits * index)) & lane_mask(bits)
 }
 
 /// Sign-extends the low `bits` bits of `value`.
-fn signed(value: u128, bits: u32) -> i128 {
+pub(super) fn signed(value: u128, bits: u32) -> i128 {
     ((value << (128 - bits)) as i128) >> (128 - bits)
 }
 
 /// Applies `f` to each pair of `bits`-wide lanes of `a` and `b`.
-fn lanes(a: u128, b: u128, bits: u32, f: impl Fn(u128, u128) -> u128) -> u128 {
+pub(super) fn lanes(a: u128, b: u128, bits: u32, f: impl Fn(u128, u128) -> u128) -> u128 {
     (0..128 / bits).fold(0, |acc, i| {
         acc | ((f(lane(a, bits, i), lane(b, bits, i)) & lane_mask(bits)) << (bits * i))
     })
 }
 
 /// Builds a value from `count` lanes of width `bits` given by `f(index)`.
-fn build(bits: u32, f: impl Fn(u32) -> u128) -> u128 {
+pub(super) fn build(bits: u32, f: impl Fn(u32) -> u128) -> u128 {
     (0..128 / bits).fold(0, |acc, i| acc | ((f(i) & lane_mask(bits)) << (bits * i)))
 }
 
 /// Clamps a signed value into the range of a `bits`-wide signed or unsigned integer.
-fn saturate(value: i128, bits: u32, is_signed: bool) -> u128 {
+pub(super) fn saturate(value: i128, bits: u32, is_signed: bool) -> u128 {
     let (min, max) = if is_signed {
         (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
     } else {
@@ -53,7 +54,7 @@ fn saturate(value: i128, bits: u32, is_signed: bool) -> u128 {
 }
 
 /// All-ones or zero lane for a comparison result.
-fn all_ones_if(condition: bool) -> u128 {
+pub(super) fn all_ones_if(condition: bool) -> u128 {
     if condition { u128::MAX } else { 0 }
 }
 
@@ -86,6 +87,19 @@ pub(super) fn move_high_to_low(dst: u128, src: u128, _: u8) -> u128 {
 /// movlhps: low quadword of the source into the high quadword of the destination.
 pub(super) fn move_low_to_high(dst: u128, src: u128, _: u8) -> u128 {
     (dst & LOW64) | (src << 64)
+}
+
+/// movddup: the low quadword of the source in both quadwords.
+pub(super) fn movddup(_: u128, src: u128, _: u8) -> u128 {
+    (src & LOW64) | (src << 64)
+}
+/// movsldup: the even doublewords of the source, each duplicated.
+pub(super) fn movsldup(_: u128, src: u128, _: u8) -> u128 {
+    build(32, |i| lane(src, 32, i & !1))
+}
+/// movshdup: the odd doublewords of the source, each duplicated.
+pub(super) fn movshdup(_: u128, src: u128, _: u8) -> u128 {
+    build(32, |i| lane(src, 32, i | 1))
 }
 
 // --- Masks --------------------------------------------------------------------------------
@@ -239,7 +253,7 @@ pub(super) fn psrldq(dst: u128, src: u128, _: u8) -> u128 {
 // --- Shuffles, unpacks, packs --------------------------------------------------------------
 
 /// Interleaves the `bits`-wide lanes of the low (`high == false`) or high halves of `a` and `b`.
-fn unpack(a: u128, b: u128, bits: u32, high: bool) -> u128 {
+pub(super) fn unpack(a: u128, b: u128, bits: u32, high: bool) -> u128 {
     let base = if high { 64 / bits } else { 0 };
     build(bits, |i| {
         let from = if i % 2 == 0 { a } else { b };
@@ -268,7 +282,7 @@ unpacks! {
 }
 
 /// Selector `i` (2 bits each) of an imm8.
-fn selector(imm: u8, i: u32) -> u32 {
+pub(super) fn selector(imm: u8, i: u32) -> u32 {
     u32::from(imm >> (2 * i)) & 3
 }
 pub(super) fn pshufd(_: u128, src: u128, imm: u8) -> u128 {
@@ -304,7 +318,7 @@ pub(super) fn shufpd(dst: u128, src: u128, imm: u8) -> u128 {
 }
 
 /// Packs the `2 * bits`-wide signed lanes of `a` then `b` into saturated `bits`-wide lanes.
-fn pack(a: u128, b: u128, bits: u32, is_signed: bool) -> u128 {
+pub(super) fn pack(a: u128, b: u128, bits: u32, is_signed: bool) -> u128 {
     let per_source = 64 / bits;
     build(bits, |i| {
         let (from, index) = if i < per_source {
