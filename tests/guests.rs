@@ -15,6 +15,9 @@ use common::{Uhyve, all_guests, guest, kvm_or_skip};
 
 /// The guest that uses SSE/XSAVE instructions on purpose, to test uhyve's emulation fallback.
 const EMULATION_GUEST: &str = "emulated";
+/// The guests allowed to use SSE/XSAVE instructions: the emulation guest, and the one that
+/// reports what a guest's feature detection concludes (it needs XSETBV/XGETBV).
+const SIMD_GUESTS: &[&str] = &[EMULATION_GUEST, "cpu_features"];
 
 /// Guests build.rs must produce.
 const GUESTS: &[&str] = &[
@@ -24,6 +27,7 @@ const GUESTS: &[&str] = &[
     "bench_hypercalls",
     "bench_touch",
     "boot_info",
+    "cpu_features",
     "emulated",
     "exit_code",
     "file_ops",
@@ -103,7 +107,9 @@ fn all_guests_are_built() {
 #[test]
 fn guests_use_general_purpose_registers_only() {
     for path in all_guests() {
-        let emulation_guest = path.file_name() == Some(std::ffi::OsStr::new(EMULATION_GUEST));
+        let emulation_guest = SIMD_GUESTS
+            .iter()
+            .any(|name| path.file_name() == Some(std::ffi::OsStr::new(name)));
         let output = Command::new("objdump")
             .arg("-d")
             .arg(&path)
@@ -125,7 +131,8 @@ fn guests_use_general_purpose_registers_only() {
             // The one guest that uses them on purpose: it must really contain them.
             assert!(
                 !bad.is_empty(),
-                "{EMULATION_GUEST} lost its SSE/XSAVE instructions"
+                "{} lost its SSE/XSAVE instructions",
+                path.display()
             );
             continue;
         }
@@ -921,4 +928,58 @@ fn instructions_the_hypervisor_lacks_are_emulated() {
         run.assert_no_host_crash()
             .assert_stderr_mentions("emulation failure");
     }
+}
+
+/// `usable=` of `feature` in the cpu_features guest's output.
+fn feature_usable(stdout: &str, feature: &str) -> Option<bool> {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("feature {feature}:")))?;
+    Some(line.ends_with("usable=1"))
+}
+
+#[test]
+fn guests_detect_only_extensions_that_can_run() {
+    if !kvm_or_skip("guests_detect_only_extensions_that_can_run") {
+        return;
+    }
+    let run = Uhyve::guest("cpu_features").opts(["-v"]).run();
+    run.assert_no_host_crash().assert_success();
+    assert_eq!(
+        feature_usable(&run.stdout, "sse2"),
+        Some(true),
+        "{}",
+        run.report()
+    );
+    let fallback = run
+        .stderr
+        .contains("cannot execute SSE instructions itself");
+    if !fallback {
+        // A KVM that runs SIMD code natively: the guest sees the host's features unchanged.
+        assert!(run.stdout.contains("xcr0 written="), "{}", run.report());
+        let line = run.stdout.lines().find(|l| l.starts_with("xcr0 ")).unwrap();
+        let (written, read) = line.split_once(" read=").unwrap();
+        assert_eq!(
+            written.trim_start_matches("xcr0 written="),
+            read,
+            "{}",
+            run.report()
+        );
+        return;
+    }
+    // The SIMD instructions end in uhyve's fallback: nothing it cannot execute may look usable,
+    // even where the hypervisor shows the host's CPUID leaves to the guest (KVM-PVM does).
+    for feature in ["avx", "fma", "f16c", "avx2", "avx512f", "lzcnt", "sse4a"] {
+        assert_eq!(
+            feature_usable(&run.stdout, feature),
+            Some(false),
+            "{feature} must not be usable\n{}",
+            run.report()
+        );
+    }
+    assert!(
+        run.stdout.contains(" read=0x3\n"),
+        "XCR0 reads back as x87 | SSE\n{}",
+        run.report()
+    );
 }

@@ -2,6 +2,7 @@
 //! VM (memory slot, in-kernel irqchip, x2APIC API), creates vCPUs in the initial state computed by
 //! `crate::arch`, and turns KVM's exits into the backend-neutral [`crate::vcpu::VcpuExit`].
 
+mod probe;
 mod vcpu;
 
 use std::io;
@@ -10,9 +11,10 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_enable_cap, kvm_userspace_memory_r
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 
+pub use self::probe::SimdExecution;
 pub use self::vcpu::{KvmCpu, KvmKick};
 use crate::arch::GuestArch;
-use crate::arch::x86_64::InitialRegisters;
+use crate::arch::x86_64::{FallbackSimd, InitialRegisters};
 use crate::mem::GuestMemory;
 use crate::vcpu::VcpuError;
 use crate::vm::{EntryRegisters, Hypervisor, VcpuKick, VmError};
@@ -63,6 +65,9 @@ pub struct KvmVm {
     vm: VmFd,
     /// What KVM supports, read once; each vCPU gets an edited copy.
     supported_cpuid: kvm_bindings::CpuId,
+    /// When this KVM cannot execute SIMD instructions: what the user-space fallback executes,
+    /// which is all the guest's CPUID may then offer.
+    fallback_cpuid: Option<FallbackSimd>,
 }
 
 impl KvmVm {
@@ -70,6 +75,11 @@ impl KvmVm {
     /// is registered later with [`KvmVm::map_memory`], so this (slow: creating the irqchip waits
     /// in the host kernel) can run while the kernel image is being loaded.
     pub fn create() -> Result<Self, KvmError> {
+        // Whether KVM executes SSE itself decides the guest's CPUID; the probe VM runs beside the
+        // creation of the real one.
+        let probe = std::thread::Builder::new()
+            .name("simd-probe".into())
+            .spawn(probe::probe_simd_execution);
         let kvm = Kvm::new().map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
             libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
@@ -103,9 +113,27 @@ impl KvmVm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_error("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu::install_kick_handler()?;
+        let simd = probe.ok().and_then(|probe| probe.join().ok()).flatten();
+        let fallback_cpuid = match simd {
+            Some(SimdExecution::Emulated) => {
+                let simd = crate::arch::x86_64::emulate::fallback_simd();
+                log::info!(
+                    "this KVM cannot execute SSE instructions itself (a probe VM stopped with an \
+                     emulation failure): the guest's CPUID offers only what uhyve's user-space \
+                     fallback executes ({simd:?})"
+                );
+                Some(simd)
+            }
+            Some(SimdExecution::Native) => None,
+            None => {
+                log::debug!("SIMD execution probe inconclusive: the guest sees KVM's CPUID");
+                None
+            }
+        };
         Ok(Self {
             vm,
             supported_cpuid,
+            fallback_cpuid,
         })
     }
 
@@ -129,7 +157,13 @@ impl KvmVm {
     /// Creates vCPU `id` in the given initial state. Call it on the thread that will run the
     /// vCPU (the kick signal is aimed at the creating thread).
     pub fn create_vcpu(&self, id: u32, registers: &InitialRegisters) -> Result<KvmCpu, KvmError> {
-        KvmCpu::new(&self.vm, id, registers, self.supported_cpuid.clone())
+        KvmCpu::new(
+            &self.vm,
+            id,
+            registers,
+            self.supported_cpuid.clone(),
+            self.fallback_cpuid,
+        )
     }
 }
 

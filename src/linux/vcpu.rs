@@ -5,15 +5,18 @@ use std::io;
 
 use kvm_bindings::{
     CpuId, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
-    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MP_STATE_RUNNABLE, Msrs, kvm_mp_state,
-    kvm_msr_entry, kvm_segment,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_RUNNABLE, Msrs, kvm_mp_state, kvm_msr_entry, kvm_segment,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use super::{KvmError, ioctl_error};
 use crate::arch::x86_64::emulate::{X86Cpu, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
-use crate::arch::x86_64::{CpuidRegisters, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf};
+use crate::arch::x86_64::{
+    CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
+    restrict_to_fallback,
+};
 use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 
 /// `IA32_MISC_ENABLE`; bit 0 enables fast string operations.
@@ -102,18 +105,12 @@ impl KvmCpu {
         id: u32,
         registers: &InitialRegisters,
         mut cpuid: CpuId,
+        fallback_cpuid: Option<FallbackSimd>,
     ) -> Result<Self, KvmError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(ioctl_error("KVM_CREATE_VCPU"))?;
 
-        let xsave_layout = XsaveLayout::from_cpuid(|function, index| {
-            cpuid
-                .as_slice()
-                .iter()
-                .find(|e| e.function == function && e.index == index)
-                .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
-        });
         for entry in cpuid.as_mut_slice() {
             let mut regs = CpuidRegisters {
                 eax: entry.eax,
@@ -122,10 +119,30 @@ impl KvmCpu {
                 edx: entry.edx,
             };
             adjust_cpuid_leaf(entry.function, entry.index, &mut regs);
+            if let Some(simd) = fallback_cpuid {
+                restrict_to_fallback(entry.function, entry.index, &mut regs, simd);
+            }
             (entry.eax, entry.ebx, entry.ecx, entry.edx) = (regs.eax, regs.ebx, regs.ecx, regs.edx);
         }
         fd.set_cpuid2(&cpuid)
             .map_err(ioctl_error("KVM_SET_CPUID2"))?;
+        // The emulator follows the XSAVE layout the guest sees. That is KVM's copy of the CPUID,
+        // which is not always the one just set: KVM-PVM merges its host's leaves 1, 7 and 0xD
+        // in (AVX state included), so XSAVE must move those components' bytes too.
+        let effective = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap_or(cpuid);
+        let xsave_layout = XsaveLayout::from_cpuid(|function, index| {
+            effective
+                .as_slice()
+                .iter()
+                .find(|e| e.function == function && e.index == index)
+                .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+        });
+        // Where the fallback executes SIMD instructions, XGETBV reports every component beyond
+        // x87 and SSE disabled, so the guest's feature detection does not pick AVX code.
+        let xsave_layout = match fallback_cpuid {
+            Some(_) => xsave_layout.withholding_other_components(),
+            None => xsave_layout,
+        };
 
         let mut sregs = fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
         sregs.cr0 = registers.cr0;

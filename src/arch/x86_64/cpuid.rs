@@ -5,6 +5,21 @@
 //! The edits tell the kernel it runs virtualized, offer the TSC-deadline timer and MSRs, hide the
 //! performance-monitoring unit and replace the brand string (which contains no "GHz", so the
 //! kernel's brand-string frequency guess fails cleanly and it uses the boot-info TSC rate).
+//!
+//! On a hypervisor that cannot execute SIMD instructions natively (KVM-PVM executes every guest
+//! instruction in the host kernel's emulator, which lacks SSE arithmetic, XSAVE and more), a guest
+//! may only be told about what either that emulator or uhyve's user-space fallback executes:
+//! [`restrict_to_fallback`] then keeps, per leaf, a list of known-good bits and clears the rest
+//! (AVX, AVX2, AVX-512, FMA, F16C, AES, SHA, BMI1/2, ADX, MOVBE, LZCNT, RDPID, XSAVES, AVX state in
+//! XCR0, …), so the kernel's checks and `is_x86_feature_detected!` take paths that can run.
+//!
+//! KVM-PVM does not apply all of it: it merges its host's own bits of leaves 1, 7 and 0xD into
+//! the CPUID it keeps for the vCPU (only the hypervisor, x2APIC, TSC-deadline and CX16 bits follow
+//! the table uhyve sets), so there the guest still reads AVX and friends in CPUID. What makes
+//! OS-aware detection (the kernel, `std`'s `is_x86_feature_detected!`, libm) reject them is the
+//! second half of the policy: the fallback's XGETBV reports XCR0 without the AVX and AVX-512
+//! state components (`emulate::xsave::XsaveLayout::withheld_xcr0`), and every AVX-family
+//! extension requires that state.
 
 /// Leaf 1: processor info and feature bits.
 pub const LEAF_FEATURES: u32 = 0x1;
@@ -82,6 +97,134 @@ pub fn adjust_cpuid_leaf(function: u32, index: u32, regs: &mut CpuidRegisters) {
                 edx: word(3),
             };
         }
+        _ => {}
+    }
+}
+
+/// The SIMD extensions beyond SSE2 that the user-space fallback implements completely (see
+/// `emulate::sse::complete_extensions`); a restricted CPUID keeps only these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FallbackSimd {
+    /// SSE3 (leaf 1 ECX bit 0).
+    pub sse3: bool,
+    /// SSSE3 (leaf 1 ECX bit 9).
+    pub ssse3: bool,
+    /// SSE4.1 (leaf 1 ECX bit 19).
+    pub sse4_1: bool,
+    /// SSE4.2 (leaf 1 ECX bit 20).
+    pub sse4_2: bool,
+    /// POPCNT (leaf 1 ECX bit 23).
+    pub popcnt: bool,
+}
+
+/// Leaf 7: structured extended features (sub-leaf 0 and 1).
+pub const LEAF_EXTENDED_FEATURES: u32 = 0x7;
+/// Leaf 0xD: XSAVE state components.
+pub const LEAF_XSAVE: u32 = 0xD;
+/// Leaf 0x8000_0001: AMD/extended feature bits.
+pub const LEAF_EXTENDED_INFO: u32 = 0x8000_0001;
+/// Leaf 0x8000_0008: address sizes and AMD extended feature bits (EBX).
+pub const LEAF_ADDRESS_SIZES: u32 = 0x8000_0008;
+
+/// A mask with the given bit numbers set.
+const fn bits(list: &[u32]) -> u32 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < list.len() {
+        mask |= 1 << list[i];
+        i += 1;
+    }
+    mask
+}
+
+/// Leaf 1 ECX bits that need no instruction the emulators lack: DTES64 2, DS-CPL 4, VMX 5 (no:
+/// cleared below), EST 7, TM2 8, CNXT-ID 10, SDBG 11, xTPR 14, PDCM 15, PCID 17, DCA 18,
+/// x2APIC 21, TSC-deadline 24, XSAVE 26 (the fallback), OSXSAVE 27 (a mirror of CR4), RDRAND 30
+/// (KVM-PVM executes it), hypervisor 31. Not kept: PCLMULQDQ 1, MONITOR 3, VMX 5, SMX 6, FMA 12,
+/// CX16 13 (KVM-PVM faults on CMPXCHG16B), PDCM, MOVBE 22, AES 25, AVX 28, F16C 29; SSE3 0,
+/// SSSE3 9, SSE4.1 19, SSE4.2 20 and POPCNT 23 only as [`FallbackSimd`] says.
+const LEAF1_ECX_KEEP: u32 = bits(&[2, 4, 7, 8, 10, 11, 14, 17, 18, 21, 24, 26, 27, 30, 31]);
+/// Leaf 7 sub-leaf 0 EBX: FSGSBASE 0, TSC_ADJUST 1, FDP_EXCPTN_ONLY 6, SMEP 7, ERMS 9,
+/// deprecated FPU CS/DS 13, RDSEED 18, SMAP 20, CLFLUSHOPT 23. (Not: SGX, BMI1, HLE, AVX2, BMI2,
+/// INVPCID, RTM, MPX, AVX-512*, ADX, CLWB, Intel PT, SHA.)
+const LEAF7_EBX_KEEP: u32 = bits(&[0, 1, 6, 7, 9, 13, 18, 20, 23]);
+/// Leaf 7 sub-leaf 0 EDX: fast short REP MOV 4, MD_CLEAR 10, and the speculation-control bits
+/// 26–31 (MSR interfaces, no instructions).
+const LEAF7_EDX_KEEP: u32 = bits(&[4, 10, 26, 27, 28, 29, 30, 31]);
+/// Leaf 7 sub-leaf 1 EAX: fast zero-length MOVSB 10, fast short STOSB 11, fast short CMPSB 12.
+const LEAF7_1_EAX_KEEP: u32 = bits(&[10, 11, 12]);
+/// Leaf 0xD sub-leaf 1 EAX: XSAVEOPT 0, XSAVEC 1, XGETBV with ECX = 1 2 (all executed by the
+/// fallback); not XSAVES 3 or XFD 4.
+const XSAVE_EXTENSIONS_KEEP: u32 = bits(&[0, 1, 2]);
+/// XCR0 components the fallback can hold: x87 and SSE.
+const XCR0_FALLBACK: u32 = 0b11;
+/// Size of the XSAVE area with only x87 and SSE enabled (legacy region and header).
+const XSAVE_LEGACY_SIZE: u32 = 576;
+/// Leaf 0x8000_0001 ECX: LAHF/SAHF 0, CmpLegacy 1, AltMovCr8 4, MisAlignSse 7 (the fallback
+/// honours MXCSR.MM), OSVW 9, TopologyExtensions 22. (Not: SVM, ABM/LZCNT — KVM-PVM runs it as
+/// BSR —, SSE4a, 3DNowPrefetch, XOP, FMA4, TBM, MONITORX, …)
+const LEAF_EXT_ECX_KEEP: u32 = bits(&[0, 1, 4, 7, 9, 22]);
+/// Leaf 0x8000_0001 EDX bits cleared: MMX extensions 22, 3DNow! extensions 30, 3DNow! 31.
+const LEAF_EXT_EDX_CLEAR: u32 = bits(&[22, 30, 31]);
+/// Leaf 0x8000_0008 EBX: XSAVEERPTR 2, and the speculation-control bits 12, 14–19, 24–26. (Not:
+/// CLZERO, INVLPGB, RDPRU, MCOMMIT, WBNOINVD.)
+const LEAF_ADDR_EBX_KEEP: u32 = bits(&[2, 12, 14, 15, 16, 17, 18, 19, 24, 25, 26]);
+
+/// Leaves that only describe features [`restrict_to_fallback`] hides: SGX (0x12), Intel PT
+/// (0x14), Key Locker (0x19), AMX (0x1D, 0x1E), AVX10 (0x24).
+const HIDDEN_LEAVES: [u32; 6] = [0x12, 0x14, 0x19, 0x1D, 0x1E, 0x24];
+
+/// Restricts leaf `function`, sub-leaf `index` (after [`adjust_cpuid_leaf`]) to what a guest can
+/// execute when the hypervisor cannot run SIMD instructions natively and uhyve's fallback
+/// executes them, with `simd` saying which extensions beyond SSE2 the fallback implements. Only
+/// bits are cleared, never set, so the result stays within what the host supports.
+pub fn restrict_to_fallback(
+    function: u32,
+    index: u32,
+    regs: &mut CpuidRegisters,
+    simd: FallbackSimd,
+) {
+    match (function, index) {
+        (LEAF_FEATURES, _) => {
+            let optional = [
+                (simd.sse3, 0),
+                (simd.ssse3, 9),
+                (simd.sse4_1, 19),
+                (simd.sse4_2, 20),
+                (simd.popcnt, 23),
+            ]
+            .iter()
+            .filter(|(kept, _)| *kept)
+            .fold(0, |mask, (_, bit)| mask | 1 << bit);
+            regs.ecx &= LEAF1_ECX_KEEP | optional;
+        }
+        (LEAF_EXTENDED_FEATURES, 0) => {
+            regs.ebx &= LEAF7_EBX_KEEP;
+            regs.ecx = 0;
+            regs.edx &= LEAF7_EDX_KEEP;
+        }
+        (LEAF_EXTENDED_FEATURES, 1) => {
+            regs.eax &= LEAF7_1_EAX_KEEP;
+            (regs.ebx, regs.ecx, regs.edx) = (0, 0, 0);
+        }
+        (LEAF_EXTENDED_FEATURES, _) => *regs = CpuidRegisters::default(),
+        (LEAF_XSAVE, 0) => {
+            regs.eax &= XCR0_FALLBACK;
+            regs.edx = 0;
+            (regs.ebx, regs.ecx) = (XSAVE_LEGACY_SIZE, XSAVE_LEGACY_SIZE);
+        }
+        (LEAF_XSAVE, 1) => {
+            regs.eax &= XSAVE_EXTENSIONS_KEEP;
+            regs.ebx = XSAVE_LEGACY_SIZE;
+            (regs.ecx, regs.edx) = (0, 0);
+        }
+        (LEAF_XSAVE, _) => *regs = CpuidRegisters::default(),
+        (LEAF_EXTENDED_INFO, _) => {
+            regs.ecx &= LEAF_EXT_ECX_KEEP;
+            regs.edx &= !LEAF_EXT_EDX_CLEAR;
+        }
+        (LEAF_ADDRESS_SIZES, _) => regs.ebx &= LEAF_ADDR_EBX_KEEP,
+        _ if HIDDEN_LEAVES.contains(&function) => *regs = CpuidRegisters::default(),
         _ => {}
     }
 }
@@ -167,5 +310,227 @@ mod tests {
         let mut regs = CpuidRegisters::default();
         adjust_cpuid_leaf(1, 5, &mut regs);
         assert_eq!(regs.ecx, ECX_HYPERVISOR | ECX_TSC_DEADLINE);
+    }
+
+    fn restricted(function: u32, index: u32, regs: CpuidRegisters) -> CpuidRegisters {
+        let mut regs = regs;
+        restrict_to_fallback(function, index, &mut regs, FallbackSimd::default());
+        regs
+    }
+
+    /// What this project's KVM-PVM host reports (read by a test guest), restricted.
+    #[test]
+    fn the_fallback_hides_what_neither_emulator_executes() {
+        // Leaf 1: SSE3, PCLMUL, SSSE3, FMA, CX16, SSE4.1/4.2, x2APIC, MOVBE, POPCNT,
+        // TSC-deadline, AES, XSAVE, AVX, F16C, RDRAND, hypervisor.
+        let leaf1 = restricted(
+            1,
+            0,
+            CpuidRegisters {
+                eax: 0xb00f21,
+                ebx: 0x20800,
+                ecx: 0xf7f8_3203,
+                edx: 0x178b_fbff,
+            },
+        );
+        let ecx_bit = |bit: u32| leaf1.ecx & (1 << bit) != 0;
+        for (bit, name) in [(0, "SSE3"), (1, "PCLMULQDQ"), (9, "SSSE3"), (12, "FMA")] {
+            assert!(!ecx_bit(bit), "{name} must be hidden");
+        }
+        for (bit, name) in [
+            (13, "CX16"),
+            (22, "MOVBE"),
+            (25, "AES"),
+            (28, "AVX"),
+            (29, "F16C"),
+        ] {
+            assert!(!ecx_bit(bit), "{name} must be hidden");
+        }
+        for (bit, name) in [
+            (21, "x2APIC"),
+            (24, "TSC-deadline"),
+            (26, "XSAVE"),
+            (30, "RDRAND"),
+        ] {
+            assert!(ecx_bit(bit), "{name} must stay");
+        }
+        assert!(ecx_bit(31), "hypervisor");
+        assert_eq!(
+            leaf1.edx, 0x178b_fbff,
+            "leaf 1 EDX (x87, MMX, FXSR, SSE, SSE2, …) stays"
+        );
+        assert_eq!(leaf1.eax, 0xb00f21);
+
+        // Leaf 7: FSGSBASE, BMI1, AVX2, SMEP, BMI2, ERMS, INVPCID, AVX-512, RDSEED, ADX, SMAP, …
+        let leaf7 = restricted(
+            7,
+            0,
+            CpuidRegisters {
+                eax: 1,
+                ebx: 0xf1bf_03ab,
+                ecx: 0x5f46,
+                edx: 0x110,
+            },
+        );
+        assert_eq!(leaf7.eax, 1, "the number of sub-leaves stays");
+        assert_eq!(
+            leaf7.ebx,
+            1 | 1 << 1 | 1 << 7 | 1 << 9 | 1 << 18 | 1 << 20 | 1 << 23,
+            "FSGSBASE, TSC_ADJUST, SMEP, ERMS, RDSEED, SMAP, CLFLUSHOPT"
+        );
+        assert_eq!(leaf7.ecx, 0, "AVX-512 VBMI, GFNI, VAES, RDPID, … hidden");
+        assert_eq!(
+            leaf7.edx,
+            1 << 4,
+            "FSRM stays, AVX512_VP2INTERSECT is hidden"
+        );
+        assert_eq!(
+            restricted(
+                7,
+                1,
+                CpuidRegisters {
+                    eax: 0x30,
+                    ..Default::default()
+                }
+            )
+            .eax,
+            0,
+            "AVX-VNNI and AVX512_BF16 hidden"
+        );
+
+        // Leaf 0xD: only x87 and SSE state; XSAVEOPT, XSAVEC and XGETBV1 but not XSAVES.
+        let xsave = restricted(
+            0xd,
+            0,
+            CpuidRegisters {
+                eax: 0xe7,
+                ebx: 0x980,
+                ecx: 0x980,
+                edx: 0,
+            },
+        );
+        assert_eq!(
+            xsave,
+            CpuidRegisters {
+                eax: 3,
+                ebx: 576,
+                ecx: 576,
+                edx: 0
+            }
+        );
+        let extensions = restricted(
+            0xd,
+            1,
+            CpuidRegisters {
+                eax: 0xf,
+                ebx: 0x980,
+                ecx: 0x1800,
+                edx: 0,
+            },
+        );
+        assert_eq!(
+            extensions,
+            CpuidRegisters {
+                eax: 7,
+                ebx: 576,
+                ecx: 0,
+                edx: 0
+            }
+        );
+        assert_eq!(
+            restricted(
+                0xd,
+                2,
+                CpuidRegisters {
+                    eax: 0x100,
+                    ebx: 0x240,
+                    ..Default::default()
+                }
+            ),
+            CpuidRegisters::default(),
+            "the AVX component is gone"
+        );
+
+        // Extended leaves: LZCNT (executed as BSR by KVM-PVM), SSE4a, 3DNow!, CLZERO… hidden.
+        let ext = restricted(
+            0x8000_0001,
+            0,
+            CpuidRegisters {
+                eax: 0xb00f21,
+                ebx: 0x4000_0000,
+                ecx: 0x0040_03f3,
+                edx: 0xebd3_fbff,
+            },
+        );
+        assert_eq!(
+            ext.ecx & (1 << 5 | 1 << 6 | 1 << 8),
+            0,
+            "LZCNT, SSE4a, PREFETCHW"
+        );
+        assert_eq!(ext.ecx & 1, 1, "LAHF/SAHF stays");
+        assert_eq!(
+            ext.edx & (1 << 30 | 1 << 31 | 1 << 22),
+            0,
+            "3DNow!, MMX extensions"
+        );
+        assert_ne!(
+            ext.edx & 1 << 27,
+            0,
+            "RDTSCP stays (the fallback executes it)"
+        );
+        assert_ne!(ext.edx & 1 << 29, 0, "long mode stays");
+        let sizes = restricted(
+            0x8000_0008,
+            0,
+            CpuidRegisters {
+                eax: 0x3030,
+                ebx: 0x5002_0005,
+                ..Default::default()
+            },
+        );
+        assert_eq!(sizes.eax, 0x3030, "address sizes stay");
+        assert_eq!(sizes.ebx & 1, 0, "CLZERO hidden");
+        assert_eq!(
+            restricted(0x12, 0, ONES),
+            CpuidRegisters::default(),
+            "SGX leaf"
+        );
+        assert_eq!(
+            restricted(0x1d, 0, ONES),
+            CpuidRegisters::default(),
+            "AMX leaf"
+        );
+        // Leaves without instruction-set bits stay as they are.
+        for function in [0, 0xb, 0x16, 0x4000_0000, 0x8000_0007] {
+            assert_eq!(restricted(function, 0, ONES), ONES, "leaf {function:#x}");
+        }
+    }
+
+    #[test]
+    fn the_fallbacks_own_extensions_are_kept_only_when_complete() {
+        let all = CpuidRegisters {
+            ecx: u32::MAX,
+            ..Default::default()
+        };
+        let mut regs = all;
+        restrict_to_fallback(1, 0, &mut regs, FallbackSimd::default());
+        assert_eq!(regs.ecx & (1 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23), 0);
+        let mut regs = all;
+        let simd = FallbackSimd {
+            sse3: true,
+            ssse3: true,
+            sse4_1: true,
+            sse4_2: true,
+            popcnt: true,
+        };
+        restrict_to_fallback(1, 0, &mut regs, simd);
+        assert_eq!(
+            regs.ecx & (1 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23),
+            1 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23
+        );
+        // Never set what the host lacks.
+        let mut regs = CpuidRegisters::default();
+        restrict_to_fallback(1, 0, &mut regs, simd);
+        assert_eq!(regs, CpuidRegisters::default());
     }
 }

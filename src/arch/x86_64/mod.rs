@@ -7,7 +7,7 @@ pub mod layout;
 pub mod paging;
 pub mod registers;
 
-pub use cpuid::{CpuidRegisters, adjust_cpuid_leaf};
+pub use cpuid::{CpuidRegisters, FallbackSimd, adjust_cpuid_leaf, restrict_to_fallback};
 pub use gdt::{GdtError, SegmentDescriptor, write_gdt};
 pub use layout::{
     LayoutError, MemoryLayout, boot_stack_bottom, check_kernel_placement, check_memory_size,

@@ -41,6 +41,20 @@ pub trait X86Cpu {
     fn xsave_layout(&self) -> &XsaveLayout;
 }
 
+/// The SIMD extensions beyond SSE2 the fallback implements completely, for the CPUID a guest
+/// sees on a hypervisor that cannot execute them itself.
+pub fn fallback_simd() -> crate::arch::x86_64::FallbackSimd {
+    use iced_x86::CpuidFeature;
+    let complete = |feature| sse::complete_extensions().contains(&feature);
+    crate::arch::x86_64::FallbackSimd {
+        sse3: complete(CpuidFeature::SSE3),
+        ssse3: complete(CpuidFeature::SSSE3),
+        sse4_1: complete(CpuidFeature::SSE4_1),
+        sse4_2: complete(CpuidFeature::SSE4_2),
+        popcnt: complete(CpuidFeature::POPCNT),
+    }
+}
+
 /// Whether the emulator implements `instruction`.
 pub fn supports(instruction: &Instruction) -> bool {
     system::supports(instruction) || sse::supports(instruction)
@@ -161,6 +175,10 @@ impl SystemServices for BackendServices<'_> {
 
     fn xsave_extensions(&self) -> xsave::XsaveExtensions {
         self.cpu.xsave_layout().extensions
+    }
+
+    fn withheld_xcr0(&self) -> u64 {
+        self.cpu.xsave_layout().withheld_xcr0
     }
 
     fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError> {

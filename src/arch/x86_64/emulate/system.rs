@@ -25,6 +25,8 @@ pub trait SystemServices {
     /// The optional XSAVE-family instructions the virtual CPU reports (XSAVEOPT, XSAVEC,
     /// XGETBV with ECX = 1).
     fn xsave_extensions(&self) -> XsaveExtensions;
+    /// XCR0 bits XGETBV reports as clear even when they are set (`XsaveLayout::withheld_xcr0`).
+    fn withheld_xcr0(&self) -> u64;
     /// Fills `buf` with random bytes, for RDRAND/RDSEED.
     fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError>;
 }
@@ -95,9 +97,13 @@ fn xgetbv(
     state: &mut X86State,
     services: &dyn SystemServices,
 ) -> Result<(), EmulationError> {
+    // Components the fallback cannot execute instructions for are reported as disabled.
+    let visible = !services.withheld_xcr0();
     let value = match state.gpr(1) & 0xffff_ffff {
-        0 => state.xcr0,
-        1 if services.xsave_extensions().xgetbv_in_use => state.xcr0 & xsave::in_use(state),
+        0 => state.xcr0 & visible,
+        1 if services.xsave_extensions().xgetbv_in_use => {
+            state.xcr0 & xsave::in_use(state) & visible
+        }
         other => {
             return Err(EmulationError::guest_exception(
                 instruction,
@@ -126,9 +132,7 @@ fn xsetbv(
     }
     let value = edx_eax(state);
     let supported = services.supported_xcr0();
-    // x87 must stay enabled, AVX needs SSE, and only supported components may be enabled.
-    let invalid = value & 1 == 0 || (value & 4 != 0 && value & 2 == 0) || value & !supported != 0;
-    if invalid {
+    if !xcr0_is_architecturally_valid(value) || value & !supported != 0 {
         return Err(EmulationError::guest_exception(
             instruction,
             "#GP",
@@ -137,6 +141,19 @@ fn xsetbv(
     }
     state.xcr0 = value;
     Ok(())
+}
+
+/// The architecture's rules for XCR0 (SDM vol. 1, 13.3): x87 always on; AVX needs SSE; the two
+/// MPX components together; the three AVX-512 components together and only with AVX; the two
+/// AMX components together.
+fn xcr0_is_architecturally_valid(value: u64) -> bool {
+    let all_or_none = |mask: u64| value & mask == 0 || value & mask == mask;
+    value & 1 == 1
+        && (value & 0b100 == 0 || value & 0b10 != 0)
+        && all_or_none(0b1_1000)
+        && all_or_none(0b1110_0000)
+        && (value & 0b1110_0000 == 0 || value & 0b100 != 0)
+        && all_or_none(0b11 << 17)
 }
 
 fn random_into_register(
@@ -273,6 +290,41 @@ mod tests {
             assert!(try_set(bad, 0).is_err(), "XCR0 {bad:#x} must be refused");
         }
         assert!(try_set(0x3, 1).is_err(), "only XCR0 is writable");
+    }
+
+    #[test]
+    fn withheld_components_read_as_disabled() {
+        let setbv = assemble(|a| a.xsetbv());
+        let getbv = assemble(|a| a.xgetbv());
+        let mut memory = FakeMemory::new(DATA, 0, 0xaa);
+        // A guest that sees AVX and AVX-512 (a CPUID the hypervisor passes through from the
+        // host) on a vCPU whose SIMD instructions end in the fallback, which executes only SSE.
+        let mut services = FakeServices::new();
+        services.layout.supported_xcr0 = 0xe7;
+        services.layout.withheld_xcr0 = 0xe4;
+        let mut state = X86State::default();
+        // Every component in use (as after the guest touched AVX registers).
+        let header = super::super::state::XSAVE_HEADER_OFFSET;
+        state.xsave[header..header + 8].copy_from_slice(&0xe7u64.to_le_bytes());
+        let mut run_with = |bytes: &[u8], register: u64, value: u64| {
+            state.set_gpr(0, value & 0xffff_ffff);
+            state.set_gpr(2, value >> 32);
+            state.set_gpr(1, register);
+            state.rip = CODE;
+            emulate(bytes, &mut state, &mut memory, &mut services)?;
+            Ok::<_, EmulationError>((state.xcr0, state.gpr(0)))
+        };
+        // The kernel enables everything it sees; XCR0 holds it, XGETBV hides AVX and AVX-512.
+        assert_eq!(run_with(&setbv, 0, 0xe7), Ok((0xe7, 0xe7)));
+        assert_eq!(run_with(&getbv, 0, 0), Ok((0xe7, 0x3)));
+        assert_eq!(run_with(&getbv, 1, 0), Ok((0xe7, 0x3)), "XINUSE likewise");
+        // The architecture's own rules still hold for XSETBV.
+        for bad in [0x2, 0x5, 0x27, 0x63, 0xb] {
+            assert!(
+                run_with(&setbv, 0, bad).is_err(),
+                "XCR0 {bad:#x} must be refused"
+            );
+        }
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl FakeServices {
                 xgetbv_in_use: true,
             },
             components,
+            withheld_xcr0: 0,
         })
     }
 
@@ -95,6 +96,9 @@ impl SystemServices for FakeServices {
     }
     fn xsave_extensions(&self) -> XsaveExtensions {
         self.layout.extensions
+    }
+    fn withheld_xcr0(&self) -> u64 {
+        self.layout.withheld_xcr0
     }
     fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError> {
         buf.fill(0x5a);

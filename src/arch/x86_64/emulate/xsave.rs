@@ -97,6 +97,13 @@ pub struct XsaveLayout {
     /// Components 0 … 62, indexed by number; `None` for 0 and 1 (the legacy region) and for
     /// components the CPU does not support.
     pub components: Vec<Option<XsaveComponent>>,
+    /// XCR0 bits XGETBV reports as clear although XSETBV may set them: state components whose
+    /// instructions (AVX, AVX-512, …) the user-space fallback cannot execute, on a hypervisor
+    /// that cannot hide them from the guest's CPUID (KVM-PVM passes leaves 1, 7 and 0xD of the
+    /// host through). OS-aware feature detection (`is_x86_feature_detected!`, libm, the kernel's
+    /// own `XCr0::read`) checks XCR0 with XGETBV and then reports those extensions unavailable.
+    /// XSAVE/XRSTOR still move the components' bytes. 0 everywhere else.
+    pub withheld_xcr0: u64,
 }
 
 impl XsaveLayout {
@@ -122,7 +129,15 @@ impl XsaveLayout {
             supported_xcr0,
             extensions: XsaveExtensions::from_cpuid_eax(extensions),
             components,
+            withheld_xcr0: 0,
         }
+    }
+
+    /// This layout, with every XCR0 component but x87 and SSE withheld from XGETBV (see
+    /// [`XsaveLayout::withheld_xcr0`]).
+    pub fn withholding_other_components(mut self) -> Self {
+        self.withheld_xcr0 = self.supported_xcr0 & !0b11;
+        self
     }
 
     /// Component `index` (≥ 2), if the CPU supports it.
