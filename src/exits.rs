@@ -43,7 +43,8 @@ impl EmulationFallback {
     }
 
     /// Executes the instruction at the vCPU's RIP in user space. `None` if the backend offers no
-    /// access for it; otherwise the lower-case mnemonic, or why it failed.
+    /// access for it; otherwise what to count in the statistics (the lower-case mnemonic, or
+    /// `#PF` when the instruction faulted in the guest), or why it failed.
     fn execute(
         &self,
         vcpu: &mut dyn VirtualCpu,
@@ -52,7 +53,7 @@ impl EmulationFallback {
     ) -> Option<Result<String, emulate::FallbackError>> {
         let cpu = vcpu.as_x86()?;
         let result = emulate::emulate_on_vcpu(cpu, mem, reported);
-        if let Ok(instruction) = &result
+        if let Ok(emulate::Emulated::Executed(instruction)) = &result
             && !self.warned.swap(true, Ordering::Relaxed)
         {
             log::warn!(
@@ -62,7 +63,20 @@ impl EmulationFallback {
                 instruction.ip()
             );
         }
-        Some(result.map(|instruction| format!("{:?}", instruction.mnemonic()).to_lowercase()))
+        Some(result.map(|outcome| match outcome {
+            emulate::Emulated::Executed(instruction) => {
+                format!("{:?}", instruction.mnemonic()).to_lowercase()
+            }
+            emulate::Emulated::PageFault { instruction, fault } => {
+                log::debug!(
+                    "injected a page fault at {:#x} (error code {:#x}) for {}",
+                    fault.address,
+                    fault.error_code,
+                    instruction.map_or("an instruction fetch".to_owned(), |i| format!("`{i}`"))
+                );
+                "#PF".to_owned()
+            }
+        }))
     }
 }
 

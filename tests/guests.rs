@@ -15,9 +15,10 @@ use common::{Uhyve, all_guests, guest, kvm_or_skip};
 
 /// The guest that uses SSE/XSAVE instructions on purpose, to test uhyve's emulation fallback.
 const EMULATION_GUEST: &str = "emulated";
-/// The guests allowed to use SSE/XSAVE instructions: the emulation guest, and the one that
-/// reports what a guest's feature detection concludes (it needs XSETBV/XGETBV).
-const SIMD_GUESTS: &[&str] = &[EMULATION_GUEST, "cpu_features"];
+/// The guests allowed to use SSE/XSAVE instructions: the emulation guest, the one that reports
+/// what a guest's feature detection concludes (it needs XSETBV/XGETBV), and the one that checks
+/// that the fallback's stores respect page protection.
+const SIMD_GUESTS: &[&str] = &[EMULATION_GUEST, "cpu_features", "page_fault"];
 
 /// Guests build.rs must produce.
 const GUESTS: &[&str] = &[
@@ -33,6 +34,7 @@ const GUESTS: &[&str] = &[
     "file_ops",
     "hello",
     "hostile",
+    "page_fault",
     "serial_buffer",
     "serial_byte",
     "smp",
@@ -910,6 +912,19 @@ fn hostile_cmdval_pointers_do_not_crash() {
         if run.code() != 42 {
             run.assert_stopped_by_host(42);
         }
+    }
+}
+
+#[test]
+fn stores_to_read_only_pages_fault_whoever_executes_them() {
+    if !kvm_or_skip("stores_to_read_only_pages_fault_whoever_executes_them") {
+        return;
+    }
+    let run = Uhyve::guest("page_fault").opts(["--stats"]).run();
+    run.assert_no_host_crash().assert_all_ok();
+    // On a KVM that cannot execute movhps/xsave, the fallback injected those faults.
+    if run.stderr.contains("emulated in user space") && run.stderr.contains("movhps") {
+        assert!(run.stderr.contains("#PF"), "{}", run.report());
     }
 }
 

@@ -13,12 +13,15 @@ use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use super::{KvmError, ioctl_error};
 use crate::arch::x86_64::emulate::{X86Cpu, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
+use crate::arch::x86_64::paging::PageFault;
 use crate::arch::x86_64::{
     CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
     restrict_to_fallback,
 };
 use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 
+/// The page-fault exception vector.
+const PAGE_FAULT_VECTOR: u8 = 14;
 /// `IA32_MISC_ENABLE`; bit 0 enables fast string operations.
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 /// `IA32_TIME_STAMP_COUNTER`.
@@ -544,6 +547,10 @@ impl X86Cpu for KvmCpu {
             fs_base: s.fs.base,
             gs_base: s.gs.base,
             cr3: s.cr3,
+            cr0: s.cr0,
+            cr4: s.cr4,
+            efer: s.efer,
+            cpl: s.ss.dpl,
             xcr0,
             xsave: area,
         })
@@ -608,5 +615,28 @@ impl X86Cpu for KvmCpu {
 
     fn xsave_layout(&self) -> &XsaveLayout {
         &self.xsave_layout
+    }
+
+    fn inject_page_fault(&mut self, fault: PageFault) -> Result<(), VcpuError> {
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(backend_error("KVM_GET_SREGS"))?;
+        sregs.cr2 = fault.address;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(backend_error("KVM_SET_SREGS"))?;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(backend_error("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = PAGE_FAULT_VECTOR;
+        events.exception.has_error_code = 1;
+        events.exception.error_code = fault.error_code;
+        events.flags = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(backend_error("KVM_SET_VCPU_EVENTS"))
     }
 }

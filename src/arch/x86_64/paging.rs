@@ -133,6 +133,171 @@ pub fn virt_to_phys(
     unreachable!("level 1 entries are always leaves")
 }
 
+/// PTE bit 2: user-mode accesses allowed.
+pub const PTE_USER: u64 = 1 << 2;
+/// PTE bit 63: instruction fetches forbidden (with EFER.NXE).
+pub const PTE_NO_EXECUTE: u64 = 1 << 63;
+
+/// What a guest memory access does, for the permission checks of [`translate_checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    /// A data read.
+    Read,
+    /// A data write.
+    Write,
+    /// An instruction fetch.
+    Fetch,
+}
+
+/// The vCPU controls that decide page permissions (SDM vol. 3, 4.6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PagingMode {
+    /// The access is made at CPL 3.
+    pub user: bool,
+    /// CR0.WP: supervisor writes respect read-only pages.
+    pub write_protect: bool,
+    /// EFER.NXE: PTE bit 63 forbids fetches (otherwise it is a reserved bit).
+    pub no_execute: bool,
+    /// CR4.SMEP: supervisor fetches from user pages fault.
+    pub smep: bool,
+    /// CR4.SMAP: supervisor data accesses to user pages fault unless RFLAGS.AC is set.
+    pub smap: bool,
+    /// RFLAGS.AC.
+    pub alignment_check: bool,
+}
+
+/// The page fault (#PF, vector 14) the guest's CPU would raise for an access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFault {
+    /// The faulting linear address (CR2).
+    pub address: u64,
+    /// The error code: P (bit 0), W/R (1), U/S (2), RSVD (3), I/D (4).
+    pub error_code: u32,
+}
+
+/// Error-code bit 0: the fault was a protection violation (the page was present).
+pub const PF_PROTECTION: u32 = 1 << 0;
+/// Error-code bit 1: a write.
+pub const PF_WRITE: u32 = 1 << 1;
+/// Error-code bit 2: a user-mode access.
+pub const PF_USER: u32 = 1 << 2;
+/// Error-code bit 3: a reserved bit was set in a paging entry.
+pub const PF_RESERVED: u32 = 1 << 3;
+/// Error-code bit 4: an instruction fetch.
+pub const PF_FETCH: u32 = 1 << 4;
+
+/// Why a permission-checked translation failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CheckedTranslateError {
+    /// The guest's CPU would raise a page fault: the guest must see it.
+    #[error("page fault at {:#x} (error code {:#x})", .0.address, .0.error_code)]
+    PageFault(PageFault),
+    /// The walk itself failed (non-canonical address, tables or pages outside RAM): no fault
+    /// the guest could handle.
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+}
+
+/// Translates one guest-virtual address like [`virt_to_phys`], but as the guest's CPU would for
+/// an `access` in `mode`: a non-present entry, a reserved bit, or a permission the combined
+/// entries do not grant (write to read-only with CR0.WP or at CPL 3, user access to supervisor
+/// page, fetch from a no-execute page, SMEP/SMAP) is the [`PageFault`] the CPU would raise.
+/// Accessed and dirty bits are not updated.
+pub fn virt_to_phys_checked(
+    mem: &GuestMemory,
+    root: GuestPhysAddr,
+    vaddr: GuestVirtAddr,
+    access: AccessKind,
+    mode: PagingMode,
+) -> Result<GuestPhysAddr, CheckedTranslateError> {
+    let va = vaddr.as_u64();
+    if !is_canonical(va) {
+        return Err(PagingError::NonCanonical(va).into());
+    }
+    let mut error_code = match access {
+        AccessKind::Read => 0,
+        AccessKind::Write => PF_WRITE,
+        AccessKind::Fetch => PF_FETCH,
+    };
+    if mode.user {
+        error_code |= PF_USER;
+    }
+    let fault = |error_code| {
+        Err(CheckedTranslateError::PageFault(PageFault {
+            address: va,
+            error_code,
+        }))
+    };
+    let (mut writable, mut user, mut executable) = (true, true, true);
+    let mut table = root.as_u64() & PTE_ADDRESS_MASK;
+    for level in (1..=4u8).rev() {
+        let shift = 12 + 9 * (u32::from(level) - 1);
+        let index = (va >> shift) & 0x1ff;
+        let entry: u64 = mem
+            .read_obj(GuestPhysAddr::new(table + index * 8))
+            .map_err(|source| PagingError::OutsideRam { vaddr: va, source })?;
+        if entry & PTE_PRESENT == 0 {
+            return fault(error_code);
+        }
+        let reserved = (entry & PTE_NO_EXECUTE != 0 && !mode.no_execute)
+            || (level == 4 && entry & PTE_HUGE != 0);
+        if reserved {
+            return fault(error_code | PF_PROTECTION | PF_RESERVED);
+        }
+        writable &= entry & PTE_WRITABLE != 0;
+        user &= entry & PTE_USER != 0;
+        executable &= entry & PTE_NO_EXECUTE == 0;
+        let frame = entry & PTE_ADDRESS_MASK;
+        let is_leaf = level == 1 || ((level == 2 || level == 3) && entry & PTE_HUGE != 0);
+        if !is_leaf {
+            table = frame;
+            continue;
+        }
+        // A user access needs the user bit on every level; with SMAP a supervisor data access
+        // to a user page needs RFLAGS.AC; a write needs the writable bit on every level unless
+        // it is a supervisor write with CR0.WP clear.
+        let user_denied = mode.user && !user;
+        let smap_denied = !mode.user && user && mode.smap && !mode.alignment_check;
+        let read_only = !writable && (mode.user || mode.write_protect);
+        let denied = match access {
+            AccessKind::Read => user_denied || smap_denied,
+            AccessKind::Write => user_denied || smap_denied || read_only,
+            AccessKind::Fetch => {
+                user_denied || (mode.no_execute && !executable) || (!mode.user && user && mode.smep)
+            }
+        };
+        if denied {
+            return fault(error_code | PF_PROTECTION);
+        }
+        let page_mask = (1u64 << shift) - 1;
+        let physical = (frame & !page_mask) | (va & page_mask);
+        mem.checked_range(GuestPhysAddr::new(physical), 1)
+            .map_err(|source| PagingError::OutsideRam { vaddr: va, source })?;
+        return Ok(GuestPhysAddr::new(physical));
+    }
+    unreachable!("level 1 entries are always leaves")
+}
+
+/// [`translate_range`] with the permission checks of [`virt_to_phys_checked`] on every page;
+/// the first page that faults ends it (nothing of the range is then accessed).
+pub fn translate_checked(
+    mem: &GuestMemory,
+    root: GuestPhysAddr,
+    vaddr: GuestVirtAddr,
+    len: u64,
+    access: AccessKind,
+    mode: PagingMode,
+) -> Result<Vec<(GuestPhysAddr, u64)>, CheckedTranslateError> {
+    super::super::translate_pages(
+        mem,
+        vaddr,
+        len,
+        |va| virt_to_phys_checked(mem, root, va, access, mode),
+        || PagingError::NonCanonical(u64::MAX).into(),
+        |vaddr, source| PagingError::OutsideRam { vaddr, source }.into(),
+    )
+}
+
 /// Splits the guest-virtual range `[vaddr, vaddr + len)` into guest-physical pieces, translating
 /// every 4 KiB page on its own (guest buffers are never assumed to be physically contiguous).
 /// Each returned piece lies entirely inside guest RAM.
@@ -220,6 +385,179 @@ mod walk_tests {
             translate_range(&mem, root, GuestVirtAddr::new(0x5000), 0),
             Ok(vec![])
         );
+    }
+
+    /// PML4 → PDPT → PD → PT at 0x1000/0x2000/0x3000/0x4000 with the given flags on the upper
+    /// levels and on PT[5] (→ frame 0x9000); PT[6] not present.
+    fn memory_with_flags(upper: u64, leaf: u64) -> GuestMemory {
+        let mem = GuestMemory::new(GuestPhysAddr::new(0), 16 << 20).unwrap();
+        let w = |at: u64, v: u64| mem.write_obj(GuestPhysAddr::new(at), &v).unwrap();
+        w(0x1000, 0x2000 | PTE_PRESENT | upper);
+        w(0x2000, 0x3000 | PTE_PRESENT | upper);
+        w(0x3000, 0x4000 | PTE_PRESENT | upper);
+        w(0x4000 + 5 * 8, 0x9000 | PTE_PRESENT | leaf);
+        mem
+    }
+
+    fn check(mem: &GuestMemory, va: u64, access: AccessKind, mode: PagingMode) -> Result<u64, u32> {
+        match virt_to_phys_checked(
+            mem,
+            GuestPhysAddr::new(ROOT),
+            GuestVirtAddr::new(va),
+            access,
+            mode,
+        ) {
+            Ok(pa) => Ok(pa.as_u64()),
+            Err(CheckedTranslateError::PageFault(fault)) => {
+                assert_eq!(fault.address, va);
+                Err(fault.error_code)
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    const KERNEL: PagingMode = PagingMode {
+        user: false,
+        write_protect: true,
+        no_execute: true,
+        smep: false,
+        smap: false,
+        alignment_check: false,
+    };
+
+    #[test]
+    fn supervisor_writes_to_read_only_pages_fault_only_with_cr0_wp() {
+        let mem = memory_with_flags(PTE_WRITABLE, 0);
+        assert_eq!(check(&mem, 0x5010, AccessKind::Read, KERNEL), Ok(0x9010));
+        assert_eq!(
+            check(&mem, 0x5010, AccessKind::Write, KERNEL),
+            Err(PF_PROTECTION | PF_WRITE)
+        );
+        let no_wp = PagingMode {
+            write_protect: false,
+            ..KERNEL
+        };
+        assert_eq!(check(&mem, 0x5010, AccessKind::Write, no_wp), Ok(0x9010));
+        // A read-only upper level makes the whole subtree read-only.
+        let mem = memory_with_flags(0, PTE_WRITABLE);
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Write, KERNEL),
+            Err(PF_PROTECTION | PF_WRITE)
+        );
+    }
+
+    #[test]
+    fn not_present_pages_fault_without_the_protection_bit() {
+        let mem = memory_with_flags(PTE_WRITABLE, PTE_WRITABLE);
+        assert_eq!(
+            check(&mem, 0x6000, AccessKind::Write, KERNEL),
+            Err(PF_WRITE)
+        );
+        assert_eq!(
+            check(&mem, 0x6000, AccessKind::Fetch, KERNEL),
+            Err(PF_FETCH)
+        );
+        assert_eq!(check(&mem, 0x6000, AccessKind::Read, KERNEL), Err(0));
+    }
+
+    #[test]
+    fn user_mode_needs_the_user_bit_on_every_level() {
+        let user = PagingMode {
+            user: true,
+            ..KERNEL
+        };
+        let mem = memory_with_flags(PTE_WRITABLE | PTE_USER, PTE_WRITABLE | PTE_USER);
+        assert_eq!(check(&mem, 0x5000, AccessKind::Write, user), Ok(0x9000));
+        let mem = memory_with_flags(PTE_WRITABLE, PTE_WRITABLE | PTE_USER);
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Read, user),
+            Err(PF_PROTECTION | PF_USER)
+        );
+        // User writes respect read-only pages even without CR0.WP.
+        let mem = memory_with_flags(PTE_WRITABLE | PTE_USER, PTE_USER);
+        let user_no_wp = PagingMode {
+            write_protect: false,
+            ..user
+        };
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Write, user_no_wp),
+            Err(PF_PROTECTION | PF_WRITE | PF_USER)
+        );
+    }
+
+    #[test]
+    fn fetches_respect_nx_and_smep_and_data_respects_smap() {
+        let mem = memory_with_flags(PTE_WRITABLE, PTE_WRITABLE | PTE_NO_EXECUTE);
+        assert_eq!(check(&mem, 0x5000, AccessKind::Read, KERNEL), Ok(0x9000));
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Fetch, KERNEL),
+            Err(PF_PROTECTION | PF_FETCH)
+        );
+        // Without EFER.NXE bit 63 is reserved.
+        let no_nx = PagingMode {
+            no_execute: false,
+            ..KERNEL
+        };
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Read, no_nx),
+            Err(PF_PROTECTION | PF_RESERVED)
+        );
+        let mem = memory_with_flags(PTE_WRITABLE | PTE_USER, PTE_WRITABLE | PTE_USER);
+        let smep = PagingMode {
+            smep: true,
+            ..KERNEL
+        };
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Fetch, smep),
+            Err(PF_PROTECTION | PF_FETCH)
+        );
+        let smap = PagingMode {
+            smap: true,
+            ..KERNEL
+        };
+        assert_eq!(
+            check(&mem, 0x5000, AccessKind::Write, smap),
+            Err(PF_PROTECTION | PF_WRITE)
+        );
+        let smap_ac = PagingMode {
+            alignment_check: true,
+            ..smap
+        };
+        assert_eq!(check(&mem, 0x5000, AccessKind::Write, smap_ac), Ok(0x9000));
+    }
+
+    #[test]
+    fn checked_ranges_stop_at_the_first_faulting_page() {
+        let mem = memory_with_flags(PTE_WRITABLE, PTE_WRITABLE);
+        let root = GuestPhysAddr::new(ROOT);
+        let result = translate_checked(
+            &mem,
+            root,
+            GuestVirtAddr::new(0x5ff8),
+            16,
+            AccessKind::Write,
+            KERNEL,
+        );
+        assert_eq!(
+            result,
+            Err(CheckedTranslateError::PageFault(PageFault {
+                address: 0x6000,
+                error_code: PF_WRITE
+            }))
+        );
+        assert!(matches!(
+            translate_checked(
+                &mem,
+                GuestPhysAddr::new(0x7fff_f000),
+                GuestVirtAddr::new(0),
+                1,
+                AccessKind::Read,
+                KERNEL
+            ),
+            Err(CheckedTranslateError::Paging(
+                PagingError::OutsideRam { .. }
+            ))
+        ));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use thiserror::Error;
 
+use crate::arch::x86_64::paging::{PageFault, PagingMode};
+
 /// Size of the XSAVE area uhyve exchanges with the backend (`struct kvm_xsave`).
 pub const XSAVE_AREA_SIZE: usize = 4096;
 /// Offset of MXCSR in the legacy (FXSAVE) region.
@@ -39,6 +41,10 @@ pub enum EmulationError {
         /// Access length.
         len: usize,
     },
+    /// A memory operand (or the instruction itself) is on a page the guest's CPU would refuse
+    /// for this access: the guest must see the page fault (#PF) the CPU would raise.
+    #[error("page fault at {:#x} (error code {:#x})", .0.address, .0.error_code)]
+    PageFault(PageFault),
     /// The instruction would raise an exception in the guest (e.g. #GP for a misaligned
     /// operand, #UD for an invalid XCR); uhyve does not inject exceptions, so it stops the guest.
     #[error("`{instruction}` would raise {exception} in the guest: {reason}")]
@@ -82,6 +88,14 @@ pub struct X86State {
     pub gs_base: u64,
     /// Page-table root.
     pub cr3: u64,
+    /// CR0 (WP decides whether supervisor writes respect read-only pages).
+    pub cr0: u64,
+    /// CR4 (SMEP, SMAP).
+    pub cr4: u64,
+    /// EFER (NXE).
+    pub efer: u64,
+    /// Current privilege level (the DPL of SS).
+    pub cpl: u8,
     /// Extended control register 0.
     pub xcr0: u64,
     /// The XSAVE area in standard format: x87 and SSE state (legacy region), header, AVX….
@@ -109,6 +123,11 @@ impl Default for X86State {
             fs_base: 0,
             gs_base: 0,
             cr3: 0,
+            // Long mode with paging and write protection, as a kernel runs.
+            cr0: CR0_PG | CR0_WP | 0x31,
+            cr4: 0x20,
+            efer: EFER_NXE | 0x500,
+            cpl: 0,
             xcr0: 1,
             xsave: Box::new([0; XSAVE_AREA_SIZE]),
         };
@@ -117,7 +136,32 @@ impl Default for X86State {
     }
 }
 
+/// CR0.WP.
+pub const CR0_WP: u64 = 1 << 16;
+/// CR0.PG.
+pub const CR0_PG: u64 = 1 << 31;
+/// CR4.SMEP.
+pub const CR4_SMEP: u64 = 1 << 20;
+/// CR4.SMAP.
+pub const CR4_SMAP: u64 = 1 << 21;
+/// EFER.NXE.
+pub const EFER_NXE: u64 = 1 << 11;
+/// RFLAGS.AC.
+pub const RFLAGS_AC: u64 = 1 << 18;
+
 impl X86State {
+    /// The controls that decide page permissions for this vCPU's accesses.
+    pub fn paging_mode(&self) -> PagingMode {
+        PagingMode {
+            user: self.cpl == 3,
+            write_protect: self.cr0 & CR0_WP != 0,
+            no_execute: self.efer & EFER_NXE != 0,
+            smep: self.cr4 & CR4_SMEP != 0,
+            smap: self.cr4 & CR4_SMAP != 0,
+            alignment_check: self.rflags & RFLAGS_AC != 0,
+        }
+    }
+
     /// XMM register `index` (0 … 15) as a little-endian 128-bit value.
     pub fn xmm(&self, index: usize) -> u128 {
         let at = XMM_OFFSET + 16 * (index & 15);
@@ -184,6 +228,9 @@ pub trait GuestAccess {
     fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError>;
     /// Writes `data` at guest-virtual `address`.
     fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError>;
+    /// Checks, without writing, that `len` bytes at `address` could be written (the error a
+    /// `write` there would give).
+    fn probe_write(&mut self, address: u64, len: usize) -> Result<(), EmulationError>;
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ impl GuestAccess for FakeMemory {
         self.bytes[range].copy_from_slice(data);
         Ok(())
     }
+
+    fn probe_write(&mut self, address: u64, len: usize) -> Result<(), EmulationError> {
+        self.range(address, len).map(|_| ())
+    }
 }
 
 /// [`SystemServices`] for tests: TSC 0x1234_5678_9abc_def0 with `IA32_TSC_AUX` 7, random bytes

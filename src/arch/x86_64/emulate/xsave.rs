@@ -329,12 +329,12 @@ impl PendingWrites {
         self.writes.push((offset, bytes));
     }
 
-    /// Checks every target by reading it ([`GuestAccess`] maps reads and writes alike), then
-    /// writes: a save area that is partly inaccessible is reported with nothing written.
+    /// Checks that every target may be written (the page fault a store would raise comes out
+    /// here), then writes: a save area that is partly inaccessible is reported with nothing
+    /// written.
     fn commit(self, memory: &mut dyn GuestAccess) -> Result<(), EmulationError> {
         for (offset, bytes) in &self.writes {
-            let mut probe = vec![0u8; bytes.len()];
-            self.area.read(memory, *offset, &mut probe)?;
+            memory.probe_write(self.area.at(*offset, bytes.len())?, bytes.len())?;
         }
         for (offset, bytes) in &self.writes {
             memory.write(self.area.at(*offset, bytes.len())?, bytes)?;
