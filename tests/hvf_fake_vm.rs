@@ -23,7 +23,7 @@ use uhyve::params::{MemorySize, VmConfig};
 use uhyve::vm::{EntryRegisters, GuestExit, Hypervisor, VcpuKick, Vm, VmError};
 use uhyve_interface::{
     CloseParams, ExitParams, GuestPhysAddr, GuestVirtAddr, HypercallAddress, OpenParams,
-    SerialWriteBufferParams, WriteParams,
+    ReadParams, SerialWriteBufferParams, WriteParams,
 };
 
 const RAM_SIZE: u64 = 64 << 20;
@@ -626,4 +626,145 @@ fn more_vcpus_than_the_framework_offers_is_one_clear_error() {
         "--cpu-count 8: this hypervisor offers at most 4 vCPUs per VM"
     );
     assert!(observed.is_empty(), "no vCPU was created");
+}
+
+/// The aarch64 Hermit application `name` built by `tests/hermit/build.sh`, from
+/// `$UHYVE_HERMIT_APPS/aarch64/`, or `None` (skip, unless `UHYVE_REQUIRE_IMAGES` is set).
+fn hermit_app(name: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("UHYVE_HERMIT_APPS") else {
+        if std::env::var_os("UHYVE_REQUIRE_IMAGES").is_some() {
+            panic!(
+                "UHYVE_HERMIT_APPS is not set (tests/hermit/build.sh), but UHYVE_REQUIRE_IMAGES is"
+            );
+        }
+        eprintln!("skipping the built aarch64 applications: UHYVE_HERMIT_APPS is not set");
+        return None;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join("aarch64")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing (tests/hermit/build.sh)",
+        path.display()
+    );
+    Some(path)
+}
+
+/// Every aarch64 application built from the 0.11 kernel is parsed, relocated and laid out, starts
+/// with the registers, boot info and device tree a 0.11 kernel expects (arguments, environment
+/// and the `-mount` of the mapped directory in `/chosen/bootargs`), and has its hypercalls served
+/// through the shared dispatcher: the scripted guest reads a host file through the mapping with
+/// a guest-virtual buffer, prints it, and exits. (Hypervisor.framework itself is faked: the
+/// kernel's own instructions do not run here.)
+#[test]
+fn built_aarch64_applications_run_through_the_fake() {
+    for name in ["demo", "exit3", "float", "panic", "threads"] {
+        let Some(kernel) = hermit_app(name) else {
+            return;
+        };
+        let (image, entry) = image_facts(&kernel);
+        let host_dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            host_dir.path().join("from-host.txt"),
+            b"mapped for aarch64\n",
+        )
+        .unwrap();
+        let console = host_dir.path().join("console");
+        let config = config(
+            kernel,
+            1,
+            OutputTarget::File(console.clone()),
+            vec![format!("{}:/data", host_dir.path().display())],
+        );
+        let scratch = (image.end - 0x3000) & !0xFFF;
+        let (params, path, buffer) = (scratch, scratch + 0x100, scratch + 0x200);
+        let steps = vec![
+            Step::Peek(RAM_BASE + 0x4000, 104),
+            Step::Peek(RAM_BASE + 0x5000, 0x1000),
+            Step::Poke(path, b"/data/from-host.txt\0".to_vec()),
+            Step::Poke(
+                params,
+                bytes_of(&OpenParams {
+                    name: GuestPhysAddr::new(path),
+                    flags: uhyve_interface::O_RDONLY,
+                    mode: 0,
+                    ret: -1,
+                }),
+            ),
+            Step::Hypercall {
+                port: HypercallAddress::FileOpen,
+                register: 8,
+                value: params,
+            },
+            Step::Poke(
+                params + 0x40,
+                bytes_of(&ReadParams {
+                    fd: 3,
+                    buf: GuestVirtAddr::new(buffer),
+                    len: 64,
+                    ret: -1,
+                }),
+            ),
+            Step::Hypercall {
+                port: HypercallAddress::FileRead,
+                register: 8,
+                value: params + 0x40,
+            },
+            Step::Peek(params + 0x40 + 20, 8),
+            Step::Poke(
+                params + 0x80,
+                bytes_of(&SerialWriteBufferParams {
+                    buf: GuestPhysAddr::new(buffer),
+                    len: b"mapped for aarch64\n".len() as u64,
+                }),
+            ),
+            Step::Hypercall {
+                port: HypercallAddress::SerialWriteBuffer,
+                register: 8,
+                value: params + 0x80,
+            },
+            Step::Poke(params + 0xc0, bytes_of(&ExitParams { arg: 0 })),
+            Step::Hypercall {
+                port: HypercallAddress::Exit,
+                register: 8,
+                value: params + 0xc0,
+            },
+        ];
+        let (result, observed) = run(&config, vec![steps]);
+        assert_eq!(result.unwrap(), GuestExit(0), "{name}");
+        let cpu0 = &observed[&0];
+        assert_eq!(cpu0.entry[&Reg::Pc], entry, "{name}: entry point");
+        assert_eq!(
+            cpu0.entry[&Reg::X(0)],
+            RAM_BASE + 0x4000,
+            "{name}: boot info"
+        );
+        let boot_info = &cpu0.peeks[0];
+        let field = |at: usize| u64::from_le_bytes(boot_info[at..at + 8].try_into().unwrap());
+        assert_eq!(
+            (field(32), field(40)),
+            (image.start, image.end),
+            "{name}: image range"
+        );
+        assert_eq!(field(24), RAM_BASE + 0x5000, "{name}: FDT address");
+        let fdt = &cpu0.peeks[1];
+        assert_eq!(fdt[..4], 0xd00d_feed_u32.to_be_bytes(), "{name}: FDT magic");
+        let bootargs = b"-mount /data env=GREETING=hello -- first second\0";
+        assert!(
+            fdt.windows(bootargs.len()).any(|window| window == bootargs),
+            "{name}: the 0.11 kernel gets its mount point, environment and arguments in bootargs"
+        );
+        assert_eq!(
+            cpu0.peeks[2],
+            (b"mapped for aarch64\n".len() as i64).to_le_bytes(),
+            "{name}: FileRead through the mapping"
+        );
+        assert_eq!(
+            std::fs::read(&console).unwrap(),
+            b"mapped for aarch64\n",
+            "{name}"
+        );
+    }
 }
