@@ -186,36 +186,11 @@ fn random_into_register(
 #[cfg(test)]
 mod tests {
     use super::super::emulate;
-    use super::super::testing::{FakeMemory, FakeServices};
+    use super::super::testing::{CODE, FakeMemory, FakeServices, assemble, run, run_with};
     use super::*;
     use iced_x86::code_asm::*;
 
-    const CODE: u64 = 0x40_0000;
     const DATA: u64 = 0x10_0000;
-
-    fn assemble(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-        let mut assembler = CodeAssembler::new(64).unwrap();
-        build(&mut assembler).unwrap();
-        assembler.assemble(CODE).unwrap()
-    }
-
-    fn run_with(
-        bytes: &[u8],
-        state: &mut X86State,
-        memory: &mut FakeMemory,
-        services: &mut FakeServices,
-    ) -> Result<Instruction, EmulationError> {
-        state.rip = CODE;
-        emulate(bytes, state, memory, services)
-    }
-
-    fn run(
-        bytes: &[u8],
-        state: &mut X86State,
-        memory: &mut FakeMemory,
-    ) -> Result<Instruction, EmulationError> {
-        run_with(bytes, state, memory, &mut FakeServices::new())
-    }
 
     fn is_gp(result: Result<Instruction, EmulationError>) -> bool {
         matches!(

@@ -109,3 +109,35 @@ impl SystemServices for FakeServices {
         Ok(())
     }
 }
+
+/// Where the tests' instructions are assembled and executed.
+pub const CODE: u64 = 0x40_0000;
+
+/// Assembles what `build` emits at [`CODE`].
+pub fn assemble(
+    build: impl FnOnce(&mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Vec<u8> {
+    let mut assembler = iced_x86::code_asm::CodeAssembler::new(64).unwrap();
+    build(&mut assembler).unwrap();
+    assembler.assemble(CODE).unwrap()
+}
+
+/// Executes `bytes` at [`CODE`] with `services`.
+pub fn run_with(
+    bytes: &[u8],
+    state: &mut super::X86State,
+    memory: &mut dyn GuestAccess,
+    services: &mut FakeServices,
+) -> Result<iced_x86::Instruction, EmulationError> {
+    state.rip = CODE;
+    super::emulate(bytes, state, memory, services)
+}
+
+/// Executes `bytes` at [`CODE`] with the default [`FakeServices`].
+pub fn run(
+    bytes: &[u8],
+    state: &mut super::X86State,
+    memory: &mut dyn GuestAccess,
+) -> Result<iced_x86::Instruction, EmulationError> {
+    run_with(bytes, state, memory, &mut FakeServices::new())
+}

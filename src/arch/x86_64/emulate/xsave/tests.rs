@@ -2,38 +2,12 @@
 //! (with and without 64-byte alignment), the init optimisation, XSTATE_BV/XCOMP_BV, MXCSR rules,
 //! round trips, every #GP of XRSTOR with no side effect, and save areas partly outside memory.
 
-use super::super::emulate;
-use super::super::testing::{FakeMemory, FakeServices};
+use super::super::testing::{CODE, FakeMemory, FakeServices, assemble, run, run_with};
 use super::*;
 use iced_x86::code_asm::*;
 
-const CODE: u64 = 0x40_0000;
 const DATA: u64 = 0x10_0000;
 const ALL: u64 = u64::MAX;
-
-fn assemble(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-    let mut assembler = CodeAssembler::new(64).unwrap();
-    build(&mut assembler).unwrap();
-    assembler.assemble(CODE).unwrap()
-}
-
-fn run_with(
-    bytes: &[u8],
-    state: &mut X86State,
-    memory: &mut dyn GuestAccess,
-    services: &mut FakeServices,
-) -> Result<Instruction, EmulationError> {
-    state.rip = CODE;
-    emulate(bytes, state, memory, services)
-}
-
-fn run(
-    bytes: &[u8],
-    state: &mut X86State,
-    memory: &mut dyn GuestAccess,
-) -> Result<Instruction, EmulationError> {
-    run_with(bytes, state, memory, &mut FakeServices::new())
-}
 
 /// The exception a failed instruction would raise, if that is why it failed.
 fn exception(result: Result<Instruction, EmulationError>) -> Option<&'static str> {
