@@ -31,6 +31,7 @@ const GUESTS: &[&str] = &[
     "cpu_features",
     "emulated",
     "exit_code",
+    "fdt_mounts",
     "file_ops",
     "hello",
     "hostile",
@@ -204,11 +205,13 @@ fn guests_are_hermit_images() {
             expected.extend_from_slice(&word.to_le_bytes());
         }
         expected.extend_from_slice(b"HERMIT\0\0\x04\0\0\0");
+        // The segment starts with that note; guests posing as newer kernels add more after it.
         assert_eq!(
-            &bytes[start..end],
-            &expected[..],
+            bytes.get(start..start + expected.len()),
+            Some(&expected[..]),
             "{name}: entry-version note"
         );
+        assert!(end >= start + expected.len(), "{name}: PT_NOTE too short");
 
         // The reference loader (hermit-entry) and uhyve's own loader must accept it at its link
         // address, as a v1 guest with entry version 4.
@@ -913,6 +916,34 @@ fn hostile_cmdval_pointers_do_not_crash() {
             run.assert_stopped_by_host(42);
         }
     }
+}
+
+#[test]
+fn kernels_from_0_12_find_every_mapped_directory_in_the_device_tree() {
+    if !kvm_or_skip("kernels_from_0_12_find_every_mapped_directory_in_the_device_tree") {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("from-host.txt"), "data directory\n").unwrap();
+    fs::write(config.path().join("from-host.txt"), "config directory\n").unwrap();
+    let run = Uhyve::guest("fdt_mounts")
+        .opts([
+            "--file-mapping",
+            &format!("{}:/data", data.path().display()),
+            "--file-mapping",
+            &format!("{}:/etc/app", config.path().display()),
+        ])
+        .run();
+    run.assert_no_host_crash()
+        .assert_success()
+        .assert_stdout_contains("mount /data: data directory\n")
+        .assert_stdout_contains("mount /etc/app: config directory\n")
+        .assert_stdout_lacks("-mount")
+        .assert_stdout_lacks("cannot read");
+    // Without mappings there is no node (such a kernel then mounts /root by itself).
+    let run = Uhyve::guest("fdt_mounts").run();
+    run.assert_stdout_contains("no /uhyve,mounts node");
 }
 
 #[test]
