@@ -88,6 +88,7 @@ impl Drop for ProbeMemory {
 /// Runs the probe; `None` if the probe VM could not be set up or stopped in an unexpected way
 /// (the caller then keeps the host's CPUID, as on any normal KVM).
 pub fn probe_simd_execution() -> Option<SimdExecution> {
+    let started = std::time::Instant::now();
     let mut memory = ProbeMemory::new()?;
     memory.write(0, &PROBE_CODE);
     memory.write(PML4, &((PML4 + 0x1000) | TABLE).to_le_bytes());
@@ -97,6 +98,11 @@ pub fn probe_simd_execution() -> Option<SimdExecution> {
     if let Err(step) = &result {
         log::debug!("SIMD execution probe failed at {step}; assuming native execution");
     }
+    log::debug!(
+        "SIMD execution probe: {:?} in {:.2} ms",
+        result,
+        started.elapsed().as_secs_f64() * 1e3
+    );
     // The VM (inside run_probe) is gone before `memory` is unmapped here.
     result.ok().flatten()
 }
