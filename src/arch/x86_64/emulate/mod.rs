@@ -7,6 +7,7 @@
 //! ([`GuestAccess`]), advances RIP and resumes the guest. An instruction this module does not
 //! know stops the VM with its mnemonic and bytes: nothing is ever executed approximately.
 
+pub mod extensions;
 pub mod operands;
 pub mod sse;
 pub mod state;
