@@ -374,3 +374,28 @@ fn other_instructions_are_not_this_modules() {
     }
     assert_eq!(state, X86State::default());
 }
+
+#[test]
+fn the_fallback_dispatches_here_and_advances_rip() {
+    use super::super::super::testing::FakeServices;
+    let tzcnt = [0xf3, 0x0f, 0xbc, 0xc1]; // tzcnt eax, ecx
+    let mut state = X86State {
+        rip: 0x20_0000,
+        ..X86State::default()
+    };
+    state.set_gpr(1, 0x100);
+    let instruction =
+        super::super::super::emulate(&tzcnt, &mut state, &mut memory(), &mut FakeServices::new());
+    if lookup(Code::Tzcnt_r32_rm32).is_some() {
+        assert_eq!(
+            instruction.map(|i| i.to_string()),
+            Ok("tzcnt eax,ecx".into())
+        );
+        assert_eq!((state.rip, state.gpr(0)), (0x20_0004, 8));
+    } else {
+        assert_eq!(
+            instruction,
+            Err(EmulationError::Unsupported("tzcnt eax,ecx".into()))
+        );
+    }
+}

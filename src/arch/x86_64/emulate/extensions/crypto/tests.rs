@@ -466,3 +466,25 @@ fn inaccessible_memory_operands_change_nothing() {
         expect_failure(&instruction, &mut state, &mut memory, "bad address");
     }
 }
+
+#[test]
+fn the_fallback_dispatches_here_and_puts_sse_state_in_use() {
+    use super::super::super::state::XSAVE_HEADER_OFFSET;
+    use super::super::super::testing::FakeServices;
+    let aesenc = [0x66, 0x0f, 0x38, 0xdc, 0xca]; // aesenc xmm1, xmm2
+    let mut state = X86State {
+        rip: 0x20_0000,
+        ..X86State::default()
+    };
+    state.set_xmm(2, 1);
+    let instruction =
+        super::super::super::emulate(&aesenc, &mut state, &mut memory(), &mut FakeServices::new());
+    assert_eq!(
+        instruction.map(|i| i.to_string()),
+        Ok("aesenc xmm1,xmm2".into())
+    );
+    assert_eq!(state.rip, 0x20_0005);
+    // All-zero state: ShiftRows/SubBytes give 63…63, MixColumns keeps it; XOR the key.
+    assert_eq!(state.xmm(1), 0x6363_6363_6363_6363_6363_6363_6363_6362);
+    assert_eq!(state.xsave[XSAVE_HEADER_OFFSET] & 2, 2, "SSE state in use");
+}
