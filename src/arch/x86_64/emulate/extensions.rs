@@ -30,6 +30,8 @@ mod bitmanip;
 #[cfg(test)]
 mod completeness_tests;
 mod crypto;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod native_tests;
 #[cfg(test)]
 mod test_support;
 
