@@ -7,6 +7,7 @@
 //! ([`GuestAccess`]), advances RIP and resumes the guest. An instruction this module does not
 //! know stops the VM with its mnemonic and bytes: nothing is ever executed approximately.
 
+pub mod extensions;
 pub mod operands;
 pub mod sse;
 pub mod state;
@@ -62,7 +63,7 @@ pub fn fallback_simd() -> crate::arch::x86_64::FallbackSimd {
 
 /// Whether the emulator implements `instruction`.
 pub fn supports(instruction: &Instruction) -> bool {
-    system::supports(instruction) || sse::supports(instruction)
+    system::supports(instruction) || sse::supports(instruction) || extensions::supports(instruction)
 }
 
 /// Decodes the instruction at `state.rip` from `bytes` and executes it against `state` and
@@ -80,6 +81,8 @@ pub fn emulate(
     let mut next = state.clone();
     if sse::execute(&instruction, &mut next, memory)? {
         // The XSAVE family sets XSTATE_BV itself; other instructions put what they modify in use.
+        next.mark_modified_components_in_use(state);
+    } else if extensions::execute(&instruction, &mut next, memory)? {
         next.mark_modified_components_in_use(state);
     } else if !system::execute(&instruction, &mut next, memory, services)? {
         return Err(EmulationError::Unsupported(instruction.to_string()));
