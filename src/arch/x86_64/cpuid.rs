@@ -10,8 +10,9 @@
 //! instruction in the host kernel's emulator, which lacks SSE arithmetic, XSAVE and more), a guest
 //! may only be told about what either that emulator or uhyve's user-space fallback executes:
 //! [`restrict_to_fallback`] then keeps, per leaf, a list of known-good bits and clears the rest
-//! (AVX, AVX2, AVX-512, FMA, F16C, AES, SHA, BMI1/2, ADX, MOVBE, LZCNT, RDPID, XSAVES, AVX state in
-//! XCR0, …), so the kernel's checks and `is_x86_feature_detected!` take paths that can run.
+//! (AVX, AVX2, AVX-512, FMA, F16C, BMI1, MOVBE, LZCNT, RDPID, XSAVES, AVX state in XCR0, …; the
+//! fallback's own AES-NI, PCLMULQDQ, SHA, BMI2, ADX and CLWB stay), so the kernel's checks and
+//! `is_x86_feature_detected!` take paths that can run.
 //!
 //! KVM-PVM does not apply all of it: it merges its host's own bits of leaves 1, 7 and 0xD into
 //! the CPUID it keeps for the vCPU (only the hypervisor, x2APIC, TSC-deadline and CX16 bits follow
@@ -101,8 +102,9 @@ pub fn adjust_cpuid_leaf(function: u32, index: u32, regs: &mut CpuidRegisters) {
     }
 }
 
-/// The SIMD extensions beyond SSE2 that the user-space fallback implements completely (see
-/// `emulate::sse::complete_extensions`); a restricted CPUID keeps only these.
+/// The extensions beyond SSE2 that the user-space fallback implements completely (see
+/// `emulate::sse::complete_extensions` and `emulate::extensions::complete_extensions`); a
+/// restricted CPUID keeps only these of the optional instruction sets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FallbackSimd {
     /// SSE3 (leaf 1 ECX bit 0).
@@ -115,6 +117,18 @@ pub struct FallbackSimd {
     pub sse4_2: bool,
     /// POPCNT (leaf 1 ECX bit 23).
     pub popcnt: bool,
+    /// AES-NI (leaf 1 ECX bit 25).
+    pub aes: bool,
+    /// PCLMULQDQ (leaf 1 ECX bit 1).
+    pub pclmulqdq: bool,
+    /// SHA (leaf 7 EBX bit 29).
+    pub sha: bool,
+    /// BMI2 (leaf 7 EBX bit 8).
+    pub bmi2: bool,
+    /// ADX (leaf 7 EBX bit 19).
+    pub adx: bool,
+    /// CLWB (leaf 7 EBX bit 24).
+    pub clwb: bool,
 }
 
 /// Leaf 7: structured extended features (sub-leaf 0 and 1).
@@ -137,16 +151,17 @@ const fn bits(list: &[u32]) -> u32 {
     mask
 }
 
-/// Leaf 1 ECX bits that need no instruction the emulators lack: DTES64 2, DS-CPL 4, VMX 5 (no:
-/// cleared below), EST 7, TM2 8, CNXT-ID 10, SDBG 11, xTPR 14, PDCM 15, PCID 17, DCA 18,
-/// x2APIC 21, TSC-deadline 24, XSAVE 26 (the fallback), OSXSAVE 27 (a mirror of CR4), RDRAND 30
-/// (KVM-PVM executes it), hypervisor 31. Not kept: PCLMULQDQ 1, MONITOR 3, VMX 5, SMX 6, FMA 12,
-/// CX16 13 (KVM-PVM faults on CMPXCHG16B), PDCM, MOVBE 22, AES 25, AVX 28, F16C 29; SSE3 0,
-/// SSSE3 9, SSE4.1 19, SSE4.2 20 and POPCNT 23 only as [`FallbackSimd`] says.
+/// Leaf 1 ECX bits that need no instruction the emulators lack: DTES64 2, DS-CPL 4, EST 7, TM2 8,
+/// CNXT-ID 10, SDBG 11, xTPR 14, PCID 17, DCA 18, x2APIC 21, TSC-deadline 24, XSAVE 26 (the
+/// fallback), OSXSAVE 27 (a mirror of CR4), RDRAND 30 (KVM-PVM executes it), hypervisor 31. Not
+/// kept: MONITOR 3, VMX 5, SMX 6, FMA 12, CX16 13 (KVM-PVM fails on CMPXCHG16B), PDCM 15, MOVBE 22
+/// (KVM-PVM raises #UD), AVX 28, F16C 29; SSE3 0, PCLMULQDQ 1, SSSE3 9, SSE4.1 19, SSE4.2 20,
+/// POPCNT 23 and AES 25 only as [`FallbackSimd`] says.
 const LEAF1_ECX_KEEP: u32 = bits(&[2, 4, 7, 8, 10, 11, 14, 17, 18, 21, 24, 26, 27, 30, 31]);
 /// Leaf 7 sub-leaf 0 EBX: FSGSBASE 0, TSC_ADJUST 1, FDP_EXCPTN_ONLY 6, SMEP 7, ERMS 9,
-/// deprecated FPU CS/DS 13, RDSEED 18, SMAP 20, CLFLUSHOPT 23. (Not: SGX, BMI1, HLE, AVX2, BMI2,
-/// INVPCID, RTM, MPX, AVX-512*, ADX, CLWB, Intel PT, SHA.)
+/// deprecated FPU CS/DS 13, RDSEED 18, SMAP 20, CLFLUSHOPT 23; BMI2 8, ADX 19, CLWB 24 and SHA 29
+/// only as [`FallbackSimd`] says. (Not: SGX, BMI1 — KVM-PVM runs its TZCNT as BSF —, HLE, AVX2,
+/// INVPCID, RTM, MPX, AVX-512*, Intel PT.)
 const LEAF7_EBX_KEEP: u32 = bits(&[0, 1, 6, 7, 9, 13, 18, 20, 23]);
 /// Leaf 7 sub-leaf 0 EDX: fast short REP MOV 4, MD_CLEAR 10, and the speculation-control bits
 /// 26–31 (MSR interfaces, no instructions).
@@ -174,6 +189,13 @@ const LEAF_ADDR_EBX_KEEP: u32 = bits(&[2, 12, 14, 15, 16, 17, 18, 19, 24, 25, 26
 /// (0x14), Key Locker (0x19), AMX (0x1D, 0x1E), AVX10 (0x24).
 const HIDDEN_LEAVES: [u32; 6] = [0x12, 0x14, 0x19, 0x1D, 0x1E, 0x24];
 
+/// The mask of the bits whose flag is set in `(kept, bit)`.
+fn kept_bits(list: &[(bool, u32)]) -> u32 {
+    list.iter()
+        .filter(|(kept, _)| *kept)
+        .fold(0, |mask, (_, bit)| mask | 1 << bit)
+}
+
 /// Restricts leaf `function`, sub-leaf `index` (after [`adjust_cpuid_leaf`]) to what a guest can
 /// execute when the hypervisor cannot run SIMD instructions natively and uhyve's fallback
 /// executes them, with `simd` saying which extensions beyond SSE2 the fallback implements. Only
@@ -186,20 +208,25 @@ pub fn restrict_to_fallback(
 ) {
     match (function, index) {
         (LEAF_FEATURES, _) => {
-            let optional = [
+            let optional = kept_bits(&[
                 (simd.sse3, 0),
+                (simd.pclmulqdq, 1),
                 (simd.ssse3, 9),
                 (simd.sse4_1, 19),
                 (simd.sse4_2, 20),
                 (simd.popcnt, 23),
-            ]
-            .iter()
-            .filter(|(kept, _)| *kept)
-            .fold(0, |mask, (_, bit)| mask | 1 << bit);
+                (simd.aes, 25),
+            ]);
             regs.ecx &= LEAF1_ECX_KEEP | optional;
         }
         (LEAF_EXTENDED_FEATURES, 0) => {
-            regs.ebx &= LEAF7_EBX_KEEP;
+            let optional = kept_bits(&[
+                (simd.bmi2, 8),
+                (simd.adx, 19),
+                (simd.clwb, 24),
+                (simd.sha, 29),
+            ]);
+            regs.ebx &= LEAF7_EBX_KEEP | optional;
             regs.ecx = 0;
             regs.edx &= LEAF7_EDX_KEEP;
         }
@@ -522,12 +549,34 @@ mod tests {
             sse4_1: true,
             sse4_2: true,
             popcnt: true,
+            aes: true,
+            pclmulqdq: true,
+            sha: true,
+            bmi2: true,
+            adx: true,
+            clwb: true,
         };
         restrict_to_fallback(1, 0, &mut regs, simd);
         assert_eq!(
             regs.ecx & (1 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23),
             1 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23
         );
+        assert_eq!(
+            regs.ecx & (1 << 1 | 1 << 25),
+            1 << 1 | 1 << 25,
+            "PCLMULQDQ, AES"
+        );
+        let mut leaf7 = CpuidRegisters {
+            ebx: u32::MAX,
+            ..Default::default()
+        };
+        restrict_to_fallback(7, 0, &mut leaf7, simd);
+        assert_eq!(
+            leaf7.ebx & (1 << 8 | 1 << 19 | 1 << 24 | 1 << 29),
+            1 << 8 | 1 << 19 | 1 << 24 | 1 << 29,
+            "BMI2, ADX, CLWB, SHA"
+        );
+        assert_eq!(leaf7.ebx & (1 << 3 | 1 << 5), 0, "never BMI1 or AVX2");
         // Never set what the host lacks.
         let mut regs = CpuidRegisters::default();
         restrict_to_fallback(1, 0, &mut regs, simd);

@@ -47,17 +47,26 @@ pub trait X86Cpu {
     fn inject_page_fault(&mut self, fault: PageFault) -> Result<(), VcpuError>;
 }
 
-/// The SIMD extensions beyond SSE2 the fallback implements completely, for the CPUID a guest
-/// sees on a hypervisor that cannot execute them itself.
+/// The extensions beyond SSE2 the fallback implements completely, for the CPUID a guest sees on
+/// a hypervisor that cannot execute them itself.
 pub fn fallback_simd() -> crate::arch::x86_64::FallbackSimd {
     use iced_x86::CpuidFeature;
-    let complete = |feature| sse::complete_extensions().contains(&feature);
+    let complete = |feature| {
+        sse::complete_extensions().contains(&feature)
+            || extensions::complete_extensions().contains(&feature)
+    };
     crate::arch::x86_64::FallbackSimd {
         sse3: complete(CpuidFeature::SSE3),
         ssse3: complete(CpuidFeature::SSSE3),
         sse4_1: complete(CpuidFeature::SSE4_1),
         sse4_2: complete(CpuidFeature::SSE4_2),
         popcnt: complete(CpuidFeature::POPCNT),
+        aes: complete(CpuidFeature::AES),
+        pclmulqdq: complete(CpuidFeature::PCLMULQDQ),
+        sha: complete(CpuidFeature::SHA),
+        bmi2: complete(CpuidFeature::BMI2),
+        adx: complete(CpuidFeature::ADX),
+        clwb: complete(CpuidFeature::CLWB),
     }
 }
 
