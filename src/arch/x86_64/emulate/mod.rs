@@ -8,6 +8,8 @@
 //! know stops the VM with its mnemonic and bytes: nothing is ever executed approximately.
 
 pub mod extensions;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod native_harness;
 pub mod operands;
 pub mod sse;
 pub mod state;

@@ -13,22 +13,16 @@
 //! has it). A separate test checks the alignment rule against the host by running misaligned
 //! forms in a child process. Forms the host CPU lacks are skipped with a message.
 
-use iced_x86::code_asm::{self, AsmRegister64, AsmRegisterXmm, CodeAssembler};
-use iced_x86::{
-    Code, CpuidFeature, Decoder, DecoderOptions, Encoder, Instruction, MemoryOperand,
-    OpCodeOperandKind, Register,
-};
+use iced_x86::{Code, CpuidFeature, Instruction, MemoryOperand, OpCodeOperandKind, Register};
 
+use super::super::native_harness::{
+    DATA_GPRS, GUEST_BASE, Jit, MEMORY_SIZE, Native, NativeMemory, Rng, UNTOUCHED_GPRS, encode,
+    gpr, runs_into_a_fault, xmm,
+};
 use super::super::state::MXCSR_DEFAULT;
 use super::super::testing::FakeMemory;
 use super::*;
 
-/// Guest-virtual base of the fake guest memory.
-const GUEST_BASE: u64 = 0x40_0000;
-/// Size of the memory buffer (two 4 KiB pages).
-const MEMORY_SIZE: usize = 0x2000;
-/// RIP the test instructions are decoded at.
-const GUEST_RIP: u64 = 0x20_0000;
 /// MXCSR.MM (AMD): misaligned-SSE mode.
 const MISALIGNED_SSE_MODE: u32 = 1 << 17;
 /// The memory base register of the test instructions: RBX.
@@ -36,183 +30,7 @@ const MEMORY_BASE: usize = 3;
 
 // --- Native execution ------------------------------------------------------------------------
 
-/// Register file exchanged with the JIT-compiled harness.
-#[repr(C, align(16))]
-#[derive(Debug, Clone, Default)]
-struct Native {
-    xmm: [u128; 16],
-    gprs: [u64; 16],
-    rflags: u64,
-    mxcsr: u32,
-    host_mxcsr: u32,
-}
-
-/// The page-aligned memory the native instruction works on.
-#[repr(C, align(4096))]
-struct NativeMemory([u8; MEMORY_SIZE]);
-
-const GPRS: [AsmRegister64; 16] = [
-    code_asm::rax,
-    code_asm::rcx,
-    code_asm::rdx,
-    code_asm::rbx,
-    code_asm::rsp,
-    code_asm::rbp,
-    code_asm::rsi,
-    code_asm::rdi,
-    code_asm::r8,
-    code_asm::r9,
-    code_asm::r10,
-    code_asm::r11,
-    code_asm::r12,
-    code_asm::r13,
-    code_asm::r14,
-    code_asm::r15,
-];
-const XMMS: [AsmRegisterXmm; 16] = [
-    code_asm::xmm0,
-    code_asm::xmm1,
-    code_asm::xmm2,
-    code_asm::xmm3,
-    code_asm::xmm4,
-    code_asm::xmm5,
-    code_asm::xmm6,
-    code_asm::xmm7,
-    code_asm::xmm8,
-    code_asm::xmm9,
-    code_asm::xmm10,
-    code_asm::xmm11,
-    code_asm::xmm12,
-    code_asm::xmm13,
-    code_asm::xmm14,
-    code_asm::xmm15,
-];
-/// RSP and RDI (the register-file pointer) are neither loaded nor used by test instructions.
-const UNTOUCHED_GPRS: [usize; 2] = [4, 7];
-/// General registers a test instruction may name (not RBX = memory base, RSP, RDI).
-const DATA_GPRS: [usize; 13] = [0, 1, 2, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15];
-
-/// Executable code: loads a [`Native`] (pointer in RDI), runs the instruction, stores it back.
-struct Jit {
-    code: *mut libc::c_void,
-    len: usize,
-}
-
-impl Jit {
-    fn new(instruction_bytes: &[u8]) -> Self {
-        let code = Self::assemble(instruction_bytes).expect("assemble the harness");
-        let len = code.len().next_multiple_of(4096);
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing; no
-        // existing memory is affected.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap for the JIT harness");
-        // SAFETY: `map` is a fresh writable mapping of `len` ≥ `code.len()` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), map.cast::<u8>(), code.len()) };
-        // SAFETY: changes the protection of the mapping created above only.
-        let status = unsafe { libc::mprotect(map, len, libc::PROT_READ | libc::PROT_EXEC) };
-        assert_eq!(status, 0, "mprotect for the JIT harness");
-        Self { code: map, len }
-    }
-
-    /// A SysV function `fn(*mut Native)`: saves the callee-saved registers and the host MXCSR,
-    /// loads everything, runs the instruction, stores everything, restores.
-    fn assemble(instruction_bytes: &[u8]) -> Result<Vec<u8>, iced_x86::IcedError> {
-        use code_asm::{dword_ptr, qword_ptr, rdi, xmmword_ptr};
-        let field = |offset: usize| i32::try_from(offset).expect("small offset");
-        let xmm_at = field(std::mem::offset_of!(Native, xmm));
-        let gprs_at = field(std::mem::offset_of!(Native, gprs));
-        let rflags_at = field(std::mem::offset_of!(Native, rflags));
-        let mxcsr_at = field(std::mem::offset_of!(Native, mxcsr));
-        let host_mxcsr_at = field(std::mem::offset_of!(Native, host_mxcsr));
-        let loaded = || (0..16).filter(|n| !UNTOUCHED_GPRS.contains(n));
-        let callee_saved = [
-            code_asm::rbx,
-            code_asm::rbp,
-            code_asm::r12,
-            code_asm::r13,
-            code_asm::r14,
-            code_asm::r15,
-        ];
-
-        let mut a = CodeAssembler::new(64)?;
-        for register in callee_saved {
-            a.push(register)?;
-        }
-        a.stmxcsr(dword_ptr(rdi + host_mxcsr_at))?;
-        a.ldmxcsr(dword_ptr(rdi + mxcsr_at))?;
-        for (n, register) in XMMS.iter().enumerate() {
-            a.movdqu(*register, xmmword_ptr(rdi + xmm_at + field(16 * n)))?;
-        }
-        a.push(qword_ptr(rdi + rflags_at))?;
-        a.popfq()?;
-        for n in loaded() {
-            a.mov(GPRS[n], qword_ptr(rdi + gprs_at + field(8 * n)))?;
-        }
-        a.db(instruction_bytes)?;
-        a.pushfq()?;
-        a.pop(qword_ptr(rdi + rflags_at))?;
-        for n in loaded() {
-            a.mov(qword_ptr(rdi + gprs_at + field(8 * n)), GPRS[n])?;
-        }
-        for (n, register) in XMMS.iter().enumerate() {
-            a.movdqu(xmmword_ptr(rdi + xmm_at + field(16 * n)), *register)?;
-        }
-        a.stmxcsr(dword_ptr(rdi + mxcsr_at))?;
-        a.ldmxcsr(dword_ptr(rdi + host_mxcsr_at))?;
-        for register in callee_saved.iter().rev() {
-            a.pop(*register)?;
-        }
-        a.ret()?;
-        a.assemble(0)
-    }
-
-    fn run(&self, context: &mut Native) {
-        // SAFETY: `code` is the harness assembled in `new`: a SysV function taking the context
-        // pointer in RDI that saves/restores every callee-saved register and the host MXCSR,
-        // keeps RDI and the stack balanced, and runs one test instruction that touches only
-        // registers other than RSP/RDI and memory inside the test buffer.
-        let function: unsafe extern "sysv64" fn(*mut Native) =
-            unsafe { std::mem::transmute(self.code) };
-        // SAFETY: see above; `context` is a live exclusive reference.
-        unsafe { function(context) };
-    }
-}
-
-impl Drop for Jit {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`, which nothing references now.
-        unsafe { libc::munmap(self.code, self.len) };
-    }
-}
-
 // --- Inputs ----------------------------------------------------------------------------------
-
-/// xorshift64* — deterministic test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
-        values[self.below(values.len() as u64) as usize]
-    }
-}
 
 /// Edge-case integers: zero, one, sign and carry boundaries of 16, 32 and 64 bits.
 const INT_EDGES: [u64; 16] = [
@@ -360,19 +178,6 @@ enum Arg {
     Imm(u32),
 }
 
-fn gpr(number: usize, size: usize) -> Register {
-    let first = match size {
-        2 => Register::AX,
-        4 => Register::EAX,
-        _ => Register::RAX,
-    };
-    Register::try_from(first as usize + number).expect("valid GPR number")
-}
-
-fn xmm(number: usize) -> Register {
-    Register::try_from(Register::XMM0 as usize + number).expect("valid XMM number")
-}
-
 fn create(code: Code, args: &[Arg]) -> Instruction {
     let memory = MemoryOperand::with_base_displ(Register::RBX, 0);
     let created = match *args {
@@ -387,22 +192,6 @@ fn create(code: Code, args: &[Arg]) -> Instruction {
         _ => panic!("{code:?}: no constructor for {args:?}"),
     };
     created.unwrap_or_else(|error| panic!("{code:?} {args:?}: {error}"))
-}
-
-/// Encodes `instruction` and decodes it back at [`GUEST_RIP`] (as uhyve would see it).
-fn encode(instruction: &Instruction) -> (Vec<u8>, Instruction) {
-    let mut encoder = Encoder::new(64);
-    encoder
-        .encode(instruction, GUEST_RIP)
-        .unwrap_or_else(|error| panic!("encode {instruction}: {error}"));
-    let bytes = encoder.take_buffer();
-    let decoded = Decoder::with_ip(64, &bytes, GUEST_RIP, DecoderOptions::NONE).decode();
-    assert_eq!(
-        decoded.code(),
-        instruction.code(),
-        "{instruction} round trip"
-    );
-    (bytes, decoded)
 }
 
 /// Whether the host CPU has every extension `code` needs.
@@ -552,7 +341,7 @@ fn variants(code: Code, rng: &mut Rng) -> Vec<Variant> {
 
 /// Runs `bytes`/`decoded` natively and emulated on `cases` random inputs and compares.
 fn compare(bytes: &[u8], decoded: &Instruction, variant: &Variant, rng: &mut Rng) {
-    let jit = Jit::new(bytes);
+    let jit = Jit::new(bytes, false);
     let mut native_memory = Box::new(NativeMemory([0; MEMORY_SIZE]));
     let host_base = native_memory.0.as_mut_ptr() as u64;
     let offset = variant.offset.unwrap_or(0);
@@ -650,7 +439,7 @@ fn every_implemented_form_matches_the_host_cpu() {
 /// Runs `bytes` natively in a child process with RBX at `offset` in a buffer and MXCSR
 /// `mxcsr`, and tells whether it faulted (#GP: SIGSEGV or SIGBUS).
 fn faults_natively(bytes: &[u8], offset: u64, mxcsr: u32) -> bool {
-    let jit = Jit::new(bytes);
+    let jit = Jit::new(bytes, false);
     let mut native_memory = Box::new(NativeMemory([0; MEMORY_SIZE]));
     let mut native = Native {
         rflags: 0x2,
@@ -658,37 +447,7 @@ fn faults_natively(bytes: &[u8], offset: u64, mxcsr: u32) -> bool {
         ..Native::default()
     };
     native.gprs[MEMORY_BASE] = native_memory.0.as_mut_ptr() as u64 + offset;
-    // SAFETY: the child only runs the prepared machine code (no allocation, no locks) and
-    // leaves with `_exit`; the parent waits for it. Nothing is shared but copied memory.
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork");
-    if child == 0 {
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain system calls in the forked child; `native` is its own copy.
-        unsafe {
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            jit.run(&mut native);
-            libc::_exit(0);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child created above.
-    let waited = unsafe { libc::waitpid(child, &mut status, 0) };
-    assert_eq!(waited, child, "waitpid");
-    if libc::WIFSIGNALED(status) {
-        let signal = libc::WTERMSIG(status);
-        assert!(
-            signal == libc::SIGSEGV || signal == libc::SIGBUS,
-            "signal {signal}"
-        );
-        true
-    } else {
-        assert_eq!(libc::WEXITSTATUS(status), 0);
-        false
-    }
+    runs_into_a_fault(&jit, native)
 }
 
 /// Every form with a memory operand, misaligned: the emulator raises #GP exactly where the
