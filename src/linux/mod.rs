@@ -79,7 +79,7 @@ impl KvmVm {
         // creation of the real one.
         let probe = std::thread::Builder::new()
             .name("simd-probe".into())
-            .spawn(probe::probe_simd_execution);
+            .spawn(probe::detect_simd_execution);
         let kvm = Kvm::new().map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
             libc::EACCES | libc::EPERM => KvmError::PermissionDenied,

@@ -7,8 +7,12 @@
 //! user space). A KVM that executes guest code in the host kernel's instruction emulator (KVM-PVM)
 //! stops at the `xorps` with an emulation failure: SIMD and XSAVE instructions there reach uhyve's
 //! user-space fallback, so the guest must only be told about what that fallback implements. The
-//! probe costs one VM, one vCPU and one `KVM_RUN` (about 2 ms on KVM-PVM), and runs on its own
-//! thread while the real VM is created.
+//! probe costs one VM, one vCPU and one `KVM_RUN` (about 2 ms of CPU on KVM-PVM), and runs on its
+//! own thread while the real VM is created.
+//!
+//! Most hosts need no probe at all: where the CPU offers VMX or SVM and no software KVM module
+//! (`kvm_pvm`) is loaded, KVM runs guests in hardware and executes their SIMD code natively; one
+//! CPUID instruction and one `stat` decide that ([`detect_simd_execution`]).
 
 use kvm_bindings::{
     KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region,
@@ -83,6 +87,28 @@ impl Drop for ProbeMemory {
         // was dropped before (see `probe_simd_execution`).
         unsafe { libc::munmap(self.address, PROBE_MEMORY) };
     }
+}
+
+/// Where a loaded KVM-PVM module shows up.
+const PVM_MODULE: &str = "/sys/module/kvm_pvm";
+
+/// Whether the host CPU offers hardware virtualization: VMX (CPUID.1:ECX bit 5) or SVM
+/// (CPUID.80000001h:ECX bit 2).
+fn host_has_hardware_virtualization() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let vmx = __cpuid(1).ecx & (1 << 5) != 0;
+    let svm = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    vmx || svm
+}
+
+/// How this host's KVM executes SIMD instructions: `Native` at once where KVM runs guests in
+/// hardware (VMX/SVM present, no KVM-PVM module), otherwise what [`probe_simd_execution`] finds.
+pub fn detect_simd_execution() -> Option<SimdExecution> {
+    if host_has_hardware_virtualization() && !std::path::Path::new(PVM_MODULE).exists() {
+        log::debug!("SIMD execution: native (the CPU has VMX/SVM and no software KVM is loaded)");
+        return Some(SimdExecution::Native);
+    }
+    probe_simd_execution()
 }
 
 /// Runs the probe; `None` if the probe VM could not be set up or stopped in an unexpected way
