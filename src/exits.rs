@@ -132,6 +132,10 @@ pub fn run_vcpu(
                     }
                 }
             }
+            VcpuExit::HypercallRead { address, size } => {
+                let value = hypercalls.handle_read(address, size);
+                vcpu.complete_hypercall_read(value).map_err(vcpu_error)?;
+            }
             VcpuExit::PortOut { port, data, size } => {
                 if port == PCI_CONFIG_ADDRESS && size == 4 {
                     pci.address = data;

@@ -218,6 +218,26 @@ impl Hypercalls {
     pub fn handle(
         &self,
         mem: &GuestMemory,
+        address: u16,
+        argument: u64,
+        page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
+    ) -> HypercallOutcome {
+        let Ok(address) = HypercallAddress::try_from(address) else {
+            log::debug!("ignoring a hypercall to unknown address {address:#x}");
+            return HypercallOutcome::Continue;
+        };
+        self.handle_v1(mem, address, argument, page_table_root)
+    }
+
+    /// Serves a read of hypercall `address` (v2/v3 SerialReadByte): the value the guest reads.
+    pub fn handle_read(&self, address: u16, size: u8) -> u64 {
+        log::debug!("read of {size} bytes from hypercall address {address:#x}: all ones");
+        u64::MAX
+    }
+
+    fn handle_v1(
+        &self,
+        mem: &GuestMemory,
         address: HypercallAddress,
         argument: u64,
         page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
@@ -891,7 +911,7 @@ mod tests {
     impl Guest {
         fn call(&self, address: HypercallAddress, argument: u64) -> HypercallOutcome {
             self.calls
-                .handle(&self.mem, address, argument, &mut || Ok(pa(ROOT)))
+                .handle(&self.mem, address.port(), argument, &mut || Ok(pa(ROOT)))
         }
 
         fn call_ok<T: GuestPod>(&self, address: HypercallAddress, params: T) -> T {
@@ -1360,14 +1380,14 @@ mod tests {
         g.mem.write_obj(pa(PARAMS), &params).unwrap();
         let outcome = g
             .calls
-            .handle(&g.mem, HypercallAddress::FileRead, PARAMS, failing);
+            .handle(&g.mem, HypercallAddress::FileRead.port(), PARAMS, failing);
         assert!(is_continue(&outcome));
         g.mem
             .write_obj(pa(PARAMS), &ReadParams { fd, ..params })
             .unwrap();
         match g
             .calls
-            .handle(&g.mem, HypercallAddress::FileRead, PARAMS, failing)
+            .handle(&g.mem, HypercallAddress::FileRead.port(), PARAMS, failing)
         {
             HypercallOutcome::Fatal(error) => assert!(error.to_string().starts_with("FileRead:")),
             other => panic!("{other:?}"),

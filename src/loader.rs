@@ -35,8 +35,8 @@ use goblin::elf64::reloc::SIZEOF_RELA;
 use goblin::elf64::sym::SIZEOF_SYM;
 use log::{debug, warn};
 
-/// The uhyve hypercall interface version this uhyve implements.
-pub const SUPPORTED_INTERFACE_VERSION: u32 = uhyve_interface::UHYVE_INTERFACE_VERSION;
+/// The uhyve hypercall interface versions this uhyve serves.
+pub const SUPPORTED_INTERFACE_VERSIONS: [u32; 3] = uhyve_interface::SUPPORTED_INTERFACE_VERSIONS;
 
 /// Hermit entry (boot ABI) versions whose boot-info layout uhyve fills (identical for 3 and 4).
 pub const SUPPORTED_ENTRY_VERSIONS: [u8; 2] = [3, 4];
@@ -150,9 +150,7 @@ pub enum LoadError {
     MissingEntryVersion,
     #[error("entry version {0}, uhyve supports 3 and 4")]
     UnsupportedEntryVersion(u8),
-    #[error(
-        "image needs uhyve interface version {0}, this uhyve speaks version {SUPPORTED_INTERFACE_VERSION}"
-    )]
+    #[error("image needs uhyve interface version {0}, this uhyve speaks versions 1, 2 and 3")]
     UnsupportedInterfaceVersion(u32),
     #[error("dynamic section: {tag} is {value:#x}, expected {expected}")]
     BadDynamicEntry {
@@ -528,7 +526,7 @@ impl KernelImage {
             return Err(LoadError::UnsupportedEntryVersion(entry_version));
         }
         let interface_version = notes.interface_version.unwrap_or(1);
-        if interface_version != SUPPORTED_INTERFACE_VERSION {
+        if !SUPPORTED_INTERFACE_VERSIONS.contains(&interface_version) {
             return Err(LoadError::UnsupportedInterfaceVersion(interface_version));
         }
 
@@ -1592,14 +1590,26 @@ mod tests {
 
     #[test]
     fn checks_the_uhyve_interface_version() {
-        let e = parse_err(&Spec {
-            uhyveif: Some(2),
-            ..pie()
-        });
-        assert_eq!(
-            e.to_string(),
-            "image needs uhyve interface version 2, this uhyve speaks version 1"
-        );
+        for (version, _) in [(0, ()), (4, ())] {
+            let e = parse_err(&Spec {
+                uhyveif: Some(version),
+                ..pie()
+            });
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "image needs uhyve interface version {version}, this uhyve speaks versions 1, 2 and 3"
+                )
+            );
+        }
+        for version in [2, 3] {
+            let kernel = parse(&Spec {
+                uhyveif: Some(version),
+                ..pie()
+            })
+            .unwrap();
+            assert_eq!(kernel.interface_version(), version);
+        }
         let e = parse_err(&Spec {
             uhyveif: Some(0x0100_0000),
             ..pie()

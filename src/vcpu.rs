@@ -8,7 +8,7 @@
 use std::fmt;
 
 use thiserror::Error;
-use uhyve_interface::{GuestPhysAddr, HypercallAddress};
+use uhyve_interface::GuestPhysAddr;
 
 /// The bytes of the instruction at which the guest stopped, as far as the backend knows them.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,13 +35,24 @@ impl fmt::Display for InstructionBytes {
 /// Why a virtual CPU returned to the host. Owned: holds no borrow of backend state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuExit {
-    /// The guest issued a hypercall: `argument` is the port data (x86_64: the low 32 bits of the
-    /// parameter struct's GPA, or the byte for SerialWriteByte).
+    /// The guest issued a hypercall: a write to `address` (an x86_64 port, an aarch64 offset
+    /// into the hypercall window) of a v1 or v2/v3 hypercall. `argument` is what the guest
+    /// passed: on x86_64 the port data (the low 32 bits of a parameter block's GPA, or a byte)
+    /// for v1 addresses and RDI for v2/v3 addresses; on aarch64 the stored register. The
+    /// interface version of the VM decides what the address means.
     Hypercall {
-        /// Which hypercall.
-        address: HypercallAddress,
+        /// The hypercall address.
+        address: u16,
         /// The raw argument the guest passed.
         argument: u64,
+    },
+    /// The guest read a hypercall address (v2/v3 SerialReadByte); answer with
+    /// [`VirtualCpu::complete_hypercall_read`] before running again.
+    HypercallRead {
+        /// The hypercall address.
+        address: u16,
+        /// Access size in bytes.
+        size: u8,
     },
     /// Port write that is not a hypercall.
     PortOut {
@@ -106,7 +117,9 @@ impl VcpuExit {
     /// A short name of the exit kind, for statistics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Hypercall { address, .. } => address.name(),
+            Self::Hypercall { address, .. } | Self::HypercallRead { address, .. } => {
+                uhyve_interface::hypercall_name(*address).unwrap_or("unknown hypercall")
+            }
             Self::PortOut { .. } => "port out",
             Self::PortIn { .. } => "port in",
             Self::MmioRead { .. } => "mmio read",
@@ -156,6 +169,9 @@ pub trait VirtualCpu {
 
     /// Supplies the value of the last [`VcpuExit::MmioRead`].
     fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError>;
+
+    /// Supplies the value of the last [`VcpuExit::HypercallRead`] (truncated to its size).
+    fn complete_hypercall_read(&mut self, value: u64) -> Result<(), VcpuError>;
 
     /// Guest-physical address of the root page table currently in use (x86_64: CR3).
     fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError>;

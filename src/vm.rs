@@ -493,6 +493,7 @@ fn prepare_x86_64(
     x86_64::write_gdt(&mem, layout.gdt())?;
     let registers = x86_64::initial_registers(
         kernel.entry_point,
+        layout.gdt(),
         pml4,
         layout.boot_info(),
         layout.boot_stack_bottom(),

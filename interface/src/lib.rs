@@ -1,4 +1,4 @@
-//! The hypercall ABI spoken between uhyve and Hermit guests: interface version 1.
+//! The hypercall ABI spoken between uhyve and Hermit guests: interface versions 1, 2 and 3.
 //!
 //! This crate owns the wire format only: the hypercall port numbers, the packed parameter
 //! structs a guest places in its memory before issuing a hypercall, the open-flag and errno
@@ -11,11 +11,14 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod parameters;
+pub mod v2;
 
 pub use parameters::*;
 
-/// The hypercall interface version this crate describes.
+/// The v1 hypercall interface (the ports and packed structs at the top of this crate).
 pub const UHYVE_INTERFACE_VERSION: u32 = 1;
+/// The interface versions this crate describes: 1 (this module), 2 and 3 ([`v2`]).
+pub const SUPPORTED_INTERFACE_VERSIONS: [u32; 3] = [1, 2, 3];
 
 /// Maximum number of arguments and of environment entries passed by `Cmdsize`/`Cmdval`.
 pub const MAX_ARGC_ENVC: usize = 128;
@@ -235,5 +238,31 @@ mod tests {
             GuestVirtAddr::new(0x1000).checked_add(0x10),
             Some(GuestVirtAddr::new(0x1010))
         );
+    }
+}
+
+/// The name of the hypercall at `address` in interface v1 or v2/v3 (the address ranges do not
+/// overlap), or `None` if neither defines it.
+pub fn hypercall_name(address: u16) -> Option<&'static str> {
+    HypercallAddress::try_from(address)
+        .map(HypercallAddress::name)
+        .ok()
+        .or_else(|| {
+            v2::HypercallAddressV2::try_from(address)
+                .ok()
+                .map(v2::HypercallAddressV2::name)
+        })
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_both_address_tables() {
+        assert_eq!(hypercall_name(0x540), Some("Exit"));
+        assert_eq!(hypercall_name(0x1010), Some("Exit"));
+        assert_eq!(hypercall_name(0x1160), Some("Getdents"));
+        assert_eq!(hypercall_name(0x1234), None);
     }
 }

@@ -8,6 +8,7 @@
 //! `hv_vcpu_*` calls; everything here builds and is tested on any host against a scripted fake.
 
 use thiserror::Error;
+use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
@@ -234,16 +235,24 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
         let offset = ipa.wrapping_sub(self.ram_base);
         let in_window =
             ipa >= self.ram_base && offset < HYPERCALL_WINDOW.end - HYPERCALL_WINDOW.start;
-        let hypercall = u16::try_from(offset)
-            .ok()
-            .filter(|_| in_window && access.is_write)
-            .and_then(|port| HypercallAddress::try_from(port).ok());
-        if let Some(address) = hypercall {
+        // A store to a v1 or v2/v3 hypercall address is a hypercall; a load of a v2/v3 address
+        // is a hypercall read (SerialReadByte).
+        let address = u16::try_from(offset).ok().filter(|_| in_window);
+        let v1 = address.filter(|&a| HypercallAddress::try_from(a).is_ok());
+        let v2 = address.filter(|&a| HypercallAddressV2::try_from(a).is_ok());
+        if let Some(address) = v1.or(v2).filter(|_| access.is_write) {
             // The guest resumes after the store.
             self.step_over = true;
             return Ok(VcpuExit::Hypercall {
                 address,
                 argument: access.value,
+            });
+        }
+        if let Some(address) = v2.filter(|_| !access.is_write) {
+            self.pending_load = Some(access);
+            return Ok(VcpuExit::HypercallRead {
+                address,
+                size: access.size,
             });
         }
         if access.is_write {
@@ -315,6 +324,11 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
             operation: "complete port read",
             detail: "aarch64 has no I/O ports".into(),
         })
+    }
+
+    fn complete_hypercall_read(&mut self, value: u64) -> Result<(), VcpuError> {
+        // A load from the hypercall window completes like any emulated load.
+        self.complete_mmio_read(value)
     }
 
     fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {

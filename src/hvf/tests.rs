@@ -114,7 +114,7 @@ fn stores_to_the_hypercall_page_are_hypercalls_and_pc_moves_past_them_on_resume(
     assert_eq!(
         vcpu.run().unwrap(),
         VcpuExit::Hypercall {
-            address: HypercallAddress::Uart,
+            address: HypercallAddress::Uart.port(),
             argument: u64::from(b'h')
         }
     );
@@ -123,7 +123,7 @@ fn stores_to_the_hypercall_page_are_hypercalls_and_pc_moves_past_them_on_resume(
     assert_eq!(
         vcpu.run().unwrap(),
         VcpuExit::Hypercall {
-            address: HypercallAddress::Exit,
+            address: HypercallAddress::Exit.port(),
             argument: RAM_BASE + 0x9000
         }
     );

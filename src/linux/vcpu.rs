@@ -9,6 +9,7 @@ use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE, Msrs, kvm_mp_state, kvm_msr_entry, kvm_segment,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
+use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use super::{KvmError, ioctl_error};
@@ -284,17 +285,26 @@ impl VirtualCpu for KvmCpu {
                     }
                 }
                 let data_value = u32::from_le_bytes(value);
-                match HypercallAddress::try_from(port) {
-                    Ok(address) => VcpuExit::Hypercall {
-                        address,
+                if HypercallAddress::try_from(port).is_ok() {
+                    // v1: the data is the argument (a 32-bit GPA or the byte).
+                    VcpuExit::Hypercall {
+                        address: port,
                         argument: u64::from(data_value),
-                    },
+                    }
+                } else if HypercallAddressV2::try_from(port).is_ok() {
+                    // v2/v3: the argument is the whole of RDI.
+                    let regs = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+                    VcpuExit::Hypercall {
+                        address: port,
+                        argument: regs.rdi,
+                    }
+                } else {
                     // `data.len()` is at most 4 here.
-                    Err(_) => VcpuExit::PortOut {
+                    VcpuExit::PortOut {
                         port,
                         data: data_value,
                         size: data.len() as u8,
-                    },
+                    }
                 }
             }
             KvmExit::IoIn(port, data) => {
@@ -306,9 +316,14 @@ impl VirtualCpu for KvmCpu {
                         ),
                     });
                 }
-                VcpuExit::PortIn {
-                    port,
-                    size: data.len() as u8,
+                let size = data.len() as u8;
+                if HypercallAddressV2::try_from(port).is_ok() {
+                    VcpuExit::HypercallRead {
+                        address: port,
+                        size,
+                    }
+                } else {
+                    VcpuExit::PortIn { port, size }
                 }
             }
             KvmExit::MmioRead(address, data) => VcpuExit::MmioRead {
@@ -340,7 +355,10 @@ impl VirtualCpu for KvmCpu {
         // mis-read the data, so such an access stops the guest.
         if matches!(
             translated,
-            VcpuExit::Hypercall { .. } | VcpuExit::PortOut { .. } | VcpuExit::PortIn { .. }
+            VcpuExit::Hypercall { .. }
+                | VcpuExit::HypercallRead { .. }
+                | VcpuExit::PortOut { .. }
+                | VcpuExit::PortIn { .. }
         ) && let Some((port, size, count)) = self.string_io()
         {
             return Ok(VcpuExit::Unhandled {
@@ -382,6 +400,11 @@ impl VirtualCpu for KvmCpu {
             );
         }
         Ok(())
+    }
+
+    fn complete_hypercall_read(&mut self, value: u64) -> Result<(), VcpuError> {
+        // A port read: the low 32 bits, truncated to the access size by `complete_port_in`.
+        self.complete_port_in(value as u32)
     }
 
     fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {

@@ -1,9 +1,11 @@
-//! Guest-physical memory layout of x86_64 v1 guests: where the GDT, boot info, device tree, page
+//! Guest-physical memory layout of x86_64 guests: where the GDT, boot info, device tree, page
 //! tables, boot stack and kernel go, and the rules for the RAM size and the kernel's placement.
 //!
-//! v1 guests (Hermit kernels up to 0.13) get their RAM at guest-physical address 0
-//! ([`RAM_BASE`]); all boot structures live in the first 256 KiB, below the kernel, where the
-//! kernel's memory bookkeeping never hands them out:
+//! Interface-v1 guests (Hermit kernels up to 0.13) get their RAM at guest-physical address 0
+//! ([`RAM_BASE`], at most 3 GiB, below the 32-bit hole); interface-v2/v3 guests (kernel `main`)
+//! at 4 GiB ([`HIGH_RAM_BASE`], up to 64 GiB, so more than 3 GiB of RAM): [`RamPlacement`]. All
+//! boot structures live in the first 256 KiB of RAM, below the kernel, where the kernel's memory
+//! bookkeeping never hands them out (G = the RAM base):
 //!
 //! | offset from G      | content                                              |
 //! |--------------------|------------------------------------------------------|
@@ -28,6 +30,10 @@ const MIB: u64 = 1 << 20;
 
 /// First guest-physical address of RAM (G) for v1 guests.
 pub const RAM_BASE: u64 = 0;
+/// First guest-physical address of RAM (G) for v2/v3 guests: 4 GiB.
+pub const HIGH_RAM_BASE: u64 = 1 << 32;
+/// End (exclusive) of the guest-physical address space v2/v3 guests may use: 64 GiB.
+pub const HIGH_RAM_LIMIT: u64 = 64 << 30;
 /// Offset of the GDT from G.
 pub const GDT_OFFSET: u64 = 0x1000;
 /// Offset of the boot info (one page) from G.
@@ -61,6 +67,9 @@ pub const PAGE_TABLES: Range<u64> =
 /// Kernel base of position-independent images.
 pub const PIE_KERNEL_BASE: u64 = RAM_BASE + PIE_KERNEL_OFFSET;
 
+/// Largest guest RAM for v2/v3 guests: 4 GiB … 64 GiB.
+pub const HIGH_MAX_MEMORY: u64 = HIGH_RAM_LIMIT - HIGH_RAM_BASE;
+
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 16 * MIB;
 /// Largest guest RAM for v1 guests: RAM must end below the 32-bit hole at 3 GiB.
@@ -81,7 +90,49 @@ const _: () = {
     assert!(RAM_BASE.is_multiple_of(MEMORY_GRANULE));
 };
 
-/// The shared layout rules with this architecture's values.
+/// Where a guest's RAM starts: it follows the interface version of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamPlacement {
+    /// At [`RAM_BASE`] (0), at most 3 GiB: interface v1.
+    Low,
+    /// At [`HIGH_RAM_BASE`] (4 GiB), up to 60 GiB: interface v2 and v3.
+    High,
+}
+
+impl RamPlacement {
+    /// The placement for images speaking `interface_version`.
+    pub fn for_interface(interface_version: u32) -> Self {
+        if interface_version >= 2 {
+            Self::High
+        } else {
+            Self::Low
+        }
+    }
+
+    /// The layout rules of this placement.
+    pub fn rules(self) -> &'static LayoutRules {
+        match self {
+            Self::Low => &RULES,
+            Self::High => &HIGH_RULES,
+        }
+    }
+}
+
+/// The layout rules of v2/v3 guests: the v1 offsets from G = 4 GiB, up to 60 GiB of RAM.
+pub const HIGH_RULES: LayoutRules = LayoutRules {
+    ram_base: HIGH_RAM_BASE,
+    min_memory: MIN_MEMORY,
+    max_memory: HIGH_MAX_MEMORY,
+    max_memory_reason: "v2/v3 guests get at most 60 GiB: their RAM lies between 4 GiB and 64 GiB",
+    granule: MEMORY_GRANULE,
+    page_tables: (HIGH_RAM_BASE + PAGE_TABLES_OFFSET)..(HIGH_RAM_BASE + PAGE_TABLES_END_OFFSET),
+    boot_stack_size: BOOT_STACK_SIZE,
+    pie_kernel_base: HIGH_RAM_BASE + PIE_KERNEL_OFFSET,
+    min_free_after_image: MIN_FREE_AFTER_IMAGE,
+    boot_structures: "GDT, boot info, device tree, page tables and boot stack",
+};
+
+/// The layout rules of v1 guests.
 pub const RULES: LayoutRules = LayoutRules {
     ram_base: RAM_BASE,
     min_memory: MIN_MEMORY,
@@ -131,36 +182,51 @@ impl std::ops::Deref for MemoryLayout {
 }
 
 impl MemoryLayout {
-    /// Checks `ram_size` and the placement of `kernel_image` and returns the layout.
+    /// Checks `ram_size` and the placement of `kernel_image` for a v1 guest (RAM at 0) and
+    /// returns the layout.
     pub fn new(ram_size: u64, kernel_image: Range<u64>) -> Result<Self, LayoutError> {
+        Self::placed(RamPlacement::Low, ram_size, kernel_image)
+    }
+
+    /// [`MemoryLayout::new`] with RAM where `placement` puts it.
+    pub fn placed(
+        placement: RamPlacement,
+        ram_size: u64,
+        kernel_image: Range<u64>,
+    ) -> Result<Self, LayoutError> {
         Ok(Self {
-            ram: RamLayout::new(&RULES, ram_size, kernel_image)?,
+            ram: RamLayout::new(placement.rules(), ram_size, kernel_image)?,
         })
+    }
+
+    /// G + `offset` (inside RAM: every offset used lies below the checked kernel base).
+    fn at(&self, offset: u64) -> GuestPhysAddr {
+        GuestPhysAddr::new(self.ram_base().as_u64() + offset)
     }
 
     /// Address of the GDT.
     pub fn gdt(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(GDT_ADDRESS)
+        self.at(GDT_OFFSET)
     }
 
     /// Address of the boot info.
     pub fn boot_info(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(BOOT_INFO_ADDRESS)
+        self.at(BOOT_INFO_OFFSET)
     }
 
     /// Address of the device tree; it may use at most [`FDT_MAX_SIZE`] bytes.
     pub fn fdt(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(FDT_ADDRESS)
+        self.at(FDT_OFFSET)
     }
 
     /// Address of the PML4.
     pub fn pml4(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(PML4_ADDRESS)
+        self.at(PML4_OFFSET)
     }
 
     /// The area further page-table frames are allocated from.
     pub fn page_table_frames(&self) -> Range<u64> {
-        PAGE_TABLES
+        self.at(PAGE_TABLES_OFFSET).as_u64()..self.at(PAGE_TABLES_END_OFFSET).as_u64()
     }
 }
 
@@ -302,5 +368,29 @@ mod tests {
         assert_eq!(layout.boot_stack_bottom(), 0x38000);
         assert!(MemoryLayout::new(64 * MIB + 1, PIE_KERNEL_BASE..0x30_0000).is_err());
         assert!(MemoryLayout::new(64 * MIB, 0..0x30_0000).is_err());
+    }
+
+    #[test]
+    fn v2_guests_get_ram_from_4_gib_and_more_than_3_gib_of_it() {
+        let g = HIGH_RAM_BASE;
+        let placement = RamPlacement::for_interface(3);
+        assert_eq!(placement, RamPlacement::High);
+        assert_eq!(RamPlacement::for_interface(1), RamPlacement::Low);
+        let layout = MemoryLayout::placed(placement, 8 * GIB, g + 0x40000..g + 0x30_0000).unwrap();
+        assert_eq!(layout.ram(), g..g + 8 * GIB);
+        assert_eq!(layout.gdt().as_u64(), g + 0x1000);
+        assert_eq!(layout.boot_info().as_u64(), g + 0x2000);
+        assert_eq!(layout.fdt().as_u64(), g + 0x3000);
+        assert_eq!(layout.pml4().as_u64(), g + 0x10000);
+        assert_eq!(layout.page_table_frames(), g + 0x11000..g + 0x38000);
+        assert_eq!(layout.boot_stack_bottom(), g + 0x38000);
+        // Up to 64 GiB of address space; a kernel linked below G does not fit.
+        assert!(MemoryLayout::placed(placement, 60 * GIB, g + 0x40000..g + 0x30_0000).is_ok());
+        let too_large = MemoryLayout::placed(placement, 62 * GIB, g + 0x40000..g + 0x30_0000);
+        assert!(matches!(too_large, Err(LayoutError::MemoryTooLarge { .. })));
+        assert!(matches!(
+            MemoryLayout::placed(placement, 64 * MIB, 0x40000..0x30_0000),
+            Err(LayoutError::KernelTooLow { .. })
+        ));
     }
 }

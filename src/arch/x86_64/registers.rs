@@ -9,7 +9,6 @@
 use uhyve_interface::GuestPhysAddr;
 
 use super::gdt::{GDT_LIMIT, SegmentDescriptor, code_segment, data_segment};
-use super::layout::GDT_ADDRESS;
 
 /// CR0.PE: protected mode.
 pub const CR0_PE: u64 = 1 << 0;
@@ -64,6 +63,7 @@ pub struct InitialRegisters {
 /// The initial state of vCPU `cpu_id`: every vCPU gets the same values except RSI.
 pub fn initial_registers(
     entry: u64,
+    gdt: GuestPhysAddr,
     pml4: GuestPhysAddr,
     boot_info_gpa: GuestPhysAddr,
     stack_bottom: u64,
@@ -74,7 +74,7 @@ pub fn initial_registers(
         cr3: pml4.as_u64(),
         cr4: CR4_PAE,
         efer: EFER_LME | EFER_LMA | EFER_NXE,
-        gdt_base: GDT_ADDRESS,
+        gdt_base: gdt.as_u64(),
         gdt_limit: GDT_LIMIT,
         code: code_segment(),
         data: data_segment(),
@@ -94,6 +94,7 @@ mod tests {
     fn registers_follow_the_entry_convention() {
         let regs = initial_registers(
             0x4_1234,
+            GuestPhysAddr::new(0x1000),
             GuestPhysAddr::new(0x10000),
             GuestPhysAddr::new(0x2000),
             0x38000,
@@ -120,6 +121,7 @@ mod tests {
         let at = |id| {
             initial_registers(
                 0x40000,
+                GuestPhysAddr::new(0x1000),
                 GuestPhysAddr::new(0x10000),
                 GuestPhysAddr::new(0x2000),
                 0x38000,
