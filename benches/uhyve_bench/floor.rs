@@ -99,6 +99,7 @@ pub fn run(ram_size: u64, iterations: u32) -> Result<std::convert::Infallible, F
     write_gdt(&mem, layout.gdt())?;
     let registers = initial_registers(
         CODE_BASE,
+        layout.gdt(),
         pml4,
         layout.boot_info(),
         layout.boot_stack_bottom(),
