@@ -23,6 +23,17 @@ pub const BOOT_INFO_SIZE: usize = 128;
 
 /// The serial port reported to v1 guests: the Uart hypercall port.
 pub const V1_SERIAL_PORT: u16 = 0x800;
+/// The serial port reported to v2/v3 guests: the SerialWriteBuffer hypercall address.
+pub const V2_SERIAL_PORT: u16 = 0x1030;
+
+/// The boot info's `serial_port_base` for a guest speaking `interface_version`.
+pub fn serial_port_for_interface(interface_version: u32) -> u16 {
+    if interface_version >= 2 {
+        V2_SERIAL_PORT
+    } else {
+        V1_SERIAL_PORT
+    }
+}
 
 /// Failures building or writing the boot info and the device tree.
 #[derive(Debug, Error)]

@@ -350,6 +350,9 @@ struct BootInfoTemplate {
     bootargs: String,
     /// `/uhyve,mounts`.
     mounts: Vec<String>,
+    /// The boot info's `serial_port_base`: the v1 Uart port, or the v2/v3 SerialWriteBuffer
+    /// address.
+    serial_port: u16,
 }
 
 /// How the guest kernel learns where to mount the host file system (the `--file-mapping`
@@ -472,14 +475,18 @@ fn prepare_x86_64(
 ) -> Result<PreparedGuest, VmError> {
     let path = &config.kernel;
     let ram_size = config.memory_size.0;
-    let base = kernel_base(image, x86_64::layout::PIE_KERNEL_BASE);
+    // Interface v1 guests get RAM at 0 (at most 3 GiB), v2/v3 guests at 4 GiB.
+    let placement = x86_64::layout::RamPlacement::for_interface(image.interface_version());
+    let rules = placement.rules();
+    let base = kernel_base(image, rules.pie_kernel_base);
     let footprint = image.footprint();
-    x86_64::check_memory_size(ram_size)?;
-    let layout = x86_64::MemoryLayout::new(ram_size, base..base.saturating_add(footprint))
-        .map_err(|source| VmError::Placement {
-            path: path.clone(),
-            source,
-        })?;
+    rules.check_memory_size(ram_size)?;
+    let layout =
+        x86_64::MemoryLayout::placed(placement, ram_size, base..base.saturating_add(footprint))
+            .map_err(|source| VmError::Placement {
+                path: path.clone(),
+                source,
+            })?;
     let mut mem = GuestMemory::new(layout.ram_base(), ram_size)?;
     // Straight into guest RAM: no staging copy, and untouched BSS stays unallocated.
     let image_slot = mem.slice_for_loading(GuestPhysAddr::new(base), footprint)?;
@@ -507,6 +514,7 @@ fn prepare_x86_64(
             kernel,
             bootargs,
             mounts,
+            serial_port: boot::serial_port_for_interface(image.interface_version()),
         }),
     })
 }
@@ -520,7 +528,9 @@ fn prepare_aarch64(
     mounts: Vec<String>,
 ) -> Result<PreparedGuest, VmError> {
     let path = &config.kernel;
-    aarch64::check_memory_size(config.memory_size.0)?;
+    aarch64::layout::RamPlacement::for_interface(image.interface_version())
+        .rules()
+        .check_memory_size(config.memory_size.0)?;
     let setup = aarch64::GuestSetup {
         ram_size: config.memory_size.0,
         num_cpus: config.cpu_count,
@@ -667,6 +677,7 @@ impl<H: Hypervisor> Vm<H> {
             kernel,
             bootargs,
             mounts,
+            serial_port,
         }) = &self.deferred_boot
         else {
             return Ok(());
@@ -694,7 +705,7 @@ impl<H: Hypervisor> Vm<H> {
                 num_cpus: self.cpu_count,
                 cpu_freq_khz,
                 boot_time: time::OffsetDateTime::now_utc(),
-                serial_port: boot::V1_SERIAL_PORT,
+                serial_port: *serial_port,
                 // uhyve emulates no PCI devices, so a scan could only find nothing: telling the
                 // kernel spares it 2048 port exits (every bus and slot) at boot.
                 has_pci: false,

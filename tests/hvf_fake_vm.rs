@@ -176,7 +176,7 @@ impl HvfVcpuOps for FakeVcpu {
                     return Ok(HvfExit::Exception {
                         syndrome: data_abort(true, 3, register),
                         virtual_address: u64::from(port as u16),
-                        physical_address: RAM_BASE + u64::from(port as u16),
+                        physical_address: self.mapping.base + u64::from(port as u16),
                     });
                 }
                 Some(Step::WaitFor(cpu)) => {
@@ -270,7 +270,8 @@ impl Hypervisor for FakeHvf {
         };
         // What the framework reports before uhyve writes anything: PARange 36 bits.
         fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1);
-        let vcpu = HvfCpu::new(fake, cpu, RAM_BASE, registers)
+        let ram_base = fake.mapping.base;
+        let vcpu = HvfCpu::new(fake, cpu, ram_base, registers)
             .map_err(|source| VmError::Vcpu { cpu, source })?;
         Ok((vcpu, FakeKick(kicked)))
     }

@@ -12,7 +12,7 @@ use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
-use crate::arch::aarch64::layout::HYPERCALL_WINDOW;
+use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
 use crate::vcpu::{VcpuError, VcpuExit, VirtualCpu};
 
@@ -233,8 +233,7 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
             }
         };
         let offset = ipa.wrapping_sub(self.ram_base);
-        let in_window =
-            ipa >= self.ram_base && offset < HYPERCALL_WINDOW.end - HYPERCALL_WINDOW.start;
+        let in_window = ipa >= self.ram_base && offset < HYPERCALL_WINDOW_SIZE;
         // A store to a v1 or v2/v3 hypercall address is a hypercall; a load of a v2/v3 address
         // is a hypercall read (SerialReadByte).
         let address = u16::try_from(offset).ok().filter(|_| in_window);

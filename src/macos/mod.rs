@@ -25,7 +25,7 @@ use thiserror::Error;
 use xhypervisor::ffi as hv;
 
 use crate::arch::GuestArch;
-use crate::arch::aarch64::layout::{HYPERCALL_WINDOW, RAM_BASE};
+use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg, return_name};
 use crate::mem::GuestMemory;
 use crate::vcpu::VcpuError;
@@ -119,6 +119,8 @@ fn vcpu_call(call: &'static str, code: hv::hv_return_t) -> Result<(), HvfError> 
 pub struct HvfVm {
     /// The most vCPUs the framework and the device tree's redistributor area allow.
     max_cpus: u32,
+    /// Where guest RAM starts (set when it is mapped; the hypercall window is its first 16 KiB).
+    ram_base: std::sync::OnceLock<u64>,
 }
 
 impl HvfVm {
@@ -129,7 +131,10 @@ impl HvfVm {
         // SAFETY: hv_vm_create takes an optional config object; NULL selects the defaults.
         vm_call("hv_vm_create", unsafe { hv::hv_vm_create(ptr::null_mut()) })?;
         // From here on, drop destroys the VM, also when a step below fails.
-        let mut vm = Self { max_cpus: 0 };
+        let mut vm = Self {
+            max_cpus: 0,
+            ram_base: std::sync::OnceLock::new(),
+        };
         let mut framework_max = 0u32;
         // SAFETY: `framework_max` is a live out-parameter.
         let code = unsafe { bindings::hv_vm_get_max_vcpu_count(&mut framework_max) };
@@ -158,16 +163,16 @@ impl Hypervisor for HvfVm {
     type Kick = HvfKick;
 
     unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
-        // The first 16 KiB of RAM (one Apple Silicon page) stay unmapped: the guest's v1
-        // hypercall stores there fault and reach uhyve as data aborts.
-        let window = HYPERCALL_WINDOW.end - HYPERCALL_WINDOW.start;
+        // The first 16 KiB of RAM (one Apple Silicon page) stay unmapped: the guest's hypercall
+        // stores there fault and reach uhyve as data aborts.
+        let window = HYPERCALL_WINDOW_SIZE;
         let layout_error = |what: String| VmError::Hvf(HvfVmError::RamLayout(what));
-        if mem.base().as_u64() != HYPERCALL_WINDOW.start {
-            return Err(layout_error(format!(
-                "RAM starts at {:#x}, not at the hypercall window {:#x}",
-                mem.base().as_u64(),
-                HYPERCALL_WINDOW.start
-            )));
+        let ram_base = mem.base().as_u64();
+        let mapped_base = ram_base
+            .checked_add(window)
+            .ok_or_else(|| layout_error(format!("RAM at {ram_base:#x}")))?;
+        if self.ram_base.set(ram_base).is_err() {
+            return Err(layout_error("guest RAM is mapped twice".into()));
         }
         let size = mem
             .size()
@@ -182,12 +187,11 @@ impl Hypervisor for HvfVm {
         // Apple Silicon; mmap gives page-aligned RAM, and its size is a multiple of 2 MiB).
         let page = APPLE_SILICON_PAGE;
         if !(host as usize).is_multiple_of(page)
-            || !HYPERCALL_WINDOW.end.is_multiple_of(page as u64)
+            || !mapped_base.is_multiple_of(page as u64)
             || !size.is_multiple_of(page)
         {
             return Err(layout_error(format!(
-                "host {host:p}, guest {:#x} or size {size:#x} is not 16 KiB aligned",
-                HYPERCALL_WINDOW.end
+                "host {host:p}, guest {mapped_base:#x} or size {size:#x} is not 16 KiB aligned"
             )));
         }
         // SAFETY: [host, host + size) is the part of guest RAM above the window, page aligned
@@ -196,7 +200,7 @@ impl Hypervisor for HvfVm {
         let code = unsafe {
             hv::hv_vm_map(
                 host.cast(),
-                HYPERCALL_WINDOW.end,
+                mapped_base,
                 size,
                 hv::HV_MEMORY_READ | hv::HV_MEMORY_WRITE | hv::HV_MEMORY_EXEC,
             )
@@ -235,7 +239,14 @@ impl Hypervisor for HvfVm {
             // SAFETY: pthread_self has no preconditions.
             pthread: unsafe { libc::pthread_self() },
         };
-        let vcpu = HvfCpu::new(vcpu, cpu, RAM_BASE, registers)
+        let ram_base = *self.ram_base.get().ok_or_else(|| VmError::Vcpu {
+            cpu,
+            source: VcpuError::Unexpected {
+                operation: "create vCPU",
+                detail: "guest RAM is not mapped yet".into(),
+            },
+        })?;
+        let vcpu = HvfCpu::new(vcpu, cpu, ram_base, registers)
             .map_err(|source| VmError::Vcpu { cpu, source })?;
         Ok((vcpu, kick))
     }

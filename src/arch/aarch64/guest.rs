@@ -84,14 +84,18 @@ pub fn prepare_image(
     image: &KernelImage,
     setup: &GuestSetup,
 ) -> Result<PreparedGuest, PrepareError> {
+    // Interface v1 guests get RAM at 0x1000_0000, v2/v3 guests at 4 GiB.
+    let placement = layout::RamPlacement::for_interface(image.interface_version());
     let base = match image.fixed_load_address() {
         Some(fixed) => fixed,
-        None => layout::PIE_KERNEL_BASE
+        None => placement
+            .rules()
+            .pie_kernel_base
             .checked_next_multiple_of(image.load_alignment().max(1))
             .unwrap_or(u64::MAX),
     };
     let image_end = base.saturating_add(image.footprint());
-    let layout = MemoryLayout::new(setup.ram_size, base..image_end)?;
+    let layout = MemoryLayout::placed(placement, setup.ram_size, base..image_end)?;
     let mut mem = GuestMemory::new(layout.ram_base(), setup.ram_size)?;
     let slot = mem.slice_for_loading(GuestPhysAddr::new(base), image.footprint())?;
     let kernel = image.load(base, slot)?;
@@ -127,7 +131,7 @@ pub fn prepare_image(
         // Hypervisor.framework offers no TSC-like frequency; the kernel reads CNTFRQ_EL0.
         cpu_freq_khz: None,
         boot_time: setup.boot_time,
-        serial_port: boot::V1_SERIAL_PORT,
+        serial_port: boot::serial_port_for_interface(image.interface_version()),
         has_pci: false,
         fdt_address: Some(layout.fdt().as_u64()),
     })?;

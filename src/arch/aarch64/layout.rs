@@ -118,6 +118,53 @@ pub const RULES: LayoutRules = LayoutRules {
     boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
 };
 
+/// First guest-physical address of RAM (G) for v2/v3 guests: 4 GiB.
+pub const HIGH_RAM_BASE: u64 = 4 * GIB;
+/// Largest guest RAM for v2/v3 guests: `[4 GiB, 64 GiB)`.
+pub const HIGH_MAX_MEMORY: u64 = V1_ADDRESS_SPACE_END - HIGH_RAM_BASE;
+
+/// The layout rules of v2/v3 guests: the v1 offsets from G = 4 GiB, up to 60 GiB of RAM.
+pub const HIGH_RULES: LayoutRules = LayoutRules {
+    ram_base: HIGH_RAM_BASE,
+    min_memory: MIN_MEMORY,
+    max_memory: HIGH_MAX_MEMORY,
+    max_memory_reason: "aarch64 v2/v3 guests get their RAM between 4 GiB and 64 GiB, so at most 60 GiB",
+    granule: MEMORY_GRANULE,
+    page_tables: (HIGH_RAM_BASE + PAGE_TABLES_OFFSET)..(HIGH_RAM_BASE + PAGE_TABLES_END_OFFSET),
+    boot_stack_size: BOOT_STACK_SIZE,
+    pie_kernel_base: HIGH_RAM_BASE + PIE_KERNEL_OFFSET,
+    min_free_after_image: MIN_FREE_AFTER_IMAGE,
+    boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
+};
+
+/// Where a guest's RAM starts: it follows the interface version of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamPlacement {
+    /// At [`RAM_BASE`] (0x1000_0000): interface v1.
+    Low,
+    /// At [`HIGH_RAM_BASE`] (4 GiB): interface v2 and v3.
+    High,
+}
+
+impl RamPlacement {
+    /// The placement for images speaking `interface_version`.
+    pub fn for_interface(interface_version: u32) -> Self {
+        if interface_version >= 2 {
+            Self::High
+        } else {
+            Self::Low
+        }
+    }
+
+    /// The layout rules of this placement.
+    pub fn rules(self) -> &'static LayoutRules {
+        match self {
+            Self::Low => &RULES,
+            Self::High => &HIGH_RULES,
+        }
+    }
+}
+
 /// Checks the guest RAM size for a v1 guest: at least [`MIN_MEMORY`], at most
 /// [`V1_MAX_MEMORY`], and a multiple of [`MEMORY_GRANULE`].
 pub fn check_memory_size(bytes: u64) -> Result<(), LayoutError> {
@@ -154,37 +201,52 @@ impl std::ops::Deref for MemoryLayout {
 }
 
 impl MemoryLayout {
-    /// Checks `ram_size` and the placement of `kernel_image` and returns the layout.
+    /// Checks `ram_size` and the placement of `kernel_image` for a v1 guest and returns the
+    /// layout.
     pub fn new(ram_size: u64, kernel_image: Range<u64>) -> Result<Self, LayoutError> {
+        Self::placed(RamPlacement::Low, ram_size, kernel_image)
+    }
+
+    /// [`MemoryLayout::new`] with RAM where `placement` puts it.
+    pub fn placed(
+        placement: RamPlacement,
+        ram_size: u64,
+        kernel_image: Range<u64>,
+    ) -> Result<Self, LayoutError> {
         Ok(Self {
-            ram: RamLayout::new(&RULES, ram_size, kernel_image)?,
+            ram: RamLayout::new(placement.rules(), ram_size, kernel_image)?,
         })
+    }
+
+    /// G + `offset` (inside RAM: every offset used lies below the checked kernel base).
+    fn at(&self, offset: u64) -> u64 {
+        self.ram_base().as_u64() + offset
     }
 
     /// The guest-physical hypercall trap window (the backend maps it without access rights).
     pub fn hypercall_window(&self) -> Range<u64> {
-        HYPERCALL_WINDOW
+        self.at(0)..self.at(HYPERCALL_WINDOW_SIZE)
     }
 
     /// Address of the boot info.
     pub fn boot_info(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(BOOT_INFO_ADDRESS)
+        GuestPhysAddr::new(self.at(BOOT_INFO_OFFSET))
     }
 
     /// Address of the device tree; it may use at most [`FDT_MAX_SIZE`] bytes.
     pub fn fdt(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(FDT_ADDRESS)
+        GuestPhysAddr::new(self.at(FDT_OFFSET))
     }
 
     /// Address of the L0 table, the stage-1 root (the value for TTBR0_EL1). The x86_64
     /// counterpart is `pml4()`.
     pub fn page_table_root(&self) -> GuestPhysAddr {
-        GuestPhysAddr::new(PAGE_TABLE_ROOT_ADDRESS)
+        GuestPhysAddr::new(self.at(PAGE_TABLE_ROOT_OFFSET))
     }
 
     /// The area further page-table frames are allocated from.
     pub fn page_table_frames(&self) -> Range<u64> {
-        PAGE_TABLES
+        self.at(PAGE_TABLES_OFFSET)..self.at(PAGE_TABLES_END_OFFSET)
     }
 }
 

@@ -16,7 +16,7 @@ use std::ops::Range;
 use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-use super::layout::{MemoryLayout, align_up};
+use super::layout::{HYPERCALL_WINDOW_SIZE, MemoryLayout, align_up};
 use crate::mem::{GuestMemory, MemoryError};
 
 /// Descriptor bit 0: valid.
@@ -304,7 +304,8 @@ fn level3_table(
 /// value for TTBR0_EL1).
 ///
 /// * L0\[511\] = L0 | 0x713 | bit 55 (recursive self entry);
-/// * VA 0x0–0xFFF → PA G with flags 0x70F (the hypercall page, Normal non-cacheable);
+/// * VA 0x0–0x3FFF → PA G … G + 0x3FFF with flags 0x70F (the hypercall window, Normal
+///   non-cacheable: v1 addresses in its first page, v2/v3 addresses in its second);
 /// * every 4 KiB page of [G, `image_end`) (end rounded up to 4 KiB) → itself with flags 0x713,
 ///   plus the contiguous hint (bit 52) on each page whose whole aligned 64 KiB group is mapped;
 /// * table descriptors 0x713; tables are zeroed and bump-allocated from the layout's
@@ -360,9 +361,16 @@ pub fn build_identity_map(
         }
     }
 
-    // Mapped last, so that it wins should G ever be 0.
+    // Mapped last, so that it wins should G ever be 0: the whole 16 KiB trap window (v1
+    // addresses 0x400 … 0x880 lie in page 0, v2/v3 addresses 0x1010 … 0x1210 in page 1).
     let table = level3_table(mem, root, &mut frames, 0)?;
-    write_descriptor(mem, table, ram_base | HYPERCALL_PAGE_FLAGS)?;
+    for page in 0..HYPERCALL_WINDOW_SIZE / PAGE_SIZE {
+        write_descriptor(
+            mem,
+            table + page * 8,
+            (ram_base + page * PAGE_SIZE) | HYPERCALL_PAGE_FLAGS,
+        )?;
+    }
     Ok(GuestPhysAddr::new(root))
 }
 
@@ -532,14 +540,16 @@ mod build_tests {
         ] {
             assert_eq!(translate(&mem, root, va), Ok(va), "{va:#x}");
         }
-        // The hypercall page: v1 addresses 0x400 … 0x880 hit G + addr.
+        // The hypercall window: v1 addresses 0x400 … 0x880 and v2/v3 addresses 0x1010 …
+        // 0x1210 hit G + addr; the window ends after 16 KiB.
         assert_eq!(translate(&mem, root, 0x400), Ok(G + 0x400));
         assert_eq!(translate(&mem, root, 0x880), Ok(G + 0x880));
-        // VA page 1 (v2 addresses) and everything beyond the image end are unmapped.
+        assert_eq!(translate(&mem, root, 0x1010), Ok(G + 0x1010));
+        assert_eq!(translate(&mem, root, 0x1210), Ok(G + 0x1210));
         assert_eq!(
-            translate(&mem, root, 0x1010),
+            translate(&mem, root, 0x4000),
             Err(PagingError::NotMapped {
-                vaddr: 0x1010,
+                vaddr: 0x4000,
                 level: 3
             })
         );
@@ -595,8 +605,13 @@ mod build_tests {
         // The hypercall page's L3 table is allocated last, under L2[0].
         let hypercall_l3 = G + 0x15000;
         assert_eq!(entry(&mem, l2), hypercall_l3 | 0x713);
-        assert_eq!(entry(&mem, hypercall_l3), G | 0x70F);
-        assert_eq!(entry(&mem, hypercall_l3 + 8), 0);
+        for page in 0..4 {
+            assert_eq!(
+                entry(&mem, hypercall_l3 + page * 8),
+                (G + page * 0x1000) | 0x70F
+            );
+        }
+        assert_eq!(entry(&mem, hypercall_l3 + 4 * 8), 0);
     }
 
     #[test]
