@@ -31,6 +31,11 @@ use uhyve_interface::{
     SerialWriteBufferParams, UnlinkParams, WriteParams,
 };
 
+use uhyve_interface::v2::{
+    HypercallAddressV2, LseekParamsV2, ReadParamsV2, SerialReadBufferParams,
+    SerialWriteBufferParamsV2, WriteParamsV2,
+};
+
 use crate::arch::{GuestArch, PAGE_SIZE};
 use crate::isolation::{FdTable, FileMap, GuestFd};
 use crate::mem::{GuestMemory, GuestPod, MemoryError};
@@ -126,6 +131,9 @@ pub struct Hypercalls {
     net_warned: AtomicBool,
     /// Set when the VM stops: blocking host reads give up instead of retrying.
     stopping: AtomicBool,
+    /// The image's interface version (1, 2 or 3): which address table and parameter layouts
+    /// apply.
+    interface: u32,
 }
 
 /// The items `CmdsizeParams::update` keeps: those whose size fits an `i32`, at most 128.
@@ -194,7 +202,20 @@ impl Hypercalls {
             env_items,
             net_warned: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            interface: 1,
         }
+    }
+
+    /// This server for a guest speaking interface `version` (1, 2 or 3; the loader accepts no
+    /// other): the version picks the address table and the parameter layouts.
+    pub fn with_interface(mut self, version: u32) -> Self {
+        self.interface = version;
+        self
+    }
+
+    /// The interface version this server speaks.
+    pub fn interface(&self) -> u32 {
+        self.interface
     }
 
     /// Tells hypercalls in progress that the VM is stopping: a read interrupted by the vCPU kick
@@ -222,16 +243,44 @@ impl Hypercalls {
         argument: u64,
         page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
     ) -> HypercallOutcome {
-        let Ok(address) = HypercallAddress::try_from(address) else {
-            log::debug!("ignoring a hypercall to unknown address {address:#x}");
-            return HypercallOutcome::Continue;
-        };
-        self.handle_v1(mem, address, argument, page_table_root)
+        match self.decode(address) {
+            Some(Decoded::V1(address)) => self.handle_v1(mem, address, argument, page_table_root),
+            Some(Decoded::V2(address)) => self.handle_v2(mem, address, argument),
+            None => {
+                log::debug!(
+                    "ignoring a write to {address:#x}, which is no hypercall of interface v{}",
+                    self.interface
+                );
+                HypercallOutcome::Continue
+            }
+        }
     }
 
-    /// Serves a read of hypercall `address` (v2/v3 SerialReadByte): the value the guest reads.
+    /// What `address` means for this guest's interface version.
+    fn decode(&self, address: u16) -> Option<Decoded> {
+        if self.interface == 1 {
+            return HypercallAddress::try_from(address).ok().map(Decoded::V1);
+        }
+        HypercallAddressV2::try_from(address)
+            .ok()
+            .filter(|known| known.since_version() <= self.interface)
+            .map(Decoded::V2)
+    }
+
+    /// Serves a read of hypercall `address` (v2/v3 SerialReadByte): the value the guest reads
+    /// (the next input byte; all ones at the end of the input or for any other address).
     pub fn handle_read(&self, address: u16, size: u8) -> u64 {
-        log::debug!("read of {size} bytes from hypercall address {address:#x}: all ones");
+        if self.decode(address) == Some(Decoded::V2(HypercallAddressV2::SerialReadByte)) {
+            let mut byte = [0u8];
+            self.output.flush();
+            match read_retrying(&mut io::stdin().lock(), &mut byte, &self.stopping) {
+                Ok(1) => return u64::from(byte[0]),
+                Ok(_) => log::debug!("SerialReadByte: end of input"),
+                Err(error) => log::debug!("SerialReadByte: {error}"),
+            }
+        } else {
+            log::debug!("read of {size} bytes from {address:#x}, which is no hypercall: all ones");
+        }
         u64::MAX
     }
 
@@ -282,13 +331,24 @@ impl Hypercalls {
     ) -> Result<HypercallOutcome, HypercallError> {
         const HYPERCALL: HypercallAddress = HypercallAddress::SerialWriteBuffer;
         let params: SerialWriteBufferParams = read_params(mem, HYPERCALL, at)?;
-        let (buf, len) = (params.buf, params.len);
+        self.write_console(mem, HYPERCALL.name(), params.buf, params.len)
+    }
+
+    /// Copies `len` bytes at guest-physical `buf` to the console as one unit. A range outside
+    /// guest RAM stops the VM: the serial hypercalls have no field to report an error in.
+    fn write_console(
+        &self,
+        mem: &GuestMemory,
+        hypercall: &'static str,
+        buf: GuestPhysAddr,
+        len: u64,
+    ) -> Result<HypercallOutcome, HypercallError> {
         if len == 0 {
             // An empty buffer may carry any (dangling) address.
             return Ok(HypercallOutcome::Continue);
         }
         let outside = || HypercallError::BufferOutsideRam {
-            hypercall: HYPERCALL.name(),
+            hypercall,
             address: buf.as_u64(),
             len,
         };
@@ -562,9 +622,304 @@ impl Hypercalls {
     }
 }
 
+impl Hypercalls {
+    /// Serves interface v2/v3 hypercall `address`: `argument` is the exit code for Exit, the
+    /// byte for SerialWriteByte, and the guest-physical address of the parameter block for
+    /// everything else. Buffers inside parameter blocks are guest-physical; results are the
+    /// value or a negative errno.
+    fn handle_v2(
+        &self,
+        mem: &GuestMemory,
+        address: HypercallAddressV2,
+        argument: u64,
+    ) -> HypercallOutcome {
+        use HypercallAddressV2 as H;
+        let params = GuestPhysAddr::new(argument);
+        log::trace!(
+            "hypercall {} (v{}) argument {argument:#x}",
+            address.name(),
+            self.interface
+        );
+        let result = match address {
+            // The code is an i32 the guest zero-extended.
+            H::Exit => Ok(HypercallOutcome::Exit(argument as u32 as i32)),
+            H::SerialWriteByte => {
+                self.output.write_byte(argument.to_le_bytes()[0]);
+                Ok(HypercallOutcome::Continue)
+            }
+            H::SerialWriteBuffer => read_params::<SerialWriteBufferParamsV2>(mem, address, params)
+                .and_then(|p| self.write_console(mem, address.name(), p.buf, p.len)),
+            H::SerialReadBuffer => self.serial_read_buffer(mem, params),
+            H::FileOpen => self.file_open(mem, params),
+            H::FileClose => self.file_close(mem, params),
+            H::FileUnlink => self.file_unlink(mem, params),
+            H::FileRead => self.file_read_v2(mem, params),
+            H::FileWrite => self.file_write_v2(mem, params),
+            H::FileLseek => self.file_lseek_v2(mem, params),
+            H::Getdents => self.getdents(mem, params),
+            H::FileStat => self.file_stat(mem, params),
+            H::FileFstat => self.file_fstat(mem, params),
+            H::Mkdir => self.mkdir(mem, params),
+            // Reads its address instead (see `handle_read`); a write carries nothing to serve.
+            H::SerialReadByte | H::SharedMemOpen | H::SharedMemClose => {
+                log::debug!(
+                    "ignoring {} (write), which uhyve does not serve",
+                    address.name()
+                );
+                Ok(HypercallOutcome::Continue)
+            }
+        };
+        result.unwrap_or_else(HypercallOutcome::Fatal)
+    }
+
+    /// SerialReadBuffer: up to `maxlen` bytes of the host's standard input into the guest's
+    /// buffer (blocking until some arrive); `len` = bytes read, 0 at the end of the input or on
+    /// an error. A buffer outside guest RAM stops the VM (there is no error field).
+    fn serial_read_buffer(
+        &self,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::SerialReadBuffer;
+        let mut params: SerialReadBufferParams = read_params(mem, HYPERCALL, at)?;
+        let (buf, maxlen) = (params.buf, params.maxlen.min(CHUNK_SIZE));
+        params.len = 0;
+        if maxlen > 0 {
+            mem.checked_range(buf, maxlen)
+                .map_err(|_| HypercallError::BufferOutsideRam {
+                    hypercall: HYPERCALL.name(),
+                    address: buf.as_u64(),
+                    len: maxlen,
+                })?;
+            self.output.flush();
+            let mut data = vec![0u8; chunk_len(maxlen)];
+            match read_retrying(&mut io::stdin().lock(), &mut data, &self.stopping) {
+                Ok(got) => {
+                    let got = got.min(data.len());
+                    // Inside the range checked above.
+                    let _ = mem.write(buf, &data[..got]);
+                    params.len = got as u64;
+                }
+                Err(error) => log::debug!("SerialReadBuffer: {error}"),
+            }
+        }
+        write_params(mem, HYPERCALL, at, &params)
+    }
+}
+
+impl Hypercalls {
+    /// FileRead (v2/v3): reads into the guest-physical buffer; `ret` = bytes or −errno.
+    fn file_read_v2(
+        &self,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileRead;
+        let mut params: ReadParamsV2 = read_params(mem, HYPERCALL, at)?;
+        params.ret = match self.read_physical(mem, params.fd, params.buf, params.len) {
+            Ok(done) => i64::try_from(done).unwrap_or(i64::MAX),
+            Err(errno) => -i64::from(errno),
+        };
+        write_params(mem, HYPERCALL, at, &params)
+    }
+
+    /// Reads from guest `fd` into `[buf, buf + len)` (which must lie in guest RAM): bytes read
+    /// (fewer at the end of the file; stdin returns what one read delivered) or an errno.
+    fn read_physical(
+        &self,
+        mem: &GuestMemory,
+        fd: i32,
+        buf: GuestPhysAddr,
+        len: u64,
+    ) -> Result<u64, i32> {
+        let file = match self.fds.get(fd) {
+            Some(GuestFd::File(file)) => Some(file),
+            Some(GuestFd::Stdin) => None,
+            Some(GuestFd::Console) | None => return Err(abi::EBADF),
+        };
+        if len == 0 {
+            return Ok(0);
+        }
+        mem.checked_range(buf, len).map_err(|_| abi::EFAULT)?;
+        if file.is_none() {
+            // A prompt without a newline must be visible before the guest waits for input.
+            self.output.flush();
+        }
+        let mut chunk = vec![0u8; chunk_len(len)];
+        let mut done = 0u64;
+        while done < len {
+            let part = &mut chunk[..chunk_len(len - done)];
+            let result = match &file {
+                Some(file) => read_retrying(&mut &**file, part, &self.stopping),
+                None => read_retrying(&mut io::stdin().lock(), part, &self.stopping),
+            };
+            let got = match result {
+                Ok(got) => got.min(part.len()),
+                Err(error) if done == 0 => return Err(crate::isolation::guest_errno(&error)),
+                Err(_) => break,
+            };
+            // `buf + done` lies inside the range checked above.
+            let at = GuestPhysAddr::new(buf.as_u64() + done);
+            mem.write(at, &part[..got]).map_err(|_| abi::EFAULT)?;
+            done += got as u64;
+            if got < part.len() || file.is_none() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// FileWrite (v2/v3): writes the guest-physical buffer; `ret` = bytes or −errno.
+    fn file_write_v2(
+        &self,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileWrite;
+        let mut params: WriteParamsV2 = read_params(mem, HYPERCALL, at)?;
+        params.ret = match self.write_physical(mem, params.fd, params.buf, params.len) {
+            Ok(done) => i64::try_from(done).unwrap_or(i64::MAX),
+            Err(errno) => -i64::from(errno),
+        };
+        write_params(mem, HYPERCALL, at, &params)
+    }
+
+    /// Writes `[buf, buf + len)` (which must lie in guest RAM) to guest `fd`: bytes written, or
+    /// an errno if nothing could be written.
+    fn write_physical(
+        &self,
+        mem: &GuestMemory,
+        fd: i32,
+        buf: GuestPhysAddr,
+        len: u64,
+    ) -> Result<u64, i32> {
+        let file = match self.fds.get(fd) {
+            Some(GuestFd::File(file)) => Some(file),
+            Some(GuestFd::Console) => None,
+            Some(GuestFd::Stdin) | None => return Err(abi::EBADF),
+        };
+        if len == 0 {
+            return Ok(0);
+        }
+        mem.checked_range(buf, len).map_err(|_| abi::EFAULT)?;
+        // A write to the console is one unit on it, even if it is copied in several chunks.
+        let mut console = file.is_none().then(|| self.output.writer());
+        let mut chunk = vec![0u8; chunk_len(len)];
+        let mut done = 0u64;
+        while done < len {
+            let part = &mut chunk[..chunk_len(len - done)];
+            // `buf + done` lies inside the range checked above.
+            mem.read(GuestPhysAddr::new(buf.as_u64() + done), part)
+                .map_err(|_| abi::EFAULT)?;
+            let written = match (&file, console.as_mut()) {
+                (Some(file), _) => match (&**file).write(part) {
+                    Ok(written) => written,
+                    Err(error) if done == 0 => return Err(crate::isolation::guest_errno(&error)),
+                    Err(_) => 0,
+                },
+                (None, Some(console)) => {
+                    console.write_all(part);
+                    part.len()
+                }
+                (None, None) => 0,
+            };
+            done += written as u64;
+            if written < part.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// FileLseek (v2/v3): `offset` = the new offset or −errno.
+    fn file_lseek_v2(
+        &self,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileLseek;
+        let mut params: LseekParamsV2 = read_params(mem, HYPERCALL, at)?;
+        params.offset = match self.lseek_errno(params.fd, params.offset, params.whence) {
+            Ok(offset) => offset,
+            Err(errno) => -i64::from(errno),
+        };
+        write_params(mem, HYPERCALL, at, &params)
+    }
+
+    /// lseek with an errno: EBADF for a descriptor that is not an open file, EINVAL for a bad
+    /// `whence` or a negative result, the host's errno otherwise.
+    fn lseek_errno(&self, fd: i32, offset: i64, whence: u32) -> Result<i64, i32> {
+        let file = self.fds.file(fd).map_err(|error| error.errno())?;
+        let position = match i32::try_from(whence) {
+            Ok(abi::SEEK_SET) => SeekFrom::Start(u64::try_from(offset).map_err(|_| abi::EINVAL)?),
+            Ok(abi::SEEK_CUR) => SeekFrom::Current(offset),
+            Ok(abi::SEEK_END) => SeekFrom::End(offset),
+            _ => return Err(abi::EINVAL),
+        };
+        let result = (&*file)
+            .seek(position)
+            .map_err(|error| crate::isolation::guest_errno(&error))?;
+        i64::try_from(result).map_err(|_| abi::EOVERFLOW)
+    }
+}
+
+impl Hypercalls {
+    // Until the directory and metadata API of `isolation` lands: ENOSYS.
+    fn getdents(
+        &self,
+        _: &GuestMemory,
+        _: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        Ok(HypercallOutcome::Continue)
+    }
+    fn file_stat(
+        &self,
+        _: &GuestMemory,
+        _: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        Ok(HypercallOutcome::Continue)
+    }
+    fn file_fstat(
+        &self,
+        _: &GuestMemory,
+        _: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        Ok(HypercallOutcome::Continue)
+    }
+    fn mkdir(&self, _: &GuestMemory, _: GuestPhysAddr) -> Result<HypercallOutcome, HypercallError> {
+        Ok(HypercallOutcome::Continue)
+    }
+}
+
+/// A hypercall address of either address table, for error messages.
+trait HypercallName: Copy {
+    fn name(self) -> &'static str;
+}
+
+impl HypercallName for HypercallAddress {
+    fn name(self) -> &'static str {
+        HypercallAddress::name(self)
+    }
+}
+
+impl HypercallName for HypercallAddressV2 {
+    fn name(self) -> &'static str {
+        HypercallAddressV2::name(self)
+    }
+}
+
+/// Which table a guest's hypercall address was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoded {
+    /// Interface v1.
+    V1(HypercallAddress),
+    /// Interface v2/v3.
+    V2(HypercallAddressV2),
+}
+
 fn read_params<T: GuestPod>(
     mem: &GuestMemory,
-    hypercall: HypercallAddress,
+    hypercall: impl HypercallName,
     at: GuestPhysAddr,
 ) -> Result<T, HypercallError> {
     mem.read_obj(at)
@@ -576,7 +931,7 @@ fn read_params<T: GuestPod>(
 
 fn write_params<T: GuestPod>(
     mem: &GuestMemory,
-    hypercall: HypercallAddress,
+    hypercall: impl HypercallName,
     at: GuestPhysAddr,
     value: &T,
 ) -> Result<HypercallOutcome, HypercallError> {

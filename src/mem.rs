@@ -59,8 +59,9 @@ pub unsafe trait GuestPod: Copy + 'static {}
 macro_rules! guest_pod {
 	($($ty:ty),* $(,)?) => {
 		$(
-			// SAFETY: integer types and the packed interface structs made only of integers and
-			// address newtypes accept every bit pattern and hold no pointers.
+			// SAFETY: integer types and the interface structs made only of integers, address
+			// newtypes and explicit padding fields (packed, or `repr(C)` without implicit
+			// padding) accept every bit pattern and hold no pointers.
 			unsafe impl GuestPod for $ty {}
 		)*
 	};
@@ -77,6 +78,19 @@ guest_pod!(
     uhyve_interface::OpenParams,
     uhyve_interface::LseekParams,
     uhyve_interface::SerialWriteBufferParams,
+);
+// The v2/v3 structs spell out their padding as fields: no uninitialised bytes either.
+guest_pod!(
+    uhyve_interface::v2::WriteParamsV2,
+    uhyve_interface::v2::ReadParamsV2,
+    uhyve_interface::v2::LseekParamsV2,
+    uhyve_interface::v2::SerialWriteBufferParamsV2,
+    uhyve_interface::v2::SerialReadBufferParams,
+    uhyve_interface::v2::GetdentParams,
+    uhyve_interface::v2::MkdirParams,
+    uhyve_interface::v2::StatParams,
+    uhyve_interface::v2::FstatParams,
+    uhyve_interface::v2::FileAttr,
 );
 
 /// Guest-physical RAM: one contiguous range `[base, base + size)`.

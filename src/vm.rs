@@ -655,7 +655,8 @@ impl<H: Hypervisor> Vm<H> {
         // the hypervisor first; on the error paths below, `hypervisor` (declared after `mem`) is
         // dropped before it.
         unsafe { hypervisor.map_memory(&mem) }?;
-        let hypercalls = Hypercalls::new(H::ARCH, Arc::clone(&output), files, cmdline);
+        let hypercalls = Hypercalls::new(H::ARCH, Arc::clone(&output), files, cmdline)
+            .with_interface(image.interface_version());
         Ok(Self {
             hypervisor,
             hypercalls,
