@@ -9,8 +9,10 @@
 //! reused; 0–2 are the console), and [`flags`] translates open flags and errno values between the
 //! Hermit (= Linux x86) numbering of the ABI and the host's.
 //!
-//! Directories are listed as Linux `dirent64` records ([`dir`]) and file status is reported in
-//! Linux numbering ([`FileStatus`], [`status`]).
+//! Besides host files, the map knows directories that exist only because mappings lie below them
+//! (with a synthetic listing) and read-only in-memory *virtual* files; an open descriptor is an
+//! [`OpenFile`] of one of those kinds, which lists directories as Linux `dirent64` records
+//! ([`dir`]) and reports [`FileStatus`] in Linux numbering ([`status`]).
 //!
 //! Everything here is plain host-side bookkeeping: reading the guest's parameters out of guest
 //! memory is the job of [`crate::hypercall`].
@@ -19,6 +21,7 @@ pub mod dir;
 pub mod fdtable;
 pub mod filemap;
 pub mod flags;
+pub mod openfile;
 pub mod status;
 
 use std::io;
@@ -30,6 +33,7 @@ pub use dir::MAX_GETDENTS_BYTES;
 pub use fdtable::{FdTable, GuestFd};
 pub use filemap::{FileMap, LegacyMount};
 pub use flags::{guest_errno, host_open_flags};
+pub use openfile::{FileKind, OpenFile};
 pub use status::{FileStatus, FileTime};
 
 /// Failures of the file map (at start-up) and of guest file operations (at run time).
