@@ -19,7 +19,7 @@
 //! virtual descriptors in the [`FdTable`].
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -465,7 +465,7 @@ impl Hypercalls {
             abi::SEEK_END => SeekFrom::End(offset),
             _ => return None,
         };
-        let result = (&*file).seek(position).ok()?;
+        let result = file.seek(position).ok()?;
         i64::try_from(result).ok()
     }
 
@@ -1162,7 +1162,7 @@ fn read_retrying(
 }
 
 /// Writes as much of `data` as the file accepts; the number of bytes written.
-fn write_counting(mut file: &std::fs::File, data: &[u8]) -> usize {
+fn write_counting(file: &crate::isolation::OpenFile, data: &[u8]) -> usize {
     let mut written = 0;
     while let Some(rest) = data.get(written..).filter(|rest| !rest.is_empty()) {
         match file.write(rest) {

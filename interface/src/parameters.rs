@@ -235,6 +235,8 @@ pub const EBADF: i32 = 9;
 pub const EFAULT: i32 = 14;
 /// File exists.
 pub const EEXIST: i32 = 17;
+/// Not a directory.
+pub const ENOTDIR: i32 = 20;
 /// Is a directory.
 pub const EISDIR: i32 = 21;
 /// Invalid argument.

@@ -3,15 +3,17 @@
 //! The guest never sees host descriptor numbers. Guest fd 0 is the host's stdin, 1 and 2 are the
 //! serial console; every opened file gets the next number from 3 upwards, and numbers are never
 //! reused within a run (a stale fd held by one guest task can never reach another task's file).
-//! The table is shared by all vCPU threads; a lookup hands out an `Arc<File>` and releases the lock
-//! at once, so a slow read on one vCPU does not block the hypercalls of the others, and a
-//! concurrent close only drops the table's reference.
+//! Each open descriptor is an [`OpenFile`] (a host file or directory, a map-only directory or a
+//! virtual file), which carries the operations the hypercalls need (read, write, seek, fstat,
+//! getdents). The table is shared by all vCPU threads; a lookup hands out an `Arc<OpenFile>` and
+//! releases the lock at once, so a slow read on one vCPU does not block the hypercalls of the
+//! others, and a concurrent close only drops the table's reference.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::IsolationError;
+use super::openfile::OpenFile;
 
 /// The first descriptor number handed out for opened files.
 pub const FIRST_FILE_FD: i32 = 3;
@@ -28,13 +30,13 @@ pub enum GuestFd {
     Stdin,
     /// fd 1 or 2: the serial console output.
     Console,
-    /// An opened host file.
-    File(Arc<File>),
+    /// An opened file or directory.
+    File(Arc<OpenFile>),
 }
 
 #[derive(Debug)]
 struct Table {
-    files: HashMap<i32, Arc<File>>,
+    files: HashMap<i32, Arc<OpenFile>>,
     /// The next number to hand out; `None` once every positive `i32` has been used.
     next: Option<i32>,
 }
@@ -71,7 +73,7 @@ impl FdTable {
     }
 
     /// Registers `file` and returns its new guest fd (3, 4, 5, …).
-    pub fn insert(&self, file: File) -> Result<i32, IsolationError> {
+    pub fn insert(&self, file: OpenFile) -> Result<i32, IsolationError> {
         let mut table = self.lock();
         if table.files.len() >= MAX_OPEN_FILES {
             return Err(IsolationError::TooManyOpenFiles);
@@ -91,8 +93,9 @@ impl FdTable {
         }
     }
 
-    /// The opened host file behind `fd` (not the console or stdin).
-    pub fn file(&self, fd: i32) -> Result<Arc<File>, IsolationError> {
+    /// The opened file behind `fd`. fds 0–2 (stdin and the console) and fds that are not open
+    /// are `EBADF`.
+    pub fn file(&self, fd: i32) -> Result<Arc<OpenFile>, IsolationError> {
         match self.get(fd) {
             Some(GuestFd::File(file)) => Ok(file),
             _ => Err(IsolationError::BadFd(fd)),
@@ -123,7 +126,7 @@ mod tests {
     #[test]
     fn open_files_are_capped() {
         let table = FdTable::new();
-        let open = || File::open("/dev/null").unwrap();
+        let open = || OpenFile::host("/null", File::open("/dev/null").unwrap()).unwrap();
         for _ in 0..MAX_OPEN_FILES {
             table.insert(open()).unwrap();
         }
@@ -142,9 +145,10 @@ mod tests {
     }
 
     use super::*;
+    use std::fs::File;
 
-    fn scratch_file() -> File {
-        tempfile::tempfile().unwrap()
+    fn scratch_file() -> OpenFile {
+        OpenFile::host("/scratch", tempfile::tempfile().unwrap()).unwrap()
     }
 
     #[test]
@@ -210,5 +214,37 @@ mod tests {
         let mut text = String::new();
         (&*file).read_to_string(&mut text).unwrap();
         assert_eq!(text, "still open");
+    }
+
+    #[test]
+    fn console_fds_have_no_file_operations() {
+        let table = FdTable::new();
+        for fd in [0, 1, 2, 3, -1] {
+            let error = table.file(fd).unwrap_err();
+            assert_eq!(error.errno(), uhyve_interface::EBADF, "fd {fd}");
+        }
+    }
+
+    #[test]
+    fn directory_fds_keep_their_own_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || OpenFile::host("/d", File::open(dir.path()).unwrap()).unwrap();
+        let table = FdTable::new();
+        let (a, b) = (table.insert(open()).unwrap(), table.insert(open()).unwrap());
+        let count = |fd| {
+            let file = table.file(fd).unwrap();
+            let mut records = 0;
+            while let Some(buffer) = file.getdents(24).unwrap() {
+                records += crate::isolation::dir::decode_dirents(&buffer)
+                    .unwrap()
+                    .len();
+            }
+            records
+        };
+        assert_eq!(count(a), 2, ". and ..");
+        assert_eq!(count(a), 0);
+        assert_eq!(count(b), 2);
+        let status = table.file(a).unwrap().fstat().unwrap();
+        assert_eq!(status.mode & 0o170000, crate::isolation::status::S_IFDIR);
     }
 }

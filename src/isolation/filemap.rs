@@ -1,4 +1,5 @@
-//! The map from guest paths to host files (`--file-mapping HOST:GUEST`).
+//! The map from guest paths to host files (`--file-mapping HOST:GUEST`), guest-created files and
+//! directories, and read-only virtual files.
 //!
 //! **Mappings.** HOST is canonicalised at start-up. If it does not exist, it is taken to be a file
 //! the guest may create: its parent directory must exist and is canonicalised, and the file name is
@@ -8,32 +9,65 @@
 //! are an error.
 //!
 //! **Lookup.** A guest path is cleaned the same way (0.6.9-era kernels send `a/b`, newer ones
-//! `/root/a/b`: both work) and the longest mapped prefix, compared component by component, wins.
-//! The remaining components are appended to the mapped host path, so a mapped directory exposes its
+//! `/root/a/b`: both work) and the longest prefix that is an entry of the map, compared component
+//! by component, wins. Entries are the mappings, the files and directories the guest created under
+//! unmapped paths, and the virtual files; every guest path has at most one owner (creating is only
+//! possible where nothing owns the path, and virtual files may not overlap anything). For a host
+//! entry the remaining components are appended to its host path, so a mapped directory exposes its
 //! subtree. Nothing can escape that host path: after lexical cleaning no `..` is left, the parent
 //! directory of the final host path is canonicalised and must still lie inside the mapped host path
-//! (so a symlinked directory pointing outside is refused), the last component, if it is a symlink,
-//! is resolved and checked the same way, and the file is finally opened with `O_NOFOLLOW`. Escapes
-//! give `EPERM`. The guest has no hypercall to create symlinks; a *host* process replacing a
-//! checked directory by a symlink between the check and the open is outside this threat model.
+//! (so a symlinked directory pointing outside is refused), the last component, if it is a symlink
+//! and the operation follows links (open, stat), is resolved and checked the same way, and the file
+//! is finally opened with `O_NOFOLLOW`. Escapes give `EPERM`. The guest has no hypercall to create
+//! symlinks; a *host* process replacing a checked directory by a symlink between the check and the
+//! open is outside this threat model.
+//!
+//! **Map-only directories.** A guest path that no entry owns but below which entries lie (for
+//! example `/` or `/etc` when only `/etc/app.conf` is mapped) is a directory that exists only in
+//! the map; the guest root always is one unless it is mapped itself. Opening one needs
+//! `O_DIRECTORY` (else `EINVAL`, §6.4 of the ABI sheet) and gives a synthetic listing: the next
+//! component of every entry below it, sorted by name, `d_ino` 1, `DT_DIR` for directories (mapped
+//! host directories, guest-created directories, deeper map-only directories), `DT_REG` for files
+//! (the type of a mapped host path is taken from the host, so a mapped device is `DT_CHR`; a
+//! mapped host file that does not exist is left out). No `.` and `..` are listed. The listing is taken when the directory is opened.
+//! Its status is `S_IFDIR | 0755` with 2 links on device 0, with an inode number derived from its
+//! guest path (so that directory-loop checks can tell map-only directories apart); creating it
+//! gives `EISDIR`/`EEXIST`, `mkdir` `EEXIST`, `unlink` `EISDIR`.
 //!
 //! **Unmapped paths.** Opening an unmapped path with `O_CREAT` creates a new file in a private
 //! per-VM temp directory (mode 0700, removed with the [`FileMap`]) under a counter-generated name
-//! that does not derive from the guest string; the guest path is remembered for the rest of the run,
-//! so later opens and unlinks of it find that file. So `/tmp/x` works inside the guest without
-//! touching the host's `/tmp`. Unmapped paths without `O_CREAT` are `ENOENT` unless created earlier.
+//! that does not derive from the guest string; [`FileMap::mkdir`] of an unmapped path creates a
+//! directory there the same way (its owner always keeps `rwx`, so the temp directory can be
+//! removed). The guest path is remembered for the rest of the run, so later opens, stats and
+//! unlinks of it find that file; a guest-created directory then acts like a mapping of a temp
+//! directory: files and directories below it are ordinary host entries inside it, named as the
+//! guest names them. So `/tmp/x` works inside the guest without touching the host's `/tmp`.
+//! Unmapped paths without `O_CREAT` are `ENOENT` unless created earlier. At most
+//! [`MAX_CREATED_FILES`] paths can be created this way (what lies below a created directory is not
+//! counted, like the contents of a mapped directory).
+//!
+//! **Virtual files** ([`FileMap::add_virtual_file`], at start-up): read-only in-memory files at a
+//! guest path that no mapping owns and that neither lies below nor above another entry. Opening
+//! one for writing or with `O_TRUNC` is `EROFS`, with `O_CREAT | O_EXCL` `EEXIST`, with
+//! `O_DIRECTORY` `ENOTDIR`; `mkdir` of its path is `EROFS`; `unlink` removes it from the map
+//! (descriptors open on it keep reading it). Its status is `S_IFREG | 0444`, 1 link, block size
+//! 4096, device 0, an inode number derived from its guest path.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::ops::Bound;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tempfile::TempDir;
 
 use super::IsolationError;
+use super::dir::{DT_DIR, DT_REG, DirEntry, d_type_of};
 use super::flags::checked_host_open_flags;
+use super::openfile::OpenFile;
+use super::status::{FileStatus, FileTime};
 
 /// A cleaned guest path: its components, without `.`, `..` or empty parts. Empty = the guest root.
 type GuestKey = Vec<String>;
@@ -58,20 +92,77 @@ fn display_key(key: &[String]) -> String {
     key.join("/")
 }
 
+/// A read-only in-memory file.
+#[derive(Clone)]
+struct VirtualFile {
+    data: Arc<[u8]>,
+    status: FileStatus,
+}
+
+impl std::fmt::Debug for VirtualFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualFile")
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// An entry of the map that is not a `--file-mapping`.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// A file the guest created under an unmapped path: its host file in the temp directory.
+    CreatedFile(PathBuf),
+    /// A directory the guest created under an unmapped path: its host directory in the temp
+    /// directory.
+    CreatedDir(PathBuf),
+    /// A read-only in-memory file.
+    Virtual(VirtualFile),
+}
+
 #[derive(Debug, Default)]
-struct CreatedFiles {
-    /// Guest path → host file in the temp directory.
-    paths: HashMap<GuestKey, PathBuf>,
-    /// Number for the next file name.
+struct State {
+    /// Guest path → guest-created file or directory, or virtual file.
+    entries: BTreeMap<GuestKey, Entry>,
+    /// Number of `CreatedFile` and `CreatedDir` entries.
+    created: usize,
+    /// Number for the next host name in the temp directory.
     next: u64,
-    /// The private temp directory, created when the guest first creates a file (most guests
+    /// The private temp directory, created when the guest first creates something (most guests
     /// never do, and then nothing is created on the host at all).
     dir: Option<TempDir>,
 }
 
-/// How many files a guest may create outside its mappings (in the private temp directory). Each
-/// costs an inode on the host and a map entry of at most `MAX_PATH_LEN` bytes in uhyve.
+/// How many files and directories a guest may create outside its mappings (in the private temp
+/// directory). Each costs an inode on the host and a map entry of at most `MAX_PATH_LEN` bytes in
+/// uhyve.
 pub const MAX_CREATED_FILES: usize = 16 * 1024;
+
+/// Where a guest path leads.
+enum Target<'k> {
+    /// Below the host path `root` (a mapping or a guest-created file or directory), `rest` being
+    /// the components after the owning entry's key.
+    Host {
+        root: PathBuf,
+        rest: &'k [String],
+        origin: Origin,
+    },
+    /// Exactly a virtual file.
+    Virtual(VirtualFile),
+    /// Below a virtual file.
+    BelowVirtual,
+    /// A directory that exists only in the map.
+    MapDirectory,
+    /// Nothing.
+    Unmapped,
+}
+
+/// What owns a [`Target::Host`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Mapping,
+    CreatedFile,
+    CreatedDir,
+}
 
 /// The guest's view of host files; `Send + Sync`.
 #[derive(Debug)]
@@ -80,16 +171,18 @@ pub struct FileMap {
     mappings: BTreeMap<GuestKey, PathBuf>,
     /// Where the private temp directory is created.
     temp_parent: PathBuf,
-    created: Mutex<CreatedFiles>,
+    /// When the map was made: the times reported for map-only directories.
+    started: FileTime,
+    state: Mutex<State>,
 }
 
 impl Drop for FileMap {
     fn drop(&mut self) {
-        let created = self
-            .created
+        let state = self
+            .state
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(temp) = created.dir.take() {
+        if let Some(temp) = state.dir.take() {
             let path = temp.path().to_owned();
             if let Err(error) = temp.close() {
                 log::warn!(
@@ -135,14 +228,15 @@ impl FileMap {
         Ok(FileMap {
             mappings: map,
             temp_parent: parent,
-            created: Mutex::new(CreatedFiles::default()),
+            started: FileTime::now(),
+            state: Mutex::new(State::default()),
         })
     }
 
-    /// The private temp directory holding the files the guest created under unmapped paths, once
-    /// the guest created one.
+    /// The private temp directory holding the files and directories the guest created under
+    /// unmapped paths, once the guest created one.
     pub fn temp_dir(&self) -> Option<PathBuf> {
-        self.lock_created()
+        self.lock_state()
             .dir
             .as_ref()
             .map(|dir| dir.path().to_owned())
@@ -231,94 +325,390 @@ impl FileMap {
         })
     }
 
-    fn lock_created(&self) -> MutexGuard<'_, CreatedFiles> {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
         // Updated by single map operations only: consistent even after a panic elsewhere.
-        self.created
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The longest mapped prefix of `key`: its host path and the remaining components.
-    fn lookup<'a>(&'a self, key: &'a [String]) -> Option<(&'a Path, &'a [String])> {
-        (0..=key.len()).rev().find_map(|n| {
-            let (prefix, rest) = key.split_at_checked(n)?;
-            self.mappings.get(prefix).map(|host| (host.as_path(), rest))
-        })
+    /// Where `key` leads: the longest prefix of `key` that is an entry wins.
+    fn resolve<'k>(&self, state: &State, key: &'k [String]) -> Target<'k> {
+        for n in (0..=key.len()).rev() {
+            let Some((prefix, rest)) = key.split_at_checked(n) else {
+                continue;
+            };
+            if let Some(host) = self.mappings.get(prefix) {
+                return Target::Host {
+                    root: host.clone(),
+                    rest,
+                    origin: Origin::Mapping,
+                };
+            }
+            match state.entries.get(prefix) {
+                Some(Entry::CreatedFile(host)) => {
+                    return Target::Host {
+                        root: host.clone(),
+                        rest,
+                        origin: Origin::CreatedFile,
+                    };
+                }
+                Some(Entry::CreatedDir(host)) => {
+                    return Target::Host {
+                        root: host.clone(),
+                        rest,
+                        origin: Origin::CreatedDir,
+                    };
+                }
+                Some(Entry::Virtual(file)) if rest.is_empty() => {
+                    return Target::Virtual(file.clone());
+                }
+                Some(Entry::Virtual(_)) => return Target::BelowVirtual,
+                None => {}
+            }
+        }
+        if key.is_empty() || self.has_entries_below(state, key) {
+            Target::MapDirectory
+        } else {
+            Target::Unmapped
+        }
+    }
+
+    /// Whether some entry lies strictly below `key`.
+    fn has_entries_below(&self, state: &State, key: &[String]) -> bool {
+        let below =
+            |candidate: &GuestKey| candidate.len() > key.len() && candidate.starts_with(key);
+        let range = (Bound::Included(key), Bound::Unbounded);
+        self.mappings
+            .range::<[String], _>(range)
+            .take_while(|(candidate, _)| candidate.starts_with(key))
+            .any(|(candidate, _)| below(candidate))
+            || state
+                .entries
+                .range::<[String], _>(range)
+                .take_while(|(candidate, _)| candidate.starts_with(key))
+                .any(|(candidate, _)| below(candidate))
+    }
+
+    /// The synthetic listing of the map-only directory `key`: the next component of every entry
+    /// below it, sorted (see the module documentation).
+    fn listing(&self, state: &State, key: &[String]) -> Vec<DirEntry> {
+        let depth = key.len();
+        let range = (Bound::Included(key), Bound::Unbounded);
+        let mut children: BTreeMap<String, u8> = BTreeMap::new();
+        let mut add = |candidate: &GuestKey, exact_kind: Option<u8>| {
+            if !candidate.starts_with(key) {
+                return;
+            }
+            let Some(name) = candidate.get(depth) else {
+                return;
+            };
+            if candidate.len() > depth + 1 {
+                children.insert(name.clone(), DT_DIR);
+            } else if let Some(kind) = exact_kind {
+                children.entry(name.clone()).or_insert(kind);
+            }
+        };
+        for (candidate, host) in self
+            .mappings
+            .range::<[String], _>(range)
+            .take_while(|(candidate, _)| candidate.starts_with(key))
+        {
+            let kind = if candidate.len() == depth + 1 {
+                fs::metadata(host)
+                    .ok()
+                    .map(|metadata| d_type_of(metadata.file_type()))
+            } else {
+                None
+            };
+            add(candidate, kind);
+        }
+        for (candidate, entry) in state
+            .entries
+            .range::<[String], _>(range)
+            .take_while(|(candidate, _)| candidate.starts_with(key))
+        {
+            let kind = match entry {
+                Entry::CreatedDir(_) => DT_DIR,
+                Entry::CreatedFile(_) | Entry::Virtual(_) => DT_REG,
+            };
+            add(candidate, Some(kind));
+        }
+        children
+            .into_iter()
+            .map(|(name, kind)| DirEntry {
+                ino: 1,
+                kind,
+                name: name.into_bytes(),
+            })
+            .collect()
+    }
+
+    /// The private temp directory, created on first use.
+    fn temp_dir_in(&self, state: &mut State) -> Result<PathBuf, IsolationError> {
+        if let Some(dir) = &state.dir {
+            return Ok(dir.path().to_owned());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("uhyve-")
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir_in(&self.temp_parent)
+            .map_err(|source| IsolationError::TempDir {
+                parent: self.temp_parent.clone(),
+                source,
+            })?;
+        let path = dir.path().to_owned();
+        state.dir = Some(dir);
+        Ok(path)
+    }
+
+    /// A new host name in the temp directory for a guest-created item (`kind` is `file` or
+    /// `dir`), if the cap allows one more.
+    fn new_temp_path(&self, state: &mut State, kind: &str) -> Result<PathBuf, IsolationError> {
+        if state.created >= MAX_CREATED_FILES {
+            return Err(IsolationError::TooManyCreatedFiles);
+        }
+        let dir = self.temp_dir_in(state)?;
+        let number = state.next;
+        state.next = number.wrapping_add(1);
+        Ok(dir.join(format!("{kind}-{number}")))
     }
 
     /// Opens `guest_path` with the guest's open `flags` (Hermit numbering) and creation `mode`
-    /// (only the permission bits 0o777 are used).
-    pub fn open(&self, guest_path: &str, flags: i32, mode: i32) -> Result<File, IsolationError> {
+    /// (only the permission bits 0o777 are used): a host file or directory, a map-only directory
+    /// or a virtual file (see the module documentation). `O_DIRECTORY` on anything but a directory
+    /// is `ENOTDIR`.
+    pub fn open(
+        &self,
+        guest_path: &str,
+        flags: i32,
+        mode: i32,
+    ) -> Result<OpenFile, IsolationError> {
         let host_flags = checked_host_open_flags(flags)?;
         let mode = mode.cast_unsigned() & 0o777;
         let key = guest_key(guest_path)?;
-        if let Some((root, rest)) = self.lookup(&key) {
-            let host = resolve_inside(root, rest, guest_path, true)?;
-            return open_host(&host, host_flags, mode);
-        }
-        let mut created = self.lock_created();
-        if let Some(host) = created.paths.get(&key) {
-            return open_host(host, host_flags, mode);
-        }
-        if host_flags & libc::O_CREAT == 0 {
-            return Err(IsolationError::NotFound(guest_path.to_owned()));
-        }
-        if key.is_empty() {
-            return Err(IsolationError::IsDirectory(guest_path.to_owned()));
-        }
-        if created.paths.len() >= MAX_CREATED_FILES {
-            return Err(IsolationError::TooManyCreatedFiles);
-        }
-        let number = created.next;
-        created.next = number.wrapping_add(1);
-        let dir = match &created.dir {
-            Some(dir) => dir.path().to_owned(),
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("uhyve-")
-                    .permissions(fs::Permissions::from_mode(0o700))
-                    .tempdir_in(&self.temp_parent)
-                    .map_err(|source| IsolationError::TempDir {
-                        parent: self.temp_parent.clone(),
-                        source,
-                    })?;
-                let path = dir.path().to_owned();
-                created.dir = Some(dir);
-                path
+        let mut state = self.lock_state();
+        let wants_write = host_flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let create = host_flags & libc::O_CREAT != 0;
+        let exclusive = create && host_flags & libc::O_EXCL != 0;
+        let directory = host_flags & libc::O_DIRECTORY != 0;
+        match self.resolve(&state, &key) {
+            Target::Host { root, rest, .. } => {
+                drop(state);
+                let host = resolve_inside(&root, rest, guest_path, true)?;
+                open_host(guest_path, &host, host_flags, mode)
             }
-        };
-        let host = dir.join(format!("file-{number}"));
-        let file = open_host(&host, host_flags | libc::O_CREAT | libc::O_EXCL, mode)?;
-        log::debug!("guest file {guest_path:?} created as {}", host.display());
-        created.paths.insert(key, host);
-        Ok(file)
+            Target::Virtual(file) => {
+                if exclusive {
+                    Err(IsolationError::Exists(guest_path.to_owned()))
+                } else if directory {
+                    Err(IsolationError::NotADirectory(guest_path.to_owned()))
+                } else if wants_write || host_flags & libc::O_TRUNC != 0 {
+                    Err(IsolationError::ReadOnly(guest_path.to_owned()))
+                } else {
+                    Ok(OpenFile::virtual_file(guest_path, file.data, file.status))
+                }
+            }
+            Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
+            Target::MapDirectory => {
+                if exclusive {
+                    Err(IsolationError::Exists(guest_path.to_owned()))
+                } else if create || wants_write {
+                    Err(IsolationError::IsDirectory(guest_path.to_owned()))
+                } else if !directory {
+                    Err(IsolationError::DirectoryNeedsODirectory(
+                        guest_path.to_owned(),
+                    ))
+                } else {
+                    let entries = self.listing(&state, &key);
+                    let status = FileStatus::map_directory(synthetic_ino(&key), self.started);
+                    Ok(OpenFile::map_directory(guest_path, entries, status))
+                }
+            }
+            Target::Unmapped => {
+                if !create {
+                    return Err(IsolationError::NotFound(guest_path.to_owned()));
+                }
+                let host = self.new_temp_path(&mut state, "file")?;
+                let file = open_host(
+                    guest_path,
+                    &host,
+                    host_flags | libc::O_CREAT | libc::O_EXCL,
+                    mode,
+                )?;
+                log::debug!("guest file {guest_path:?} created as {}", host.display());
+                state.entries.insert(key, Entry::CreatedFile(host));
+                state.created += 1;
+                Ok(file)
+            }
+        }
     }
 
-    /// Removes `guest_path`: a mapped host file, or a file the guest created earlier.
+    /// Removes `guest_path`: a file inside a mapping (a symlink there is removed itself, not its
+    /// target), a file the guest created earlier, or a virtual file (removed from the map).
+    /// Map-only and guest-created directories are `EISDIR`, unmapped paths `ENOENT`.
     pub fn unlink(&self, guest_path: &str) -> Result<(), IsolationError> {
         let key = guest_key(guest_path)?;
-        if let Some((root, rest)) = self.lookup(&key) {
-            // The last component is not followed: a symlink inside the mapping is removed itself.
-            let host = resolve_inside(root, rest, guest_path, false)?;
-            return fs::remove_file(&host).map_err(|source| IsolationError::Io {
-                operation: "unlink",
-                path: host,
-                source,
-            });
+        let mut state = self.lock_state();
+        let (root, rest) = match self.resolve(&state, &key) {
+            Target::Host {
+                origin: Origin::CreatedFile,
+                rest: [],
+                ..
+            } => {
+                let Some(Entry::CreatedFile(host)) = state.entries.remove(&key) else {
+                    return Err(IsolationError::NotFound(guest_path.to_owned()));
+                };
+                state.created = state.created.saturating_sub(1);
+                drop(state);
+                return match fs::remove_file(&host) {
+                    Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                        Err(IsolationError::Io {
+                            operation: "unlink",
+                            path: host,
+                            source,
+                        })
+                    }
+                    _ => Ok(()),
+                };
+            }
+            Target::Host {
+                origin: Origin::CreatedDir,
+                rest: [],
+                ..
+            }
+            | Target::MapDirectory => {
+                return Err(IsolationError::IsDirectory(guest_path.to_owned()));
+            }
+            Target::Host { root, rest, .. } => (root, rest),
+            Target::Virtual(_) => {
+                state.entries.remove(&key);
+                return Ok(());
+            }
+            Target::BelowVirtual => {
+                return Err(IsolationError::NotADirectory(guest_path.to_owned()));
+            }
+            Target::Unmapped => return Err(IsolationError::NotFound(guest_path.to_owned())),
+        };
+        drop(state);
+        // The last component is not followed: a symlink inside the mapping is removed itself.
+        let host = resolve_inside(&root, rest, guest_path, false)?;
+        fs::remove_file(&host).map_err(|source| IsolationError::Io {
+            operation: "unlink",
+            path: host,
+            source,
+        })
+    }
+
+    /// The status of `guest_path` (`stat`, or `lstat` without `follow_symlinks`). Host paths
+    /// follow the rules of [`FileMap::open`]: a symlink inside a mapping is reported itself by
+    /// `lstat`, and followed by `stat` only if its target stays inside (else `EPERM`).
+    pub fn stat(
+        &self,
+        guest_path: &str,
+        follow_symlinks: bool,
+    ) -> Result<FileStatus, IsolationError> {
+        let key = guest_key(guest_path)?;
+        let state = self.lock_state();
+        match self.resolve(&state, &key) {
+            Target::Host { root, rest, .. } => {
+                drop(state);
+                let host = resolve_inside(&root, rest, guest_path, follow_symlinks)?;
+                let metadata = if follow_symlinks {
+                    fs::metadata(&host)
+                } else {
+                    fs::symlink_metadata(&host)
+                };
+                metadata
+                    .map(|metadata| FileStatus::from_metadata(&metadata))
+                    .map_err(|source| IsolationError::Io {
+                        operation: "stat",
+                        path: host,
+                        source,
+                    })
+            }
+            Target::Virtual(file) => Ok(file.status),
+            Target::MapDirectory => {
+                Ok(FileStatus::map_directory(synthetic_ino(&key), self.started))
+            }
+            Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
+            Target::Unmapped => Err(IsolationError::NotFound(guest_path.to_owned())),
         }
-        let host = self
-            .lock_created()
-            .paths
-            .remove(&key)
-            .ok_or_else(|| IsolationError::NotFound(guest_path.to_owned()))?;
-        match fs::remove_file(&host) {
-            Err(source) if source.kind() != io::ErrorKind::NotFound => Err(IsolationError::Io {
-                operation: "unlink",
-                path: host,
-                source,
-            }),
-            _ => Ok(()),
+    }
+
+    /// Creates the directory `guest_path` with the permission bits `mode & 0o777`: inside a
+    /// mapping on the host (the parent must resolve inside the mapping), at an unmapped path in
+    /// the private temp directory (registered under that guest path, counted against
+    /// [`MAX_CREATED_FILES`]). Existing paths (the guest root and map-only directories included)
+    /// are `EEXIST`, a virtual file `EROFS`.
+    pub fn mkdir(&self, guest_path: &str, mode: u32) -> Result<(), IsolationError> {
+        let key = guest_key(guest_path)?;
+        let mode = mode & 0o777;
+        let mut state = self.lock_state();
+        match self.resolve(&state, &key) {
+            Target::Host { root, rest, origin } => {
+                drop(state);
+                let host = resolve_inside(&root, rest, guest_path, false)?;
+                // Inside the temp directory the owner keeps rwx, so it can be removed at exit.
+                let mode = if origin == Origin::Mapping {
+                    mode
+                } else {
+                    mode | 0o700
+                };
+                create_host_dir(&host, mode)
+            }
+            Target::Virtual(_) => Err(IsolationError::ReadOnly(guest_path.to_owned())),
+            Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
+            Target::MapDirectory => Err(IsolationError::Exists(guest_path.to_owned())),
+            Target::Unmapped => {
+                let host = self.new_temp_path(&mut state, "dir")?;
+                create_host_dir(&host, mode | 0o700)?;
+                log::debug!(
+                    "guest directory {guest_path:?} created as {}",
+                    host.display()
+                );
+                state.entries.insert(key, Entry::CreatedDir(host));
+                state.created += 1;
+                Ok(())
+            }
         }
+    }
+
+    /// Adds a read-only in-memory file at `guest_path` (at start-up, before the guest runs). The
+    /// path must not be the guest root, must not lie inside a mapping or another entry, and no
+    /// entry may lie below it.
+    pub fn add_virtual_file(
+        &mut self,
+        guest_path: &str,
+        data: Arc<[u8]>,
+    ) -> Result<(), IsolationError> {
+        let conflict = |reason| IsolationError::VirtualFileConflict {
+            guest: guest_path.to_owned(),
+            reason,
+        };
+        let key =
+            clean_guest_path(guest_path).ok_or_else(|| conflict("the path climbs above /"))?;
+        if key.is_empty() {
+            return Err(conflict("the guest root is a directory"));
+        }
+        let mut state = self.lock_state();
+        match self.resolve(&state, &key) {
+            Target::Unmapped => {}
+            Target::MapDirectory => return Err(conflict("other entries lie below it")),
+            Target::Host {
+                origin: Origin::Mapping,
+                ..
+            } => return Err(conflict("it lies inside a --file-mapping")),
+            Target::Host { .. } | Target::Virtual(_) | Target::BelowVirtual => {
+                return Err(conflict("it is already in the map"));
+            }
+        }
+        let status = FileStatus::virtual_file(data.len(), synthetic_ino(&key), FileTime::now());
+        log::debug!("virtual file /{} ({} bytes)", display_key(&key), data.len());
+        state
+            .entries
+            .insert(key, Entry::Virtual(VirtualFile { data, status }));
+        Ok(())
     }
 }
 
@@ -327,6 +717,28 @@ fn guest_key(guest_path: &str) -> Result<GuestKey, IsolationError> {
         return Err(IsolationError::NotFound(String::new()));
     }
     clean_guest_path(guest_path).ok_or_else(|| IsolationError::InvalidPath(guest_path.to_owned()))
+}
+
+/// The inode number reported by `stat` for a map-only directory or virtual file: a hash of its
+/// guest path (stable for the run, never 0 or 1), so that tools detecting directory loops by
+/// (device, inode) tell these entries apart. Their Getdents records say `d_ino` 1 (§6.4).
+fn synthetic_ino(key: &[String]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish().max(2)
+}
+
+/// `mkdir(2)` of a host path.
+fn create_host_dir(host: &Path, mode: u32) -> Result<(), IsolationError> {
+    DirBuilder::new()
+        .mode(mode)
+        .create(host)
+        .map_err(|source| IsolationError::Io {
+            operation: "mkdir",
+            path: host.to_path_buf(),
+            source,
+        })
 }
 
 /// Directories the file system of kernels 0.10–0.11 creates at boot: a mount point can be made
@@ -442,8 +854,14 @@ fn resolve_inside(
     Ok(candidate)
 }
 
-/// Opens a host path with already translated host flags, never following a final symlink.
-fn open_host(path: &Path, host_flags: i32, mode: u32) -> Result<File, IsolationError> {
+/// Opens a host path with already translated host flags, never following a final symlink; a
+/// directory becomes a directory stream.
+fn open_host(
+    guest_path: &str,
+    path: &Path,
+    host_flags: i32,
+    mode: u32,
+) -> Result<OpenFile, IsolationError> {
     let mut options = OpenOptions::new();
     match host_flags & libc::O_ACCMODE {
         libc::O_WRONLY => options.write(true),
@@ -454,6 +872,7 @@ fn open_host(path: &Path, host_flags: i32, mode: u32) -> Result<File, IsolationE
         .custom_flags((host_flags & !libc::O_ACCMODE) | libc::O_NOFOLLOW)
         .mode(mode)
         .open(path)
+        .and_then(|file: File| OpenFile::host(guest_path, file))
         .map_err(|source| IsolationError::Io {
             operation: "open",
             path: path.to_path_buf(),
@@ -810,5 +1229,540 @@ mod tests {
             map.unlink("/../x"),
             Err(IsolationError::InvalidPath(_))
         ));
+    }
+
+    use crate::isolation::dir::{DT_LNK, decode_dirents};
+    use crate::isolation::guest_errno;
+    use crate::isolation::openfile::FileKind;
+    use crate::isolation::status::{S_IFDIR, S_IFLNK, S_IFREG};
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+
+    /// The rest of the entries of `file`, read with Getdents calls of `buffer_len` bytes, with
+    /// the checks every buffer must pass: whole records, `d_off` = position after the record.
+    fn list(file: &OpenFile, buffer_len: u64) -> Vec<(String, u8)> {
+        let mut entries = Vec::new();
+        let mut position = i64::try_from((&*file).stream_position().unwrap()).unwrap();
+        while let Some(buffer) = file.getdents(buffer_len).unwrap() {
+            assert!(buffer.len() as u64 <= buffer_len);
+            let records = decode_dirents(&buffer).expect("well-formed dirent64 records");
+            assert!(!records.is_empty());
+            for record in records {
+                position += i64::from(record.reclen);
+                assert_eq!(record.off, position);
+                entries.push((String::from_utf8(record.name).unwrap(), record.kind));
+            }
+        }
+        assert_eq!(file.getdents(buffer_len).unwrap(), None);
+        entries
+    }
+
+    fn names(entries: &[(String, u8)]) -> Vec<&str> {
+        entries.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    fn errno<T: std::fmt::Debug>(result: Result<T, IsolationError>) -> i32 {
+        result.unwrap_err().errno()
+    }
+
+    #[test]
+    fn host_directories_are_listed_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected: Vec<String> = (0..40).map(|i| format!("file-{i:02}")).collect();
+        for name in &expected {
+            fs::write(dir.path().join(name), b"").unwrap();
+        }
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.path().join("link")).unwrap();
+        let long = "n".repeat(200);
+        fs::write(dir.path().join(&long), b"").unwrap();
+        expected.extend([".", "..", "sub", "link", &long].map(String::from));
+        expected.sort();
+        let map = FileMap::new(&[format!("{}:/data", dir.path().display())], None).unwrap();
+
+        let file = map
+            .open("/data", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        assert_eq!(file.kind(), FileKind::HostDirectory);
+        // A buffer too small for the next record: EINVAL, and nothing is consumed.
+        assert_eq!(errno(file.getdents(19)), abi::EINVAL);
+        assert_eq!(errno(file.getdents(0)), abi::EINVAL);
+        // 256 bytes hold the 224-byte record of the long name, so every entry fits somewhere.
+        let mut entries = list(&file, 256);
+        entries.sort();
+        assert_eq!(
+            entries
+                .iter()
+                .map(|(name, _)| name.clone())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let kind = |name: &str| entries.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(kind("."), DT_DIR);
+        assert_eq!(kind("sub"), DT_DIR);
+        assert_eq!(kind("link"), DT_LNK);
+        assert_eq!(kind("file-07"), DT_REG);
+
+        // Rewinding lists everything again; a second descriptor has its own position.
+        assert_eq!(file.seek(SeekFrom::Start(0)).unwrap(), 0);
+        let other = map
+            .open("/data/", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        let first = decode_dirents(&file.getdents(256).unwrap().unwrap()).unwrap();
+        assert_eq!(list(&other, 4096).len(), expected.len());
+        assert_eq!(list(&file, 4096).len(), expected.len() - first.len());
+        // Seeking back to a record boundary continues there; into a record is EINVAL.
+        let boundary = u64::try_from(first[0].off).unwrap();
+        assert_eq!(file.seek(SeekFrom::Start(boundary)).unwrap(), boundary);
+        assert_eq!(list(&file, 4096).len(), expected.len() - 1);
+        let error = file.seek(SeekFrom::Start(boundary - 1)).unwrap_err();
+        assert_eq!(guest_errno(&error), abi::EINVAL);
+    }
+
+    #[test]
+    fn host_directories_open_without_o_directory_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"x").unwrap();
+        let map = FileMap::new(&[format!("{}:/data", dir.path().display())], None).unwrap();
+        let file = map.open("/data", abi::O_RDONLY, 0).unwrap();
+        assert_eq!(file.kind(), FileKind::HostDirectory);
+        let error = file.read(&mut [0; 8]).unwrap_err();
+        assert_eq!(guest_errno(&error), abi::EISDIR);
+        assert_eq!(names(&list(&file, 4096)).len(), 3);
+        // Writing to a directory is refused by the host, as before.
+        assert_eq!(errno(map.open("/data", abi::O_WRONLY, 0)), abi::EISDIR);
+        // O_DIRECTORY on a file is ENOTDIR; a file's getdents too.
+        assert_eq!(
+            errno(map.open("/data/f", abi::O_RDONLY | abi::O_DIRECTORY, 0)),
+            abi::ENOTDIR
+        );
+        let regular = map.open("/data/f", abi::O_RDONLY, 0).unwrap();
+        assert_eq!(regular.kind(), FileKind::HostFile);
+        assert_eq!(errno(regular.getdents(4096)), abi::ENOTDIR);
+        assert_eq!(
+            errno(map.open("/data/f/below", abi::O_RDONLY, 0)),
+            abi::ENOTDIR
+        );
+    }
+
+    #[test]
+    fn map_only_directories_have_synthetic_listings() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("conf"), b"c").unwrap();
+        let d = dir.path().display();
+        let mut map = FileMap::new(
+            &specs(&[
+                &format!("{d}:/root"),
+                &format!("{d}/conf:/etc/app.conf"),
+                &format!("{d}:/etc/deep/er/dir"),
+                &format!("{d}/conf:/top"),
+                &format!("{d}/missing:/etc/missing"),
+            ]),
+            None,
+        )
+        .unwrap();
+        map.add_virtual_file("/etc/hermit.img", Arc::from(&b"image"[..]))
+            .unwrap();
+        map.add_virtual_file("/v/only", Arc::from(&b""[..]))
+            .unwrap();
+
+        let root = map.open("/", abi::O_RDONLY | abi::O_DIRECTORY, 0).unwrap();
+        assert_eq!(root.kind(), FileKind::MapDirectory);
+        assert_eq!(
+            list(&root, 4096),
+            vec![
+                ("etc".to_owned(), DT_DIR),
+                ("root".to_owned(), DT_DIR),
+                ("top".to_owned(), DT_REG),
+                ("v".to_owned(), DT_DIR),
+            ]
+        );
+        let etc = map
+            .open("etc", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        // Small buffers: one record per call, same result; the missing host file is left out.
+        assert_eq!(
+            list(&etc, 32),
+            vec![
+                ("app.conf".to_owned(), DT_REG),
+                ("deep".to_owned(), DT_DIR),
+                ("hermit.img".to_owned(), DT_REG),
+            ]
+        );
+        let deep = map
+            .open("/etc/deep/er", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        assert_eq!(list(&deep, 4096), vec![("dir".to_owned(), DT_DIR)]);
+        // Synthetic records carry d_ino 1.
+        let root = map.open("/", abi::O_RDONLY | abi::O_DIRECTORY, 0).unwrap();
+        assert_eq!(errno(root.getdents(8)), abi::EINVAL);
+        let records = decode_dirents(&root.getdents(4096).unwrap().unwrap()).unwrap();
+        assert_eq!(records.len(), 4);
+        assert!(records.iter().all(|record| record.ino == 1));
+
+        // O_DIRECTORY is required; writing or creating is refused.
+        assert_eq!(errno(map.open("/etc", abi::O_RDONLY, 0)), abi::EINVAL);
+        assert_eq!(errno(map.open("/", abi::O_RDONLY, 0)), abi::EINVAL);
+        assert_eq!(errno(map.open("/etc", abi::O_RDWR, 0)), abi::EISDIR);
+        assert_eq!(
+            errno(map.open("/etc", abi::O_WRONLY | abi::O_CREAT | abi::O_EXCL, 0)),
+            abi::EEXIST
+        );
+        assert_eq!(errno(map.unlink("/etc")), abi::EISDIR);
+        // Not below any mapping: ENOENT, also with O_DIRECTORY.
+        assert_eq!(
+            errno(map.open("/nothing", abi::O_RDONLY | abi::O_DIRECTORY, 0)),
+            abi::ENOENT
+        );
+    }
+
+    #[test]
+    fn an_empty_map_has_an_empty_root() {
+        let map = FileMap::new(&[], None).unwrap();
+        let root = map.open("/", abi::O_RDONLY | abi::O_DIRECTORY, 0).unwrap();
+        assert_eq!(root.getdents(4096).unwrap(), None);
+        assert_eq!(map.stat("/", true).unwrap().mode, S_IFDIR | 0o755);
+        assert_eq!(errno(map.stat("/x", true)), abi::ENOENT);
+    }
+
+    #[test]
+    fn stat_follows_the_rules_of_open() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"secret").unwrap();
+        let mapped = tempfile::tempdir().unwrap();
+        fs::write(mapped.path().join("real"), b"12345").unwrap();
+        fs::create_dir(mapped.path().join("sub")).unwrap();
+        let symlink = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, mapped.path().join(name)).unwrap();
+        };
+        symlink(Path::new("real"), "to_real");
+        symlink(&outside.path().join("secret"), "to_secret");
+        symlink(outside.path(), "to_outside");
+        symlink(Path::new("gone"), "dangling");
+        let mut map = FileMap::new(
+            &[
+                format!("{}:/data", mapped.path().display()),
+                format!("{}/real:/etc/real", mapped.path().display()),
+            ],
+            None,
+        )
+        .unwrap();
+        map.add_virtual_file("/img/app", Arc::from(&b"virtual!"[..]))
+            .unwrap();
+
+        let real = map.stat("/data/real", true).unwrap();
+        assert_eq!((real.mode & 0o170000, real.size), (S_IFREG, 5));
+        assert_eq!(
+            real.ino,
+            fs::metadata(mapped.path().join("real")).unwrap().ino()
+        );
+        assert_eq!(map.stat("/data/real", false).unwrap(), real);
+        assert_eq!(map.stat("/etc/real", true).unwrap().ino, real.ino);
+        assert_eq!(map.stat("/data/sub", true).unwrap().file_type(), S_IFDIR);
+        assert_eq!(map.stat("/data", true).unwrap().file_type(), S_IFDIR);
+        // A link inside: stat reports the target, lstat the link.
+        assert_eq!(map.stat("/data/to_real", true).unwrap().ino, real.ino);
+        let link = map.stat("/data/to_real", false).unwrap();
+        assert_eq!((link.file_type(), link.size), (S_IFLNK, 4));
+        // A link leading out: lstat is fine, stat is EPERM like open, through a linked
+        // directory both are.
+        assert_eq!(
+            map.stat("/data/to_secret", false).unwrap().file_type(),
+            S_IFLNK
+        );
+        assert_eq!(errno(map.stat("/data/to_secret", true)), abi::EPERM);
+        assert_eq!(
+            errno(map.stat("/data/to_outside/secret", false)),
+            abi::EPERM
+        );
+        assert_eq!(errno(map.stat("/data/to_outside/secret", true)), abi::EPERM);
+        assert_eq!(errno(map.stat("/data/dangling", true)), abi::ENOENT);
+        assert_eq!(
+            map.stat("/data/dangling", false).unwrap().file_type(),
+            S_IFLNK
+        );
+        assert_eq!(errno(map.stat("/data/none", true)), abi::ENOENT);
+        assert_eq!(errno(map.stat("/data/real/x", true)), abi::ENOTDIR);
+        assert_eq!(errno(map.stat("/../x", true)), abi::EINVAL);
+
+        // Map-only directories and virtual files, each with its own inode number.
+        let mut inos = BTreeSet::new();
+        for path in ["/", "/etc", "/img", "/img/app"] {
+            let status = map.stat(path, false).unwrap();
+            assert_eq!(status.dev, 0);
+            assert!(inos.insert(status.ino), "{path}");
+            if path != "/img/app" {
+                assert_eq!((status.mode, status.nlink), (S_IFDIR | 0o755, 2), "{path}");
+            }
+        }
+        assert_eq!(
+            map.stat("img/", true).unwrap(),
+            map.stat("/img", true).unwrap()
+        );
+        let virt = map.stat("/img/app", true).unwrap();
+        assert_eq!((virt.mode, virt.nlink), (S_IFREG | 0o444, 1));
+        assert_eq!((virt.size, virt.blksize), (8, 4096));
+        assert_eq!(errno(map.stat("/img/app/x", true)), abi::ENOTDIR);
+        assert_eq!(errno(map.stat("/elsewhere", true)), abi::ENOENT);
+
+        // fstat agrees with stat.
+        let open = |path, flags| map.open(path, flags, 0).unwrap().fstat().unwrap();
+        assert_eq!(open("/data/real", abi::O_RDONLY).ino, real.ino);
+        assert_eq!(open("/data/to_real", abi::O_RDONLY).ino, real.ino);
+        let dir = open("/data/sub", abi::O_RDONLY | abi::O_DIRECTORY);
+        assert_eq!(dir.ino, map.stat("/data/sub", true).unwrap().ino);
+        assert_eq!(dir.file_type(), S_IFDIR);
+        assert_eq!(
+            open("/etc", abi::O_RDONLY | abi::O_DIRECTORY),
+            map.stat("/etc", true).unwrap()
+        );
+        assert_eq!(open("/img/app", abi::O_RDONLY), virt);
+    }
+
+    #[test]
+    fn created_files_have_their_temp_files_status() {
+        let parent = tempfile::tempdir().unwrap();
+        let map = FileMap::new(&[], Some(parent.path().to_owned())).unwrap();
+        let mut file = map
+            .open("/tmp/out", abi::O_WRONLY | abi::O_CREAT, 0o640)
+            .unwrap();
+        file.write_all(b"abc").unwrap();
+        let status = map.stat("/tmp/out", true).unwrap();
+        assert_eq!(status.size, 3);
+        assert_eq!(status.mode & 0o170000, S_IFREG);
+        assert_eq!(file.fstat().unwrap().ino, status.ino);
+        // Its parent is now a map-only directory listing it.
+        assert_eq!(map.stat("/tmp", true).unwrap().mode, S_IFDIR | 0o755);
+        let tmp = map
+            .open("/tmp", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        assert_eq!(list(&tmp, 4096), vec![("out".to_owned(), DT_REG)]);
+        assert_eq!(errno(map.stat("/tmp/out/x", true)), abi::ENOTDIR);
+        assert_eq!(errno(map.mkdir("/tmp/out/x", 0o755)), abi::ENOTDIR);
+        assert_eq!(errno(map.mkdir("/tmp/out", 0o755)), abi::EEXIST);
+        assert_eq!(errno(map.mkdir("/tmp", 0o755)), abi::EEXIST);
+        map.unlink("/tmp/out").unwrap();
+        assert_eq!(errno(map.stat("/tmp/out", true)), abi::ENOENT);
+        assert_eq!(errno(map.stat("/tmp", true)), abi::ENOENT);
+    }
+
+    #[test]
+    fn mkdir_inside_a_mapping_creates_host_directories() {
+        let outside = tempfile::tempdir().unwrap();
+        let mapped = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), mapped.path().join("to_outside")).unwrap();
+        let map = FileMap::new(&[format!("{}:/data", mapped.path().display())], None).unwrap();
+
+        map.mkdir("/data/new", 0o40750).unwrap();
+        let host = mapped.path().join("new");
+        let metadata = fs::metadata(&host).unwrap();
+        assert!(metadata.is_dir());
+        // The process umask may clear bits, never add them; the type bits are dropped.
+        assert_eq!(metadata.mode() & 0o7777 & !0o750, 0);
+        map.mkdir("/data/new/deeper", 0o755).unwrap();
+        assert!(mapped.path().join("new/deeper").is_dir());
+
+        assert_eq!(errno(map.mkdir("/data/new", 0o755)), abi::EEXIST);
+        assert_eq!(errno(map.mkdir("/data", 0o755)), abi::EEXIST);
+        assert_eq!(errno(map.mkdir("/", 0o755)), abi::EEXIST);
+        assert_eq!(errno(map.mkdir("/data/to_outside", 0o755)), abi::EEXIST);
+        // Through a symlinked parent leading out: refused, nothing created outside.
+        assert_eq!(errno(map.mkdir("/data/to_outside/evil", 0o755)), abi::EPERM);
+        assert!(!outside.path().join("evil").exists());
+        assert_eq!(errno(map.mkdir("/data/missing/x", 0o755)), abi::ENOENT);
+        assert_eq!(errno(map.mkdir("/../x", 0o755)), abi::EINVAL);
+
+        // A file created inside the new directory is listed by it.
+        drop(
+            map.open("/data/new/f", abi::O_WRONLY | abi::O_CREAT, 0o644)
+                .unwrap(),
+        );
+        let dir = map
+            .open("/data/new", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        let mut found = names(&list(&dir, 4096))
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        found.sort();
+        assert_eq!(found, [".", "..", "deeper", "f"]);
+    }
+
+    #[test]
+    fn mkdir_of_unmapped_paths_makes_private_directories() {
+        let parent = tempfile::tempdir().unwrap();
+        let map = FileMap::new(&[], Some(parent.path().to_owned())).unwrap();
+        map.mkdir("/work", 0o000).unwrap();
+        let temp = map.temp_dir().unwrap();
+        assert!(temp.starts_with(parent.path()));
+        assert_eq!(errno(map.mkdir("/work", 0o755)), abi::EEXIST);
+        assert_eq!(map.stat("/work", true).unwrap().file_type(), S_IFDIR);
+        assert_eq!(errno(map.unlink("/work")), abi::EISDIR);
+
+        // Below it, everything works like inside a mapped directory.
+        let mut file = map
+            .open("/work/a.txt", abi::O_RDWR | abi::O_CREAT, 0o600)
+            .unwrap();
+        file.write_all(b"hello").unwrap();
+        map.mkdir("/work/sub", 0o000).unwrap();
+        drop(
+            map.open("/work/sub/b", abi::O_WRONLY | abi::O_CREAT, 0o600)
+                .unwrap(),
+        );
+        assert_eq!(map.stat("/work/a.txt", false).unwrap().size, 5);
+        let dir = map
+            .open("/work", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        let mut found: Vec<(String, u8)> = list(&dir, 4096);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                (".".to_owned(), DT_DIR),
+                ("..".to_owned(), DT_DIR),
+                ("a.txt".to_owned(), DT_REG),
+                ("sub".to_owned(), DT_DIR),
+            ]
+        );
+        // The root lists it as a directory.
+        let root = map.open("/", abi::O_RDONLY | abi::O_DIRECTORY, 0).unwrap();
+        assert_eq!(list(&root, 4096), vec![("work".to_owned(), DT_DIR)]);
+        // Nested unmapped mkdir works without the parent (like unmapped creates).
+        map.mkdir("/x/y", 0o755).unwrap();
+        assert_eq!(map.stat("/x", true).unwrap().mode, S_IFDIR | 0o755);
+        map.unlink("/work/a.txt").unwrap();
+        assert_eq!(errno(map.stat("/work/a.txt", true)), abi::ENOENT);
+
+        // Everything, even mode-0 directories, disappears with the map.
+        drop(file);
+        drop(map);
+        assert!(!temp.exists(), "temp dir {} left behind", temp.display());
+    }
+
+    #[test]
+    fn mkdir_counts_against_the_creation_cap() {
+        let parent = tempfile::tempdir().unwrap();
+        let map = FileMap::new(&[], Some(parent.path().to_owned())).unwrap();
+        for i in 0..MAX_CREATED_FILES {
+            map.mkdir(&format!("/d{i}"), 0o700).unwrap();
+        }
+        assert_eq!(errno(map.mkdir("/one-more", 0o700)), abi::ENOSPC);
+        assert_eq!(
+            errno(map.open("/one-more", abi::O_WRONLY | abi::O_CREAT, 0o600)),
+            abi::ENOSPC
+        );
+        // Inside a created directory is not counted.
+        drop(
+            map.open("/d0/inside", abi::O_WRONLY | abi::O_CREAT, 0o600)
+                .unwrap(),
+        );
+    }
+
+    #[test]
+    fn virtual_files_are_read_only_and_can_be_unlinked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = FileMap::new(&[format!("{}:/data", dir.path().display())], None).unwrap();
+        map.add_virtual_file("/app/image.bin", Arc::from(&b"0123456789"[..]))
+            .unwrap();
+        map.add_virtual_file("/app/other", Arc::from(&b"x"[..]))
+            .unwrap();
+
+        let file = map.open("/app/image.bin", abi::O_RDONLY, 0).unwrap();
+        assert_eq!(file.kind(), FileKind::Virtual);
+        let mut buf = [0; 4];
+        assert_eq!(file.read(&mut buf).unwrap(), 4);
+        assert_eq!(&buf, b"0123");
+        assert_eq!(file.seek(SeekFrom::End(-2)).unwrap(), 8);
+        assert_eq!(file.read(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"89");
+        assert_eq!(guest_errno(&file.write(b"x").unwrap_err()), abi::EBADF);
+        assert_eq!(errno(file.getdents(4096)), abi::ENOTDIR);
+        // O_CREAT without O_EXCL opens it read-only.
+        drop(map.open("/app/image.bin", abi::O_CREAT, 0o644).unwrap());
+
+        for (flags, expected) in [
+            (abi::O_WRONLY, abi::EROFS),
+            (abi::O_RDWR, abi::EROFS),
+            (abi::O_RDONLY | abi::O_TRUNC, abi::EROFS),
+            (abi::O_WRONLY | abi::O_CREAT | abi::O_EXCL, abi::EEXIST),
+            (abi::O_RDONLY | abi::O_DIRECTORY, abi::ENOTDIR),
+        ] {
+            assert_eq!(
+                errno(map.open("/app/image.bin", flags, 0o644)),
+                expected,
+                "{flags:#o}"
+            );
+        }
+        assert_eq!(errno(map.mkdir("/app/image.bin", 0o755)), abi::EROFS);
+        assert_eq!(errno(map.mkdir("/app/image.bin/x", 0o755)), abi::ENOTDIR);
+        assert_eq!(
+            errno(map.open("/app/image.bin/x", abi::O_WRONLY | abi::O_CREAT, 0o644)),
+            abi::ENOTDIR
+        );
+
+        let app = map
+            .open("/app", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        assert_eq!(
+            list(&app, 4096),
+            vec![
+                ("image.bin".to_owned(), DT_REG),
+                ("other".to_owned(), DT_REG)
+            ]
+        );
+        map.unlink("/app/image.bin").unwrap();
+        assert_eq!(
+            errno(map.open("/app/image.bin", abi::O_RDONLY, 0)),
+            abi::ENOENT
+        );
+        assert_eq!(errno(map.stat("/app/image.bin", true)), abi::ENOENT);
+        assert_eq!(errno(map.unlink("/app/image.bin")), abi::ENOENT);
+        let app = map
+            .open("/app", abi::O_RDONLY | abi::O_DIRECTORY, 0)
+            .unwrap();
+        assert_eq!(list(&app, 4096), vec![("other".to_owned(), DT_REG)]);
+        // A descriptor opened before keeps reading.
+        assert_eq!(file.seek(SeekFrom::Start(0)).unwrap(), 0);
+        assert_eq!(file.read(&mut buf).unwrap(), 4);
+        // After the unlink the path is free: creating it makes a private temp file.
+        drop(
+            map.open("/app/image.bin", abi::O_WRONLY | abi::O_CREAT, 0o644)
+                .unwrap(),
+        );
+        assert_eq!(
+            map.stat("/app/image.bin", true).unwrap().mode & 0o222,
+            0o200
+        );
+    }
+
+    #[test]
+    fn virtual_files_may_not_overlap_other_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"").unwrap();
+        let d = dir.path().display();
+        let mut map = FileMap::new(
+            &specs(&[&format!("{d}:/data"), &format!("{d}/f:/etc/f")]),
+            None,
+        )
+        .unwrap();
+        let data: Arc<[u8]> = Arc::from(&b"v"[..]);
+        for (path, reason) in [
+            ("/", "root"),
+            ("/data", "mapped"),
+            ("/data/inside", "inside a mapping"),
+            ("/etc/f/below", "below a mapped file"),
+            ("/etc", "above a mapping"),
+            ("/..", "climbs"),
+        ] {
+            let error = map.add_virtual_file(path, data.clone()).unwrap_err();
+            assert!(
+                matches!(error, IsolationError::VirtualFileConflict { .. }),
+                "{reason}: {error}"
+            );
+        }
+        map.add_virtual_file("/img/a", data.clone()).unwrap();
+        for path in ["/img/a", "/img/a/b", "/img"] {
+            assert!(map.add_virtual_file(path, data.clone()).is_err(), "{path}");
+        }
     }
 }

@@ -55,7 +55,7 @@ pub fn checked_host_open_flags(guest: i32) -> Result<i32, IsolationError> {
 }
 
 /// The (positive) Hermit errno for a host I/O error: EPERM, ENOENT, EIO, EBADF, EFAULT, EEXIST,
-/// EISDIR, EINVAL, EROFS and EOVERFLOW are translated; everything else becomes EIO.
+/// ENOTDIR, EISDIR, EINVAL, EROFS and EOVERFLOW are translated; everything else becomes EIO.
 pub fn guest_errno(error: &io::Error) -> i32 {
     if let Some(code) = error.raw_os_error() {
         return match code {
@@ -65,6 +65,7 @@ pub fn guest_errno(error: &io::Error) -> i32 {
             libc::EBADF => abi::EBADF,
             libc::EFAULT => abi::EFAULT,
             libc::EEXIST => abi::EEXIST,
+            libc::ENOTDIR => abi::ENOTDIR,
             libc::EISDIR => abi::EISDIR,
             libc::EINVAL => abi::EINVAL,
             libc::EROFS => abi::EROFS,
@@ -76,6 +77,8 @@ pub fn guest_errno(error: &io::Error) -> i32 {
         io::ErrorKind::NotFound => abi::ENOENT,
         io::ErrorKind::PermissionDenied => abi::EPERM,
         io::ErrorKind::AlreadyExists => abi::EEXIST,
+        io::ErrorKind::NotADirectory => abi::ENOTDIR,
+        io::ErrorKind::IsADirectory => abi::EISDIR,
         io::ErrorKind::InvalidInput => abi::EINVAL,
         _ => abi::EIO,
     }
@@ -181,6 +184,7 @@ mod tests {
         assert_eq!(guest_errno(&os(libc::EBADF)), 9);
         assert_eq!(guest_errno(&os(libc::EFAULT)), 14);
         assert_eq!(guest_errno(&os(libc::EEXIST)), 17);
+        assert_eq!(guest_errno(&os(libc::ENOTDIR)), 20);
         assert_eq!(guest_errno(&os(libc::EISDIR)), 21);
         assert_eq!(guest_errno(&os(libc::EINVAL)), 22);
         assert_eq!(guest_errno(&os(libc::EROFS)), 30);

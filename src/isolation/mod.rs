@@ -9,21 +9,32 @@
 //! reused; 0–2 are the console), and [`flags`] translates open flags and errno values between the
 //! Hermit (= Linux x86) numbering of the ABI and the host's.
 //!
+//! Besides host files, the map knows directories that exist only because mappings lie below them
+//! (with a synthetic listing) and read-only in-memory *virtual* files; an open descriptor is an
+//! [`OpenFile`] of one of those kinds, which lists directories as Linux `dirent64` records
+//! ([`dir`]) and reports [`FileStatus`] in Linux numbering ([`status`]).
+//!
 //! Everything here is plain host-side bookkeeping: reading the guest's parameters out of guest
 //! memory is the job of [`crate::hypercall`].
 
+pub mod dir;
 pub mod fdtable;
 pub mod filemap;
 pub mod flags;
+pub mod openfile;
+pub mod status;
 
 use std::io;
 use std::path::PathBuf;
 
 use thiserror::Error;
 
+pub use dir::MAX_GETDENTS_BYTES;
 pub use fdtable::{FdTable, GuestFd};
 pub use filemap::{FileMap, LegacyMount};
 pub use flags::{guest_errno, host_open_flags};
+pub use openfile::{FileKind, OpenFile};
+pub use status::{FileStatus, FileTime};
 
 /// Failures of the file map (at start-up) and of guest file operations (at run time).
 ///
@@ -73,9 +84,56 @@ pub enum IsolationError {
     /// A guest path resolves (through a symlink) outside the host path it is mapped to.
     #[error("guest path {0:?} resolves outside its mapped host directory")]
     Escapes(String),
-    /// The guest asked to create the guest root directory.
+    /// The guest asked to create, write or unlink a directory that exists only in the map (the
+    /// guest root included) or a directory it created.
     #[error("guest path {0:?} is a directory")]
     IsDirectory(String),
+    /// A map-only directory was opened without `O_DIRECTORY`.
+    #[error("guest path {0:?} is a directory and can only be opened with O_DIRECTORY")]
+    DirectoryNeedsODirectory(String),
+    /// A path component or an opened file is not a directory.
+    #[error("guest path {0:?} is not a directory")]
+    NotADirectory(String),
+    /// The guest asked to modify a read-only (virtual) file.
+    #[error("guest path {0:?} is read-only")]
+    ReadOnly(String),
+    /// The guest asked to create something that exists.
+    #[error("guest path {0:?} exists")]
+    Exists(String),
+    /// A Getdents buffer too small for even one directory entry.
+    #[error(
+        "getdents buffer of {available} bytes is too small for the next entry ({needed} bytes)"
+    )]
+    BufferTooSmall {
+        /// Bytes the next entry needs.
+        needed: usize,
+        /// Bytes the guest offered.
+        available: u64,
+    },
+    /// Reading an open host directory failed.
+    #[error("reading a host directory: {source}")]
+    ReadDirectory {
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A host operation on an open guest file failed.
+    #[error("{operation} of guest file {path:?}: {source}")]
+    Descriptor {
+        /// What was attempted (e.g. "fstat").
+        operation: &'static str,
+        /// The guest path the file was opened by.
+        path: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A virtual file cannot be added at a guest path (at start-up).
+    #[error("cannot add virtual file {guest:?}: {reason}")]
+    VirtualFileConflict {
+        /// The guest path.
+        guest: String,
+        /// Why not.
+        reason: &'static str,
+    },
     /// Unsupported open-flag combination (e.g. `O_CREAT | O_DIRECTORY`).
     #[error("invalid open flags {0:#o}")]
     InvalidFlags(i32),
@@ -108,10 +166,17 @@ impl IsolationError {
     pub fn errno(&self) -> i32 {
         use uhyve_interface as abi;
         match self {
-            Self::InvalidPath(_) | Self::InvalidFlags(_) => abi::EINVAL,
+            Self::InvalidPath(_)
+            | Self::InvalidFlags(_)
+            | Self::DirectoryNeedsODirectory(_)
+            | Self::BufferTooSmall { .. } => abi::EINVAL,
             Self::NotFound(_) => abi::ENOENT,
             Self::Escapes(_) => abi::EPERM,
             Self::IsDirectory(_) => abi::EISDIR,
+            Self::NotADirectory(_) => abi::ENOTDIR,
+            Self::ReadOnly(_) => abi::EROFS,
+            Self::Exists(_) => abi::EEXIST,
+            Self::ReadDirectory { source } | Self::Descriptor { source, .. } => guest_errno(source),
             Self::BadFd(_) => abi::EBADF,
             Self::TooManyOpenFiles => abi::EMFILE,
             Self::TooManyCreatedFiles => abi::ENOSPC,
@@ -120,6 +185,7 @@ impl IsolationError {
             | Self::HostPath { .. }
             | Self::DuplicateMapping { .. }
             | Self::TempDir { .. }
+            | Self::VirtualFileConflict { .. }
             | Self::FdsExhausted => abi::EIO,
         }
     }
