@@ -32,8 +32,10 @@ use uhyve_interface::{
 };
 
 use uhyve_interface::v2::{
-    HypercallAddressV2, LseekParamsV2, ReadParamsV2, SerialReadBufferParams,
-    SerialWriteBufferParamsV2, WriteParamsV2,
+    FileAttr, FstatParams, GETDENT_END_OF_DIRECTORY, GETDENT_ERROR, GETDENT_SUCCESS,
+    GetdentParams, GetdentResult, HypercallAddressV2, LseekParamsV2, MkdirParams, ReadParamsV2,
+    STAT_FOLLOW, STAT_NO_FOLLOW, STATUS_ERROR, STATUS_SUCCESS, SerialReadBufferParams,
+    SerialWriteBufferParamsV2, StatParams, StatusResult, Timespec, WriteParamsV2,
 };
 
 use crate::arch::{GuestArch, PAGE_SIZE};
@@ -856,7 +858,7 @@ impl Hypercalls {
             Ok(abi::SEEK_END) => SeekFrom::End(offset),
             _ => return Err(abi::EINVAL),
         };
-        let result = (&*file)
+        let result = file
             .seek(position)
             .map_err(|error| crate::isolation::guest_errno(&error))?;
         i64::try_from(result).map_err(|_| abi::EOVERFLOW)
@@ -864,30 +866,173 @@ impl Hypercalls {
 }
 
 impl Hypercalls {
-    // Until the directory and metadata API of `isolation` lands: ENOSYS.
+    /// Getdents (v3): the next directory entries of `fd` as `Dirent64` records in the
+    /// guest-physical buffer.
     fn getdents(
         &self,
-        _: &GuestMemory,
-        _: GuestPhysAddr,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
     ) -> Result<HypercallOutcome, HypercallError> {
-        Ok(HypercallOutcome::Continue)
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::Getdents;
+        let mut params: GetdentParams = read_params(mem, HYPERCALL, at)?;
+        let (fd, buf, len) = (params.fd, params.buf, params.len);
+        let outcome = self
+            .fds
+            .file(fd)
+            .and_then(|file| file.getdents(len))
+            .map_err(|error| error.errno())
+            .and_then(|records| match records {
+                None => Ok(None),
+                Some(bytes) => {
+                    mem.write(buf, &bytes).map_err(|_| abi::EFAULT)?;
+                    Ok(Some(bytes.len() as u64))
+                }
+            });
+        params.ret = match outcome {
+            Ok(Some(written)) => GetdentResult {
+                tag: GETDENT_SUCCESS,
+                value: written,
+                ..GetdentResult::default()
+            },
+            Ok(None) => GetdentResult {
+                tag: GETDENT_END_OF_DIRECTORY,
+                ..GetdentResult::default()
+            },
+            Err(errno) => GetdentResult {
+                tag: GETDENT_ERROR,
+                value: u64::from(errno as u32),
+                ..GetdentResult::default()
+            },
+        };
+        write_params(mem, HYPERCALL, at, &params)
     }
+
+    /// FileStat (v3): metadata of a guest path, following symbolic links or not.
     fn file_stat(
         &self,
-        _: &GuestMemory,
-        _: GuestPhysAddr,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
     ) -> Result<HypercallOutcome, HypercallError> {
-        Ok(HypercallOutcome::Continue)
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileStat;
+        let mut params: StatParams = read_params(mem, HYPERCALL, at)?;
+        let (name, kind, attr) = (params.name, params.kind, params.attr);
+        let status = match kind {
+            STAT_FOLLOW | STAT_NO_FOLLOW => self.guest_path(mem, name).and_then(|path| {
+                self.files
+                    .stat(&path, kind == STAT_FOLLOW)
+                    .map_err(|error| error.errno())
+            }),
+            _ => Err(abi::EINVAL),
+        };
+        params.ret = write_status(mem, attr, status);
+        write_params(mem, HYPERCALL, at, &params)
     }
+
+    /// FileFstat (v3): metadata of an open guest descriptor (fds 0–2: EBADF).
     fn file_fstat(
         &self,
-        _: &GuestMemory,
-        _: GuestPhysAddr,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
     ) -> Result<HypercallOutcome, HypercallError> {
-        Ok(HypercallOutcome::Continue)
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileFstat;
+        let mut params: FstatParams = read_params(mem, HYPERCALL, at)?;
+        let status = self
+            .fds
+            .file(params.fd)
+            .and_then(|file| file.fstat())
+            .map_err(|error| error.errno());
+        params.ret = write_status(mem, params.attr, status);
+        write_params(mem, HYPERCALL, at, &params)
     }
-    fn mkdir(&self, _: &GuestMemory, _: GuestPhysAddr) -> Result<HypercallOutcome, HypercallError> {
-        Ok(HypercallOutcome::Continue)
+
+    /// Mkdir (v3): creates the directory at a guest path (the NUL must lie within `len`).
+    fn mkdir(
+        &self,
+        mem: &GuestMemory,
+        at: GuestPhysAddr,
+    ) -> Result<HypercallOutcome, HypercallError> {
+        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::Mkdir;
+        let mut params: MkdirParams = read_params(mem, HYPERCALL, at)?;
+        let limit = params.len.min(MAX_PATH_LEN + 1);
+        let created = mem
+            .read_c_string(params.path, limit)
+            .map_err(|error| match error {
+                MemoryError::Unterminated { .. } => abi::EINVAL,
+                _ => abi::EFAULT,
+            })
+            .and_then(|bytes| String::from_utf8(bytes).map_err(|_| abi::EINVAL))
+            .and_then(|path| {
+                self.files
+                    .mkdir(&path, 0o777)
+                    .map_err(|error| error.errno())
+            });
+        params.ret = match created {
+            Ok(()) => StatusResult {
+                tag: STATUS_SUCCESS,
+                errno: 0,
+            },
+            Err(errno) => StatusResult {
+                tag: STATUS_ERROR,
+                errno,
+            },
+        };
+        write_params(mem, HYPERCALL, at, &params)
+    }
+
+    /// The UTF-8 guest path at `name` (NUL-terminated, at most [`MAX_PATH_LEN`] bytes).
+    fn guest_path(&self, mem: &GuestMemory, name: GuestPhysAddr) -> Result<String, i32> {
+        let bytes = mem
+            .read_c_string(name, MAX_PATH_LEN)
+            .map_err(|error| match error {
+                MemoryError::Unterminated { .. } => abi::EINVAL,
+                _ => abi::EFAULT,
+            })?;
+        String::from_utf8(bytes).map_err(|_| abi::EINVAL)
+    }
+}
+
+/// Writes `status` as a [`FileAttr`] to `attr` and returns the result to report: success, the
+/// errno of a failed lookup, or EFAULT when `attr` lies outside guest RAM.
+fn write_status(
+    mem: &GuestMemory,
+    attr: GuestPhysAddr,
+    status: Result<crate::isolation::FileStatus, i32>,
+) -> StatusResult {
+    let error = |errno| StatusResult {
+        tag: STATUS_ERROR,
+        errno,
+    };
+    let status = match status {
+        Ok(status) => status,
+        Err(errno) => return error(errno),
+    };
+    let time = |t: crate::isolation::FileTime| Timespec {
+        tv_sec: t.sec,
+        tv_nsec: t.nsec as i32,
+        _padding: 0,
+    };
+    let wire = FileAttr {
+        st_dev: status.dev,
+        st_ino: status.ino,
+        st_nlink: status.nlink,
+        st_mode: status.mode,
+        st_uid: status.uid,
+        st_gid: status.gid,
+        _padding: 0,
+        st_rdev: status.rdev,
+        st_size: status.size,
+        st_blksize: status.blksize,
+        st_blocks: status.blocks,
+        st_atim: time(status.atime),
+        st_mtim: time(status.mtime),
+        st_ctim: time(status.ctime),
+    };
+    match mem.write_obj(attr, &wire) {
+        Ok(()) => StatusResult {
+            tag: STATUS_SUCCESS,
+            errno: 0,
+        },
+        Err(_) => error(abi::EFAULT),
     }
 }
 
