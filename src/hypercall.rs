@@ -1,22 +1,29 @@
-//! The one hypercall dispatcher (interface v1), shared by every backend and every vCPU.
+//! The one hypercall dispatcher, for interfaces v1, v2 and v3, shared by every backend and vCPU.
 //!
-//! A backend turns a guest's hypercall into `(HypercallAddress, argument)` and calls
-//! [`Hypercalls::handle`]. For every port except SerialWriteByte the argument is the guest-physical
-//! address of a packed parameter struct (on x86_64 only its low 32 bits are meaningful: the guest
-//! passes it in EAX; on aarch64 it is a whole register). The struct is copied out of guest RAM, the request is served, and results
-//! are copied back; the host never holds a reference into guest memory.
+//! A backend turns a guest's hypercall into `(address, argument)` and calls
+//! [`Hypercalls::handle`] (or [`Hypercalls::handle_read`] for a load from a hypercall address).
+//! The image's interface version, fixed at start-up, picks the address table: v1 ports
+//! 0x400–0x840 with packed structs, or the v2 table 0x1010–0x1190 with naturally aligned structs
+//! (v3 adds Getdents, FileStat, FileFstat and Mkdir; a v2 guest cannot reach them). An address of
+//! the other table is no hypercall and is ignored. For v1 every port except SerialWriteByte
+//! passes the guest-physical address of its parameter struct (on x86_64 only the low 32 bits:
+//! the guest passes it in EAX); for v2 the argument is a whole register. The struct is copied out
+//! of guest RAM, the request is served, and results are copied back; the host never holds a
+//! reference into guest memory.
 //!
-//! Guest input is hostile. A parameter struct, Cmdval slot or SerialWriteBuffer range outside
-//! guest RAM has no field to report an error in, so it stops the VM ([`HypercallOutcome::Fatal`],
-//! with a message naming the hypercall and the address). Everything else fails *inside* the guest:
-//! bad paths, flags and file descriptors give a negative errno, unmapped buffers `-EFAULT`.
+//! Guest input is hostile. A parameter struct, Cmdval slot or serial buffer outside guest RAM has
+//! no field to report an error in, so it stops the VM ([`HypercallOutcome::Fatal`], with a message
+//! naming the hypercall and the address). Everything else fails *inside* the guest: bad paths,
+//! flags and file descriptors give an errno, unmapped buffers EFAULT (v1: −errno or −1 as
+//! kernel 0.6.9 expects; v2/v3: −errno in `ret`, or an error tag with the errno). v1
 //! FileRead/FileWrite buffers are guest-virtual: they are translated page by page through the
-//! guest's page tables, the length is capped at the size of guest RAM and the data is moved in
-//! bounded chunks, so a huge `len` or many virtual pages aliasing one frame cannot make the host
-//! allocate or loop without bound. A write that cannot be completed (bad fd, unmapped buffer, host
-//! error) stops and reports the bytes actually written in `len` (WriteParams has no result field;
-//! kernel 0.6.9 reads `len` back). Files are reached only through the [`FileMap`] and the guest's
-//! virtual descriptors in the [`FdTable`].
+//! guest's page tables; v2/v3 buffers are guest-physical and checked as one range. Either way the
+//! length is capped at the size of guest RAM and the data is moved in bounded chunks, so a huge
+//! `len` or many virtual pages aliasing one frame cannot make the host allocate or loop without
+//! bound. A v1 write that cannot be completed (bad fd, unmapped buffer, host error) stops and
+//! reports the bytes actually written in `len` (v1 WriteParams has no result field; kernel 0.6.9
+//! reads `len` back). Files are reached only through the [`FileMap`] and the guest's virtual
+//! descriptors in the [`FdTable`].
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, SeekFrom};
@@ -32,9 +39,9 @@ use uhyve_interface::{
 };
 
 use uhyve_interface::v2::{
-    FileAttr, FstatParams, GETDENT_END_OF_DIRECTORY, GETDENT_ERROR, GETDENT_SUCCESS,
-    GetdentParams, GetdentResult, HypercallAddressV2, LseekParamsV2, MkdirParams, ReadParamsV2,
-    STAT_FOLLOW, STAT_NO_FOLLOW, STATUS_ERROR, STATUS_SUCCESS, SerialReadBufferParams,
+    FileAttr, FstatParams, GETDENT_END_OF_DIRECTORY, GETDENT_ERROR, GETDENT_SUCCESS, GetdentParams,
+    GetdentResult, HypercallAddressV2, LseekParamsV2, MkdirParams, ReadParamsV2, STAT_FOLLOW,
+    STAT_NO_FOLLOW, STATUS_ERROR, STATUS_SUCCESS, SerialReadBufferParams,
     SerialWriteBufferParamsV2, StatParams, StatusResult, Timespec, WriteParamsV2,
 };
 
@@ -814,7 +821,7 @@ impl Hypercalls {
             mem.read(GuestPhysAddr::new(buf.as_u64() + done), part)
                 .map_err(|_| abi::EFAULT)?;
             let written = match (&file, console.as_mut()) {
-                (Some(file), _) => match (&**file).write(part) {
+                (Some(file), _) => match file.write(part) {
                     Ok(written) => written,
                     Err(error) if done == 0 => return Err(crate::isolation::guest_errno(&error)),
                     Err(_) => 0,
@@ -876,11 +883,19 @@ impl Hypercalls {
         const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::Getdents;
         let mut params: GetdentParams = read_params(mem, HYPERCALL, at)?;
         let (fd, buf, len) = (params.fd, params.buf, params.len);
+        // Checked before the stream moves, so a bad buffer loses no entries; at most
+        // MAX_GETDENTS_BYTES of it are ever written.
+        let writable = len.min(crate::isolation::MAX_GETDENTS_BYTES);
         let outcome = self
             .fds
             .file(fd)
-            .and_then(|file| file.getdents(len))
             .map_err(|error| error.errno())
+            .and_then(|file| {
+                if writable > 0 {
+                    mem.checked_range(buf, writable).map_err(|_| abi::EFAULT)?;
+                }
+                file.getdents(len).map_err(|error| error.errno())
+            })
             .and_then(|records| match records {
                 None => Ok(None),
                 Some(bytes) => {
@@ -945,7 +960,8 @@ impl Hypercalls {
         write_params(mem, HYPERCALL, at, &params)
     }
 
-    /// Mkdir (v3): creates the directory at a guest path (the NUL must lie within `len`).
+    /// Mkdir (v3): creates the directory at a guest path. `len` may count the NUL or not, so the
+    /// NUL must come within `len + 1` bytes (and the path be at most [`MAX_PATH_LEN`] long).
     fn mkdir(
         &self,
         mem: &GuestMemory,
@@ -953,7 +969,7 @@ impl Hypercalls {
     ) -> Result<HypercallOutcome, HypercallError> {
         const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::Mkdir;
         let mut params: MkdirParams = read_params(mem, HYPERCALL, at)?;
-        let limit = params.len.min(MAX_PATH_LEN + 1);
+        let limit = params.len.min(MAX_PATH_LEN);
         let created = mem
             .read_c_string(params.path, limit)
             .map_err(|error| match error {
@@ -1944,5 +1960,434 @@ mod tests {
         g.mem.write(pa(SPLIT_PA[1]), b"c\n").unwrap();
         assert_eq!(g.write(1, SPLIT_VA + 0xFFE, 4), 4);
         assert_eq!(g.console(), "to stdout\nto stderr\nabc\n");
+    }
+
+    // ---- interface v2/v3 ----
+
+    fn guest_v(version: u32) -> Guest {
+        let mut g = guest();
+        g.calls = std::mem::replace(
+            &mut g.calls,
+            Hypercalls::new(
+                GuestArch::X86_64,
+                Arc::clone(&g.output),
+                FileMap::new(&[], None).unwrap(),
+                GuestCommandLine::default(),
+            ),
+        )
+        .with_interface(version);
+        g
+    }
+
+    impl Guest {
+        fn call_v2(&self, address: HypercallAddressV2, argument: u64) -> HypercallOutcome {
+            self.calls
+                .handle(&self.mem, address as u16, argument, &mut || {
+                    panic!("v2 hypercalls take physical addresses")
+                })
+        }
+
+        fn call_v2_ok<T: GuestPod>(&self, address: HypercallAddressV2, params: T) -> T {
+            self.mem.write_obj(pa(PARAMS), &params).unwrap();
+            let outcome = self.call_v2(address, PARAMS);
+            assert!(is_continue(&outcome), "{outcome:?}");
+            self.mem.read_obj(pa(PARAMS)).unwrap()
+        }
+
+        fn open_v2(&self, path: &str, flags: i32, mode: i32) -> i32 {
+            let params = OpenParams {
+                name: self.put_string(path.as_bytes()),
+                flags,
+                mode,
+                ret: -1,
+            };
+            self.call_v2_ok(HypercallAddressV2::FileOpen, params).ret
+        }
+
+        fn write_v2(&self, fd: i32, buf: u64, len: u64) -> i64 {
+            let params = WriteParamsV2 {
+                fd,
+                buf: pa(buf),
+                len,
+                ret: i64::MIN,
+                ..Default::default()
+            };
+            self.call_v2_ok(HypercallAddressV2::FileWrite, params).ret
+        }
+
+        fn read_v2(&self, fd: i32, buf: u64, len: u64) -> i64 {
+            let params = ReadParamsV2 {
+                fd,
+                buf: pa(buf),
+                len,
+                ret: i64::MIN,
+                ..Default::default()
+            };
+            self.call_v2_ok(HypercallAddressV2::FileRead, params).ret
+        }
+
+        fn lseek_v2(&self, fd: i32, offset: i64, whence: u32) -> i64 {
+            let params = LseekParamsV2 { fd, offset, whence };
+            self.call_v2_ok(HypercallAddressV2::FileLseek, params)
+                .offset
+        }
+
+        fn mkdir_v3(&self, path: &str) -> StatusResult {
+            let params = MkdirParams {
+                path: self.put_string(path.as_bytes()),
+                len: path.len() as u64 + 1,
+                ..Default::default()
+            };
+            self.call_v2_ok(HypercallAddressV2::Mkdir, params).ret
+        }
+
+        fn getdents_v3(&self, fd: i32, buf: u64, len: u64) -> GetdentResult {
+            let params = GetdentParams {
+                fd,
+                buf: pa(buf),
+                len,
+                ..Default::default()
+            };
+            self.call_v2_ok(HypercallAddressV2::Getdents, params).ret
+        }
+
+        fn stat_v3(&self, path: &str, kind: u32, attr: u64) -> StatusResult {
+            let params = StatParams {
+                name: self.put_string(path.as_bytes()),
+                kind,
+                attr: pa(attr),
+                ..Default::default()
+            };
+            self.call_v2_ok(HypercallAddressV2::FileStat, params).ret
+        }
+
+        fn fstat_v3(&self, fd: i32, attr: u64) -> StatusResult {
+            let params = FstatParams {
+                fd,
+                attr: pa(attr),
+                ..Default::default()
+            };
+            self.call_v2_ok(HypercallAddressV2::FileFstat, params).ret
+        }
+
+        /// Names listed by Getdents on `fd`, read `chunk` bytes at a time, until the end.
+        fn list_v3(&self, fd: i32, chunk: u64) -> Vec<String> {
+            let mut names = Vec::new();
+            loop {
+                let result = self.getdents_v3(fd, BUF, chunk);
+                match result.tag {
+                    GETDENT_END_OF_DIRECTORY => return names,
+                    GETDENT_SUCCESS => {
+                        let bytes = self.bytes(BUF, result.value as usize);
+                        let records = crate::isolation::dir::decode_dirents(&bytes).unwrap();
+                        assert!(!records.is_empty());
+                        names.extend(
+                            records
+                                .into_iter()
+                                .map(|r| String::from_utf8(r.name).unwrap()),
+                        );
+                    }
+                    _ => panic!("getdents failed: {result:?}"),
+                }
+            }
+        }
+    }
+
+    const OK: StatusResult = StatusResult {
+        tag: STATUS_SUCCESS,
+        errno: 0,
+    };
+
+    fn failed(errno: i32) -> StatusResult {
+        StatusResult {
+            tag: STATUS_ERROR,
+            errno,
+        }
+    }
+
+    fn guest_v_mapped(version: u32) -> Guest {
+        let mut g = guest_v(version);
+        let files = FileMap::new(&[format!("{}:/root", g.mapped.path().display())], None).unwrap();
+        g.calls = Hypercalls::new(
+            GuestArch::X86_64,
+            Arc::clone(&g.output),
+            files,
+            GuestCommandLine::default(),
+        )
+        .with_interface(version);
+        g
+    }
+
+    #[test]
+    fn v2_exit_takes_the_code_from_the_register_and_console_calls_use_physical_buffers() {
+        let g = guest_v(2);
+        assert!(matches!(
+            g.call_v2(HypercallAddressV2::Exit, 0xFFFF_FFFF),
+            HypercallOutcome::Exit(-1)
+        ));
+        assert!(matches!(
+            g.call_v2(HypercallAddressV2::Exit, 3),
+            HypercallOutcome::Exit(3)
+        ));
+        assert!(is_continue(
+            &g.call_v2(HypercallAddressV2::SerialWriteByte, 0x141)
+        ));
+        g.mem.write(pa(BUF), b"bc\n").unwrap();
+        let buffer = SerialWriteBufferParamsV2 {
+            buf: pa(BUF),
+            len: 3,
+        };
+        g.call_v2_ok(HypercallAddressV2::SerialWriteBuffer, buffer);
+        assert_eq!(g.console(), "Abc\n");
+
+        // No error field: a buffer outside RAM stops the VM, naming the hypercall.
+        for (buf, len) in [(RAM - 2, 3), (u64::MAX, 2)] {
+            let bad = SerialWriteBufferParamsV2 { buf: pa(buf), len };
+            g.mem.write_obj(pa(PARAMS), &bad).unwrap();
+            match g.call_v2(HypercallAddressV2::SerialWriteBuffer, PARAMS) {
+                HypercallOutcome::Fatal(error) => {
+                    assert!(error.to_string().contains("SerialWriteBuffer"), "{error}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A parameter block outside RAM stops the VM too.
+        assert!(matches!(
+            g.call_v2(HypercallAddressV2::SerialWriteBuffer, RAM - 8),
+            HypercallOutcome::Fatal(HypercallError::ParamsOutsideRam { .. })
+        ));
+        assert!(matches!(
+            g.call_v2(HypercallAddressV2::FileRead, u64::MAX),
+            HypercallOutcome::Fatal(HypercallError::ParamsOutsideRam { .. })
+        ));
+    }
+
+    #[test]
+    fn each_version_knows_only_its_own_addresses() {
+        // A v1 port on a v2 guest, a v2 address on a v1 guest, and the v3-only calls on a v2
+        // guest are ignored: the parameter block stays as it was.
+        let v2 = guest_v_mapped(2);
+        let untouched = MkdirParams {
+            path: v2.put_string(b"/root/d"),
+            len: 8,
+            ret: StatusResult { tag: 77, errno: 77 },
+        };
+        for address in [
+            HypercallAddressV2::Mkdir,
+            HypercallAddressV2::Getdents,
+            HypercallAddressV2::FileStat,
+            HypercallAddressV2::FileFstat,
+        ] {
+            let after = v2.call_v2_ok(address, untouched);
+            assert_eq!(after.ret, untouched.ret, "{}", address.name());
+        }
+        assert!(!v2.host("d").exists());
+        assert!(is_continue(&v2.call(HypercallAddress::Exit, PARAMS)));
+        assert!(is_continue(&v2.calls.handle(
+            &v2.mem,
+            0x1234,
+            0,
+            &mut || { unreachable!() }
+        )));
+
+        let v1 = guest();
+        assert!(is_continue(&v1.call_v2(HypercallAddressV2::Exit, 1)));
+        let v3 = guest_v_mapped(3);
+        let mkdir = MkdirParams {
+            path: v3.put_string(b"/root/d"),
+            ..untouched
+        };
+        assert_eq!(v3.call_v2_ok(HypercallAddressV2::Mkdir, mkdir).ret, OK);
+        assert!(v3.host("d").is_dir());
+        // Reads of anything but SerialReadByte give all ones.
+        assert_eq!(
+            v3.calls.handle_read(HypercallAddressV2::Exit as u16, 1),
+            u64::MAX
+        );
+        assert_eq!(v1.calls.handle_read(0x1018, 4), u64::MAX);
+    }
+
+    #[test]
+    fn v2_files_read_write_and_seek_through_physical_buffers_with_negative_errnos() {
+        let g = guest_v_mapped(2);
+        let fd = g.open_v2("/root/f", abi::O_RDWR | abi::O_CREAT, 0o644);
+        assert!(fd > 2, "{fd}");
+        // A buffer straddling the non-contiguous frames of SPLIT_VA is no problem: it is physical.
+        g.mem.write(pa(SPLIT_PA[1]), b"0123456789").unwrap();
+        assert_eq!(g.write_v2(fd, SPLIT_PA[1], 10), 10);
+        assert_eq!(std::fs::read(g.host("f")).unwrap(), b"0123456789");
+        assert_eq!(g.lseek_v2(fd, 2, abi::SEEK_SET as u32), 2);
+        assert_eq!(g.read_v2(fd, BUF, 4), 4);
+        assert_eq!(g.bytes(BUF, 4), b"2345");
+        assert_eq!(g.lseek_v2(fd, -1, abi::SEEK_END as u32), 9);
+        assert_eq!(g.read_v2(fd, BUF, 100), 1);
+        assert_eq!(g.read_v2(fd, BUF, 100), 0);
+        assert_eq!(g.lseek_v2(fd, 0, abi::SEEK_CUR as u32), 10);
+
+        // Errors come back as -errno, and nothing outside RAM is touched.
+        assert_eq!(g.read_v2(fd, RAM - 2, 4), -i64::from(abi::EFAULT));
+        assert_eq!(g.write_v2(fd, u64::MAX - 1, 4), -i64::from(abi::EFAULT));
+        assert_eq!(g.read_v2(99, BUF, 4), -i64::from(abi::EBADF));
+        assert_eq!(g.write_v2(0, BUF, 4), -i64::from(abi::EBADF));
+        assert_eq!(g.read_v2(1, BUF, 4), -i64::from(abi::EBADF));
+        assert_eq!(
+            g.lseek_v2(fd, -20, abi::SEEK_SET as u32),
+            -i64::from(abi::EINVAL)
+        );
+        assert_eq!(g.lseek_v2(fd, 0, 7), -i64::from(abi::EINVAL));
+        assert_eq!(g.lseek_v2(fd, 0, u32::MAX), -i64::from(abi::EINVAL));
+        assert_eq!(g.lseek_v2(1, 0, 0), -i64::from(abi::EBADF));
+        // A zero-length transfer may carry any address.
+        assert_eq!(g.read_v2(fd, u64::MAX, 0), 0);
+
+        // Console writes through fd 1.
+        g.mem.write(pa(BUF), b"out\n").unwrap();
+        assert_eq!(g.write_v2(1, BUF, 4), 4);
+        assert_eq!(g.console(), "out\n");
+
+        let close = g.call_v2_ok(HypercallAddressV2::FileClose, CloseParams { fd, ret: -1 });
+        assert_eq!({ close.ret }, 0);
+        assert_eq!(g.read_v2(fd, BUF, 1), -i64::from(abi::EBADF));
+        let name = g.put_string(b"/root/f");
+        let unlink = g.call_v2_ok(
+            HypercallAddressV2::FileUnlink,
+            UnlinkParams { name, ret: -1 },
+        );
+        assert_eq!({ unlink.ret }, 0);
+        assert!(!g.host("f").exists());
+        assert_eq!(
+            g.open_v2("/elsewhere/../root/f", abi::O_RDONLY, 0),
+            -abi::ENOENT
+        );
+    }
+
+    #[test]
+    fn v3_mkdir_and_getdents_list_directories_in_pieces() {
+        let g = guest_v_mapped(3);
+        assert_eq!(g.mkdir_v3("/root/dir"), OK);
+        assert_eq!(g.mkdir_v3("/root/dir"), failed(abi::EEXIST));
+        assert_eq!(g.mkdir_v3("/root/missing/dir"), failed(abi::ENOENT));
+        assert!(g.host("dir").is_dir());
+        for index in 0..20 {
+            std::fs::write(g.host(&format!("dir/file-{index:02}")), b"x").unwrap();
+        }
+        let fd = g.open_v2("/root/dir", abi::O_RDONLY | abi::O_DIRECTORY, 0);
+        assert!(fd > 2, "{fd}");
+        // 64-byte pieces hold about two records each: every name comes exactly once.
+        let mut names = g.list_v3(fd, 64);
+        names.sort();
+        let mut expected: Vec<String> = (0..20).map(|i| format!("file-{i:02}")).collect();
+        expected.extend([".".into(), "..".into()]);
+        expected.sort();
+        assert_eq!(names, expected);
+        // Rewinding starts the listing again.
+        assert_eq!(g.lseek_v2(fd, 0, abi::SEEK_SET as u32), 0);
+        assert_eq!(g.list_v3(fd, 1 << 20).len(), 22);
+
+        // Errors: a buffer too small for one record, a buffer outside RAM, no directory, bad fd.
+        assert_eq!(g.lseek_v2(fd, 0, abi::SEEK_SET as u32), 0);
+        let error = |errno: i32| GetdentResult {
+            tag: GETDENT_ERROR,
+            value: errno as u64,
+            ..Default::default()
+        };
+        assert_eq!(g.getdents_v3(fd, BUF, 8), error(abi::EINVAL));
+        assert_eq!(g.getdents_v3(fd, RAM - 16, 4096), error(abi::EFAULT));
+        assert_eq!(g.getdents_v3(fd, u64::MAX - 8, 4096), error(abi::EFAULT));
+        assert_eq!(g.getdents_v3(99, BUF, 4096), error(abi::EBADF));
+        assert_eq!(g.getdents_v3(1, BUF, 4096), error(abi::EBADF));
+        let file = g.open_v2("/root/dir/file-00", abi::O_RDONLY, 0);
+        assert_eq!(g.getdents_v3(file, BUF, 4096), error(abi::ENOTDIR));
+        // A directory is no file to read.
+        assert_eq!(g.read_v2(fd, BUF, 16), -i64::from(abi::EISDIR));
+
+        // The guest root lists the mount points.
+        let root = g.open_v2("/", abi::O_RDONLY | abi::O_DIRECTORY, 0);
+        assert_eq!(g.list_v3(root, 4096), ["root"]);
+
+        // Mkdir paths: `len` counts the NUL or not, but a longer string is refused; the path
+        // must lie inside RAM.
+        let params = MkdirParams {
+            path: g.put_string(b"/root/y"),
+            len: 7,
+            ..Default::default()
+        };
+        assert_eq!(g.call_v2_ok(HypercallAddressV2::Mkdir, params).ret, OK);
+        assert!(g.host("y").is_dir());
+        let params = MkdirParams {
+            path: g.put_string(b"/root/x"),
+            len: 6,
+            ..Default::default()
+        };
+        let ret = g.call_v2_ok(HypercallAddressV2::Mkdir, params).ret;
+        assert_eq!(ret, failed(abi::EINVAL));
+        for outside in [RAM, u64::MAX] {
+            let params = MkdirParams {
+                path: pa(outside),
+                len: 100,
+                ..Default::default()
+            };
+            let ret = g.call_v2_ok(HypercallAddressV2::Mkdir, params).ret;
+            assert_eq!(ret, failed(abi::EFAULT));
+        }
+        assert!(!g.host("x").exists());
+    }
+
+    #[test]
+    fn v3_stat_and_fstat_fill_the_file_attributes() {
+        let g = guest_v_mapped(3);
+        std::fs::write(g.host("data"), vec![7u8; 5000]).unwrap();
+        std::os::unix::fs::symlink("data", g.host("link")).unwrap();
+        const ATTR: u64 = BUF + 0x1000;
+        let attr = || g.mem.read_obj::<FileAttr>(pa(ATTR)).unwrap();
+
+        assert_eq!(g.stat_v3("/root/link", STAT_FOLLOW, ATTR), OK);
+        let followed = attr();
+        assert_eq!(followed.st_size, 5000);
+        assert_eq!(followed.st_mode & 0o170000, 0o100000);
+        assert_eq!(followed.st_nlink, 1);
+        let host = std::fs::metadata(g.host("data")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(followed.st_ino, host.ino());
+        assert_eq!(followed.st_mtim.tv_sec, host.mtime());
+        assert_eq!(i64::from(followed.st_mtim.tv_nsec), host.mtime_nsec());
+
+        assert_eq!(g.stat_v3("/root/link", STAT_NO_FOLLOW, ATTR), OK);
+        assert_eq!(attr().st_mode & 0o170000, 0o120000);
+        assert_eq!(g.stat_v3("/root", STAT_FOLLOW, ATTR), OK);
+        assert_eq!(attr().st_mode & 0o170000, 0o040000);
+        assert_eq!(g.stat_v3("/", STAT_FOLLOW, ATTR), OK);
+        assert_eq!(attr().st_mode & 0o170000, 0o040000);
+
+        let fd = g.open_v2("/root/data", abi::O_RDONLY, 0);
+        g.mem.write(pa(ATTR), &[0u8; 120]).unwrap();
+        assert_eq!(g.fstat_v3(fd, ATTR), OK);
+        assert_eq!(attr(), followed);
+
+        // Errors: no such path, a bad kind, attributes outside RAM, bad descriptors.
+        assert_eq!(
+            g.stat_v3("/root/none", STAT_FOLLOW, ATTR),
+            failed(abi::ENOENT)
+        );
+        assert_eq!(
+            g.stat_v3("/elsewhere", STAT_FOLLOW, ATTR),
+            failed(abi::ENOENT)
+        );
+        assert_eq!(g.stat_v3("/root/data", 2, ATTR), failed(abi::EINVAL));
+        assert_eq!(
+            g.stat_v3("/root/data", STAT_FOLLOW, RAM - 8),
+            failed(abi::EFAULT)
+        );
+        assert_eq!(g.fstat_v3(fd, u64::MAX - 4), failed(abi::EFAULT));
+        assert_eq!(g.fstat_v3(99, ATTR), failed(abi::EBADF));
+        assert_eq!(g.fstat_v3(0, ATTR), failed(abi::EBADF));
+        let params = StatParams {
+            name: pa(RAM + 5),
+            kind: STAT_FOLLOW,
+            attr: pa(ATTR),
+            ..Default::default()
+        };
+        let ret = g.call_v2_ok(HypercallAddressV2::FileStat, params).ret;
+        assert_eq!(ret, failed(abi::EFAULT));
     }
 }

@@ -257,7 +257,8 @@ pub const STATUS_ERROR: u32 = 2;
 pub struct MkdirParams {
     /// Guest-physical address of the NUL-terminated path.
     pub path: GuestPhysAddr,
-    /// Size of the path buffer (the NUL must lie inside it).
+    /// Length of the path, counted with or without its NUL: the NUL must come within the first
+    /// `len + 1` bytes.
     pub len: u64,
     /// The result.
     pub ret: StatusResult,
