@@ -21,9 +21,10 @@ use uhyve::mem::GuestMemory;
 use uhyve::output::OutputTarget;
 use uhyve::params::{MemorySize, VmConfig};
 use uhyve::vm::{EntryRegisters, GuestExit, Hypervisor, VcpuKick, Vm, VmError};
+use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{
     CloseParams, ExitParams, GuestPhysAddr, GuestVirtAddr, HypercallAddress, OpenParams,
-    ReadParams, SerialWriteBufferParams, WriteParams,
+    ReadParams, SerialWriteBufferParams, UnlinkParams, WriteParams,
 };
 
 const RAM_SIZE: u64 = 64 << 20;
@@ -80,6 +81,20 @@ enum Step {
         register: u8,
         value: u64,
     },
+    /// `str x<register>, [hypercall window + address]` of interface v2/v3 (any address in the
+    /// window, served or not).
+    Store {
+        address: u16,
+        register: u8,
+        value: u64,
+    },
+    /// `ldr x<register>, [hypercall window + address]` of `1 << size_log2` bytes; the register's
+    /// value after the load is recorded.
+    Load {
+        address: u16,
+        register: u8,
+        size_log2: u64,
+    },
     /// A data abort with this syndrome at this IPA.
     Abort { syndrome: u64, ipa: u64 },
     /// Loads `len` bytes at a guest-physical address and records them.
@@ -98,6 +113,10 @@ struct Observed {
     peeks: Vec<Vec<u8>>,
     /// Whether `hv_vcpus_exit` ended its run.
     canceled: bool,
+    /// Register values after each `Load` step.
+    loads: Vec<u64>,
+    /// How far PC moved while uhyve handled each hypercall exit (every one must be 4).
+    pc_steps: Vec<u64>,
 }
 
 /// A scripted Hypervisor.framework: vCPU `n` replays `scripts[n]`, then idles until kicked.
@@ -118,6 +137,8 @@ struct FakeVcpu {
     kicked: Arc<AtomicBool>,
     started: bool,
     observed: Arc<Mutex<HashMap<u32, Observed>>>,
+    /// PC at the last hypercall exit, and the register a load goes to.
+    pending: Option<(u64, Option<u8>)>,
 }
 
 #[derive(Clone)]
@@ -155,6 +176,16 @@ impl HvfVcpuOps for FakeVcpu {
                 o.entry_sys = sys;
             });
         }
+        if let Some((pc, load)) = self.pending.take() {
+            let step = self.regs[&Reg::Pc].wrapping_sub(pc);
+            let loaded = load.map(|register| self.regs.get(&Reg::X(register)).copied());
+            self.observe(|o| {
+                o.pc_steps.push(step);
+                if let Some(value) = loaded {
+                    o.loads.push(value.unwrap_or(0));
+                }
+            });
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.kicked.swap(false, Ordering::SeqCst) {
@@ -173,10 +204,37 @@ impl HvfVcpuOps for FakeVcpu {
                     value,
                 }) => {
                     self.regs.insert(Reg::X(register), value);
+                    self.pending = Some((self.regs[&Reg::Pc], None));
                     return Ok(HvfExit::Exception {
                         syndrome: data_abort(true, 3, register),
                         virtual_address: u64::from(port as u16),
                         physical_address: self.mapping.base + u64::from(port as u16),
+                    });
+                }
+                Some(Step::Store {
+                    address,
+                    register,
+                    value,
+                }) => {
+                    self.regs.insert(Reg::X(register), value);
+                    self.pending = Some((self.regs[&Reg::Pc], None));
+                    return Ok(HvfExit::Exception {
+                        syndrome: data_abort(true, 3, register),
+                        virtual_address: u64::from(address),
+                        physical_address: self.mapping.base + u64::from(address),
+                    });
+                }
+                Some(Step::Load {
+                    address,
+                    register,
+                    size_log2,
+                }) => {
+                    self.regs.insert(Reg::X(register), 0x5555_5555_5555_5555);
+                    self.pending = Some((self.regs[&Reg::Pc], Some(register)));
+                    return Ok(HvfExit::Exception {
+                        syndrome: data_abort(false, size_log2, register),
+                        virtual_address: u64::from(address),
+                        physical_address: self.mapping.base + u64::from(address),
                     });
                 }
                 Some(Step::WaitFor(cpu)) => {
@@ -267,6 +325,7 @@ impl Hypervisor for FakeHvf {
             kicked: Arc::clone(&kicked),
             started: false,
             observed: Arc::clone(&self.observed),
+            pending: None,
         };
         // What the framework reports before uhyve writes anything: PARange 36 bits.
         fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1);
@@ -293,13 +352,18 @@ fn image_path() -> Option<PathBuf> {
 }
 
 /// The kernel image's guest-physical range and entry point (PIE at RAM_BASE + 0x40000).
-fn image_facts(path: &PathBuf) -> (std::ops::Range<u64>, u64) {
+fn image_facts(path: &std::path::Path) -> (std::ops::Range<u64>, u64) {
+    image_facts_at(path, RAM_BASE)
+}
+
+/// The kernel image's guest-physical range and entry point in RAM starting at `ram_base`.
+fn image_facts_at(path: &std::path::Path, ram_base: u64) -> (std::ops::Range<u64>, u64) {
     let image = KernelImage::parse_for(
         std::fs::read(path).unwrap(),
         goblin::elf::header::EM_AARCH64,
     )
     .unwrap();
-    let base = RAM_BASE + 0x4_0000;
+    let base = ram_base + 0x4_0000;
     let mut slot = vec![0u8; image.footprint() as usize];
     let loaded = image.load(base, &mut slot).unwrap();
     (loaded.image_range, loaded.entry_point)
@@ -487,6 +551,11 @@ fn a_scripted_aarch64_guest_runs_through_the_whole_vm() {
         "unmapped buffer: 0 bytes"
     );
     assert!(!cpu0.canceled);
+    assert_eq!(
+        cpu0.pc_steps,
+        vec![4; 5],
+        "PC moves past every handled store"
+    );
 
     let cpu1 = &observed[&1];
     assert_eq!(cpu1.entry[&Reg::Pc], entry);
@@ -768,4 +837,644 @@ fn built_aarch64_applications_run_through_the_fake() {
             "{name}"
         );
     }
+}
+
+// ---- interface v2/v3 on aarch64 ----
+
+/// A copy of the aarch64 image `kernel` that announces uhyve interface `version`: its `PT_NOTE`
+/// segment is rewritten to hold an `UHYVEIF` note (big-endian u32) and its other notes except
+/// the GNU ABI tag (which the new note replaces, so the segment does not grow).
+fn with_interface_note(kernel: &std::path::Path, version: u32, dir: &std::path::Path) -> PathBuf {
+    let mut bytes = std::fs::read(kernel).unwrap();
+    let elf = goblin::elf::Elf::parse(&bytes).unwrap();
+    let (index, note) = elf
+        .program_headers
+        .iter()
+        .enumerate()
+        .find(|(_, ph)| ph.p_type == goblin::elf::program_header::PT_NOTE)
+        .expect("the image has a PT_NOTE segment");
+    let (start, len) = (note.p_offset as usize, note.p_filesz as usize);
+    let phdr = elf.header.e_phoff as usize + index * usize::from(elf.header.e_phentsize);
+    drop(elf);
+
+    let align4 = |n: usize| n.next_multiple_of(4);
+    let mut notes = Vec::new();
+    notes.extend_from_slice(&8u32.to_le_bytes());
+    notes.extend_from_slice(&4u32.to_le_bytes());
+    notes.extend_from_slice(&0x5B00u32.to_le_bytes());
+    notes.extend_from_slice(b"UHYVEIF\0");
+    notes.extend_from_slice(&version.to_be_bytes());
+    let old = bytes[start..start + len].to_vec();
+    let mut at = 0;
+    while at + 12 <= old.len() {
+        let word = |i: usize| u32::from_le_bytes(old[at + i..at + i + 4].try_into().unwrap());
+        let (namesz, descsz) = (word(0) as usize, word(4) as usize);
+        let size = 12 + align4(namesz) + align4(descsz);
+        let name = &old[at + 12..at + 12 + namesz];
+        if name != b"GNU\0" {
+            notes.extend_from_slice(&old[at..at + size]);
+        }
+        at += size;
+    }
+    assert!(
+        notes.len() <= len,
+        "the new notes fit where the old ones were"
+    );
+    bytes[start..start + len].fill(0);
+    bytes[start..start + notes.len()].copy_from_slice(&notes);
+    // p_filesz and p_memsz of the Elf64_Phdr.
+    for field in [32, 40] {
+        bytes[phdr + field..phdr + field + 8].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+    }
+    let path = dir.join(format!("hello-v{version}"));
+    std::fs::write(&path, bytes).unwrap();
+    let image = KernelImage::parse_for(
+        std::fs::read(&path).unwrap(),
+        goblin::elf::header::EM_AARCH64,
+    )
+    .unwrap();
+    assert_eq!(image.interface_version(), version);
+    path
+}
+
+/// Guest RAM of v2/v3 guests starts at 4 GiB.
+const HIGH_RAM_BASE: u64 = 4 << 30;
+
+/// A v2/v3 hypercall: the argument in X`register`.
+fn v2_call(address: HypercallAddressV2, register: u8, value: u64) -> Step {
+    Step::Store {
+        address: address as u16,
+        register,
+        value,
+    }
+}
+
+/// Where the scripted v2/v3 guest keeps things: free RAM after the kernel image (v2 buffers are
+/// guest-physical, so no page tables are involved).
+struct V2Scratch {
+    params: u64,
+    strings: u64,
+    buffer: u64,
+    attr: u64,
+}
+
+impl V2Scratch {
+    fn after(image: &std::ops::Range<u64>) -> Self {
+        let base = image.end.next_multiple_of(0x10000);
+        Self {
+            params: base,
+            strings: base + 0x1000,
+            buffer: base + 0x2000,
+            attr: base + 0x4000,
+        }
+    }
+
+    /// Writes the parameter block for call number `n` (each gets its own 0x80 bytes) and
+    /// returns the steps for the call and for peeking the whole block afterwards.
+    fn call<T: Copy>(&self, n: u64, address: HypercallAddressV2, params: T) -> [Step; 3] {
+        let at = self.params + n * 0x80;
+        [
+            Step::Poke(at, bytes_of(&params)),
+            v2_call(address, (n % 29) as u8, at),
+            Step::Peek(at, std::mem::size_of::<T>()),
+        ]
+    }
+
+    /// The NUL-terminated `path` at string slot `n`.
+    fn string(&self, n: u64, path: &str) -> (Step, GuestPhysAddr) {
+        let at = self.strings + n * 0x80;
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        (Step::Poke(at, bytes), GuestPhysAddr::new(at))
+    }
+}
+
+/// Reads a `T` out of the bytes a `Peek` recorded.
+fn from_bytes<T: Copy + Default>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), std::mem::size_of::<T>());
+    let mut value = T::default();
+    // SAFETY: `value` is a plain-old-data parameter struct (every field an integer, padding
+    // spelled out as fields) of exactly `bytes.len()` bytes, so any bytes form a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut value as *mut T).cast::<u8>(),
+            bytes.len(),
+        );
+    }
+    value
+}
+
+/// A v3 aarch64 guest, in the layout of interface v2/v3 (RAM at 4 GiB, the hypercall window in
+/// its first 16 KiB, the console at 0x1030), uses every v2/v3 hypercall through the shared
+/// dispatcher: console output, mkdir, create/write/close, stat and lstat, open and list a mapped
+/// directory, fstat, read and seek, unlink, and exit with a negative code. Each store and load is
+/// a data abort after which PC moves past the instruction.
+#[test]
+fn a_v3_aarch64_guest_uses_every_hypercall_through_the_fake() {
+    use uhyve_interface::v2::*;
+    use uhyve_interface::{O_CREAT, O_DIRECTORY, O_RDONLY, O_WRONLY, SEEK_SET};
+    let Some(original) = image_path() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let kernel = with_interface_note(&original, 3, work.path());
+    let (image, entry) = image_facts_at(&kernel, HIGH_RAM_BASE);
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("from-host.txt"), b"mapped for v3\n").unwrap();
+    std::os::unix::fs::symlink("from-host.txt", host_dir.path().join("link")).unwrap();
+    let console = work.path().join("console");
+    let config = config(
+        kernel,
+        1,
+        OutputTarget::File(console.clone()),
+        vec![format!("{}:/data", host_dir.path().display())],
+    );
+    let s = V2Scratch::after(&image);
+    let text = b"v3 console\n";
+    let written = b"written by a v3 guest";
+
+    let mut steps = vec![
+        Step::Peek(HIGH_RAM_BASE + 0x4000, 104),
+        Step::Peek(HIGH_RAM_BASE + 0x5000, 0x1000),
+        // Only the low byte counts.
+        v2_call(
+            HypercallAddressV2::SerialWriteByte,
+            3,
+            0xAB00_0000_0000_0076,
+        ),
+        Step::Poke(s.buffer, text.to_vec()),
+    ];
+    let serial = SerialWriteBufferParamsV2 {
+        len: text.len() as u64,
+        buf: GuestPhysAddr::new(s.buffer),
+    };
+    steps.extend(s.call(0, HypercallAddressV2::SerialWriteBuffer, serial));
+    let (poke, sub) = s.string(0, "/data/sub");
+    steps.push(poke);
+    let mkdir = MkdirParams {
+        path: sub,
+        len: 10,
+        ..Default::default()
+    };
+    steps.extend(s.call(1, HypercallAddressV2::Mkdir, mkdir));
+    let (poke, new_file) = s.string(1, "/data/sub/new.txt");
+    steps.push(poke);
+    let open = OpenParams {
+        name: new_file,
+        flags: O_WRONLY | O_CREAT,
+        mode: 0o644,
+        ret: -1,
+    };
+    steps.extend(s.call(2, HypercallAddressV2::FileOpen, open));
+    steps.push(Step::Poke(s.buffer + 0x100, written.to_vec()));
+    let write = WriteParamsV2 {
+        len: written.len() as u64,
+        buf: GuestPhysAddr::new(s.buffer + 0x100),
+        fd: 3,
+        ..Default::default()
+    };
+    steps.extend(s.call(3, HypercallAddressV2::FileWrite, write));
+    steps.extend(s.call(
+        4,
+        HypercallAddressV2::FileClose,
+        CloseParams { fd: 3, ret: -1 },
+    ));
+    let (poke, link) = s.string(2, "/data/link");
+    steps.push(poke);
+    let lstat = StatParams {
+        name: link,
+        kind: STAT_NO_FOLLOW,
+        attr: GuestPhysAddr::new(s.attr),
+        ..Default::default()
+    };
+    steps.extend(s.call(5, HypercallAddressV2::FileStat, lstat));
+    steps.push(Step::Peek(s.attr, 120));
+    let stat = StatParams {
+        kind: STAT_FOLLOW,
+        ..lstat
+    };
+    steps.extend(s.call(6, HypercallAddressV2::FileStat, stat));
+    steps.push(Step::Peek(s.attr, 120));
+    let (poke, data) = s.string(3, "/data");
+    steps.push(poke);
+    let open_dir = OpenParams {
+        name: data,
+        flags: O_RDONLY | O_DIRECTORY,
+        mode: 0,
+        ret: -1,
+    };
+    steps.extend(s.call(7, HypercallAddressV2::FileOpen, open_dir));
+    let list = GetdentParams {
+        fd: 4,
+        buf: GuestPhysAddr::new(s.buffer + 0x1000),
+        len: 0x1000,
+        ..Default::default()
+    };
+    steps.extend(s.call(8, HypercallAddressV2::Getdents, list));
+    steps.push(Step::Peek(s.buffer + 0x1000, 0x1000));
+    steps.extend(s.call(9, HypercallAddressV2::Getdents, list));
+    let (poke, from_host) = s.string(4, "/data/from-host.txt");
+    steps.push(poke);
+    let open_read = OpenParams {
+        name: from_host,
+        flags: O_RDONLY,
+        mode: 0,
+        ret: -1,
+    };
+    steps.extend(s.call(10, HypercallAddressV2::FileOpen, open_read));
+    let fstat = FstatParams {
+        fd: 5,
+        attr: GuestPhysAddr::new(s.attr + 0x100),
+        ..Default::default()
+    };
+    steps.extend(s.call(11, HypercallAddressV2::FileFstat, fstat));
+    steps.push(Step::Peek(s.attr + 0x100, 120));
+    let seek = LseekParamsV2 {
+        offset: 7,
+        whence: SEEK_SET as u32,
+        fd: 5,
+    };
+    steps.extend(s.call(12, HypercallAddressV2::FileLseek, seek));
+    let read = ReadParamsV2 {
+        len: 64,
+        buf: GuestPhysAddr::new(s.buffer + 0x200),
+        fd: 5,
+        ..Default::default()
+    };
+    steps.extend(s.call(13, HypercallAddressV2::FileRead, read));
+    steps.push(Step::Peek(s.buffer + 0x200, 7));
+    let unlink = UnlinkParams {
+        name: new_file,
+        ret: -1,
+    };
+    steps.extend(s.call(14, HypercallAddressV2::FileUnlink, unlink));
+    // A v1 hypercall on a v3 guest is no hypercall: nothing happens.
+    steps.push(Step::Poke(
+        s.params + 0x800,
+        bytes_of(&ExitParams { arg: 9 }),
+    ));
+    steps.push(Step::Hypercall {
+        port: HypercallAddress::Exit,
+        register: 4,
+        value: s.params + 0x800,
+    });
+    // The exit code is the register itself, an i32 zero-extended.
+    steps.push(v2_call(HypercallAddressV2::Exit, 8, 0xFFFF_FFFE));
+
+    let (result, observed) = run(&config, vec![steps]);
+    assert_eq!(result.unwrap(), GuestExit(-2));
+    let cpu0 = &observed[&0];
+    assert_eq!(cpu0.entry[&Reg::Pc], entry);
+    assert_eq!(cpu0.entry[&Reg::X(0)], HIGH_RAM_BASE + 0x4000);
+    assert_eq!(cpu0.entry_sys[&SysReg::Ttbr0El1], HIGH_RAM_BASE + 0x1_0000);
+    // Every handled store and load moved PC past its instruction (the exit ends the run).
+    assert_eq!(cpu0.pc_steps, vec![4; 17], "PC steps");
+
+    let mut peeks = cpu0.peeks.iter();
+    let mut next = || peeks.next().expect("one more peek").as_slice();
+    let boot_info = next();
+    let field = |at: usize| u64::from_le_bytes(boot_info[at..at + 8].try_into().unwrap());
+    assert_eq!(field(0), HIGH_RAM_BASE, "RAM start");
+    assert_eq!(field(8), HIGH_RAM_BASE + RAM_SIZE, "RAM end");
+    assert_eq!(
+        field(16),
+        0x1030,
+        "serial port: the v2 SerialWriteBuffer address"
+    );
+    assert_eq!(field(24), HIGH_RAM_BASE + 0x5000, "FDT address");
+    let fdt = next();
+    assert_eq!(fdt[..4], 0xd00d_feed_u32.to_be_bytes(), "FDT magic");
+    let contains = |needle: &[u8]| fdt.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"env=GREETING=hello -- first second\0"),
+        "bootargs"
+    );
+    assert!(
+        !contains(b"-mount"),
+        "a v2+ kernel learns its mounts from /uhyve,mounts"
+    );
+    assert!(
+        contains(b"uhyve,mounts\0") && contains(b"/data\0"),
+        "mount list"
+    );
+
+    let _serial: SerialWriteBufferParamsV2 = from_bytes(next());
+    let mkdir: MkdirParams = from_bytes(next());
+    assert_eq!(
+        (mkdir.ret.tag, mkdir.ret.errno),
+        (STATUS_SUCCESS, 0),
+        "mkdir"
+    );
+    let open: OpenParams = from_bytes(next());
+    assert_eq!({ open.ret }, 3, "open for writing");
+    let write: WriteParamsV2 = from_bytes(next());
+    assert_eq!(write.ret, written.len() as i64, "write");
+    let close: CloseParams = from_bytes(next());
+    assert_eq!({ close.ret }, 0, "close");
+    let lstat: StatParams = from_bytes(next());
+    assert_eq!(lstat.ret.tag, STATUS_SUCCESS, "lstat");
+    let link_attr: FileAttr = from_bytes(next());
+    assert_eq!(
+        link_attr.st_mode & 0o170000,
+        0o120000,
+        "lstat sees the link"
+    );
+    let stat: StatParams = from_bytes(next());
+    assert_eq!(stat.ret.tag, STATUS_SUCCESS, "stat");
+    let file_attr: FileAttr = from_bytes(next());
+    assert_eq!(
+        file_attr.st_mode & 0o170000,
+        0o100000,
+        "stat follows the link"
+    );
+    assert_eq!(file_attr.st_size, 14);
+    let open_dir: OpenParams = from_bytes(next());
+    assert_eq!({ open_dir.ret }, 4, "open the directory");
+    let list: GetdentParams = from_bytes(next());
+    assert_eq!(list.ret.tag, GETDENT_SUCCESS, "getdents");
+    let records = &next()[..list.ret.value as usize];
+    let mut names = dirent_names(records);
+    names.sort();
+    assert_eq!(names, [".", "..", "from-host.txt", "link", "sub"]);
+    let end: GetdentParams = from_bytes(next());
+    assert_eq!(end.ret.tag, GETDENT_END_OF_DIRECTORY, "getdents at the end");
+    let open_read: OpenParams = from_bytes(next());
+    assert_eq!({ open_read.ret }, 5, "open for reading");
+    let fstat: FstatParams = from_bytes(next());
+    assert_eq!(fstat.ret.tag, STATUS_SUCCESS, "fstat");
+    let fstat_attr: FileAttr = from_bytes(next());
+    assert_eq!(fstat_attr, file_attr, "fstat and stat agree");
+    let seek: LseekParamsV2 = from_bytes(next());
+    assert_eq!(seek.offset, 7, "lseek");
+    let read: ReadParamsV2 = from_bytes(next());
+    assert_eq!(read.ret, 7, "read the rest");
+    assert_eq!(next(), b"for v3\n");
+    let unlink: UnlinkParams = from_bytes(next());
+    assert_eq!({ unlink.ret }, 0, "unlink");
+    assert!(peeks.next().is_none());
+
+    assert!(host_dir.path().join("sub").is_dir());
+    assert!(!host_dir.path().join("sub/new.txt").exists());
+    assert_eq!(std::fs::read(&console).unwrap(), b"vv3 console\n");
+}
+
+/// The names in a buffer of `dirent64` records.
+fn dirent_names(mut records: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    while !records.is_empty() {
+        let reclen = usize::from(u16::from_le_bytes([records[16], records[17]]));
+        let name = &records[19..reclen];
+        let nul = name.iter().position(|&b| b == 0).unwrap();
+        names.push(String::from_utf8(name[..nul].to_vec()).unwrap());
+        records = &records[reclen..];
+    }
+    names
+}
+
+/// A v2 aarch64 guest: the v3-only calls are no hypercalls for it (their parameter blocks stay
+/// untouched), file calls with buffers outside RAM fail with −EFAULT in `ret`, bad descriptors
+/// with −EBADF, and the guest goes on.
+#[test]
+fn a_v2_aarch64_guest_gets_errnos_and_no_v3_calls() {
+    use uhyve_interface::v2::*;
+    use uhyve_interface::{EBADF, EFAULT};
+    let Some(original) = image_path() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let kernel = with_interface_note(&original, 2, work.path());
+    let (image, _) = image_facts_at(&kernel, HIGH_RAM_BASE);
+    let host_dir = tempfile::tempdir().unwrap();
+    let config = config(
+        kernel,
+        1,
+        OutputTarget::None,
+        vec![format!("{}:/data", host_dir.path().display())],
+    );
+    let s = V2Scratch::after(&image);
+    let ram_end = HIGH_RAM_BASE + RAM_SIZE;
+    let (poke, sub) = s.string(0, "/data/sub");
+    let mut steps = vec![poke];
+    let mkdir = MkdirParams {
+        path: sub,
+        len: 10,
+        ret: StatusResult {
+            tag: STATUS_NONE,
+            errno: 0,
+        },
+    };
+    steps.extend(s.call(0, HypercallAddressV2::Mkdir, mkdir));
+    let fstat = FstatParams {
+        fd: 1,
+        attr: GuestPhysAddr::new(s.attr),
+        ..Default::default()
+    };
+    steps.extend(s.call(1, HypercallAddressV2::FileFstat, fstat));
+    // Console writes from buffers outside RAM, straddling its end, at the top of the address
+    // space and below RAM; a read from a bad descriptor; a seek on the console.
+    for (n, (buf, len)) in [
+        (ram_end, 8),
+        (ram_end - 4, 8),
+        (u64::MAX - 3, 8),
+        (HIGH_RAM_BASE - 8, 8),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let write = WriteParamsV2 {
+            len,
+            buf: GuestPhysAddr::new(buf),
+            fd: 1,
+            ..Default::default()
+        };
+        steps.extend(s.call(2 + n as u64, HypercallAddressV2::FileWrite, write));
+    }
+    let read = ReadParamsV2 {
+        len: 8,
+        buf: GuestPhysAddr::new(s.buffer),
+        fd: 77,
+        ..Default::default()
+    };
+    steps.extend(s.call(6, HypercallAddressV2::FileRead, read));
+    let seek = LseekParamsV2 {
+        offset: 0,
+        whence: 9,
+        fd: 1,
+    };
+    steps.extend(s.call(7, HypercallAddressV2::FileLseek, seek));
+    steps.push(v2_call(HypercallAddressV2::Exit, 0, 5));
+
+    let (result, observed) = run(&config, vec![steps]);
+    assert_eq!(result.unwrap(), GuestExit(5));
+    let cpu0 = &observed[&0];
+    let peeks = &cpu0.peeks;
+    let after_mkdir: MkdirParams = from_bytes(&peeks[0]);
+    assert_eq!(after_mkdir.ret.tag, STATUS_NONE, "Mkdir is no v2 hypercall");
+    assert!(!host_dir.path().join("sub").exists());
+    let after_fstat: FstatParams = from_bytes(&peeks[1]);
+    assert_eq!(
+        after_fstat.ret.tag, STATUS_NONE,
+        "FileFstat is no v2 hypercall"
+    );
+    for peek in &peeks[2..6] {
+        let write: WriteParamsV2 = from_bytes(peek);
+        assert_eq!(write.ret, -i64::from(EFAULT), "{write:?}");
+    }
+    let read: ReadParamsV2 = from_bytes(&peeks[6]);
+    assert_eq!(read.ret, -i64::from(EBADF));
+    let seek: LseekParamsV2 = from_bytes(&peeks[7]);
+    assert_eq!(seek.offset, -i64::from(EBADF), "the console cannot seek");
+    assert_eq!(cpu0.pc_steps, vec![4; 8]);
+}
+
+/// A v2 parameter block outside RAM, or a console buffer outside it, stops the VM with the
+/// hypercall named; a load or store in the hypercall window that is no hypercall (a null-pointer
+/// access, as the window is what virtual address 0 maps to) is a crash naming it.
+#[test]
+fn bad_v2_accesses_stop_the_aarch64_vm_with_a_clear_message() {
+    use uhyve_interface::v2::*;
+    let Some(original) = image_path() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let kernel = with_interface_note(&original, 3, work.path());
+    let (image, entry) = image_facts_at(&kernel, HIGH_RAM_BASE);
+    let crash = |steps: Vec<Step>| {
+        let config = config(kernel.clone(), 1, OutputTarget::None, vec![]);
+        match run(&config, vec![steps]).0 {
+            Err(error) => error.to_string(),
+            Ok(exit) => panic!("the guest should have been stopped, but exited with {exit:?}"),
+        }
+    };
+    let ram_end = HIGH_RAM_BASE + RAM_SIZE;
+    assert_eq!(
+        crash(vec![v2_call(HypercallAddressV2::FileRead, 8, ram_end - 8)]),
+        format!(
+            "vCPU 0: guest hypercall failed: FileRead: parameter block at {:#x} lies outside \
+             guest RAM",
+            ram_end - 8
+        )
+    );
+    // Below RAM (the v1 base, where a v1 guest's blocks would be).
+    assert!(
+        crash(vec![v2_call(HypercallAddressV2::Getdents, 8, RAM_BASE)])
+            .contains("Getdents: parameter block at 0x10000000 lies outside guest RAM")
+    );
+    let s = V2Scratch::after(&image);
+    let serial = SerialWriteBufferParamsV2 {
+        len: 16,
+        buf: GuestPhysAddr::new(ram_end - 8),
+    };
+    let mut steps = vec![];
+    steps.extend(s.call(0, HypercallAddressV2::SerialWriteBuffer, serial));
+    assert!(crash(steps).contains(&format!(
+        "SerialWriteBuffer: buffer at {:#x} (length 0x10) lies outside guest RAM",
+        ram_end - 8
+    )),);
+    let message = crash(vec![Step::Load {
+        address: 0x1018,
+        register: 2,
+        size_log2: 2,
+    }]);
+    assert!(
+        message.contains(
+            "read of 4 bytes at offset 0x1018 of the hypercall window (guest-physical \
+             0x100001018), which is no hypercall (a null-pointer access?)"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{entry:#x}")),
+        "names the PC: {message}"
+    );
+    let message = crash(vec![Step::Store {
+        address: 0x8,
+        register: 2,
+        value: 0,
+    }]);
+    assert!(
+        message.contains("write of 8 bytes at offset 0x8 of the hypercall window"),
+        "{message}"
+    );
+}
+
+/// Set in the child process of [`a_v3_aarch64_guest_reads_the_serial_input`].
+const SERIAL_CHILD: &str = "UHYVE_FAKE_SERIAL_INPUT_CHILD";
+
+/// SerialReadByte (a load from 0x1040) and SerialReadBuffer take uhyve's standard input, so the
+/// test runs itself again as a child process whose stdin is a pipe holding `xy-rest of it`.
+#[test]
+fn a_v3_aarch64_guest_reads_the_serial_input() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    if std::env::var_os(SERIAL_CHILD).is_some() {
+        serial_input_child();
+        return;
+    }
+    if image_path().is_none() {
+        return;
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_v3_aarch64_guest_reads_the_serial_input",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SERIAL_CHILD, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One write below PIPE_BUF: the child sees all of it at once, then the end of the input.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"xy-rest of it").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("serial input: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn serial_input_child() {
+    use uhyve_interface::v2::*;
+    let original = image_path().expect("the parent checked");
+    let work = tempfile::tempdir().unwrap();
+    let kernel = with_interface_note(&original, 3, work.path());
+    let (image, _) = image_facts_at(&kernel, HIGH_RAM_BASE);
+    let config = config(kernel, 1, OutputTarget::None, vec![]);
+    let s = V2Scratch::after(&image);
+    let byte_load = |register: u8, size_log2: u64| Step::Load {
+        address: HypercallAddressV2::SerialReadByte as u16,
+        register,
+        size_log2,
+    };
+    let read_buffer = SerialReadBufferParams {
+        maxlen: 64,
+        len: 99,
+        buf: GuestPhysAddr::new(s.buffer),
+    };
+    let mut steps = vec![byte_load(3, 0), byte_load(4, 2)];
+    steps.extend(s.call(0, HypercallAddressV2::SerialReadBuffer, read_buffer));
+    steps.push(Step::Peek(s.buffer, 11));
+    // The end of the input: all ones from the byte, nothing from the buffer.
+    steps.push(byte_load(5, 0));
+    steps.extend(s.call(1, HypercallAddressV2::SerialReadBuffer, read_buffer));
+    steps.push(v2_call(HypercallAddressV2::Exit, 8, 0));
+    let (result, observed) = run(&config, vec![steps]);
+    assert_eq!(result.unwrap(), GuestExit(0));
+    let cpu0 = &observed[&0];
+    assert_eq!(cpu0.loads, vec![u64::from(b'x'), u64::from(b'y'), 0xFF]);
+    let first: SerialReadBufferParams = from_bytes(&cpu0.peeks[0]);
+    assert_eq!(first.len, 11, "the rest of the input");
+    assert_eq!(cpu0.peeks[1], b"-rest of it");
+    let at_end: SerialReadBufferParams = from_bytes(&cpu0.peeks[2]);
+    assert_eq!(at_end.len, 0, "the end of the input");
+    assert_eq!(cpu0.pc_steps, vec![4; 5]);
+    println!("serial input: ok");
 }

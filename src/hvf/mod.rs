@@ -254,6 +254,18 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
                 size: access.size,
             });
         }
+        if in_window {
+            // The window is the first 16 KiB of RAM, which the guest's page tables map at
+            // virtual address 0: anything but a hypercall there is most likely a null pointer.
+            let kind = if access.is_write { "write" } else { "read" };
+            return Ok(VcpuExit::Unhandled {
+                description: format!(
+                    "{kind} of {} bytes at offset {offset:#x} of the hypercall window \
+                     (guest-physical {ipa:#x}), which is no hypercall (a null-pointer access?)",
+                    access.size
+                ),
+            });
+        }
         if access.is_write {
             self.step_over = true;
             return Ok(VcpuExit::MmioWrite {
