@@ -3,7 +3,9 @@
 //! the other vCPUs, crash reports — run on this (any) host against a scripted fake of
 //! Hypervisor.framework. The fake plays the guest: it writes parameter blocks into guest RAM
 //! through the mapping it was given (as the guest's own stores would) and then raises the data
-//! aborts the guest's stores to the hypercall window raise on real hardware.
+//! aborts the guest's stores to (and v2/v3 loads from) the hypercall window raise on real
+//! hardware. Interface v1 images run with RAM at 0x1000_0000; copies of the image whose notes
+//! announce interface v2 or v3 run with RAM at 4 GiB and the v2 address table.
 //!
 //! Needs `$UHYVE_TEST_IMAGES` for the real `aarch64-hello_world` (no KVM, no aarch64 host).
 
