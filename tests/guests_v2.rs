@@ -10,12 +10,21 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use common::{Uhyve, all_v2_guests, kvm_or_skip, v2_guest};
+use common::{Run, Uhyve, all_v2_guests, kvm_or_skip, v2_guest};
 
 /// The v2/v3 guests build.rs must produce, with the interface version each announces.
-const GUESTS: &[(&str, u32)] = &[("v3_exit", 3)];
+const GUESTS: &[(&str, u32)] = &[
+    ("v2_gating", 2),
+    ("v3_console", 3),
+    ("v3_exit", 3),
+    ("v3_files", 3),
+    ("v3_memory", 3),
+];
 
 /// Where the v2/v3 guests are linked: 4 MiB into RAM at 4 GiB.
 const LINK_ADDRESS: u64 = 0x1_0040_0000;
@@ -93,4 +102,291 @@ fn v3_exit_code_is_the_register_argument() {
         run.assert_code(*status);
         assert_eq!(run.stdout, "", "{}", run.report());
     }
+}
+
+/// The 80 KiB v3_console writes in one SerialWriteBuffer call.
+fn big_buffer() -> String {
+    (0..1280)
+        .map(|k| format!("{:.<63}\n", format!("big {k:04} ")))
+        .collect()
+}
+
+#[test]
+fn v3_console_output_and_input() {
+    if !kvm_or_skip("v3_console_output_and_input") {
+        return;
+    }
+    // 3 bytes by `in al`, 'D' by `in ax`, 0xff and 'F' by `in eax` (0xff is data there, not the
+    // end), 20 bytes by SerialReadBuffer, the rest by FileRead on fd 0.
+    let mut input = b"ABCD\xffFghijklmnopqrstuvwxyz0123".to_vec();
+    input.extend_from_slice(b"and the rest through FileRead fd 0\n");
+    let run = Uhyve::v2_guest("v3_console").stdin(input).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("console: SerialWriteByte\n[!]\nconsole: SerialWriteBuffer\n")
+        .assert_stdout_contains(&big_buffer())
+        .assert_stdout_contains("END-OF-RAM-OK\n")
+        .assert_stdout_contains("console: FileWrite fd 1\n")
+        .assert_stdout_contains("console: FileWrite fd 2\n")
+        .assert_stdout_contains(
+            "stdin: [ABCD\\xffFghijklmnopqrstuvwxyz0123and the rest through FileRead fd 0\\x0a]\n",
+        )
+        .assert_stdout_contains("SerialReadByte zero-extends: ok\n")
+        .assert_stdout_contains("end: SerialReadByte eax again: ok\n")
+        .assert_stdout_contains("end: SerialReadBuffer buffer untouched: ok\n");
+    assert_eq!(
+        run.stdout.matches("big ").count(),
+        1280,
+        "the big buffer came out more than once\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn v3_console_input_at_its_end_from_the_start() {
+    if !kvm_or_skip("v3_console_input_at_its_end_from_the_start") {
+        return;
+    }
+    for input in [None, Some(Vec::new())] {
+        let uhyve = Uhyve::v2_guest("v3_console");
+        let uhyve = match input {
+            Some(bytes) => uhyve.stdin(bytes),
+            None => uhyve,
+        };
+        let run = uhyve.run();
+        run.assert_all_ok()
+            .assert_stdout_contains("stdin: []\n")
+            .assert_stdout_contains("end: SerialReadByte al: ok\n")
+            .assert_stdout_contains("end: SerialReadBuffer len 0: ok\n")
+            .assert_stdout_contains("end: FileRead fd 0: ok\n");
+    }
+}
+
+// ---- Files ----
+
+/// A temporary directory laid out for the file tests: `mnt/` (mapped as guest `/data`),
+/// `outside/secret` (not mapped), `cwd/` (uhyve's working directory), and the symlinks
+/// `mnt/link -> ../outside` and `mnt/link_file -> ../outside/secret`.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+const SECRET: &str = "host secret data, 32 bytes long\n";
+/// The 32-byte file the hostile file tests read.
+const INPUT: &str = "0123456789abcdefghijklmnopqrstuv";
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for sub in ["mnt", "outside", "cwd"] {
+            fs::create_dir(root.join(sub)).unwrap();
+        }
+        fs::write(root.join("outside/secret"), SECRET).unwrap();
+        fs::write(root.join("mnt/input.txt"), INPUT).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("mnt/link")).unwrap();
+        std::os::unix::fs::symlink("../outside/secret", root.join("mnt/link_file")).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The v2/v3 guest `name` with `mnt/` mapped as `/data`, running in `cwd/`.
+    fn uhyve(&self, name: &str) -> Uhyve {
+        let mapping = format!("{}:/data", self.path("mnt").display());
+        Uhyve::v2_guest(name)
+            .opts(["--file-mapping", mapping.as_str()])
+            .current_dir(self.path("cwd"))
+    }
+
+    /// Asserts that nothing outside `mnt/` was created or changed.
+    fn assert_outside_untouched(&self) {
+        let secret = fs::read_to_string(self.path("outside/secret"));
+        assert_eq!(
+            secret.ok().as_deref(),
+            Some(SECRET),
+            "outside/secret was changed"
+        );
+        assert_eq!(
+            entries(&self.path("outside")),
+            ["secret"],
+            "files appeared in outside/"
+        );
+        assert!(
+            entries(&self.path("cwd")).is_empty(),
+            "files appeared in cwd/"
+        );
+        assert_eq!(
+            entries(self.dir.path()),
+            ["cwd", "mnt", "outside"],
+            "files appeared in the root"
+        );
+    }
+}
+
+/// Sorted names in `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names of the `entry <name> <d_type>` lines in `text`, with how often each came.
+fn listed_names(text: &str) -> BTreeMap<String, usize> {
+    let mut names = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((name, _d_type)) = line
+            .strip_prefix("entry ")
+            .and_then(|rest| rest.rsplit_once(' '))
+        {
+            *names.entry(name.to_owned()).or_insert(0) += 1;
+        }
+    }
+    names
+}
+
+/// Asserts that `listing` names every entry of `dir`, `.` and `..` exactly once, and nothing else.
+fn assert_lists_exactly(listing: &str, dir: &Path, run: &Run) {
+    let mut expected: BTreeMap<String, usize> =
+        entries(dir).into_iter().map(|name| (name, 1)).collect();
+    expected.insert(".".into(), 1);
+    expected.insert("..".into(), 1);
+    assert_eq!(
+        listed_names(listing),
+        expected,
+        "Getdents did not list every entry exactly once\n{}",
+        run.report()
+    );
+}
+
+/// Names of assorted lengths (records of 24 to 64 bytes) for a listed directory.
+const LIST_NAMES: &[&str] = &[
+    "a",
+    "bb",
+    "ccc",
+    "file-with-a-longer-name.txt",
+    "forty-characters-long-name-0123456789abc",
+    "e.txt",
+    "f_f",
+    "g-1",
+    "g-2",
+    "g-3",
+    "h",
+    "space name",
+];
+
+fn make_listed_dir(dir: &Path) {
+    fs::create_dir(dir).unwrap();
+    for name in LIST_NAMES {
+        fs::write(dir.join(name), name).unwrap();
+    }
+    fs::create_dir(dir.join("sub")).unwrap();
+}
+
+#[test]
+fn v3_file_hypercalls_on_a_mapped_directory() {
+    if !kvm_or_skip("v3_file_hypercalls_on_a_mapped_directory") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("mnt/existing.txt"), "existing content\n").unwrap();
+    std::os::unix::fs::symlink("existing.txt", sandbox.path("mnt/to_existing")).unwrap();
+    make_listed_dir(&sandbox.path("mnt/list"));
+    let run = sandbox.uhyve("v3_files").args(["/data"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("v3_files: all ok\n");
+
+    // The listing of /data/list, in 64-byte pieces, printed before "listed".
+    let (list, rest) = run.stdout.split_once("listed ").expect("a listing");
+    assert_lists_exactly(list, &sandbox.path("mnt/list"), &run);
+    assert!(
+        rest.starts_with(&format!("{} entries\n", LIST_NAMES.len() + 3)),
+        "{}",
+        run.report()
+    );
+    let (_, made) = rest.split_once("made:\n").expect("made's listing");
+    let (made, root) = made.split_once("root:\n").expect("the root's listing");
+    assert_lists_exactly(made, &sandbox.path("mnt/made"), &run);
+    assert_eq!(
+        listed_names(root),
+        BTreeMap::from([("data".to_owned(), 1)]),
+        "{}",
+        run.report()
+    );
+
+    // FileStat reported the host's metadata.
+    let meta = fs::metadata(sandbox.path("mnt/existing.txt")).unwrap();
+    let line = format!(
+        "existing.txt: ino={} size=17 mode={} nlink=1 mtime={}.{}\n",
+        meta.ino(),
+        meta.mode(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    run.assert_stdout_contains(&line);
+
+    // What the guest left on the host.
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/kept.txt")).unwrap(),
+        "kept by the v3 guest\n"
+    );
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/made/inner.txt")).unwrap(),
+        "inner\n"
+    );
+    assert!(sandbox.path("mnt/made2").is_dir());
+    assert!(
+        !sandbox.path("mnt/new.txt").exists(),
+        "new.txt was unlinked"
+    );
+    assert!(!sandbox.path("mnt/nope").exists());
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v2_guests_cannot_reach_the_v3_calls() {
+    if !kvm_or_skip("v2_guests_cannot_reach_the_v3_calls") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("mnt/existing.txt"), "existing content\n").unwrap();
+    let run = sandbox.uhyve("v2_gating").args(["/data"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("v2: SerialWriteBuffer\n")
+        .assert_stdout_contains("Mkdir ignored: ok\n")
+        .assert_stdout_contains("Getdents ignored: ok\n")
+        .assert_stdout_contains("FileStat ignored: ok\n")
+        .assert_stdout_contains("FileFstat ignored: ok\n")
+        .assert_stdout_contains("v2_gating: all ok\n");
+    assert!(!sandbox.path("mnt/v3dir").exists(), "a v2 guest made a dir");
+    assert!(!sandbox.path("mnt/v2.txt").exists(), "v2.txt was unlinked");
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v3_guests_use_more_than_3_gib_of_ram() {
+    if !kvm_or_skip("v3_guests_use_more_than_3_gib_of_ram") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("v3_memory")
+        .opts(["-m", "8G"])
+        .args(["/data"])
+        .run();
+    run.assert_all_ok()
+        .assert_stdout_contains("ram: 0x100000000..0x300000000\n")
+        .assert_stdout_contains("touched 24 words, the highest at 0x2fffffff8\n")
+        .assert_stdout_contains("serial from the end of RAM\n")
+        .assert_stdout_contains("v3_memory: all ok\n");
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/high.txt")).unwrap(),
+        "0123456789abcdef"
+    );
+    assert!(sandbox.path("mnt/high-dir").is_dir());
+    sandbox.assert_outside_untouched();
 }
