@@ -365,6 +365,7 @@ fn v2_guests_cannot_reach_the_v3_calls() {
         .assert_stdout_contains("Getdents ignored: ok\n")
         .assert_stdout_contains("FileStat ignored: ok\n")
         .assert_stdout_contains("FileFstat ignored: ok\n")
+        .assert_stdout_contains("v1 Exit and FileOpen ignored: ok\n")
         .assert_stdout_contains("v2_gating: all ok\n");
     assert!(!sandbox.path("mnt/v3dir").exists(), "a v2 guest made a dir");
     assert!(!sandbox.path("mnt/v2.txt").exists(), "v2.txt was unlinked");

@@ -12,6 +12,7 @@
  *                  errno 77) and its buffers filled with 0x5a; afterwards the markers and buffers
  *                  are unchanged, MNT/v3dir does not exist, and the directory fd is still usable
  *   `in` on them   1, 2 and 4-byte reads of 0x1160-0x1190 give all-ones
+ *   v1 calls       Exit (0x540) and FileOpen (0x440) as a v1 guest makes them: ignored
  */
 #include "uhyve_v2.h"
 
@@ -66,6 +67,25 @@ static void v2_calls(void)
 
 	uint32_t byte = hc_read_byte();
 	check("v2 SerialReadByte without input", byte == UINT32_MAX, byte);
+}
+
+/* A v1 hypercall as a v1 guest makes it (EAX = the struct's address), with RDI = it as well. */
+static void v1_call(uint16_t port, const void *params)
+{
+	__asm__ volatile("outl %%eax, %%dx"
+			 :
+			 : "a"((uint32_t)gpa(params)), "d"(port), "D"(gpa(params))
+			 : "memory");
+}
+
+static void v1_calls(void)
+{
+	struct ExitParams exit = {.arg = 77};
+	v1_call(UHYVE_PORT_EXIT, &exit);
+	const char *path = at("existing.txt");
+	struct OpenParams open = {.name = gpa(path), .flags = O_RDONLY, .ret = HC_UNSET};
+	v1_call(UHYVE_PORT_FILE_OPEN, &open);
+	check("v1 Exit and FileOpen ignored", open.ret == HC_UNSET, open.ret);
 }
 
 #define MARK 77
@@ -128,6 +148,7 @@ int main(void)
 	}
 	mnt = argv[0];
 	v2_calls();
+	v1_calls();
 	v3_calls();
 	if (check_failures == 0)
 		put_str("v2_gating: all ok\n");

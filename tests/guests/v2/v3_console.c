@@ -15,7 +15,8 @@
  *                                comes zero-extended; the end reads as all-ones)
  *   SerialReadBuffer (0x1050)    maxlen 0 with a buffer outside RAM (len 0, nothing consumed), then
  *                                pieces of at most 5 bytes up to 20 bytes in all (each 1..maxlen)
- *   FileRead fd 0 (0x1130)       pieces of at most 7 bytes until it returns 0
+ *   FileRead fd 0 (0x1130)       first into a buffer across the end of RAM (EFAULT, and no input
+ *                                is lost), then pieces of at most 7 bytes until it returns 0
  * It prints "stdin: [<all bytes read, escaped>]" and checks that every way of reading reports the
  * end of the input afterwards: SerialReadByte all-ones (1, 2 and 4 bytes), SerialReadBuffer len 0
  * with its buffer untouched, FileRead 0.
@@ -137,8 +138,10 @@ static void input_buffer(void)
 
 static void input_file_read(void)
 {
+	/* A bad buffer fails before anything is read: no input is lost. */
+	int64_t got = hc_read_raw(0, v2_ram_end() - 2, 7);
+	check("FileRead fd 0 into a buffer across the end of RAM", got == -EFAULT, got);
 	int sizes_ok = 1;
-	int64_t got;
 	for (;;) {
 		char piece[7];
 		got = hc_read(0, piece, sizeof(piece));

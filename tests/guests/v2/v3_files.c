@@ -14,20 +14,22 @@
  *   unlink                  new.txt, then open and unlink again (ENOENT)
  *   kept.txt                written and left on the host for the test to read
  *   mkdir                   MNT/made (len without NUL), MNT/made2 (len with NUL), MNT/made again
- *                           (EEXIST), MNT/nope/deeper (ENOENT), MNT/existing.txt/x (ENOTDIR);
- *                           made/inner.txt created inside
+ *                           (EEXIST), MNT/nope/deeper (ENOENT), MNT/existing.txt/x (ENOTDIR),
+ *                           MNT and / (EEXIST); made/inner.txt created inside; FileUnlink of a
+ *                           directory, of MNT and of / (EISDIR)
  *   stat                    to_existing followed (regular, 17 bytes, same inode as existing.txt
  *                           and its fstat) and not followed (symlink, 12 bytes); MNT, MNT/made
- *                           and / (directories);
- *                           a missing path (ENOENT); kind 2 (EINVAL). Prints existing.txt's
- *                           inode, size, mode, links and mtime for the test to compare
+ *                           and / (directories); a missing path (ENOENT); kind 2 (EINVAL).
+ *                           Prints existing.txt's inode, size, mode, links and mtime for the
+ *                           test to compare
  *   getdents                MNT/list in 64-byte pieces (each call returns whole records whose
  *                           lengths add up), then EndOfDirectory twice; prints "entry <name>
  *                           <d_type>" per record for the test, which checks that every name
  *                           comes exactly once. Rewinds (lseek 0) and lists it again in one
- *                           4 KiB call; continues from the d_off of the first record; MNT/made
- *                           (".", "..", "inner.txt"); the guest root "/" (a map-only directory,
- *                           needs O_DIRECTORY: EINVAL without) lists the mount's first component;
+ *                           4 KiB call; a seek into a record or SEEK_END (EINVAL); continues
+ *                           from the d_off of the first record; MNT/made (".", "..",
+ *                           "inner.txt"); the guest root "/" (a map-only directory, needs
+ *                           O_DIRECTORY: EINVAL without) lists the mount's first component;
  *                           read on a directory (EISDIR)
  * Ends with "v3_files: all ok" and status 0 if every check passed.
  */
@@ -141,11 +143,21 @@ static void directories(void)
 	check("mkdir missing parent", status_err(st, ENOENT), status_value(st));
 	st = hc_mkdir(at("existing.txt/x"));
 	check("mkdir below a file", status_err(st, ENOTDIR), status_value(st));
+	st = hc_mkdir(mnt);
+	check("mkdir of the mount", status_err(st, EEXIST), status_value(st));
+	st = hc_mkdir("/");
+	check("mkdir of /", status_err(st, EEXIST), status_value(st));
+	int ret = hc_unlink(at("made2"));
+	check("unlink a directory", ret == -EISDIR, ret);
+	ret = hc_unlink(mnt);
+	check("unlink the mount", ret == -EISDIR, ret);
+	ret = hc_unlink("/");
+	check("unlink /", ret == -EISDIR, ret);
 
 	int fd = hc_open(at("made/inner.txt"), O_CREAT | O_WRONLY, 0644);
 	check("create made/inner.txt", fd > 2, fd);
-	int64_t ret = hc_write(fd, "inner\n", 6);
-	check("write made/inner.txt", ret == 6, ret);
+	int64_t written = hc_write(fd, "inner\n", 6);
+	check("write made/inner.txt", written == 6, written);
 	int cret = hc_close(fd);
 	check("close made/inner.txt", cret == 0, cret);
 }
@@ -273,6 +285,10 @@ static void listing(void)
 	int64_t first_off = -1;
 	int all = r.tag == GETDENT_SUCCESS ? walk(r.value, 0, &first_off) : -1;
 	check("list in one call", all == listed, all);
+	off = hc_lseek(fd, 1, SEEK_SET);
+	check("seek into a record", off == -EINVAL, off);
+	off = hc_lseek(fd, 0, SEEK_END);
+	check("SEEK_END on a directory", off == -EINVAL, off);
 	off = hc_lseek(fd, first_off, SEEK_SET);
 	check("seek to the first d_off", off == first_off, off);
 	int rest = list(fd, 4096, 0);
