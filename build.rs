@@ -3,10 +3,14 @@
 //! tests) as the compile-time environment variable `UHYVE_GUEST_DIR`.
 //!
 //! Every `tests/guests/*.c` is one guest; each is linked together with the shared runtime in
-//! `tests/guests/rt/` (`start.S`, `runtime.c`) using the linker script `rt/guest.ld`. The guests
-//! only exist for the x86_64 KVM integration tests, so on any other target nothing is built (the
-//! directory is still created, empty). On x86_64 Linux a C compiler is required: `gcc`, or the
-//! one named by `UHYVE_GUEST_CC` or `CC`.
+//! `tests/guests/rt/` (`start.S`, `runtime.c`) using the linker script `rt/guest.ld`. Every
+//! `tests/guests/v2/*.c` is a guest of hypercall interface v2/v3, built into
+//! `$OUT_DIR/guests/v2/<name>`: the same runtime compiled with `UHYVE_V2` plus
+//! `v2/rt/runtime_v2.c`, linked by `v2/rt/guest.ld` at 4 MiB above 4 GiB (where uhyve puts the
+//! RAM of such guests), as position-independent code so that the small code model still works
+//! there. The guests only exist for the x86_64 KVM integration tests, so on any other target
+//! nothing is built (the directory is still created, empty). On x86_64 Linux a C compiler is
+//! required: `gcc`, or the one named by `UHYVE_GUEST_CC` or `CC`.
 //!
 //! The flags keep the guests to general-purpose registers: the KVM on the project's machines
 //! emulates every instruction and cannot execute SSE/AVX (see tests/guests/uhyve.h).
@@ -26,17 +30,23 @@ const CFLAGS: &[&str] = &[
     "-ffreestanding",
     "-fno-builtin",
     "-fno-tree-loop-distribute-patterns",
-    "-fno-pic",
     "-fno-stack-protector",
     "-fno-asynchronous-unwind-tables",
     "-fno-unwind-tables",
     "-fcf-protection=none",
     "-mgeneral-regs-only",
     "-mno-red-zone",
-    "-mcmodel=small",
 ];
 
-/// Linker flags: a static, non-PIE ET_EXEC laid out by `rt/guest.ld`.
+/// Code generation of the v1 guests, linked in the low 2 GiB: absolute 32-bit addresses.
+const V1_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small"];
+
+/// Code generation of the v2/v3 guests, linked above 4 GiB: RIP-relative addressing keeps the
+/// small code model usable there (the image is still linked as a fixed-address ET_EXEC), and
+/// `UHYVE_V2` selects the v2 hypercall wrappers in the shared headers and runtime.
+const V2_CODEGEN: &[&str] = &["-fpie", "-mcmodel=small", "-DUHYVE_V2=1"];
+
+/// Linker flags: a static, non-PIE ET_EXEC laid out by the linker script of its kind.
 const LDFLAGS: &[&str] = &[
     "-nostdlib",
     "-nostartfiles",
@@ -91,18 +101,55 @@ fn run() -> Result<(), String> {
 
     let cc = compiler();
     let rt = guest_src.join("rt");
-    let runtime = [rt.join("start.S"), rt.join("runtime.c")];
-    let linker_script = rt.join("guest.ld");
-
-    for source in guest_sources(&guest_src)? {
-        let Some(name) = source.file_stem() else {
+    let v1 = GuestKind {
+        sources: guest_src.clone(),
+        codegen: V1_CODEGEN,
+        runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
+        linker_script: rt.join("guest.ld"),
+        output: out_dir.clone(),
+    };
+    let v2_src = guest_src.join("v2");
+    let v2 = GuestKind {
+        codegen: V2_CODEGEN,
+        runtime: vec![
+            rt.join("start.S"),
+            rt.join("runtime.c"),
+            v2_src.join("rt").join("runtime_v2.c"),
+        ],
+        linker_script: v2_src.join("rt").join("guest.ld"),
+        output: out_dir.join("v2"),
+        sources: v2_src,
+    };
+    for kind in [v1, v2] {
+        if !kind.sources.is_dir() {
             continue;
-        };
-        let output = out_dir.join(name);
-        compile_guest(&cc, &source, &runtime, &linker_script, &output)?;
-        mark_standalone(&output)?;
+        }
+        fs::create_dir_all(&kind.output)
+            .map_err(|e| format!("cannot create {}: {e}", kind.output.display()))?;
+        for source in guest_sources(&kind.sources)? {
+            let Some(name) = source.file_stem() else {
+                continue;
+            };
+            let output = kind.output.join(name);
+            compile_guest(&cc, &kind, &source, &output)?;
+            mark_standalone(&output)?;
+        }
     }
     Ok(())
+}
+
+/// One family of guests: its sources, how they are compiled and linked, where they go.
+struct GuestKind {
+    /// The directory whose `*.c` files are the guests.
+    sources: PathBuf,
+    /// Code-generation flags added to [`CFLAGS`].
+    codegen: &'static [&'static str],
+    /// Runtime sources linked into every guest.
+    runtime: Vec<PathBuf>,
+    /// The linker script.
+    linker_script: PathBuf,
+    /// The directory the images go to.
+    output: PathBuf,
 }
 
 fn env_var(name: &str) -> Result<String, String> {
@@ -135,20 +182,20 @@ fn guest_sources(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 fn compile_guest(
     cc: &OsString,
+    kind: &GuestKind,
     source: &Path,
-    runtime: &[PathBuf],
-    linker_script: &Path,
     output: &Path,
 ) -> Result<(), String> {
     let mut command = Command::new(cc);
     command
         .args(CFLAGS)
+        .args(kind.codegen)
         .args(LDFLAGS)
         .arg("-T")
-        .arg(linker_script)
+        .arg(&kind.linker_script)
         .arg("-o")
         .arg(output)
-        .args(runtime)
+        .args(&kind.runtime)
         .arg(source);
     let result = command.output().map_err(|e| {
         format!(

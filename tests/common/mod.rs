@@ -1,13 +1,14 @@
-//! Helpers shared by the integration tests: where the test guests were built, whether KVM can be
-//! used (and what to do when it cannot), and running the `uhyve` binary under a deadline so a hung
-//! VM fails its test instead of hanging the whole run.
+//! Helpers shared by the integration tests: where the test guests were built (the v1 guests and,
+//! in a `v2/` subdirectory, the v2/v3 ones), whether KVM can be used (and what to do when it
+//! cannot), and running the `uhyve` binary under a deadline, optionally with bytes on its standard
+//! input, so a hung VM fails its test instead of hanging the whole run.
 
 // Each integration-test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
@@ -38,6 +39,35 @@ pub fn guest(name: &str) -> PathBuf {
 /// Every built guest image, sorted by name.
 pub fn all_guests() -> Vec<PathBuf> {
     let dir = guest_dir();
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list the guest directory {}: {e}", dir.display()));
+    let mut guests: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("guest directory entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    guests.sort();
+    guests
+}
+
+/// The directory `build.rs` compiled the v2/v3 test guests (`tests/guests/v2/`) into.
+pub fn v2_guest_dir() -> PathBuf {
+    guest_dir().join("v2")
+}
+
+/// Path of the built v2/v3 test guest `name`; panics if `build.rs` did not produce it.
+pub fn v2_guest(name: &str) -> PathBuf {
+    let path = v2_guest_dir().join(name);
+    assert!(
+        path.is_file(),
+        "test guest {} was not built (expected by build.rs from tests/guests/v2/{name}.c)",
+        path.display()
+    );
+    path
+}
+
+/// Every built v2/v3 guest image, sorted by name.
+pub fn all_v2_guests() -> Vec<PathBuf> {
+    let dir = v2_guest_dir();
     let entries = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list the guest directory {}: {e}", dir.display()));
     let mut guests: Vec<PathBuf> = entries
@@ -79,12 +109,18 @@ pub struct Uhyve {
     env_clear: bool,
     current_dir: Option<PathBuf>,
     timeout: Duration,
+    stdin: Option<Vec<u8>>,
 }
 
 impl Uhyve {
     /// A run of the built test guest `name`.
     pub fn guest(name: &str) -> Self {
         Self::kernel(guest(name))
+    }
+
+    /// A run of the built v2/v3 test guest `name`.
+    pub fn v2_guest(name: &str) -> Self {
+        Self::kernel(v2_guest(name))
     }
 
     /// A run of the kernel image at `path`.
@@ -101,6 +137,7 @@ impl Uhyve {
             env_clear: false,
             current_dir: None,
             timeout,
+            stdin: None,
         }
     }
 
@@ -150,6 +187,13 @@ impl Uhyve {
         self
     }
 
+    /// Pipes `bytes` into uhyve's standard input and then closes it (without this, standard
+    /// input is empty: `/dev/null`).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
     /// The kernel path exactly as passed on the command line.
     pub fn kernel_path(&self) -> &Path {
         &self.kernel
@@ -167,7 +211,11 @@ impl Uhyve {
             .arg(&self.kernel)
             .args(&self.kernel_args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(dir) = &self.current_dir {
@@ -177,9 +225,12 @@ impl Uhyve {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+        let feeder = feed(child.stdin.take(), self.stdin.unwrap_or_default());
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
         let status = wait_with_deadline(&mut child, self.timeout);
+        // The guest may stop before it has read everything: a write error just ends the feed.
+        feeder.join().expect("input writer thread panicked");
         let run = Run {
             description,
             status: status.unwrap_or_else(|| child.wait().expect("wait for killed uhyve")),
@@ -195,6 +246,15 @@ impl Uhyve {
         }
         run
     }
+}
+
+/// Writes `bytes` into a child's standard input on a separate thread and closes it.
+fn feed<W: Write + Send + 'static>(pipe: Option<W>, bytes: Vec<u8>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.write_all(&bytes);
+        }
+    })
 }
 
 /// Reads a child pipe to its end on a separate thread (so neither pipe can fill up and block).

@@ -10,6 +10,11 @@
  *
  * Guests are built general-purpose-registers only (-mgeneral-regs-only): the KVM on the project's
  * machines cannot emulate SSE/AVX instructions.
+ *
+ * The v2/v3 guests of tests/guests/v2/ include this header through v2/uhyve_v2.h and are compiled
+ * with UHYVE_V2 defined: they share the constants, the v1 packed structs that v2 keeps (Open,
+ * Close, Unlink), the boot info and the runtime, but not the v1 hypercall wrappers below (v2/v3
+ * pass the argument in RDI, and have no Cmdsize/Cmdval); uhyve_v2.h supplies their own.
  */
 #ifndef UHYVE_GUEST_H
 #define UHYVE_GUEST_H
@@ -195,6 +200,7 @@ static inline void uhyve_hypercall(uint16_t port, volatile void *params)
 	uhyve_out32(port, uhyve_gpa32(params));
 }
 
+#ifndef UHYVE_V2
 static inline void hc_putc(char c)
 {
 	uhyve_out8(UHYVE_PORT_UART, (uint8_t)c);
@@ -272,6 +278,7 @@ static inline void hc_cmdval(struct CmdvalParams *p)
 {
 	uhyve_hypercall(UHYVE_PORT_CMDVAL, p);
 }
+#endif /* !UHYVE_V2 */
 
 /* ---- Runtime (rt/runtime.c) ---- */
 
@@ -290,7 +297,7 @@ size_t strlen(const char *s);
 size_t strnlen(const char *s, size_t max);
 int strcmp(const char *a, const char *b);
 
-/* Console output, byte by byte through the Uart port (0x800). */
+/* Console output, byte by byte through hc_putc (v1: the Uart port 0x800; v2: SerialWriteByte). */
 void put_str(const char *s);
 void put_bytes(const char *s, size_t n);
 void put_dec(int64_t v);
@@ -306,6 +313,7 @@ int parse_int(const char *s, int64_t *out);
 /* Bump allocator over a static arena; returns NULL when exhausted. Alignment 16. */
 void *arena_alloc(size_t n);
 
+#ifndef UHYVE_V2
 /* argv/envp fetched with Cmdsize + Cmdval into arena buffers (NULL-terminated arrays). */
 struct uhyve_args {
 	int argc;
@@ -318,5 +326,6 @@ struct uhyve_args {
 
 /* Fetches the arguments and environment; returns 0, or -1 if the host reported nonsense sizes. */
 int uhyve_get_args(struct uhyve_args *out);
+#endif /* !UHYVE_V2 */
 
 #endif

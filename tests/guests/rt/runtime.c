@@ -1,9 +1,15 @@
 /*
  * The tiny runtime linked into every test guest: the C side of the entry point, string helpers,
- * console output through the Uart port, a bump allocator and argv/envp retrieval via
- * Cmdsize/Cmdval. See uhyve.h for the interface.
+ * console output through hc_putc, a bump allocator and argv/envp retrieval via Cmdsize/Cmdval.
+ * See uhyve.h for the interface. The v2/v3 guests (compiled with UHYVE_V2) link it too, with
+ * their own hypercall wrappers (v2/uhyve_v2.h), without Cmdsize/Cmdval, and with
+ * v2/rt/runtime_v2.c, whose uhyve_v2_start runs before main.
  */
+#ifdef UHYVE_V2
+#include "../v2/uhyve_v2.h"
+#else
 #include "../uhyve.h"
+#endif
 
 const struct uhyve_boot_info *uhyve_boot_info;
 int check_failures;
@@ -14,6 +20,9 @@ __attribute__((noreturn, used)) void uhyve_rt_start(const struct uhyve_boot_info
 {
 	(void)cpu_id;
 	uhyve_boot_info = boot_info;
+#ifdef UHYVE_V2
+	uhyve_v2_start();
+#endif
 	hc_exit(main());
 }
 
@@ -180,6 +189,7 @@ void *arena_alloc(size_t n)
 	return p;
 }
 
+#ifndef UHYVE_V2
 /* Bytes after every Cmdval buffer that the host must not touch. */
 #define GUARD_LEN 8
 #define GUARD_BYTE 0xA5
@@ -258,3 +268,4 @@ int uhyve_get_args(struct uhyve_args *out)
 			  count_violations(sizes.envc, envp, envsz);
 	return 0;
 }
+#endif /* !UHYVE_V2 */

@@ -1,0 +1,211 @@
+/*
+ * The part of the runtime only v2/v3 guests have (see ../uhyve_v2.h): mapping all of RAM before
+ * main, the device-tree lookup and the application arguments from /chosen/bootargs (v2+ has no
+ * Cmdsize/Cmdval).
+ *
+ * uhyve's boot page tables for a kernel >= 0.10 identity-map RAM only from its start up to the
+ * 2 MiB page holding the image end (hermit-abi.md section 3.5): a Hermit kernel builds its own map
+ * of the rest. The guests need the rest too (buffers at the end of RAM, the memory test), so
+ * uhyve_v2_start fills one page directory per GiB of RAM with 2 MiB pages, hooks them into the
+ * PDPT uhyve made (RAM lies in [4 GiB, 64 GiB), all below PML4 entry 0), and reloads CR3. The new
+ * directories repeat uhyve's translations for what it had mapped, so replacing its entries is
+ * harmless even for the code doing it.
+ */
+#include "../uhyve_v2.h"
+
+#define PAGE_2M (1ull << 21)
+#define GIB (1ull << 30)
+#define PTE_PRESENT 0x1ull
+#define PTE_WRITABLE 0x2ull
+#define PTE_HUGE 0x80ull
+#define PTE_ADDRESS 0x000ffffffffff000ull
+/* v2/v3 RAM lies in [4 GiB, 64 GiB). */
+#define MAX_RAM_GIB 60
+
+static uint64_t ram_directories[MAX_RAM_GIB][512] __attribute__((aligned(4096)));
+
+uint64_t v2_ram_start(void)
+{
+	return uhyve_boot_info->phys_addr_start;
+}
+
+uint64_t v2_ram_end(void)
+{
+	return uhyve_boot_info->phys_addr_end;
+}
+
+static __attribute__((noreturn)) void start_failed(const char *why)
+{
+	put_str("v2 runtime: ");
+	put_str(why);
+	put_str("\n");
+	hc_exit(99);
+}
+
+void uhyve_v2_start(void)
+{
+	uint64_t start = v2_ram_start() & ~(GIB - 1);
+	uint64_t end = v2_ram_end();
+	if (v2_ram_start() < (4ull << 30) || end <= v2_ram_start() || end > (64ull << 30))
+		start_failed("RAM is not where v2/v3 guests expect it");
+	uint64_t cr3;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	uint64_t *pml4 = (uint64_t *)(uintptr_t)(cr3 & PTE_ADDRESS);
+	if (!(pml4[0] & PTE_PRESENT))
+		start_failed("uhyve's PML4 has no entry for the RAM");
+	uint64_t *pdpt = (uint64_t *)(uintptr_t)(pml4[0] & PTE_ADDRESS);
+	size_t n = 0;
+	for (uint64_t gib = start; gib < end; gib += GIB, n++) {
+		uint64_t *pd = ram_directories[n];
+		for (size_t i = 0; i < 512; i++) {
+			uint64_t page = gib + i * PAGE_2M;
+			pd[i] = page < end ? page | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE : 0;
+		}
+		pdpt[(gib >> 30) & 511] = gpa(pd) | PTE_PRESENT | PTE_WRITABLE;
+	}
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+}
+
+/* ---- Device tree ---- */
+
+#define FDT_MAGIC 0xd00dfeedu
+#define FDT_BEGIN_NODE 1
+#define FDT_END_NODE 2
+#define FDT_PROP 3
+#define FDT_NOP 4
+
+static uint32_t be32(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static size_t align4(size_t n)
+{
+	return (n + 3) & ~(size_t)3;
+}
+
+/* Whether the node name `name` is `node` or `node@unit`. */
+static int node_matches(const char *name, const char *node)
+{
+	size_t n = strlen(node);
+	return memcmp(name, node, n) == 0 && (name[n] == 0 || name[n] == '@');
+}
+
+const char *fdt_property(const char *node, const char *prop, uint32_t *len)
+{
+	const uint8_t *fdt = (const uint8_t *)(uintptr_t)uhyve_boot_info->device_tree;
+	if (fdt == NULL || be32(fdt) != FDT_MAGIC)
+		return NULL;
+	const uint8_t *p = fdt + be32(fdt + 8);
+	const char *strings = (const char *)fdt + be32(fdt + 12);
+	int depth = 0, in_node = 0;
+	for (;;) {
+		uint32_t token = be32(p);
+		p += 4;
+		if (token == FDT_BEGIN_NODE) {
+			const char *name = (const char *)p;
+			depth++;
+			in_node = depth == 2 && node_matches(name, node);
+			p += align4(strlen(name) + 1);
+		} else if (token == FDT_END_NODE) {
+			depth--;
+			in_node = 0;
+		} else if (token == FDT_PROP) {
+			uint32_t size = be32(p), name_offset = be32(p + 4);
+			const char *value = (const char *)p + 8;
+			if (in_node && strcmp(strings + name_offset, prop) == 0) {
+				*len = size;
+				return value;
+			}
+			p += 8 + align4(size);
+		} else if (token != FDT_NOP) {
+			return NULL;
+		}
+	}
+}
+
+/* ---- Arguments ---- */
+
+#define MAX_ARGS 64
+
+/*
+ * Splits `line` into words the way uhyve quotes them (src/boot.rs): blanks separate words, '...'
+ * is literal, a backslash outside quotes escapes the next character, "..." takes \" \\ \$ \`
+ * literally. The words go to `out`, one NUL-terminated string after the other (at most len + 1
+ * bytes: no word is longer than its source, and a separator or the end follows each); returns
+ * their number.
+ */
+static int split_words(const char *line, size_t len, char *out)
+{
+	int count = 0;
+	size_t i = 0;
+	for (;;) {
+		while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\n'))
+			i++;
+		if (i >= len || line[i] == 0)
+			return count;
+		count++;
+		while (i < len && line[i] != 0 && line[i] != ' ' && line[i] != '\t' && line[i] != '\n') {
+			char c = line[i++];
+			if (c == '\'') {
+				while (i < len && line[i] != '\'')
+					*out++ = line[i++];
+				i++;
+			} else if (c == '"') {
+				while (i < len && line[i] != '"') {
+					if (line[i] == '\\' && i + 1 < len &&
+					    (line[i + 1] == '"' || line[i + 1] == '\\' || line[i + 1] == '$' ||
+					     line[i + 1] == '`'))
+						i++;
+					*out++ = line[i++];
+				}
+				i++;
+			} else if (c == '\\' && i < len) {
+				*out++ = line[i++];
+			} else {
+				*out++ = c;
+			}
+		}
+		*out++ = 0;
+	}
+}
+
+int uhyve_v2_args(char ***argv)
+{
+	static char *args[MAX_ARGS + 1];
+	uint32_t len = 0;
+	const char *bootargs = fdt_property("chosen", "bootargs", &len);
+	args[0] = NULL;
+	*argv = args;
+	if (bootargs == NULL)
+		return 0;
+	char *words = arena_alloc((size_t)len + 1);
+	if (words == NULL)
+		return 0;
+	int count = split_words(bootargs, len, words);
+	int argc = 0;
+	int after_separator = 0;
+	for (const char *word = words; count > 0; count--, word += strlen(word) + 1) {
+		if (after_separator && argc < MAX_ARGS)
+			args[argc++] = (char *)word;
+		else if (strcmp(word, "--") == 0)
+			after_separator = 1;
+	}
+	args[argc] = NULL;
+	return argc;
+}
+
+void put_escaped(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x20 && c < 0x7f && c != '\\') {
+			hc_putc((char)c);
+		} else {
+			hc_putc('\\');
+			hc_putc('x');
+			hc_putc("0123456789abcdef"[c >> 4]);
+			hc_putc("0123456789abcdef"[c & 0xf]);
+		}
+	}
+}
