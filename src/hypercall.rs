@@ -494,11 +494,18 @@ impl Hypercalls {
     }
 
     fn unlink(&self, mem: &GuestMemory, name: GuestPhysAddr) -> Result<(), i32> {
-        // Kernel 0.6.9 does not NUL-terminate the path: read up to a NUL, the limit or RAM's end.
-        let bytes = mem
-            .read_until_nul_or_end(name, MAX_PATH_LEN)
-            .map_err(|_| abi::EFAULT)?;
-        let path = std::str::from_utf8(&bytes).map_err(|_| abi::EINVAL)?;
+        let path = if self.interface == 1 {
+            // Kernel 0.6.9 does not NUL-terminate the path: read up to a NUL, the limit or the
+            // end of RAM.
+            let bytes = mem
+                .read_until_nul_or_end(name, MAX_PATH_LEN)
+                .map_err(|_| abi::EFAULT)?;
+            String::from_utf8(bytes).map_err(|_| abi::EINVAL)?
+        } else {
+            // v2/v3 kernels terminate their paths: as strict as every other path.
+            self.guest_path(mem, name)?
+        };
+        let path = path.as_str();
         self.files.unlink(path).map_err(|error| {
             log::debug!("FileUnlink {path:?}: {error}");
             error.errno()
