@@ -2266,6 +2266,14 @@ mod tests {
             g.open_v2("/elsewhere/../root/f", abi::O_RDONLY, 0),
             -abi::ENOENT
         );
+        // Only v1 reads an unlink path up to the end of RAM (kernel 0.6.9 sends no NUL).
+        g.mem.write(pa(RAM - 8), b"/root/zz").unwrap();
+        let unlink = UnlinkParams {
+            name: pa(RAM - 8),
+            ret: -1,
+        };
+        let unlink = g.call_v2_ok(HypercallAddressV2::FileUnlink, unlink);
+        assert_eq!({ unlink.ret }, -abi::EINVAL);
     }
 
     #[test]
