@@ -8,9 +8,9 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::sandbox::{SECRET, Sandbox};
 use common::{Uhyve, all_guests, all_v2_guests, guest, kvm_or_skip};
 
 /// The guest that uses SSE/XSAVE instructions on purpose, to test uhyve's emulation fallback.
@@ -556,73 +556,11 @@ fn boot_info_reports_tsc_frequency_and_device_tree() {
 
 // ---- Files ----
 
-/// A temporary directory laid out for the file tests:
-/// `mnt/` (mapped as guest `data`), `outside/secret` (not mapped), `cwd/` (uhyve's working dir),
-/// and the symlinks `mnt/link -> ../outside`, `mnt/link_file -> ../outside/secret`.
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-const SECRET: &str = "host secret data, 32 bytes long\n";
-
 impl Sandbox {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["mnt", "outside", "cwd"] {
-            fs::create_dir(root.join(sub)).unwrap();
-        }
-        fs::write(root.join("outside/secret"), SECRET).unwrap();
-        std::os::unix::fs::symlink("../outside", root.join("mnt/link")).unwrap();
-        std::os::unix::fs::symlink("../outside/secret", root.join("mnt/link_file")).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The guest `name` with `mnt/` mapped as `data`, running in `cwd/`.
+    /// The guest `name` with `mnt/` mapped as `data` (a relative guest path), running in `cwd/`.
     fn uhyve(&self, name: &str) -> Uhyve {
-        let mapping = format!("{}:data", self.path("mnt").display());
-        Uhyve::guest(name)
-            .opts(["--file-mapping", mapping.as_str()])
-            .current_dir(self.path("cwd"))
+        self.mapped(Uhyve::guest(name), "data")
     }
-
-    /// Asserts that nothing outside `mnt/` was created or changed.
-    fn assert_outside_untouched(&self) {
-        let secret = fs::read_to_string(self.path("outside/secret"));
-        assert_eq!(
-            secret.ok().as_deref(),
-            Some(SECRET),
-            "outside/secret was changed"
-        );
-        assert_eq!(
-            entries(&self.path("outside")),
-            ["secret"],
-            "files appeared in outside/"
-        );
-        assert!(
-            entries(&self.path("cwd")).is_empty(),
-            "files appeared in cwd/"
-        );
-        assert_eq!(
-            entries(self.dir.path()),
-            ["cwd", "mnt", "outside"],
-            "files appeared in the root"
-        );
-    }
-}
-
-/// Sorted names in `dir`.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

@@ -13,8 +13,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::sandbox::{Sandbox, entries};
 use common::{Run, Uhyve, all_v2_guests, kvm_or_skip, v2_guest};
 
 /// The v2/v3 guests build.rs must produce, with the interface version each announces.
@@ -167,76 +168,19 @@ fn v3_console_input_at_its_end_from_the_start() {
 
 // ---- Files ----
 
-/// A temporary directory laid out for the file tests: `mnt/` (mapped as guest `/data`),
-/// `outside/secret` (not mapped), `cwd/` (uhyve's working directory), and the symlinks
-/// `mnt/link -> ../outside` and `mnt/link_file -> ../outside/secret`.
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-const SECRET: &str = "host secret data, 32 bytes long\n";
 /// The 32-byte file the hostile file tests read.
 const INPUT: &str = "0123456789abcdefghijklmnopqrstuv";
 
-impl Sandbox {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["mnt", "outside", "cwd"] {
-            fs::create_dir(root.join(sub)).unwrap();
-        }
-        fs::write(root.join("outside/secret"), SECRET).unwrap();
-        fs::write(root.join("mnt/input.txt"), INPUT).unwrap();
-        std::os::unix::fs::symlink("../outside", root.join("mnt/link")).unwrap();
-        std::os::unix::fs::symlink("../outside/secret", root.join("mnt/link_file")).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The v2/v3 guest `name` with `mnt/` mapped as `/data`, running in `cwd/`.
-    fn uhyve(&self, name: &str) -> Uhyve {
-        let mapping = format!("{}:/data", self.path("mnt").display());
-        Uhyve::v2_guest(name)
-            .opts(["--file-mapping", mapping.as_str()])
-            .current_dir(self.path("cwd"))
-    }
-
-    /// Asserts that nothing outside `mnt/` was created or changed.
-    fn assert_outside_untouched(&self) {
-        let secret = fs::read_to_string(self.path("outside/secret"));
-        assert_eq!(
-            secret.ok().as_deref(),
-            Some(SECRET),
-            "outside/secret was changed"
-        );
-        assert_eq!(
-            entries(&self.path("outside")),
-            ["secret"],
-            "files appeared in outside/"
-        );
-        assert!(
-            entries(&self.path("cwd")).is_empty(),
-            "files appeared in cwd/"
-        );
-        assert_eq!(
-            entries(self.dir.path()),
-            ["cwd", "mnt", "outside"],
-            "files appeared in the root"
-        );
-    }
+/// The file sandbox with `mnt/input.txt` ([`INPUT`]).
+fn sandbox() -> Sandbox {
+    Sandbox::new().with_file("mnt/input.txt", INPUT)
 }
 
-/// Sorted names in `dir`.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+impl Sandbox {
+    /// The v2/v3 guest `name` with `mnt/` mapped as `/data`, running in `cwd/`.
+    fn uhyve(&self, name: &str) -> Uhyve {
+        self.mapped(Uhyve::v2_guest(name), "/data")
+    }
 }
 
 /// The names of the `entry <name> <d_type>` lines in `text`, with how often each came.
@@ -296,7 +240,7 @@ fn v3_file_hypercalls_on_a_mapped_directory() {
     if !kvm_or_skip("v3_file_hypercalls_on_a_mapped_directory") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     fs::write(sandbox.path("mnt/existing.txt"), "existing content\n").unwrap();
     std::os::unix::fs::symlink("existing.txt", sandbox.path("mnt/to_existing")).unwrap();
     make_listed_dir(&sandbox.path("mnt/list"));
@@ -356,7 +300,7 @@ fn v2_guests_cannot_reach_the_v3_calls() {
     if !kvm_or_skip("v2_guests_cannot_reach_the_v3_calls") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     fs::write(sandbox.path("mnt/existing.txt"), "existing content\n").unwrap();
     let run = sandbox.uhyve("v2_gating").args(["/data"]).run();
     run.assert_all_ok()
@@ -377,7 +321,7 @@ fn v3_guests_use_more_than_3_gib_of_ram() {
     if !kvm_or_skip("v3_guests_use_more_than_3_gib_of_ram") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let run = sandbox
         .uhyve("v3_memory")
         .opts(["-m", "8G"])
@@ -474,7 +418,7 @@ fn v3_file_buffers_outside_ram_get_efault() {
     if !kvm_or_skip("v3_file_buffers_outside_ram_get_efault") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let run = sandbox
         .uhyve("v3_hostile")
         .args(["file_buffers", "/data/input.txt"])
@@ -503,7 +447,7 @@ fn v3_bad_paths_get_errors() {
     if !kvm_or_skip("v3_bad_paths_get_errors") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let before = entries(&sandbox.path("mnt"));
     let run = sandbox.uhyve("v3_hostile").args(["paths", "/data"]).run();
     run.assert_no_host_crash()
@@ -543,7 +487,7 @@ fn v3_bad_whence_gets_einval() {
     if !kvm_or_skip("v3_bad_whence_gets_einval") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let run = sandbox
         .uhyve("v3_hostile")
         .args(["bad_whence", "/data/input.txt"])
@@ -559,7 +503,7 @@ fn v3_getdents_errors_lose_no_entries() {
     if !kvm_or_skip("v3_getdents_errors_lose_no_entries") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     make_listed_dir(&sandbox.path("mnt/list"));
     let run = sandbox
         .uhyve("v3_hostile")
@@ -581,7 +525,7 @@ fn v3_stat_attributes_outside_ram_get_efault() {
     if !kvm_or_skip("v3_stat_attributes_outside_ram_get_efault") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let run = sandbox
         .uhyve("v3_hostile")
         .args(["stat_attr", "/data/input.txt"])
@@ -605,7 +549,7 @@ fn v3_paths_cannot_escape_the_mapping() {
     if !kvm_or_skip("v3_paths_cannot_escape_the_mapping") {
         return;
     }
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let before = entries(&sandbox.path("mnt"));
     let run = sandbox.uhyve("v3_hostile").args(["escapes", "/data"]).run();
     run.assert_no_host_crash().assert_all_ok();

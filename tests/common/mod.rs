@@ -6,6 +6,8 @@
 // Each integration-test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod sandbox;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
