@@ -732,10 +732,7 @@ impl Hypercalls {
     ) -> Result<HypercallOutcome, HypercallError> {
         const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileRead;
         let mut params: ReadParamsV2 = read_params(mem, HYPERCALL, at)?;
-        params.ret = match self.read_physical(mem, params.fd, params.buf, params.len) {
-            Ok(done) => i64::try_from(done).unwrap_or(i64::MAX),
-            Err(errno) => -i64::from(errno),
-        };
+        params.ret = count_or_errno(self.read_physical(mem, params.fd, params.buf, params.len));
         write_params(mem, HYPERCALL, at, &params)
     }
 
@@ -793,10 +790,7 @@ impl Hypercalls {
     ) -> Result<HypercallOutcome, HypercallError> {
         const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileWrite;
         let mut params: WriteParamsV2 = read_params(mem, HYPERCALL, at)?;
-        params.ret = match self.write_physical(mem, params.fd, params.buf, params.len) {
-            Ok(done) => i64::try_from(done).unwrap_or(i64::MAX),
-            Err(errno) => -i64::from(errno),
-        };
+        params.ret = count_or_errno(self.write_physical(mem, params.fd, params.buf, params.len));
         write_params(mem, HYPERCALL, at, &params)
     }
 
@@ -1056,6 +1050,14 @@ fn write_status(
             errno: 0,
         },
         Err(_) => error(abi::EFAULT),
+    }
+}
+
+/// A v2/v3 byte-count result: the count, or the negated errno.
+fn count_or_errno(result: Result<u64, i32>) -> i64 {
+    match result {
+        Ok(done) => i64::try_from(done).unwrap_or(i64::MAX),
+        Err(errno) => -i64::from(errno),
     }
 }
 
