@@ -911,6 +911,31 @@ fn v2_call(address: HypercallAddressV2, register: u8, value: u64) -> Step {
     }
 }
 
+/// The sample aarch64 image rewritten to announce interface `version`, in a temporary directory
+/// (bind `_dir` to keep it alive), and where it lands in RAM at 4 GiB.
+struct V2Image {
+    _dir: tempfile::TempDir,
+    kernel: PathBuf,
+    image: std::ops::Range<u64>,
+    entry: u64,
+}
+
+impl V2Image {
+    /// `None` (skip) without `$UHYVE_TEST_IMAGES`.
+    fn new(version: u32) -> Option<Self> {
+        let original = image_path()?;
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = with_interface_note(&original, version, dir.path());
+        let (image, entry) = image_facts_at(&kernel, HIGH_RAM_BASE);
+        Some(Self {
+            _dir: dir,
+            kernel,
+            image,
+            entry,
+        })
+    }
+}
+
 /// Where the scripted v2/v3 guest keeps things: free RAM after the kernel image (v2 buffers are
 /// guest-physical, so no page tables are involved).
 struct V2Scratch {
@@ -976,12 +1001,16 @@ fn from_bytes<T: Copy + Default>(bytes: &[u8]) -> T {
 fn a_v3_aarch64_guest_uses_every_hypercall_through_the_fake() {
     use uhyve_interface::v2::*;
     use uhyve_interface::{O_CREAT, O_DIRECTORY, O_RDONLY, O_WRONLY, SEEK_SET};
-    let Some(original) = image_path() else {
+    let Some(V2Image {
+        _dir,
+        kernel,
+        image,
+        entry,
+    }) = V2Image::new(3)
+    else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let kernel = with_interface_note(&original, 3, work.path());
-    let (image, entry) = image_facts_at(&kernel, HIGH_RAM_BASE);
     let host_dir = tempfile::tempdir().unwrap();
     std::fs::write(host_dir.path().join("from-host.txt"), b"mapped for v3\n").unwrap();
     std::os::unix::fs::symlink("from-host.txt", host_dir.path().join("link")).unwrap();
@@ -1241,12 +1270,15 @@ fn dirent_names(mut records: &[u8]) -> Vec<String> {
 fn a_v2_aarch64_guest_gets_errnos_and_no_v3_calls() {
     use uhyve_interface::v2::*;
     use uhyve_interface::{EBADF, EFAULT};
-    let Some(original) = image_path() else {
+    let Some(V2Image {
+        _dir,
+        kernel,
+        image,
+        ..
+    }) = V2Image::new(2)
+    else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let kernel = with_interface_note(&original, 2, work.path());
-    let (image, _) = image_facts_at(&kernel, HIGH_RAM_BASE);
     let host_dir = tempfile::tempdir().unwrap();
     let config = config(
         kernel,
@@ -1336,12 +1368,15 @@ fn a_v2_aarch64_guest_gets_errnos_and_no_v3_calls() {
 #[test]
 fn bad_v2_accesses_stop_the_aarch64_vm_with_a_clear_message() {
     use uhyve_interface::v2::*;
-    let Some(original) = image_path() else {
+    let Some(V2Image {
+        _dir,
+        kernel,
+        image,
+        entry,
+    }) = V2Image::new(3)
+    else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let kernel = with_interface_note(&original, 3, work.path());
-    let (image, entry) = image_facts_at(&kernel, HIGH_RAM_BASE);
     let crash = |steps: Vec<Step>| {
         let config = config(kernel.clone(), 1, OutputTarget::None, vec![]);
         match run(&config, vec![steps]).0 {
@@ -1445,10 +1480,12 @@ fn a_v3_aarch64_guest_reads_the_serial_input() {
 
 fn serial_input_child() {
     use uhyve_interface::v2::*;
-    let original = image_path().expect("the parent checked");
-    let work = tempfile::tempdir().unwrap();
-    let kernel = with_interface_note(&original, 3, work.path());
-    let (image, _) = image_facts_at(&kernel, HIGH_RAM_BASE);
+    let V2Image {
+        _dir,
+        kernel,
+        image,
+        ..
+    } = V2Image::new(3).expect("the parent checked");
     let config = config(kernel, 1, OutputTarget::None, vec![]);
     let s = V2Scratch::after(&image);
     let byte_load = |register: u8, size_log2: u64| Step::Load {
