@@ -34,6 +34,7 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
             num_cpus: 1,
             bootargs: "-- hello".into(),
             mounts: Vec::new(),
+            initrd: None,
             pa_range: 2,
             boot_time: time::OffsetDateTime::UNIX_EPOCH,
         },
