@@ -122,9 +122,10 @@ pub enum LayoutError {
     EmptyInitrd,
     /// The initial RAM disk plus the kernel's minimum free memory does not fit into guest RAM.
     #[error(
-        "the Hermit image archive ({size} bytes unpacked) goes to {start:#x}, after the kernel, \
-         but guest RAM ends at {ram_end:#x}: at least {} MiB of guest memory are needed (archive \
-         end rounded up to 2 MiB plus 2 MiB of free memory); increase the memory size",
+        "the Hermit image archive ({size} bytes unpacked) does not fit into guest RAM after the \
+         kernel: it would start at {start:#x}, RAM ends at {ram_end:#x}; at least {} MiB of guest \
+         memory are needed (archive end rounded up to 2 MiB plus 2 MiB of free memory); increase \
+         the memory size",
         .needed_size.div_ceil(MIB)
     )]
     InitrdDoesNotFit {
