@@ -1,19 +1,23 @@
 //! What the guest kernel is told at boot: the boot info (hermit-entry's `RawBootInfo`, whose
-//! address the kernel gets in RDI / X0) and the flattened device tree (memory, CPUs, TSC rate and
-//! the command line in `/chosen/bootargs`).
+//! address the kernel gets in RDI / X0) and the flattened device tree (memory, CPUs, TSC rate,
+//! the command line in `/chosen/bootargs` and, for a Hermit image archive handed to the kernel,
+//! where it lies: `/chosen/linux,initrd-start` and `-end`, also reserved in the device tree's
+//! memory reservation block).
 //!
 //! Both are built on the host from validated values and copied into guest memory through
 //! [`GuestMemory`]; the boot info is written with every padding byte zero.
 
+use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::ops::Range;
+use std::sync::Arc;
 
 use hermit_entry::boot_info::{
     BootInfo, HardwareInfo, LoadInfo, PlatformInfo, RawBootInfo, SerialPortBase, TlsInfo,
 };
 use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
-use vm_fdt::FdtWriter;
+use vm_fdt::{FdtReserveEntry, FdtWriter};
 
 use crate::arch::x86_64::layout::FDT_MAX_SIZE;
 use crate::mem::{GuestMemory, MemoryError};
@@ -47,6 +51,14 @@ pub enum BootError {
         /// First byte of RAM.
         start: u64,
         /// One past the last byte of RAM.
+        end: u64,
+    },
+    /// The initial RAM disk range is empty or inverted.
+    #[error("initial RAM disk range {start:#x}..{end:#x} is empty or inverted")]
+    InvalidInitrd {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
         end: u64,
     },
     /// The device-tree address must not be 0 (0 means "no device tree" to the kernel).
@@ -273,6 +285,21 @@ pub struct FdtParams {
     /// Guest directories for `/uhyve,mounts` (kernels ≥ 0.12 mount the host file system at
     /// each); no node when empty.
     pub mounts: Vec<String>,
+    /// Guest-physical range of the initial RAM disk (a Hermit image archive in the internal
+    /// mode): `/chosen/linux,initrd-start` and `linux,initrd-end` (u64 each), and the same range
+    /// in the memory reservation block so that the kernel does not hand it out.
+    pub initrd: Option<Range<u64>>,
+}
+
+/// The bytes given to the kernel as its initial RAM disk (the decompressed tar of a Hermit image
+/// archive); shown by its length in debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InitialRamdisk(pub Arc<[u8]>);
+
+impl fmt::Debug for InitialRamdisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InitialRamdisk({} bytes)", self.0.len())
+    }
 }
 
 /// Builds the device tree blob (DTB version 17) for `params`.
@@ -306,7 +333,18 @@ pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8
     if params.num_cpus == 0 {
         return Err(BootError::NoCpus);
     }
-    let mut fdt = FdtWriter::new()?;
+    let mut fdt = match &params.initrd {
+        None => FdtWriter::new()?,
+        Some(Range { start, end }) if start < end => {
+            FdtWriter::new_with_mem_reserv(&[FdtReserveEntry::new(*start, end - start)?])?
+        }
+        Some(Range { start, end }) => {
+            return Err(BootError::InvalidInitrd {
+                start: *start,
+                end: *end,
+            });
+        }
+    };
     let root = fdt.begin_node("")?;
     fdt.property_string("compatible", "hermit,uhyve")?;
     fdt.property_u32("#address-cells", 2)?;
@@ -367,6 +405,10 @@ pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8
 
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", &params.bootargs)?;
+    if let Some(initrd) = &params.initrd {
+        fdt.property_u64("linux,initrd-start", initrd.start)?;
+        fdt.property_u64("linux,initrd-end", initrd.end)?;
+    }
     fdt.end_node(chosen)?;
 
     fdt.end_node(root)?;
@@ -662,6 +704,7 @@ mod tests {
             tsc_khz: Some(2_995_200),
             bootargs: "-freq 2995 -- hello".to_owned(),
             mounts: Vec::new(),
+            initrd: None,
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -772,6 +815,7 @@ mod tests {
                 tsc_khz: Some(1),
                 bootargs: String::new(),
                 mounts: Vec::new(),
+                initrd: None,
             },
             FdtPlatform::Aarch64,
         )
@@ -824,6 +868,7 @@ mod tests {
             tsc_khz: None,
             bootargs: String::new(),
             mounts: Vec::new(),
+            initrd: None,
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -840,6 +885,7 @@ mod tests {
             tsc_khz: None,
             bootargs: String::new(),
             mounts: vec!["/data".to_owned(), "/root/cfg".to_owned()],
+            initrd: None,
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -861,6 +907,62 @@ mod tests {
         );
     }
 
+    /// The memory reservation block of a DTB: (address, size) pairs up to the terminating
+    /// zero entry.
+    fn reservations(blob: &[u8]) -> Vec<(u64, u64)> {
+        let be32 = |at: usize| u32::from_be_bytes(blob[at..at + 4].try_into().unwrap());
+        let be64 = |at: usize| u64::from_be_bytes(blob[at..at + 8].try_into().unwrap());
+        let mut at = be32(16) as usize;
+        let mut entries = Vec::new();
+        loop {
+            let (address, size) = (be64(at), be64(at + 8));
+            if address == 0 && size == 0 {
+                return entries;
+            }
+            entries.push((address, size));
+            at += 16;
+        }
+    }
+
+    #[test]
+    fn an_initial_ramdisk_is_announced_and_reserved() {
+        let params = FdtParams {
+            ram: 0..0x400_0000,
+            num_cpus: 1,
+            tsc_khz: None,
+            bootargs: String::new(),
+            mounts: Vec::new(),
+            initrd: Some(0x20_1000..0x28_0a00),
+        };
+        let blob = build_fdt(&params).unwrap();
+        let nodes = parse_dtb(&blob);
+        assert_eq!(
+            prop(&nodes, "/chosen", "linux,initrd-start"),
+            Some(&0x20_1000u64.to_be_bytes()[..])
+        );
+        assert_eq!(
+            prop(&nodes, "/chosen", "linux,initrd-end"),
+            Some(&0x28_0a00u64.to_be_bytes()[..])
+        );
+        assert_eq!(reservations(&blob), vec![(0x20_1000, 0x7_fa00)]);
+        // Without one: no properties, an empty reservation block.
+        let blob = build_fdt(&FdtParams {
+            initrd: None,
+            ..params.clone()
+        })
+        .unwrap();
+        let nodes = parse_dtb(&blob);
+        assert_eq!(prop(&nodes, "/chosen", "linux,initrd-start"), None);
+        assert!(reservations(&blob).is_empty());
+        assert!(matches!(
+            build_fdt(&FdtParams {
+                initrd: Some(0x1000..0x1000),
+                ..params
+            }),
+            Err(BootError::InvalidInitrd { .. })
+        ));
+    }
+
     #[test]
     fn shell_words_survive_splitting() {
         assert_eq!(shell_word("/root"), "/root");
@@ -877,6 +979,7 @@ mod tests {
             tsc_khz: None,
             bootargs: String::new(),
             mounts: Vec::new(),
+            initrd: None,
         };
         assert!(matches!(
             build_fdt(&FdtParams {
@@ -910,6 +1013,7 @@ mod tests {
             tsc_khz: Some(1000),
             bootargs: "x".to_owned(),
             mounts: Vec::new(),
+            initrd: None,
         })
         .unwrap();
         write_fdt(&mem, GuestPhysAddr::new(0x3000), &blob).unwrap();
@@ -925,6 +1029,7 @@ mod tests {
             tsc_khz: None,
             bootargs: "y".repeat(60 * 1024),
             mounts: Vec::new(),
+            initrd: None,
         })
         .unwrap();
         assert!(matches!(

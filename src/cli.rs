@@ -6,9 +6,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Parser;
+use clap::builder::TypedValueParser;
 
 use crate::output::OutputTarget;
-use crate::params::{CpuList, EnvOption, MemorySize, VmConfig, guest_environment};
+use crate::params::{
+    CpuList, EnvOption, ExplicitSettings, HermitImageMode, MemorySize, VmConfig, guest_environment,
+};
 
 /// Exit status of uhyve when it fails itself (bad options, bad image, guest crash).
 pub const FAILURE_STATUS: i32 = 1;
@@ -26,13 +29,14 @@ pub const FAILURE_STATUS: i32 = 1;
 	              (e.g. RUST_LOG=debug adds register dumps to crash reports)."
 )]
 pub struct Args {
-    /// Guest RAM size, e.g. 64M, 512MiB, 1G, 1GiB
-    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", default_value = "64M", value_parser = parse_memory_size)]
-    pub memory_size: MemorySize,
+    /// Guest RAM size, e.g. 64M, 512MiB, 1G, 1GiB [default: 64M, or what a Hermit image
+    /// archive requires]
+    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", value_parser = parse_memory_size)]
+    pub memory_size: Option<MemorySize>,
 
-    /// Number of guest CPUs
-    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub cpu_count: u32,
+    /// Number of guest CPUs [default: 1, or what a Hermit image archive requires]
+    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpu_count: Option<u32>,
 
     /// Pin the vCPU threads to these host CPUs, one per vCPU in order, e.g. 0-3,6
     #[arg(short = 'a', long, value_name = "CPUS", value_parser = parse_affinity)]
@@ -64,6 +68,17 @@ pub struct Args {
     #[arg(long, env = "HERMIT_STATS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub stats: bool,
 
+    /// How the files of a Hermit image archive reach the guest: `external` (uhyve serves them
+    /// as read-only files) or `internal` (the archive is placed into guest RAM for the kernel)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "external",
+        value_parser = clap::builder::PossibleValuesParser::new(["external", "internal"])
+            .try_map(|text: String| text.parse::<HermitImageMode>())
+    )]
+    pub hermit_image_mode: HermitImageMode,
+
     /// Stop the guest when the hypervisor cannot execute an instruction, instead of executing
     /// it in user space
     #[arg(long)]
@@ -73,8 +88,10 @@ pub struct Args {
     #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub verbose: bool,
 
-    /// The Hermit image to run, followed by the arguments passed to the guest application.
-    /// Everything after KERNEL belongs to the guest, even if it looks like an option.
+    /// The Hermit image to run (a kernel ELF or a Hermit image archive, told apart by their
+    /// first bytes), followed by the arguments passed to the guest application (they replace an
+    /// archive's app_args). Everything after KERNEL belongs to the guest, even if it looks like an
+    /// option.
     #[arg(
         value_name = "KERNEL [KERNEL_ARGS]",
         required = true,
@@ -123,18 +140,33 @@ impl Args {
             Some("none") => OutputTarget::None,
             Some(path) => OutputTarget::File(PathBuf::from(path)),
         };
+        let explicit = ExplicitSettings {
+            memory_size: self.memory_size.is_some(),
+            cpu_count: self.cpu_count.is_some(),
+            env_keys: self
+                .env
+                .iter()
+                .filter_map(|option| match option {
+                    EnvOption::Set(key, _) => Some(key.clone()),
+                    EnvOption::Host => None,
+                })
+                .collect(),
+        };
         VmConfig {
             kernel,
             kernel_args,
+            kernel_options: Vec::new(),
             env,
-            memory_size: self.memory_size,
-            cpu_count: self.cpu_count,
+            memory_size: self.memory_size.unwrap_or_default(),
+            cpu_count: self.cpu_count.unwrap_or(1),
             affinity: self.affinity.map(|list| list.0),
             output,
             file_mappings: self.file_mapping,
             tempdir: self.tempdir,
             stats: self.stats,
             emulation_fallback: !self.no_emulation_fallback,
+            hermit_image_mode: self.hermit_image_mode,
+            explicit,
         }
     }
 }
@@ -200,15 +232,47 @@ mod tests {
 
     #[test]
     fn options_and_defaults() {
-        let args = parse(&["app"]).unwrap();
-        assert_eq!(args.memory_size, MemorySize::DEFAULT);
-        assert_eq!(args.cpu_count, 1);
+        let config = parse(&["app"]).unwrap().into_config();
+        assert_eq!(config.memory_size, MemorySize::DEFAULT);
+        assert_eq!(config.cpu_count, 1);
+        assert_eq!(config.hermit_image_mode, HermitImageMode::External);
+        assert_eq!(config.explicit, ExplicitSettings::default());
         let args = parse(&["-e", "A=1", "--env", "host", "--env-vars", "B=2", "app"]).unwrap();
         assert_eq!(args.env.len(), 3);
         assert!(parse(&["-e", "novalue", "app"]).is_err());
         assert!(parse(&["-m", "lots", "app"]).is_err());
         assert!(parse(&["-c", "0", "app"]).is_err());
         assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn explicit_settings_and_image_mode() {
+        let config = parse(&[
+            "-m",
+            "64M",
+            "-c",
+            "1",
+            "-e",
+            "A=1",
+            "-e",
+            "host",
+            "--hermit-image-mode",
+            "internal",
+            "app",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(
+            config.explicit,
+            ExplicitSettings {
+                memory_size: true,
+                cpu_count: true,
+                env_keys: vec!["A".into()],
+            }
+        );
+        assert_eq!(config.hermit_image_mode, HermitImageMode::Internal);
+        let error = parse(&["--hermit-image-mode", "inline", "app"]).unwrap_err();
+        assert!(error.to_string().contains("external"), "{error}");
     }
 
     #[test]

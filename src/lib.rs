@@ -1,6 +1,7 @@
 //! uhyve: a minimal hypervisor that runs Hermit unikernels as ordinary processes.
 //!
-//! Code map: [`params`] (user configuration), [`loader`] (Hermit ELF images), [`mem`] (guest RAM
+//! Code map: [`params`] (user configuration), [`loader`] (Hermit ELF images), [`archive`]
+//! (Hermit image archives and their `hermit.toml`), [`mem`] (guest RAM
 //! and its single checked accessor), [`arch`] (per-architecture machine set-up: page tables, GDT,
 //! registers, and the x86 instruction emulation fallback), [`boot`] (boot info and device tree),
 //! [`vcpu`] (the backend-neutral CPU trait and exit value), [`exits`] (what each exit means),
@@ -13,6 +14,7 @@
 
 pub mod affinity;
 pub mod arch;
+pub mod archive;
 pub mod boot;
 pub mod cli;
 pub mod exits;

@@ -31,6 +31,9 @@ pub enum ParamsError {
     /// An invalid CPU count.
     #[error("invalid CPU count '{0}': expected a number from 1 upwards")]
     CpuCount(String),
+    /// An unknown `--hermit-image-mode`.
+    #[error("invalid Hermit image mode '{0}': expected 'external' or 'internal'")]
+    ImageMode(String),
 }
 
 /// Guest RAM size in bytes, parsed from strings like `64M`, `512MiB`, `1G`, `1GiB`, `65536`.
@@ -184,6 +187,52 @@ impl FromStr for CpuList {
     }
 }
 
+/// How the files of a Hermit image archive reach the guest (`--hermit-image-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HermitImageMode {
+    /// uhyve serves every file of the archive to the guest as a read-only file under `/`
+    /// (upstream's default).
+    #[default]
+    External,
+    /// uhyve places the decompressed archive into guest RAM and tells the kernel where
+    /// (`linux,initrd-start`/`-end` in the device tree); the kernel reads it itself.
+    Internal,
+}
+
+impl FromStr for HermitImageMode {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "external" => Ok(Self::External),
+            "internal" => Ok(Self::Internal),
+            _ => Err(ParamsError::ImageMode(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for HermitImageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::External => "external",
+            Self::Internal => "internal",
+        })
+    }
+}
+
+/// Which settings the user gave explicitly (on the command line or through an environment
+/// variable) rather than leaving them at their defaults: a Hermit image's `hermit.toml` only
+/// fills gaps, so it may raise a default but not overrule the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExplicitSettings {
+    /// `--memory-size` / `HERMIT_MEMORY_SIZE` was given.
+    pub memory_size: bool,
+    /// `--cpu-count` / `HERMIT_CPU_COUNT` was given.
+    pub cpu_count: bool,
+    /// The keys set with `-e KEY=VALUE`.
+    pub env_keys: Vec<OsString>,
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -191,6 +240,10 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Arguments after the image path (argv[1..] of the guest).
     pub kernel_args: Vec<OsString>,
+    /// Arguments for the Hermit kernel itself (kernels >= 0.10 read them from the start of
+    /// `/chosen/bootargs`, e.g. `-freq 2000`); the command line sets none, a Hermit image's
+    /// `kernel_args` go here.
+    pub kernel_options: Vec<String>,
     /// The guest environment (already capped at 128 entries).
     pub env: Vec<(OsString, OsString)>,
     /// Guest RAM size.
@@ -209,6 +262,10 @@ pub struct VmConfig {
     pub stats: bool,
     /// Execute instructions the hypervisor cannot emulate in user space.
     pub emulation_fallback: bool,
+    /// How a Hermit image archive's files reach the guest.
+    pub hermit_image_mode: HermitImageMode,
+    /// Which of the settings above the user gave explicitly.
+    pub explicit: ExplicitSettings,
 }
 
 #[cfg(test)]

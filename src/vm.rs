@@ -1,12 +1,17 @@
 //! Building and running one VM on any [`Hypervisor`]: reads and loads the Hermit image for the
-//! hypervisor's architecture, lays out guest RAM (x86_64: page tables, GDT, boot info, FDT;
-//! aarch64: [`crate::arch::aarch64::prepare_image`]), creates the hypervisor's VM, and runs every
+//! hypervisor's architecture (a kernel ELF, or a Hermit image archive: its `hermit.toml` merged
+//! into the user's configuration, its files served as read-only virtual files or its tar placed
+//! into guest RAM for the kernel, see [`crate::archive`]), lays out guest RAM (x86_64: page
+//! tables, GDT, boot info, FDT; aarch64: [`crate::arch::aarch64::prepare_image`]), creates the
+//! hypervisor's VM, and runs every
 //! vCPU on its own thread (each creates its own vCPU; a start gate releases them together once
 //! the boot info is written). The first vCPU to end stops the whole VM; its Exit code or error is
 //! the result. What each exit means is decided in [`crate::exits`].
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -19,14 +24,15 @@ use uhyve_interface::GuestPhysAddr;
 use crate::affinity;
 use crate::arch::x86_64::{GdtError, layout};
 use crate::arch::{GuestArch, aarch64, x86_64};
-use crate::boot::{self, BootError, BootParams, FdtParams, TlsImage};
+use crate::archive::{self, ArchiveError, ArchiveLimits, HermitArchive};
+use crate::boot::{self, BootError, BootParams, FdtParams, InitialRamdisk, TlsImage};
 use crate::exits::{EmulationFallback, ExitServices, run_vcpu};
 use crate::hypercall::{GuestCommandLine, HypercallError, Hypercalls};
 use crate::isolation::{FileMap, IsolationError};
 use crate::loader::{KernelGeneration, KernelImage, LoadError, LoadedKernel};
 use crate::mem::{GuestMemory, MemoryError};
 use crate::output::{OutputError, SerialOutput};
-use crate::params::VmConfig;
+use crate::params::{HermitImageMode, VmConfig};
 use crate::stats::{ExitStats, RunStats};
 use crate::vcpu::{InstructionBytes, VcpuError, VirtualCpu};
 
@@ -46,6 +52,24 @@ pub enum VmError {
     Load {
         /// The path as given.
         path: PathBuf,
+        /// What is wrong with it.
+        source: LoadError,
+    },
+    /// The Hermit image archive is unusable.
+    #[error("{path}: {source}")]
+    Archive {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ArchiveError,
+    },
+    /// The kernel inside a Hermit image archive is not a usable Hermit image.
+    #[error("{path}: the kernel {kernel:?} in the Hermit image archive: {source}")]
+    ArchiveKernel {
+        /// The archive's path as given.
+        path: PathBuf,
+        /// The kernel's path inside the archive.
+        kernel: String,
         /// What is wrong with it.
         source: LoadError,
     },
@@ -350,15 +374,20 @@ struct BootInfoTemplate {
     bootargs: String,
     /// `/uhyve,mounts`.
     mounts: Vec<String>,
+    /// Where the initial RAM disk lies, if there is one.
+    initrd: Option<Range<u64>>,
     /// The boot info's `serial_port_base`: the v1 Uart port, or the v2/v3 SerialWriteBuffer
     /// address.
     serial_port: u16,
 }
 
 /// How the guest kernel learns where to mount the host file system (the `--file-mapping`
-/// directories), by kernel generation: nothing for pre-0.10 kernels (their mount point is
-/// built in), `-mount DIR` on the command line for 0.10–0.11 (one directory), the device tree's
-/// `/uhyve,mounts` for ≥ 0.12. Mappings the kernel cannot reach are reported with a warning.
+/// directories and those holding the virtual files of a Hermit image archive), by kernel
+/// generation: nothing for pre-0.10 kernels (their mount point is built in), `-mount DIR` on the
+/// command line for 0.10–0.11 (one directory), the device tree's `/uhyve,mounts` for ≥ 0.12.
+/// Mappings and virtual files the kernel cannot reach are reported with a warning, except the
+/// `expected_unreachable` ones (an archive's `hermit.toml` and kernel, which usually sit at its
+/// root, where no mount can reach).
 struct MountHandoff {
     /// Kernel arguments to put before the environment in bootargs.
     kernel_args: Vec<String>,
@@ -367,24 +396,44 @@ struct MountHandoff {
 }
 
 impl MountHandoff {
-    fn new(generation: KernelGeneration, files: &FileMap, env: &[(String, String)]) -> Self {
+    fn new(
+        generation: KernelGeneration,
+        files: &FileMap,
+        env: &[(String, String)],
+        kernel_options: &[String],
+        expected_unreachable: &[String],
+    ) -> Self {
         let mut handoff = Self {
             kernel_args: Vec::new(),
             fdt_mounts: Vec::new(),
         };
+        let warn_unreachable = |paths: Vec<String>, why: &str| {
+            let paths: Vec<String> = paths
+                .into_iter()
+                .filter(|path| !expected_unreachable.contains(path))
+                .collect();
+            if !paths.is_empty() {
+                log::warn!("the guest cannot reach {} ({why})", paths.join(", "));
+            }
+        };
         match generation {
             KernelGeneration::Legacy => {}
             KernelGeneration::BootargsMount => {
-                if env.iter().any(|(key, _)| key == "UHYVE_MOUNT") {
-                    // The user chose the mount point; `env=UHYVE_MOUNT=…` carries it.
+                if env.iter().any(|(key, _)| key == "UHYVE_MOUNT")
+                    || kernel_options.iter().any(|option| option == "-mount")
+                {
+                    // The user chose the mount point; `env=UHYVE_MOUNT=…` or the kernel's own
+                    // `-mount` carries it.
                     return handoff;
                 }
                 let Some(mount) = files.legacy_mount_point() else {
-                    warn_unreachable(&files.unmountable_mappings(), "no directory to mount");
+                    let mut unreachable = files.unmountable_mappings();
+                    unreachable.extend(files.unmountable_virtual_files());
+                    warn_unreachable(unreachable, "no directory to mount");
                     return handoff;
                 };
                 warn_unreachable(
-                    &mount.unreachable,
+                    mount.unreachable,
                     &format!(
                         "this kernel (0.10/0.11) mounts host files at one directory only, {}",
                         mount.point
@@ -393,24 +442,16 @@ impl MountHandoff {
                 handoff.kernel_args = vec!["-mount".to_owned(), boot::shell_word(&mount.point)];
             }
             KernelGeneration::FdtMounts => {
+                let mut unreachable = files.unmountable_mappings();
+                unreachable.extend(files.unmountable_virtual_files());
                 warn_unreachable(
-                    &files.unmountable_mappings(),
-                    "a file directly under / has no directory to mount",
+                    unreachable,
+                    "a file directly under /, /tmp or /proc has no directory to mount",
                 );
                 handoff.fdt_mounts = files.mount_points();
             }
         }
         handoff
-    }
-}
-
-/// Warns once that the guest cannot see the mapped guest `paths`, and why.
-fn warn_unreachable(paths: &[String], why: &str) {
-    if !paths.is_empty() {
-        log::warn!(
-            "--file-mapping: the guest cannot reach {} ({why})",
-            paths.join(", ")
-        );
     }
 }
 
@@ -440,17 +481,118 @@ struct PreparedGuest {
     deferred_boot: Option<BootInfoTemplate>,
 }
 
-/// Reads and checks the kernel image for `arch`.
-fn read_kernel(config: &VmConfig, arch: GuestArch) -> Result<KernelImage, VmError> {
+/// The guest's image as read from the file the user named: the kernel, the configuration to run
+/// it with, and for a Hermit image archive what else goes to the guest.
+struct GuestImage<'c> {
+    kernel: KernelImage,
+    /// The user's configuration, with an archive's `hermit.toml` merged in.
+    config: Cow<'c, VmConfig>,
+    /// Read-only files for the file map (an archive in the external mode): path relative to
+    /// the guest root, content.
+    virtual_files: Vec<(String, Arc<[u8]>)>,
+    /// Guest paths of an archive's configuration and kernel, which need no mount.
+    archive_own_files: Vec<String>,
+    /// The decompressed archive for the kernel (the internal mode).
+    initrd: Option<InitialRamdisk>,
+}
+
+/// Reads the image `config.kernel` for `arch`: a kernel ELF, or a Hermit image archive (told
+/// apart by the gzip magic, not by the file name) whose configuration is merged into `config`
+/// and whose files are prepared for `config.hermit_image_mode`.
+fn read_image(config: &VmConfig, arch: GuestArch) -> Result<GuestImage<'_>, VmError> {
     let path = &config.kernel;
     let bytes = std::fs::read(path).map_err(|source| VmError::ReadKernel {
         path: path.clone(),
         source,
     })?;
-    KernelImage::parse_for(bytes, arch.elf_machine()).map_err(|source| VmError::Load {
+    if !archive::is_archive(&bytes) {
+        let kernel =
+            KernelImage::parse_for(bytes, arch.elf_machine()).map_err(|source| VmError::Load {
+                path: path.clone(),
+                source,
+            })?;
+        return Ok(GuestImage {
+            kernel,
+            config: Cow::Borrowed(config),
+            virtual_files: Vec::new(),
+            archive_own_files: Vec::new(),
+            initrd: None,
+        });
+    }
+    let archive_error = |source| VmError::Archive {
         path: path.clone(),
         source,
+    };
+    let unpacked = HermitArchive::unpack(&bytes, &ArchiveLimits::DEFAULT).map_err(archive_error)?;
+    drop(bytes);
+    let image_config = unpacked.config();
+    let merged = image_config
+        .apply(config)
+        .map_err(|error| archive_error(error.into()))?;
+    let kernel = KernelImage::parse_for(unpacked.kernel().to_vec(), arch.elf_machine()).map_err(
+        |source| VmError::ArchiveKernel {
+            path: path.clone(),
+            kernel: image_config.kernel.clone(),
+            source,
+        },
+    )?;
+    log::info!(
+        "{}: Hermit image archive with {} files, kernel {}, {} mode",
+        path.display(),
+        unpacked.file_count(),
+        image_config.kernel,
+        config.hermit_image_mode
+    );
+    let archive_own_files = vec![
+        format!("/{}", archive::CONFIG_FILE),
+        format!("/{}", image_config.kernel),
+    ];
+    let (virtual_files, initrd) = match config.hermit_image_mode {
+        HermitImageMode::External => (unpacked.files(), None),
+        HermitImageMode::Internal => (Vec::new(), Some(InitialRamdisk(unpacked.tar()))),
+    };
+    Ok(GuestImage {
+        kernel,
+        config: Cow::Owned(merged),
+        virtual_files,
+        archive_own_files,
+        initrd,
     })
+}
+
+/// Adds an archive's files to the file map as read-only virtual files under `/`. A file that a
+/// `--file-mapping` covers is left out with a warning: what the user maps wins.
+fn add_virtual_files(
+    files: &mut FileMap,
+    virtual_files: Vec<(String, Arc<[u8]>)>,
+) -> Result<(), VmError> {
+    let mut hidden = Vec::new();
+    for (path, data) in virtual_files {
+        let guest = format!("/{path}");
+        match files.add_virtual_file(&guest, data) {
+            Ok(()) => {}
+            Err(IsolationError::VirtualFileConflict { .. }) => hidden.push(guest),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if !hidden.is_empty() {
+        log::warn!(
+            "--file-mapping hides these files of the Hermit image archive: {}",
+            hidden.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Checks the vCPU count and the affinity list of `config`.
+fn check_cpus(config: &VmConfig) -> Result<(), VmError> {
+    if config.cpu_count == 0 || config.cpu_count > MAX_CPUS {
+        return Err(VmError::CpuCount(config.cpu_count));
+    }
+    if let Some(list) = &config.affinity {
+        affinity::check(list, config.cpu_count)?;
+    }
+    Ok(())
 }
 
 /// Where a kernel goes: its fixed address, or for a PIE the lowest address at or above
@@ -472,6 +614,7 @@ fn prepare_x86_64(
     pre_0_10_kernel: bool,
     bootargs: String,
     mounts: Vec<String>,
+    initrd: Option<&InitialRamdisk>,
 ) -> Result<PreparedGuest, VmError> {
     let path = &config.kernel;
     let ram_size = config.memory_size.0;
@@ -496,7 +639,29 @@ fn prepare_x86_64(
             path: path.clone(),
             source,
         })?;
-    let pml4 = x86_64::build_identity_map(&mem, &layout, kernel.image_range.end, pre_0_10_kernel)?;
+    let initrd = match initrd {
+        Some(InitialRamdisk(bytes)) => {
+            let range = rules
+                .place_initrd(kernel.image_range.end, bytes.len() as u64, ram_size)
+                .map_err(|source| VmError::Placement {
+                    path: path.clone(),
+                    source,
+                })?;
+            mem.write(GuestPhysAddr::new(range.start), bytes)?;
+            log::info!(
+                "Hermit image archive for the kernel at {:#x}..{:#x}",
+                range.start,
+                range.end
+            );
+            Some(range)
+        }
+        None => None,
+    };
+    // The kernel reads the initial RAM disk through the boot identity map.
+    let map_end = initrd
+        .as_ref()
+        .map_or(kernel.image_range.end, |range| range.end);
+    let pml4 = x86_64::build_identity_map(&mem, &layout, map_end, pre_0_10_kernel)?;
     x86_64::write_gdt(&mem, layout.gdt())?;
     let registers = x86_64::initial_registers(
         kernel.entry_point,
@@ -514,6 +679,7 @@ fn prepare_x86_64(
             kernel,
             bootargs,
             mounts,
+            initrd,
             serial_port: boot::serial_port_for_interface(image.interface_version()),
         }),
     })
@@ -526,6 +692,7 @@ fn prepare_aarch64(
     image: &KernelImage,
     bootargs: String,
     mounts: Vec<String>,
+    initrd: Option<InitialRamdisk>,
 ) -> Result<PreparedGuest, VmError> {
     let path = &config.kernel;
     aarch64::layout::RamPlacement::for_interface(image.interface_version())
@@ -536,6 +703,7 @@ fn prepare_aarch64(
         num_cpus: config.cpu_count,
         bootargs,
         mounts,
+        initrd,
         // The vCPU replaces it with the PARange it reports (crate::hvf::HvfCpu::new).
         pa_range: 0,
         boot_time: time::OffsetDateTime::now_utc(),
@@ -575,12 +743,7 @@ impl<H: Hypervisor> Vm<H> {
     where
         H: 'static,
     {
-        if config.cpu_count == 0 || config.cpu_count > MAX_CPUS {
-            return Err(VmError::CpuCount(config.cpu_count));
-        }
-        if let Some(list) = &config.affinity {
-            affinity::check(list, config.cpu_count)?;
-        }
+        check_cpus(config)?;
         let hypervisor = thread::Builder::new()
             .name("vm-setup".into())
             .spawn(create)
@@ -588,12 +751,28 @@ impl<H: Hypervisor> Vm<H> {
                 cpu: 0,
                 reason: format!("cannot start the VM set-up thread: {error}"),
             })?;
-        let image = read_kernel(config, H::ARCH)?;
+        let GuestImage {
+            kernel: image,
+            config: merged,
+            virtual_files,
+            archive_own_files,
+            initrd,
+        } = read_image(config, H::ARCH)?;
+        // From here on, the configuration with a Hermit image archive's settings merged in.
+        let config: &VmConfig = &merged;
+        check_cpus(config)?;
         let generation = image.generation();
         let pre_0_10_kernel = generation == KernelGeneration::Legacy;
+        if pre_0_10_kernel && !config.kernel_options.is_empty() {
+            log::warn!(
+                "kernels before Hermit 0.10 take no kernel arguments; ignoring {}",
+                config.kernel_options.join(" ")
+            );
+        }
 
         let output = Arc::new(SerialOutput::new(config.output.clone())?);
-        let files = FileMap::new(&config.file_mappings, config.tempdir.clone())?;
+        let mut files = FileMap::new(&config.file_mappings, config.tempdir.clone())?;
+        add_virtual_files(&mut files, virtual_files)?;
         let mut args: Vec<OsString> = vec![config.kernel.clone().into_os_string()];
         args.extend(config.kernel_args.iter().cloned());
         let cmdline = GuestCommandLine {
@@ -607,9 +786,22 @@ impl<H: Hypervisor> Vm<H> {
         } else {
             lossy_pairs(&cmdline.env)
         };
-        let handoff = MountHandoff::new(generation, &files, &bootargs_env);
+        let handoff = MountHandoff::new(
+            generation,
+            &files,
+            &bootargs_env,
+            &config.kernel_options,
+            &archive_own_files,
+        );
+        // The kernel splits bootargs with shell rules: each option stays one word.
+        let kernel_words: Vec<String> = config
+            .kernel_options
+            .iter()
+            .map(|option| boot::shell_word(option))
+            .chain(handoff.kernel_args)
+            .collect();
         let bootargs = boot::bootargs(
-            &handoff.kernel_args,
+            &kernel_words,
             &bootargs_env,
             &lossy_list(&config.kernel_args),
         );
@@ -625,8 +817,11 @@ impl<H: Hypervisor> Vm<H> {
                 pre_0_10_kernel,
                 bootargs,
                 handoff.fdt_mounts,
+                initrd.as_ref(),
             )?,
-            GuestArch::Aarch64 => prepare_aarch64(config, &image, bootargs, handoff.fdt_mounts)?,
+            GuestArch::Aarch64 => {
+                prepare_aarch64(config, &image, bootargs, handoff.fdt_mounts, initrd)?
+            }
         };
         log::info!(
             "loaded {} (entry version {}, interface v{}), entry {:#x}",
@@ -678,6 +873,7 @@ impl<H: Hypervisor> Vm<H> {
             kernel,
             bootargs,
             mounts,
+            initrd,
             serial_port,
         }) = &self.deferred_boot
         else {
@@ -689,6 +885,7 @@ impl<H: Hypervisor> Vm<H> {
             tsc_khz: cpu_freq_khz,
             bootargs: bootargs.clone(),
             mounts: mounts.clone(),
+            initrd: initrd.clone(),
         })?;
         boot::write_fdt(&self.mem, layout.fdt(), &fdt)?;
         boot::write_boot_info(

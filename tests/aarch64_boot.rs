@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use uhyve::arch::aarch64::{GuestSetup, layout, prepare_guest, virt_to_phys};
+use uhyve::boot::InitialRamdisk;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 fn image() -> Option<Vec<u8>> {
@@ -34,6 +35,7 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
             num_cpus: 1,
             bootargs: "-- hello".into(),
             mounts: Vec::new(),
+            initrd: None,
             pa_range: 2,
             boot_time: time::OffsetDateTime::UNIX_EPOCH,
         },
@@ -90,4 +92,65 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
     ] {
         assert!(text.contains(needle), "the FDT lacks {needle}");
     }
+}
+
+#[test]
+fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mode() {
+    let Some(bytes) = image() else {
+        return;
+    };
+    // Any bytes stand in for the decompressed archive; 3 MiB reach past the kernel's own map.
+    let mut tar = vec![0x11u8; 3 << 20];
+    tar[..5].copy_from_slice(b"first");
+    let last = tar.len() - 1;
+    tar[last] = 0x5a;
+    let setup = GuestSetup {
+        ram_size: 64 << 20,
+        num_cpus: 1,
+        bootargs: String::new(),
+        mounts: Vec::new(),
+        initrd: Some(InitialRamdisk(tar.clone().into())),
+        pa_range: 2,
+        boot_time: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    let guest = prepare_guest(bytes.clone(), &setup).unwrap();
+    let initrd = guest.initrd.clone().expect("an initrd range");
+    assert_eq!(
+        initrd.start,
+        guest.kernel.image_range.end.next_multiple_of(0x1000)
+    );
+    assert_eq!(initrd.end - initrd.start, tar.len() as u64);
+    let mut start = [0u8; 5];
+    guest
+        .mem
+        .read(GuestPhysAddr::new(initrd.start), &mut start)
+        .unwrap();
+    assert_eq!(&start, b"first");
+    // The kernel reads it through the boot identity map, to its last byte.
+    let walk = |va: u64| virt_to_phys(&guest.mem, guest.ttbr0, GuestVirtAddr::new(va));
+    assert_eq!(walk(initrd.end - 1), Ok(GuestPhysAddr::new(initrd.end - 1)));
+    // The FDT names it in /chosen.
+    let mut fdt = vec![0u8; 0x2000];
+    guest.mem.read(guest.layout.fdt(), &mut fdt).unwrap();
+    let text = String::from_utf8_lossy(&fdt);
+    assert!(
+        text.contains("linux,initrd-start"),
+        "the FDT lacks the initrd"
+    );
+    assert!(
+        text.contains("linux,initrd-end"),
+        "the FDT lacks the initrd end"
+    );
+
+    // Too little RAM for it: a layout error naming the archive.
+    let error = prepare_guest(
+        bytes,
+        &GuestSetup {
+            ram_size: 16 << 20,
+            initrd: Some(InitialRamdisk(vec![0u8; 14 << 20].into())),
+            ..setup
+        },
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("does not fit"), "{error}");
 }

@@ -35,6 +35,7 @@ const GUESTS: &[&str] = &[
     "file_ops",
     "hello",
     "hostile",
+    "initrd",
     "page_fault",
     "serial_buffer",
     "serial_byte",

@@ -375,6 +375,7 @@ fn config(kernel: PathBuf, cpus: u32, output: OutputTarget, mappings: Vec<String
     VmConfig {
         kernel,
         kernel_args: vec!["first".into(), "second".into()],
+        kernel_options: Vec::new(),
         env: vec![("GREETING".into(), "hello".into())],
         memory_size: MemorySize(RAM_SIZE),
         cpu_count: cpus,
@@ -384,6 +385,8 @@ fn config(kernel: PathBuf, cpus: u32, output: OutputTarget, mappings: Vec<String
         tempdir: None,
         stats: false,
         emulation_fallback: true,
+        hermit_image_mode: Default::default(),
+        explicit: Default::default(),
     }
 }
 

@@ -1,5 +1,7 @@
 //! The memory-layout rules every architecture shares: the RAM-size limits, the kernel's placement
-//! above the boot structures, and the boot stack right below the kernel. Each architecture's
+//! above the boot structures, the boot stack right below the kernel, and an initial RAM disk (a
+//! Hermit image archive the kernel reads itself) on the first page after the kernel image, as
+//! upstream uhyve places it, with the kernel's minimum free memory still after it. Each architecture's
 //! `layout` module describes itself with one [`LayoutRules`] value and its own constants.
 
 use std::ops::Range;
@@ -9,6 +11,9 @@ use uhyve_interface::GuestPhysAddr;
 
 /// One mebibyte.
 const MIB: u64 = 1 << 20;
+
+/// Alignment of the initial RAM disk: one 4 KiB page.
+pub const INITRD_ALIGN: u64 = 0x1000;
 
 /// What an architecture's layout needs the shared rules to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +117,27 @@ pub enum LayoutError {
         /// RAM end the image requires.
         needed: u64,
     },
+    /// The initial RAM disk is empty.
+    #[error("the initial RAM disk is empty")]
+    EmptyInitrd,
+    /// The initial RAM disk plus the kernel's minimum free memory does not fit into guest RAM.
+    #[error(
+        "the Hermit image archive ({size} bytes unpacked) does not fit into guest RAM after the \
+         kernel: it would start at {start:#x}, RAM ends at {ram_end:#x}; at least {} MiB of guest \
+         memory are needed (archive end rounded up to 2 MiB plus 2 MiB of free memory); increase \
+         the memory size",
+        .needed_size.div_ceil(MIB)
+    )]
+    InitrdDoesNotFit {
+        /// Its size in bytes.
+        size: u64,
+        /// Where it would start.
+        start: u64,
+        /// One past the last byte of RAM.
+        ram_end: u64,
+        /// The RAM size it requires.
+        needed_size: u64,
+    },
 }
 
 /// Rounds `value` up to a multiple of the power of two `align`, or `None` on overflow.
@@ -187,6 +213,39 @@ impl LayoutRules {
     }
 }
 
+impl LayoutRules {
+    /// Where an initial RAM disk of `len` bytes goes in RAM of `ram_size` bytes whose kernel image
+    /// ends at `image_end`: on the first [`INITRD_ALIGN`] boundary at or after the image end. Like
+    /// the kernel it must leave [`LayoutRules::min_free_after_image`] of RAM after its end rounded
+    /// up to the granule. It cannot overlap the kernel, the boot stack or the boot structures: all
+    /// of them lie below the image end.
+    pub fn place_initrd(
+        &self,
+        image_end: u64,
+        len: u64,
+        ram_size: u64,
+    ) -> Result<Range<u64>, LayoutError> {
+        if len == 0 {
+            return Err(LayoutError::EmptyInitrd);
+        }
+        let ram_end = self.ram_base.saturating_add(ram_size);
+        let start = align_up(image_end, INITRD_ALIGN);
+        let end = start.and_then(|start| start.checked_add(len));
+        let needed = end
+            .and_then(|end| align_up(end, self.granule))
+            .and_then(|end| end.checked_add(self.min_free_after_image));
+        match (start, end, needed) {
+            (Some(start), Some(end), Some(needed)) if needed <= ram_end => Ok(start..end),
+            _ => Err(LayoutError::InitrdDoesNotFit {
+                size: len,
+                start: start.unwrap_or(u64::MAX),
+                ram_end,
+                needed_size: needed.map_or(u64::MAX, |n| n - self.ram_base),
+            }),
+        }
+    }
+}
+
 /// The checked part of a guest layout every architecture has: RAM `[G, G + size)` and the
 /// kernel image inside it, with the boot stack below the kernel. Constructing it runs all the
 /// checks, so every address it returns lies inside RAM.
@@ -251,6 +310,49 @@ impl RamLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rules() -> LayoutRules {
+        crate::arch::x86_64::layout::RULES
+    }
+
+    #[test]
+    fn an_initrd_goes_on_the_page_after_the_kernel() {
+        let rules = rules();
+        assert_eq!(
+            rules.place_initrd(0x2c_1234, 0x8000, 64 * MIB),
+            Ok(0x2c_2000..0x2c_a000)
+        );
+        // Already aligned: right at the image end.
+        assert_eq!(
+            rules.place_initrd(0x30_0000, 0x10, 64 * MIB),
+            Ok(0x30_0000..0x30_0010)
+        );
+    }
+
+    #[test]
+    fn an_initrd_must_leave_free_memory_inside_ram() {
+        let rules = rules();
+        // Ends at 60 MiB + 1: rounded up to 62 MiB, plus 2 MiB = 64 MiB fits exactly.
+        let start = 0x40_0000;
+        let len = 60 * MIB + 1 - start;
+        assert!(rules.place_initrd(start, len, 64 * MIB).is_ok());
+        let error = rules
+            .place_initrd(start, len + 2 * MIB, 64 * MIB)
+            .unwrap_err();
+        assert!(
+            matches!(error, LayoutError::InitrdDoesNotFit { needed_size, .. } if needed_size == 66 * MIB),
+            "{error}"
+        );
+        assert!(error.to_string().contains("66 MiB"), "{error}");
+        assert!(matches!(
+            rules.place_initrd(u64::MAX - 10, 100, 64 * MIB),
+            Err(LayoutError::InitrdDoesNotFit { .. })
+        ));
+        assert_eq!(
+            rules.place_initrd(start, 0, 64 * MIB),
+            Err(LayoutError::EmptyInitrd)
+        );
+    }
 
     #[test]
     fn align_up_rounds_and_detects_overflow() {

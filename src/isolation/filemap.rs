@@ -262,15 +262,45 @@ impl FileMap {
             .collect()
     }
 
+    /// Guest paths of the virtual files (cleaned keys).
+    fn virtual_file_keys(&self) -> Vec<GuestKey> {
+        self.lock_state()
+            .entries
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Virtual(_)))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The guest directories kernels ≥ 0.12 mount the host file system at (`/uhyve,mounts` in the
-    /// device tree; absolute, sorted, unique): every guest path that maps a host directory, and
-    /// the parent of every guest path that maps a file. The guest root is never one — a kernel
-    /// cannot mount over its root — so a file mapped directly under `/` is listed by
-    /// [`FileMap::unmountable_mappings`] instead.
+    /// device tree; absolute, sorted, unique): every guest path that maps a host directory, the
+    /// parent of every guest path that maps a file, and for virtual files the top-level directory
+    /// they lie in (`/data` for `/data/a/b.txt`; one level deeper below `/tmp` and `/proc`, which
+    /// the kernel creates itself, see [`FileMap::legacy_mount_point`]). A directory below another
+    /// mount point is left out: the kernel sends uhyve the full path of everything below a mount,
+    /// so the outer mount reaches it, and a kernel cannot mount inside a uhyve mount. The guest
+    /// root is never one — a kernel cannot mount over its root — so a file mapped directly under
+    /// `/` is listed by [`FileMap::unmountable_mappings`] instead, and a virtual file there by
+    /// [`FileMap::unmountable_virtual_files`].
     pub fn mount_points(&self) -> Vec<String> {
-        self.mapping_directories()
+        let mut directories: BTreeSet<GuestKey> = self
+            .mapping_directories()
             .into_iter()
             .filter(|dir| !dir.is_empty())
+            .map(<[String]>::to_vec)
+            .collect();
+        for key in self.virtual_file_keys() {
+            if let Some(mount) = virtual_file_mount(&key) {
+                directories.insert(mount.to_vec());
+            }
+        }
+        directories
+            .iter()
+            .filter(|dir| {
+                !directories
+                    .iter()
+                    .any(|outer| outer.len() < dir.len() && dir.starts_with(outer))
+            })
             .map(|dir| format!("/{}", display_key(dir)))
             .collect()
     }
@@ -284,21 +314,40 @@ impl FileMap {
             .collect()
     }
 
+    /// Guest paths of virtual files no mount point can reach: those directly under `/` (and
+    /// directly in `/tmp` or `/proc`, which belong to the kernel's own file system).
+    pub fn unmountable_virtual_files(&self) -> Vec<String> {
+        self.virtual_file_keys()
+            .into_iter()
+            .filter(|key| virtual_file_mount(key).is_none())
+            .map(|key| format!("/{}", display_key(&key)))
+            .collect()
+    }
+
     /// The one directory kernels 0.10 and 0.11 mount the host file system at (they read a single
     /// mount point, `-mount DIR` on the kernel command line, default `/root`), and the mapped
-    /// guest paths that lie outside it. `None` when nothing is mapped.
+    /// guest paths and virtual files that lie outside it. `None` when nothing is mapped.
     ///
     /// Those kernels can only mount at a directory whose parent already exists in their own file
     /// system and which does not exist yet: `/NAME`, or `/tmp/NAME` and `/proc/NAME` (the two
     /// directories they create at boot). The choice is the shallowest such directory that
-    /// contains every mapping, or, when there is none, the one that contains the first mapping
-    /// that has one. `None` when nothing is mapped or no mapping can be reached at all.
+    /// contains every mapping and every virtual file not directly under `/`, or, when there is
+    /// none, the one that contains the first of them that has one. `None` when nothing is
+    /// mapped or nothing can be reached at all.
     pub fn legacy_mount_point(&self) -> Option<LegacyMount> {
-        let directories: Vec<&[String]> = self
+        let virtual_files = self.virtual_file_keys();
+        let mut directories: BTreeSet<&[String]> = self
             .mapping_directories()
             .into_iter()
             .filter(|dir| !dir.is_empty())
             .collect();
+        directories.extend(
+            virtual_files
+                .iter()
+                .filter_map(|key| key.split_last().map(|(_, parent)| parent))
+                .filter(|dir| !dir.is_empty()),
+        );
+        let directories: Vec<&[String]> = directories.into_iter().collect();
         let first = *directories.first()?;
         let common = directories.iter().skip(1).fold(first, |common, dir| {
             let shared = common
@@ -316,6 +365,7 @@ impl FileMap {
         let unreachable = self
             .mappings
             .keys()
+            .chain(virtual_files.iter())
             .filter(|guest| !guest.starts_with(mount))
             .map(|guest| format!("/{}", display_key(guest)))
             .collect();
@@ -757,12 +807,19 @@ fn legacy_mountable_prefix(dir: &[String]) -> Option<&[String]> {
     dir.get(..depth)
 }
 
+/// The mount point through which kernels ≥ 0.12 reach the virtual file `key`: the mountable
+/// prefix of its directory; `None` directly under `/`, `/tmp` or `/proc`.
+fn virtual_file_mount(key: &[String]) -> Option<&[String]> {
+    let (_, directory) = key.split_last()?;
+    legacy_mountable_prefix(directory)
+}
+
 /// The mount point chosen for a 0.10–0.11 kernel ([`FileMap::legacy_mount_point`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyMount {
     /// Absolute guest directory, e.g. `/root`.
     pub point: String,
-    /// Mapped guest paths outside it (unreachable for such a kernel).
+    /// Mapped guest paths and virtual files outside it (unreachable for such a kernel).
     pub unreachable: Vec<String>,
 }
 
@@ -1060,6 +1117,60 @@ mod tests {
         let (_dir, map) = map_of(&["/top.txt", "/root"]);
         assert_eq!(map.unmountable_mappings(), vec!["/top.txt"]);
         assert_eq!(map.mount_points(), vec!["/root"]);
+    }
+
+    /// A map with the given `--file-mapping` guest directories (each a host directory) and
+    /// virtual files.
+    fn map_with_virtual(guests: &[&str], virtual_files: &[&str]) -> (tempfile::TempDir, FileMap) {
+        let (dir, mut map) = map_of(guests);
+        for path in virtual_files {
+            map.add_virtual_file(path, Arc::from(&b"v"[..])).unwrap();
+        }
+        (dir, map)
+    }
+
+    #[test]
+    fn virtual_files_are_reached_through_their_top_level_directory() {
+        let (_dir, map) = map_with_virtual(
+            &[],
+            &[
+                "/hermit.toml",
+                "/data/a.txt",
+                "/data/deep/b.txt",
+                "/etc/app/c.conf",
+                "/tmp/cache/d",
+                "/tmp/e",
+            ],
+        );
+        assert_eq!(map.mount_points(), vec!["/data", "/etc", "/tmp/cache"]);
+        assert_eq!(
+            map.unmountable_virtual_files(),
+            vec!["/hermit.toml", "/tmp/e"]
+        );
+        assert!(map.unmountable_mappings().is_empty());
+    }
+
+    #[test]
+    fn mount_points_below_another_are_left_out() {
+        // A mapping below a directory of virtual files, and one mapping below another.
+        let (_dir, map) = map_with_virtual(&["/data/sub", "/srv", "/srv/inner"], &["/data/x.txt"]);
+        assert_eq!(map.mount_points(), vec!["/data", "/srv"]);
+    }
+
+    #[test]
+    fn legacy_kernels_mount_where_the_virtual_files_are() {
+        let (_dir, map) = map_with_virtual(&[], &["/hermit.toml", "/app", "/data/in.txt"]);
+        let mount = map.legacy_mount_point().unwrap();
+        assert_eq!(mount.point, "/data");
+        assert_eq!(mount.unreachable, vec!["/app", "/hermit.toml"]);
+        let (_dir, map) = map_with_virtual(&["/data/host"], &["/data/in.txt"]);
+        let mount = map.legacy_mount_point().unwrap();
+        assert_eq!(mount.point, "/data");
+        assert!(mount.unreachable.is_empty());
+        // Only files directly under /: nothing to mount.
+        let (_dir, map) = map_with_virtual(&[], &["/hermit.toml"]);
+        assert_eq!(map.legacy_mount_point(), None);
+        assert!(map.mount_points().is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Preparing an aarch64 guest exactly as the Hypervisor.framework backend will: parse and
-//! relocate the image, lay out guest RAM, build the stage-1 tables, write the FDT and the boot
-//! info, and compute vCPU 0's entry registers. Plain Rust, so it is tested on any host (including
+//! relocate the image, lay out guest RAM, place an initial RAM disk after the kernel if there is
+//! one, build the stage-1 tables, write the FDT and the boot info, and compute vCPU 0's entry
+//! registers. Plain Rust, so it is tested on any host (including
 //! the x86_64 CI machines, with the real aarch64 Hermit image).
 
 use goblin::elf::header::EM_AARCH64;
@@ -10,7 +11,7 @@ use uhyve_interface::GuestPhysAddr;
 use super::layout::{self, FDT_MAX_SIZE, LayoutError, MemoryLayout};
 use super::paging::{self, PagingError};
 use super::registers::{InitialRegisters, initial_registers};
-use crate::boot::{self, BootError, BootParams, FdtParams, FdtPlatform, TlsImage};
+use crate::boot::{self, BootError, BootParams, FdtParams, FdtPlatform, InitialRamdisk, TlsImage};
 use crate::loader::{KernelImage, LoadError, LoadedKernel};
 use crate::mem::{GuestMemory, MemoryError};
 
@@ -53,6 +54,9 @@ pub struct GuestSetup {
     pub bootargs: String,
     /// `/uhyve,mounts` (see [`FdtParams::mounts`]).
     pub mounts: Vec<String>,
+    /// A Hermit image archive for the kernel (the internal mode), placed on the first page after
+    /// the kernel image and announced in the FDT (see [`FdtParams::initrd`]).
+    pub initrd: Option<InitialRamdisk>,
     /// ID_AA64MMFR0_EL1.PARange of the host, for TCR_EL1.IPS.
     pub pa_range: u8,
     /// Wall-clock time at VM creation.
@@ -72,6 +76,8 @@ pub struct PreparedGuest {
     pub ttbr0: GuestPhysAddr,
     /// Entry registers of vCPU 0 (the others differ in X1 and MPIDR_EL1).
     pub registers: InitialRegisters,
+    /// Where the initial RAM disk lies, if there is one.
+    pub initrd: Option<std::ops::Range<u64>>,
 }
 
 /// Prepares the aarch64 Hermit image `bytes` as described by `setup`.
@@ -99,7 +105,23 @@ pub fn prepare_image(
     let mut mem = GuestMemory::new(layout.ram_base(), setup.ram_size)?;
     let slot = mem.slice_for_loading(GuestPhysAddr::new(base), image.footprint())?;
     let kernel = image.load(base, slot)?;
-    let ttbr0 = paging::build_identity_map(&mem, &layout, kernel.image_range.end)?;
+    let initrd = match &setup.initrd {
+        Some(InitialRamdisk(bytes)) => {
+            let range = placement.rules().place_initrd(
+                kernel.image_range.end,
+                bytes.len() as u64,
+                setup.ram_size,
+            )?;
+            mem.write(GuestPhysAddr::new(range.start), bytes)?;
+            Some(range)
+        }
+        None => None,
+    };
+    // The kernel reads the initial RAM disk through the boot identity map.
+    let map_end = initrd
+        .as_ref()
+        .map_or(kernel.image_range.end, |range| range.end);
+    let ttbr0 = paging::build_identity_map(&mem, &layout, map_end)?;
 
     let fdt = boot::build_fdt_for(
         &FdtParams {
@@ -108,6 +130,7 @@ pub fn prepare_image(
             tsc_khz: None,
             bootargs: setup.bootargs.clone(),
             mounts: setup.mounts.clone(),
+            initrd: initrd.clone(),
         },
         FdtPlatform::Aarch64,
     )?;
@@ -150,5 +173,6 @@ pub fn prepare_image(
         kernel,
         ttbr0,
         registers,
+        initrd,
     })
 }
