@@ -47,6 +47,22 @@ pub enum VmError {
         /// Why reading failed.
         source: std::io::Error,
     },
+    /// The kernel path names no regular file (a directory, a device, a FIFO…).
+    #[error("{path}: not a regular file (a kernel image or Hermit image archive is expected)")]
+    ImageNotAFile {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// The kernel file is larger than any image uhyve accepts.
+    #[error("{path}: {size} bytes is too large for a kernel image (at most {limit} bytes)")]
+    ImageTooLarge {
+        /// The path as given.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The largest size accepted.
+        limit: u64,
+    },
     /// The kernel file is not a usable Hermit image.
     #[error("{path}: {source}")]
     Load {
@@ -496,15 +512,56 @@ struct GuestImage<'c> {
     initrd: Option<InitialRamdisk>,
 }
 
+/// Largest kernel image or Hermit image archive file read (an archive unpacks to at most
+/// [`ArchiveLimits::DEFAULT`], 1 GiB; kernels are a few MiB).
+pub const MAX_IMAGE_FILE_SIZE: u64 = 1 << 30;
+
+/// Reads the image file at `path`: a regular file of at most [`MAX_IMAGE_FILE_SIZE`] bytes, so
+/// that `/dev/zero`, a FIFO or a huge file gives an error instead of a hang or exhausted memory.
+fn read_image_file(path: &std::path::Path) -> Result<Vec<u8>, VmError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |source| VmError::ReadKernel {
+        path: path.to_path_buf(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(VmError::ImageNotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let too_large = |size| VmError::ImageTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: MAX_IMAGE_FILE_SIZE,
+    };
+    if metadata.len() > MAX_IMAGE_FILE_SIZE {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // The file may grow while it is read: never take more than the limit.
+    file.take(MAX_IMAGE_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_SIZE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Reads the image `config.kernel` for `arch`: a kernel ELF, or a Hermit image archive (told
 /// apart by the gzip magic, not by the file name) whose configuration is merged into `config`
 /// and whose files are prepared for `config.hermit_image_mode`.
 fn read_image(config: &VmConfig, arch: GuestArch) -> Result<GuestImage<'_>, VmError> {
     let path = &config.kernel;
-    let bytes = std::fs::read(path).map_err(|source| VmError::ReadKernel {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = read_image_file(path)?;
     if !archive::is_archive(&bytes) {
         let kernel =
             KernelImage::parse_for(bytes, arch.elf_machine()).map_err(|source| VmError::Load {

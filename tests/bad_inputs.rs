@@ -48,6 +48,19 @@ fn missing_image() {
 }
 
 #[test]
+fn image_that_is_no_regular_file() {
+    // A directory, an endless device, and a FIFO nobody writes to: an error, never a hang.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    for path in [dir.path(), Path::new("/dev/zero"), fifo.as_path()] {
+        let run = Uhyve::kernel(path).run();
+        assert_one_line_error(&run, &[&path.display().to_string(), "not a regular file"]);
+    }
+}
+
+#[test]
 fn image_that_is_not_elf() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
