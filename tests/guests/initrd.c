@@ -9,73 +9,7 @@
  */
 #include "uhyve.h"
 
-struct note_abi_tag {
-	uint32_t namesz, descsz, type;
-	char name[4];
-	uint32_t desc[4];
-};
-__attribute__((section(".note.ABI-tag"), used, aligned(4))) static const struct note_abi_tag abi_tag = {
-	4, 16, 1, "GNU", {6, 0, 13, 2}};
-
-struct note_interface {
-	uint32_t namesz, descsz, type;
-	char name[8];
-	uint8_t desc[4];
-};
-__attribute__((section(".note.hermit.uhyve-interface-version"), used,
-	       aligned(4))) static const struct note_interface interface_version = {
-	8, 4, 0x5B00, "UHYVEIF", {0, 0, 0, 1}};
-
-#define FDT_BEGIN_NODE 1
-#define FDT_END_NODE 2
-#define FDT_PROP 3
-#define FDT_NOP 4
-
-static uint32_t be32(const uint8_t *p)
-{
-	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static uint64_t be64(const uint8_t *p)
-{
-	return ((uint64_t)be32(p) << 32) | be32(p + 4);
-}
-
-static size_t align4(size_t n)
-{
-	return (n + 3) & ~(size_t)3;
-}
-
-/* The value of property `prop` of the node `node` directly below the root, or NULL. */
-static const uint8_t *fdt_property(const uint8_t *fdt, const char *node, const char *prop, uint32_t *len)
-{
-	const uint8_t *p = fdt + be32(fdt + 8);
-	const char *strings = (const char *)fdt + be32(fdt + 12);
-	int depth = 0, in_node = 0;
-	for (;;) {
-		uint32_t token = be32(p);
-		p += 4;
-		if (token == FDT_BEGIN_NODE) {
-			const char *name = (const char *)p;
-			depth++;
-			in_node = depth == 2 && strcmp(name, node) == 0;
-			p += align4(strlen(name) + 1);
-		} else if (token == FDT_END_NODE) {
-			depth--;
-			in_node = 0;
-		} else if (token == FDT_PROP) {
-			uint32_t size = be32(p), name_offset = be32(p + 4);
-			const uint8_t *value = p + 8;
-			if (in_node && strcmp(strings + name_offset, prop) == 0) {
-				*len = size;
-				return value;
-			}
-			p += 8 + align4(size);
-		} else if (token != FDT_NOP) {
-			return 0;
-		}
-	}
-}
+UHYVE_KERNEL_NOTES(13, 2, 1);
 
 /* A tar size field: octal digits, possibly space- or NUL-terminated. */
 static uint64_t octal(const uint8_t *field, size_t n)
@@ -97,22 +31,22 @@ static int all_zero(const uint8_t *p, size_t n)
 int main(void)
 {
 	const uint8_t *fdt = (const uint8_t *)(uintptr_t)uhyve_boot_info->device_tree;
-	if (be32(fdt) != 0xd00dfeedu) {
+	if (fdt_be32(fdt) != 0xd00dfeedu) {
 		put_str("bad device tree\n");
 		return 1;
 	}
 	uint32_t len = 0;
-	const uint8_t *start_prop = fdt_property(fdt, "chosen", "linux,initrd-start", &len);
+	const char *start_prop = fdt_property("chosen", "linux,initrd-start", &len);
 	if (!start_prop || len != 8) {
 		put_str("no initrd\n");
 		return 2;
 	}
-	const uint8_t *end_prop = fdt_property(fdt, "chosen", "linux,initrd-end", &len);
+	const char *end_prop = fdt_property("chosen", "linux,initrd-end", &len);
 	if (!end_prop || len != 8) {
 		put_str("no initrd end\n");
 		return 1;
 	}
-	uint64_t start = be64(start_prop), end = be64(end_prop);
+	uint64_t start = fdt_be64(start_prop), end = fdt_be64(end_prop);
 	put_str("initrd: ");
 	put_hex(start);
 	put_str("..");
@@ -123,10 +57,10 @@ int main(void)
 	check("initrd page aligned", (start & 0xfff) == 0, (int64_t)start);
 
 	/* The memory reservation block: (address, size) pairs ending with a zero pair. */
-	const uint8_t *reservation = fdt + be32(fdt + 16);
+	const uint8_t *reservation = fdt + fdt_be32(fdt + 16);
 	int reserved = 0;
-	for (; be64(reservation) || be64(reservation + 8); reservation += 16)
-		reserved |= be64(reservation) == start && be64(reservation + 8) == end - start;
+	for (; fdt_be64(reservation) || fdt_be64(reservation + 8); reservation += 16)
+		reserved |= fdt_be64(reservation) == start && fdt_be64(reservation + 8) == end - start;
 	check("initrd reserved", reserved, 0);
 
 	const uint8_t *tar = (const uint8_t *)(uintptr_t)start;
@@ -162,7 +96,5 @@ int main(void)
 	check("tar entries", entries > 0, entries);
 	check("message found", found_message, 0);
 	check("big file found", found_big, 0);
-	(void)abi_tag;
-	(void)interface_version;
 	return check_failures != 0;
 }

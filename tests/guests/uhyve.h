@@ -328,4 +328,38 @@ struct uhyve_args {
 int uhyve_get_args(struct uhyve_args *out);
 #endif /* !UHYVE_V2 */
 
+/* ---- Device tree ---- */
+
+/* Big-endian loads (device-tree cells). */
+uint32_t fdt_be32(const void *p);
+uint64_t fdt_be64(const void *p);
+/* The value (and its length in *len) of property `prop` of the node `node` (or `node@unit`)
+ * directly below the root of the device tree the boot info points to, or NULL. */
+const char *fdt_property(const char *node, const char *prop, uint32_t *len);
+
+/* ---- Notes: posing as a newer Hermit kernel ---- */
+struct uhyve_note_abi_tag {
+	uint32_t namesz, descsz, type;
+	char name[4];
+	uint32_t desc[4];
+};
+
+struct uhyve_note_interface {
+	uint32_t namesz, descsz, type;
+	char name[8];
+	uint8_t desc[4]; /* big-endian u32 */
+};
+
+/*
+ * At file scope, UHYVE_KERNEL_NOTES(13, 2, 1); makes the guest a Hermit 0.13.2 kernel (GNU
+ * ABI-tag note, OS 6 = Hermit) speaking uhyve interface 1 (UHYVEIF note); rt/guest.ld and
+ * v2/rt/guest.ld put both into the PT_NOTE segment after the entry-version note of rt/start.S.
+ */
+#define UHYVE_KERNEL_NOTES(minor, patch, interface)                                        \
+	__attribute__((section(".note.ABI-tag"), used, aligned(4))) static const struct      \
+		uhyve_note_abi_tag uhyve_abi_tag = {4, 16, 1, "GNU", {6, 0, (minor), (patch)}}; \
+	__attribute__((section(".note.hermit.uhyve-interface-version"), used, aligned(4)))  \
+		static const struct uhyve_note_interface uhyve_interface_note = {            \
+			8, 4, 0x5B00, "UHYVEIF", {0, 0, 0, (interface)}}
+
 #endif

@@ -204,30 +204,11 @@ _Static_assert(offsetof(struct FileAttr, st_mtim) == 88, "FileAttr.st_mtim");
 _Static_assert(offsetof(struct Dirent64, d_name) == 19, "Dirent64.d_name");
 
 /* ---- The notes that make an image a v2/v3 guest ---- */
-struct uhyve_note_abi_tag {
-	uint32_t namesz, descsz, type;
-	char name[4];
-	uint32_t desc[4];
-};
-
-struct uhyve_note_interface {
-	uint32_t namesz, descsz, type;
-	char name[8];
-	uint8_t desc[4]; /* big-endian u32 */
-};
-
 /*
  * Every v2/v3 guest states its interface version at file scope: UHYVE_INTERFACE_NOTES(3);
- * It adds the GNU ABI-tag note of a kernel newer than the last release (0.14.0; a kernel `main`
- * speaks v2/v3) and the UHYVEIF note with `version`; rt/guest.ld puts both into the PT_NOTE
- * segment after the entry-version note of rt/start.S.
+ * It poses as a kernel newer than the last release (0.14.0; a kernel `main` speaks v2/v3).
  */
-#define UHYVE_INTERFACE_NOTES(version)                                                     \
-	__attribute__((section(".note.ABI-tag"), used, aligned(4))) static const struct      \
-		uhyve_note_abi_tag uhyve_abi_tag = {4, 16, 1, "GNU", {6, 0, 14, 0}};         \
-	__attribute__((section(".note.hermit.uhyve-interface-version"), used, aligned(4)))  \
-		static const struct uhyve_note_interface uhyve_interface_note = {            \
-			8, 4, 0x5B00, "UHYVEIF", {0, 0, 0, (version)}}
+#define UHYVE_INTERFACE_NOTES(version) UHYVE_KERNEL_NOTES(14, 0, version)
 
 /* ---- Raw transport ---- */
 
@@ -470,9 +451,6 @@ void uhyve_v2_start(void);
 uint64_t v2_ram_start(void);
 uint64_t v2_ram_end(void);
 
-/* The value of property `prop` of the node directly below the FDT root whose name (before any
- * `@unit`) is `node`, and its length; NULL if there is none. */
-const char *fdt_property(const char *node, const char *prop, uint32_t *len);
 
 /* The application arguments: the words after `--` in FDT /chosen/bootargs, split with the shell
  * quoting rules uhyve uses. Returns their number (at most 64) and sets *argv (NULL-terminated). */

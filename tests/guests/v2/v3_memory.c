@@ -24,15 +24,6 @@ UHYVE_INTERFACE_NOTES(3);
 #define GIB (1ull << 30)
 #define MIB (1ull << 20)
 
-static uint64_t be64(const char *p)
-{
-	const uint8_t *b = (const uint8_t *)p;
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | b[i];
-	return v;
-}
-
 static volatile uint64_t *word(uint64_t address)
 {
 	return (volatile uint64_t *)(uintptr_t)address;
@@ -138,8 +129,8 @@ int main(void)
 	const char *reg = fdt_property("memory", "reg", &len);
 	check("device tree /memory reg", reg != NULL && len == 16, len);
 	if (reg != NULL && len == 16) {
-		check("device tree RAM start", be64(reg) == start, (int64_t)be64(reg));
-		check("device tree RAM size", be64(reg + 8) == end - start, (int64_t)be64(reg + 8));
+		check("device tree RAM start", fdt_be64(reg) == start, (int64_t)fdt_be64(reg));
+		check("device tree RAM size", fdt_be64(reg + 8) == end - start, (int64_t)fdt_be64(reg + 8));
 	}
 	if (end - start < 3 * GIB + 512 * MIB) {
 		put_str("run me with more than 3.5 GiB of RAM\n");

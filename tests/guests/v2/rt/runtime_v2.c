@@ -66,64 +66,6 @@ void uhyve_v2_start(void)
 	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
 }
 
-/* ---- Device tree ---- */
-
-#define FDT_MAGIC 0xd00dfeedu
-#define FDT_BEGIN_NODE 1
-#define FDT_END_NODE 2
-#define FDT_PROP 3
-#define FDT_NOP 4
-
-static uint32_t be32(const uint8_t *p)
-{
-	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static size_t align4(size_t n)
-{
-	return (n + 3) & ~(size_t)3;
-}
-
-/* Whether the node name `name` is `node` or `node@unit`. */
-static int node_matches(const char *name, const char *node)
-{
-	size_t n = strlen(node);
-	return memcmp(name, node, n) == 0 && (name[n] == 0 || name[n] == '@');
-}
-
-const char *fdt_property(const char *node, const char *prop, uint32_t *len)
-{
-	const uint8_t *fdt = (const uint8_t *)(uintptr_t)uhyve_boot_info->device_tree;
-	if (fdt == NULL || be32(fdt) != FDT_MAGIC)
-		return NULL;
-	const uint8_t *p = fdt + be32(fdt + 8);
-	const char *strings = (const char *)fdt + be32(fdt + 12);
-	int depth = 0, in_node = 0;
-	for (;;) {
-		uint32_t token = be32(p);
-		p += 4;
-		if (token == FDT_BEGIN_NODE) {
-			const char *name = (const char *)p;
-			depth++;
-			in_node = depth == 2 && node_matches(name, node);
-			p += align4(strlen(name) + 1);
-		} else if (token == FDT_END_NODE) {
-			depth--;
-			in_node = 0;
-		} else if (token == FDT_PROP) {
-			uint32_t size = be32(p), name_offset = be32(p + 4);
-			const char *value = (const char *)p + 8;
-			if (in_node && strcmp(strings + name_offset, prop) == 0) {
-				*len = size;
-				return value;
-			}
-			p += 8 + align4(size);
-		} else if (token != FDT_NOP) {
-			return NULL;
-		}
-	}
-}
-
 /* ---- Arguments ---- */
 
 #define MAX_ARGS 64
