@@ -1,4 +1,5 @@
-//! Build script: compiles the tiny C test guests in `tests/guests/` into bootable Hermit-style
+//! Build script: declares the platform `cfg` aliases (`kvm`, `hvf`) and compiles the tiny C test
+//! guests in `tests/guests/` into bootable Hermit-style
 //! ELF images under `$OUT_DIR/guests/<name>` and exports that directory to the crate (and its
 //! tests) as the compile-time environment variable `UHYVE_GUEST_DIR`.
 //!
@@ -60,6 +61,12 @@ const EI_OSABI: usize = 7;
 const ELFOSABI_STANDALONE: u8 = 0xFF;
 
 fn main() -> ExitCode {
+    // Each platform condition is written once, here: `kvm` where the KVM backend runs guests,
+    // `hvf` where the Hypervisor.framework backend does.
+    cfg_aliases::cfg_aliases! {
+        kvm: { all(target_os = "linux", target_arch = "x86_64") },
+        hvf: { all(target_os = "macos", target_arch = "aarch64") },
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

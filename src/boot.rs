@@ -19,7 +19,7 @@ use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
 use vm_fdt::{FdtReserveEntry, FdtWriter};
 
-use crate::arch::x86_64::layout::FDT_MAX_SIZE;
+use crate::loader::TlsTemplate;
 use crate::mem::{GuestMemory, MemoryError};
 
 /// Size of hermit-entry's `RawBootInfo` (entry versions 3 and 4).
@@ -88,30 +88,6 @@ pub enum BootError {
     },
 }
 
-/// The TLS template of the kernel image (from its PT_TLS header); the kernel copies it itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TlsImage {
-    /// Guest address of the template.
-    pub start: u64,
-    /// Initialised bytes.
-    pub filesz: u64,
-    /// Total bytes (the rest is zero).
-    pub memsz: u64,
-    /// Alignment.
-    pub align: u64,
-}
-
-impl From<TlsInfo> for TlsImage {
-    fn from(tls: TlsInfo) -> Self {
-        Self {
-            start: tls.start,
-            filesz: tls.filesz,
-            memsz: tls.memsz,
-            align: tls.align,
-        }
-    }
-}
-
 /// Everything the boot info reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootParams {
@@ -119,8 +95,9 @@ pub struct BootParams {
     pub ram: Range<u64>,
     /// Where the kernel image was loaded.
     pub kernel_image: Range<u64>,
-    /// TLS template, `None` if the image has none.
-    pub tls: Option<TlsImage>,
+    /// TLS template (from the image's PT_TLS header; the kernel copies it itself), `None` if
+    /// the image has none.
+    pub tls: Option<TlsTemplate>,
     /// Number of vCPUs (the kernel waits for exactly this many).
     pub num_cpus: u32,
     /// TSC frequency in kHz, if known.
@@ -258,13 +235,18 @@ pub fn encode_boot_info(params: &BootParams) -> Result<[u8; BOOT_INFO_SIZE], Boo
     Ok(bytes)
 }
 
-/// Writes the boot info for `params` to guest memory at `at` (128 bytes, padding zero).
+/// Writes the boot info for `params` to guest memory at `at` (128 bytes, padding zero), in the
+/// layout of `platform`.
 pub fn write_boot_info(
     mem: &GuestMemory,
     at: GuestPhysAddr,
     params: &BootParams,
+    platform: BootPlatform,
 ) -> Result<(), BootError> {
-    let bytes = encode_boot_info(params)?;
+    let bytes = match platform {
+        BootPlatform::X86_64 => encode_boot_info(params)?,
+        BootPlatform::Aarch64 => encode_boot_info_aarch64(params)?,
+    };
     mem.write(at, &bytes).map_err(|source| BootError::Write {
         what: "boot info",
         source,
@@ -304,12 +286,13 @@ impl fmt::Debug for InitialRamdisk {
 
 /// Builds the device tree blob (DTB version 17) for `params`.
 pub fn build_fdt(params: &FdtParams) -> Result<Vec<u8>, BootError> {
-    build_fdt_for(params, FdtPlatform::X86_64)
+    build_fdt_for(params, BootPlatform::X86_64)
 }
 
-/// Which architecture's devices the device tree describes.
+/// Which architecture the boot structures are for: the boot info's layout and the devices the
+/// device tree describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdtPlatform {
+pub enum BootPlatform {
     /// x86_64: `/hermit,tsc` when the TSC frequency is known.
     X86_64,
     /// aarch64 (hermit-abi.md §7.4): the GICv3 (`/intc@8000000` with its ITS) and the generic
@@ -325,7 +308,7 @@ const GIC_ITS_REG: [u64; 2] = [0x808_0000, 0x2_0000];
 const TIMER_INTERRUPTS: [u32; 12] = [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4];
 
 /// [`build_fdt`] for a given platform.
-pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8>, BootError> {
+pub fn build_fdt_for(params: &FdtParams, platform: BootPlatform) -> Result<Vec<u8>, BootError> {
     let Range { start, end } = params.ram;
     if start >= end {
         return Err(BootError::InvalidRam { start, end });
@@ -355,46 +338,16 @@ pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8
     fdt.property_array_u64("reg", &[start, end - start])?;
     fdt.end_node(memory)?;
 
-    let cpus = fdt.begin_node("cpus")?;
-    fdt.property_u32("#address-cells", 1)?;
-    fdt.property_u32("#size-cells", 0)?;
-    for id in 0..params.num_cpus {
-        let cpu = fdt.begin_node(&format!("cpu@{id}"))?;
-        fdt.property_string("device_type", "cpu")?;
-        if platform == FdtPlatform::Aarch64 {
-            fdt.property_string("compatible", "arm,cortex-a72")?;
-        }
-        fdt.end_node(cpu)?;
-    }
-    fdt.end_node(cpus)?;
-
+    write_cpus(&mut fdt, params.num_cpus, platform)?;
     match platform {
-        FdtPlatform::X86_64 => {
+        BootPlatform::X86_64 => {
             if let Some(khz) = params.tsc_khz {
                 let tsc = fdt.begin_node("hermit,tsc")?;
                 fdt.property_u32("khz", khz)?;
                 fdt.end_node(tsc)?;
             }
         }
-        FdtPlatform::Aarch64 => {
-            let intc = fdt.begin_node(&format!("intc@{:x}", GIC_REG[0]))?;
-            fdt.property_string("compatible", "arm,gic-v3")?;
-            fdt.property_u32("#address-cells", 2)?;
-            fdt.property_u32("#size-cells", 2)?;
-            fdt.property_array_u64("reg", &GIC_REG)?;
-            let its = fdt.begin_node(&format!("its@{:x}", GIC_ITS_REG[0]))?;
-            fdt.property_u32("#msi-cells", 1)?;
-            fdt.property_array_u64("reg", &GIC_ITS_REG)?;
-            fdt.property_string("compatible", "arm,gic-v3-its")?;
-            fdt.property_null("msi-controller")?;
-            fdt.end_node(its)?;
-            fdt.end_node(intc)?;
-            let timer = fdt.begin_node("timer")?;
-            fdt.property_array_u32("interrupts", &TIMER_INTERRUPTS)?;
-            fdt.property_null("always-on")?;
-            fdt.property_string("compatible", "arm,armv8-timer")?;
-            fdt.end_node(timer)?;
-        }
+        BootPlatform::Aarch64 => write_gic_and_timer(&mut fdt)?,
     }
 
     if !params.mounts.is_empty() {
@@ -415,15 +368,56 @@ pub fn build_fdt_for(params: &FdtParams, platform: FdtPlatform) -> Result<Vec<u8
     Ok(fdt.finish()?)
 }
 
+/// `/cpus` with one `cpu@N` per vCPU.
+fn write_cpus(fdt: &mut FdtWriter, num_cpus: u32, platform: BootPlatform) -> Result<(), BootError> {
+    let cpus = fdt.begin_node("cpus")?;
+    fdt.property_u32("#address-cells", 1)?;
+    fdt.property_u32("#size-cells", 0)?;
+    for id in 0..num_cpus {
+        let cpu = fdt.begin_node(&format!("cpu@{id}"))?;
+        fdt.property_string("device_type", "cpu")?;
+        if platform == BootPlatform::Aarch64 {
+            fdt.property_string("compatible", "arm,cortex-a72")?;
+        }
+        fdt.end_node(cpu)?;
+    }
+    fdt.end_node(cpus)?;
+    Ok(())
+}
+
+/// The aarch64 GICv3 (`/intc@8000000` with its ITS) and generic timer (`/timer`).
+fn write_gic_and_timer(fdt: &mut FdtWriter) -> Result<(), BootError> {
+    let intc = fdt.begin_node(&format!("intc@{:x}", GIC_REG[0]))?;
+    fdt.property_string("compatible", "arm,gic-v3")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_array_u64("reg", &GIC_REG)?;
+    let its = fdt.begin_node(&format!("its@{:x}", GIC_ITS_REG[0]))?;
+    fdt.property_u32("#msi-cells", 1)?;
+    fdt.property_array_u64("reg", &GIC_ITS_REG)?;
+    fdt.property_string("compatible", "arm,gic-v3-its")?;
+    fdt.property_null("msi-controller")?;
+    fdt.end_node(its)?;
+    fdt.end_node(intc)?;
+    let timer = fdt.begin_node("timer")?;
+    fdt.property_array_u32("interrupts", &TIMER_INTERRUPTS)?;
+    fdt.property_null("always-on")?;
+    fdt.property_string("compatible", "arm,armv8-timer")?;
+    fdt.end_node(timer)?;
+    Ok(())
+}
+
 /// Writes the device tree `bytes` to guest memory at `at`; fails if it is larger than the
-/// device-tree area ([`FDT_MAX_SIZE`], 52 KiB).
-pub fn write_fdt(mem: &GuestMemory, at: GuestPhysAddr, bytes: &[u8]) -> Result<(), BootError> {
+/// device-tree area of `max` bytes.
+pub fn write_fdt(
+    mem: &GuestMemory,
+    at: GuestPhysAddr,
+    max: u64,
+    bytes: &[u8],
+) -> Result<(), BootError> {
     let size = bytes.len() as u64;
-    if size > FDT_MAX_SIZE {
-        return Err(BootError::FdtTooLarge {
-            size,
-            max: FDT_MAX_SIZE,
-        });
+    if size > max {
+        return Err(BootError::FdtTooLarge { size, max });
     }
     mem.write(at, bytes).map_err(|source| BootError::Write {
         what: "device tree",
@@ -500,11 +494,14 @@ pub fn bootargs(kernel_args: &[String], env: &[(String, String)], app_args: &[St
 mod tests {
     use super::*;
 
+    /// The x86_64 device-tree area (52 KiB).
+    const FDT_MAX_SIZE: u64 = 0xD000;
+
     fn params() -> BootParams {
         BootParams {
             ram: 0..0x400_0000,
             kernel_image: 0x40000..0x2c_1234,
-            tls: Some(TlsImage {
+            tls: Some(TlsTemplate {
                 start: 0x20_0020,
                 filesz: 0x81,
                 memsz: 0x90,
@@ -531,7 +528,13 @@ mod tests {
         let mem = GuestMemory::new(GuestPhysAddr::new(0), 0x10000).unwrap();
         // Dirty the target so stale bytes would show up as non-zero padding.
         mem.write(GuestPhysAddr::new(0x2000), &[0xAA; 256]).unwrap();
-        write_boot_info(&mem, GuestPhysAddr::new(0x2000), &params()).unwrap();
+        write_boot_info(
+            &mem,
+            GuestPhysAddr::new(0x2000),
+            &params(),
+            BootPlatform::X86_64,
+        )
+        .unwrap();
         let mut b = [0u8; 128];
         mem.read(GuestPhysAddr::new(0x2000), &mut b).unwrap();
 
@@ -618,7 +621,12 @@ mod tests {
         ));
         let mem = GuestMemory::new(GuestPhysAddr::new(0), 0x1000).unwrap();
         assert!(matches!(
-            write_boot_info(&mem, GuestPhysAddr::new(0xf90), &params()),
+            write_boot_info(
+                &mem,
+                GuestPhysAddr::new(0xf90),
+                &params(),
+                BootPlatform::X86_64
+            ),
             Err(BootError::Write {
                 what: "boot info",
                 ..
@@ -764,7 +772,7 @@ mod tests {
         let params = BootParams {
             ram: 0x1000_0000..0x1400_0000,
             kernel_image: 0x1004_0000..0x1010_0000,
-            tls: Some(TlsImage {
+            tls: Some(TlsTemplate {
                 start: 0x1004_0020,
                 filesz: 0x20,
                 memsz: 0x70,
@@ -817,7 +825,7 @@ mod tests {
                 mounts: Vec::new(),
                 initrd: None,
             },
-            FdtPlatform::Aarch64,
+            BootPlatform::Aarch64,
         )
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -1016,13 +1024,13 @@ mod tests {
             initrd: None,
         })
         .unwrap();
-        write_fdt(&mem, GuestPhysAddr::new(0x3000), &blob).unwrap();
+        write_fdt(&mem, GuestPhysAddr::new(0x3000), FDT_MAX_SIZE, &blob).unwrap();
         let mut back = vec![0u8; blob.len()];
         mem.read(GuestPhysAddr::new(0x3000), &mut back).unwrap();
         assert_eq!(back, blob);
 
         let exact = vec![0u8; FDT_MAX_SIZE as usize];
-        assert!(write_fdt(&mem, GuestPhysAddr::new(0x3000), &exact).is_ok());
+        assert!(write_fdt(&mem, GuestPhysAddr::new(0x3000), FDT_MAX_SIZE, &exact).is_ok());
         let big = build_fdt(&FdtParams {
             ram: 0..0x100_0000,
             num_cpus: 1,
@@ -1033,11 +1041,11 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(
-            write_fdt(&mem, GuestPhysAddr::new(0x3000), &big),
+            write_fdt(&mem, GuestPhysAddr::new(0x3000), FDT_MAX_SIZE, &big),
             Err(BootError::FdtTooLarge { max: 0xD000, .. })
         ));
         assert!(matches!(
-            write_fdt(&mem, GuestPhysAddr::new(0x1ff00), &blob),
+            write_fdt(&mem, GuestPhysAddr::new(0x1ff00), FDT_MAX_SIZE, &blob),
             Err(BootError::Write { .. })
         ));
     }

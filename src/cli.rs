@@ -193,7 +193,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
     if let Err(e) = crate::signals::install_stop_handlers() {
         log::warn!("{e}; interrupting uhyve will not clean up");
     }
-    match crate::vm::run(&config) {
+    run_guest(&config)
+}
+
+/// Runs the guest and turns the result into uhyve's exit status.
+#[cfg(any(kvm, hvf))]
+fn run_guest(config: &crate::params::VmConfig) -> i32 {
+    match crate::vm::run(config) {
         Ok(code) => code,
         Err(crate::vm::VmError::Stopped(signal)) => {
             eprintln!("uhyve: stopped by {}", crate::signals::signal_name(signal));
@@ -204,6 +210,16 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
             FAILURE_STATUS
         }
     }
+}
+
+/// There is no backend on this platform: one clear line.
+#[cfg(not(any(kvm, hvf)))]
+fn run_guest(_config: &crate::params::VmConfig) -> i32 {
+    eprintln!(
+        "uhyve: error: uhyve cannot run guests on this platform: it needs Linux on x86_64 (KVM) \
+         or macOS on Apple silicon (Hypervisor.framework)"
+    );
+    FAILURE_STATUS
 }
 
 #[cfg(test)]

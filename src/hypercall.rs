@@ -46,10 +46,10 @@ use uhyve_interface::v2::{
 };
 
 use crate::arch::{GuestArch, PAGE_SIZE};
+use crate::hypervisor::VcpuError;
 use crate::isolation::{FdTable, FileMap, GuestFd};
 use crate::mem::{GuestMemory, GuestPod, MemoryError};
 use crate::output::SerialOutput;
-use crate::vcpu::VcpuError;
 
 /// Longest path (without NUL) read from the guest.
 pub const MAX_PATH_LEN: u64 = 4096;

@@ -20,18 +20,16 @@ pub mod cli;
 pub mod exits;
 pub mod hvf;
 pub mod hypercall;
+pub mod hypervisor;
 pub mod isolation;
 pub mod loader;
 pub mod mem;
 pub mod output;
 pub mod params;
+pub mod setup;
 pub mod signals;
 pub mod stats;
-pub mod thread_kick;
-pub mod vcpu;
 pub mod vm;
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 pub mod linux;
-#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
-pub mod macos;

@@ -4,8 +4,12 @@
 
 use std::path::PathBuf;
 
-use uhyve::arch::aarch64::{GuestSetup, layout, prepare_guest, virt_to_phys};
+use uhyve::arch::GuestArch;
+use uhyve::arch::aarch64::{layout, virt_to_phys};
 use uhyve::boot::InitialRamdisk;
+use uhyve::hypervisor::EntryRegisters;
+use uhyve::loader::KernelImage;
+use uhyve::setup::{self, GuestPlan, PreparedGuest};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 fn image() -> Option<Vec<u8>> {
@@ -22,6 +26,16 @@ fn image() -> Option<Vec<u8>> {
     Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
+/// The aarch64 image `bytes` prepared as `plan` says, with its boot structures written.
+fn prepare_guest(bytes: Vec<u8>, plan: &GuestPlan) -> PreparedGuest {
+    let image = KernelImage::parse_for(bytes, goblin::elf::header::EM_AARCH64).unwrap();
+    let guest = setup::prepare(GuestArch::Aarch64, &image, plan).unwrap();
+    guest
+        .write_boot(None, time::OffsetDateTime::UNIX_EPOCH)
+        .unwrap();
+    guest
+}
+
 #[test]
 fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
     let Some(bytes) = image() else {
@@ -30,27 +44,27 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
     let ram_size = 64 << 20;
     let guest = prepare_guest(
         bytes,
-        &GuestSetup {
+        &GuestPlan {
             ram_size,
             num_cpus: 1,
             bootargs: "-- hello".into(),
             mounts: Vec::new(),
             initrd: None,
-            pa_range: 2,
-            boot_time: time::OffsetDateTime::UNIX_EPOCH,
+            pre_0_10_kernel: false,
         },
-    )
-    .unwrap();
+    );
     let g = layout::RAM_BASE;
     let kernel_base = g + 0x4_0000;
     let entry = kernel_base + 0x64c4c;
     assert_eq!(guest.kernel.entry_point, entry);
     assert_eq!(guest.kernel.image_range.start, kernel_base);
-    assert_eq!(guest.ttbr0, GuestPhysAddr::new(g + 0x1_0000));
+    assert_eq!(guest.page_table_root, GuestPhysAddr::new(g + 0x1_0000));
 
-    let r = &guest.registers;
+    let EntryRegisters::Aarch64(r) = &guest.registers else {
+        panic!("aarch64 registers expected: {:?}", guest.registers);
+    };
     assert_eq!(r.pc, entry);
-    assert_eq!(r.x0, guest.layout.boot_info().as_u64());
+    assert_eq!(r.x0, guest.boot_info.as_u64());
     assert_eq!(r.x1, 0);
     assert_eq!(r.sp_el1, kernel_base - 0x8000);
     assert_eq!(r.ttbr0_el1, g + 0x1_0000);
@@ -58,19 +72,19 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
 
     // The entry point, the boot info and the FDT are identity mapped; the v1 hypercall
     // addresses hit the hypercall page at the start of RAM.
-    let walk = |va: u64| virt_to_phys(&guest.mem, guest.ttbr0, GuestVirtAddr::new(va));
+    let walk = |va: u64| virt_to_phys(&guest.mem, guest.page_table_root, GuestVirtAddr::new(va));
     assert_eq!(walk(entry), Ok(GuestPhysAddr::new(entry)));
-    let boot_info = guest.layout.boot_info().as_u64();
+    let boot_info = guest.boot_info.as_u64();
     assert_eq!(walk(boot_info), Ok(GuestPhysAddr::new(boot_info)));
     assert_eq!(walk(0x540), Ok(GuestPhysAddr::new(g + 0x540)));
     assert!(walk(guest.kernel.image_range.end + 0x10_0000).is_err());
 
     // Boot info fields at the aarch64 offsets of hermit-abi.md §2.1.
     let mut info = [0u8; 128];
-    guest.mem.read(guest.layout.boot_info(), &mut info).unwrap();
+    guest.mem.read(guest.boot_info, &mut info).unwrap();
     let u64_at = |at: usize| u64::from_le_bytes(info[at..at + 8].try_into().unwrap());
     assert_eq!((u64_at(0), u64_at(8)), (g, g + ram_size));
-    assert_eq!(u64_at(24), guest.layout.fdt().as_u64());
+    assert_eq!(u64_at(24), guest.fdt.as_u64());
     assert_eq!(
         (u64_at(32), u64_at(40)),
         (kernel_base, guest.kernel.image_range.end)
@@ -80,7 +94,7 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
 
     // The FDT: the magic, and the nodes the 0.11 kernel reads.
     let mut fdt = vec![0u8; 0x2000];
-    guest.mem.read(guest.layout.fdt(), &mut fdt).unwrap();
+    guest.mem.read(guest.fdt, &mut fdt).unwrap();
     assert_eq!(&fdt[..4], &0xd00d_feedu32.to_be_bytes());
     let text = String::from_utf8_lossy(&fdt);
     for needle in [
@@ -104,16 +118,15 @@ fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mo
     tar[..5].copy_from_slice(b"first");
     let last = tar.len() - 1;
     tar[last] = 0x5a;
-    let setup = GuestSetup {
+    let setup = GuestPlan {
         ram_size: 64 << 20,
         num_cpus: 1,
         bootargs: String::new(),
         mounts: Vec::new(),
         initrd: Some(InitialRamdisk(tar.clone().into())),
-        pa_range: 2,
-        boot_time: time::OffsetDateTime::UNIX_EPOCH,
+        pre_0_10_kernel: false,
     };
-    let guest = prepare_guest(bytes.clone(), &setup).unwrap();
+    let guest = prepare_guest(bytes.clone(), &setup);
     let initrd = guest.initrd.clone().expect("an initrd range");
     assert_eq!(
         initrd.start,
@@ -127,11 +140,11 @@ fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mo
         .unwrap();
     assert_eq!(&start, b"first");
     // The kernel reads it through the boot identity map, to its last byte.
-    let walk = |va: u64| virt_to_phys(&guest.mem, guest.ttbr0, GuestVirtAddr::new(va));
+    let walk = |va: u64| virt_to_phys(&guest.mem, guest.page_table_root, GuestVirtAddr::new(va));
     assert_eq!(walk(initrd.end - 1), Ok(GuestPhysAddr::new(initrd.end - 1)));
     // The FDT names it in /chosen.
     let mut fdt = vec![0u8; 0x2000];
-    guest.mem.read(guest.layout.fdt(), &mut fdt).unwrap();
+    guest.mem.read(guest.fdt, &mut fdt).unwrap();
     let text = String::from_utf8_lossy(&fdt);
     assert!(
         text.contains("linux,initrd-start"),
@@ -143,14 +156,12 @@ fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mo
     );
 
     // Too little RAM for it: a layout error naming the archive.
-    let error = prepare_guest(
-        bytes,
-        &GuestSetup {
-            ram_size: 16 << 20,
-            initrd: Some(InitialRamdisk(vec![0u8; 14 << 20].into())),
-            ..setup
-        },
-    )
-    .unwrap_err();
+    let image = KernelImage::parse_for(bytes, goblin::elf::header::EM_AARCH64).unwrap();
+    let plan = GuestPlan {
+        ram_size: 16 << 20,
+        initrd: Some(InitialRamdisk(vec![0u8; 14 << 20].into())),
+        ..setup
+    };
+    let error = setup::prepare(GuestArch::Aarch64, &image, &plan).unwrap_err();
     assert!(error.to_string().contains("does not fit"), "{error}");
 }

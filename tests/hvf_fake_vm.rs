@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use uhyve::arch::GuestArch;
 use uhyve::arch::aarch64::layout::RAM_BASE;
+use uhyve::exits::GuestExit;
 use uhyve::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg};
+use uhyve::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuKick};
 use uhyve::loader::KernelImage;
 use uhyve::mem::GuestMemory;
 use uhyve::output::OutputTarget;
 use uhyve::params::{MemorySize, VmConfig};
-use uhyve::vm::{EntryRegisters, GuestExit, Hypervisor, VcpuKick, Vm, VmError};
+use uhyve::vm::{Vm, VmError};
 use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{
     CloseParams, ExitParams, GuestPhysAddr, GuestVirtAddr, HypercallAddress, OpenParams,
@@ -291,7 +293,7 @@ impl Hypervisor for FakeHvf {
     type Cpu = HvfCpu<FakeVcpu>;
     type Kick = FakeKick;
 
-    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError> {
         *self.mapping.lock().unwrap() = Some(Mapping {
             host: mem.host_address() as usize,
             base: mem.base().as_u64(),
@@ -308,7 +310,7 @@ impl Hypervisor for FakeHvf {
         &self,
         cpu: u32,
         entry: &EntryRegisters,
-    ) -> Result<(Self::Cpu, Self::Kick), VmError> {
+    ) -> Result<(Self::Cpu, Self::Kick), HypervisorError> {
         let EntryRegisters::Aarch64(registers) = entry else {
             panic!("an aarch64 hypervisor got {entry:?}");
         };
@@ -333,7 +335,7 @@ impl Hypervisor for FakeHvf {
         fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1);
         let ram_base = fake.mapping.base;
         let vcpu = HvfCpu::new(fake, cpu, ram_base, registers)
-            .map_err(|source| VmError::Vcpu { cpu, source })?;
+            .map_err(|source| HypervisorError::Vcpu { cpu, source })?;
         Ok((vcpu, FakeKick(kicked)))
     }
 }

@@ -1,11 +1,18 @@
-//! The Hypervisor.framework vCPU logic, as platform-neutral code: everything between HVF's raw
-//! calls and uhyve's [`VirtualCpu`] — register set-up at entry, turning HVF exits (data aborts
-//! for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps, cancellation) into
-//! [`VcpuExit`], advancing PC past every handled access when the guest resumes (so a crash report
-//! still names the faulting instruction), and answering MMIO loads.
+//! The Hypervisor.framework backend. This module is its platform-neutral vCPU logic: everything
+//! between HVF's raw calls and uhyve's [`VirtualCpu`] — register set-up at entry, turning HVF
+//! exits (data aborts for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps,
+//! cancellation) into [`VcpuExit`], advancing PC past every handled access when the guest resumes
+//! (so a crash report still names the faulting instruction), and answering hypercall reads.
 //!
-//! The macOS-only adapter (`crate::macos`) implements [`HvfVcpuOps`] with the real
-//! `hv_vcpu_*` calls; everything here builds and is tested on any host against a scripted fake.
+//! The macOS-only adapter ([`macos`], built where the `hvf` cfg holds) implements
+//! [`HvfVcpuOps`] with the real `hv_vcpu_*` calls and owns the VM; everything else builds and is
+//! tested on any host against a scripted fake. Like every backend it depends only on
+//! `crate::hypervisor`, `crate::arch` and `crate::mem`.
+
+#[cfg(hvf)]
+pub mod macos;
+#[cfg(test)]
+mod tests;
 
 use thiserror::Error;
 use uhyve_interface::v2::HypercallAddressV2;
@@ -14,7 +21,7 @@ use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
 use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
-use crate::vcpu::{VcpuError, VcpuExit, VirtualCpu};
+use crate::hypervisor::{VcpuError, VcpuExit, VirtualCpu};
 
 /// A general register or PC/CPSR, as HVF names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,9 +137,9 @@ const EC_BRK: u8 = 0x3c;
 // is reported by name as an unhandled exit.
 
 fn hvf_error(operation: &'static str) -> impl FnOnce(HvfError) -> VcpuError {
-    move |error| VcpuError::Unexpected {
+    move |error| VcpuError::Backend {
         operation,
-        detail: error.to_string(),
+        source: Box::new(error),
     }
 }
 
@@ -142,7 +149,7 @@ pub struct HvfCpu<T: HvfVcpuOps> {
     id: u32,
     /// First guest-physical address of RAM: hypercall addresses are IPA − RAM base.
     ram_base: u64,
-    /// The MMIO load waiting for its value.
+    /// The hypercall read (a load from the window) waiting for its value.
     pending_load: Option<DataAbort>,
     /// The last exit was an access (or WFI) the host handled: PC moves past it when the guest
     /// resumes. Until then PC names the instruction, as crash reports want.
@@ -267,14 +274,12 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
             });
         }
         if access.is_write {
-            self.step_over = true;
             return Ok(VcpuExit::MmioWrite {
                 address: ipa,
                 data: access.value,
                 size: access.size,
             });
         }
-        self.pending_load = Some(access);
         Ok(VcpuExit::MmioRead {
             address: ipa,
             size: access.size,
@@ -338,15 +343,10 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
     }
 
     fn complete_hypercall_read(&mut self, value: u64) -> Result<(), VcpuError> {
-        // A load from the hypercall window completes like any emulated load.
-        self.complete_mmio_read(value)
-    }
-
-    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {
         let Some(load) = self.pending_load.take() else {
             return Err(VcpuError::Unexpected {
-                operation: "complete MMIO read",
-                detail: "no MMIO load is pending".into(),
+                operation: "complete hypercall read",
+                detail: "no hypercall read is pending".into(),
             });
         };
         if let Some(target) = load.load_target() {
@@ -387,6 +387,3 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
         Ok(text)
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -7,12 +7,11 @@ use std::sync::atomic::AtomicBool;
 use super::*;
 use crate::arch::aarch64::initial_registers;
 use crate::arch::aarch64::layout::RAM_BASE;
-use crate::exits::{EmulationFallback, ExitServices, run_vcpu};
+use crate::exits::{EmulationFallback, ExitServices, GuestExit, LoopVcpu, run_vcpu};
 use crate::hypercall::{GuestCommandLine, Hypercalls};
 use crate::isolation::FileMap;
 use crate::mem::GuestMemory;
 use crate::output::{OutputTarget, SerialOutput};
-use crate::vm::GuestExit;
 
 /// A vCPU that replays scripted exits and keeps its registers in maps.
 #[derive(Default)]
@@ -131,27 +130,32 @@ fn stores_to_the_hypercall_page_are_hypercalls_and_pc_moves_past_them_on_resume(
 }
 
 #[test]
-fn mmio_loads_fill_the_target_register_and_stores_report_their_value() {
+fn hypercall_reads_fill_the_target_register_and_mmio_accesses_report_their_value() {
     let device = 0x900_0000;
-    let load = HvfExit::Exception {
+    let read = HvfExit::Exception {
         syndrome: data_abort(false, 2, 3),
-        virtual_address: device,
-        physical_address: device,
+        virtual_address: 0x1040,
+        physical_address: RAM_BASE + 0x1040,
     };
     let store = HvfExit::Exception {
         syndrome: data_abort(true, 1, 31),
         virtual_address: device,
         physical_address: device,
     };
-    let mut vcpu = cpu(vec![load, store]);
+    let load = HvfExit::Exception {
+        syndrome: data_abort(false, 3, 4),
+        virtual_address: device,
+        physical_address: device,
+    };
+    let mut vcpu = cpu(vec![read, store, load]);
     assert_eq!(
         vcpu.run().unwrap(),
-        VcpuExit::MmioRead {
-            address: device,
+        VcpuExit::HypercallRead {
+            address: 0x1040,
             size: 4
         }
     );
-    vcpu.complete_mmio_read(0xdead_beef_1234_5678).unwrap();
+    vcpu.complete_hypercall_read(0xdead_beef_1234_5678).unwrap();
     assert_eq!(vcpu.ops().regs[&Reg::X(3)], 0x1234_5678);
     assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY);
     // A store of XZR writes zero.
@@ -168,7 +172,16 @@ fn mmio_loads_fill_the_target_register_and_stores_report_their_value() {
         ENTRY + 4,
         "past the load"
     );
-    assert!(vcpu.complete_mmio_read(1).is_err(), "nothing pending");
+    // MMIO accesses outside RAM stop the VM: PC stays at them, for the crash report.
+    assert_eq!(
+        vcpu.run().unwrap(),
+        VcpuExit::MmioRead {
+            address: device,
+            size: 8
+        }
+    );
+    assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 4);
+    assert!(vcpu.complete_hypercall_read(1).is_err(), "nothing pending");
 }
 
 #[test]
@@ -284,7 +297,11 @@ fn a_scripted_guest_runs_through_the_shared_dispatcher() {
             .unwrap();
     }
     vcpu.ops().set_reg(Reg::X(0), exit_params.as_u64()).unwrap();
-    let end = run_vcpu(&mut vcpu, &services, None).unwrap();
+    let looped = LoopVcpu {
+        vcpu: &mut vcpu,
+        x86: |_| None,
+    };
+    let end = run_vcpu(looped, &services, None).unwrap();
     assert_eq!(end, Some(GuestExit(3)));
     // Past the three SerialWriteByte stores; the Exit store is never resumed.
     assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 12);

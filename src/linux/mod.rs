@@ -1,6 +1,8 @@
 //! The KVM backend (Linux, x86_64). This is the only module that names kvm-ioctls: it creates the
 //! VM (memory slot, in-kernel irqchip, x2APIC API), creates vCPUs in the initial state computed by
-//! `crate::arch`, and turns KVM's exits into the backend-neutral [`crate::vcpu::VcpuExit`].
+//! `crate::setup`, and turns KVM's exits into the backend-neutral
+//! [`crate::hypervisor::VcpuExit`]. It depends only on `crate::hypervisor`, `crate::arch` and
+//! `crate::mem`.
 
 mod probe;
 mod vcpu;
@@ -14,10 +16,10 @@ use thiserror::Error;
 pub use self::probe::SimdExecution;
 pub use self::vcpu::{KvmCpu, KvmKick};
 use crate::arch::GuestArch;
-use crate::arch::x86_64::{FallbackSimd, InitialRegisters};
+use crate::arch::x86_64::FallbackSimd;
+use crate::hypervisor::x86_64::X86Vcpu;
+use crate::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick};
 use crate::mem::GuestMemory;
-use crate::vcpu::VcpuError;
-use crate::vm::{EntryRegisters, Hypervisor, VcpuKick, VmError};
 
 /// `KVM_CAP_X2APIC_API`.
 const CAP_X2APIC_API: u32 = 129;
@@ -116,7 +118,7 @@ impl KvmVm {
         let simd = probe.ok().and_then(|probe| probe.join().ok()).flatten();
         let fallback_cpuid = match simd {
             Some(SimdExecution::Emulated) => {
-                let simd = crate::arch::x86_64::emulate::fallback_simd();
+                let simd = FallbackSimd::of_the_emulator();
                 log::info!(
                     "this KVM cannot execute SSE instructions itself (a probe VM stopped with an \
                      emulation failure): the guest's CPUID offers only what uhyve's user-space \
@@ -136,34 +138,11 @@ impl KvmVm {
             fallback_cpuid,
         })
     }
+}
 
-    /// Registers `mem` as the VM's RAM (memory slot 0).
-    ///
-    /// The VM must not outlive `mem`: `crate::vm::Vm` owns both and drops the VM first.
-    pub fn map_memory(&self, mem: &GuestMemory) -> Result<(), KvmError> {
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: mem.base().as_u64(),
-            memory_size: mem.size(),
-            userspace_addr: mem.host_address() as u64,
-        };
-        // SAFETY: the region describes exactly the mapping owned by `mem`, which outlives the VM
-        // (see above), so KVM never accesses host memory that is not guest RAM.
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))
-    }
-
-    /// Creates vCPU `id` in the given initial state. Call it on the thread that will run the
-    /// vCPU (the kick signal is aimed at the creating thread).
-    pub fn create_vcpu(&self, id: u32, registers: &InitialRegisters) -> Result<KvmCpu, KvmError> {
-        KvmCpu::new(
-            &self.vm,
-            id,
-            registers,
-            self.supported_cpuid.clone(),
-            self.fallback_cpuid,
-        )
+impl From<KvmError> for HypervisorError {
+    fn from(error: KvmError) -> Self {
+        Self::Backend(Box::new(error))
     }
 }
 
@@ -172,13 +151,31 @@ impl Hypervisor for KvmVm {
     type Cpu = KvmCpu;
     type Kick = KvmKick;
 
-    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
-        Ok(KvmVm::map_memory(self, mem)?)
+    /// Registers `mem` as the VM's RAM (memory slot 0).
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: mem.base().as_u64(),
+            memory_size: mem.size(),
+            userspace_addr: mem.host_address() as u64,
+        };
+        // SAFETY: the region describes exactly the mapping owned by `mem`, which the caller
+        // guarantees outlives the VM, so KVM never accesses host memory that is not guest RAM.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))?;
+        Ok(())
     }
 
-    fn create_vcpu(&self, cpu: u32, entry: &EntryRegisters) -> Result<(KvmCpu, KvmKick), VmError> {
+    /// Creates vCPU `cpu` in the given initial state, on the calling thread (the thread that
+    /// will run it: the kick signal is aimed at it).
+    fn create_vcpu(
+        &self,
+        cpu: u32,
+        entry: &EntryRegisters,
+    ) -> Result<(KvmCpu, KvmKick), HypervisorError> {
         let EntryRegisters::X86_64(registers) = entry else {
-            return Err(VmError::Vcpu {
+            return Err(HypervisorError::Vcpu {
                 cpu,
                 source: VcpuError::Unexpected {
                     operation: "create vCPU",
@@ -186,13 +183,23 @@ impl Hypervisor for KvmVm {
                 },
             });
         };
-        let mut vcpu = KvmVm::create_vcpu(self, cpu, registers)?;
+        let vcpu = KvmCpu::new(
+            &self.vm,
+            cpu,
+            registers,
+            self.supported_cpuid.clone(),
+            self.fallback_cpuid,
+        )?;
         let kick = vcpu.kick_handle();
         Ok((vcpu, kick))
     }
 
     fn tsc_khz(cpu: &KvmCpu) -> Option<u32> {
         cpu.tsc_khz()
+    }
+
+    fn x86_vcpu(cpu: &mut KvmCpu) -> Option<&mut dyn X86Vcpu> {
+        Some(cpu)
     }
 }
 

@@ -2,9 +2,11 @@
 //! [`VcpuExit`].
 
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    CpuId, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
+    CpuId, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
     KVM_MP_STATE_RUNNABLE, Msrs, kvm_mp_state, kvm_msr_entry, kvm_segment,
 };
@@ -13,13 +15,13 @@ use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
 use super::{KvmError, ioctl_error};
-use crate::arch::x86_64::emulate::{X86Cpu, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
-use crate::arch::x86_64::paging::PageFault;
+use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
 use crate::arch::x86_64::{
     CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
     restrict_to_fallback,
 };
-use crate::vcpu::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
+use crate::hypervisor::x86_64::X86Vcpu;
+use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 
 /// The page-fault exception vector.
 const PAGE_FAULT_VECTOR: u8 = 14;
@@ -38,35 +40,45 @@ fn kick_signal() -> libc::c_int {
 /// Installs the (empty) handler of the kick signal, without `SA_RESTART`, so that the signal
 /// makes `KVM_RUN` return `EINTR`. Idempotent.
 pub(super) fn install_kick_handler() -> Result<(), KvmError> {
-    crate::thread_kick::install_empty_handler(kick_signal()).map_err(KvmError::KickHandler)
+    crate::hypervisor::thread_kick::install_empty_handler(kick_signal())
+        .map_err(KvmError::KickHandler)
 }
 
 /// Interrupts one vCPU from another thread: sets `immediate_exit` in its `kvm_run` page (so a
 /// `KVM_RUN` about to start returns at once) and signals its thread (so a running one returns).
-///
-/// It refers to the vCPU's `kvm_run` mapping: it must only be used while that vCPU exists. The
-/// VM code keeps each kick handle in a registry the vCPU thread clears before dropping its vCPU.
+/// Once the vCPU is gone a kick does nothing, so the handle may outlive it.
+#[derive(Clone)]
 pub struct KvmKick {
-    immediate_exit: *const std::sync::atomic::AtomicU8,
+    target: Arc<Mutex<Option<KickTarget>>>,
+}
+
+/// Where a kick goes while its vCPU exists.
+struct KickTarget {
+    /// `immediate_exit` in the vCPU's `kvm_run` mapping.
+    immediate_exit: *const AtomicU8,
+    /// The thread that created (and runs) the vCPU.
     thread: libc::pthread_t,
 }
 
-// SAFETY: the pointer is only dereferenced as an atomic byte inside the vCPU's kvm_run mapping,
-// which stays mapped for as long as the handle may be used (see the type's documentation); the
-// pthread id is a plain value usable from any thread.
-unsafe impl Send for KvmKick {}
-// SAFETY: as above; `kick` only performs an atomic store and pthread_kill.
-unsafe impl Sync for KvmKick {}
+// SAFETY: the pointer is only dereferenced by `KvmKick::kick`, under the mutex, while the target
+// is present — and `KvmCpu`'s `Drop` clears it, under the same mutex, before the mapping goes.
+// The pthread id is a plain value usable from any thread.
+unsafe impl Send for KickTarget {}
 
 impl KvmKick {
-    /// Makes the vCPU leave `KVM_RUN` as soon as possible.
+    /// Makes the vCPU leave `KVM_RUN` as soon as possible; nothing if it no longer exists.
     pub fn kick(&self) {
-        // SAFETY: the pointer addresses `immediate_exit` in a live kvm_run mapping (see above);
-        // KVM reads that byte, user space may write it at any time.
-        unsafe { (*self.immediate_exit).store(1, std::sync::atomic::Ordering::SeqCst) };
-        // SAFETY: `thread` is the id of the vCPU's thread, which is alive while the vCPU exists;
-        // the signal has an empty handler, so delivering it only interrupts KVM_RUN.
-        unsafe { crate::thread_kick::interrupt(self.thread, kick_signal()) };
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = target.as_ref() else {
+            return;
+        };
+        // SAFETY: while the target is present (we hold the lock) the vCPU exists, so the pointer
+        // addresses `immediate_exit` in its live kvm_run mapping; KVM reads that byte, user space
+        // may write it at any time.
+        unsafe { (*target.immediate_exit).store(1, Ordering::SeqCst) };
+        // SAFETY: the vCPU exists, so the thread that created it and drops it is alive; the
+        // signal has an empty handler, so delivering it only interrupts KVM_RUN.
+        unsafe { crate::hypervisor::thread_kick::interrupt(target.thread, kick_signal()) };
     }
 }
 
@@ -76,12 +88,21 @@ pub struct KvmCpu {
     fd: VcpuFd,
     tsc_khz: Option<u32>,
     xsave_layout: XsaveLayout,
+    /// What its kick handles aim at; cleared when the vCPU is dropped.
+    kick_target: Arc<Mutex<Option<KickTarget>>>,
+}
+
+impl Drop for KvmCpu {
+    fn drop(&mut self) {
+        // Before `fd` (and its kvm_run mapping) goes: no kick may touch it afterwards.
+        *self.kick_target.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 fn backend_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |e| VcpuError::Backend {
         operation,
-        source: io::Error::from_raw_os_error(e.errno()),
+        source: Box::new(io::Error::from_raw_os_error(e.errno())),
     }
 }
 
@@ -189,22 +210,27 @@ impl KvmCpu {
         }
 
         let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz != 0);
+        let mut fd = fd;
+        let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
+        let kick_target = Arc::new(Mutex::new(Some(KickTarget {
+            immediate_exit: immediate_exit.cast::<AtomicU8>(),
+            // SAFETY: pthread_self has no preconditions. This is the thread that creates the
+            // vCPU, which runs and drops it too.
+            thread: unsafe { libc::pthread_self() },
+        })));
         Ok(Self {
             id,
             fd,
             tsc_khz,
             xsave_layout,
+            kick_target,
         })
     }
 
-    /// A handle another thread can use to interrupt this vCPU (see [`KvmKick`]). Call it on the
-    /// thread that runs the vCPU.
-    pub fn kick_handle(&mut self) -> KvmKick {
-        let immediate_exit = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
+    /// A handle another thread can use to interrupt this vCPU (see [`KvmKick`]).
+    pub fn kick_handle(&self) -> KvmKick {
         KvmKick {
-            immediate_exit: immediate_exit.cast::<std::sync::atomic::AtomicU8>(),
-            // SAFETY: pthread_self has no preconditions.
-            thread: unsafe { libc::pthread_self() },
+            target: Arc::clone(&self.kick_target),
         }
     }
 
@@ -407,24 +433,6 @@ impl VirtualCpu for KvmCpu {
         self.complete_port_in(value as u32)
     }
 
-    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {
-        let run = self.fd.get_kvm_run();
-        if run.exit_reason != KVM_EXIT_MMIO {
-            return Err(VcpuError::Unexpected {
-                operation: "complete MMIO read",
-                detail: "the last exit was not an MMIO access".into(),
-            });
-        }
-        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the `mmio` member of the union is valid;
-        // writing its inline data array is how user space answers the read.
-        unsafe {
-            let mmio = &mut run.__bindgen_anon_1.mmio;
-            let len = (mmio.len as usize).min(8);
-            mmio.data[..len].copy_from_slice(&value.to_le_bytes()[..len]);
-        }
-        Ok(())
-    }
-
     fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {
         let sregs = self
             .fd
@@ -439,10 +447,6 @@ impl VirtualCpu for KvmCpu {
             .get_regs()
             .map_err(backend_error("KVM_GET_REGS"))?
             .rip)
-    }
-
-    fn as_x86(&mut self) -> Option<&mut dyn X86Cpu> {
-        Some(self)
     }
 
     fn register_dump(&mut self) -> Result<String, VcpuError> {
@@ -542,7 +546,7 @@ fn kvm_regs_from(gprs: &[u64; 16], rip: u64, rflags: u64) -> kvm_bindings::kvm_r
     }
 }
 
-impl X86Cpu for KvmCpu {
+impl X86Vcpu for KvmCpu {
     fn emulation_state(&mut self) -> Result<X86State, VcpuError> {
         let r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
         let s = self

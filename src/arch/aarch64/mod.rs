@@ -5,13 +5,11 @@
 //! backend (and any other aarch64 backend) only copies these values into its own structures.
 
 pub mod esr;
-pub mod guest;
 pub mod layout;
 pub mod paging;
 pub mod registers;
 
 pub use esr::{DataAbort, EsrError, decode_data_abort, exception_class, exception_class_name};
-pub use guest::{GuestSetup, PrepareError, PreparedGuest, prepare_guest, prepare_image};
 pub use layout::{
     LayoutError, MemoryLayout, boot_stack_bottom, check_kernel_placement, check_memory_size,
 };

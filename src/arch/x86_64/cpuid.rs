@@ -131,6 +131,32 @@ pub struct FallbackSimd {
     pub clwb: bool,
 }
 
+impl FallbackSimd {
+    /// What the user-space fallback implements completely, for the CPUID a guest sees on a
+    /// hypervisor that cannot execute these instruction sets itself.
+    pub fn of_the_emulator() -> Self {
+        use super::emulate::{extensions, sse};
+        use iced_x86::CpuidFeature;
+        let complete = |feature| {
+            sse::complete_extensions().contains(&feature)
+                || extensions::complete_extensions().contains(&feature)
+        };
+        Self {
+            sse3: complete(CpuidFeature::SSE3),
+            ssse3: complete(CpuidFeature::SSSE3),
+            sse4_1: complete(CpuidFeature::SSE4_1),
+            sse4_2: complete(CpuidFeature::SSE4_2),
+            popcnt: complete(CpuidFeature::POPCNT),
+            aes: complete(CpuidFeature::AES),
+            pclmulqdq: complete(CpuidFeature::PCLMULQDQ),
+            sha: complete(CpuidFeature::SHA),
+            bmi2: complete(CpuidFeature::BMI2),
+            adx: complete(CpuidFeature::ADX),
+            clwb: complete(CpuidFeature::CLWB),
+        }
+    }
+}
+
 /// Leaf 7: structured extended features (sub-leaf 0 and 1).
 pub const LEAF_EXTENDED_FEATURES: u32 = 0x7;
 /// Leaf 0xD: XSAVE state components.

@@ -7,7 +7,7 @@
 
 use thiserror::Error;
 
-use crate::arch::x86_64::paging::{PageFault, PagingMode};
+use super::fault::{PageFault, PagingMode};
 
 /// Size of the XSAVE area uhyve exchanges with the backend (`struct kvm_xsave`).
 pub const XSAVE_AREA_SIZE: usize = 4096;

@@ -826,8 +826,8 @@ fn xsave_layout_from_cpuid() {
 
 #[test]
 fn save_area_straddling_an_unmapped_page_writes_nothing() {
-    use super::super::PagedGuestMemory;
     use crate::arch::x86_64::paging::{PTE_HUGE, PTE_PRESENT, PTE_WRITABLE};
+    use crate::exits::emulation::PagedGuestMemory;
     use crate::mem::GuestMemory;
     use uhyve_interface::GuestPhysAddr;
 

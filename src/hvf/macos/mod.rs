@@ -3,7 +3,7 @@
 //! `hv_vm_map` of guest RAM without the hypercall trap window, `hv_vm_destroy` on drop), each
 //! vCPU's raw calls ([`HvfVcpu`], used only by the thread that created it, `hv_vcpu_destroy` on
 //! drop) and the cross-thread stop ([`HvfKick`]: `hv_vcpus_exit`). Everything that decides what
-//! an exit means lives in platform-neutral code ([`crate::hvf`], [`crate::exits`]).
+//! an exit means lives in platform-neutral code ([`super`], [`crate::exits`]).
 //!
 //! The raw declarations and constants come from xhypervisor's `ffi` module where they match
 //! Apple's headers. Bound here instead: `hv_vcpu_create`, whose config argument xhypervisor 0.3.0
@@ -27,9 +27,8 @@ use xhypervisor::ffi as hv;
 use crate::arch::GuestArch;
 use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg, return_name};
+use crate::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick};
 use crate::mem::GuestMemory;
-use crate::vcpu::VcpuError;
-use crate::vm::{EntryRegisters, Hypervisor, VcpuKick, VmError};
 
 pub use gic::GicError;
 
@@ -115,7 +114,7 @@ fn vcpu_call(call: &'static str, code: hv::hv_return_t) -> Result<(), HvfError> 
 
 /// The process's Hypervisor.framework VM (the framework has no VM handle: at most one VM exists
 /// per process, and every `hv_vm_*` call acts on it). Destroyed on drop, after every vCPU
-/// (each vCPU thread destroys its own vCPU before [`crate::vm::Vm`] drops this).
+/// (each vCPU thread destroys its own vCPU before `crate::vm::Vm` drops this).
 pub struct HvfVm {
     /// The most vCPUs the framework and the device tree's redistributor area allow.
     max_cpus: u32,
@@ -157,16 +156,22 @@ impl Drop for HvfVm {
     }
 }
 
+impl From<HvfVmError> for HypervisorError {
+    fn from(error: HvfVmError) -> Self {
+        Self::Backend(Box::new(error))
+    }
+}
+
 impl Hypervisor for HvfVm {
     const ARCH: GuestArch = GuestArch::Aarch64;
     type Cpu = HvfCpu<HvfVcpu>;
     type Kick = HvfKick;
 
-    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError> {
         // The first 16 KiB of RAM (one Apple Silicon page) stay unmapped: the guest's hypercall
         // stores there fault and reach uhyve as data aborts.
         let window = HYPERCALL_WINDOW_SIZE;
-        let layout_error = |what: String| VmError::Hvf(HvfVmError::RamLayout(what));
+        let layout_error = |what: String| HypervisorError::from(HvfVmError::RamLayout(what));
         let ram_base = mem.base().as_u64();
         let mapped_base = ram_base
             .checked_add(window)
@@ -205,7 +210,7 @@ impl Hypervisor for HvfVm {
                 hv::HV_MEMORY_READ | hv::HV_MEMORY_WRITE | hv::HV_MEMORY_EXEC,
             )
         };
-        vm_call("hv_vm_map", code).map_err(VmError::Hvf)
+        Ok(vm_call("hv_vm_map", code)?)
     }
 
     fn max_cpus(&self) -> Option<u32> {
@@ -216,9 +221,9 @@ impl Hypervisor for HvfVm {
         &self,
         cpu: u32,
         entry: &EntryRegisters,
-    ) -> Result<(Self::Cpu, Self::Kick), VmError> {
+    ) -> Result<(Self::Cpu, Self::Kick), HypervisorError> {
         let EntryRegisters::Aarch64(registers) = entry else {
-            return Err(VmError::Vcpu {
+            return Err(HypervisorError::Vcpu {
                 cpu,
                 source: VcpuError::Unexpected {
                     operation: "create vCPU",
@@ -226,11 +231,11 @@ impl Hypervisor for HvfVm {
                 },
             });
         };
-        let vcpu = HvfVcpu::create().map_err(|error| VmError::Vcpu {
+        let vcpu = HvfVcpu::create().map_err(|error| HypervisorError::Vcpu {
             cpu,
-            source: VcpuError::Unexpected {
+            source: VcpuError::Backend {
                 operation: "create vCPU",
-                detail: error.to_string(),
+                source: Box::new(error),
             },
         })?;
         let kick = HvfKick {
@@ -239,7 +244,7 @@ impl Hypervisor for HvfVm {
             // SAFETY: pthread_self has no preconditions.
             pthread: unsafe { libc::pthread_self() },
         };
-        let ram_base = *self.ram_base.get().ok_or_else(|| VmError::Vcpu {
+        let ram_base = *self.ram_base.get().ok_or_else(|| HypervisorError::Vcpu {
             cpu,
             source: VcpuError::Unexpected {
                 operation: "create vCPU",
@@ -247,7 +252,7 @@ impl Hypervisor for HvfVm {
             },
         })?;
         let vcpu = HvfCpu::new(vcpu, cpu, ram_base, registers)
-            .map_err(|source| VmError::Vcpu { cpu, source })?;
+            .map_err(|source| HypervisorError::Vcpu { cpu, source })?;
         Ok((vcpu, kick))
     }
 }
@@ -390,7 +395,8 @@ const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
 /// Installs the empty handler of [`KICK_SIGNAL`] without `SA_RESTART`, so that the signal makes
 /// a blocking `read(2)` return `EINTR`. Idempotent.
 fn install_kick_handler() -> Result<(), HvfVmError> {
-    crate::thread_kick::install_empty_handler(KICK_SIGNAL).map_err(HvfVmError::KickHandler)
+    crate::hypervisor::thread_kick::install_empty_handler(KICK_SIGNAL)
+        .map_err(HvfVmError::KickHandler)
 }
 
 /// Stops one vCPU from any thread: `hv_vcpus_exit` makes its current or next `hv_vcpu_run`
@@ -422,7 +428,7 @@ impl VcpuKick for HvfKick {
         self.thread.unpark();
         // SAFETY: the thread is alive while its kick handle is registered (see above); the
         // signal's handler is empty, so delivering it only interrupts a blocking call.
-        unsafe { crate::thread_kick::interrupt(self.pthread, KICK_SIGNAL) };
+        unsafe { crate::hypervisor::thread_kick::interrupt(self.pthread, KICK_SIGNAL) };
     }
 }
 

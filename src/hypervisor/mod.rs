@@ -1,14 +1,24 @@
-//! The backend-neutral virtual CPU: one trait for every platform and one owned exit value.
+//! What a hypervisor backend is to the rest of uhyve: the [`Hypervisor`] (one VM: map guest RAM,
+//! create vCPUs), its [`VirtualCpu`]s with their one owned, backend-neutral exit value
+//! [`VcpuExit`], the [`VcpuKick`] that interrupts a running vCPU, the state a vCPU starts in
+//! ([`EntryRegisters`]), and the errors of both ([`HypervisorError`], [`VcpuError`]).
 //!
-//! A backend (`crate::linux` for KVM, `crate::macos` for Hypervisor.framework) implements
-//! [`VirtualCpu`] and translates its native exit into [`VcpuExit`]. Everything that decides what
-//! an exit *means* — hypercall dispatch, PCI probing, error reporting — lives in shared code and
-//! sees only these types.
+//! A backend (`crate::linux` for KVM, `crate::hvf` for Hypervisor.framework) implements these
+//! traits and translates its native exits into [`VcpuExit`]; it depends on nothing above this
+//! module. Everything that decides what an exit *means* — hypercall dispatch, PCI probing, error
+//! reporting — lives in shared code and sees only these types. x86_64 backends additionally
+//! implement [`x86_64::X86Vcpu`], the state access the user-space instruction emulator needs.
+
+pub mod thread_kick;
+pub mod x86_64;
 
 use std::fmt;
 
 use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
+
+use crate::arch::{GuestArch, aarch64, x86_64 as x86};
+use crate::mem::GuestMemory;
 
 /// The bytes of the instruction at which the guest stopped, as far as the backend knows them.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,7 +80,7 @@ pub enum VcpuExit {
         /// Access size in bytes (1, 2 or 4).
         size: u8,
     },
-    /// Memory read outside guest RAM; answer with [`VirtualCpu::complete_mmio_read`].
+    /// Memory read outside guest RAM (no device answers: the VM stops).
     MmioRead {
         /// Guest-physical address.
         address: u64,
@@ -143,16 +153,35 @@ pub enum VcpuError {
     Backend {
         /// What uhyve asked the hypervisor to do.
         operation: &'static str,
-        /// The error it returned.
-        source: std::io::Error,
+        /// The error it returned (an `io::Error` for KVM, a return code for
+        /// Hypervisor.framework).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The hypervisor returned a value uhyve cannot interpret.
+    /// The hypervisor returned a value uhyve cannot interpret, or was asked out of order.
     #[error("{operation}: {detail}")]
     Unexpected {
         /// What uhyve asked the hypervisor to do.
         operation: &'static str,
         /// What was wrong with the answer.
         detail: String,
+    },
+}
+
+/// Failures of the hypervisor itself: opening it, creating the VM, mapping guest RAM, creating a
+/// vCPU.
+#[derive(Debug, Error)]
+pub enum HypervisorError {
+    /// The backend failed; its own error says how (e.g. `/dev/kvm` missing, an entitlement
+    /// missing, a failing call).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// Creating or setting up a vCPU failed.
+    #[error("vCPU {cpu}: {source}")]
+    Vcpu {
+        /// The vCPU id.
+        cpu: u32,
+        /// The failure.
+        source: VcpuError,
     },
 }
 
@@ -167,9 +196,6 @@ pub trait VirtualCpu {
     /// Supplies the value of the last [`VcpuExit::PortIn`] read.
     fn complete_port_in(&mut self, value: u32) -> Result<(), VcpuError>;
 
-    /// Supplies the value of the last [`VcpuExit::MmioRead`].
-    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError>;
-
     /// Supplies the value of the last [`VcpuExit::HypercallRead`] (truncated to its size).
     fn complete_hypercall_read(&mut self, value: u64) -> Result<(), VcpuError>;
 
@@ -181,10 +207,91 @@ pub trait VirtualCpu {
 
     /// A multi-line dump of the register state, for diagnostics.
     fn register_dump(&mut self) -> Result<String, VcpuError>;
+}
 
-    /// Access to the x86 state for the user-space instruction emulator, where the backend
-    /// offers it.
-    fn as_x86(&mut self) -> Option<&mut dyn crate::arch::x86_64::emulate::X86Cpu> {
+/// A platform's hypervisor as the VM sees it: one VM whose vCPUs are each created, run and read
+/// by their own thread (Hypervisor.framework's rule, which KVM also satisfies).
+pub trait Hypervisor: Send + Sync + Sized {
+    /// The architecture of the guests it runs.
+    const ARCH: GuestArch;
+    /// Its virtual CPUs.
+    type Cpu: VirtualCpu;
+    /// Makes a running vCPU return to the host; used from other threads.
+    type Kick: VcpuKick;
+
+    /// Makes guest RAM visible to the guest.
+    ///
+    /// # Safety
+    ///
+    /// `mem` must outlive the hypervisor's VM: the hypervisor keeps its host address, and the
+    /// guest (and the framework) write there for as long as the VM exists. `crate::vm::Vm` owns
+    /// both and drops the hypervisor first.
+    unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError>;
+
+    /// The most vCPUs this hypervisor can give one VM, where it has a limit of its own.
+    fn max_cpus(&self) -> Option<u32> {
         None
+    }
+
+    /// Creates vCPU `cpu` on the calling thread in the state `entry`, with a handle that
+    /// interrupts it from other threads.
+    fn create_vcpu(
+        &self,
+        cpu: u32,
+        entry: &EntryRegisters,
+    ) -> Result<(Self::Cpu, Self::Kick), HypervisorError>;
+
+    /// The time-stamp counter frequency `cpu` runs with, where the architecture has one; it goes
+    /// into the boot info.
+    fn tsc_khz(_cpu: &Self::Cpu) -> Option<u32> {
+        None
+    }
+
+    /// The x86 state access of `cpu` for the user-space instruction emulator, where this
+    /// hypervisor's vCPUs offer it (x86_64 backends).
+    fn x86_vcpu(_cpu: &mut Self::Cpu) -> Option<&mut dyn x86_64::X86Vcpu> {
+        None
+    }
+}
+
+/// Interrupts a running vCPU from another thread.
+pub trait VcpuKick: Send {
+    /// Makes the vCPU leave the guest as soon as possible (its run returns
+    /// [`VcpuExit::Interrupted`]).
+    fn kick(&self);
+}
+
+/// The state a vCPU starts in, for the guest's architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryRegisters {
+    /// An x86_64 vCPU in 64-bit mode.
+    X86_64(x86::InitialRegisters),
+    /// An aarch64 vCPU at EL1.
+    Aarch64(aarch64::InitialRegisters),
+}
+
+impl EntryRegisters {
+    /// The state of vCPU `cpu`: the boot CPU's, with the CPU id in RSI (x86_64) or in X1 and
+    /// MPIDR_EL1.Aff0 (aarch64).
+    pub fn for_cpu(&self, cpu: u32) -> Self {
+        match *self {
+            Self::X86_64(registers) => Self::X86_64(x86::InitialRegisters {
+                rsi: u64::from(cpu),
+                ..registers
+            }),
+            Self::Aarch64(registers) => Self::Aarch64(aarch64::InitialRegisters {
+                x1: u64::from(cpu),
+                mpidr_el1: u64::from(cpu & 0xFF),
+                ..registers
+            }),
+        }
+    }
+
+    /// Where the vCPU starts executing.
+    pub fn entry_point(&self) -> u64 {
+        match self {
+            Self::X86_64(registers) => registers.rip,
+            Self::Aarch64(registers) => registers.pc,
+        }
     }
 }

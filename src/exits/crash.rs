@@ -1,0 +1,236 @@
+//! Guest crash reports: [`GuestCrash`] names the vCPU, what happened, the instruction pointer
+//! and the instruction (decoded on x86_64, the raw word on aarch64), read through the guest's
+//! page tables where the backend did not report them.
+
+use std::fmt;
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
+
+use crate::arch::{GuestArch, PAGE_SIZE};
+use crate::hypervisor::{InstructionBytes, VirtualCpu};
+use crate::mem::GuestMemory;
+
+/// A description of a guest crash: what happened, where, and the instruction if known.
+#[derive(Debug)]
+pub struct GuestCrash {
+    /// The vCPU that crashed.
+    pub cpu: u32,
+    /// The guest's architecture (names the instruction pointer).
+    pub arch: GuestArch,
+    /// What happened, e.g. "triple fault".
+    pub what: String,
+    /// The instruction pointer (RIP or PC), if it could be read.
+    pub rip: Option<u64>,
+    /// The instruction at `rip`, decoded, with its bytes.
+    pub instruction: Option<(String, InstructionBytes)>,
+    /// A hint for the user.
+    pub hint: Option<&'static str>,
+}
+
+impl fmt::Display for GuestCrash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "guest crashed: vCPU {}: {}", self.cpu, self.what)?;
+        if let Some(rip) = self.rip {
+            let name = match self.arch {
+                GuestArch::X86_64 => "RIP",
+                GuestArch::Aarch64 => "PC",
+            };
+            write!(f, " at {name} {rip:#x}")?;
+        }
+        if let Some((text, bytes)) = &self.instruction {
+            write!(f, ", instruction `{text}` ({bytes})")?;
+        }
+        if let Some(hint) = self.hint {
+            write!(f, ". {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GuestCrash {}
+
+/// What a crash report reads from the guest.
+#[derive(Clone, Copy)]
+pub(super) struct CrashContext<'a> {
+    pub(super) mem: &'a GuestMemory,
+    pub(super) arch: GuestArch,
+}
+
+/// What is known about a crash before the vCPU is asked for the rest: what happened, and where
+/// and at which instruction if the backend reported it.
+pub(super) struct Crash {
+    what: String,
+    rip: Option<u64>,
+    bytes: Option<InstructionBytes>,
+    hint: Option<&'static str>,
+}
+
+impl Crash {
+    /// A crash described by `what`.
+    pub(super) fn new(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            rip: None,
+            bytes: None,
+            hint: None,
+        }
+    }
+
+    /// The instruction pointer and instruction bytes the backend reported.
+    pub(super) fn at(self, rip: u64, bytes: Option<InstructionBytes>) -> Self {
+        Self {
+            rip: Some(rip),
+            bytes,
+            ..self
+        }
+    }
+
+    /// A hint for the user.
+    pub(super) fn hint(self, hint: &'static str) -> Self {
+        Self {
+            hint: Some(hint),
+            ..self
+        }
+    }
+
+    /// The report: reads the instruction pointer and the instruction bytes where the backend
+    /// did not report them, and logs a register dump at debug level.
+    pub(super) fn report(self, vcpu: &mut dyn VirtualCpu, guest: CrashContext<'_>) -> GuestCrash {
+        let rip = self.rip.or_else(|| vcpu.instruction_pointer().ok());
+        let bytes = self.bytes.or_else(|| {
+            let root = vcpu.page_table_root().ok()?;
+            read_instruction(guest, root, rip?)
+        });
+        if log::log_enabled!(log::Level::Debug) {
+            match vcpu.register_dump() {
+                Ok(dump) => log::debug!("vCPU {} registers:\n{dump}", vcpu.id()),
+                Err(e) => log::debug!("vCPU {}: no register dump: {e}", vcpu.id()),
+            }
+        }
+        let instruction = match (rip, bytes) {
+            (Some(rip), Some(bytes)) => Some(describe_instruction(guest.arch, rip, bytes)),
+            _ => None,
+        };
+        GuestCrash {
+            cpu: vcpu.id(),
+            arch: guest.arch,
+            what: self.what,
+            rip,
+            instruction,
+            hint: self.hint,
+        }
+    }
+}
+
+/// The text of the instruction in `bytes` and the bytes it occupies.
+fn describe_instruction(
+    arch: GuestArch,
+    rip: u64,
+    bytes: InstructionBytes,
+) -> (String, InstructionBytes) {
+    match arch {
+        GuestArch::X86_64 => {
+            let (text, len) = decode_instruction(rip, &bytes.0);
+            let mut shown = bytes.0;
+            if len > 0 {
+                shown.truncate(len);
+            }
+            (text, InstructionBytes(shown))
+        }
+        GuestArch::Aarch64 => {
+            // Every A64 instruction is one little-endian word; shown as the assembler's `.inst`.
+            let text = match <[u8; 4]>::try_from(bytes.0.as_slice()) {
+                Ok(word) => format!(".inst {:#010x}", u32::from_le_bytes(word)),
+                Err(_) => "(incomplete)".to_string(),
+            };
+            (text, bytes)
+        }
+    }
+}
+
+/// Reads the instruction bytes at guest-virtual `rip` (x86_64: up to 15, A64: 4), stopping at the
+/// first unmapped page.
+fn read_instruction(
+    guest: CrashContext<'_>,
+    root: GuestPhysAddr,
+    rip: u64,
+) -> Option<InstructionBytes> {
+    let max_len: u64 = match guest.arch {
+        GuestArch::X86_64 => 15,
+        GuestArch::Aarch64 => 4,
+    };
+    let mem = guest.mem;
+    let mut bytes = Vec::with_capacity(max_len as usize);
+    // At most two pages: the one holding RIP and, if the instruction may cross it, the next.
+    let in_first_page = PAGE_SIZE - rip % PAGE_SIZE;
+    for (start, len) in [
+        (rip, in_first_page.min(max_len)),
+        (
+            rip.checked_add(in_first_page)?,
+            max_len.saturating_sub(in_first_page),
+        ),
+    ] {
+        if len == 0 {
+            break;
+        }
+        let Ok(pieces) = guest
+            .arch
+            .translate_range(mem, root, GuestVirtAddr::new(start), len)
+        else {
+            break;
+        };
+        for (address, piece_len) in pieces {
+            let mut piece = vec![0u8; piece_len as usize];
+            mem.read(address, &mut piece).ok()?;
+            bytes.extend_from_slice(&piece);
+        }
+    }
+    (!bytes.is_empty()).then_some(InstructionBytes(bytes))
+}
+
+/// Decodes one x86_64 instruction for a diagnostic, e.g. `xgetbv`. Returns its text and its
+/// length in bytes (0 if the bytes do not decode).
+pub fn decode_instruction(rip: u64, bytes: &[u8]) -> (String, usize) {
+    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let instruction = decoder.decode();
+    if instruction.is_invalid() {
+        return ("(undecodable)".to_string(), 0);
+    }
+    let mut text = String::new();
+    IntelFormatter::new().format(&instruction, &mut text);
+    (text, instruction.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_messages_name_cpu_rip_and_instruction() {
+        let crash = GuestCrash {
+            cpu: 0,
+            arch: GuestArch::X86_64,
+            what: "emulation failure".into(),
+            rip: Some(0x40_1234),
+            instruction: Some(("xgetbv".into(), InstructionBytes(vec![0x0f, 0x01, 0xd0]))),
+            hint: Some("hint"),
+        };
+        assert_eq!(
+            crash.to_string(),
+            "guest crashed: vCPU 0: emulation failure at RIP 0x401234, instruction `xgetbv` (0f 01 d0). hint"
+        );
+    }
+
+    #[test]
+    fn decodes_the_instructions_this_kvm_cannot_emulate() {
+        let decode = |bytes: &[u8]| decode_instruction(0x1000, bytes);
+        assert_eq!(
+            decode(&[0x0f, 0x01, 0xd0, 0x48, 0xc1]),
+            ("xgetbv".into(), 3)
+        );
+        assert_eq!(decode(&[0x0f, 0x57, 0xc0]), ("xorps xmm0,xmm0".into(), 3));
+        assert_eq!(decode(&[0xff, 0xff]), ("(undecodable)".into(), 0));
+        assert_eq!(decode(&[]), ("(undecodable)".into(), 0));
+    }
+}

@@ -1,0 +1,257 @@
+//! What each vCPU exit means: the per-vCPU exit loop hands hypercalls to the shared dispatcher,
+//! answers PCI probes and unknown ports, runs the user-space emulation fallback on emulation
+//! failures ([`emulation`]), and turns every other exit into a [`GuestCrash`] report
+//! ([`crash`]).
+
+pub mod crash;
+pub mod emulation;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thiserror::Error;
+
+use crate::hypercall::{HypercallError, HypercallOutcome, Hypercalls};
+use crate::hypervisor::x86_64::X86Vcpu;
+use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
+use crate::mem::GuestMemory;
+use crate::stats::ExitStats;
+
+pub use self::crash::GuestCrash;
+use self::crash::{Crash, CrashContext};
+pub use self::emulation::EmulationFallback;
+
+/// What an emulation failure is, for the crash report.
+const EMULATION_FAILURE: &str = "emulation failure: the hypervisor cannot execute this instruction";
+/// Why emulation failures happen, for the crash report.
+const EMULATION_FAILURE_HINT: &str = "Some KVM hosts (e.g. KVM-PVM) execute every guest \
+     instruction in software and lack some instructions (SSE arithmetic, XSAVE, XGETBV)";
+
+/// PCI configuration address port.
+const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+/// PCI configuration data port.
+const PCI_CONFIG_DATA: u16 = 0xcfc;
+
+/// How a run ended when the guest itself asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestExit(pub i32);
+
+/// Why a vCPU's exit loop stopped the VM.
+#[derive(Debug, Error)]
+pub enum ExitError {
+    /// Running the vCPU failed on the host side.
+    #[error("vCPU {cpu}: {source}")]
+    Vcpu {
+        /// The vCPU id.
+        cpu: u32,
+        /// The failure.
+        source: VcpuError,
+    },
+    /// A hypercall could not be answered.
+    #[error("vCPU {cpu}: guest hypercall failed: {source}")]
+    Hypercall {
+        /// The vCPU id.
+        cpu: u32,
+        /// The failure.
+        source: HypercallError,
+    },
+    /// The guest stopped in a way that is not an orderly exit.
+    #[error(transparent)]
+    GuestCrash(#[from] GuestCrash),
+}
+
+/// State of the emulated PCI configuration mechanism: no devices, every read is all-ones.
+#[derive(Debug, Default)]
+struct PciConfigSpace {
+    address: u32,
+}
+
+/// What every vCPU's exit loop uses; shared by all vCPU threads.
+pub struct ExitServices<'a> {
+    /// Guest RAM.
+    pub mem: &'a GuestMemory,
+    /// The hypercall dispatcher.
+    pub hypercalls: &'a Hypercalls,
+    /// The emulation fallback.
+    pub fallback: EmulationFallback,
+    /// Set when the VM stops; every exit loop checks it before entering the guest.
+    pub stop: AtomicBool,
+}
+
+/// One vCPU as its exit loop drives it: the backend-neutral vCPU, and its x86 state access for
+/// the emulation fallback where the backend offers it.
+pub struct LoopVcpu<'v, C: VirtualCpu> {
+    /// The vCPU.
+    pub vcpu: &'v mut C,
+    /// Its x86 side (the hypervisor's [`crate::hypervisor::Hypervisor::x86_vcpu`]).
+    pub x86: fn(&mut C) -> Option<&mut dyn X86Vcpu>,
+}
+
+/// What the loop does after one exit.
+enum Next {
+    /// Enter the guest again.
+    Resume,
+    /// The guest called Exit.
+    Exit(GuestExit),
+}
+
+/// The exit loop of one vCPU: `Some(exit)` when the guest called Exit, `None` when the VM was
+/// stopped from outside this vCPU.
+pub fn run_vcpu<C: VirtualCpu>(
+    cpu: LoopVcpu<'_, C>,
+    shared: &ExitServices<'_>,
+    mut stats: Option<&mut ExitStats>,
+) -> Result<Option<GuestExit>, ExitError> {
+    let LoopVcpu { vcpu, x86 } = cpu;
+    let mut pci = PciConfigSpace::default();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let id = vcpu.id();
+        let exit = vcpu
+            .run()
+            .map_err(|source| ExitError::Vcpu { cpu: id, source })?;
+        if let Some(stats) = stats.as_deref_mut() {
+            stats.record(exit.kind());
+        }
+        let mut handler = ExitHandler {
+            vcpu: &mut *vcpu,
+            x86,
+            shared,
+            pci: &mut pci,
+            stats: stats.as_deref_mut(),
+        };
+        if let Next::Exit(exit) = handler.handle(exit)? {
+            return Ok(Some(exit));
+        }
+    }
+}
+
+/// Handles one exit of one vCPU.
+struct ExitHandler<'a, 's, C: VirtualCpu> {
+    vcpu: &'a mut C,
+    x86: fn(&mut C) -> Option<&mut dyn X86Vcpu>,
+    shared: &'a ExitServices<'s>,
+    pci: &'a mut PciConfigSpace,
+    stats: Option<&'a mut ExitStats>,
+}
+
+impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
+    fn handle(&mut self, exit: VcpuExit) -> Result<Next, ExitError> {
+        let cpu = self.vcpu.id();
+        let vcpu_error = |source| ExitError::Vcpu { cpu, source };
+        match exit {
+            VcpuExit::Hypercall { address, argument } => return self.hypercall(address, argument),
+            VcpuExit::HypercallRead { address, size } => {
+                let value = self.shared.hypercalls.handle_read(address, size);
+                self.vcpu
+                    .complete_hypercall_read(value)
+                    .map_err(vcpu_error)?;
+            }
+            VcpuExit::PortOut { port, data, size } => {
+                if port == PCI_CONFIG_ADDRESS && size == 4 {
+                    self.pci.address = data;
+                } else {
+                    log::debug!("vCPU {cpu}: ignored write of {data:#x} to port {port:#x}");
+                }
+            }
+            VcpuExit::PortIn { port, size } => {
+                if port == PCI_CONFIG_DATA {
+                    let address = self.pci.address;
+                    log::trace!("vCPU {cpu}: PCI config read at {address:#x}: no device");
+                } else {
+                    log::debug!("vCPU {cpu}: read of {size} bytes from unknown port {port:#x}");
+                }
+                // No device anywhere: PCI config reads and unknown ports read as all-ones.
+                self.vcpu.complete_port_in(u32::MAX).map_err(vcpu_error)?;
+            }
+            // With the in-kernel irqchip KVM handles HLT itself; if it reports one anyway,
+            // re-entering waits for the next interrupt. An interrupted run (a kick or a host
+            // signal) resumes too: a stop request is handled at the top of the loop.
+            VcpuExit::Halt | VcpuExit::Interrupted => {}
+            VcpuExit::EmulationFailure { rip, instruction } => {
+                self.emulation_failure(rip, instruction)?;
+            }
+            other => return Err(self.crash(Crash::new(describe_fatal(&other))).into()),
+        }
+        Ok(Next::Resume)
+    }
+
+    fn hypercall(&mut self, address: u16, argument: u64) -> Result<Next, ExitError> {
+        let mut root = || self.vcpu.page_table_root();
+        let (mem, hypercalls) = (self.shared.mem, self.shared.hypercalls);
+        match hypercalls.handle(mem, address, argument, &mut root) {
+            HypercallOutcome::Continue => Ok(Next::Resume),
+            HypercallOutcome::Exit(code) => Ok(Next::Exit(GuestExit(code))),
+            HypercallOutcome::Fatal(source) => Err(ExitError::Hypercall {
+                cpu: self.vcpu.id(),
+                source,
+            }),
+        }
+    }
+
+    /// Runs the user-space fallback on an instruction the hypervisor could not execute, or
+    /// reports the crash.
+    fn emulation_failure(
+        &mut self,
+        rip: u64,
+        instruction: Option<InstructionBytes>,
+    ) -> Result<(), ExitError> {
+        let fallback = &self.shared.fallback;
+        if fallback.enabled()
+            && let Some(x86) = (self.x86)(self.vcpu)
+        {
+            let reported = instruction.as_ref().map(|bytes| bytes.0.as_slice());
+            match fallback.execute(x86, self.shared.mem, reported) {
+                Ok(mnemonic) => {
+                    if let Some(stats) = self.stats.as_deref_mut() {
+                        stats.record_emulated(&mnemonic);
+                    }
+                    return Ok(());
+                }
+                Err(error) => {
+                    let what =
+                        format!("emulation failure the user-space fallback cannot handle: {error}");
+                    return Err(self.crash(Crash::new(what).at(rip, instruction)).into());
+                }
+            }
+        }
+        let crash = Crash::new(EMULATION_FAILURE)
+            .at(rip, instruction)
+            .hint(EMULATION_FAILURE_HINT);
+        Err(self.crash(crash).into())
+    }
+
+    fn crash(&mut self, crash: Crash) -> GuestCrash {
+        let guest = CrashContext {
+            mem: self.shared.mem,
+            arch: self.shared.hypercalls.arch(),
+        };
+        crash.report(&mut *self.vcpu, guest)
+    }
+}
+
+/// What a fatal exit means, for the crash report.
+fn describe_fatal(exit: &VcpuExit) -> String {
+    match exit {
+        VcpuExit::MmioRead { address, size } => {
+            format!("read of {size} bytes from {address:#x}, which is neither RAM nor a device")
+        }
+        VcpuExit::MmioWrite {
+            address,
+            data,
+            size,
+        } => format!(
+            "write of {size} bytes ({data:#x}) to {address:#x}, which is neither RAM nor a device"
+        ),
+        VcpuExit::Shutdown => {
+            "triple fault (the CPU shut down after an exception it could not handle)".into()
+        }
+        VcpuExit::Debug => "unexpected debug exit".into(),
+        VcpuExit::FailedEntry { reason } => {
+            format!("the hypervisor refused to enter the guest (hardware reason {reason:#x})")
+        }
+        VcpuExit::Unhandled { description } => format!("unhandled exit: {description}"),
+        other => format!("unexpected exit: {}", other.kind()),
+    }
+}

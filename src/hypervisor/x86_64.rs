@@ -1,0 +1,22 @@
+//! What an x86_64 backend offers beyond [`super::VirtualCpu`]: the vCPU state the user-space
+//! instruction emulator reads and writes back, and injecting the page faults it finds.
+
+use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout};
+
+use super::{VcpuError, VirtualCpu};
+
+/// An x86_64 vCPU whose state the user-space instruction emulator can work on.
+pub trait X86Vcpu: VirtualCpu {
+    /// Reads the state the emulator works on.
+    fn emulation_state(&mut self) -> Result<X86State, VcpuError>;
+    /// Writes back what changed between `before` and `after`.
+    fn set_emulation_state(&mut self, before: &X86State, after: &X86State)
+    -> Result<(), VcpuError>;
+    /// The guest's TSC and `IA32_TSC_AUX`.
+    fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError>;
+    /// The XSAVE layout of this vCPU.
+    fn xsave_layout(&self) -> &XsaveLayout;
+    /// Makes the guest take `fault` (#PF, vector 14, CR2 = the address) before it executes
+    /// anything else; the rest of the state stays as it is.
+    fn inject_page_fault(&mut self, fault: PageFault) -> Result<(), VcpuError>;
+}

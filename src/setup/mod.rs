@@ -1,0 +1,229 @@
+//! Preparing guest RAM for a kernel, in the same two steps for both architectures:
+//! [`prepare`] places RAM where the image's interface version wants it, loads and relocates the
+//! kernel, places an initial RAM disk after it if there is one, builds the boot page tables (and
+//! on x86_64 the GDT) and computes vCPU 0's registers; [`PreparedGuest::write_boot`] then writes
+//! the device tree and the boot info, once what they report is known (on x86_64 the TSC rate of
+//! vCPU 0). The architecture-specific parts are in [`x86_64`] and [`aarch64`]; the kernel's
+//! placement, the initial RAM disk, the TLS template and the device-tree size check exist once,
+//! here and in [`crate::boot`].
+
+pub mod aarch64;
+pub mod x86_64;
+
+use std::ops::Range;
+
+use thiserror::Error;
+use uhyve_interface::GuestPhysAddr;
+
+use crate::arch::GuestArch;
+use crate::arch::layout_rules::{LayoutError, LayoutRules};
+use crate::boot::{self, BootError, BootParams, BootPlatform, FdtParams, InitialRamdisk};
+use crate::hypervisor::EntryRegisters;
+use crate::loader::{KernelImage, LoadError, LoadedKernel};
+use crate::mem::{GuestMemory, MemoryError};
+
+/// Why a guest could not be prepared.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// The memory size is not one the layout accepts.
+    #[error(transparent)]
+    MemorySize(LayoutError),
+    /// The image (or the initial RAM disk after it) does not fit the layout.
+    #[error(transparent)]
+    Placement(LayoutError),
+    /// The image could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The x86_64 boot page tables could not be built.
+    #[error("cannot build the guest page tables: {0}")]
+    X86PageTables(#[from] crate::arch::x86_64::PagingError),
+    /// The x86_64 GDT could not be written.
+    #[error("cannot write the guest GDT: {0}")]
+    Gdt(#[from] crate::arch::x86_64::GdtError),
+    /// The aarch64 stage-1 tables could not be built.
+    #[error("cannot build the guest page tables: {0}")]
+    Aarch64PageTables(#[from] crate::arch::aarch64::paging::PagingError),
+    /// The boot info or device tree could not be built or written.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+impl SetupError {
+    /// Whether the error is about the image itself (its placement or loading), so that the
+    /// message should name the image file.
+    pub fn concerns_the_image(&self) -> bool {
+        matches!(self, Self::Placement(_) | Self::Load(_))
+    }
+}
+
+/// What the guest is to be given besides the image.
+#[derive(Debug, Clone)]
+pub struct GuestPlan {
+    /// Guest RAM size in bytes.
+    pub ram_size: u64,
+    /// Number of vCPUs.
+    pub num_cpus: u32,
+    /// `/chosen/bootargs`.
+    pub bootargs: String,
+    /// `/uhyve,mounts` (see [`FdtParams::mounts`]).
+    pub mounts: Vec<String>,
+    /// A Hermit image archive for the kernel (the internal mode), placed on the first page after
+    /// the kernel image and announced in the device tree (see [`FdtParams::initrd`]).
+    pub initrd: Option<InitialRamdisk>,
+    /// A kernel before Hermit 0.10 (x86_64: its boot map must cover the first GiB).
+    pub pre_0_10_kernel: bool,
+}
+
+/// A guest ready for its vCPUs: RAM with the kernel, tables and registers in place; the boot
+/// info and device tree follow with [`PreparedGuest::write_boot`].
+#[derive(Debug)]
+pub struct PreparedGuest {
+    /// Guest RAM.
+    pub mem: GuestMemory,
+    /// Entry registers of vCPU 0 (the others differ only in their CPU id).
+    pub registers: EntryRegisters,
+    /// The loaded kernel.
+    pub kernel: LoadedKernel,
+    /// The root of the boot page tables (x86_64: CR3, aarch64: TTBR0_EL1).
+    pub page_table_root: GuestPhysAddr,
+    /// Where the initial RAM disk lies, if there is one.
+    pub initrd: Option<Range<u64>>,
+    /// Where the boot info goes.
+    pub boot_info: GuestPhysAddr,
+    /// Where the device tree goes.
+    pub fdt: GuestPhysAddr,
+    /// What the boot structures report.
+    boot: BootPlan,
+}
+
+/// What [`PreparedGuest::write_boot`] writes besides the values only known at start.
+#[derive(Debug, Clone)]
+struct BootPlan {
+    platform: BootPlatform,
+    /// Size of the device-tree area.
+    fdt_max_size: u64,
+    /// The device tree without the TSC rate.
+    fdt: FdtParams,
+    /// The boot info's `serial_port_base`.
+    serial_port: u16,
+}
+
+impl PreparedGuest {
+    /// Writes the device tree and the boot info: `cpu_freq_khz` is vCPU 0's TSC rate where the
+    /// architecture has one, `boot_time` the wall-clock time the guest starts at.
+    pub fn write_boot(
+        &self,
+        cpu_freq_khz: Option<u32>,
+        boot_time: time::OffsetDateTime,
+    ) -> Result<(), SetupError> {
+        let plan = &self.boot;
+        let fdt = boot::build_fdt_for(
+            &FdtParams {
+                tsc_khz: cpu_freq_khz,
+                ..plan.fdt.clone()
+            },
+            plan.platform,
+        )?;
+        boot::write_fdt(&self.mem, self.fdt, plan.fdt_max_size, &fdt)?;
+        let params = BootParams {
+            ram: plan.fdt.ram.clone(),
+            kernel_image: self.kernel.image_range.clone(),
+            tls: self.kernel.tls,
+            num_cpus: plan.fdt.num_cpus,
+            cpu_freq_khz,
+            boot_time,
+            serial_port: plan.serial_port,
+            // uhyve emulates no PCI devices, so a scan could only find nothing: telling the
+            // kernel spares it 2048 port exits (every bus and slot) at boot.
+            has_pci: false,
+            fdt_address: Some(self.fdt.as_u64()),
+        };
+        boot::write_boot_info(&self.mem, self.boot_info, &params, plan.platform)?;
+        Ok(())
+    }
+}
+
+/// Prepares `image` for a guest of `arch` as `plan` describes.
+pub fn prepare(
+    arch: GuestArch,
+    image: &KernelImage,
+    plan: &GuestPlan,
+) -> Result<PreparedGuest, SetupError> {
+    match arch {
+        GuestArch::X86_64 => x86_64::prepare(image, plan),
+        GuestArch::Aarch64 => aarch64::prepare(image, plan),
+    }
+}
+
+/// The kernel and the initial RAM disk in guest RAM.
+struct LoadedGuest {
+    mem: GuestMemory,
+    kernel: LoadedKernel,
+    initrd: Option<Range<u64>>,
+}
+
+impl LoadedGuest {
+    /// Where the boot identity map must reach: the kernel, and the initial RAM disk, which the
+    /// kernel reads through it.
+    fn map_end(&self) -> u64 {
+        self.initrd
+            .as_ref()
+            .map_or(self.kernel.image_range.end, |range| range.end)
+    }
+}
+
+/// The guest-physical range `image` occupies under `rules`, after checking the memory size.
+fn kernel_range(
+    image: &KernelImage,
+    rules: &LayoutRules,
+    ram_size: u64,
+) -> Result<Range<u64>, SetupError> {
+    rules
+        .check_memory_size(ram_size)
+        .map_err(SetupError::MemorySize)?;
+    let base = match image.fixed_load_address() {
+        Some(fixed) => fixed,
+        None => rules
+            .pie_kernel_base
+            .checked_next_multiple_of(image.load_alignment().max(1))
+            .unwrap_or(u64::MAX),
+    };
+    Ok(base..base.saturating_add(image.footprint()))
+}
+
+/// Creates guest RAM at `ram_base`, loads `image` at the start of `range` straight into it (no
+/// staging copy; untouched BSS stays unallocated) and places the initial RAM disk after it.
+fn load_guest(
+    image: &KernelImage,
+    rules: &LayoutRules,
+    ram_base: u64,
+    range: Range<u64>,
+    plan: &GuestPlan,
+) -> Result<LoadedGuest, SetupError> {
+    let mut mem = GuestMemory::new(GuestPhysAddr::new(ram_base), plan.ram_size)?;
+    let slot = mem.slice_for_loading(GuestPhysAddr::new(range.start), image.footprint())?;
+    let kernel = image.load(range.start, slot)?;
+    let initrd = match &plan.initrd {
+        Some(InitialRamdisk(bytes)) => {
+            let range = rules
+                .place_initrd(kernel.image_range.end, bytes.len() as u64, plan.ram_size)
+                .map_err(SetupError::Placement)?;
+            mem.write(GuestPhysAddr::new(range.start), bytes)?;
+            log::info!(
+                "Hermit image archive for the kernel at {:#x}..{:#x}",
+                range.start,
+                range.end
+            );
+            Some(range)
+        }
+        None => None,
+    };
+    Ok(LoadedGuest {
+        mem,
+        kernel,
+        initrd,
+    })
+}

@@ -1,0 +1,263 @@
+//! Building and running one VM on any [`Hypervisor`]: reads the image the user named
+//! ([`image`]: a kernel ELF or a Hermit image archive), works out what the guest is told besides
+//! it ([`handoff`]: command line, environment, file map, mount points), lays out guest RAM
+//! ([`crate::setup`]), creates the hypervisor's VM (on its own thread, while the image loads) and
+//! runs every vCPU on its own thread ([`threads`]). The first vCPU to end stops the whole VM; its
+//! Exit code or error is the result. What each exit means is decided in [`crate::exits`].
+
+mod handoff;
+pub mod image;
+mod threads;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::affinity;
+use crate::exits::{ExitError, GuestExit};
+use crate::hypercall::Hypercalls;
+use crate::hypervisor::{Hypervisor, HypervisorError};
+use crate::isolation::IsolationError;
+use crate::output::{OutputError, SerialOutput};
+use crate::params::VmConfig;
+use crate::setup::{self, GuestPlan, PreparedGuest, SetupError};
+
+use self::handoff::GuestInput;
+pub use self::image::ImageError;
+
+/// The most vCPUs one VM may have (x2APIC ids and thread count stay sane).
+pub const MAX_CPUS: u32 = 256;
+
+/// Everything that can stop uhyve before or while running a guest.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// The image cannot be read or used.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Guest RAM could not be laid out for the image.
+    #[error("{}", setup_message(.path, .source))]
+    Setup {
+        /// The image's path as given.
+        path: PathBuf,
+        /// What failed.
+        source: SetupError,
+    },
+    /// The file mappings are invalid.
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
+    /// The output target cannot be opened.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The hypervisor could not be set up.
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    /// A vCPU stopped the VM: a host-side failure, a hypercall that cannot be answered, or a
+    /// guest crash.
+    #[error(transparent)]
+    Run(#[from] ExitError),
+    /// An unusable number of vCPUs.
+    #[error("--cpu-count {0}: uhyve supports 1 to {max} vCPUs", max = MAX_CPUS)]
+    CpuCount(u32),
+    /// More vCPUs than this hypervisor offers.
+    #[error("--cpu-count {requested}: this hypervisor offers at most {max} vCPUs per VM")]
+    TooManyCpus {
+        /// What was asked for.
+        requested: u32,
+        /// The hypervisor's limit.
+        max: u32,
+    },
+    /// The `--affinity` list cannot be used.
+    #[error(transparent)]
+    Affinity(#[from] affinity::AffinityError),
+    /// A thread of uhyve's own could not be started or ended abnormally.
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+    /// A host signal asked uhyve to stop.
+    #[error("stopped by {}", crate::signals::signal_name(*.0))]
+    Stopped(i32),
+}
+
+/// The message of [`VmError::Setup`]: errors about the image itself name its file.
+fn setup_message(path: &std::path::Path, source: &SetupError) -> String {
+    if source.concerns_the_image() {
+        format!("{}: {source}", path.display())
+    } else {
+        source.to_string()
+    }
+}
+
+/// Failures of uhyve's own threads.
+#[derive(Debug, Error)]
+pub enum ThreadError {
+    /// The thread that creates the hypervisor's VM could not be started.
+    #[error("cannot start the VM set-up thread: {0}")]
+    SetupSpawn(std::io::Error),
+    /// The thread that creates the hypervisor's VM panicked.
+    #[error("the VM set-up thread panicked")]
+    SetupPanicked,
+    /// A vCPU thread could not be started.
+    #[error("vCPU {cpu}: cannot start its thread: {source}")]
+    VcpuSpawn {
+        /// The vCPU id.
+        cpu: u32,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// A vCPU thread panicked.
+    #[error("vCPU {cpu}: the vCPU thread panicked")]
+    VcpuPanicked {
+        /// The vCPU id.
+        cpu: u32,
+    },
+    /// Every vCPU thread ended without an exit or an error.
+    #[error("every vCPU thread ended without a result")]
+    NoResult,
+}
+
+/// The hypervisor uhyve uses on this platform.
+#[cfg(kvm)]
+pub type HostHypervisor = crate::linux::KvmVm;
+/// The hypervisor uhyve uses on this platform.
+#[cfg(hvf)]
+pub type HostHypervisor = crate::hvf::macos::HvfVm;
+
+/// A prepared VM: guest RAM laid out, hypervisor created, ready to run.
+pub struct Vm<H: Hypervisor> {
+    // Field order matters: the hypervisor (which maps guest RAM into the guest) is dropped
+    // before guest RAM (in `guest`) itself.
+    hypervisor: H,
+    hypercalls: Hypercalls,
+    output: Arc<SerialOutput>,
+    cpu_count: u32,
+    affinity: Option<Vec<usize>>,
+    stats: bool,
+    emulation_fallback: bool,
+    /// The image's path, for messages.
+    path: PathBuf,
+    /// Guest RAM, vCPU 0's registers, and the boot structures still to write.
+    guest: PreparedGuest,
+}
+
+/// Checks the vCPU count and the affinity list of `config`.
+fn check_cpus(config: &VmConfig) -> Result<(), VmError> {
+    if config.cpu_count == 0 || config.cpu_count > MAX_CPUS {
+        return Err(VmError::CpuCount(config.cpu_count));
+    }
+    if let Some(list) = &config.affinity {
+        affinity::check(list, config.cpu_count)?;
+    }
+    Ok(())
+}
+
+#[cfg(any(kvm, hvf))]
+impl Vm<HostHypervisor> {
+    /// Builds the VM described by `config` on this platform's hypervisor.
+    pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        Self::with_hypervisor(config, || Ok(HostHypervisor::create()?))
+    }
+}
+
+impl<H: Hypervisor + 'static> Vm<H> {
+    /// Builds the VM described by `config` on the hypervisor that `create` makes (called on its
+    /// own thread, while the image loads: creating a VM can wait in the host kernel).
+    pub fn with_hypervisor(
+        config: &VmConfig,
+        create: impl FnOnce() -> Result<H, HypervisorError> + Send + 'static,
+    ) -> Result<Self, VmError> {
+        check_cpus(config)?;
+        let hypervisor = thread::Builder::new()
+            .name("vm-setup".into())
+            .spawn(create)
+            .map_err(ThreadError::SetupSpawn)?;
+        let image = image::read_image(config, H::ARCH)?;
+        // From here on, the configuration with a Hermit image archive's settings merged in.
+        let config: &VmConfig = &image.config;
+        check_cpus(config)?;
+        let input = GuestInput::new(config, &image)?;
+        let output = Arc::new(SerialOutput::new(config.output.clone())?);
+        let plan = GuestPlan {
+            ram_size: config.memory_size.0,
+            num_cpus: config.cpu_count,
+            bootargs: input.bootargs,
+            mounts: input.fdt_mounts,
+            initrd: image.initrd.clone(),
+            pre_0_10_kernel: image.kernel.generation() == crate::loader::KernelGeneration::Legacy,
+        };
+        let guest =
+            setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {
+                path: config.kernel.clone(),
+                source,
+            })?;
+        log::info!(
+            "loaded {} (entry version {}, interface v{}), entry {:#x}",
+            config.kernel.display(),
+            image.kernel.entry_version(),
+            image.kernel.interface_version(),
+            guest.registers.entry_point()
+        );
+        let hypervisor = hypervisor
+            .join()
+            .map_err(|_| ThreadError::SetupPanicked)??;
+        if let Some(max) = hypervisor.max_cpus()
+            && config.cpu_count > max
+        {
+            return Err(VmError::TooManyCpus {
+                requested: config.cpu_count,
+                max,
+            });
+        }
+        // SAFETY: `guest.mem` and `hypervisor` both move into the returned Vm, whose field order
+        // drops the hypervisor first; on the error paths below, `hypervisor` (declared after
+        // `guest`) is dropped before it.
+        unsafe { hypervisor.map_memory(&guest.mem) }?;
+        let hypercalls = Hypercalls::new(H::ARCH, Arc::clone(&output), input.files, input.cmdline)
+            .with_interface(image.kernel.interface_version());
+        Ok(Self {
+            hypervisor,
+            hypercalls,
+            output,
+            cpu_count: config.cpu_count,
+            affinity: config.affinity.clone(),
+            stats: config.stats,
+            emulation_fallback: config.emulation_fallback,
+            path: config.kernel.clone(),
+            guest,
+        })
+    }
+}
+
+impl<H: Hypervisor> Vm<H> {
+    /// Writes the device tree and boot info (which carry the TSC frequency of vCPU 0, where
+    /// the architecture has one).
+    fn write_boot(&self, cpu_freq_khz: Option<u32>) -> Result<(), VmError> {
+        self.guest
+            .write_boot(cpu_freq_khz, time::OffsetDateTime::now_utc())
+            .map_err(|source| VmError::Setup {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Runs the guest on one thread per vCPU until it exits. Returns the exit code of the first
+    /// Exit hypercall, or the first failure of any vCPU.
+    pub fn run(&mut self) -> Result<GuestExit, VmError> {
+        let started = Instant::now();
+        let (result, stats) = self.run_vcpus();
+        self.output.flush();
+        if let Some(mut stats) = stats {
+            stats.elapsed = started.elapsed();
+            eprint!("{stats}");
+        }
+        result
+    }
+}
+
+/// Builds and runs the VM described by `config`; returns the guest's exit code.
+#[cfg(any(kvm, hvf))]
+pub fn run(config: &VmConfig) -> Result<i32, VmError> {
+    let mut vm = Vm::new(config)?;
+    vm.run().map(|GuestExit(code)| code)
+}

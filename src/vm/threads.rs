@@ -1,0 +1,336 @@
+//! Running a prepared VM: one host thread per vCPU (each creates, runs and drops its own vCPU,
+//! Hypervisor.framework's rule), a start gate that releases them together once the boot
+//! structures are written, and a supervisor on the calling thread that stops every vCPU when the
+//! first one ends (guest Exit, crash, host error or panic) or a stop signal arrives.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::affinity;
+use crate::exits::{EmulationFallback, ExitServices, GuestExit, LoopVcpu, run_vcpu};
+use crate::hypervisor::{Hypervisor, VcpuKick};
+use crate::stats::{ExitStats, RunStats};
+
+use super::{ThreadError, Vm, VmError};
+
+impl<H: Hypervisor> Vm<H> {
+    /// Runs every vCPU on its own thread until the VM stops: the first vCPU's end (or a stop
+    /// signal) is the result; the statistics if they were asked for.
+    pub(super) fn run_vcpus(&self) -> (Result<GuestExit, VmError>, Option<RunStats>) {
+        let shared = SharedVcpuState {
+            services: ExitServices {
+                mem: &self.guest.mem,
+                hypercalls: &self.hypercalls,
+                fallback: EmulationFallback::new(self.emulation_fallback),
+                stop: AtomicBool::new(false),
+            },
+            kicks: Mutex::new((0..self.cpu_count).map(|_| None).collect()),
+        };
+        let gate = StartGate::default();
+        let mut supervisor = Supervisor::new(self.cpu_count as usize);
+        thread::scope(|scope| {
+            let (reports, inbox) = mpsc::channel::<VcpuReport>();
+            for cpu in 0..self.cpu_count {
+                let context = VcpuThread {
+                    cpu,
+                    vm: self,
+                    shared: &shared,
+                    gate: &gate,
+                    reports: reports.clone(),
+                };
+                let spawned = thread::Builder::new()
+                    .name(format!("vcpu-{cpu}"))
+                    .spawn_scoped(scope, move || context.run());
+                if let Err(source) = spawned {
+                    supervisor.finished += 1;
+                    supervisor.end_with(Err(ThreadError::VcpuSpawn { cpu, source }.into()));
+                }
+            }
+            drop(reports);
+            // Every vCPU is created (or failed) before any runs: then the boot info can carry
+            // the TSC frequency, and all vCPUs start at the entry point together.
+            let tsc = supervisor.wait_until_ready(&inbox);
+            if supervisor.first_end.is_none()
+                && let Err(error) = self.write_boot(tsc)
+            {
+                supervisor.end_with(Err(error));
+            }
+            gate.open(supervisor.first_end.is_none());
+            supervisor.wait_until_finished(&inbox, &shared);
+        });
+        let stats = self.stats.then(|| supervisor.stats());
+        (supervisor.result(), stats)
+    }
+}
+
+/// The main thread's view of the vCPU threads while they run.
+struct Supervisor {
+    count: usize,
+    finished: usize,
+    first_end: Option<Result<GuestExit, VmError>>,
+    per_cpu: Vec<(u32, ExitStats)>,
+}
+
+impl Supervisor {
+    fn new(count: usize) -> Self {
+        Self {
+            count,
+            finished: 0,
+            first_end: None,
+            per_cpu: Vec::new(),
+        }
+    }
+
+    /// Records how the VM ends, unless an earlier end was recorded.
+    fn end_with(&mut self, end: Result<GuestExit, VmError>) {
+        self.first_end.get_or_insert(end);
+    }
+
+    /// Waits until every vCPU is ready (or finished); vCPU 0's TSC frequency.
+    fn wait_until_ready(&mut self, inbox: &mpsc::Receiver<VcpuReport>) -> Option<u32> {
+        let mut ready = 0usize;
+        let mut tsc = None;
+        while ready + self.finished < self.count {
+            match inbox.recv() {
+                Ok(VcpuReport::Ready { cpu, tsc_khz }) => {
+                    ready += 1;
+                    if cpu == 0 {
+                        tsc = tsc_khz;
+                    }
+                }
+                Ok(VcpuReport::Finished { end, stats, cpu }) => {
+                    self.finished += 1;
+                    self.per_cpu.extend(stats.map(|s| (cpu, s)));
+                    self.end_with(end.into_result());
+                }
+                Err(_) => break,
+            }
+        }
+        tsc
+    }
+
+    /// Waits until every vCPU thread has finished, stopping all of them when the first one
+    /// ends or a stop signal arrives.
+    fn wait_until_finished<K: VcpuKick>(
+        &mut self,
+        inbox: &mpsc::Receiver<VcpuReport>,
+        shared: &SharedVcpuState<'_, K>,
+    ) {
+        let mut stopping_since: Option<Instant> = None;
+        while self.finished < self.count {
+            match inbox.recv_timeout(STOP_POLL) {
+                Ok(VcpuReport::Finished { cpu, end, stats }) => {
+                    self.finished += 1;
+                    self.per_cpu.extend(stats.map(|s| (cpu, s)));
+                    if !matches!(end, VcpuEnd::Stopped) {
+                        self.end_with(end.into_result());
+                    }
+                    stopping_since.get_or_insert_with(Instant::now);
+                    shared.stop_all();
+                }
+                Ok(VcpuReport::Ready { .. }) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(signal) = crate::signals::stop_requested() {
+                        self.end_with(Err(VmError::Stopped(signal)));
+                    }
+                    if self.first_end.is_some() {
+                        // Kick again: cheap, and robust against a vCPU that was between its
+                        // stop check and entering the guest when the first kick came.
+                        shared.stop_all();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if let Some(since) = stopping_since {
+            log::debug!(
+                "all {} vCPUs stopped {:?} after the first one ended",
+                self.count,
+                since.elapsed()
+            );
+        }
+    }
+
+    fn stats(&mut self) -> RunStats {
+        let mut per_cpu = std::mem::take(&mut self.per_cpu);
+        per_cpu.sort_by_key(|(cpu, _)| *cpu);
+        RunStats {
+            per_cpu,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn result(self) -> Result<GuestExit, VmError> {
+        self.first_end
+            .unwrap_or_else(|| Err(ThreadError::NoResult.into()))
+    }
+}
+
+/// How often the main thread checks for stop signals while the vCPUs run.
+const STOP_POLL: Duration = Duration::from_millis(10);
+
+/// What the vCPU threads share.
+struct SharedVcpuState<'a, K> {
+    /// What the exit loops use.
+    services: ExitServices<'a>,
+    /// How to interrupt each vCPU; an entry is present only while its vCPU exists.
+    kicks: Mutex<Vec<Option<K>>>,
+}
+
+impl<K: VcpuKick> SharedVcpuState<'_, K> {
+    fn kicks(&self) -> std::sync::MutexGuard<'_, Vec<Option<K>>> {
+        // The vector holds plain handles, consistent even if a holder panicked.
+        self.kicks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops the whole VM: every vCPU leaves the guest at once and does not re-enter.
+    fn stop_all(&self) {
+        self.services.stop.store(true, Ordering::SeqCst);
+        self.services.hypercalls.stop();
+        for kick in self.kicks().iter().flatten() {
+            kick.kick();
+        }
+    }
+}
+
+/// Holds the vCPU threads until the main thread has written the boot info.
+#[derive(Default)]
+struct StartGate {
+    /// `None` while closed; then whether to run (`true`) or give up (`false`).
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    fn open(&self, run: bool) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate opens; whether to run.
+    fn wait(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(run) = *state {
+                return run;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// How one vCPU ended.
+enum VcpuEnd {
+    /// The guest called Exit.
+    Exit(i32),
+    /// The VM was stopped from outside this vCPU.
+    Stopped,
+    /// This vCPU failed.
+    Failed(VmError),
+}
+
+impl VcpuEnd {
+    fn into_result(self) -> Result<GuestExit, VmError> {
+        match self {
+            Self::Exit(code) => Ok(GuestExit(code)),
+            Self::Failed(error) => Err(error),
+            Self::Stopped => Err(ThreadError::NoResult.into()),
+        }
+    }
+}
+
+/// What a vCPU thread tells the main thread.
+enum VcpuReport {
+    /// Created and waiting at the start gate.
+    Ready { cpu: u32, tsc_khz: Option<u32> },
+    /// Done (or failed to start), with its statistics.
+    Finished {
+        cpu: u32,
+        end: VcpuEnd,
+        stats: Option<ExitStats>,
+    },
+}
+
+/// One vCPU thread.
+struct VcpuThread<'scope, 'vm, H: Hypervisor> {
+    cpu: u32,
+    vm: &'vm Vm<H>,
+    shared: &'scope SharedVcpuState<'vm, H::Kick>,
+    gate: &'scope StartGate,
+    reports: mpsc::Sender<VcpuReport>,
+}
+
+/// Removes a vCPU's kick handle from the registry when dropped, before the vCPU itself goes.
+struct KickRegistration<'a, 'vm, K: VcpuKick> {
+    shared: &'a SharedVcpuState<'vm, K>,
+    cpu: usize,
+}
+
+impl<K: VcpuKick> Drop for KickRegistration<'_, '_, K> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shared.kicks().get_mut(self.cpu) {
+            *slot = None;
+        }
+    }
+}
+
+impl<H: Hypervisor> VcpuThread<'_, '_, H> {
+    fn run(self) {
+        let cpu = self.cpu;
+        let reports = self.reports.clone();
+        let mut stats = self.vm.stats.then(ExitStats::new);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.create_and_run(stats.as_mut())
+        }));
+        let end =
+            outcome.unwrap_or_else(|_| VcpuEnd::Failed(ThreadError::VcpuPanicked { cpu }.into()));
+        // A failing vCPU takes the whole VM down at once.
+        if !matches!(end, VcpuEnd::Stopped) {
+            self.shared.stop_all();
+        }
+        // The main thread may already be gone only if it stopped waiting; nothing to do then.
+        let _ = reports.send(VcpuReport::Finished { cpu, end, stats });
+    }
+
+    fn create_and_run(&self, stats: Option<&mut ExitStats>) -> VcpuEnd {
+        let cpu = self.cpu;
+        if let Some(host_cpu) = self.vm.affinity.as_ref().and_then(|l| l.get(cpu as usize))
+            && let Err(error) = affinity::pin_current_thread(*host_cpu)
+        {
+            return VcpuEnd::Failed(error.into());
+        }
+        let registers = self.vm.guest.registers.for_cpu(cpu);
+        let (mut vcpu, kick) = match self.vm.hypervisor.create_vcpu(cpu, &registers) {
+            Ok(created) => created,
+            Err(error) => return VcpuEnd::Failed(error.into()),
+        };
+        if let Some(slot) = self.shared.kicks().get_mut(cpu as usize) {
+            *slot = Some(kick);
+        }
+        // Declared after `vcpu`, so dropped before it.
+        let _registration = KickRegistration {
+            shared: self.shared,
+            cpu: cpu as usize,
+        };
+        let ready = VcpuReport::Ready {
+            cpu,
+            tsc_khz: H::tsc_khz(&vcpu),
+        };
+        if self.reports.send(ready).is_err() || !self.gate.wait() {
+            return VcpuEnd::Stopped;
+        }
+        let looped = LoopVcpu {
+            vcpu: &mut vcpu,
+            x86: H::x86_vcpu,
+        };
+        match run_vcpu(looped, &self.shared.services, stats) {
+            Ok(Some(GuestExit(code))) => VcpuEnd::Exit(code),
+            Ok(None) => VcpuEnd::Stopped,
+            Err(error) => VcpuEnd::Failed(error.into()),
+        }
+    }
+}
