@@ -238,11 +238,6 @@ impl Hypercalls {
         self.arch
     }
 
-    /// The file map (e.g. for sandbox rules or mount points).
-    pub fn files(&self) -> &FileMap {
-        &self.files
-    }
-
     /// Serves one hypercall. `page_table_root` is called lazily (only FileRead/FileWrite need the
     /// guest's CR3 or TTBR0_EL1), at most once.
     pub fn handle(
