@@ -296,24 +296,28 @@ impl Hypercalls {
         page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
     ) -> HypercallOutcome {
         use HypercallAddress as H;
-        let params = self.arch.parameter_address(argument);
+        let at = self.arch.parameter_address(argument);
         log::trace!("hypercall {} argument {argument:#x}", address.name());
         let result = match address {
             H::Uart => {
                 self.output.write_byte(argument.to_le_bytes()[0]);
                 Ok(HypercallOutcome::Continue)
             }
-            H::Exit => read_params::<ExitParams>(mem, address, params)
+            H::Exit => read_params::<ExitParams>(mem, address, at)
                 .map(|exit| HypercallOutcome::Exit(exit.arg)),
-            H::SerialWriteBuffer => self.serial_write_buffer(mem, params),
-            H::Cmdsize => write_params(mem, address, params, &self.sizes),
-            H::Cmdval => self.cmdval(mem, params),
-            H::FileOpen => self.file_open(mem, params),
-            H::FileClose => self.file_close(mem, params),
-            H::FileRead => self.file_read(mem, params, page_table_root),
-            H::FileWrite => self.file_write(mem, params, page_table_root),
-            H::FileLseek => self.file_lseek(mem, params),
-            H::FileUnlink => self.file_unlink(mem, params),
+            H::SerialWriteBuffer => self.serial_write_buffer(mem, at),
+            H::Cmdsize => write_params(mem, address, at, &self.sizes),
+            H::Cmdval => self.cmdval(mem, at),
+            H::FileOpen => serve(mem, address, at, |p| self.file_open(mem, p)),
+            H::FileClose => serve(mem, address, at, |p| self.file_close(p)),
+            H::FileRead => try_serve(mem, address, at, |p| {
+                self.file_read(mem, p, page_table_root)
+            }),
+            H::FileWrite => try_serve(mem, address, at, |p| {
+                self.file_write(mem, p, page_table_root)
+            }),
+            H::FileLseek => serve(mem, address, at, |p| self.file_lseek(p)),
+            H::FileUnlink => serve(mem, address, at, |p| self.file_unlink(mem, p)),
             H::Netwrite | H::Netread | H::Netstat => {
                 if !self.net_warned.swap(true, Ordering::Relaxed) {
                     log::warn!(
@@ -394,19 +398,11 @@ impl Hypercalls {
         Ok(HypercallOutcome::Continue)
     }
 
-    fn file_open(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddress = HypercallAddress::FileOpen;
-        let mut params: OpenParams = read_params(mem, HYPERCALL, at)?;
-        let (name, flags, mode) = (params.name, params.flags, params.mode);
-        params.ret = match self.open(mem, name, flags, mode) {
-            Ok(fd) => fd,
-            Err(errno) => -errno,
-        };
-        write_params(mem, HYPERCALL, at, &params)
+    /// FileOpen (both tables): `ret` = the new guest fd or −errno.
+    fn file_open(&self, mem: &GuestMemory, params: &mut OpenParams) {
+        params.ret = self
+            .open(mem, params.name, params.flags, params.mode)
+            .unwrap_or_else(|errno| -errno);
     }
 
     /// Opens the guest path at `name`; the new guest fd or a positive errno.
@@ -434,31 +430,19 @@ impl Hypercalls {
         Ok(fd)
     }
 
-    fn file_close(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddress = HypercallAddress::FileClose;
-        let mut params: CloseParams = read_params(mem, HYPERCALL, at)?;
-        let fd = params.fd;
-        params.ret = match self.fds.close(fd) {
+    /// FileClose (both tables): `ret` = 0 or −errno.
+    fn file_close(&self, params: &mut CloseParams) {
+        params.ret = match self.fds.close(params.fd) {
             Ok(()) => 0,
             Err(error) => -error.errno(),
         };
-        write_params(mem, HYPERCALL, at, &params)
     }
 
-    fn file_lseek(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddress = HypercallAddress::FileLseek;
-        let mut params: LseekParams = read_params(mem, HYPERCALL, at)?;
-        let (fd, offset, whence) = (params.fd, params.offset, params.whence);
-        params.offset = self.lseek(fd, offset, whence).unwrap_or(-1);
-        write_params(mem, HYPERCALL, at, &params)
+    /// FileLseek (v1): `offset` = the new offset or −1.
+    fn file_lseek(&self, params: &mut LseekParams) {
+        params.offset = self
+            .lseek(params.fd, params.offset, params.whence)
+            .unwrap_or(-1);
     }
 
     fn lseek(&self, fd: i32, offset: i64, whence: i32) -> Option<i64> {
@@ -473,19 +457,12 @@ impl Hypercalls {
         i64::try_from(result).ok()
     }
 
-    fn file_unlink(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddress = HypercallAddress::FileUnlink;
-        let mut params: UnlinkParams = read_params(mem, HYPERCALL, at)?;
-        let name = params.name;
-        params.ret = match self.unlink(mem, name) {
+    /// FileUnlink (both tables): `ret` = 0 or −errno.
+    fn file_unlink(&self, mem: &GuestMemory, params: &mut UnlinkParams) {
+        params.ret = match self.unlink(mem, params.name) {
             Ok(()) => 0,
             Err(errno) => -errno,
         };
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     fn unlink(&self, mem: &GuestMemory, name: GuestPhysAddr) -> Result<(), i32> {
@@ -507,17 +484,15 @@ impl Hypercalls {
         })
     }
 
+    /// FileRead (v1): reads into the guest-virtual buffer; `ret` = bytes or −errno.
     fn file_read(
         &self,
         mem: &GuestMemory,
-        at: GuestPhysAddr,
+        params: &mut ReadParams,
         page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddress = HypercallAddress::FileRead;
-        let mut params: ReadParams = read_params(mem, HYPERCALL, at)?;
-        let (fd, buf, len) = (params.fd, params.buf, params.len);
-        params.ret = self.read(mem, fd, buf, len, page_table_root)?;
-        write_params(mem, HYPERCALL, at, &params)
+    ) -> Result<(), HypercallError> {
+        params.ret = self.read(mem, params.fd, params.buf, params.len, page_table_root)?;
+        Ok(())
     }
 
     /// Reads from guest `fd` into the guest-virtual buffer: bytes read or a negative errno.
@@ -571,17 +546,15 @@ impl Hypercalls {
         })
     }
 
+    /// FileWrite (v1): writes the guest-virtual buffer; `len` = the bytes written.
     fn file_write(
         &self,
         mem: &GuestMemory,
-        at: GuestPhysAddr,
+        params: &mut WriteParams,
         page_table_root: &mut dyn FnMut() -> Result<GuestPhysAddr, VcpuError>,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddress = HypercallAddress::FileWrite;
-        let mut params: WriteParams = read_params(mem, HYPERCALL, at)?;
-        let (fd, buf, len) = (params.fd, params.buf, params.len);
-        params.len = self.write(mem, fd, buf, len, page_table_root)?;
-        write_params(mem, HYPERCALL, at, &params)
+    ) -> Result<(), HypercallError> {
+        params.len = self.write(mem, params.fd, params.buf, params.len, page_table_root)?;
+        Ok(())
     }
 
     /// Writes the guest-virtual buffer to guest `fd`; the number of bytes written.
@@ -645,7 +618,7 @@ impl Hypercalls {
         argument: u64,
     ) -> HypercallOutcome {
         use HypercallAddressV2 as H;
-        let params = GuestPhysAddr::new(argument);
+        let at = GuestPhysAddr::new(argument);
         log::trace!(
             "hypercall {} (v{}) argument {argument:#x}",
             address.name(),
@@ -658,19 +631,19 @@ impl Hypercalls {
                 self.output.write_byte(argument.to_le_bytes()[0]);
                 Ok(HypercallOutcome::Continue)
             }
-            H::SerialWriteBuffer => read_params::<SerialWriteBufferParamsV2>(mem, address, params)
+            H::SerialWriteBuffer => read_params::<SerialWriteBufferParamsV2>(mem, address, at)
                 .and_then(|p| self.write_console(mem, address.name(), p.buf, p.len)),
-            H::SerialReadBuffer => self.serial_read_buffer(mem, params),
-            H::FileOpen => self.file_open(mem, params),
-            H::FileClose => self.file_close(mem, params),
-            H::FileUnlink => self.file_unlink(mem, params),
-            H::FileRead => self.file_read_v2(mem, params),
-            H::FileWrite => self.file_write_v2(mem, params),
-            H::FileLseek => self.file_lseek_v2(mem, params),
-            H::Getdents => self.getdents(mem, params),
-            H::FileStat => self.file_stat(mem, params),
-            H::FileFstat => self.file_fstat(mem, params),
-            H::Mkdir => self.mkdir(mem, params),
+            H::SerialReadBuffer => try_serve(mem, address, at, |p| self.serial_read_buffer(mem, p)),
+            H::FileOpen => serve(mem, address, at, |p| self.file_open(mem, p)),
+            H::FileClose => serve(mem, address, at, |p| self.file_close(p)),
+            H::FileUnlink => serve(mem, address, at, |p| self.file_unlink(mem, p)),
+            H::FileRead => serve(mem, address, at, |p| self.file_read_v2(mem, p)),
+            H::FileWrite => serve(mem, address, at, |p| self.file_write_v2(mem, p)),
+            H::FileLseek => serve(mem, address, at, |p| self.file_lseek_v2(p)),
+            H::Getdents => serve(mem, address, at, |p| self.getdents(mem, p)),
+            H::FileStat => serve(mem, address, at, |p| self.file_stat(mem, p)),
+            H::FileFstat => serve(mem, address, at, |p| self.file_fstat(mem, p)),
+            H::Mkdir => serve(mem, address, at, |p| self.mkdir(mem, p)),
             // Reads its address instead (see `handle_read`); a write carries nothing to serve.
             H::SerialReadByte | H::SharedMemOpen | H::SharedMemClose => {
                 log::debug!(
@@ -689,46 +662,38 @@ impl Hypercalls {
     fn serial_read_buffer(
         &self,
         mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::SerialReadBuffer;
-        let mut params: SerialReadBufferParams = read_params(mem, HYPERCALL, at)?;
+        params: &mut SerialReadBufferParams,
+    ) -> Result<(), HypercallError> {
         let (buf, maxlen) = (params.buf, params.maxlen.min(CHUNK_SIZE));
         params.len = 0;
-        if maxlen > 0 {
-            mem.checked_range(buf, maxlen)
-                .map_err(|_| HypercallError::BufferOutsideRam {
-                    hypercall: HYPERCALL.name(),
-                    address: buf.as_u64(),
-                    len: maxlen,
-                })?;
-            self.output.flush();
-            let mut data = vec![0u8; chunk_len(maxlen)];
-            match read_retrying(&mut io::stdin().lock(), &mut data, &self.stopping) {
-                Ok(got) => {
-                    let got = got.min(data.len());
-                    // Inside the range checked above.
-                    let _ = mem.write(buf, &data[..got]);
-                    params.len = got as u64;
-                }
-                Err(error) => log::debug!("SerialReadBuffer: {error}"),
-            }
+        if maxlen == 0 {
+            return Ok(());
         }
-        write_params(mem, HYPERCALL, at, &params)
+        mem.checked_range(buf, maxlen)
+            .map_err(|_| HypercallError::BufferOutsideRam {
+                hypercall: HypercallAddressV2::SerialReadBuffer.name(),
+                address: buf.as_u64(),
+                len: maxlen,
+            })?;
+        self.output.flush();
+        let mut data = vec![0u8; chunk_len(maxlen)];
+        match read_retrying(&mut io::stdin().lock(), &mut data, &self.stopping) {
+            Ok(got) => {
+                let got = got.min(data.len());
+                // Inside the range checked above.
+                let _ = mem.write(buf, &data[..got]);
+                params.len = got as u64;
+            }
+            Err(error) => log::debug!("SerialReadBuffer: {error}"),
+        }
+        Ok(())
     }
 }
 
 impl Hypercalls {
     /// FileRead (v2/v3): reads into the guest-physical buffer; `ret` = bytes or −errno.
-    fn file_read_v2(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileRead;
-        let mut params: ReadParamsV2 = read_params(mem, HYPERCALL, at)?;
+    fn file_read_v2(&self, mem: &GuestMemory, params: &mut ReadParamsV2) {
         params.ret = count_or_errno(self.read_physical(mem, params.fd, params.buf, params.len));
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// Reads from guest `fd` into `[buf, buf + len)` (which must lie in guest RAM): bytes read
@@ -778,15 +743,8 @@ impl Hypercalls {
     }
 
     /// FileWrite (v2/v3): writes the guest-physical buffer; `ret` = bytes or −errno.
-    fn file_write_v2(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileWrite;
-        let mut params: WriteParamsV2 = read_params(mem, HYPERCALL, at)?;
+    fn file_write_v2(&self, mem: &GuestMemory, params: &mut WriteParamsV2) {
         params.ret = count_or_errno(self.write_physical(mem, params.fd, params.buf, params.len));
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// Writes `[buf, buf + len)` (which must lie in guest RAM) to guest `fd`: bytes written, or
@@ -837,18 +795,11 @@ impl Hypercalls {
     }
 
     /// FileLseek (v2/v3): `offset` = the new offset or −errno.
-    fn file_lseek_v2(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileLseek;
-        let mut params: LseekParamsV2 = read_params(mem, HYPERCALL, at)?;
+    fn file_lseek_v2(&self, params: &mut LseekParamsV2) {
         params.offset = match self.lseek_errno(params.fd, params.offset, params.whence) {
             Ok(offset) => offset,
             Err(errno) => -i64::from(errno),
         };
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// lseek with an errno: EBADF for a descriptor that is not an open file, EINVAL for a bad
@@ -871,13 +822,7 @@ impl Hypercalls {
 impl Hypercalls {
     /// Getdents (v3): the next directory entries of `fd` as `Dirent64` records in the
     /// guest-physical buffer.
-    fn getdents(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::Getdents;
-        let mut params: GetdentParams = read_params(mem, HYPERCALL, at)?;
+    fn getdents(&self, mem: &GuestMemory, params: &mut GetdentParams) {
         let (fd, buf, len) = (params.fd, params.buf, params.len);
         // Checked before the stream moves, so a bad buffer loses no entries; at most
         // MAX_GETDENTS_BYTES of it are ever written.
@@ -915,17 +860,10 @@ impl Hypercalls {
                 ..GetdentResult::default()
             },
         };
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// FileStat (v3): metadata of a guest path, following symbolic links or not.
-    fn file_stat(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileStat;
-        let mut params: StatParams = read_params(mem, HYPERCALL, at)?;
+    fn file_stat(&self, mem: &GuestMemory, params: &mut StatParams) {
         let (name, kind, attr) = (params.name, params.kind, params.attr);
         let status = match kind {
             STAT_FOLLOW | STAT_NO_FOLLOW => self.guest_path(mem, name).and_then(|path| {
@@ -936,35 +874,21 @@ impl Hypercalls {
             _ => Err(abi::EINVAL),
         };
         params.ret = write_status(mem, attr, status);
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// FileFstat (v3): metadata of an open guest descriptor (fds 0–2: EBADF).
-    fn file_fstat(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::FileFstat;
-        let mut params: FstatParams = read_params(mem, HYPERCALL, at)?;
+    fn file_fstat(&self, mem: &GuestMemory, params: &mut FstatParams) {
         let status = self
             .fds
             .file(params.fd)
             .and_then(|file| file.fstat())
             .map_err(|error| error.errno());
         params.ret = write_status(mem, params.attr, status);
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// Mkdir (v3): creates the directory at a guest path. `len` may count the NUL or not, so the
     /// NUL must come within `len + 1` bytes (and the path be at most [`MAX_PATH_LEN`] long).
-    fn mkdir(
-        &self,
-        mem: &GuestMemory,
-        at: GuestPhysAddr,
-    ) -> Result<HypercallOutcome, HypercallError> {
-        const HYPERCALL: HypercallAddressV2 = HypercallAddressV2::Mkdir;
-        let mut params: MkdirParams = read_params(mem, HYPERCALL, at)?;
+    fn mkdir(&self, mem: &GuestMemory, params: &mut MkdirParams) {
         let limit = params.len.min(MAX_PATH_LEN);
         let created = mem
             .read_c_string(params.path, limit)
@@ -988,7 +912,6 @@ impl Hypercalls {
                 errno,
             },
         };
-        write_params(mem, HYPERCALL, at, &params)
     }
 
     /// The UTF-8 guest path at `name` (NUL-terminated, at most [`MAX_PATH_LEN`] bytes).
@@ -1092,6 +1015,33 @@ fn read_params<T: GuestPod>(
             hypercall: hypercall.name(),
             address: at.as_u64(),
         })
+}
+
+/// Serves a hypercall whose results go back into its parameter block: reads the `P` at `at`, lets
+/// `compute` fill in the result fields and writes the block back. A block outside guest RAM stops
+/// the VM ([`HypercallError::ParamsOutsideRam`], naming `hypercall`).
+fn serve<P: GuestPod>(
+    mem: &GuestMemory,
+    hypercall: impl HypercallName,
+    at: GuestPhysAddr,
+    compute: impl FnOnce(&mut P),
+) -> Result<HypercallOutcome, HypercallError> {
+    try_serve(mem, hypercall, at, |params| {
+        compute(params);
+        Ok(())
+    })
+}
+
+/// [`serve`] for a `compute` that may itself stop the VM; the block is then not written back.
+fn try_serve<P: GuestPod>(
+    mem: &GuestMemory,
+    hypercall: impl HypercallName,
+    at: GuestPhysAddr,
+    compute: impl FnOnce(&mut P) -> Result<(), HypercallError>,
+) -> Result<HypercallOutcome, HypercallError> {
+    let mut params = read_params(mem, hypercall, at)?;
+    compute(&mut params)?;
+    write_params(mem, hypercall, at, &params)
 }
 
 fn write_params<T: GuestPod>(
