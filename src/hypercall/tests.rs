@@ -2,11 +2,22 @@
 //! [`Hypercalls::handle`], against 4 MiB of guest RAM with hand-built x86_64 page tables.
 
 use super::*;
+use crate::arch::PAGE_SIZE;
 use crate::arch::x86_64::paging::{PTE_HUGE, PTE_PRESENT, PTE_WRITABLE};
 use crate::output::OutputTarget;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+use uhyve_interface::v2::{
+    FileAttr, FstatParams, GETDENT_END_OF_DIRECTORY, GETDENT_ERROR, GETDENT_SUCCESS, GetdentParams,
+    GetdentResult, LseekParamsV2, MkdirParams, ReadParamsV2, STAT_FOLLOW, STAT_NO_FOLLOW,
+    STATUS_ERROR, STATUS_SUCCESS, StatParams, StatusResult, WriteParamsV2,
+};
+use uhyve_interface::{
+    self as abi, CloseParams, CmdsizeParams, CmdvalParams, GuestVirtAddr, LseekParams, OpenParams,
+    ReadParams, UnlinkParams, WriteParams,
+};
 
 /// 4 MiB of guest RAM at GPA 0.
 const RAM: u64 = 4 << 20;
