@@ -6,8 +6,10 @@
 //! write stops at the first problem and reports the bytes written in `len` (WriteParams has no
 //! result field).
 //!
-//! The guest-virtual access is the section below [`GuestPageTables`]: [`transfer`] is its one
-//! entry point and [`translate_prefix`] its one page walk.
+//! The guest-virtual access is the section below [`GuestPageTables`]. FileRead and FileWrite see
+//! only host bytes, through [`copy_to_guest`] and [`copy_from_guest`]; below those, [`transfer`]
+//! moves the chunks and [`translate_prefix`] is the one page walk. A shared guest-virtual reader
+//! can replace that section without touching the calls above it.
 
 use std::io::{self, SeekFrom};
 
@@ -78,26 +80,20 @@ impl Hypercalls {
             // A prompt without a newline must be visible before the guest waits for input.
             self.output.flush();
         }
-        let transferred = transfer(mem, tables, buf, total, |pieces, part, done| {
+        let transferred = copy_to_guest(mem, tables, buf, total, |part, done| {
             let result = match &file {
                 Some(file) => read_retrying(&mut &**file, part, &self.stopping),
                 None => read_retrying(&mut io::stdin().lock(), part, &self.stopping),
             };
-            let got = match result {
-                Ok(got) => got,
+            match result {
+                // Like read(2) on a terminal or pipe, stdin returns whatever one read delivered.
+                Ok(got) => Ok((got, file.is_some())),
                 Err(error) if done == 0 => {
                     log::debug!("FileRead fd {fd}: {error}");
-                    return Err(-i64::from(crate::isolation::guest_errno(&error)));
+                    Err(-i64::from(crate::isolation::guest_errno(&error)))
                 }
-                Err(_) => return Ok((0, false)),
-            };
-            let data = part.get(..got).unwrap_or_default();
-            if scatter(mem, pieces, data).is_err() {
-                // Cannot happen (every piece was checked against RAM); report what arrived before.
-                return Ok((0, false));
+                Err(_) => Ok((0, false)),
             }
-            // Like read(2) on a terminal or pipe, stdin returns whatever one read delivered.
-            Ok((data.len(), file.is_some()))
         });
         Ok(match transferred {
             Err(errno) => errno,
@@ -141,10 +137,7 @@ impl Hypercalls {
         let tables = self.page_tables(HypercallAddress::FileWrite, page_table_root)?;
         // A write to the console is one unit on it, even if it is copied in several chunks.
         let mut console = file.is_none().then(|| self.output.writer());
-        let transferred = transfer(mem, tables, buf, total, |pieces, part, _| {
-            if gather(mem, pieces, part).is_err() {
-                return Ok::<_, std::convert::Infallible>((0, false));
-            }
+        let transferred = copy_from_guest(mem, tables, buf, total, |part, _| {
             let written = match (&file, console.as_mut()) {
                 (Some(file), _) => write_counting(file, part),
                 (None, Some(console)) => {
@@ -153,7 +146,7 @@ impl Hypercalls {
                 }
                 (None, None) => 0,
             };
-            Ok((written, true))
+            Ok::<_, std::convert::Infallible>((written, true))
         });
         let done = match transferred {
             Ok(Transferred::Bytes(done)) => done,
@@ -212,12 +205,54 @@ impl Hypercalls {
     }
 }
 
-/// What a [`transfer`] moved.
+/// What a copy to or from a guest-virtual buffer moved.
 enum Transferred {
     /// This many bytes (possibly fewer than asked for).
     Bytes(u64),
     /// Nothing: the first page of the buffer is not accessible.
     Unmapped,
+}
+
+/// Fills the guest-virtual buffer `[buf, buf + total)` from the host, one chunk of at most
+/// [`CHUNK_SIZE`] bytes at a time: `fill` gets a host buffer as long as the chunk's accessible
+/// prefix and the bytes moved so far, puts data at its start and returns how many bytes and
+/// whether to go on; those bytes are copied into the guest. The copy ends at the end of the
+/// buffer, at an inaccessible page, after a short fill, or when `fill` says so or fails.
+fn copy_to_guest<E>(
+    mem: &GuestMemory,
+    tables: GuestPageTables,
+    buf: GuestVirtAddr,
+    total: u64,
+    mut fill: impl FnMut(&mut [u8], u64) -> Result<(usize, bool), E>,
+) -> Result<Transferred, E> {
+    transfer(mem, tables, buf, total, |pieces, part, done| {
+        let (got, more) = fill(part, done)?;
+        let data = part.get(..got).unwrap_or_default();
+        if scatter(mem, pieces, data).is_err() {
+            // Cannot happen (every piece was checked against RAM); report what arrived before.
+            return Ok((0, false));
+        }
+        Ok((data.len(), more))
+    })
+}
+
+/// Hands the guest-virtual buffer `[buf, buf + total)` to the host, one chunk of at most
+/// [`CHUNK_SIZE`] bytes at a time: `drain` gets the chunk's accessible prefix and the bytes moved
+/// so far, and returns how many of them it took and whether to go on. The copy ends as
+/// [`copy_to_guest`] does.
+fn copy_from_guest<E>(
+    mem: &GuestMemory,
+    tables: GuestPageTables,
+    buf: GuestVirtAddr,
+    total: u64,
+    mut drain: impl FnMut(&[u8], u64) -> Result<(usize, bool), E>,
+) -> Result<Transferred, E> {
+    transfer(mem, tables, buf, total, |pieces, part, done| {
+        if gather(mem, pieces, part).is_err() {
+            return Ok((0, false));
+        }
+        drain(part, done)
+    })
 }
 
 /// Moves data between the guest-virtual buffer `[buf, buf + total)` and the host in chunks of at
