@@ -1,10 +1,10 @@
-//! The v1 file calls of kernel 0.6.9: FileLseek (−1 on any error) and FileRead/FileWrite, whose
-//! buffers are guest-virtual. Those are translated page by page through the calling vCPU's page
-//! tables (CR3 or TTBR0_EL1, asked for only when there is something to move) and moved in chunks
-//! of at most [`CHUNK_SIZE`] through a per-thread host buffer; the length is capped at the size of
-//! guest RAM. A read reports bytes or −errno (EFAULT if the first page is unmapped) in `ret`; a
-//! write stops at the first problem and reports the bytes written in `len` (WriteParams has no
-//! result field).
+//! The v1 forms of FileLseek (−1 on any error) and of FileRead/FileWrite, whose buffers are
+//! guest-virtual. Those are translated page by page through the calling vCPU's page tables (CR3
+//! or TTBR0_EL1, asked for only when there is something to move) and moved in chunks of at most
+//! [`CHUNK_SIZE`] through a per-thread host buffer; the length is capped at the size of guest
+//! RAM. A read reports bytes or −errno (EFAULT if the first page is unmapped) in `ret`; a write
+//! stops at the first problem and reports the bytes written in `len` (WriteParams has no result
+//! field).
 //!
 //! The guest-virtual access is the section below [`GuestPageTables`]. FileRead and FileWrite see
 //! only host bytes, through [`copy_to_guest`] and [`copy_from_guest`]; below those, [`transfer`]

@@ -1,6 +1,6 @@
-//! The v2/v3 FileRead, FileWrite and FileLseek. Buffers are guest-physical: checked as one range
-//! against guest RAM (outside it: EFAULT) and moved in chunks of at most [`CHUNK_SIZE`](super::CHUNK_SIZE); results
-//! are the value or −errno.
+//! The v2/v3 FileRead, FileWrite and FileLseek. Buffers are guest-physical: checked as one
+//! range against guest RAM (outside it: EFAULT) and moved in chunks of at most
+//! [`CHUNK_SIZE`](super::CHUNK_SIZE); results are the value or −errno.
 
 use std::io::{self, SeekFrom};
 
