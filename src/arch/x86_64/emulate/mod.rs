@@ -14,6 +14,7 @@ pub mod fault;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod native_harness;
 pub mod operands;
+pub mod services;
 pub mod sse;
 pub mod state;
 pub mod system;

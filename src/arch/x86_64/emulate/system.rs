@@ -11,25 +11,10 @@ use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::operands::gpr_number;
 use super::state::{EmulationError, GuestAccess, X86State};
-use super::xsave::{self, XsaveComponent, XsaveExtensions};
+use super::xsave;
 
-/// Host services some system instructions need.
-pub trait SystemServices {
-    /// The guest's time-stamp counter and `IA32_TSC_AUX`, for RDTSCP.
-    fn read_tsc(&mut self) -> Result<(u64, u32), EmulationError>;
-    /// The XCR0 bits the virtual CPU supports (CPUID leaf 0xD).
-    fn supported_xcr0(&self) -> u64;
-    /// State component `index` (≥ 2): its standard-format offset, size and compacted-format
-    /// alignment, or `None` if the component does not exist.
-    fn xsave_component(&self, index: u32) -> Option<XsaveComponent>;
-    /// The optional XSAVE-family instructions the virtual CPU reports (XSAVEOPT, XSAVEC,
-    /// XGETBV with ECX = 1).
-    fn xsave_extensions(&self) -> XsaveExtensions;
-    /// XCR0 bits XGETBV reports as clear even when they are set (`XsaveLayout::withheld_xcr0`).
-    fn withheld_xcr0(&self) -> u64;
-    /// Fills `buf` with random bytes, for RDRAND/RDSEED.
-    fn random(&mut self, buf: &mut [u8]) -> Result<(), EmulationError>;
-}
+pub use super::services::SystemServices;
+use super::services::edx_eax;
 
 /// RFLAGS bits RDRAND/RDSEED define: CF set, OF/SF/ZF/AF/PF cleared.
 const ARITHMETIC_FLAGS: u64 = 0x8d5;
@@ -85,11 +70,6 @@ pub fn execute(
 /// Whether [`execute`] implements `instruction`.
 pub fn supports(instruction: &Instruction) -> bool {
     classify(instruction).is_some() || xsave::supports(instruction)
-}
-
-/// EDX:EAX, the 64-bit operand of XSETBV and the instruction mask of the XSAVE family.
-pub(super) fn edx_eax(state: &X86State) -> u64 {
-    (state.gpr(2) << 32) | (state.gpr(0) & 0xffff_ffff)
 }
 
 fn xgetbv(

@@ -47,44 +47,13 @@ use std::ops::Range;
 use iced_x86::{Instruction, Mnemonic};
 
 use super::operands::OperandAccess;
+use super::services::{SystemServices, edx_eax};
 use super::state::{
     EmulationError, GuestAccess, LEGACY_REGION_SIZE, MXCSR_DEFAULT, MXCSR_MASK_OFFSET,
     MXCSR_OFFSET, X86State, XMM_OFFSET, XSAVE_AREA_SIZE, XSAVE_HEADER_OFFSET,
 };
-use super::system::{SystemServices, edx_eax};
 
-/// One XSAVE state component (2 … 62) as CPUID.(EAX=0xD,ECX=i) describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct XsaveComponent {
-    /// Offset in the standard format (EBX).
-    pub offset: usize,
-    /// Size in bytes (EAX).
-    pub size: usize,
-    /// Whether the compacted format starts it on a 64-byte boundary (ECX bit 1).
-    pub aligned: bool,
-}
-
-/// The optional XSAVE-family instructions, CPUID.(EAX=0xD,ECX=1):EAX.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct XsaveExtensions {
-    /// XSAVEOPT exists (bit 0).
-    pub xsaveopt: bool,
-    /// XSAVEC and the compacted form of XRSTOR exist (bit 1).
-    pub compaction: bool,
-    /// XGETBV with ECX = 1 returns `XCR0 & XINUSE` (bit 2).
-    pub xgetbv_in_use: bool,
-}
-
-impl XsaveExtensions {
-    /// Decodes CPUID.(EAX=0xD,ECX=1):EAX.
-    pub fn from_cpuid_eax(eax: u32) -> Self {
-        Self {
-            xsaveopt: eax & 1 != 0,
-            compaction: eax & 2 != 0,
-            xgetbv_in_use: eax & 4 != 0,
-        }
-    }
-}
+pub use super::services::{XsaveComponent, XsaveExtensions};
 
 /// Where the XSAVE state components live, which XCR0 values and which optional XSAVE-family
 /// instructions the virtual CPU supports, as CPUID leaf 0xD reports them.
