@@ -101,6 +101,8 @@ enum Step {
     },
     /// A data abort with this syndrome at this IPA.
     Abort { syndrome: u64, ipa: u64 },
+    /// Any exit, as the framework reports it.
+    Exit(HvfExit),
     /// Loads `len` bytes at a guest-physical address and records them.
     Peek(u64, usize),
     /// Waits until vCPU `n` runs (as a kernel waits for its secondary CPUs to come up).
@@ -143,6 +145,9 @@ struct FakeVcpu {
     observed: Arc<Mutex<HashMap<u32, Observed>>>,
     /// PC at the last hypercall exit, and the register a load goes to.
     pending: Option<(u64, Option<u8>)>,
+    /// When the script is done: idle until kicked (a VM's vCPU), or fail as a broken
+    /// `hv_vcpu_run` would (a lone vCPU under test).
+    idle_when_done: bool,
 }
 
 #[derive(Clone)]
@@ -252,11 +257,18 @@ impl HvfVcpuOps for FakeVcpu {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }
+                Some(Step::Exit(exit)) => return Ok(exit),
                 Some(Step::Abort { syndrome, ipa }) => {
                     return Ok(HvfExit::Exception {
                         syndrome,
                         virtual_address: ipa,
                         physical_address: ipa,
+                    });
+                }
+                None if !self.idle_when_done => {
+                    return Err(HvfError {
+                        call: "hv_vcpu_run",
+                        code: u32::MAX,
                     });
                 }
                 None => {
@@ -330,6 +342,7 @@ impl Hypervisor for FakeHvf {
             started: false,
             observed: Arc::clone(&self.observed),
             pending: None,
+            idle_when_done: true,
         };
         // What the framework reports before uhyve writes anything: PARange 36 bits.
         fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1);
@@ -1500,4 +1513,286 @@ fn serial_input() {
     let at_end: SerialReadBufferParams = from_bytes(&cpu0.peeks[2]);
     assert_eq!(at_end.len, 0, "the end of the input");
     assert_eq!(cpu0.pc_steps, vec![4; 5]);
+}
+
+// ---- the HVF vCPU logic on its own: one vCPU replaying raw exits ----
+
+mod vcpu_logic {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use uhyve::arch::aarch64::initial_registers;
+    use uhyve::exits::{EmulationFallback, ExitServices, LoopVcpu, run_vcpu};
+    use uhyve::hvf::return_name;
+    use uhyve::hypercall::{GuestCommandLine, Hypercalls};
+    use uhyve::hypervisor::{VcpuExit, VirtualCpu};
+    use uhyve::isolation::FileMap;
+    use uhyve::output::SerialOutput;
+
+    const ENTRY: u64 = RAM_BASE + 0x4_0000;
+
+    fn store_to(port: u16, register: u8) -> HvfExit {
+        HvfExit::Exception {
+            syndrome: data_abort(true, 3, register),
+            virtual_address: u64::from(port),
+            physical_address: RAM_BASE + u64::from(port),
+        }
+    }
+
+    /// One vCPU on its own, replaying `script`; its registers are the fake's maps.
+    fn cpu(script: Vec<HvfExit>) -> HvfCpu<FakeVcpu> {
+        let mut fake = FakeVcpu {
+            id: 1,
+            steps: script.into_iter().map(Step::Exit).collect(),
+            mapping: Mapping {
+                host: 0,
+                base: RAM_BASE,
+                size: 0,
+            },
+            regs: HashMap::new(),
+            sys_regs: HashMap::new(),
+            kicked: Arc::new(AtomicBool::new(false)),
+            started: false,
+            observed: Arc::new(Mutex::new(HashMap::new())),
+            pending: None,
+            idle_when_done: false,
+        };
+        // CPACR_EL1 as the framework reports it before uhyve touches it.
+        fake.sys_regs.insert(SysReg::CpacrEl1, 0x3 << 16);
+        // PARange 0b0001 (36 bits), as an M1 reports it to its guests.
+        fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1101_2121);
+        let registers = initial_registers(
+            ENTRY,
+            GuestPhysAddr::new(RAM_BASE + 0x1_0000),
+            GuestPhysAddr::new(RAM_BASE + 0x4000),
+            ENTRY - 0x8000,
+            1,
+            2,
+        );
+        HvfCpu::new(fake, 1, RAM_BASE, &registers).unwrap()
+    }
+
+    #[test]
+    fn entry_state_follows_the_abi() {
+        let mut vcpu = cpu(vec![]);
+        let fake = vcpu.ops();
+        assert_eq!(fake.regs[&Reg::Pc], ENTRY);
+        assert_eq!(fake.regs[&Reg::X(0)], RAM_BASE + 0x4000);
+        assert_eq!(fake.regs[&Reg::X(1)], 1);
+        assert_eq!(fake.regs[&Reg::Cpsr], 0x3c5);
+        assert_eq!(fake.sys_regs[&SysReg::SpEl1], ENTRY - 0x8000);
+        assert_eq!(fake.sys_regs[&SysReg::MpidrEl1] & 0xff, 1);
+        assert_eq!(fake.sys_regs[&SysReg::Ttbr0El1], RAM_BASE + 0x1_0000);
+        // TCR_EL1.IPS from the vCPU's PARange, not from the value passed in (2).
+        assert_eq!(fake.sys_regs[&SysReg::TcrEl1], 0x1_3510_3510);
+        // FP/SIMD enabled on top of what the framework reported.
+        assert_eq!(fake.sys_regs[&SysReg::CpacrEl1], (0x3 << 16) | (0x3 << 20));
+        assert_eq!(
+            vcpu.page_table_root().unwrap(),
+            GuestPhysAddr::new(RAM_BASE + 0x1_0000)
+        );
+    }
+
+    #[test]
+    fn stores_to_the_hypercall_page_are_hypercalls_and_pc_moves_past_them_on_resume() {
+        let mut vcpu = cpu(vec![store_to(0x800, 8), store_to(0x540, 2)]);
+        vcpu.ops().set_reg(Reg::X(8), u64::from(b'h')).unwrap();
+        vcpu.ops().set_reg(Reg::X(2), RAM_BASE + 0x9000).unwrap();
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::Hypercall {
+                address: HypercallAddress::Uart.port(),
+                argument: u64::from(b'h')
+            }
+        );
+        // Until the guest resumes, PC names the store (for crash reports).
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY);
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::Hypercall {
+                address: HypercallAddress::Exit.port(),
+                argument: RAM_BASE + 0x9000
+            }
+        );
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 4);
+    }
+
+    #[test]
+    fn hypercall_reads_fill_the_target_register_and_mmio_accesses_report_their_value() {
+        let device = 0x900_0000;
+        let read = HvfExit::Exception {
+            syndrome: data_abort(false, 2, 3),
+            virtual_address: 0x1040,
+            physical_address: RAM_BASE + 0x1040,
+        };
+        let store = HvfExit::Exception {
+            syndrome: data_abort(true, 1, 31),
+            virtual_address: device,
+            physical_address: device,
+        };
+        let load = HvfExit::Exception {
+            syndrome: data_abort(false, 3, 4),
+            virtual_address: device,
+            physical_address: device,
+        };
+        let mut vcpu = cpu(vec![read, store, load]);
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::HypercallRead {
+                address: 0x1040,
+                size: 4
+            }
+        );
+        vcpu.complete_hypercall_read(0xdead_beef_1234_5678).unwrap();
+        assert_eq!(vcpu.ops().regs[&Reg::X(3)], 0x1234_5678);
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY);
+        // A store of XZR writes zero.
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::MmioWrite {
+                address: device,
+                data: 0,
+                size: 2
+            }
+        );
+        assert_eq!(
+            vcpu.instruction_pointer().unwrap(),
+            ENTRY + 4,
+            "past the load"
+        );
+        // MMIO accesses outside RAM stop the VM: PC stays at them, for the crash report.
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::MmioRead {
+                address: device,
+                size: 8
+            }
+        );
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 4);
+        assert!(vcpu.complete_hypercall_read(1).is_err(), "nothing pending");
+    }
+
+    #[test]
+    fn framework_return_codes_are_named() {
+        assert_eq!(return_name(0xfae9_4007), "HV_DENIED (0xfae94007)");
+        assert_eq!(return_name(0xfae9_4008), "HV_EXISTS (0xfae94008)");
+        assert_eq!(return_name(0x1234), "0x1234");
+        let error = HvfError {
+            call: "hv_vcpu_run",
+            code: 0xfae9_4004,
+        };
+        assert_eq!(
+            error.to_string(),
+            "hv_vcpu_run returned HV_ILLEGAL_GUEST_STATE (0xfae94004)"
+        );
+    }
+
+    #[test]
+    fn a_trapped_wfi_idles_until_woken_and_wfe_does_not() {
+        let wfi = HvfExit::Exception {
+            syndrome: 0x01 << 26,
+            virtual_address: 0,
+            physical_address: 0,
+        };
+        let wfe = HvfExit::Exception {
+            syndrome: (0x01 << 26) | 1,
+            virtual_address: 0,
+            physical_address: 0,
+        };
+        let mut vcpu = cpu(vec![wfi, wfe]);
+        // A pending unpark (what a kick does) ends the idle at once.
+        std::thread::current().unpark();
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Halt);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Halt);
+        assert_eq!(
+            vcpu.instruction_pointer().unwrap(),
+            ENTRY + 4,
+            "past the WFI"
+        );
+    }
+
+    #[test]
+    fn other_exits_are_named() {
+        let exception = |syndrome| HvfExit::Exception {
+            syndrome,
+            virtual_address: 0,
+            physical_address: 0,
+        };
+        let no_syndrome = exception((0x24 << 26) | (1 << 25));
+        let hvc = exception(0x16 << 26);
+        let wfi = exception(0x01 << 26);
+        let brk = exception(0x3c << 26);
+        let mut vcpu = cpu(vec![
+            no_syndrome,
+            hvc,
+            wfi,
+            brk,
+            HvfExit::Canceled,
+            HvfExit::Unknown(7),
+        ]);
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Unhandled { .. }));
+        let VcpuExit::Unhandled { description } = vcpu.run().unwrap() else {
+            panic!("HVC must be reported");
+        };
+        assert!(description.contains("HVC"), "{description}");
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Halt);
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Debug);
+        assert_eq!(
+            vcpu.instruction_pointer().unwrap(),
+            ENTRY + 4,
+            "past the WFI"
+        );
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Unhandled { .. }));
+        assert!(vcpu.run().is_err(), "a failing hv_vcpu_run is an error");
+        assert!(vcpu.complete_port_in(0).is_err());
+        assert!(vcpu.register_dump().unwrap().contains("pc "));
+    }
+
+    #[test]
+    fn a_scripted_guest_runs_through_the_shared_dispatcher() {
+        // Boot, print "hi\n" with SerialWriteByte, then Exit(3): the same exit loop as on KVM.
+        let mem = GuestMemory::new(GuestPhysAddr::new(RAM_BASE), 16 << 20).unwrap();
+        let exit_params = GuestPhysAddr::new(RAM_BASE + 0x9000);
+        mem.write_obj(exit_params, &uhyve_interface::ExitParams { arg: 3 })
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console");
+        let output = Arc::new(SerialOutput::new(OutputTarget::File(log.clone())).unwrap());
+        let hypercalls = Hypercalls::new(
+            GuestArch::Aarch64,
+            Arc::clone(&output),
+            FileMap::new(&[], Some(dir.path().to_owned())).unwrap(),
+            GuestCommandLine::default(),
+        );
+        let services = ExitServices {
+            mem: &mem,
+            hypercalls: &hypercalls,
+            fallback: EmulationFallback::new(false),
+            stop: AtomicBool::new(false),
+        };
+        let script = vec![
+            store_to(0x800, 8),
+            store_to(0x800, 9),
+            store_to(0x800, 10),
+            store_to(0x540, 0),
+        ];
+        let mut vcpu = cpu(script);
+        for (register, byte) in [(8, b'h'), (9, b'i'), (10, b'\n')] {
+            vcpu.ops()
+                .set_reg(Reg::X(register), u64::from(byte))
+                .unwrap();
+        }
+        vcpu.ops().set_reg(Reg::X(0), exit_params.as_u64()).unwrap();
+        let looped = LoopVcpu {
+            vcpu: &mut vcpu,
+            x86: |_| None,
+        };
+        let end = run_vcpu(looped, &services, None).unwrap();
+        assert_eq!(end, Some(GuestExit(3)));
+        // Past the three SerialWriteByte stores; the Exit store is never resumed.
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 12);
+        output.flush();
+        assert_eq!(std::fs::read_to_string(log).unwrap(), "hi\n");
+    }
 }

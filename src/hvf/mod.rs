@@ -6,13 +6,11 @@
 //!
 //! The macOS-only adapter ([`macos`], built where the `hvf` cfg holds) implements
 //! [`HvfVcpuOps`] with the real `hv_vcpu_*` calls and owns the VM; everything else builds and is
-//! tested on any host against a scripted fake. Like every backend it depends only on
+//! tested on any host against a scripted fake (`tests/hvf_fake_vm.rs`). Like every backend it depends only on
 //! `crate::hypervisor`, `crate::arch` and `crate::mem`.
 
 #[cfg(hvf)]
 pub mod macos;
-#[cfg(test)]
-mod tests;
 
 use thiserror::Error;
 use uhyve_interface::v2::HypercallAddressV2;
