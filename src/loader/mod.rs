@@ -2130,17 +2130,17 @@ mod tests {
 
     #[test]
     fn malformed_fixtures_are_rejected() {
-        let not_elf = include_bytes!("../tests/fixtures/malformed/not-elf.txt");
+        let not_elf = include_bytes!("../../tests/fixtures/malformed/not-elf.txt");
         assert!(matches!(
             KernelImage::parse(not_elf.to_vec()),
             Err(LoadError::NotElf)
         ));
-        let elf32 = include_bytes!("../tests/fixtures/malformed/elf32-header.bin");
+        let elf32 = include_bytes!("../../tests/fixtures/malformed/elf32-header.bin");
         assert!(matches!(
             KernelImage::parse(elf32.to_vec()),
             Err(LoadError::Not64Bit(1))
         ));
-        let truncated = include_bytes!("../tests/fixtures/malformed/x86_64-truncated-phdrs.bin");
+        let truncated = include_bytes!("../../tests/fixtures/malformed/x86_64-truncated-phdrs.bin");
         let e = KernelImage::parse(truncated.to_vec()).unwrap_err();
         if HOST_MACHINE == EM_X86_64 {
             assert!(
