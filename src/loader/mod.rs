@@ -19,13 +19,13 @@ use goblin::elf::dynamic::{
 };
 use goblin::elf::header::{
     EI_CLASS, EI_DATA, EI_OSABI, ELFCLASS64, ELFDATA2LSB, ELFMAG, ELFOSABI_STANDALONE, EM_AARCH64,
-    EM_X86_64, ET_DYN, ET_EXEC, SELFMAG, SIZEOF_IDENT, et_to_str, machine_to_str,
+    EM_X86_64, ET_DYN, ET_EXEC, SELFMAG, SIZEOF_IDENT,
 };
 use goblin::elf::note::{NT_GNU_ABI_TAG, NoteDataIterator};
 use goblin::elf::program_header::{PT_INTERP, PT_LOAD, PT_NOTE, PT_TLS, ProgramHeader, pt_to_str};
 use goblin::elf::reloc::{
     R_AARCH64_ABS64, R_AARCH64_GLOB_DAT, R_AARCH64_NONE, R_AARCH64_RELATIVE, R_X86_64_64,
-    R_X86_64_GLOB_DAT, R_X86_64_NONE, R_X86_64_RELATIVE, RelocSection, r_to_str,
+    R_X86_64_GLOB_DAT, R_X86_64_NONE, R_X86_64_RELATIVE, RelocSection,
 };
 use goblin::elf::section_header::{SHN_ABS, SHN_UNDEF};
 use goblin::elf::sym::{STB_WEAK, Symtab};
@@ -62,153 +62,9 @@ const NT_UHYVE_INTERFACE_VERSION: u32 = 0x5B00;
 const GNU_NOTE_NAME: &str = "GNU";
 const ELF_NOTE_OS_HERMIT: u32 = 6;
 
-/// Everything that can be wrong with a kernel image. Each message is one line naming the problem;
-/// the caller prefixes the file name.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("not an ELF file (bad magic bytes)")]
-    NotElf,
-    #[error("not a 64-bit ELF file (EI_CLASS is {0}, expected 2)")]
-    Not64Bit(u8),
-    #[error("not a little-endian ELF file (EI_DATA is {0}, expected 1)")]
-    NotLittleEndian(u8),
-    #[error(
-        "built for {} (e_machine {machine}), but this uhyve runs {} guests",
-        machine_name(*machine),
-        machine_name(*expected)
-    )]
-    WrongMachine { machine: u16, expected: u16 },
-    #[error(
-        "ELF type {e_type} ({}) is not an executable: a Hermit kernel is ET_EXEC or ET_DYN",
-        et_to_str(*e_type)
-    )]
-    NotExecutable { e_type: u16 },
-    #[error(
-        "file is truncated: {what} (bytes {offset:#x}+{size:#x}) extends beyond the end of the file ({file_len:#x} bytes)"
-    )]
-    Truncated {
-        what: String,
-        offset: u64,
-        size: u64,
-        file_len: u64,
-    },
-    #[error("program header entry size is {0} bytes, expected 56")]
-    BadProgramHeaderSize(u16),
-    #[error("cannot parse {what}: {source}")]
-    Parse {
-        what: &'static str,
-        source: goblin::error::Error,
-    },
-    #[error("no PT_LOAD segment: the file contains nothing to load")]
-    NoLoadSegment,
-    #[error("has a PT_INTERP segment (asks for a dynamic linker): not a Hermit unikernel")]
-    HasInterpreter,
-    #[error("needs shared libraries (DT_NEEDED): not a statically linked Hermit unikernel")]
-    NeedsSharedLibraries,
-    #[error("PT_LOAD segment {index} has p_filesz {filesz:#x} larger than p_memsz {memsz:#x}")]
-    SegmentFileSizeExceedsMemSize {
-        index: usize,
-        filesz: u64,
-        memsz: u64,
-    },
-    #[error(
-        "PT_LOAD segment {index} at {vaddr:#x} comes before the previous one: segments are not sorted by address"
-    )]
-    SegmentsNotSorted { index: usize, vaddr: u64 },
-    #[error(
-        "PT_LOAD segment {index} at {vaddr:#x} overlaps the previous one, which ends at {previous_end:#x}"
-    )]
-    SegmentsOverlap {
-        index: usize,
-        vaddr: u64,
-        previous_end: u64,
-    },
-    #[error("PT_LOAD segment {index} has alignment {align:#x}, which is not a power of two")]
-    BadSegmentAlignment { index: usize, align: u64 },
-    #[error("memory footprint is absurd or overflows ({0}; the limit is 1 TiB)")]
-    FootprintTooLarge(String),
-    #[error("entry point {entry:#x} lies outside the image ({start:#x}..{end:#x})")]
-    EntryOutsideImage { entry: u64, start: u64, end: u64 },
-    #[error(
-        "TLS template at {vaddr:#x} (+{filesz:#x} bytes) lies outside the image ({start:#x}..{end:#x})"
-    )]
-    TlsOutsideImage {
-        vaddr: u64,
-        filesz: u64,
-        start: u64,
-        end: u64,
-    },
-    #[error("malformed ELF note: {0}")]
-    BadNote(goblin::error::Error),
-    #[error("{note} note has a {len}-byte descriptor, expected {expected}")]
-    BadNoteDescriptor {
-        note: &'static str,
-        len: usize,
-        expected: &'static str,
-    },
-    #[error("missing HERMIT entry-version note (type 0x5a00): not a Hermit kernel, or one too old")]
-    MissingEntryVersion,
-    #[error("entry version {0}, uhyve supports 3 and 4")]
-    UnsupportedEntryVersion(u8),
-    #[error("image needs uhyve interface version {0}, this uhyve speaks versions 1, 2 and 3")]
-    UnsupportedInterfaceVersion(u32),
-    #[error("dynamic section: {tag} is {value:#x}, expected {expected}")]
-    BadDynamicEntry {
-        tag: &'static str,
-        value: u64,
-        expected: u64,
-    },
-    #[error("dynamic section has {0} relocations, which uhyve does not support (only DT_RELA)")]
-    UnsupportedRelocationTable(&'static str),
-    #[error("dynamic section: DT_RELASZ {0:#x} is not a multiple of the entry size 24")]
-    RelaSizeNotMultiple(u64),
-    #[error("dynamic section: DT_RELASZ is {0:#x} but DT_RELA is missing")]
-    MissingRelaTable(u64),
-    #[error(
-        "{what} at address {addr:#x} (+{size:#x} bytes) is not inside the file data of a PT_LOAD segment"
-    )]
-    Unmapped {
-        what: &'static str,
-        addr: u64,
-        size: u64,
-    },
-    #[error("relocation {index} has type {r_type} ({}), which uhyve does not support", r_to_str(*r_type, *machine))]
-    UnknownRelocation {
-        index: usize,
-        r_type: u32,
-        machine: u16,
-    },
-    #[error(
-        "relocation {index} writes 8 bytes at {addr:#x}, outside the image ({start:#x}..{end:#x})"
-    )]
-    RelocationOutOfImage {
-        index: usize,
-        addr: u64,
-        start: u64,
-        end: u64,
-    },
-    #[error("relocation {index} refers to symbol {symbol}, which is undefined (and not weak)")]
-    UndefinedSymbol { index: usize, symbol: usize },
-    #[error("image buffer is {got:#x} bytes, but the image's footprint is {expected:#x} bytes")]
-    WrongImageSize { got: usize, expected: u64 },
-    #[error(
-        "image is linked at the fixed address {required:#x} (ET_EXEC) and cannot be loaded at {base:#x}"
-    )]
-    FixedAddressMismatch { base: u64, required: u64 },
-    #[error("load address {base:#x} is not aligned to the segment alignment {align:#x}")]
-    MisalignedBase { base: u64, align: u64 },
-    #[error("load address {base:#x} plus footprint {footprint:#x} overflows the address space")]
-    BaseOverflow { base: u64, footprint: u64 },
-}
+mod error;
 
-/// Human-readable architecture name of an ELF machine number.
-fn machine_name(machine: u16) -> &'static str {
-    match machine {
-        EM_X86_64 => "x86_64",
-        EM_AARCH64 => "aarch64",
-        other => machine_to_str(other),
-    }
-}
+pub use error::LoadError;
 
 /// A thread-local-storage template, as reported to the kernel in the boot info. The kernel copies
 /// the template itself; `start` is a guest address.

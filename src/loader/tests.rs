@@ -7,6 +7,7 @@ use super::*;
 use goblin::elf::header::{ELFCLASS32, ELFDATA2MSB, ET_REL};
 use goblin::elf::sym::STB_GLOBAL;
 
+use super::error::machine_name;
 use super::test_elf::*;
 
 #[test]
