@@ -21,8 +21,7 @@ use goblin::elf::header::{
     EI_CLASS, EI_DATA, EI_OSABI, ELFCLASS64, ELFDATA2LSB, ELFMAG, ELFOSABI_STANDALONE, EM_AARCH64,
     EM_X86_64, ET_DYN, ET_EXEC, SELFMAG, SIZEOF_IDENT,
 };
-use goblin::elf::note::{NT_GNU_ABI_TAG, NoteDataIterator};
-use goblin::elf::program_header::{PT_INTERP, PT_LOAD, PT_NOTE, PT_TLS, ProgramHeader, pt_to_str};
+use goblin::elf::program_header::{PT_INTERP, PT_LOAD, PT_TLS, ProgramHeader, pt_to_str};
 use goblin::elf::reloc::{
     R_AARCH64_ABS64, R_AARCH64_GLOB_DAT, R_AARCH64_NONE, R_AARCH64_RELATIVE, R_X86_64_64,
     R_X86_64_GLOB_DAT, R_X86_64_NONE, R_X86_64_RELATIVE, RelocSection,
@@ -52,19 +51,11 @@ pub const HOST_MACHINE: u16 = if cfg!(target_arch = "aarch64") {
     EM_X86_64
 };
 
-/// Owner name and type of the Hermit entry-version note (descriptor: one byte).
-const HERMIT_NOTE_NAME: &str = "HERMIT";
-const NT_HERMIT_ENTRY_VERSION: u32 = 0x5A00;
-/// Owner name and type of the uhyve interface-version note (descriptor: u32 big-endian).
-const UHYVEIF_NOTE_NAME: &str = "UHYVEIF";
-const NT_UHYVE_INTERFACE_VERSION: u32 = 0x5B00;
-/// Owner name of the GNU ABI-tag note and the OS id Hermit puts in its first word.
-const GNU_NOTE_NAME: &str = "GNU";
-const ELF_NOTE_OS_HERMIT: u32 = 6;
-
 mod error;
+mod notes;
 
 pub use error::LoadError;
+use notes::read_notes;
 
 /// A thread-local-storage template, as reported to the kernel in the boot info. The kernel copies
 /// the template itself; `start` is a guest address.
@@ -176,14 +167,6 @@ pub enum KernelGeneration {
     /// 0.12 and later (the UHYVEIF note): bootargs, and every directory listed in the device
     /// tree's `/uhyve,mounts` node.
     FdtMounts,
-}
-
-/// Notes found in the `PT_NOTE` segments.
-#[derive(Debug, Default)]
-struct Notes {
-    entry_version: Option<u8>,
-    interface_version: Option<u32>,
-    kernel_version: Option<(u32, u32, u32)>,
 }
 
 /// Checks that `offset..offset + size` lies inside a file of `file_len` bytes and returns it.
@@ -377,14 +360,8 @@ impl KernelImage {
 
         // Notes.
         let notes = read_notes(&bytes, &phdrs, ctx)?;
-        let entry_version = notes.entry_version.ok_or(LoadError::MissingEntryVersion)?;
-        if !SUPPORTED_ENTRY_VERSIONS.contains(&entry_version) {
-            return Err(LoadError::UnsupportedEntryVersion(entry_version));
-        }
-        let interface_version = notes.interface_version.unwrap_or(1);
-        if !SUPPORTED_INTERFACE_VERSIONS.contains(&interface_version) {
-            return Err(LoadError::UnsupportedInterfaceVersion(interface_version));
-        }
+        let entry_version = notes.checked_entry_version()?;
+        let interface_version = notes.checked_interface_version()?;
 
         // Dynamic section and relocations.
         let relocations = read_relocations(
@@ -649,85 +626,6 @@ fn check_load_segments(
         })
         .collect::<Result<Vec<_>, LoadError>>()?;
     Ok((segments, first_vaddr, footprint, load_align))
-}
-
-/// Reads the Hermit-relevant notes from every `PT_NOTE` segment (the first of each kind wins).
-fn read_notes(bytes: &[u8], phdrs: &[ProgramHeader], ctx: Ctx) -> Result<Notes, LoadError> {
-    let mut notes = Notes::default();
-    for ph in phdrs.iter().filter(|ph| ph.p_type == PT_NOTE) {
-        // The segment's file range was checked in `parse`; `get` keeps this panic-free anyway.
-        let data = usize::try_from(ph.p_offset)
-            .ok()
-            .zip(usize::try_from(ph.p_filesz).ok())
-            .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
-            .ok_or_else(|| LoadError::Truncated {
-                what: "PT_NOTE segment".into(),
-                offset: ph.p_offset,
-                size: ph.p_filesz,
-                file_len: bytes.len() as u64,
-            })?;
-        // Iterating over the segment's bytes alone keeps every note inside its segment.
-        let iter = NoteDataIterator {
-            data,
-            size: data.len(),
-            offset: 0,
-            ctx: (usize::try_from(ph.p_align).unwrap_or(usize::MAX), ctx),
-        };
-        for note in iter {
-            let note = note.map_err(LoadError::BadNote)?;
-            match (note.name, note.n_type) {
-                (HERMIT_NOTE_NAME, NT_HERMIT_ENTRY_VERSION) => {
-                    let &[version] = note.desc else {
-                        return Err(LoadError::BadNoteDescriptor {
-                            note: "HERMIT entry-version",
-                            len: note.desc.len(),
-                            expected: "1",
-                        });
-                    };
-                    notes.entry_version.get_or_insert(version);
-                }
-                (UHYVEIF_NOTE_NAME, NT_UHYVE_INTERFACE_VERSION) => {
-                    let &[a, b, c, d] = note.desc else {
-                        return Err(LoadError::BadNoteDescriptor {
-                            note: "UHYVEIF interface-version",
-                            len: note.desc.len(),
-                            expected: "4",
-                        });
-                    };
-                    notes
-                        .interface_version
-                        .get_or_insert(u32::from_be_bytes([a, b, c, d]));
-                }
-                (GNU_NOTE_NAME, NT_GNU_ABI_TAG) => {
-                    if note.desc.len() != 16 {
-                        return Err(LoadError::BadNoteDescriptor {
-                            note: "GNU ABI-tag",
-                            len: note.desc.len(),
-                            expected: "16",
-                        });
-                    }
-                    let word = |i: usize| {
-                        note.desc
-                            .get(i * 4..i * 4 + 4)
-                            .and_then(|w| <[u8; 4]>::try_from(w).ok())
-                            .map_or(0, u32::from_le_bytes)
-                    };
-                    if word(0) == ELF_NOTE_OS_HERMIT {
-                        notes
-                            .kernel_version
-                            .get_or_insert((word(1), word(2), word(3)));
-                    } else {
-                        warn!(
-                            "GNU ABI-tag note names OS {}, not Hermit (6); ignoring it",
-                            word(0)
-                        );
-                    }
-                }
-                (name, n_type) => debug!("ignoring ELF note {name:?} type {n_type:#x}"),
-            }
-        }
-    }
-    Ok(notes)
 }
 
 /// Reads `PT_DYNAMIC`, rejects `DT_NEEDED` and non-RELA relocation tables, and resolves every

@@ -21,7 +21,8 @@ use goblin::elf::reloc::{
     R_X86_64_RELATIVE,
 };
 
-use super::{HOST_MACHINE, NT_HERMIT_ENTRY_VERSION, NT_UHYVE_INTERFACE_VERSION};
+use super::HOST_MACHINE;
+use super::notes::{NT_HERMIT_ENTRY_VERSION, NT_UHYVE_INTERFACE_VERSION};
 
 /// File offset (and, at `vbase`, address) of the 8-byte relocation target slots.
 pub(super) const DATA: usize = 0x200;

@@ -8,6 +8,7 @@ use goblin::elf::header::{ELFCLASS32, ELFDATA2MSB, ET_REL};
 use goblin::elf::sym::STB_GLOBAL;
 
 use super::error::machine_name;
+use super::notes::NT_HERMIT_ENTRY_VERSION;
 use super::test_elf::*;
 
 #[test]
