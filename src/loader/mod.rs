@@ -13,25 +13,13 @@ use std::ops::Range;
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::Elf;
-use goblin::elf::dynamic::{
-    DT_NEEDED, DT_NULL, DT_PLTRELSZ, DT_RELA, DT_RELAENT, DT_RELASZ, DT_RELSZ, DT_SYMENT,
-    DT_SYMTAB, Dynamic,
-};
 use goblin::elf::header::{
     EI_CLASS, EI_DATA, EI_OSABI, ELFCLASS64, ELFDATA2LSB, ELFMAG, ELFOSABI_STANDALONE, EM_AARCH64,
     EM_X86_64, ET_DYN, ET_EXEC, SELFMAG, SIZEOF_IDENT,
 };
 use goblin::elf::program_header::{PT_INTERP, PT_LOAD, PT_TLS, ProgramHeader, pt_to_str};
-use goblin::elf::reloc::{
-    R_AARCH64_ABS64, R_AARCH64_GLOB_DAT, R_AARCH64_NONE, R_AARCH64_RELATIVE, R_X86_64_64,
-    R_X86_64_GLOB_DAT, R_X86_64_NONE, R_X86_64_RELATIVE, RelocSection,
-};
-use goblin::elf::section_header::{SHN_ABS, SHN_UNDEF};
-use goblin::elf::sym::{STB_WEAK, Symtab};
 use goblin::elf64::header::SIZEOF_EHDR;
 use goblin::elf64::program_header::SIZEOF_PHDR;
-use goblin::elf64::reloc::SIZEOF_RELA;
-use goblin::elf64::sym::SIZEOF_SYM;
 use log::{debug, warn};
 
 /// The uhyve hypercall interface versions this uhyve serves.
@@ -53,9 +41,11 @@ pub const HOST_MACHINE: u16 = if cfg!(target_arch = "aarch64") {
 
 mod error;
 mod notes;
+mod reloc;
 
 pub use error::LoadError;
 use notes::read_notes;
+use reloc::{Relocation, apply_relocations, read_relocations};
 
 /// A thread-local-storage template, as reported to the kernel in the boot info. The kernel copies
 /// the template itself; `start` is a guest address.
@@ -88,47 +78,6 @@ struct LoadSegment {
     filesz: usize,
     image_offset: usize,
     memsz: usize,
-}
-
-/// The value a relocation writes, relative to the load bias (`base - first_vaddr`) or absolute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RelocValue {
-    /// Load bias plus this (wrapping) value.
-    BiasPlus(u64),
-    /// This exact value, independent of the load address.
-    Absolute(u64),
-}
-
-/// One relocation, validated and resolved at parse time.
-#[derive(Debug, Clone, Copy)]
-struct Relocation {
-    /// Position in the RELA table (for error messages).
-    index: usize,
-    /// Offset of the 8 bytes to write, relative to the image start; checked against the footprint.
-    image_offset: usize,
-    value: RelocValue,
-}
-
-/// What a relocation type does, independent of the architecture numbering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RelocKind {
-    None,
-    Relative,
-    /// `R_*_64` / `R_*_ABS64` and `R_*_GLOB_DAT`: symbol value plus addend.
-    Symbol,
-}
-
-/// Maps an architecture's relocation number to what uhyve does with it; `None` if unsupported.
-fn reloc_kind(machine: u16, r_type: u32) -> Option<RelocKind> {
-    match (machine, r_type) {
-        (EM_X86_64, R_X86_64_NONE) | (EM_AARCH64, R_AARCH64_NONE) => Some(RelocKind::None),
-        (EM_X86_64, R_X86_64_RELATIVE) | (EM_AARCH64, R_AARCH64_RELATIVE) => {
-            Some(RelocKind::Relative)
-        }
-        (EM_X86_64, R_X86_64_64 | R_X86_64_GLOB_DAT)
-        | (EM_AARCH64, R_AARCH64_ABS64 | R_AARCH64_GLOB_DAT) => Some(RelocKind::Symbol),
-        _ => None,
-    }
 }
 
 /// A parsed and validated Hermit kernel image. Owns the file bytes.
@@ -186,37 +135,6 @@ fn file_range(
         size,
         file_len: file_len as u64,
     })
-}
-
-/// Translates the link-time address range `addr..addr + size` into a file range, if it lies in the
-/// file data of one `PT_LOAD` segment.
-fn vaddr_to_file(
-    phdrs: &[ProgramHeader],
-    what: &'static str,
-    addr: u64,
-    size: u64,
-) -> Result<Range<usize>, LoadError> {
-    let unmapped = || LoadError::Unmapped { what, addr, size };
-    let end = addr.checked_add(size).ok_or_else(unmapped)?;
-    let ph = phdrs
-        .iter()
-        .filter(|ph| ph.p_type == PT_LOAD)
-        .find(|ph| {
-            addr >= ph.p_vaddr
-                && ph
-                    .p_vaddr
-                    .checked_add(ph.p_filesz)
-                    .is_some_and(|seg_end| end <= seg_end)
-        })
-        .ok_or_else(unmapped)?;
-    // `addr >= p_vaddr` was checked above; segment file ranges were checked against the file.
-    let start = ph
-        .p_offset
-        .checked_add(addr - ph.p_vaddr)
-        .ok_or_else(unmapped)?;
-    let stop = start.checked_add(size).ok_or_else(unmapped)?;
-    Ok(usize::try_from(start).map_err(|_| unmapped())?
-        ..usize::try_from(stop).map_err(|_| unmapped())?)
 }
 
 /// Zeroes `bytes`, writing only the 4 KiB pieces that are not zero already: fresh guest RAM is
@@ -507,23 +425,7 @@ impl KernelImage {
             zero_untouched(bss);
         }
 
-        for reloc in &self.relocations {
-            let value = match reloc.value {
-                RelocValue::BiasPlus(v) => bias.wrapping_add(v),
-                RelocValue::Absolute(v) => v,
-            };
-            let dst = reloc
-                .image_offset
-                .checked_add(8)
-                .and_then(|stop| image.get_mut(reloc.image_offset..stop))
-                .ok_or(LoadError::RelocationOutOfImage {
-                    index: reloc.index,
-                    addr: base.saturating_add(reloc.image_offset as u64),
-                    start: base,
-                    end,
-                })?;
-            dst.copy_from_slice(&value.to_le_bytes());
-        }
+        apply_relocations(&self.relocations, image, bias, base, end)?;
 
         // e_entry and the TLS start were checked to lie in first_vaddr..first_vaddr + footprint,
         // and base + footprint does not overflow.
@@ -626,158 +528,6 @@ fn check_load_segments(
         })
         .collect::<Result<Vec<_>, LoadError>>()?;
     Ok((segments, first_vaddr, footprint, load_align))
-}
-
-/// Reads `PT_DYNAMIC`, rejects `DT_NEEDED` and non-RELA relocation tables, and resolves every
-/// RELA relocation into an image offset and a value.
-fn read_relocations(
-    bytes: &[u8],
-    phdrs: &[ProgramHeader],
-    ctx: Ctx,
-    machine: u16,
-    first_vaddr: u64,
-    footprint: u64,
-) -> Result<Vec<Relocation>, LoadError> {
-    let Some(dynamic) = Dynamic::parse(bytes, phdrs, ctx).map_err(|source| LoadError::Parse {
-        what: "dynamic section",
-        source,
-    })?
-    else {
-        return Ok(Vec::new());
-    };
-
-    let mut rela = None;
-    let mut relasz = 0;
-    let mut symtab = None;
-    for d in dynamic.dyns.iter().take_while(|d| d.d_tag != DT_NULL) {
-        match d.d_tag {
-            DT_NEEDED => return Err(LoadError::NeedsSharedLibraries),
-            DT_RELA => rela = Some(d.d_val),
-            DT_RELASZ => relasz = d.d_val,
-            DT_RELAENT if d.d_val != SIZEOF_RELA as u64 => {
-                return Err(LoadError::BadDynamicEntry {
-                    tag: "DT_RELAENT",
-                    value: d.d_val,
-                    expected: SIZEOF_RELA as u64,
-                });
-            }
-            DT_SYMENT if d.d_val != SIZEOF_SYM as u64 => {
-                return Err(LoadError::BadDynamicEntry {
-                    tag: "DT_SYMENT",
-                    value: d.d_val,
-                    expected: SIZEOF_SYM as u64,
-                });
-            }
-            DT_SYMTAB => symtab = Some(d.d_val),
-            DT_RELSZ if d.d_val != 0 => {
-                return Err(LoadError::UnsupportedRelocationTable("DT_REL"));
-            }
-            DT_PLTRELSZ if d.d_val != 0 => {
-                return Err(LoadError::UnsupportedRelocationTable("DT_JMPREL (PLT)"));
-            }
-            _ => {}
-        }
-    }
-    if relasz == 0 {
-        return Ok(Vec::new());
-    }
-    if !relasz.is_multiple_of(SIZEOF_RELA as u64) {
-        return Err(LoadError::RelaSizeNotMultiple(relasz));
-    }
-    let rela = rela.ok_or(LoadError::MissingRelaTable(relasz))?;
-    let table = vaddr_to_file(phdrs, "relocation table (DT_RELA)", rela, relasz)?;
-    let relocs =
-        RelocSection::parse(bytes, table.start, table.len(), true, ctx).map_err(|source| {
-            LoadError::Parse {
-                what: "relocation table",
-                source,
-            }
-        })?;
-
-    let image_end = first_vaddr + footprint; // checked in check_load_segments
-    let mut out = Vec::with_capacity(relocs.len());
-    for (index, r) in relocs.iter().enumerate() {
-        let kind = reloc_kind(machine, r.r_type).ok_or(LoadError::UnknownRelocation {
-            index,
-            r_type: r.r_type,
-            machine,
-        })?;
-        if kind == RelocKind::None {
-            continue;
-        }
-        let out_of_image = || LoadError::RelocationOutOfImage {
-            index,
-            addr: r.r_offset,
-            start: first_vaddr,
-            end: image_end,
-        };
-        let image_offset = r
-            .r_offset
-            .checked_sub(first_vaddr)
-            .filter(|off| off.checked_add(8).is_some_and(|end| end <= footprint))
-            .and_then(|off| usize::try_from(off).ok())
-            .ok_or_else(out_of_image)?;
-        let addend = r.r_addend.unwrap_or(0) as u64; // two's complement: wrapping adds below
-        let value = match kind {
-            RelocKind::None | RelocKind::Relative => RelocValue::BiasPlus(addend),
-            RelocKind::Symbol => resolve_symbol(bytes, phdrs, ctx, symtab, index, r.r_sym, addend)?,
-        };
-        out.push(Relocation {
-            index,
-            image_offset,
-            value,
-        });
-    }
-    Ok(out)
-}
-
-/// Computes the value `S + A` of a symbol relocation. Symbol 0 has the value 0; an undefined weak
-/// symbol resolves to 0; an undefined strong one is an error.
-fn resolve_symbol(
-    bytes: &[u8],
-    phdrs: &[ProgramHeader],
-    ctx: Ctx,
-    symtab: Option<u64>,
-    index: usize,
-    symbol: usize,
-    addend: u64,
-) -> Result<RelocValue, LoadError> {
-    if symbol == 0 {
-        return Ok(RelocValue::Absolute(addend));
-    }
-    let symtab = symtab.ok_or(LoadError::Unmapped {
-        what: "dynamic symbol table (DT_SYMTAB missing)",
-        addr: 0,
-        size: 0,
-    })?;
-    let sym_addr = (symbol as u64)
-        .checked_mul(SIZEOF_SYM as u64)
-        .and_then(|off| symtab.checked_add(off))
-        .ok_or(LoadError::Unmapped {
-            what: "dynamic symbol",
-            addr: symtab,
-            size: SIZEOF_SYM as u64,
-        })?;
-    let range = vaddr_to_file(phdrs, "dynamic symbol", sym_addr, SIZEOF_SYM as u64)?;
-    let sym = Symtab::parse(bytes, range.start, 1, ctx)
-        .map_err(|source| LoadError::Parse {
-            what: "dynamic symbol",
-            source,
-        })?
-        .get(0)
-        .ok_or(LoadError::Unmapped {
-            what: "dynamic symbol",
-            addr: sym_addr,
-            size: SIZEOF_SYM as u64,
-        })?;
-    // st_shndx comes from a u16 field, so it always fits.
-    let shndx = u32::try_from(sym.st_shndx).unwrap_or(u32::MAX);
-    Ok(match shndx {
-        SHN_UNDEF if sym.st_bind() == STB_WEAK => RelocValue::Absolute(0),
-        SHN_UNDEF => return Err(LoadError::UndefinedSymbol { index, symbol }),
-        SHN_ABS => RelocValue::Absolute(sym.st_value.wrapping_add(addend)),
-        _ => RelocValue::BiasPlus(sym.st_value.wrapping_add(addend)),
-    })
 }
 
 #[cfg(test)]
