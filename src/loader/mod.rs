@@ -8,16 +8,22 @@
 //! is range-checked with overflow-safe arithmetic before use, and every problem becomes a
 //! [`LoadError`] (never a panic). All checks happen in [`KernelImage::parse`]; [`KernelImage::load`]
 //! only re-checks the bounds it writes to. Format facts: the Hermit ABI fact sheet, §1 (image format).
+//!
+//! This module owns [`KernelImage`] (parsing step by step: identification, ELF header, program
+//! headers, entry point, TLS template; then loading at an address) and what it reports
+//! ([`LoadedKernel`], [`TlsTemplate`], [`KernelGeneration`]). The pieces live beside it:
+//! `segments` (the `PT_LOAD` layout and copying), `notes` (`PT_NOTE`), `reloc` (the dynamic
+//! section and relocations) and `error` ([`LoadError`]).
 
 use std::ops::Range;
 
 use goblin::container::{Container, Ctx, Endian};
-use goblin::elf::Elf;
 use goblin::elf::header::{
     EI_CLASS, EI_DATA, EI_OSABI, ELFCLASS64, ELFDATA2LSB, ELFMAG, ELFOSABI_STANDALONE, EM_AARCH64,
     EM_X86_64, ET_DYN, ET_EXEC, SELFMAG, SIZEOF_IDENT,
 };
-use goblin::elf::program_header::{PT_INTERP, PT_LOAD, PT_TLS, ProgramHeader, pt_to_str};
+use goblin::elf::program_header::{PT_INTERP, PT_TLS, ProgramHeader, pt_to_str};
+use goblin::elf::{Elf, Header};
 use goblin::elf64::header::SIZEOF_EHDR;
 use goblin::elf64::program_header::SIZEOF_PHDR;
 use log::{debug, warn};
@@ -42,10 +48,12 @@ pub const HOST_MACHINE: u16 = if cfg!(target_arch = "aarch64") {
 mod error;
 mod notes;
 mod reloc;
+mod segments;
 
 pub use error::LoadError;
 use notes::read_notes;
 use reloc::{Relocation, apply_relocations, read_relocations};
+use segments::{LoadSegment, SegmentLayout, check_load_segments};
 
 /// A thread-local-storage template, as reported to the kernel in the boot info. The kernel copies
 /// the template itself; `start` is a guest address.
@@ -66,18 +74,6 @@ pub struct LoadedKernel {
     pub image_range: Range<u64>,
     /// The TLS template, if the kernel has one.
     pub tls: Option<TlsTemplate>,
-}
-
-/// One `PT_LOAD` segment, validated: its file bytes lie inside the file and its memory inside the
-/// image.
-#[derive(Debug, Clone, Copy)]
-struct LoadSegment {
-    /// Index of the program header (for error messages).
-    index: usize,
-    file_offset: usize,
-    filesz: usize,
-    image_offset: usize,
-    memsz: usize,
 }
 
 /// A parsed and validated Hermit kernel image. Owns the file bytes.
@@ -137,17 +133,6 @@ fn file_range(
     })
 }
 
-/// Zeroes `bytes`, writing only the 4 KiB pieces that are not zero already: fresh guest RAM is
-/// zero, and reading it (unlike writing) does not make the host allocate memory for it.
-fn zero_untouched(bytes: &mut [u8]) {
-    for piece in bytes.chunks_mut(4096) {
-        // An OR over the whole piece (no early exit) compiles to wide vector loads.
-        if piece.iter().fold(0u8, |any, &byte| any | byte) != 0 {
-            piece.fill(0);
-        }
-    }
-}
-
 impl KernelImage {
     /// Parses and validates a Hermit kernel image for the host's architecture. Nothing in
     /// `bytes` can make this panic.
@@ -158,139 +143,41 @@ impl KernelImage {
     /// Parses and validates a Hermit kernel image built for ELF machine `machine` (`EM_X86_64`
     /// or `EM_AARCH64`): lets the aarch64 boot path be built and tested on an x86_64 host.
     pub fn parse_for(bytes: Vec<u8>, machine: u16) -> Result<KernelImage, LoadError> {
-        let file_len = bytes.len();
-
-        // Identification, checked before goblin so that each problem gets its own error.
-        if bytes.get(..SELFMAG) != Some(&ELFMAG[..]) {
-            return Err(LoadError::NotElf);
-        }
-        let ident = bytes
-            .get(..SIZEOF_IDENT)
-            .ok_or_else(|| LoadError::Truncated {
-                what: "ELF identification".into(),
-                offset: 0,
-                size: SIZEOF_IDENT as u64,
-                file_len: file_len as u64,
-            })?;
-        // `ident` has SIZEOF_IDENT (16) bytes, so the EI_* indices below are in bounds.
-        if ident[EI_CLASS] != ELFCLASS64 {
-            return Err(LoadError::Not64Bit(ident[EI_CLASS]));
-        }
-        if ident[EI_DATA] != ELFDATA2LSB {
-            return Err(LoadError::NotLittleEndian(ident[EI_DATA]));
-        }
-        if ident[EI_OSABI] != ELFOSABI_STANDALONE {
-            warn!(
-                "ELF OS/ABI is {:#x}, not {ELFOSABI_STANDALONE:#x} (standalone) as Hermit kernels have; loading anyway",
-                ident[EI_OSABI]
-            );
-        }
-        file_range(|| "ELF header".into(), 0, SIZEOF_EHDR as u64, file_len)?;
-        let header = Elf::parse_header(&bytes).map_err(|source| LoadError::Parse {
-            what: "ELF header",
-            source,
-        })?;
-        if header.e_machine != machine {
-            return Err(LoadError::WrongMachine {
-                machine: header.e_machine,
-                expected: machine,
-            });
-        }
-        let position_independent = match header.e_type {
-            ET_DYN => true,
-            ET_EXEC => false,
-            e_type => return Err(LoadError::NotExecutable { e_type }),
-        };
-
-        // Header tables.
-        if usize::from(header.e_phentsize) != SIZEOF_PHDR {
-            return Err(LoadError::BadProgramHeaderSize(header.e_phentsize));
-        }
-        let ph_table_size = u64::from(header.e_phnum) * SIZEOF_PHDR as u64;
-        let ph_range = file_range(
-            || "program header table".into(),
-            header.e_phoff,
-            ph_table_size,
-            file_len,
-        )?;
-        if header.e_shnum != 0 {
-            let sh_table_size = u64::from(header.e_shnum) * u64::from(header.e_shentsize);
-            file_range(
-                || "section header table".into(),
-                header.e_shoff,
-                sh_table_size,
-                file_len,
-            )?;
-        }
+        check_identification(&bytes)?;
+        let (header, position_independent) = read_elf_header(&bytes, machine)?;
         let ctx = Ctx::new(Container::Big, Endian::Little);
-        let phdrs = ProgramHeader::parse(&bytes, ph_range.start, usize::from(header.e_phnum), ctx)
-            .map_err(|source| LoadError::Parse {
-                what: "program headers",
-                source,
-            })?;
-        for (index, ph) in phdrs.iter().enumerate().filter(|(_, ph)| ph.p_filesz != 0) {
-            file_range(
-                || format!("segment {index} ({})", pt_to_str(ph.p_type)),
-                ph.p_offset,
-                ph.p_filesz,
-                file_len,
-            )?;
-        }
-        if phdrs.iter().any(|ph| ph.p_type == PT_INTERP) {
-            return Err(LoadError::HasInterpreter);
-        }
+        let phdrs = read_program_headers(&bytes, &header, ctx)?;
 
-        // Loadable segments: sorted, disjoint, footprint.
-        let (segments, first_vaddr, footprint, load_align) = check_load_segments(&phdrs)?;
-        let image_end = first_vaddr + footprint; // cannot overflow: checked in check_load_segments
-        if !(first_vaddr..image_end).contains(&header.e_entry) {
+        let layout = check_load_segments(&phdrs)?;
+        let image = layout.image_range();
+        if !image.contains(&header.e_entry) {
             return Err(LoadError::EntryOutsideImage {
                 entry: header.e_entry,
-                start: first_vaddr,
-                end: image_end,
+                start: image.start,
+                end: image.end,
             });
         }
+        let tls = tls_template(&phdrs, &image)?;
 
-        let tls = match phdrs.iter().find(|ph| ph.p_type == PT_TLS) {
-            Some(ph) if (ph.p_vaddr, ph.p_filesz, ph.p_memsz, ph.p_align) != (0, 0, 0, 0) => {
-                let inside = ph.p_vaddr >= first_vaddr
-                    && ph
-                        .p_vaddr
-                        .checked_add(ph.p_filesz)
-                        .is_some_and(|end| end <= image_end);
-                if !inside {
-                    return Err(LoadError::TlsOutsideImage {
-                        vaddr: ph.p_vaddr,
-                        filesz: ph.p_filesz,
-                        start: first_vaddr,
-                        end: image_end,
-                    });
-                }
-                Some(TlsTemplate {
-                    start: ph.p_vaddr,
-                    filesz: ph.p_filesz,
-                    memsz: ph.p_memsz,
-                    align: ph.p_align,
-                })
-            }
-            _ => None,
-        };
-
-        // Notes.
         let notes = read_notes(&bytes, &phdrs, ctx)?;
         let entry_version = notes.checked_entry_version()?;
         let interface_version = notes.checked_interface_version()?;
 
-        // Dynamic section and relocations.
         let relocations = read_relocations(
             &bytes,
             &phdrs,
             ctx,
             header.e_machine,
-            first_vaddr,
-            footprint,
+            layout.first_vaddr,
+            layout.footprint,
         )?;
 
+        let SegmentLayout {
+            segments,
+            first_vaddr,
+            footprint,
+            load_align,
+        } = layout;
         debug!(
             "kernel image: {} at {first_vaddr:#x}, footprint {footprint:#x}, entry {:#x}, entry version {entry_version}, interface {interface_version}, {} relocations",
             if position_independent { "PIE" } else { "fixed" },
@@ -365,9 +252,31 @@ impl KernelImage {
     /// the relocations. `image` must be exactly [`footprint`](Self::footprint) bytes and
     /// zero-filled (gaps between segments are not written); each segment's BSS is zeroed anyway.
     pub fn load(&self, base: u64, image: &mut [u8]) -> Result<LoadedKernel, LoadError> {
-        if image.len() as u64 != self.footprint {
+        let (bias, end) = self.check_placement(base, image.len())?;
+        for segment in &self.segments {
+            segment.copy_into(&self.bytes, image, self.footprint)?;
+        }
+        apply_relocations(&self.relocations, image, bias, base, end)?;
+
+        // e_entry and the TLS start were checked to lie in first_vaddr..first_vaddr + footprint,
+        // and base + footprint does not overflow.
+        let relocate = |vaddr: u64| base + (vaddr - self.first_vaddr);
+        Ok(LoadedKernel {
+            entry_point: relocate(self.entry),
+            image_range: base..end,
+            tls: self.tls.map(|tls| TlsTemplate {
+                start: relocate(tls.start),
+                ..tls
+            }),
+        })
+    }
+
+    /// Checks that the image can be loaded at `base` into a buffer of `image_len` bytes and
+    /// returns the load bias (`base - first_vaddr`) and the end of the image.
+    fn check_placement(&self, base: u64, image_len: usize) -> Result<(u64, u64), LoadError> {
+        if image_len as u64 != self.footprint {
             return Err(LoadError::WrongImageSize {
-                got: image.len(),
+                got: image_len,
                 expected: self.footprint,
             });
         }
@@ -391,143 +300,138 @@ impl KernelImage {
                 base,
                 footprint: self.footprint,
             })?;
-        let image_len = image.len();
-
-        for seg in &self.segments {
-            let truncated = || LoadError::Truncated {
-                what: format!("segment {} (PT_LOAD)", seg.index),
-                offset: seg.file_offset as u64,
-                size: seg.filesz as u64,
-                file_len: self.bytes.len() as u64,
-            };
-            let src = seg
-                .file_offset
-                .checked_add(seg.filesz)
-                .and_then(|file_end| self.bytes.get(seg.file_offset..file_end))
-                .ok_or_else(truncated)?;
-            let dst = seg
-                .image_offset
-                .checked_add(seg.memsz)
-                .and_then(|mem_end| image.get_mut(seg.image_offset..mem_end))
-                .ok_or(LoadError::WrongImageSize {
-                    got: image_len,
-                    expected: self.footprint,
-                })?;
-            // filesz <= memsz was checked in `parse`, so the split succeeds and the lengths match.
-            let (file_part, bss) = dst.split_at_mut_checked(seg.filesz).ok_or(
-                LoadError::SegmentFileSizeExceedsMemSize {
-                    index: seg.index,
-                    filesz: seg.filesz as u64,
-                    memsz: seg.memsz as u64,
-                },
-            )?;
-            file_part.copy_from_slice(src);
-            zero_untouched(bss);
-        }
-
-        apply_relocations(&self.relocations, image, bias, base, end)?;
-
-        // e_entry and the TLS start were checked to lie in first_vaddr..first_vaddr + footprint,
-        // and base + footprint does not overflow.
-        let relocate = |vaddr: u64| base + (vaddr - self.first_vaddr);
-        Ok(LoadedKernel {
-            entry_point: relocate(self.entry),
-            image_range: base..end,
-            tls: self.tls.map(|tls| TlsTemplate {
-                start: relocate(tls.start),
-                ..tls
-            }),
-        })
+        Ok((bias, end))
     }
 }
 
-/// Validates the `PT_LOAD` segments (file ranges were checked by the caller) and returns them with
-/// the first address, the footprint and the largest alignment.
-fn check_load_segments(
-    phdrs: &[ProgramHeader],
-) -> Result<(Vec<LoadSegment>, u64, u64, u64), LoadError> {
-    let loads: Vec<(usize, &ProgramHeader)> = phdrs
-        .iter()
-        .enumerate()
-        .filter(|(_, ph)| ph.p_type == PT_LOAD)
-        .collect();
-    let Some(&(_, first)) = loads.first() else {
-        return Err(LoadError::NoLoadSegment);
-    };
-    let first_vaddr = first.p_vaddr;
-
-    let mut previous_end: Option<u64> = None;
-    let mut previous_vaddr = first_vaddr;
-    let mut load_align = 1u64;
-    for &(index, ph) in &loads {
-        if ph.p_filesz > ph.p_memsz {
-            return Err(LoadError::SegmentFileSizeExceedsMemSize {
-                index,
-                filesz: ph.p_filesz,
-                memsz: ph.p_memsz,
-            });
-        }
-        if ph.p_align > 1 {
-            if !ph.p_align.is_power_of_two() {
-                return Err(LoadError::BadSegmentAlignment {
-                    index,
-                    align: ph.p_align,
-                });
-            }
-            load_align = load_align.max(ph.p_align);
-        }
-        if ph.p_vaddr < previous_vaddr {
-            return Err(LoadError::SegmentsNotSorted {
-                index,
-                vaddr: ph.p_vaddr,
-            });
-        }
-        if let Some(previous_end) = previous_end
-            && ph.p_vaddr < previous_end
-        {
-            return Err(LoadError::SegmentsOverlap {
-                index,
-                vaddr: ph.p_vaddr,
-                previous_end,
-            });
-        }
-        let end = ph.p_vaddr.checked_add(ph.p_memsz).ok_or_else(|| {
-            LoadError::FootprintTooLarge(format!(
-                "segment {index} at {:#x} + {:#x} bytes overflows",
-                ph.p_vaddr, ph.p_memsz
-            ))
+/// Checks the ELF identification bytes, before goblin so that each problem gets its own error.
+fn check_identification(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.get(..SELFMAG) != Some(&ELFMAG[..]) {
+        return Err(LoadError::NotElf);
+    }
+    let ident = bytes
+        .get(..SIZEOF_IDENT)
+        .ok_or_else(|| LoadError::Truncated {
+            what: "ELF identification".into(),
+            offset: 0,
+            size: SIZEOF_IDENT as u64,
+            file_len: bytes.len() as u64,
         })?;
-        previous_vaddr = ph.p_vaddr;
-        previous_end = Some(end);
+    // `ident` has SIZEOF_IDENT (16) bytes, so the EI_* indices below are in bounds.
+    if ident[EI_CLASS] != ELFCLASS64 {
+        return Err(LoadError::Not64Bit(ident[EI_CLASS]));
     }
-    // `previous_end` is set because `loads` is non-empty; ends are sorted, so the last is largest.
-    let last_end = previous_end.unwrap_or(first_vaddr);
-    let footprint = last_end - first_vaddr; // last_end >= first_vaddr: sorted and non-overlapping
-    if footprint > MAX_FOOTPRINT {
-        return Err(LoadError::FootprintTooLarge(format!(
-            "{footprint:#x} bytes"
-        )));
+    if ident[EI_DATA] != ELFDATA2LSB {
+        return Err(LoadError::NotLittleEndian(ident[EI_DATA]));
     }
+    if ident[EI_OSABI] != ELFOSABI_STANDALONE {
+        warn!(
+            "ELF OS/ABI is {:#x}, not {ELFOSABI_STANDALONE:#x} (standalone) as Hermit kernels have; loading anyway",
+            ident[EI_OSABI]
+        );
+    }
+    Ok(())
+}
 
-    let too_large = || LoadError::FootprintTooLarge(format!("{footprint:#x} bytes"));
-    let segments = loads
-        .iter()
-        .map(|&(index, ph)| {
-            Ok(LoadSegment {
-                index,
-                // A segment without file data may name any offset; it is never read.
-                file_offset: if ph.p_filesz == 0 {
-                    0
-                } else {
-                    usize::try_from(ph.p_offset).map_err(|_| too_large())?
-                },
-                filesz: usize::try_from(ph.p_filesz).map_err(|_| too_large())?,
-                image_offset: usize::try_from(ph.p_vaddr - first_vaddr).map_err(|_| too_large())?,
-                memsz: usize::try_from(ph.p_memsz).map_err(|_| too_large())?,
-            })
-        })
-        .collect::<Result<Vec<_>, LoadError>>()?;
-    Ok((segments, first_vaddr, footprint, load_align))
+/// Reads the ELF header, checks that it is built for `machine` and is an executable, and tells
+/// whether it is position independent (`ET_DYN`) or linked at a fixed address (`ET_EXEC`).
+fn read_elf_header(bytes: &[u8], machine: u16) -> Result<(Header, bool), LoadError> {
+    file_range(|| "ELF header".into(), 0, SIZEOF_EHDR as u64, bytes.len())?;
+    let header = Elf::parse_header(bytes).map_err(|source| LoadError::Parse {
+        what: "ELF header",
+        source,
+    })?;
+    if header.e_machine != machine {
+        return Err(LoadError::WrongMachine {
+            machine: header.e_machine,
+            expected: machine,
+        });
+    }
+    let position_independent = match header.e_type {
+        ET_DYN => true,
+        ET_EXEC => false,
+        e_type => return Err(LoadError::NotExecutable { e_type }),
+    };
+    Ok((header, position_independent))
+}
+
+/// Reads the program headers after checking that both header tables lie inside the file, checks
+/// that every segment's file data does, and rejects a `PT_INTERP` segment.
+fn read_program_headers(
+    bytes: &[u8],
+    header: &Header,
+    ctx: Ctx,
+) -> Result<Vec<ProgramHeader>, LoadError> {
+    let file_len = bytes.len();
+    if usize::from(header.e_phentsize) != SIZEOF_PHDR {
+        return Err(LoadError::BadProgramHeaderSize(header.e_phentsize));
+    }
+    let ph_table_size = u64::from(header.e_phnum) * SIZEOF_PHDR as u64;
+    let ph_range = file_range(
+        || "program header table".into(),
+        header.e_phoff,
+        ph_table_size,
+        file_len,
+    )?;
+    if header.e_shnum != 0 {
+        let sh_table_size = u64::from(header.e_shnum) * u64::from(header.e_shentsize);
+        file_range(
+            || "section header table".into(),
+            header.e_shoff,
+            sh_table_size,
+            file_len,
+        )?;
+    }
+    let phdrs = ProgramHeader::parse(bytes, ph_range.start, usize::from(header.e_phnum), ctx)
+        .map_err(|source| LoadError::Parse {
+            what: "program headers",
+            source,
+        })?;
+    for (index, ph) in phdrs.iter().enumerate().filter(|(_, ph)| ph.p_filesz != 0) {
+        file_range(
+            || format!("segment {index} ({})", pt_to_str(ph.p_type)),
+            ph.p_offset,
+            ph.p_filesz,
+            file_len,
+        )?;
+    }
+    if phdrs.iter().any(|ph| ph.p_type == PT_INTERP) {
+        return Err(LoadError::HasInterpreter);
+    }
+    Ok(phdrs)
+}
+
+/// The `PT_TLS` template as linked, if there is one (an all-zero `PT_TLS` counts as none); its
+/// initialised bytes must lie inside the link-time `image`.
+fn tls_template(
+    phdrs: &[ProgramHeader],
+    image: &Range<u64>,
+) -> Result<Option<TlsTemplate>, LoadError> {
+    let Some(ph) = phdrs.iter().find(|ph| ph.p_type == PT_TLS) else {
+        return Ok(None);
+    };
+    if (ph.p_vaddr, ph.p_filesz, ph.p_memsz, ph.p_align) == (0, 0, 0, 0) {
+        return Ok(None);
+    }
+    let inside = ph.p_vaddr >= image.start
+        && ph
+            .p_vaddr
+            .checked_add(ph.p_filesz)
+            .is_some_and(|end| end <= image.end);
+    if !inside {
+        return Err(LoadError::TlsOutsideImage {
+            vaddr: ph.p_vaddr,
+            filesz: ph.p_filesz,
+            start: image.start,
+            end: image.end,
+        });
+    }
+    Ok(Some(TlsTemplate {
+        start: ph.p_vaddr,
+        filesz: ph.p_filesz,
+        memsz: ph.p_memsz,
+        align: ph.p_align,
+    }))
 }
 
 #[cfg(test)]

@@ -6,12 +6,14 @@
 use super::*;
 use goblin::elf::dynamic::DT_RELSZ;
 use goblin::elf::header::{ELFCLASS32, ELFDATA2MSB, ET_REL};
+use goblin::elf::program_header::{PT_LOAD, PT_TLS};
 use goblin::elf::section_header::{SHN_ABS, SHN_UNDEF};
 use goblin::elf::sym::{STB_GLOBAL, STB_WEAK};
 
 use super::error::machine_name;
 use super::notes::NT_HERMIT_ENTRY_VERSION;
 use super::reloc::{RelocKind, reloc_kind};
+use super::segments::zero_untouched;
 use super::test_elf::*;
 
 #[test]
