@@ -19,14 +19,16 @@ use std::ops::Range;
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{
-    EI_CLASS, EI_DATA, EI_OSABI, ELFCLASS64, ELFDATA2LSB, ELFMAG, ELFOSABI_STANDALONE, EM_AARCH64,
-    EM_X86_64, ET_DYN, ET_EXEC, SELFMAG, SIZEOF_IDENT,
+    EI_CLASS, EI_DATA, EI_OSABI, ELFCLASS64, ELFDATA2LSB, ELFMAG, ELFOSABI_STANDALONE, ET_DYN,
+    ET_EXEC, SELFMAG, SIZEOF_IDENT,
 };
 use goblin::elf::program_header::{PT_INTERP, PT_TLS, ProgramHeader, pt_to_str};
 use goblin::elf::{Elf, Header};
 use goblin::elf64::header::SIZEOF_EHDR;
 use goblin::elf64::program_header::SIZEOF_PHDR;
 use log::{debug, warn};
+
+use crate::arch::GuestArch;
 
 /// The uhyve hypercall interface versions this uhyve serves.
 pub const SUPPORTED_INTERFACE_VERSIONS: [u32; 3] = uhyve_interface::SUPPORTED_INTERFACE_VERSIONS;
@@ -36,14 +38,6 @@ pub const SUPPORTED_ENTRY_VERSIONS: [u8; 2] = [3, 4];
 
 /// Largest memory footprint accepted for a kernel image (1 TiB); anything larger is corrupt.
 pub const MAX_FOOTPRINT: u64 = 1 << 40;
-
-/// ELF machine of the host: guests must be built for it (same-architecture virtualization only).
-/// Hosts other than x86_64 and aarch64 have no backend; they get the x86_64 value.
-pub const HOST_MACHINE: u16 = if cfg!(target_arch = "aarch64") {
-    EM_AARCH64
-} else {
-    EM_X86_64
-};
 
 mod error;
 mod notes;
@@ -134,10 +128,11 @@ fn file_range(
 }
 
 impl KernelImage {
-    /// Parses and validates a Hermit kernel image for the host's architecture. Nothing in
-    /// `bytes` can make this panic.
+    /// Parses and validates a Hermit kernel image for the host's architecture (guests must be
+    /// built for it: same-architecture virtualization only). Nothing in `bytes` can make this
+    /// panic.
     pub fn parse(bytes: Vec<u8>) -> Result<KernelImage, LoadError> {
-        Self::parse_for(bytes, HOST_MACHINE)
+        Self::parse_for(bytes, GuestArch::HOST.elf_machine())
     }
 
     /// Parses and validates a Hermit kernel image built for ELF machine `machine` (`EM_X86_64`

@@ -21,7 +21,8 @@ use goblin::elf::reloc::{
     R_X86_64_RELATIVE,
 };
 
-use super::HOST_MACHINE;
+use crate::arch::GuestArch;
+
 use super::notes::{NT_HERMIT_ENTRY_VERSION, NT_UHYVE_INTERFACE_VERSION};
 
 /// File offset (and, at `vbase`, address) of the 8-byte relocation target slots.
@@ -50,30 +51,37 @@ const DYN_SIZE: usize = 16;
 const RELA_SIZE: usize = 24;
 const SYM_SIZE: usize = 24;
 
+/// The ELF machine of the host, which `KernelImage::parse` expects.
+pub(super) fn host_machine() -> u16 {
+    GuestArch::HOST.elf_machine()
+}
+
 /// The architecture a test image must NOT be built for.
-pub(super) const OTHER_MACHINE: u16 = if HOST_MACHINE == EM_X86_64 {
-    EM_AARCH64
-} else {
-    EM_X86_64
-};
+pub(super) fn other_machine() -> u16 {
+    if host_machine() == EM_X86_64 {
+        EM_AARCH64
+    } else {
+        EM_X86_64
+    }
+}
 
 /// Host numbers of RELATIVE, ABS64 and GLOB_DAT.
 pub(super) fn r_relative() -> u32 {
-    if HOST_MACHINE == EM_X86_64 {
+    if host_machine() == EM_X86_64 {
         R_X86_64_RELATIVE
     } else {
         R_AARCH64_RELATIVE
     }
 }
 pub(super) fn r_abs64() -> u32 {
-    if HOST_MACHINE == EM_X86_64 {
+    if host_machine() == EM_X86_64 {
         R_X86_64_64
     } else {
         R_AARCH64_ABS64
     }
 }
 pub(super) fn r_glob_dat() -> u32 {
-    if HOST_MACHINE == EM_X86_64 {
+    if host_machine() == EM_X86_64 {
         R_X86_64_GLOB_DAT
     } else {
         R_AARCH64_GLOB_DAT
@@ -137,7 +145,7 @@ pub(super) fn pie() -> Spec {
         data: ELFDATA2LSB,
         osabi: ELFOSABI_STANDALONE,
         e_type: ET_DYN,
-        machine: HOST_MACHINE,
+        machine: host_machine(),
         vbase: 0,
         entry_version: Some(4),
         uhyveif: None,

@@ -3,9 +3,8 @@
 //! fixtures, and the real Hermit images from `$UHYVE_TEST_IMAGES` cross-checked against
 //! hermit-entry's loader.
 
-use super::*;
 use goblin::elf::dynamic::DT_RELSZ;
-use goblin::elf::header::{ELFCLASS32, ELFDATA2MSB, ET_REL};
+use goblin::elf::header::{ELFCLASS32, ELFDATA2MSB, EM_AARCH64, EM_X86_64, ET_REL};
 use goblin::elf::program_header::{PT_LOAD, PT_TLS};
 use goblin::elf::section_header::{SHN_ABS, SHN_UNDEF};
 use goblin::elf::sym::{STB_GLOBAL, STB_WEAK};
@@ -15,6 +14,7 @@ use super::notes::NT_HERMIT_ENTRY_VERSION;
 use super::reloc::{RelocKind, reloc_kind};
 use super::segments::zero_untouched;
 use super::test_elf::*;
+use super::*;
 
 #[test]
 fn bss_zeroing_writes_only_dirty_pieces() {
@@ -195,11 +195,11 @@ fn rejects_wrong_class_endianness_machine_and_type() {
     });
     assert!(matches!(e, LoadError::NotLittleEndian(2)), "{e}");
     let e = parse_err(&Spec {
-        machine: OTHER_MACHINE,
+        machine: other_machine(),
         ..pie()
     });
-    assert!(matches!(e, LoadError::WrongMachine { machine, .. } if machine == OTHER_MACHINE));
-    assert!(e.to_string().contains(machine_name(HOST_MACHINE)), "{e}");
+    assert!(matches!(e, LoadError::WrongMachine { machine, .. } if machine == other_machine()));
+    assert!(e.to_string().contains(machine_name(host_machine())), "{e}");
     let e = parse_err(&Spec {
         e_type: ET_REL,
         ..pie()
@@ -775,7 +775,7 @@ fn load_rejects_wrong_buffers_and_bases() {
 fn error_messages_are_single_lines() {
     let errors = [
         parse_err(&Spec {
-            machine: OTHER_MACHINE,
+            machine: other_machine(),
             ..pie()
         }),
         parse_err(&Spec {
@@ -804,7 +804,7 @@ fn malformed_fixtures_are_rejected() {
     ));
     let truncated = include_bytes!("../../tests/fixtures/malformed/x86_64-truncated-phdrs.bin");
     let e = KernelImage::parse(truncated.to_vec()).unwrap_err();
-    if HOST_MACHINE == EM_X86_64 {
+    if host_machine() == EM_X86_64 {
         assert!(
             matches!(&e, LoadError::Truncated { what, .. } if what == "program header table"),
             "{e}"
@@ -835,7 +835,7 @@ fn real_hermit_images() {
 
     let hello_world = read("x86_64-hello_world");
     let aarch64 = read("aarch64-hello_world");
-    if HOST_MACHINE == EM_X86_64 {
+    if host_machine() == EM_X86_64 {
         let kernel = KernelImage::parse(hello_world.clone()).unwrap();
         assert!(kernel.is_position_independent());
         assert_eq!(kernel.entry_version(), 4);
@@ -927,7 +927,7 @@ fn real_hermit_images() {
 
     // Byte-for-byte cross-check against hermit-entry's loader (fine on these well-formed
     // files; it panics on malformed ones, which is why uhyve does not use it).
-    let references: &[(&str, u64)] = if HOST_MACHINE == EM_X86_64 {
+    let references: &[(&str, u64)] = if host_machine() == EM_X86_64 {
         &[
             ("x86_64-hello_world", 0x4_0000),
             ("x86_64-hello_c", 0x80_0000),
