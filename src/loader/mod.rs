@@ -243,6 +243,17 @@ impl KernelImage {
         self.load_align
     }
 
+    /// Where the image is placed: its fixed load address, or for a PIE the lowest address at or
+    /// above `pie_base` that keeps its segments' alignment (`u64::MAX` if there is none).
+    pub fn load_base(&self, pie_base: u64) -> u64 {
+        match self.fixed_load_address() {
+            Some(fixed) => fixed,
+            None => pie_base
+                .checked_next_multiple_of(self.load_alignment().max(1))
+                .unwrap_or(u64::MAX),
+        }
+    }
+
     /// Copies the segments into `image` as if it were loaded at guest address `base` and applies
     /// the relocations. `image` must be exactly [`footprint`](Self::footprint) bytes and
     /// zero-filled (gaps between segments are not written); each segment's BSS is zeroed anyway.

@@ -136,6 +136,44 @@ fn exec_is_rejected_at_another_base() {
 }
 
 #[test]
+fn load_base_is_the_fixed_address_or_the_next_aligned_pie_base() {
+    let kernel = parse(&exec()).unwrap();
+    for pie_base in [0, 0x4_0000, EXEC_ADDR + 1, u64::MAX] {
+        assert_eq!(kernel.load_base(pie_base), EXEC_ADDR);
+    }
+
+    let kernel = parse(&pie()).unwrap();
+    assert_eq!(kernel.load_alignment(), 0x1000);
+    assert_eq!(kernel.load_base(0), 0);
+    assert_eq!(kernel.load_base(0x20_0000), 0x20_0000);
+    assert_eq!(kernel.load_base(0x20_0001), 0x20_1000);
+    assert_eq!(kernel.load_base(0x20_0fff), 0x20_1000);
+    // No aligned address at or above it.
+    assert_eq!(kernel.load_base(u64::MAX - 0xffe), u64::MAX);
+    let base = kernel.load_base(0x4_0123);
+    assert_eq!(base, 0x4_1000);
+    assert_eq!(load_at(&kernel, base).unwrap().0.image_range.start, base);
+
+    let kernel = parse(&Spec {
+        edit_phdrs: |p| p[0].align = 0x20_0000,
+        ..pie()
+    })
+    .unwrap();
+    assert_eq!(kernel.load_base(0x4_0000), 0x20_0000);
+    assert!(load_at(&kernel, kernel.load_base(0x4_0000)).is_ok());
+
+    // Without alignment (p_align 0 or 1), any address will do.
+    let kernel = parse(&Spec {
+        edit_phdrs: |p| p[0].align = 0,
+        ..pie()
+    })
+    .unwrap();
+    assert_eq!(kernel.load_alignment(), 1);
+    assert_eq!(kernel.load_base(0x4_0123), 0x4_0123);
+    assert_eq!(kernel.load_base(u64::MAX), u64::MAX);
+}
+
+#[test]
 fn every_prefix_of_good_images_fails_cleanly() {
     for spec in [pie(), exec()] {
         let file = build(&spec);
