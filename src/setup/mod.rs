@@ -184,13 +184,7 @@ fn kernel_range(
     rules
         .check_memory_size(ram_size)
         .map_err(SetupError::MemorySize)?;
-    let base = match image.fixed_load_address() {
-        Some(fixed) => fixed,
-        None => rules
-            .pie_kernel_base
-            .checked_next_multiple_of(image.load_alignment().max(1))
-            .unwrap_or(u64::MAX),
-    };
+    let base = image.load_base(rules.pie_kernel_base);
     Ok(base..base.saturating_add(image.footprint()))
 }
 
