@@ -129,85 +129,20 @@ impl KvmCpu {
         vm: &VmFd,
         id: u32,
         registers: &InitialRegisters,
-        mut cpuid: CpuId,
+        cpuid: CpuId,
         fallback_cpuid: Option<FallbackSimd>,
     ) -> Result<Self, KvmError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(ioctl_error("KVM_CREATE_VCPU"))?;
 
-        for entry in cpuid.as_mut_slice() {
-            let mut regs = CpuidRegisters {
-                eax: entry.eax,
-                ebx: entry.ebx,
-                ecx: entry.ecx,
-                edx: entry.edx,
-            };
-            adjust_cpuid_leaf(entry.function, entry.index, &mut regs);
-            if let Some(simd) = fallback_cpuid {
-                restrict_to_fallback(entry.function, entry.index, &mut regs, simd);
-            }
-            (entry.eax, entry.ebx, entry.ecx, entry.edx) = (regs.eax, regs.ebx, regs.ecx, regs.edx);
-        }
-        fd.set_cpuid2(&cpuid)
-            .map_err(ioctl_error("KVM_SET_CPUID2"))?;
-        // The emulator follows the XSAVE layout the guest sees. That is KVM's copy of the CPUID,
-        // which is not always the one just set: KVM-PVM merges its host's leaves 1, 7 and 0xD
-        // in (AVX state included), so XSAVE must move those components' bytes too.
-        let effective = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap_or(cpuid);
-        let xsave_layout = XsaveLayout::from_cpuid(|function, index| {
-            effective
-                .as_slice()
-                .iter()
-                .find(|e| e.function == function && e.index == index)
-                .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
-        });
-        // Where the fallback executes SIMD instructions, XGETBV reports every component beyond
-        // x87 and SSE disabled, so the guest's feature detection does not pick AVX code.
-        let xsave_layout = match fallback_cpuid {
-            Some(_) => xsave_layout.withholding_other_components(),
-            None => xsave_layout,
-        };
-
-        let mut sregs = fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
-        sregs.cr0 = registers.cr0;
-        sregs.cr3 = registers.cr3;
-        sregs.cr4 = registers.cr4;
-        sregs.efer = registers.efer;
-        sregs.gdt.base = registers.gdt_base;
-        sregs.gdt.limit = registers.gdt_limit;
-        let code = kvm_segment_from(&registers.code);
-        let data = kvm_segment_from(&registers.data);
-        sregs.cs = code;
-        (sregs.ds, sregs.es, sregs.ss) = (data, data, data);
-        fd.set_sregs(&sregs).map_err(ioctl_error("KVM_SET_SREGS"))?;
-
-        let mut regs = fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
-        regs.rip = registers.rip;
-        regs.rsp = registers.rsp;
-        regs.rdi = registers.rdi;
-        regs.rsi = registers.rsi;
-        regs.rflags = registers.rflags;
-        fd.set_regs(&regs).map_err(ioctl_error("KVM_SET_REGS"))?;
-
+        let xsave_layout = set_cpuid(&fd, cpuid, fallback_cpuid)?;
+        set_entry_registers(&fd, registers)?;
         fd.set_mp_state(kvm_mp_state {
             mp_state: KVM_MP_STATE_RUNNABLE,
         })
         .map_err(ioctl_error("KVM_SET_MP_STATE"))?;
-
-        let misc_enable = kvm_msr_entry {
-            index: MSR_IA32_MISC_ENABLE,
-            data: 1,
-            ..Default::default()
-        };
-        match Msrs::from_entries(&[misc_enable]) {
-            Ok(msrs) => {
-                if let Err(e) = fd.set_msrs(&msrs) {
-                    log::debug!("IA32_MISC_ENABLE not set: {e}");
-                }
-            }
-            Err(e) => log::debug!("IA32_MISC_ENABLE not set: {e:?}"),
-        }
+        enable_fast_strings(&fd);
 
         let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz != 0);
         let mut fd = fd;
@@ -282,6 +217,191 @@ impl KvmCpu {
     }
 }
 
+/// Sets the vCPU's CPUID: KVM's supported table, edited for uhyve's guests and — where the
+/// user-space fallback executes SIMD instructions — restricted to what it implements. Returns the
+/// XSAVE layout the guest then sees.
+fn set_cpuid(
+    fd: &VcpuFd,
+    mut cpuid: CpuId,
+    fallback_cpuid: Option<FallbackSimd>,
+) -> Result<XsaveLayout, KvmError> {
+    for entry in cpuid.as_mut_slice() {
+        let mut regs = CpuidRegisters {
+            eax: entry.eax,
+            ebx: entry.ebx,
+            ecx: entry.ecx,
+            edx: entry.edx,
+        };
+        adjust_cpuid_leaf(entry.function, entry.index, &mut regs);
+        if let Some(simd) = fallback_cpuid {
+            restrict_to_fallback(entry.function, entry.index, &mut regs, simd);
+        }
+        (entry.eax, entry.ebx, entry.ecx, entry.edx) = (regs.eax, regs.ebx, regs.ecx, regs.edx);
+    }
+    fd.set_cpuid2(&cpuid)
+        .map_err(ioctl_error("KVM_SET_CPUID2"))?;
+    // The emulator follows the XSAVE layout the guest sees. That is KVM's copy of the CPUID,
+    // which is not always the one just set: KVM-PVM merges its host's leaves 1, 7 and 0xD
+    // in (AVX state included), so XSAVE must move those components' bytes too.
+    let effective = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap_or(cpuid);
+    let xsave_layout = XsaveLayout::from_cpuid(|function, index| {
+        effective
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+    });
+    // Where the fallback executes SIMD instructions, XGETBV reports every component beyond
+    // x87 and SSE disabled, so the guest's feature detection does not pick AVX code.
+    let xsave_layout = match fallback_cpuid {
+        Some(_) => xsave_layout.withholding_other_components(),
+        None => xsave_layout,
+    };
+    Ok(xsave_layout)
+}
+
+/// Sets the entry state: long mode with paging, the GDT's segments, and RIP/RSP/RDI/RSI/RFLAGS.
+fn set_entry_registers(fd: &VcpuFd, registers: &InitialRegisters) -> Result<(), KvmError> {
+    let mut sregs = fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
+    sregs.cr0 = registers.cr0;
+    sregs.cr3 = registers.cr3;
+    sregs.cr4 = registers.cr4;
+    sregs.efer = registers.efer;
+    sregs.gdt.base = registers.gdt_base;
+    sregs.gdt.limit = registers.gdt_limit;
+    let code = kvm_segment_from(&registers.code);
+    let data = kvm_segment_from(&registers.data);
+    sregs.cs = code;
+    (sregs.ds, sregs.es, sregs.ss) = (data, data, data);
+    fd.set_sregs(&sregs).map_err(ioctl_error("KVM_SET_SREGS"))?;
+
+    let mut regs = fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
+    regs.rip = registers.rip;
+    regs.rsp = registers.rsp;
+    regs.rdi = registers.rdi;
+    regs.rsi = registers.rsi;
+    regs.rflags = registers.rflags;
+    fd.set_regs(&regs).map_err(ioctl_error("KVM_SET_REGS"))?;
+    Ok(())
+}
+
+/// Turns on fast string operations (`IA32_MISC_ENABLE` bit 0), where KVM lets it be set.
+fn enable_fast_strings(fd: &VcpuFd) {
+    let misc_enable = kvm_msr_entry {
+        index: MSR_IA32_MISC_ENABLE,
+        data: 1,
+        ..Default::default()
+    };
+    match Msrs::from_entries(&[misc_enable]) {
+        Ok(msrs) => {
+            if let Err(e) = fd.set_msrs(&msrs) {
+                log::debug!("IA32_MISC_ENABLE not set: {e}");
+            }
+        }
+        Err(e) => log::debug!("IA32_MISC_ENABLE not set: {e:?}"),
+    }
+}
+
+/// A KVM exit whose data was copied out of the `kvm_run` page.
+enum OwnedExit {
+    /// `out`: the data (if it fits 8 bytes) and its length.
+    PortWrite {
+        port: u16,
+        value: Option<u64>,
+        len: usize,
+    },
+    /// `in` of `len` bytes.
+    PortRead { port: u16, len: usize },
+    /// KVM could not handle an exit itself (e.g. an emulation failure).
+    InternalError,
+    /// Already translated.
+    Done(VcpuExit),
+}
+
+/// `data` as a little-endian number, if it has at most 8 bytes.
+fn little_endian(data: &[u8]) -> Option<u64> {
+    let mut value = [0u8; 8];
+    value.get_mut(..data.len())?.copy_from_slice(data);
+    Some(u64::from_le_bytes(value))
+}
+
+/// An `in` of `len` bytes from `port`: a v2/v3 hypercall read, or a plain port read.
+fn port_read(port: u16, len: usize) -> VcpuExit {
+    if len > 4 {
+        return VcpuExit::Unhandled {
+            description: format!("string port read of {len} bytes from port {port:#x}"),
+        };
+    }
+    let size = len as u8;
+    if HypercallAddressV2::try_from(port).is_ok() {
+        VcpuExit::HypercallRead {
+            address: port,
+            size,
+        }
+    } else {
+        VcpuExit::PortIn { port, size }
+    }
+}
+
+impl KvmCpu {
+    /// An `out` of `len` bytes (`value`) to `port`: a v1 hypercall (the data is the argument: a
+    /// 32-bit GPA or the byte), a v2/v3 hypercall (the argument is the whole of RDI), or a plain
+    /// port write.
+    fn port_write(
+        &mut self,
+        port: u16,
+        value: Option<u64>,
+        len: usize,
+    ) -> Result<VcpuExit, VcpuError> {
+        let Some(value) = value.filter(|_| len <= 4) else {
+            return Ok(VcpuExit::Unhandled {
+                description: format!("string port write of {len} bytes to port {port:#x}"),
+            });
+        };
+        // At most 4 bytes: the value fits 32 bits.
+        let data = value as u32;
+        Ok(if HypercallAddress::try_from(port).is_ok() {
+            VcpuExit::Hypercall {
+                address: port,
+                argument: u64::from(data),
+            }
+        } else if HypercallAddressV2::try_from(port).is_ok() {
+            let regs = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+            VcpuExit::Hypercall {
+                address: port,
+                argument: regs.rdi,
+            }
+        } else {
+            VcpuExit::PortOut {
+                port,
+                data,
+                size: len as u8,
+            }
+        })
+    }
+
+    /// KVM reports `rep ins`/`rep outs` as one exit carrying `count` elements; uhyve has no
+    /// device that takes string I/O, and treating the elements as one wide access would mis-read
+    /// the data, so such an access stops the guest.
+    fn refuse_string_io(&mut self, exit: VcpuExit) -> VcpuExit {
+        let port_access = matches!(
+            exit,
+            VcpuExit::Hypercall { .. }
+                | VcpuExit::HypercallRead { .. }
+                | VcpuExit::PortOut { .. }
+                | VcpuExit::PortIn { .. }
+        );
+        match self.string_io().filter(|_| port_access) {
+            Some((port, size, count)) => VcpuExit::Unhandled {
+                description: format!(
+                    "string port I/O (rep ins/outs) of {count} × {size} bytes on port {port:#x}"
+                ),
+            },
+            None => exit,
+        }
+    }
+}
+
 impl VirtualCpu for KvmCpu {
     fn id(&self) -> u32 {
         self.id
@@ -296,104 +416,43 @@ impl VirtualCpu for KvmCpu {
             }
             Err(e) => return Err(backend_error("KVM_RUN")(e)),
         };
-        let translated = match exit {
-            KvmExit::IoOut(port, data) => {
-                let mut value = [0u8; 4];
-                match value.get_mut(..data.len()) {
-                    Some(prefix) => prefix.copy_from_slice(data),
-                    None => {
-                        return Ok(VcpuExit::Unhandled {
-                            description: format!(
-                                "string port write of {} bytes to port {port:#x}",
-                                data.len()
-                            ),
-                        });
-                    }
-                }
-                let data_value = u32::from_le_bytes(value);
-                if HypercallAddress::try_from(port).is_ok() {
-                    // v1: the data is the argument (a 32-bit GPA or the byte).
-                    VcpuExit::Hypercall {
-                        address: port,
-                        argument: u64::from(data_value),
-                    }
-                } else if HypercallAddressV2::try_from(port).is_ok() {
-                    // v2/v3: the argument is the whole of RDI.
-                    let regs = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
-                    VcpuExit::Hypercall {
-                        address: port,
-                        argument: regs.rdi,
-                    }
-                } else {
-                    // `data.len()` is at most 4 here.
-                    VcpuExit::PortOut {
-                        port,
-                        data: data_value,
-                        size: data.len() as u8,
-                    }
-                }
-            }
-            KvmExit::IoIn(port, data) => {
-                if data.len() > 4 {
-                    return Ok(VcpuExit::Unhandled {
-                        description: format!(
-                            "string port read of {} bytes from port {port:#x}",
-                            data.len()
-                        ),
-                    });
-                }
-                let size = data.len() as u8;
-                if HypercallAddressV2::try_from(port).is_ok() {
-                    VcpuExit::HypercallRead {
-                        address: port,
-                        size,
-                    }
-                } else {
-                    VcpuExit::PortIn { port, size }
-                }
-            }
-            KvmExit::MmioRead(address, data) => VcpuExit::MmioRead {
+        // Copied out of the kvm_run page, so that the vCPU can be asked for more below.
+        let exit = match exit {
+            KvmExit::IoOut(port, data) => OwnedExit::PortWrite {
+                port,
+                value: little_endian(data),
+                len: data.len(),
+            },
+            KvmExit::IoIn(port, data) => OwnedExit::PortRead {
+                port,
+                len: data.len(),
+            },
+            KvmExit::MmioRead(address, data) => OwnedExit::Done(VcpuExit::MmioRead {
                 address,
                 size: data.len().min(8) as u8,
-            },
-            KvmExit::MmioWrite(address, data) => {
-                let mut value = [0u8; 8];
-                let len = data.len().min(8);
-                value[..len].copy_from_slice(&data[..len]);
-                VcpuExit::MmioWrite {
-                    address,
-                    data: u64::from_le_bytes(value),
-                    size: len as u8,
-                }
-            }
-            KvmExit::Hlt => VcpuExit::Halt,
-            KvmExit::Shutdown => VcpuExit::Shutdown,
-            KvmExit::Debug(_) => VcpuExit::Debug,
-            KvmExit::Intr => VcpuExit::Interrupted,
-            KvmExit::FailEntry(reason, _) => VcpuExit::FailedEntry { reason },
-            KvmExit::InternalError => self.internal_error(),
-            other => VcpuExit::Unhandled {
+            }),
+            KvmExit::MmioWrite(address, data) => OwnedExit::Done(VcpuExit::MmioWrite {
+                address,
+                data: little_endian(data).unwrap_or(0),
+                size: data.len().min(8) as u8,
+            }),
+            KvmExit::Hlt => OwnedExit::Done(VcpuExit::Halt),
+            KvmExit::Shutdown => OwnedExit::Done(VcpuExit::Shutdown),
+            KvmExit::Debug(_) => OwnedExit::Done(VcpuExit::Debug),
+            KvmExit::Intr => OwnedExit::Done(VcpuExit::Interrupted),
+            KvmExit::FailEntry(reason, _) => OwnedExit::Done(VcpuExit::FailedEntry { reason }),
+            KvmExit::InternalError => OwnedExit::InternalError,
+            other => OwnedExit::Done(VcpuExit::Unhandled {
                 description: format!("KVM exit {other:?}"),
-            },
+            }),
         };
-        // KVM reports `rep ins`/`rep outs` as one exit carrying `count` elements; uhyve has no
-        // device that takes string I/O, and treating the elements as one wide access would
-        // mis-read the data, so such an access stops the guest.
-        if matches!(
-            translated,
-            VcpuExit::Hypercall { .. }
-                | VcpuExit::HypercallRead { .. }
-                | VcpuExit::PortOut { .. }
-                | VcpuExit::PortIn { .. }
-        ) && let Some((port, size, count)) = self.string_io()
-        {
-            return Ok(VcpuExit::Unhandled {
-                description: format!(
-                    "string port I/O (rep ins/outs) of {count} × {size} bytes on port {port:#x}"
-                ),
-            });
-        }
-        Ok(translated)
+        let translated = match exit {
+            OwnedExit::PortWrite { port, value, len } => self.port_write(port, value, len)?,
+            OwnedExit::PortRead { port, len } => port_read(port, len),
+            OwnedExit::InternalError => self.internal_error(),
+            OwnedExit::Done(exit) => exit,
+        };
+        Ok(self.refuse_string_io(translated))
     }
 
     fn complete_port_in(&mut self, value: u32) -> Result<(), VcpuError> {
