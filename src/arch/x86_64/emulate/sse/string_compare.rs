@@ -48,6 +48,7 @@ pub(super) struct StringCompare {
 }
 
 /// The element format of a control byte.
+#[derive(Clone, Copy)]
 struct Format {
     /// Bits per element (8 or 16).
     bits: u32,
@@ -117,62 +118,105 @@ pub(super) fn compare(
 ) -> Outcome {
     let format = Format::new(imm);
     let count = format.count();
-    let all = (1u32 << count) - 1;
-    let a = |i: u32| format.element(first, i);
-    let b = |j: u32| format.element(second, j);
-    let a_valid = |i: u32| i < first_length;
-    let b_valid = |j: u32| j < second_length;
-    let bit = |condition: bool, position: u32| u32::from(condition) << position;
-
-    let aggregated: u32 = match (imm >> 2) & 3 {
-        // Equal any: is element j of the second operand one of the first operand's elements?
-        0 => (0..count)
-            .map(|j| {
-                let hit = b_valid(j) && (0..first_length.min(count)).any(|i| a(i) == b(j));
-                bit(hit, j)
-            })
-            .sum(),
-        // Ranges: is element j inside one of the [low, high] pairs of the first operand?
-        1 => (0..count)
-            .map(|j| {
-                let hit = b_valid(j)
-                    && (0..count / 2).any(|pair| {
-                        let (low, high) = (2 * pair, 2 * pair + 1);
-                        a_valid(low) && a_valid(high) && a(low) <= b(j) && b(j) <= a(high)
-                    });
-                bit(hit, j)
-            })
-            .sum(),
-        // Equal each: element-wise equality; two invalid elements are equal.
-        2 => (0..count)
-            .map(|i| {
-                let equal = match (a_valid(i), b_valid(i)) {
-                    (true, true) => a(i) == b(i),
-                    (false, false) => true,
-                    _ => false,
-                };
-                bit(equal, i)
-            })
-            .sum(),
-        // Equal ordered: does the first operand's string occur in the second at position j?
-        // Past the end of the first string everything matches; past the end of the second
-        // string nothing does.
-        _ => (0..count)
-            .map(|j| {
-                let matches =
-                    (0..count - j).all(|i| !a_valid(i) || (b_valid(j + i) && a(i) == b(j + i)));
-                bit(matches, j)
-            })
-            .sum(),
+    let operands = Operands {
+        format,
+        first,
+        second,
+        first_length,
+        second_length,
     };
-
+    let aggregated = match (imm >> 2) & 3 {
+        0 => operands.equal_any(),
+        1 => operands.ranges(),
+        2 => operands.equal_each(),
+        _ => operands.equal_ordered(),
+    };
+    // Polarity.
+    let all = (1u32 << count) - 1;
     let second_valid = (1u32 << second_length.min(count)) - 1;
     let result = match (imm >> 4) & 3 {
         1 => !aggregated & all,
         3 => aggregated ^ second_valid,
         _ => aggregated,
     };
+    outcome(format, imm, result, first_length, second_length)
+}
 
+/// The two operands of a string comparison, as elements.
+struct Operands {
+    format: Format,
+    first: u128,
+    second: u128,
+    first_length: u32,
+    second_length: u32,
+}
+
+impl Operands {
+    fn count(&self) -> u32 {
+        self.format.count()
+    }
+    fn a(&self, i: u32) -> i128 {
+        self.format.element(self.first, i)
+    }
+    fn b(&self, j: u32) -> i128 {
+        self.format.element(self.second, j)
+    }
+    fn a_valid(&self, i: u32) -> bool {
+        i < self.first_length
+    }
+    fn b_valid(&self, j: u32) -> bool {
+        j < self.second_length
+    }
+
+    /// Bit j for every element j of the second operand for which `hit(j)` holds.
+    fn bits(&self, hit: impl Fn(u32) -> bool) -> u32 {
+        (0..self.count()).map(|j| u32::from(hit(j)) << j).sum()
+    }
+
+    /// Equal any: is element j of the second operand one of the first operand's elements?
+    fn equal_any(&self) -> u32 {
+        let first = 0..self.first_length.min(self.count());
+        self.bits(|j| self.b_valid(j) && first.clone().any(|i| self.a(i) == self.b(j)))
+    }
+
+    /// Ranges: is element j inside one of the [low, high] pairs of the first operand?
+    fn ranges(&self) -> u32 {
+        self.bits(|j| {
+            self.b_valid(j)
+                && (0..self.count() / 2).any(|pair| {
+                    let (low, high) = (2 * pair, 2 * pair + 1);
+                    self.a_valid(low)
+                        && self.a_valid(high)
+                        && self.a(low) <= self.b(j)
+                        && self.b(j) <= self.a(high)
+                })
+        })
+    }
+
+    /// Equal each: element-wise equality; two invalid elements are equal.
+    fn equal_each(&self) -> u32 {
+        self.bits(|i| match (self.a_valid(i), self.b_valid(i)) {
+            (true, true) => self.a(i) == self.b(i),
+            (false, false) => true,
+            _ => false,
+        })
+    }
+
+    /// Equal ordered: does the first operand's string occur in the second at position j? Past
+    /// the end of the first string everything matches; past the end of the second string
+    /// nothing does.
+    fn equal_ordered(&self) -> u32 {
+        self.bits(|j| {
+            (0..self.count() - j).all(|i| {
+                !self.a_valid(i) || (self.b_valid(j + i) && self.a(i) == self.b(j + i))
+            })
+        })
+    }
+}
+
+/// The index, mask and flags that report `result`.
+fn outcome(format: Format, imm: u8, result: u32, first_length: u32, second_length: u32) -> Outcome {
+    let count = format.count();
     let most_significant = imm & 0x40 != 0;
     let index = if result == 0 {
         count
@@ -192,7 +236,6 @@ pub(super) fn compare(
     } else {
         u128::from(result)
     };
-
     let mut flags = 0;
     if result != 0 {
         flags |= CF;
