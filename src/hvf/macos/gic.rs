@@ -140,21 +140,24 @@ impl Drop for Config {
 /// lower half stays for wired interrupts). Returns how many vCPUs' redistributors fit the area
 /// the device tree describes.
 pub fn create() -> Result<u32, GicError> {
+    let max_cpus = check_regions()?;
+    let config = new_config()?;
+    configure_msis(&config)?;
     let create = gic_fn!(c"hv_gic_create" as Create);
-    let config_create = gic_fn!(c"hv_gic_config_create" as ConfigCreate);
-    let set_distributor = gic_fn!(c"hv_gic_config_set_distributor_base" as ConfigSetBase);
-    let set_redistributor = gic_fn!(c"hv_gic_config_set_redistributor_base" as ConfigSetBase);
-    let set_msi_base = gic_fn!(c"hv_gic_config_set_msi_region_base" as ConfigSetBase);
-    let set_msi_range = gic_fn!(c"hv_gic_config_set_msi_interrupt_range" as ConfigSetRange);
+    // SAFETY: the VM exists and has no vCPUs yet (HvfVm::create calls this right after
+    // hv_vm_create), as hv_gic_create requires; `config.0` is a live GIC config object.
+    check("hv_gic_create", unsafe { create(config.0) })?;
+    Ok(max_cpus)
+}
+
+/// Checks that the framework's distributor and redistributor regions fit the areas the device
+/// tree describes; returns how many vCPUs' redistributors the GICR area holds.
+fn check_regions() -> Result<u32, GicError> {
     let distributor_size = gic_fn!(c"hv_gic_get_distributor_size" as GetSize);
     let distributor_alignment = gic_fn!(c"hv_gic_get_distributor_base_alignment" as GetSize);
     let redistributor_region_size = gic_fn!(c"hv_gic_get_redistributor_region_size" as GetSize);
     let redistributor_size = gic_fn!(c"hv_gic_get_redistributor_size" as GetSize);
     let redistributor_alignment = gic_fn!(c"hv_gic_get_redistributor_base_alignment" as GetSize);
-    let msi_size = gic_fn!(c"hv_gic_get_msi_region_size" as GetSize);
-    let msi_alignment = gic_fn!(c"hv_gic_get_msi_region_base_alignment" as GetSize);
-    let spi_range = gic_fn!(c"hv_gic_get_spi_interrupt_range" as GetRange);
-
     check_fit(
         "distributor",
         parameter("hv_gic_get_distributor_size", distributor_size)?,
@@ -181,8 +184,14 @@ pub fn create() -> Result<u32, GicError> {
     )?;
     let one_redistributor = parameter("hv_gic_get_redistributor_size", redistributor_size)?;
     let described = (GICR.end - GICR.start) / (one_redistributor.max(1) as u64);
-    let max_cpus = u32::try_from(described).unwrap_or(u32::MAX);
+    Ok(u32::try_from(described).unwrap_or(u32::MAX))
+}
 
+/// A config object with the distributor and redistributor bases set.
+fn new_config() -> Result<Config, GicError> {
+    let config_create = gic_fn!(c"hv_gic_config_create" as ConfigCreate);
+    let set_distributor = gic_fn!(c"hv_gic_config_set_distributor_base" as ConfigSetBase);
+    let set_redistributor = gic_fn!(c"hv_gic_config_set_redistributor_base" as ConfigSetBase);
     // SAFETY: no arguments; the result is a retained object or NULL.
     let raw = unsafe { config_create() };
     if raw.is_null() {
@@ -195,7 +204,16 @@ pub fn create() -> Result<u32, GicError> {
     // SAFETY: as above.
     let code = unsafe { set_redistributor(config.0, GICR.start) };
     check("hv_gic_config_set_redistributor_base", code)?;
+    Ok(config)
+}
 
+/// Puts the MSI frame at the ITS area, with the upper half of the SPIs, where it fits.
+fn configure_msis(config: &Config) -> Result<(), GicError> {
+    let set_msi_base = gic_fn!(c"hv_gic_config_set_msi_region_base" as ConfigSetBase);
+    let set_msi_range = gic_fn!(c"hv_gic_config_set_msi_interrupt_range" as ConfigSetRange);
+    let msi_size = gic_fn!(c"hv_gic_get_msi_region_size" as GetSize);
+    let msi_alignment = gic_fn!(c"hv_gic_get_msi_region_base_alignment" as GetSize);
+    let spi_range = gic_fn!(c"hv_gic_get_spi_interrupt_range" as GetRange);
     let msi_fits = check_fit(
         "MSI frame",
         parameter("hv_gic_get_msi_region_size", msi_size)?,
@@ -221,8 +239,5 @@ pub fn create() -> Result<u32, GicError> {
         Ok(()) => log::debug!("GIC without MSIs: only {spi_count} SPIs"),
         Err(error) => log::debug!("GIC without MSIs: {error}"),
     }
-    // SAFETY: the VM exists and has no vCPUs yet (HvfVm::create calls this right after
-    // hv_vm_create), as hv_gic_create requires.
-    check("hv_gic_create", unsafe { create(config.0) })?;
-    Ok(max_cpus)
+    Ok(())
 }

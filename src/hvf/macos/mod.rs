@@ -20,6 +20,7 @@ mod gic;
 use std::io;
 use std::marker::PhantomData;
 use std::ptr;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 use xhypervisor::ffi as hv;
@@ -238,12 +239,7 @@ impl Hypervisor for HvfVm {
                 source: Box::new(error),
             },
         })?;
-        let kick = HvfKick {
-            vcpu: vcpu.id,
-            thread: std::thread::current(),
-            // SAFETY: pthread_self has no preconditions.
-            pthread: unsafe { libc::pthread_self() },
-        };
+        let kick = vcpu.kick_handle();
         let ram_base = *self.ram_base.get().ok_or_else(|| HypervisorError::Vcpu {
             cpu,
             source: VcpuError::Unexpected {
@@ -263,6 +259,8 @@ pub struct HvfVcpu {
     id: hv::hv_vcpu_t,
     /// The framework's exit record for this vCPU, updated by every `hv_vcpu_run`.
     exit: *const hv::hv_vcpu_exit_t,
+    /// What its kick handles aim at; cleared before the vCPU is destroyed.
+    kick_target: Arc<Mutex<Option<KickTarget>>>,
     _one_thread: PhantomData<*const ()>,
 }
 
@@ -283,16 +281,33 @@ impl HvfVcpu {
                 code: hv::HV_ERROR,
             });
         }
+        let kick_target = Arc::new(Mutex::new(Some(KickTarget {
+            vcpu: id,
+            thread: std::thread::current(),
+            // SAFETY: pthread_self has no preconditions. This is the thread that creates the
+            // vCPU, which runs and destroys it too.
+            pthread: unsafe { libc::pthread_self() },
+        })));
         Ok(Self {
             id,
             exit,
+            kick_target,
             _one_thread: PhantomData,
         })
+    }
+
+    /// A handle another thread can use to stop this vCPU (see [`HvfKick`]).
+    fn kick_handle(&self) -> HvfKick {
+        HvfKick {
+            target: Arc::clone(&self.kick_target),
+        }
     }
 }
 
 impl Drop for HvfVcpu {
     fn drop(&mut self) {
+        // First: no kick may name this vCPU once it is destroyed.
+        *self.kick_target.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // SAFETY: the vCPU was created by this thread (the type cannot leave it) and is not
         // running: only this thread runs it.
         let code = unsafe { hv::hv_vcpu_destroy(self.id) };
@@ -401,8 +416,15 @@ fn install_kick_handler() -> Result<(), HvfVmError> {
 
 /// Stops one vCPU from any thread: `hv_vcpus_exit` makes its current or next `hv_vcpu_run`
 /// return with HV_EXIT_REASON_CANCELED, an unpark ends a WFI idle, and a signal interrupts a
-/// host call its thread is blocked in.
+/// host call its thread is blocked in. Once the vCPU is destroyed a kick does nothing, so the
+/// handle may outlive it.
+#[derive(Clone)]
 pub struct HvfKick {
+    target: Arc<Mutex<Option<KickTarget>>>,
+}
+
+/// Where a kick goes while its vCPU exists.
+struct KickTarget {
     vcpu: hv::hv_vcpu_t,
     /// The vCPU's thread, for unpark.
     thread: std::thread::Thread,
@@ -410,25 +432,26 @@ pub struct HvfKick {
     pthread: libc::pthread_t,
 }
 
-// SAFETY: the pthread id is a plain value usable from any thread (the other fields are Send and
-// Sync already); the vCPU id is only passed to hv_vcpus_exit, which any thread may call.
-unsafe impl Send for HvfKick {}
-// SAFETY: as above; `kick` only makes thread-safe calls.
-unsafe impl Sync for HvfKick {}
+// SAFETY: the pthread id is a plain value usable from any thread (the other fields are Send
+// already); the vCPU id is only passed to hv_vcpus_exit, which any thread may call.
+unsafe impl Send for KickTarget {}
 
 impl VcpuKick for HvfKick {
     fn kick(&self) {
-        // SAFETY: hv_vcpus_exit may be called from any thread. The vCPU still exists: the
-        // kick handle is removed from the VM's registry (under its lock, which every kick
-        // holds) before the vCPU thread destroys the vCPU.
-        let code = unsafe { hv::hv_vcpus_exit(&self.vcpu, 1) };
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = target.as_ref() else {
+            return;
+        };
+        // SAFETY: hv_vcpus_exit may be called from any thread. The vCPU exists: its `Drop`
+        // clears the target (under this lock) before destroying it.
+        let code = unsafe { hv::hv_vcpus_exit(&target.vcpu, 1) };
         if code != hv::HV_SUCCESS {
             log::warn!("hv_vcpus_exit failed with {}", return_name(code));
         }
-        self.thread.unpark();
-        // SAFETY: the thread is alive while its kick handle is registered (see above); the
+        target.thread.unpark();
+        // SAFETY: the vCPU exists, so the thread that created it and destroys it is alive; the
         // signal's handler is empty, so delivering it only interrupts a blocking call.
-        unsafe { crate::hypervisor::thread_kick::interrupt(self.pthread, KICK_SIGNAL) };
+        unsafe { crate::hypervisor::thread_kick::interrupt(target.pthread, KICK_SIGNAL) };
     }
 }
 
