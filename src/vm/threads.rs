@@ -264,7 +264,8 @@ struct VcpuThread<'scope, 'vm, H: Hypervisor> {
     reports: mpsc::Sender<VcpuReport>,
 }
 
-/// Removes a vCPU's kick handle from the registry when dropped, before the vCPU itself goes.
+/// Removes a vCPU's kick handle from the registry when dropped, before the vCPU itself goes (a
+/// kick after that would do nothing; the registry only lists vCPUs that exist).
 struct KickRegistration<'a, 'vm, K: VcpuKick> {
     shared: &'a SharedVcpuState<'vm, K>,
     cpu: usize,
