@@ -430,7 +430,7 @@ fn is_shell_safe(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_-.,:/@%+=".contains(c)
 }
 
-/// `text` as one shell word (see [`push_quoted`]), e.g. for a kernel argument's value.
+/// `text` as one shell word (quoted as `push_quoted` does), e.g. for a kernel argument's value.
 pub fn shell_word(text: &str) -> String {
     let mut word = String::new();
     if text.is_empty() {

@@ -1,16 +1,15 @@
 //! uhyve: a minimal hypervisor that runs Hermit unikernels as ordinary processes.
 //!
-//! Code map: [`params`] (user configuration), [`loader`] (Hermit ELF images), [`archive`]
-//! (Hermit image archives and their `hermit.toml`), [`mem`] (guest RAM
-//! and its single checked accessor), [`arch`] (per-architecture machine set-up: page tables, GDT,
-//! registers, and the x86 instruction emulation fallback), [`boot`] (boot info and device tree),
-//! [`vcpu`] (the backend-neutral CPU trait and exit value), [`exits`] (what each exit means),
-//! [`hypercall`] (the one hypercall dispatcher), [`isolation`] (the guest's sandboxed view of host
-//! files), [`output`] (serial console sink), [`vm`] (putting it together, one thread per vCPU),
-//! [`affinity`] and [`signals`] (host CPU pinning, stop signals), [`thread_kick`] (interrupting a
-//! blocked vCPU thread), [`stats`], [`cli`], [`hvf`]
-//! (the Hypervisor.framework vCPU logic, platform-neutral), and the platform backends `linux`
-//! (KVM) and `macos` (the Hypervisor.framework adapter).
+//! Code map, in the direction the modules depend on each other (`docs/architecture.md`):
+//! [`cli`] parses the command line into [`params`] and calls [`vm`], which reads the image
+//! ([`loader`] for ELF kernels, [`archive`] for Hermit image archives), prepares guest RAM
+//! ([`setup`], with [`boot`] for the boot info and device tree), creates the VM on a
+//! [`hypervisor`] backend (`linux` for KVM, [`hvf`] for Hypervisor.framework, whose vCPU logic is
+//! platform-neutral) and runs one thread per vCPU through [`exits`], which hands hypercalls to
+//! the one dispatcher in [`hypercall`] (files through [`isolation`], console through [`output`]).
+//! Below all of them: [`mem`] (guest RAM, its one checked door and the one guest-virtual reader)
+//! and [`arch`] (per-architecture facts: layouts, page tables, registers, CPUID, the x86
+//! instruction emulator). [`affinity`], [`signals`] and [`stats`] serve the VM threads.
 
 pub mod affinity;
 pub mod arch;

@@ -4,7 +4,7 @@
 //! cancellation) into [`VcpuExit`], advancing PC past every handled access when the guest resumes
 //! (so a crash report still names the faulting instruction), and answering hypercall reads.
 //!
-//! The macOS-only adapter ([`macos`], built where the `hvf` cfg holds) implements
+//! The macOS-only adapter (`macos`, built where the `hvf` cfg holds) implements
 //! [`HvfVcpuOps`] with the real `hv_vcpu_*` calls and owns the VM; everything else builds and is
 //! tested on any host against a scripted fake (`tests/hvf_fake_vm.rs`). Like every backend it depends only on
 //! `crate::hypervisor`, `crate::arch` and `crate::mem`.

@@ -1,8 +1,8 @@
 //! Building and running one VM on any [`Hypervisor`]: reads the image the user named
 //! ([`image`]: a kernel ELF or a Hermit image archive), works out what the guest is told besides
-//! it ([`handoff`]: command line, environment, file map, mount points), lays out guest RAM
+//! it (`handoff`: command line, environment, file map, mount points), lays out guest RAM
 //! ([`crate::setup`]), creates the hypervisor's VM (on its own thread, while the image loads) and
-//! runs every vCPU on its own thread ([`threads`]). The first vCPU to end stops the whole VM; its
+//! runs every vCPU on its own thread (`threads`). The first vCPU to end stops the whole VM; its
 //! Exit code or error is the result. What each exit means is decided in [`crate::exits`].
 
 mod handoff;

@@ -1,9 +1,9 @@
 //! System instructions the hypervisor may fail to emulate: XGETBV/XSETBV, RDTSCP, RDRAND and
-//! RDSEED, and the host services they and the XSAVE family need ([`SystemServices`]). The XSAVE
+//! RDSEED, using the host services of `services` ([`SystemServices`]). The XSAVE
 //! family itself (XSAVE, XSAVEOPT, XSAVEC, XRSTOR, FXSAVE, FXRSTOR) lives in
-//! [`xsave`](super::xsave) and is dispatched from here; LDMXCSR/STMXCSR belong to the SSE module.
+//! [`xsave`] and is dispatched from here; LDMXCSR/STMXCSR belong to the SSE module.
 //!
-//! XGETBV reads XCR0 (ECX = 0) or, if CPUID.(EAX=0xD,ECX=1):EAX[2] says the CPU can,
+//! XGETBV reads XCR0 (ECX = 0) or, if CPUID.(EAX=0xD,ECX=1):EAX\[2\] says the CPU can,
 //! `XCR0 & XINUSE` (ECX = 1), with XINUSE as [`xsave::in_use`] tracks it; XSETBV writes XCR0
 //! only with a value the virtual CPU supports.
 
@@ -215,7 +215,7 @@ mod tests {
         let before_ecx2 = state.clone();
         assert!(is_gp(run(&bytes, &mut state, &mut memory)));
         assert_eq!(state, before_ecx2, "a failed instruction changes nothing");
-        // ECX = 1 needs CPUID.(EAX=0DH,ECX=1):EAX[2].
+        // ECX = 1 needs CPUID.(EAX=0DH,ECX=1):EAX\[2\].
         let mut state = before;
         state.set_gpr(1, 1);
         let mut services = FakeServices::new();

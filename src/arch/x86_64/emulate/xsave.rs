@@ -19,13 +19,13 @@
 //!   always allows.
 //! - XSAVEC stores the compacted format: the requested components in use, component 2 … 62 one
 //!   after the other from offset 576 in the order of their numbers, each starting on a 64-byte
-//!   boundary if CPUID.(EAX=0xD,ECX=i):ECX[1] says so; MXCSR/MXCSR_MASK only with SSE. In the
+//!   boundary if CPUID.(EAX=0xD,ECX=i):ECX\[1\] says so; MXCSR/MXCSR_MASK only with SSE. In the
 //!   header it writes XSTATE_BV = XINUSE & RFBM and XCOMP_BV = RFBM | bit 63, nothing else; the
 //!   legacy region outside the saved components (including bytes 416 … 511) is not written.
-//! - XRSTOR reads the header first. Standard form (XCOMP_BV[63] = 0): #GP if XSTATE_BV sets a bit
+//! - XRSTOR reads the header first. Standard form (XCOMP_BV\[63\] = 0): #GP if XSTATE_BV sets a bit
 //!   XCR0 does not or if header bytes 8 … 23 are not zero; MXCSR is loaded when SSE or AVX is
-//!   requested. Compacted form: #GP if the CPU has no XSAVEC, if XCOMP_BV[62:0] sets a bit XCR0
-//!   does not, if XSTATE_BV sets a bit outside XCOMP_BV[62:0] (bit 63 included: hardware faults
+//!   requested. Compacted form: #GP if the CPU has no XSAVEC, if XCOMP_BV\[62:0\] sets a bit XCR0
+//!   does not, if XSTATE_BV sets a bit outside XCOMP_BV\[62:0\] (bit 63 included: hardware faults
 //!   on it), or if header bytes 16 … 63 are not zero; MXCSR is loaded only if RFBM and XSTATE_BV
 //!   both select SSE, and set to 1F80H if RFBM selects SSE and XSTATE_BV does not. Either form:
 //!   a requested component whose XSTATE_BV bit is clear is put in its initial configuration, a

@@ -207,9 +207,8 @@ impl Operands {
     /// nothing does.
     fn equal_ordered(&self) -> u32 {
         self.bits(|j| {
-            (0..self.count() - j).all(|i| {
-                !self.a_valid(i) || (self.b_valid(j + i) && self.a(i) == self.b(j + i))
-            })
+            (0..self.count() - j)
+                .all(|i| !self.a_valid(i) || (self.b_valid(j + i) && self.a(i) == self.b(j + i)))
         })
     }
 }
