@@ -98,7 +98,7 @@ fn run() -> Result<(), String> {
     let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_arch != "x86_64" || target_os != "linux" {
-        // The guests only serve the x86_64 KVM tests; other hosts do not need them.
+        // The guests only serve the KVM tests (the `kvm` alias above); other hosts do not need them.
         return Ok(());
     }
     if !guest_src.is_dir() {

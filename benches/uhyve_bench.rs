@@ -9,28 +9,28 @@
 //! which emulates every guest instruction) only ratios are meaningful. It prints one markdown
 //! table per measurement and a summary of the project's performance targets (PASS/MISS).
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 #[path = "uhyve_bench/child.rs"]
 mod child;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 #[path = "uhyve_bench/floor.rs"]
 mod floor;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 #[path = "uhyve_bench/scenarios.rs"]
 mod scenarios;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 #[path = "uhyve_bench/stats.rs"]
 mod stats;
 
 use std::process::ExitCode;
 
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+#[cfg(not(kvm))]
 fn main() -> ExitCode {
     println!("uhyve_bench: skipped (needs x86_64 Linux with KVM)");
     ExitCode::SUCCESS
 }
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--floor") {
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 }
 
 /// `--floor <ram bytes> <iterations>`: run the floor VM (exits the process on success).
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 fn floor_main(args: &[String]) -> ExitCode {
     let parsed = match args {
         [ram, iterations] => ram.parse::<u64>().ok().zip(iterations.parse::<u32>().ok()),
@@ -68,7 +68,7 @@ fn floor_main(args: &[String]) -> ExitCode {
 }
 
 /// The benchmark run: machine description, the five measurements, the summary.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(kvm)]
 mod harness {
     use std::fs::OpenOptions;
     use std::path::PathBuf;

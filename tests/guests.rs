@@ -2,7 +2,7 @@
 //! `build.rs`) on real KVM, one behaviour per guest, and the real Hermit sample images when
 //! `UHYVE_TEST_IMAGES` names their directory. The first tests need no KVM: they check that every
 //! built guest is a well-formed Hermit image and uses general-purpose registers only.
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![cfg(kvm)]
 
 mod common;
 

@@ -6,7 +6,7 @@
 //! result, and these tests assert those lines, the exit status, the console output, and what
 //! happened on the host. The first tests need no KVM: they check that every v2/v3 guest is a
 //! well-formed Hermit image of the interface version it claims.
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![cfg(kvm)]
 
 mod common;
 

@@ -4,7 +4,7 @@
 //! with interrupts off), and that output of concurrent vCPUs is never mixed within a hypercall;
 //! plus `--stats` per-vCPU counts, `--affinity` and the real Hermit hello_world image on several
 //! vCPUs (when `UHYVE_TEST_IMAGES` names the image folder).
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![cfg(kvm)]
 
 mod common;
 
