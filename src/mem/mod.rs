@@ -7,6 +7,11 @@
 //! overflow-safe arithmetic against the RAM range. Data is always *copied* in or out; the host
 //! never holds a reference into guest RAM, so a guest writing concurrently cannot change a value
 //! after it was checked.
+//!
+//! [`virt`] is the one door to guest memory by guest-virtual address: through the guest's page
+//! tables, page by page, every piece checked here.
+
+pub mod virt;
 
 use std::mem::{MaybeUninit, size_of};
 
