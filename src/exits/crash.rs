@@ -7,9 +7,10 @@ use std::fmt;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-use crate::arch::{GuestArch, PAGE_SIZE};
+use crate::arch::GuestArch;
 use crate::hypervisor::{InstructionBytes, VirtualCpu};
 use crate::mem::GuestMemory;
+use crate::mem::virt::GuestVirtMemory;
 
 /// A description of a guest crash: what happened, where, and the instruction if known.
 #[derive(Debug)]
@@ -150,42 +151,23 @@ fn describe_instruction(
 }
 
 /// Reads the instruction bytes at guest-virtual `rip` (x86_64: up to 15, A64: 4), stopping at the
-/// first unmapped page.
+/// first page that does not translate.
 fn read_instruction(
     guest: CrashContext<'_>,
     root: GuestPhysAddr,
     rip: u64,
 ) -> Option<InstructionBytes> {
-    let max_len: u64 = match guest.arch {
+    let max_len = match guest.arch {
         GuestArch::X86_64 => 15,
         GuestArch::Aarch64 => 4,
     };
-    let mem = guest.mem;
-    let mut bytes = Vec::with_capacity(max_len as usize);
-    // At most two pages: the one holding RIP and, if the instruction may cross it, the next.
-    let in_first_page = PAGE_SIZE - rip % PAGE_SIZE;
-    for (start, len) in [
-        (rip, in_first_page.min(max_len)),
-        (
-            rip.checked_add(in_first_page)?,
-            max_len.saturating_sub(in_first_page),
-        ),
-    ] {
-        if len == 0 {
-            break;
-        }
-        let Ok(pieces) = guest
-            .arch
-            .translate_range(mem, root, GuestVirtAddr::new(start), len)
-        else {
-            break;
-        };
-        for (address, piece_len) in pieces {
-            let mut piece = vec![0u8; piece_len as usize];
-            mem.read(address, &mut piece).ok()?;
-            bytes.extend_from_slice(&piece);
-        }
+    let mut bytes = vec![0u8; max_len];
+    let read = GuestVirtMemory::new(guest.mem, guest.arch.page_tables(root))
+        .read_prefix(GuestVirtAddr::new(rip), &mut bytes);
+    if let Some(stop) = read.stop {
+        log::debug!("instruction bytes at {rip:#x}: {stop}");
     }
+    bytes.truncate(read.len);
     (!bytes.is_empty()).then_some(InstructionBytes(bytes))
 }
 
