@@ -204,6 +204,67 @@ mod tests {
         );
     }
 
+    /// Reads the instruction at `rip` of a guest of `arch` booted with the boot page tables.
+    fn instruction_at(arch: GuestArch, rip: impl Fn(u64) -> u64) -> Option<Vec<u8>> {
+        const MIB: u64 = 1 << 20;
+        let (mem, root) = match arch {
+            GuestArch::X86_64 => {
+                use crate::arch::x86_64::{build_identity_map, layout};
+                let mem = GuestMemory::new(GuestPhysAddr::new(0), 16 * MIB).unwrap();
+                let map = layout::MemoryLayout::new(16 * MIB, layout::PIE_KERNEL_BASE..MIB);
+                let root = build_identity_map(&mem, &map.unwrap(), MIB, false).unwrap();
+                (mem, root)
+            }
+            GuestArch::Aarch64 => {
+                use crate::arch::aarch64::{build_identity_map, layout};
+                let image = layout::PIE_KERNEL_BASE..layout::RAM_BASE + MIB;
+                let mem = GuestMemory::new(GuestPhysAddr::new(layout::RAM_BASE), 16 * MIB).unwrap();
+                let map = layout::MemoryLayout::new(16 * MIB, image.clone()).unwrap();
+                let root = build_identity_map(&mem, &map, image.end).unwrap();
+                (mem, root)
+            }
+        };
+        let code: Vec<u8> = (1..=16).collect();
+        let image_end = match arch {
+            GuestArch::X86_64 => 2 * MIB,
+            GuestArch::Aarch64 => crate::arch::aarch64::layout::RAM_BASE + MIB,
+        };
+        let rip = rip(image_end);
+        if mem.checked_range(GuestPhysAddr::new(rip), 16).is_ok() {
+            mem.write(GuestPhysAddr::new(rip), &code).unwrap();
+        }
+        read_instruction(CrashContext { mem: &mem, arch }, root, rip).map(|bytes| bytes.0)
+    }
+
+    #[test]
+    fn instructions_are_read_up_to_the_first_unmapped_page() {
+        for arch in [GuestArch::X86_64, GuestArch::Aarch64] {
+            let code: Vec<u8> = (1..=16).collect();
+            let max = match arch {
+                GuestArch::X86_64 => 15,
+                GuestArch::Aarch64 => 4,
+            };
+            // Well inside the mapped image, and across into the unmapped page after it.
+            assert_eq!(
+                instruction_at(arch, |end| end - 0x100),
+                Some(code[..max].to_vec()),
+                "{arch:?}"
+            );
+            assert_eq!(
+                instruction_at(arch, |end| end - 3),
+                Some(code[..3].to_vec()),
+                "{arch:?}"
+            );
+            assert_eq!(instruction_at(arch, |end| end), None, "{arch:?}");
+        }
+        // The recursive slot maps the last page of the x86_64 address space onto the PML4: its
+        // last entry (the recursive one, 0x10000 | 0x3) is readable up to the end.
+        assert_eq!(
+            instruction_at(GuestArch::X86_64, |_| u64::MAX - 7),
+            Some(vec![0x03, 0, 0x01, 0, 0, 0, 0, 0])
+        );
+    }
+
     #[test]
     fn decodes_the_instructions_this_kvm_cannot_emulate() {
         let decode = |bytes: &[u8]| decode_instruction(0x1000, bytes);

@@ -449,6 +449,44 @@ mod tests {
     }
 
     #[test]
+    fn fetches_stop_at_the_first_byte_the_guest_cannot_fetch() {
+        use crate::arch::x86_64::paging::{PF_FETCH, PF_PROTECTION};
+        let mem = memory();
+        mem.write(GuestPhysAddr::new(0x3f_fffd), &[1, 2, 3])
+            .unwrap();
+        let mut memory = PagedGuestMemory::new(
+            &mem,
+            GuestPhysAddr::new(0x1000),
+            cpu_at(0).state.paging_mode(),
+        );
+        // Page-wise: the whole instruction from one page, or the part before a no-execute page
+        // with that page's fault.
+        assert_eq!(memory.fetch(0x20_0000, 15), (vec![0; 15], None));
+        assert_eq!(
+            memory.fetch(0x3f_fffd, 15),
+            (
+                vec![1, 2, 3],
+                Some(PageFault {
+                    address: 0x40_0000,
+                    error_code: PF_FETCH | PF_PROTECTION
+                })
+            )
+        );
+        // An unmapped page is a not-present fault; a page outside RAM is no fault the guest sees.
+        assert_eq!(
+            memory.fetch(u64::MAX, 15),
+            (
+                vec![],
+                Some(PageFault {
+                    address: u64::MAX,
+                    error_code: PF_FETCH
+                })
+            )
+        );
+        assert_eq!(memory.fetch(0x60_0000, 15), (vec![], None));
+    }
+
+    #[test]
     fn stores_to_read_only_pages_inject_the_page_fault_the_cpu_would_raise() {
         use crate::arch::x86_64::paging::{PF_PROTECTION, PF_WRITE};
         let mem = memory();
