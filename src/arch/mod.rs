@@ -12,7 +12,8 @@ use goblin::elf::header::{EM_AARCH64, EM_X86_64};
 use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-use crate::mem::{GuestMemory, MemoryError};
+use crate::mem::GuestMemory;
+use crate::mem::virt::PageWalk;
 
 /// The architecture of a guest (one per VM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub enum GuestArch {
     Aarch64,
 }
 
-/// A guest-virtual range that could not be translated, by architecture.
+/// A guest-virtual address that could not be translated, by architecture.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TranslateError {
     /// An x86_64 page-table walk failed.
@@ -62,56 +63,39 @@ impl GuestArch {
         }
     }
 
-    /// Translates `[vaddr, vaddr + len)` through the guest page tables rooted at `root` (CR3 or
-    /// TTBR0_EL1) into guest-physical pieces inside guest RAM.
-    pub fn translate_range(
-        self,
-        mem: &GuestMemory,
-        root: GuestPhysAddr,
-        vaddr: GuestVirtAddr,
-        len: u64,
-    ) -> Result<Vec<(GuestPhysAddr, u64)>, TranslateError> {
-        Ok(match self {
-            Self::X86_64 => x86_64::translate_range(mem, root, vaddr, len)?,
-            Self::Aarch64 => aarch64::translate_range(mem, root, vaddr, len)?,
-        })
+    /// The page tables rooted at `root` (CR3 or TTBR0_EL1) of a guest of this architecture.
+    pub fn page_tables(self, root: GuestPhysAddr) -> GuestPageTables {
+        GuestPageTables { arch: self, root }
     }
 }
 
 /// Size of the smallest page on every supported architecture.
 pub const PAGE_SIZE: u64 = 0x1000;
 
-/// Splits the guest-virtual range `[vaddr, vaddr + len)` into guest-physical pieces, translating
-/// every 4 KiB page on its own with `walk` (guest buffers are never assumed to be physically
-/// contiguous) and merging physically adjacent pages. Each piece lies entirely inside guest RAM.
-/// `wraps` is the error for a range that runs past the end of the address space, `outside`
-/// the one for a page whose translation leaves guest RAM.
-pub(crate) fn translate_pages<E>(
-    mem: &GuestMemory,
-    vaddr: GuestVirtAddr,
-    len: u64,
-    mut walk: impl FnMut(GuestVirtAddr) -> Result<GuestPhysAddr, E>,
-    wraps: impl Fn() -> E,
-    outside: impl Fn(u64, MemoryError) -> E,
-) -> Result<Vec<(GuestPhysAddr, u64)>, E> {
-    let start = vaddr.as_u64();
-    let mut pieces: Vec<(GuestPhysAddr, u64)> = Vec::new();
-    let mut done = 0u64;
-    while done < len {
-        let va = start.checked_add(done).ok_or_else(&wraps)?;
-        let in_page = (PAGE_SIZE - (va & (PAGE_SIZE - 1))).min(len - done);
-        let pa = walk(GuestVirtAddr::new(va))?;
-        mem.checked_range(pa, in_page)
-            .map_err(|source| outside(va, source))?;
-        match pieces.last_mut() {
-            Some((last_pa, last_len))
-                if last_pa.as_u64().checked_add(*last_len) == Some(pa.as_u64()) =>
-            {
-                *last_len += in_page;
-            }
-            _ => pieces.push((pa, in_page)),
-        }
-        done += in_page;
+const _: () = assert!(PAGE_SIZE == x86_64::paging::PAGE_SIZE);
+const _: () = assert!(PAGE_SIZE == aarch64::paging::PAGE_SIZE);
+
+/// The page tables of a guest of either architecture, walked as the host sees them: the walker
+/// for callers that do not care which architecture the guest has (v1 hypercall buffers, crash
+/// reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestPageTables {
+    arch: GuestArch,
+    root: GuestPhysAddr,
+}
+
+impl PageWalk for GuestPageTables {
+    const PAGE_SIZE: u64 = PAGE_SIZE;
+    type Error = TranslateError;
+
+    fn translate(
+        &self,
+        mem: &GuestMemory,
+        vaddr: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, TranslateError> {
+        Ok(match self.arch {
+            GuestArch::X86_64 => x86_64::PageTables::new(self.root).translate(mem, vaddr)?,
+            GuestArch::Aarch64 => aarch64::PageTables::new(self.root).translate(mem, vaddr)?,
+        })
     }
-    Ok(pieces)
 }

@@ -7,9 +7,10 @@ use std::fmt;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
-use crate::arch::{GuestArch, PAGE_SIZE};
+use crate::arch::GuestArch;
 use crate::hypervisor::{InstructionBytes, VirtualCpu};
 use crate::mem::GuestMemory;
+use crate::mem::virt::GuestVirtMemory;
 
 /// A description of a guest crash: what happened, where, and the instruction if known.
 #[derive(Debug)]
@@ -150,42 +151,23 @@ fn describe_instruction(
 }
 
 /// Reads the instruction bytes at guest-virtual `rip` (x86_64: up to 15, A64: 4), stopping at the
-/// first unmapped page.
+/// first page that does not translate.
 fn read_instruction(
     guest: CrashContext<'_>,
     root: GuestPhysAddr,
     rip: u64,
 ) -> Option<InstructionBytes> {
-    let max_len: u64 = match guest.arch {
+    let max_len = match guest.arch {
         GuestArch::X86_64 => 15,
         GuestArch::Aarch64 => 4,
     };
-    let mem = guest.mem;
-    let mut bytes = Vec::with_capacity(max_len as usize);
-    // At most two pages: the one holding RIP and, if the instruction may cross it, the next.
-    let in_first_page = PAGE_SIZE - rip % PAGE_SIZE;
-    for (start, len) in [
-        (rip, in_first_page.min(max_len)),
-        (
-            rip.checked_add(in_first_page)?,
-            max_len.saturating_sub(in_first_page),
-        ),
-    ] {
-        if len == 0 {
-            break;
-        }
-        let Ok(pieces) = guest
-            .arch
-            .translate_range(mem, root, GuestVirtAddr::new(start), len)
-        else {
-            break;
-        };
-        for (address, piece_len) in pieces {
-            let mut piece = vec![0u8; piece_len as usize];
-            mem.read(address, &mut piece).ok()?;
-            bytes.extend_from_slice(&piece);
-        }
+    let mut bytes = vec![0u8; max_len];
+    let read = GuestVirtMemory::new(guest.mem, guest.arch.page_tables(root))
+        .read_prefix(GuestVirtAddr::new(rip), &mut bytes);
+    if let Some(stop) = read.stop {
+        log::debug!("instruction bytes at {rip:#x}: {stop}");
     }
+    bytes.truncate(read.len);
     (!bytes.is_empty()).then_some(InstructionBytes(bytes))
 }
 
@@ -219,6 +201,67 @@ mod tests {
         assert_eq!(
             crash.to_string(),
             "guest crashed: vCPU 0: emulation failure at RIP 0x401234, instruction `xgetbv` (0f 01 d0). hint"
+        );
+    }
+
+    /// Reads the instruction at `rip` of a guest of `arch` booted with the boot page tables.
+    fn instruction_at(arch: GuestArch, rip: impl Fn(u64) -> u64) -> Option<Vec<u8>> {
+        const MIB: u64 = 1 << 20;
+        let (mem, root) = match arch {
+            GuestArch::X86_64 => {
+                use crate::arch::x86_64::{build_identity_map, layout};
+                let mem = GuestMemory::new(GuestPhysAddr::new(0), 16 * MIB).unwrap();
+                let map = layout::MemoryLayout::new(16 * MIB, layout::PIE_KERNEL_BASE..MIB);
+                let root = build_identity_map(&mem, &map.unwrap(), MIB, false).unwrap();
+                (mem, root)
+            }
+            GuestArch::Aarch64 => {
+                use crate::arch::aarch64::{build_identity_map, layout};
+                let image = layout::PIE_KERNEL_BASE..layout::RAM_BASE + MIB;
+                let mem = GuestMemory::new(GuestPhysAddr::new(layout::RAM_BASE), 16 * MIB).unwrap();
+                let map = layout::MemoryLayout::new(16 * MIB, image.clone()).unwrap();
+                let root = build_identity_map(&mem, &map, image.end).unwrap();
+                (mem, root)
+            }
+        };
+        let code: Vec<u8> = (1..=16).collect();
+        let image_end = match arch {
+            GuestArch::X86_64 => 2 * MIB,
+            GuestArch::Aarch64 => crate::arch::aarch64::layout::RAM_BASE + MIB,
+        };
+        let rip = rip(image_end);
+        if mem.checked_range(GuestPhysAddr::new(rip), 16).is_ok() {
+            mem.write(GuestPhysAddr::new(rip), &code).unwrap();
+        }
+        read_instruction(CrashContext { mem: &mem, arch }, root, rip).map(|bytes| bytes.0)
+    }
+
+    #[test]
+    fn instructions_are_read_up_to_the_first_unmapped_page() {
+        for arch in [GuestArch::X86_64, GuestArch::Aarch64] {
+            let code: Vec<u8> = (1..=16).collect();
+            let max = match arch {
+                GuestArch::X86_64 => 15,
+                GuestArch::Aarch64 => 4,
+            };
+            // Well inside the mapped image, and across into the unmapped page after it.
+            assert_eq!(
+                instruction_at(arch, |end| end - 0x100),
+                Some(code[..max].to_vec()),
+                "{arch:?}"
+            );
+            assert_eq!(
+                instruction_at(arch, |end| end - 3),
+                Some(code[..3].to_vec()),
+                "{arch:?}"
+            );
+            assert_eq!(instruction_at(arch, |end| end), None, "{arch:?}");
+        }
+        // The recursive slot maps the last page of the x86_64 address space onto the PML4: its
+        // last entry (the recursive one, 0x10000 | 0x3) is readable up to the end.
+        assert_eq!(
+            instruction_at(GuestArch::X86_64, |_| u64::MAX - 7),
+            Some(vec![0x03, 0, 0x01, 0, 0, 0, 0, 0])
         );
     }
 

@@ -13,10 +13,11 @@ use crate::arch::x86_64::emulate::{
     EmulationError, GuestAccess, MAX_INSTRUCTION_LEN, PageFault, PagingMode, SystemServices,
     emulate, xsave,
 };
-use crate::arch::x86_64::paging::{AccessKind, CheckedTranslateError, translate_checked};
+use crate::arch::x86_64::paging::{AccessKind, CheckedPageTables, CheckedTranslateError};
 use crate::hypervisor::VcpuError;
 use crate::hypervisor::x86_64::X86Vcpu;
 use crate::mem::GuestMemory;
+use crate::mem::virt::{GuestVirtMemory, VirtError};
 
 /// The user-space fallback for instructions the hypervisor cannot emulate, shared by all vCPUs.
 pub struct EmulationFallback {
@@ -75,9 +76,10 @@ impl EmulationFallback {
     }
 }
 
-/// Guest memory seen through the guest's page tables: every access is translated page by page,
-/// checked against the page permissions the guest's CPU would enforce (a violation is the page
-/// fault the guest must see) and against guest RAM.
+/// Guest memory seen through the guest's page tables: every access goes through the
+/// guest-virtual door with the page permissions the guest's CPU would enforce for it (a violation
+/// is the page fault the guest must see) and is checked against guest RAM. Reads and writes are
+/// all or nothing: every page is translated and checked before the first byte moves.
 pub struct PagedGuestMemory<'a> {
     mem: &'a GuestMemory,
     root: GuestPhysAddr,
@@ -90,93 +92,63 @@ impl<'a> PagedGuestMemory<'a> {
         Self { mem, root, mode }
     }
 
-    fn pieces(
-        &self,
-        address: u64,
-        len: usize,
-        access: AccessKind,
-    ) -> Result<Vec<(GuestPhysAddr, u64)>, EmulationError> {
-        translate_checked(
+    /// Guest memory as the guest's CPU sees it for `access`.
+    fn door(&self, access: AccessKind) -> GuestVirtMemory<'a, CheckedPageTables> {
+        GuestVirtMemory::new(
             self.mem,
-            self.root,
-            GuestVirtAddr::new(address),
-            len as u64,
-            access,
-            self.mode,
+            CheckedPageTables::new(self.root, access, self.mode),
         )
-        .map_err(|error| match error {
-            CheckedTranslateError::PageFault(fault) => EmulationError::PageFault(fault),
-            CheckedTranslateError::Paging(_) => EmulationError::BadAddress { address, len },
-        })
     }
 
     /// Fetches up to `max` instruction bytes at `address`, stopping at the first byte the guest
     /// could not fetch; that byte's page fault, if it was one, comes with the bytes.
     pub fn fetch(&mut self, address: u64, max: usize) -> (Vec<u8>, Option<PageFault>) {
-        let mut bytes = Vec::with_capacity(max);
-        for offset in 0..max as u64 {
-            let Some(at) = address.checked_add(offset) else {
-                break;
-            };
-            let mut byte = [0u8];
-            let fetched = self
-                .pieces(at, 1, AccessKind::Fetch)
-                .and_then(|pieces| self.copy_from(&pieces, at, &mut byte));
-            match fetched {
-                Ok(()) => bytes.push(byte[0]),
-                Err(EmulationError::PageFault(fault)) => return (bytes, Some(fault)),
-                Err(_) => break,
-            }
-        }
-        (bytes, None)
+        let mut bytes = vec![0u8; max];
+        let fetched = self
+            .door(AccessKind::Fetch)
+            .read_prefix(GuestVirtAddr::new(address), &mut bytes);
+        bytes.truncate(fetched.len);
+        let fault = match fetched.stop {
+            Some(VirtError::Walk(CheckedTranslateError::PageFault(fault))) => Some(fault),
+            _ => None,
+        };
+        (bytes, fault)
     }
+}
 
-    fn copy_from(
-        &self,
-        pieces: &[(GuestPhysAddr, u64)],
-        address: u64,
-        buf: &mut [u8],
-    ) -> Result<(), EmulationError> {
-        let mut done = 0;
-        for &(gpa, len) in pieces {
-            let len = len as usize;
-            self.mem
-                .read(gpa, &mut buf[done..done + len])
-                .map_err(|_| EmulationError::BadAddress {
-                    address,
-                    len: buf.len(),
-                })?;
-            done += len;
+/// The emulator's error for an access of `len` bytes at `address` that the door refused: the page
+/// fault the guest's CPU would raise, or a bad address for anything else (non-canonical, outside
+/// RAM, wrapping around the address space).
+fn access_error(
+    address: u64,
+    len: usize,
+    error: VirtError<CheckedTranslateError>,
+) -> EmulationError {
+    match error {
+        VirtError::Walk(CheckedTranslateError::PageFault(fault)) => {
+            EmulationError::PageFault(fault)
         }
-        Ok(())
+        _ => EmulationError::BadAddress { address, len },
     }
 }
 
 impl GuestAccess for PagedGuestMemory<'_> {
     fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), EmulationError> {
-        let pieces = self.pieces(address, buf.len(), AccessKind::Read)?;
-        self.copy_from(&pieces, address, buf)
+        self.door(AccessKind::Read)
+            .read(GuestVirtAddr::new(address), buf)
+            .map_err(|error| access_error(address, buf.len(), error))
     }
 
     fn write(&mut self, address: u64, data: &[u8]) -> Result<(), EmulationError> {
-        // Every page is translated and checked before the first byte is written.
-        let pieces = self.pieces(address, data.len(), AccessKind::Write)?;
-        let mut done = 0;
-        for (gpa, len) in pieces {
-            let len = len as usize;
-            self.mem.write(gpa, &data[done..done + len]).map_err(|_| {
-                EmulationError::BadAddress {
-                    address,
-                    len: data.len(),
-                }
-            })?;
-            done += len;
-        }
-        Ok(())
+        self.door(AccessKind::Write)
+            .write(GuestVirtAddr::new(address), data)
+            .map_err(|error| access_error(address, data.len(), error))
     }
 
     fn probe_write(&mut self, address: u64, len: usize) -> Result<(), EmulationError> {
-        self.pieces(address, len, AccessKind::Write).map(|_| ())
+        self.door(AccessKind::Write)
+            .check(GuestVirtAddr::new(address), len as u64)
+            .map_err(|error| access_error(address, len, error))
     }
 }
 
@@ -474,6 +446,44 @@ mod tests {
             matches!(outcome, Emulated::PageFault { fault, .. } if fault.address == 0x40_0000),
             "{outcome:?}"
         );
+    }
+
+    #[test]
+    fn fetches_stop_at_the_first_byte_the_guest_cannot_fetch() {
+        use crate::arch::x86_64::paging::{PF_FETCH, PF_PROTECTION};
+        let mem = memory();
+        mem.write(GuestPhysAddr::new(0x3f_fffd), &[1, 2, 3])
+            .unwrap();
+        let mut memory = PagedGuestMemory::new(
+            &mem,
+            GuestPhysAddr::new(0x1000),
+            cpu_at(0).state.paging_mode(),
+        );
+        // Page-wise: the whole instruction from one page, or the part before a no-execute page
+        // with that page's fault.
+        assert_eq!(memory.fetch(0x20_0000, 15), (vec![0; 15], None));
+        assert_eq!(
+            memory.fetch(0x3f_fffd, 15),
+            (
+                vec![1, 2, 3],
+                Some(PageFault {
+                    address: 0x40_0000,
+                    error_code: PF_FETCH | PF_PROTECTION
+                })
+            )
+        );
+        // An unmapped page is a not-present fault; a page outside RAM is no fault the guest sees.
+        assert_eq!(
+            memory.fetch(u64::MAX, 15),
+            (
+                vec![],
+                Some(PageFault {
+                    address: u64::MAX,
+                    error_code: PF_FETCH
+                })
+            )
+        );
+        assert_eq!(memory.fetch(0x60_0000, 15), (vec![], None));
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! stops at the first problem and reports the bytes written in `len` (WriteParams has no result
 //! field).
 //!
-//! The guest-virtual access is the section below [`GuestPageTables`]. FileRead and FileWrite see
-//! only host bytes, through [`copy_to_guest`] and [`copy_from_guest`]; below those, [`transfer`]
-//! moves the chunks and [`translate_prefix`] is the one page walk. A shared guest-virtual reader
-//! can replace that section without touching the calls above it.
+//! The guest-virtual access is the section at the end. FileRead and FileWrite see only host
+//! bytes, through [`copy_to_guest`] and [`copy_from_guest`]; below those, [`transfer`] moves the
+//! chunks, each translated through the guest-virtual door ([`GuestVirtMemory::pieces`]: the
+//! accessible prefix of the chunk).
 
 use std::io::{self, SeekFrom};
 
@@ -19,10 +19,11 @@ use uhyve_interface::{
 };
 
 use super::{CHUNK_SIZE, HypercallError, Hypercalls, chunk_len, read_retrying};
-use crate::arch::{GuestArch, PAGE_SIZE};
+use crate::arch::GuestPageTables;
 use crate::hypervisor::VcpuError;
 use crate::isolation::GuestFd;
-use crate::mem::{GuestMemory, MemoryError};
+use crate::mem::GuestMemory;
+use crate::mem::virt::{GuestVirtMemory, Piece, read_pieces, write_pieces};
 
 impl Hypercalls {
     /// FileLseek (v1): `offset` = the new offset or −1.
@@ -178,15 +179,6 @@ fn write_counting(file: &crate::isolation::OpenFile, data: &[u8]) -> usize {
 
 // ---- guest-virtual buffers ----
 
-/// The page tables through which a guest-virtual buffer is translated.
-#[derive(Debug, Clone, Copy)]
-struct GuestPageTables {
-    /// Their format.
-    arch: GuestArch,
-    /// The root table (CR3 or TTBR0_EL1).
-    root: GuestPhysAddr,
-}
-
 impl Hypercalls {
     /// The calling vCPU's current page tables.
     fn page_tables(
@@ -198,10 +190,7 @@ impl Hypercalls {
             hypercall: hypercall.name(),
             source,
         })?;
-        Ok(GuestPageTables {
-            arch: self.arch,
-            root,
-        })
+        Ok(self.arch.page_tables(root))
     }
 }
 
@@ -228,7 +217,7 @@ fn copy_to_guest<E>(
     transfer(mem, tables, buf, total, |pieces, part, done| {
         let (got, more) = fill(part, done)?;
         let data = part.get(..got).unwrap_or_default();
-        if scatter(mem, pieces, data).is_err() {
+        if write_pieces(mem, pieces, data).is_err() {
             // Cannot happen (every piece was checked against RAM); report what arrived before.
             return Ok((0, false));
         }
@@ -248,7 +237,7 @@ fn copy_from_guest<E>(
     mut drain: impl FnMut(&[u8], u64) -> Result<(usize, bool), E>,
 ) -> Result<Transferred, E> {
     transfer(mem, tables, buf, total, |pieces, part, done| {
-        if gather(mem, pieces, part).is_err() {
+        if read_pieces(mem, pieces, part).is_err() {
             return Ok((0, false));
         }
         drain(part, done)
@@ -265,7 +254,7 @@ fn transfer<E>(
     tables: GuestPageTables,
     buf: GuestVirtAddr,
     total: u64,
-    mut step: impl FnMut(&[(GuestPhysAddr, u64)], &mut [u8], u64) -> Result<(usize, bool), E>,
+    mut step: impl FnMut(&[Piece], &mut [u8], u64) -> Result<(usize, bool), E>,
 ) -> Result<Transferred, E> {
     SCRATCH.with_borrow_mut(|host| transfer_with(mem, tables, buf, total, host, &mut step))
 }
@@ -282,19 +271,23 @@ fn transfer_with<E>(
     buf: GuestVirtAddr,
     total: u64,
     host: &mut Vec<u8>,
-    step: &mut impl FnMut(&[(GuestPhysAddr, u64)], &mut [u8], u64) -> Result<(usize, bool), E>,
+    step: &mut impl FnMut(&[Piece], &mut [u8], u64) -> Result<(usize, bool), E>,
 ) -> Result<Transferred, E> {
     if host.len() < chunk_len(total) {
         host.resize(chunk_len(total), 0);
     }
+    let guest = GuestVirtMemory::new(mem, tables);
     let mut done = 0u64;
     while done < total {
         let want = (total - done).min(CHUNK_SIZE);
         let Some(vaddr) = buf.checked_add(done) else {
             break;
         };
-        let pieces = translate_prefix(mem, tables, vaddr, want);
-        let mapped: u64 = pieces.iter().map(|&(_, piece_len)| piece_len).sum();
+        let chunk = guest.pieces(vaddr, want);
+        if let Some(stop) = &chunk.stop {
+            log::debug!("guest buffer not accessible: {stop}");
+        }
+        let mapped = chunk.covered();
         if mapped == 0 {
             if done == 0 {
                 return Ok(Transferred::Unmapped);
@@ -304,78 +297,11 @@ fn transfer_with<E>(
         let Some(part) = host.get_mut(..chunk_len(mapped)) else {
             break;
         };
-        let (moved, more) = step(&pieces, part, done)?;
+        let (moved, more) = step(&chunk.pieces, part, done)?;
         done += moved as u64;
         if !more || (moved as u64) < want {
             break;
         }
     }
     Ok(Transferred::Bytes(done))
-}
-
-/// Translates the longest translatable prefix of `[vaddr, vaddr + len)`, one page at a time.
-/// Every returned piece lies inside guest RAM; an empty result means the first page is unusable.
-fn translate_prefix(
-    mem: &GuestMemory,
-    tables: GuestPageTables,
-    vaddr: GuestVirtAddr,
-    len: u64,
-) -> Vec<(GuestPhysAddr, u64)> {
-    let mut pieces = Vec::new();
-    let mut done = 0u64;
-    while done < len {
-        let Some(page_start) = vaddr.checked_add(done) else {
-            break;
-        };
-        let in_page = (PAGE_SIZE - page_start.as_u64() % PAGE_SIZE).min(len - done);
-        match tables
-            .arch
-            .translate_range(mem, tables.root, page_start, in_page)
-        {
-            Ok(mut page) => pieces.append(&mut page),
-            Err(error) => {
-                log::debug!("guest buffer not accessible: {error}");
-                break;
-            }
-        }
-        done += in_page;
-    }
-    pieces
-}
-
-/// Copies `data` into the guest-physical pieces, in order, until `data` is used up.
-fn scatter(
-    mem: &GuestMemory,
-    pieces: &[(GuestPhysAddr, u64)],
-    data: &[u8],
-) -> Result<(), MemoryError> {
-    let mut rest = data;
-    for &(address, piece_len) in pieces {
-        if rest.is_empty() {
-            break;
-        }
-        let (head, tail) = rest.split_at(rest.len().min(chunk_len(piece_len)));
-        mem.write(address, head)?;
-        rest = tail;
-    }
-    Ok(())
-}
-
-/// Fills `buffer` from the guest-physical pieces, in order.
-fn gather(
-    mem: &GuestMemory,
-    pieces: &[(GuestPhysAddr, u64)],
-    buffer: &mut [u8],
-) -> Result<(), MemoryError> {
-    let mut rest = buffer;
-    for &(address, piece_len) in pieces {
-        if rest.is_empty() {
-            break;
-        }
-        let split = rest.len().min(chunk_len(piece_len));
-        let (head, tail) = rest.split_at_mut(split);
-        mem.read(address, head)?;
-        rest = tail;
-    }
-    Ok(())
 }

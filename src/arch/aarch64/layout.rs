@@ -223,11 +223,6 @@ impl MemoryLayout {
         self.ram_base().as_u64() + offset
     }
 
-    /// The guest-physical hypercall trap window (the backend maps it without access rights).
-    pub fn hypercall_window(&self) -> Range<u64> {
-        self.at(0)..self.at(HYPERCALL_WINDOW_SIZE)
-    }
-
     /// Address of the boot info.
     pub fn boot_info(&self) -> GuestPhysAddr {
         GuestPhysAddr::new(self.at(BOOT_INFO_OFFSET))
@@ -366,7 +361,7 @@ mod tests {
         assert_eq!(layout.ram(), G..G + 64 * MIB);
         assert_eq!(layout.ram_base().as_u64(), 0x1000_0000);
         assert_eq!(layout.ram_size(), 64 * MIB);
-        assert_eq!(layout.hypercall_window(), G..G + 0x4000);
+        assert_eq!(HYPERCALL_WINDOW, G..G + 0x4000);
         assert_eq!(layout.kernel_base(), G + 0x40000);
         assert_eq!(layout.kernel_image(), G + 0x40000..G + 0x30_0000);
         assert_eq!(layout.boot_info().as_u64(), G + 0x4000);
@@ -381,7 +376,8 @@ mod tests {
     #[test]
     fn boot_structures_avoid_the_trap_window() {
         let layout = MemoryLayout::new(16 * MIB, PIE_KERNEL_BASE..G + 0x10_0000).unwrap();
-        let window = layout.hypercall_window();
+        let base = layout.ram_base().as_u64();
+        let window = base..base + HYPERCALL_WINDOW_SIZE;
         for address in [
             layout.boot_info().as_u64(),
             layout.fdt().as_u64(),

@@ -13,5 +13,5 @@ pub use esr::{DataAbort, EsrError, decode_data_abort, exception_class, exception
 pub use layout::{
     LayoutError, MemoryLayout, boot_stack_bottom, check_kernel_placement, check_memory_size,
 };
-pub use paging::{PagingError, build_identity_map, translate_range, virt_to_phys};
+pub use paging::{PageTables, PagingError, build_identity_map, virt_to_phys};
 pub use registers::{InitialRegisters, initial_registers};

@@ -1,5 +1,6 @@
 //! aarch64 stage-1 page tables (4 KiB granule, 48-bit VA, TTBR0 only): the host-side walk that
-//! translates guest-virtual addresses (v1 hypercall buffers) and the builder of the boot tables.
+//! translates guest-virtual addresses ([`PageTables`], the walker through which the guest-virtual
+//! door `crate::mem::virt` reaches aarch64 guest memory) and the builder of the boot tables.
 //!
 //! The walk trusts nothing it reads: every table pointer and every resulting address is checked
 //! against guest RAM through [`GuestMemory`]; invalid and reserved descriptors end the walk with
@@ -17,6 +18,7 @@ use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use super::layout::{HYPERCALL_WINDOW_SIZE, MemoryLayout, align_up};
+use crate::mem::virt::PageWalk;
 use crate::mem::{GuestMemory, MemoryError};
 
 /// Descriptor bit 0: valid.
@@ -216,23 +218,30 @@ pub fn virt_to_phys(
     })
 }
 
-/// Splits the guest-virtual range `[vaddr, vaddr + len)` into guest-physical pieces, translating
-/// every 4 KiB page on its own (guest buffers are never assumed to be physically contiguous).
-/// Each returned piece lies entirely inside guest RAM.
-pub fn translate_range(
-    mem: &GuestMemory,
+/// The stage-1 tables rooted at TTBR0_EL1, walked as the host sees them ([`virt_to_phys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageTables {
     ttbr0: GuestPhysAddr,
-    vaddr: GuestVirtAddr,
-    len: u64,
-) -> Result<Vec<(GuestPhysAddr, u64)>, PagingError> {
-    super::super::translate_pages(
-        mem,
-        vaddr,
-        len,
-        |va| virt_to_phys(mem, ttbr0, va),
-        || PagingError::OutsideTtbr0Range(u64::MAX),
-        |vaddr, source| PagingError::OutsideRam { vaddr, source },
-    )
+}
+
+impl PageTables {
+    /// The tables rooted at `ttbr0` (TTBR0_EL1).
+    pub fn new(ttbr0: GuestPhysAddr) -> Self {
+        Self { ttbr0 }
+    }
+}
+
+impl PageWalk for PageTables {
+    const PAGE_SIZE: u64 = PAGE_SIZE;
+    type Error = PagingError;
+
+    fn translate(
+        &self,
+        mem: &GuestMemory,
+        vaddr: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, PagingError> {
+        virt_to_phys(mem, self.ttbr0, vaddr)
+    }
 }
 
 /// Hands out zeroed 4 KiB frames from the page-table area, lowest first.
@@ -377,6 +386,7 @@ pub fn build_identity_map(
 #[cfg(test)]
 mod walk_tests {
     use super::*;
+    use crate::mem::virt::{GuestVirtMemory, Piece, VirtError};
 
     const G: u64 = 0x1000_0000;
 
@@ -483,23 +493,28 @@ mod walk_tests {
     #[test]
     fn ranges_are_translated_page_by_page() {
         let mem = memory_with_tables();
-        let root = GuestPhysAddr::new(G + 0x1000);
-        let pieces = translate_range(&mem, root, GuestVirtAddr::new(0x5ff0), 0x20).unwrap();
+        let door = GuestVirtMemory::new(&mem, PageTables::new(GuestPhysAddr::new(G + 0x1000)));
+        let range = |va: u64, len| door.pieces(GuestVirtAddr::new(va), len).complete();
+        let piece = |pa: u64, len| Piece::new(GuestPhysAddr::new(pa), len);
         assert_eq!(
-            pieces,
-            vec![
-                (GuestPhysAddr::new(G + 0x9ff0), 0x10),
-                (GuestPhysAddr::new(G + 0x7000), 0x10)
-            ]
+            range(0x5ff0, 0x20),
+            Ok(vec![piece(G + 0x9ff0, 0x10), piece(G + 0x7000, 0x10)])
         );
-        let merged = translate_range(&mem, root, GuestVirtAddr::new(0x20_0ff0), 0x20).unwrap();
-        assert_eq!(merged, vec![(GuestPhysAddr::new(G + 0x20_0ff0), 0x20)]);
-        assert!(translate_range(&mem, root, GuestVirtAddr::new(0x6ff0), 0x20).is_err());
-        assert!(translate_range(&mem, root, GuestVirtAddr::new(u64::MAX - 4), 0x20).is_err());
+        assert_eq!(range(0x20_0ff0, 0x20), Ok(vec![piece(G + 0x20_0ff0, 0x20)]));
         assert_eq!(
-            translate_range(&mem, root, GuestVirtAddr::new(0x5000), 0),
-            Ok(vec![])
+            range(0x6ff0, 0x20),
+            Err(VirtError::Walk(PagingError::NotMapped {
+                vaddr: 0x7000,
+                level: 3
+            }))
         );
+        assert_eq!(
+            range(u64::MAX - 4, 0x20),
+            Err(VirtError::Walk(PagingError::OutsideTtbr0Range(
+                u64::MAX - 4
+            )))
+        );
+        assert_eq!(range(0x5000, 0), Ok(vec![]));
     }
 }
 

@@ -12,5 +12,5 @@ pub use gdt::{GdtError, SegmentDescriptor, write_gdt};
 pub use layout::{
     LayoutError, MemoryLayout, boot_stack_bottom, check_kernel_placement, check_memory_size,
 };
-pub use paging::{PagingError, build_identity_map, translate_range, virt_to_phys};
+pub use paging::{PageTables, PagingError, build_identity_map, virt_to_phys};
 pub use registers::{InitialRegisters, initial_registers};

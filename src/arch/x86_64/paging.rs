@@ -1,8 +1,11 @@
-//! x86_64 4-level page tables: the host-side walk that translates guest-virtual addresses
-//! (hypercall buffers) and the builder of the boot identity map.
+//! x86_64 4-level page tables: the host-side walks that translate guest-virtual addresses and the
+//! builder of the boot identity map.
 //!
-//! The walk trusts nothing it reads: every table pointer and every resulting address is checked
-//! against guest RAM through [`GuestMemory`], and non-present entries end the walk with an error.
+//! [`PageTables`] (the host's view: present or not) and [`CheckedPageTables`] (as the guest's CPU
+//! would for one kind of access, with its permission checks) are the walkers through which the
+//! guest-virtual door `crate::mem::virt` reaches x86_64 guest memory. The walk trusts nothing it
+//! reads: every table pointer and every resulting address is checked against guest RAM through
+//! [`GuestMemory`], and non-present entries end the walk with an error.
 //!
 //! The builder ([`build_identity_map`]) writes the boot page tables: an identity map (VA = GPA)
 //! with 2 MiB pages and the recursive PML4 slot 511 that kernels up to 0.10 rely on.
@@ -11,6 +14,7 @@ use thiserror::Error;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use super::layout::{MemoryLayout, align_up};
+use crate::mem::virt::PageWalk;
 use crate::mem::{GuestMemory, MemoryError};
 
 /// Present bit of a page-table entry.
@@ -138,7 +142,7 @@ pub const PTE_USER: u64 = 1 << 2;
 /// PTE bit 63: instruction fetches forbidden (with EFER.NXE).
 pub const PTE_NO_EXECUTE: u64 = 1 << 63;
 
-/// What a guest memory access does, for the permission checks of [`translate_checked`].
+/// What a guest memory access does, for the permission checks of [`virt_to_phys_checked`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessKind {
     /// A data read.
@@ -245,48 +249,66 @@ pub fn virt_to_phys_checked(
     unreachable!("level 1 entries are always leaves")
 }
 
-/// [`translate_range`] with the permission checks of [`virt_to_phys_checked`] on every page;
-/// the first page that faults ends it (nothing of the range is then accessed).
-pub fn translate_checked(
-    mem: &GuestMemory,
+/// The 4-level page tables rooted at CR3, walked as the host sees them: every present mapping
+/// translates, whatever its permissions ([`virt_to_phys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageTables {
     root: GuestPhysAddr,
-    vaddr: GuestVirtAddr,
-    len: u64,
-    access: AccessKind,
-    mode: PagingMode,
-) -> Result<Vec<(GuestPhysAddr, u64)>, CheckedTranslateError> {
-    super::super::translate_pages(
-        mem,
-        vaddr,
-        len,
-        |va| virt_to_phys_checked(mem, root, va, access, mode),
-        || PagingError::NonCanonical(u64::MAX).into(),
-        |vaddr, source| PagingError::OutsideRam { vaddr, source }.into(),
-    )
 }
 
-/// Splits the guest-virtual range `[vaddr, vaddr + len)` into guest-physical pieces, translating
-/// every 4 KiB page on its own (guest buffers are never assumed to be physically contiguous).
-/// Each returned piece lies entirely inside guest RAM.
-pub fn translate_range(
-    mem: &GuestMemory,
+impl PageTables {
+    /// The tables rooted at `root` (CR3).
+    pub fn new(root: GuestPhysAddr) -> Self {
+        Self { root }
+    }
+}
+
+impl PageWalk for PageTables {
+    const PAGE_SIZE: u64 = PAGE_SIZE;
+    type Error = PagingError;
+
+    fn translate(
+        &self,
+        mem: &GuestMemory,
+        vaddr: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, PagingError> {
+        virt_to_phys(mem, self.root, vaddr)
+    }
+}
+
+/// The 4-level page tables rooted at CR3, walked as the guest's CPU would for one kind of access
+/// in one paging mode ([`virt_to_phys_checked`]): a page it would refuse is its page fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedPageTables {
     root: GuestPhysAddr,
-    vaddr: GuestVirtAddr,
-    len: u64,
-) -> Result<Vec<(GuestPhysAddr, u64)>, PagingError> {
-    super::super::translate_pages(
-        mem,
-        vaddr,
-        len,
-        |va| virt_to_phys(mem, root, va),
-        || PagingError::NonCanonical(u64::MAX),
-        |vaddr, source| PagingError::OutsideRam { vaddr, source },
-    )
+    access: AccessKind,
+    mode: PagingMode,
+}
+
+impl CheckedPageTables {
+    /// The tables rooted at `root` (CR3), for an `access` in `mode`.
+    pub fn new(root: GuestPhysAddr, access: AccessKind, mode: PagingMode) -> Self {
+        Self { root, access, mode }
+    }
+}
+
+impl PageWalk for CheckedPageTables {
+    const PAGE_SIZE: u64 = PAGE_SIZE;
+    type Error = CheckedTranslateError;
+
+    fn translate(
+        &self,
+        mem: &GuestMemory,
+        vaddr: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, CheckedTranslateError> {
+        virt_to_phys_checked(mem, self.root, vaddr, self.access, self.mode)
+    }
 }
 
 #[cfg(test)]
 mod walk_tests {
     use super::*;
+    use crate::mem::virt::{GuestVirtMemory, Piece, VirtError};
 
     const ROOT: u64 = 0x1000;
 
@@ -337,21 +359,30 @@ mod walk_tests {
     #[test]
     fn ranges_are_translated_page_by_page() {
         let mem = memory_with_tables();
-        let root = GuestPhysAddr::new(ROOT);
-        let pieces = translate_range(&mem, root, GuestVirtAddr::new(0x5ff0), 0x20).unwrap();
+        let door = GuestVirtMemory::new(&mem, PageTables::new(GuestPhysAddr::new(ROOT)));
+        let range = |va: u64, len| door.pieces(GuestVirtAddr::new(va), len).complete();
+        let piece = |pa: u64, len| Piece::new(GuestPhysAddr::new(pa), len);
         assert_eq!(
-            pieces,
-            vec![
-                (GuestPhysAddr::new(0x9ff0), 0x10),
-                (GuestPhysAddr::new(0x7000), 0x10)
-            ]
+            range(0x5ff0, 0x20),
+            Ok(vec![piece(0x9ff0, 0x10), piece(0x7000, 0x10)])
         );
-        assert!(translate_range(&mem, root, GuestVirtAddr::new(0x6ff0), 0x20).is_err());
-        assert!(translate_range(&mem, root, GuestVirtAddr::new(u64::MAX - 4), 0x20).is_err());
+        // The 4 KiB pieces of a 2 MiB page are physically adjacent.
+        assert_eq!(range(0x20_0ff0, 0x20), Ok(vec![piece(0x40_0ff0, 0x20)]));
         assert_eq!(
-            translate_range(&mem, root, GuestVirtAddr::new(0x5000), 0),
-            Ok(vec![])
+            range(0x6ff0, 0x20),
+            Err(VirtError::Walk(PagingError::NotMapped {
+                vaddr: 0x7000,
+                level: 1
+            }))
         );
+        assert_eq!(
+            range(u64::MAX - 4, 0x20),
+            Err(VirtError::Walk(PagingError::NotMapped {
+                vaddr: u64::MAX - 4,
+                level: 4
+            }))
+        );
+        assert_eq!(range(0x5000, 0), Ok(vec![]));
     }
 
     /// PML4 → PDPT → PD → PT at 0x1000/0x2000/0x3000/0x4000 with the given flags on the upper
@@ -496,34 +527,26 @@ mod walk_tests {
     #[test]
     fn checked_ranges_stop_at_the_first_faulting_page() {
         let mem = memory_with_flags(PTE_WRITABLE, PTE_WRITABLE);
-        let root = GuestPhysAddr::new(ROOT);
-        let result = translate_checked(
-            &mem,
-            root,
-            GuestVirtAddr::new(0x5ff8),
-            16,
-            AccessKind::Write,
-            KERNEL,
-        );
+        let door = |root: u64, access| {
+            GuestVirtMemory::new(
+                &mem,
+                CheckedPageTables::new(GuestPhysAddr::new(root), access, KERNEL),
+            )
+        };
         assert_eq!(
-            result,
-            Err(CheckedTranslateError::PageFault(PageFault {
-                address: 0x6000,
-                error_code: PF_WRITE
-            }))
+            door(ROOT, AccessKind::Write).check(GuestVirtAddr::new(0x5ff8), 16),
+            Err(VirtError::Walk(CheckedTranslateError::PageFault(
+                PageFault {
+                    address: 0x6000,
+                    error_code: PF_WRITE
+                }
+            )))
         );
         assert!(matches!(
-            translate_checked(
-                &mem,
-                GuestPhysAddr::new(0x7fff_f000),
-                GuestVirtAddr::new(0),
-                1,
-                AccessKind::Read,
-                KERNEL
-            ),
-            Err(CheckedTranslateError::Paging(
+            door(0x7fff_f000, AccessKind::Read).check(GuestVirtAddr::new(0), 1),
+            Err(VirtError::Walk(CheckedTranslateError::Paging(
                 PagingError::OutsideRam { .. }
-            ))
+            )))
         ));
     }
 

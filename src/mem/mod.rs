@@ -7,6 +7,11 @@
 //! overflow-safe arithmetic against the RAM range. Data is always *copied* in or out; the host
 //! never holds a reference into guest RAM, so a guest writing concurrently cannot change a value
 //! after it was checked.
+//!
+//! [`virt`] is the one door to guest memory by guest-virtual address: through the guest's page
+//! tables, page by page, every piece checked here.
+
+pub mod virt;
 
 use std::mem::{MaybeUninit, size_of};
 
@@ -52,45 +57,83 @@ pub enum MemoryError {
 /// Plain-old-data types that may be copied byte for byte out of and into guest memory.
 ///
 /// # Safety
-/// Implementors must be `Copy`, contain no padding that matters, no pointers or references,
-/// and every bit pattern must be a valid value.
+/// Implementors must be `Copy`, have **no padding bytes at all** (every one of the
+/// `size_of::<T>()` bytes of a value is initialised: [`GuestMemory::write_obj`] copies them all
+/// into guest memory), hold no pointers or references, and accept every bit pattern as a valid
+/// value.
 pub unsafe trait GuestPod: Copy + 'static {}
 
 macro_rules! guest_pod {
 	($($ty:ty),* $(,)?) => {
 		$(
-			// SAFETY: integer types and the interface structs made only of integers, address
-			// newtypes and explicit padding fields (packed, or `repr(C)` without implicit
-			// padding) accept every bit pattern and hold no pointers.
+			// SAFETY: integers have no padding, hold no pointers and accept every bit pattern.
 			unsafe impl GuestPod for $ty {}
 		)*
 	};
 }
 guest_pod!(u8, u16, u32, u64, i32, i64);
-guest_pod!(
-    uhyve_interface::CmdsizeParams,
-    uhyve_interface::CmdvalParams,
-    uhyve_interface::ExitParams,
-    uhyve_interface::UnlinkParams,
-    uhyve_interface::WriteParams,
-    uhyve_interface::ReadParams,
-    uhyve_interface::CloseParams,
-    uhyve_interface::OpenParams,
-    uhyve_interface::LseekParams,
-    uhyve_interface::SerialWriteBufferParams,
-);
-// The v2/v3 structs spell out their padding as fields: no uninitialised bytes either.
-guest_pod!(
-    uhyve_interface::v2::WriteParamsV2,
-    uhyve_interface::v2::ReadParamsV2,
-    uhyve_interface::v2::LseekParamsV2,
-    uhyve_interface::v2::SerialWriteBufferParamsV2,
-    uhyve_interface::v2::SerialReadBufferParams,
-    uhyve_interface::v2::GetdentParams,
-    uhyve_interface::v2::MkdirParams,
-    uhyve_interface::v2::StatParams,
-    uhyve_interface::v2::FstatParams,
-    uhyve_interface::v2::FileAttr,
+
+/// Implements [`GuestPod`] for interface structs, each listed with all its fields, and checks
+/// (in the test `guest_pod_structs_have_no_padding`) that the sizes of those fields add up to
+/// the size of the struct: no padding. Listing every field is enforced by the compiler (the
+/// check destructures a value without `..`). `nested` lists structs that appear as fields of
+/// the others: their bytes are copied too, so they must have no padding either.
+macro_rules! guest_pod_structs {
+	(
+		$($ty:path { $($field:ident),* $(,)? }),* $(,)?
+		; nested: $($nested:path { $($nested_field:ident),* $(,)? }),* $(,)?
+	) => {
+		$(
+			// SAFETY: a packed or `repr(C)` struct made only of integers, integer arrays, address
+			// newtypes (`repr(transparent)` over `u64`) and the `nested` structs, with its padding
+			// spelled out as fields, so it has no padding bytes (checked by the test below), holds
+			// no pointers and accepts every bit pattern.
+			unsafe impl GuestPod for $ty {}
+		)*
+
+		#[cfg(test)]
+		#[test]
+		fn guest_pod_structs_have_no_padding() {
+			$(guest_pod_structs!(@no_padding $ty { $($field),* });)*
+			$(guest_pod_structs!(@no_padding $nested { $($nested_field),* });)*
+		}
+	};
+	(@no_padding $ty:path { $($field:ident),* }) => {{
+		let $ty { $($field),* } = <$ty>::default();
+		let fields = 0 $(+ std::mem::size_of_val(&$field))*;
+		assert_eq!(size_of::<$ty>(), fields, "{} has padding", stringify!($ty));
+	}};
+}
+
+// The v1 structs are packed; the v2/v3 structs spell out their padding as fields.
+guest_pod_structs!(
+    uhyve_interface::CmdsizeParams { argc, argsz, envc, envsz },
+    uhyve_interface::CmdvalParams { argv, envp },
+    uhyve_interface::ExitParams { arg },
+    uhyve_interface::UnlinkParams { name, ret },
+    uhyve_interface::WriteParams { fd, buf, len },
+    uhyve_interface::ReadParams { fd, buf, len, ret },
+    uhyve_interface::CloseParams { fd, ret },
+    uhyve_interface::OpenParams { name, flags, mode, ret },
+    uhyve_interface::LseekParams { fd, offset, whence },
+    uhyve_interface::SerialWriteBufferParams { buf, len },
+    uhyve_interface::v2::WriteParamsV2 { len, ret, buf, fd, _padding },
+    uhyve_interface::v2::ReadParamsV2 { len, ret, buf, fd, _padding },
+    uhyve_interface::v2::LseekParamsV2 { offset, whence, fd },
+    uhyve_interface::v2::SerialWriteBufferParamsV2 { len, buf },
+    uhyve_interface::v2::SerialReadBufferParams { maxlen, len, buf },
+    uhyve_interface::v2::GetdentParams { fd, _padding, buf, len, ret },
+    uhyve_interface::v2::MkdirParams { path, len, ret },
+    uhyve_interface::v2::StatParams { name, kind, _padding, attr, ret },
+    uhyve_interface::v2::FstatParams { fd, _padding, attr, ret },
+    uhyve_interface::v2::FileAttr {
+        st_dev, st_ino, st_nlink, st_mode, st_uid, st_gid, _padding, st_rdev, st_size,
+        st_blksize, st_blocks, st_atim, st_mtim, st_ctim,
+    };
+    nested:
+    uhyve_interface::v2::GetdentResult { tag, _padding, value },
+    uhyve_interface::v2::StatusResult { tag, errno },
+    uhyve_interface::v2::Timespec { tv_sec, tv_nsec, _padding },
 );
 
 /// Guest-physical RAM: one contiguous range `[base, base + size)`.
@@ -126,12 +169,6 @@ impl GuestMemory {
     /// Size of guest RAM in bytes.
     pub fn size(&self) -> u64 {
         self.size
-    }
-
-    /// One past the last guest-physical address of RAM.
-    pub fn end(&self) -> GuestPhysAddr {
-        // Cannot overflow: checked in `new`.
-        GuestPhysAddr::new(self.base + self.size)
     }
 
     /// Host virtual address of the first byte of guest RAM, for registering the memory slot
@@ -175,11 +212,6 @@ impl GuestMemory {
             return Err(out_of_range());
         }
         Ok(offset)
-    }
-
-    /// Whether `[address, address + len)` lies inside RAM.
-    pub fn contains(&self, address: GuestPhysAddr, len: u64) -> bool {
-        self.checked_range(address, len).is_ok()
     }
 
     /// Copies `buf.len()` bytes out of guest RAM.
@@ -236,7 +268,7 @@ impl GuestMemory {
         value: &T,
     ) -> Result<(), MemoryError> {
         // SAFETY: `value` is a valid `T` borrowed for the duration of the call; a `GuestPod` has
-        // no uninitialised bytes that matter, so it can be viewed as `size_of::<T>()` bytes.
+        // no padding, so all its `size_of::<T>()` bytes are initialised and may be viewed as such.
         let bytes =
             unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
         self.write(address, bytes)
