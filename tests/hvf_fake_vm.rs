@@ -1566,7 +1566,6 @@ mod vcpu_logic {
             GuestPhysAddr::new(RAM_BASE + 0x4000),
             ENTRY - 0x8000,
             1,
-            2,
         );
         HvfCpu::new(fake, 1, RAM_BASE, &registers).unwrap()
     }
@@ -1582,7 +1581,7 @@ mod vcpu_logic {
         assert_eq!(fake.sys_regs[&SysReg::SpEl1], ENTRY - 0x8000);
         assert_eq!(fake.sys_regs[&SysReg::MpidrEl1] & 0xff, 1);
         assert_eq!(fake.sys_regs[&SysReg::Ttbr0El1], RAM_BASE + 0x1_0000);
-        // TCR_EL1.IPS from the vCPU's PARange, not from the value passed in (2).
+        // TCR_EL1.IPS from the vCPU's PARange.
         assert_eq!(fake.sys_regs[&SysReg::TcrEl1], 0x1_3510_3510);
         // FP/SIMD enabled on top of what the framework reported.
         assert_eq!(fake.sys_regs[&SysReg::CpacrEl1], (0x3 << 16) | (0x3 << 20));

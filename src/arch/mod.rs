@@ -53,6 +53,19 @@ impl GuestArch {
         }
     }
 
+    /// The text of the instruction at `rip` in `bytes`, for a diagnostic, and how many bytes it
+    /// occupies (x86_64: decoded with iced-x86, 0 bytes if it does not decode; aarch64: the
+    /// little-endian word as the assembler's `.inst`).
+    pub fn disassemble(self, rip: u64, bytes: &[u8]) -> (String, usize) {
+        match self {
+            Self::X86_64 => x86_64::disassemble::decode_instruction(rip, bytes),
+            Self::Aarch64 => match <[u8; 4]>::try_from(bytes) {
+                Ok(word) => (format!(".inst {:#010x}", u32::from_le_bytes(word)), 4),
+                Err(_) => ("(incomplete)".to_string(), 0),
+            },
+        }
+    }
+
     /// The guest-physical parameter address a hypercall argument carries. x86_64 guests pass it
     /// with a 32-bit port write (EAX), so only the low 32 bits count; aarch64 guests store a
     /// whole 64-bit register.

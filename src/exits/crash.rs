@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use crate::arch::GuestArch;
@@ -130,24 +129,12 @@ fn describe_instruction(
     rip: u64,
     bytes: InstructionBytes,
 ) -> (String, InstructionBytes) {
-    match arch {
-        GuestArch::X86_64 => {
-            let (text, len) = decode_instruction(rip, &bytes.0);
-            let mut shown = bytes.0;
-            if len > 0 {
-                shown.truncate(len);
-            }
-            (text, InstructionBytes(shown))
-        }
-        GuestArch::Aarch64 => {
-            // Every A64 instruction is one little-endian word; shown as the assembler's `.inst`.
-            let text = match <[u8; 4]>::try_from(bytes.0.as_slice()) {
-                Ok(word) => format!(".inst {:#010x}", u32::from_le_bytes(word)),
-                Err(_) => "(incomplete)".to_string(),
-            };
-            (text, bytes)
-        }
+    let (text, len) = arch.disassemble(rip, &bytes.0);
+    let mut shown = bytes.0;
+    if len > 0 {
+        shown.truncate(len);
     }
+    (text, InstructionBytes(shown))
 }
 
 /// Reads the instruction bytes at guest-virtual `rip` (x86_64: up to 15, A64: 4), stopping at the
@@ -169,19 +156,6 @@ fn read_instruction(
     }
     bytes.truncate(read.len);
     (!bytes.is_empty()).then_some(InstructionBytes(bytes))
-}
-
-/// Decodes one x86_64 instruction for a diagnostic, e.g. `xgetbv`. Returns its text and its
-/// length in bytes (0 if the bytes do not decode).
-pub fn decode_instruction(rip: u64, bytes: &[u8]) -> (String, usize) {
-    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let instruction = decoder.decode();
-    if instruction.is_invalid() {
-        return ("(undecodable)".to_string(), 0);
-    }
-    let mut text = String::new();
-    IntelFormatter::new().format(&instruction, &mut text);
-    (text, instruction.len())
 }
 
 #[cfg(test)]
@@ -263,17 +237,5 @@ mod tests {
             instruction_at(GuestArch::X86_64, |_| u64::MAX - 7),
             Some(vec![0x03, 0, 0x01, 0, 0, 0, 0, 0])
         );
-    }
-
-    #[test]
-    fn decodes_the_instructions_this_kvm_cannot_emulate() {
-        let decode = |bytes: &[u8]| decode_instruction(0x1000, bytes);
-        assert_eq!(
-            decode(&[0x0f, 0x01, 0xd0, 0x48, 0xc1]),
-            ("xgetbv".into(), 3)
-        );
-        assert_eq!(decode(&[0x0f, 0x57, 0xc0]), ("xorps xmm0,xmm0".into(), 3));
-        assert_eq!(decode(&[0xff, 0xff]), ("(undecodable)".into(), 0));
-        assert_eq!(decode(&[]), ("(undecodable)".into(), 0));
     }
 }

@@ -26,7 +26,6 @@ pub fn prepare(image: &KernelImage, plan: &GuestPlan) -> Result<PreparedGuest, S
         layout.boot_info(),
         layout.boot_stack_bottom(),
         0,
-        0,
     );
     Ok(PreparedGuest {
         registers: EntryRegisters::Aarch64(registers),

@@ -165,16 +165,14 @@ impl InitialRegisters {
 pub const PA_RANGE_48_BITS: u64 = 0b101;
 
 /// The initial state of vCPU `cpu_id`: every vCPU gets the same values except X1 and MPIDR_EL1.
-///
-/// `pa_range` is ID_AA64MMFR0_EL1.PARange of the host/vCPU; it becomes TCR_EL1.IPS, a 3-bit
-/// field, so only its low three bits are used.
+/// TCR_EL1.IPS is 0 here: it depends on the vCPU's physical address range, which the vCPU sets
+/// with [`InitialRegisters::with_pa_range_of`] once it exists.
 pub fn initial_registers(
     entry: u64,
     ttbr0: GuestPhysAddr,
     boot_info_gpa: GuestPhysAddr,
     stack_bottom: u64,
     cpu_id: u32,
-    pa_range: u8,
 ) -> InitialRegisters {
     InitialRegisters {
         pc: entry,
@@ -184,7 +182,7 @@ pub fn initial_registers(
         cpsr: PSTATE_EL1H | PSTATE_F | PSTATE_I | PSTATE_A | PSTATE_D,
         mpidr_el1: u64::from(cpu_id & 0xFF),
         mair_el1: MAIR_EL1,
-        tcr_el1: TCR_HALF | (TCR_HALF << 16) | (u64::from(pa_range & 0x7) << TCR_IPS_SHIFT),
+        tcr_el1: TCR_HALF | (TCR_HALF << 16),
         ttbr0_el1: ttbr0.as_u64(),
         ttbr1_el1: 0,
         cpacr_el1_set: CPACR_FPEN,
@@ -222,15 +220,15 @@ mod tests {
 
     const G: u64 = 0x1000_0000;
 
-    fn at(cpu_id: u32, pa_range: u8) -> InitialRegisters {
+    fn at(cpu_id: u32, pa_range: u64) -> InitialRegisters {
         initial_registers(
             G + 0x6_4c4c,
             GuestPhysAddr::new(G + 0x10000),
             GuestPhysAddr::new(G + 0x4000),
             G + 0x38000,
             cpu_id,
-            pa_range,
         )
+        .with_pa_range_of(pa_range)
     }
 
     #[test]
@@ -263,8 +261,9 @@ mod tests {
     fn pa_range_goes_into_ips() {
         assert_eq!(at(0, 0).tcr_el1, 0x3510_3510);
         assert_eq!(at(0, 5).tcr_el1, 0x5_3510_3510);
-        // Only the three IPS bits are taken; nothing else in TCR changes.
-        assert_eq!(at(0, 0xFF).tcr_el1, 0x7_3510_3510);
+        // At most 48 bits (the boot tables use no 52-bit descriptors); nothing else in TCR
+        // changes.
+        assert_eq!(at(0, 0xFF).tcr_el1, 0x5_3510_3510);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! x86_64: guest memory layout, GDT, page tables and the initial register state of a vCPU.
 
 pub mod cpuid;
+pub mod disassemble;
 pub mod emulate;
 pub mod gdt;
 pub mod layout;
