@@ -6,7 +6,7 @@
 use super::{BootPlan, GuestPlan, PreparedGuest, SetupError, kernel_range, load_guest};
 use crate::arch::aarch64::layout::{FDT_MAX_SIZE, MemoryLayout, RamPlacement};
 use crate::arch::aarch64::{build_identity_map, initial_registers};
-use crate::boot::{self, BootPlatform, FdtParams};
+use crate::boot::BootPlatform;
 use crate::hypervisor::EntryRegisters;
 use crate::loader::KernelImage;
 
@@ -32,20 +32,14 @@ pub fn prepare(image: &KernelImage, plan: &GuestPlan) -> Result<PreparedGuest, S
         page_table_root: ttbr0,
         boot_info: layout.boot_info(),
         fdt: layout.fdt(),
-        boot: BootPlan {
-            platform: BootPlatform::Aarch64,
-            fdt_max_size: FDT_MAX_SIZE,
-            fdt: FdtParams {
-                ram: layout.ram(),
-                num_cpus: plan.num_cpus,
-                tsc_khz: None,
-                bootargs: plan.bootargs.clone(),
-                mounts: plan.mounts.clone(),
-                initrd: loaded.initrd.clone(),
-            },
-            // Hypervisor.framework offers no TSC-like frequency; the kernel reads CNTFRQ_EL0.
-            serial_port: boot::serial_port_for_interface(image.interface_version()),
-        },
+        boot: BootPlan::new(
+            BootPlatform::Aarch64,
+            FDT_MAX_SIZE,
+            layout.ram(),
+            plan,
+            &loaded,
+            image.interface_version(),
+        ),
         mem: loaded.mem,
         kernel: loaded.kernel,
         initrd: loaded.initrd,

@@ -111,6 +111,32 @@ struct BootPlan {
     serial_port: u16,
 }
 
+impl BootPlan {
+    /// What the boot structures of a guest with `ram`, prepared as `plan` says, report.
+    fn new(
+        platform: BootPlatform,
+        fdt_max_size: u64,
+        ram: Range<u64>,
+        plan: &GuestPlan,
+        loaded: &LoadedGuest,
+        interface_version: u32,
+    ) -> Self {
+        Self {
+            platform,
+            fdt_max_size,
+            fdt: FdtParams {
+                ram,
+                num_cpus: plan.num_cpus,
+                tsc_khz: None,
+                bootargs: plan.bootargs.clone(),
+                mounts: plan.mounts.clone(),
+                initrd: loaded.initrd.clone(),
+            },
+            serial_port: boot::serial_port_for_interface(interface_version),
+        }
+    }
+}
+
 impl PreparedGuest {
     /// Writes the device tree and the boot info: `cpu_freq_khz` is vCPU 0's TSC rate where the
     /// architecture has one, `boot_time` the wall-clock time the guest starts at.
