@@ -230,6 +230,15 @@ mod tests {
         Args::try_parse_from(std::iter::once("uhyve").chain(args.iter().copied()))
     }
 
+    /// Where no backend exists (e.g. Linux on aarch64, whose tests run under qemu-user in
+    /// `.ci/aarch64-tests`), running a guest is one error line and a failure status.
+    #[cfg(not(any(kvm, hvf)))]
+    #[test]
+    fn an_unsupported_platform_fails_with_a_status() {
+        let config = parse(&["/nonexistent/kernel"]).unwrap().into_config();
+        assert_eq!(run_guest(&config), FAILURE_STATUS);
+    }
+
     #[test]
     fn kernel_and_trailing_arguments() {
         let config = parse(&["-m", "128M", "app", "-v", "--x", "-m", "1G"])
