@@ -123,6 +123,39 @@ fn crash_of_a_secondary_is_reported_with_its_id() {
 // ---- Output of concurrent vCPUs ----
 
 #[test]
+fn exit_ends_the_vm_while_another_vcpu_is_blocked_on_stdout() {
+    use std::process::{Command, Stdio};
+    if !kvm_or_skip("exit_ends_the_vm_while_another_vcpu_is_blocked_on_stdout") {
+        return;
+    }
+    // stdout is a pipe this test never reads: cpu 1's console writes block once it is full,
+    // then cpu 0 exits with 9 (smp.c, flood_then_exit).
+    let mut child = Command::new(common::UHYVE_BIN)
+        .args(["-c", "2"])
+        .arg(common::guest("smp"))
+        .arg("flood_then_exit")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("uhyve did not end after the guest's Exit while a vCPU was blocked on stdout");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(9), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn concurrent_output_is_never_mixed_within_a_line() {
     if !kvm_or_skip("concurrent_output_is_never_mixed_within_a_line") {
         return;

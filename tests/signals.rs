@@ -14,7 +14,7 @@ fn sigint_stops_a_spinning_guest_and_cleans_up() {
     if !kvm_or_skip("sigint_stops_a_spinning_guest_and_cleans_up") {
         return;
     }
-    interrupt_guest(&[], "spinning\n");
+    interrupt_guest(&[], "spinning\n", libc::SIGINT);
 }
 
 #[test]
@@ -22,12 +22,22 @@ fn sigint_stops_a_guest_blocked_on_stdin() {
     if !kvm_or_skip("sigint_stops_a_guest_blocked_on_stdin") {
         return;
     }
-    interrupt_guest(&["stdin"], "reading\n");
+    interrupt_guest(&["stdin"], "reading\n", libc::SIGINT);
 }
 
-/// Starts the spin guest with `args`, waits until it printed `ready`, sends SIGINT and checks
+#[test]
+fn sigterm_stops_a_guest_whose_stdout_is_never_read() {
+    if !kvm_or_skip("sigterm_stops_a_guest_whose_stdout_is_never_read") {
+        return;
+    }
+    // After "flooding" the test stops reading: the pipe fills up and the guest's console write
+    // blocks in the host; SIGTERM must still end uhyve.
+    interrupt_guest(&["flood"], "flooding\n", libc::SIGTERM);
+}
+
+/// Starts the spin guest with `args`, waits until it printed `ready`, sends `signal` and checks
 /// that uhyve stops promptly, reports the signal and leaves no temp files behind.
-fn interrupt_guest(args: &[&str], ready: &str) {
+fn interrupt_guest(args: &[&str], ready: &str, signal: libc::c_int) {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(UHYVE_BIN)
         .arg(guest("spin"))
@@ -58,8 +68,10 @@ fn interrupt_guest(args: &[&str], ready: &str) {
         "uhyve's private temp directory should exist while it runs"
     );
 
+    // Time for a flooding guest to fill the pipe and block in its console write.
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(sent, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -68,7 +80,7 @@ fn interrupt_guest(args: &[&str], ready: &str) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("uhyve did not stop within 10 s of SIGINT");
+            panic!("uhyve did not stop within 10 s of signal {signal}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -79,8 +91,13 @@ fn interrupt_guest(args: &[&str], ready: &str) {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{stderr}");
-    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    let name = if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    assert_eq!(status.code(), Some(128 + signal), "{stderr}");
+    assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temp files left behind: {left:?}");
 }

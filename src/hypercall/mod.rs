@@ -176,9 +176,10 @@ impl Hypercalls {
     }
 
     /// Tells hypercalls in progress that the VM is stopping: a read interrupted by the vCPU kick
-    /// returns instead of waiting on.
+    /// returns instead of waiting on, and console output to a stalled reader is given up.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.output.stop();
     }
 
     /// The guest architecture this server decodes for.

@@ -15,6 +15,10 @@
  *                     hypercall per line ("cpu0 line 017 xxx...x\n"); cpu 0 exits 0 once both
  *                     are done.
  *   crash_cpu1        cpu 1 triple-faults (zero-limit IDT, then ud2) while cpu 0 spins forever.
+ *   flood_then_exit   cpu 1 prints lines of LINE_LEN bytes for ever; once it has started line
+ *                     FLOOD_LINES (more than a 64 KiB pipe holds) and about half a second more has
+ *                     passed, cpu 0 exits with 9. With a host stdout nobody reads, cpu 1 is then
+ *                     blocked in its console write: uhyve must still end with 9.
  *
  * Every wait of cpu 0 is bounded by WAIT_SECONDS of TSC time, so a uhyve that does not start the
  * secondaries makes the guest fail (exit 1 with a message) instead of hanging.
@@ -32,6 +36,8 @@
 #define PRINT_LINES 200
 #define LINE_LEN 100
 #define EXIT_CODE_FROM_CPU1 7
+#define FLOOD_LINES 600
+#define EXIT_CODE_AFTER_FLOOD 9
 
 /* The .bss stacks of the secondaries, defined in rt/start.S. */
 extern unsigned char cpu_stacks[];
@@ -45,6 +51,7 @@ enum mode {
 	MODE_EXIT_FROM_CPU1,
 	MODE_CONCURRENT_PRINT,
 	MODE_CRASH_CPU1,
+	MODE_FLOOD_THEN_EXIT,
 };
 
 static int mode;
@@ -54,6 +61,7 @@ static uint64_t checked_in;
 static uint64_t slots[MAX_CPUS];
 static uint64_t stack_marks[MAX_CPUS];
 static int cpu1_done;
+static uint64_t flood_lines_started;
 
 #define SLOT_MAGIC 0x5a17000000000000ull
 
@@ -161,6 +169,16 @@ void uhyve_rt_secondary(uint64_t boot_info, uint64_t cpu_id)
 		if (cpu_id == 1)
 			triple_fault();
 		break;
+	case MODE_FLOOD_THEN_EXIT:
+		if (cpu_id == 1) {
+			char line[LINE_LEN];
+			for (int i = 0;; i++) {
+				format_line(line, 1, i % 1000);
+				__atomic_fetch_add(&flood_lines_started, 1, __ATOMIC_RELEASE);
+				hc_write_buffer(line, LINE_LEN);
+			}
+		}
+		break;
 	default:
 		break;
 	}
@@ -228,13 +246,25 @@ static int run_concurrent_print(void)
 	return 0;
 }
 
+static int run_flood_then_exit(void)
+{
+	if (wait_for(&flood_lines_started, FLOOD_LINES) != 0)
+		return fail("cpu 1 did not print");
+	uint64_t khz = uhyve_boot_info->cpu_freq ? uhyve_boot_info->cpu_freq : FALLBACK_TSC_KHZ;
+	uint64_t until = rdtsc() + 500 * khz;
+	while (rdtsc() < until)
+		cpu_relax();
+	hc_exit(EXIT_CODE_AFTER_FLOOD);
+	return EXIT_CODE_AFTER_FLOOD;
+}
+
 int main(void)
 {
 	struct uhyve_args args;
 	if (uhyve_get_args(&args) != 0 || args.violations != 0)
 		return fail("could not fetch the arguments");
 	if (args.argc < 2)
-		return fail("usage: smp checkin|exit_from_cpu1|concurrent_print|crash_cpu1");
+		return fail("usage: smp checkin|exit_from_cpu1|concurrent_print|crash_cpu1|flood_then_exit");
 	const char *name = args.argv[1];
 	int selected = MODE_NONE;
 	if (strcmp(name, "checkin") == 0)
@@ -245,6 +275,8 @@ int main(void)
 		selected = MODE_CONCURRENT_PRINT;
 	else if (strcmp(name, "crash_cpu1") == 0)
 		selected = MODE_CRASH_CPU1;
+	else if (strcmp(name, "flood_then_exit") == 0)
+		selected = MODE_FLOOD_THEN_EXIT;
 	else
 		return fail("unknown mode");
 
@@ -262,6 +294,8 @@ int main(void)
 		return run_checkin(num_cpus);
 	case MODE_CONCURRENT_PRINT:
 		return run_concurrent_print();
+	case MODE_FLOOD_THEN_EXIT:
+		return run_flood_then_exit();
 	default:
 		/* exit_from_cpu1, crash_cpu1: uhyve must stop this cpu. */
 		spin_forever();
