@@ -31,20 +31,20 @@ pub const FAILURE_STATUS: i32 = 1;
 pub struct Args {
     /// Guest RAM size, e.g. 64M, 512MiB, 1G, 1GiB [default: 64M, or what a Hermit image
     /// archive requires]
-    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", value_parser = parse_memory_size)]
+    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", value_parser = utf8(parse_memory_size))]
     pub memory_size: Option<MemorySize>,
 
     /// Number of guest CPUs [default: 1, or what a Hermit image archive requires]
-    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", value_parser = utf8(parse_cpu_count))]
     pub cpu_count: Option<u32>,
 
     /// Pin the vCPU threads to these host CPUs, one per vCPU in order, e.g. 0-3,6
-    #[arg(short = 'a', long, value_name = "CPUS", value_parser = parse_affinity)]
+    #[arg(short = 'a', long, value_name = "CPUS", value_parser = utf8(parse_affinity))]
     pub affinity: Option<CpuList>,
 
     /// Guest environment entry KEY=VALUE (repeatable; adds or overrides). The guest starts from
     /// the host environment; `-e host` is accepted for compatibility
-    #[arg(short = 'e', long = "env", visible_alias = "env-vars", value_name = "KEY=VALUE", value_parser = parse_env_option)]
+    #[arg(short = 'e', long = "env", visible_alias = "env-vars", value_name = "KEY=VALUE", value_parser = utf8(parse_env_option))]
     pub env: Vec<EnvOption>,
 
     /// Start the guest environment empty instead of from the host environment (`-e` entries and
@@ -53,11 +53,11 @@ pub struct Args {
     pub env_clear: bool,
 
     /// Where the guest's console output goes: a file, or `none` to discard it [default: stdout]
-    #[arg(short = 'o', long, env = "HERMIT_OUTPUT", value_name = "FILE|none")]
-    pub output: Option<String>,
+    #[arg(short = 'o', long, env = "HERMIT_OUTPUT", value_name = "FILE|none", value_parser = clap::builder::OsStringValueParser::new())]
+    pub output: Option<OsString>,
 
     /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data
-    #[arg(long, value_name = "HOST_PATH:GUEST_PATH")]
+    #[arg(long, value_name = "HOST_PATH:GUEST_PATH", value_parser = utf8(|text| Ok(text.to_owned())))]
     pub file_mapping: Vec<String>,
 
     /// Directory in which the private per-VM temporary directory is created
@@ -101,6 +101,27 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
+/// A parser for an option whose value must be UTF-8, then `parse`: a value that is not UTF-8 is
+/// an error naming the option (clap's own message names none).
+fn utf8<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl TypedValueParser<Value = T> {
+    clap::builder::OsStringValueParser::new().try_map(move |value: OsString| {
+        let text = value
+            .into_string()
+            .map_err(|value| format!("{} is not valid UTF-8", value.to_string_lossy()))?;
+        parse(&text)
+    })
+}
+
+fn parse_cpu_count(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("at least one CPU is needed".into()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(format!("{text:?} is not a number of CPUs: {error}")),
+    }
+}
+
 fn parse_memory_size(text: &str) -> Result<MemorySize, String> {
     text.parse()
         .map_err(|e: crate::params::ParamsError| e.to_string())
@@ -135,9 +156,10 @@ impl Args {
                     .join(", ")
             );
         }
-        let output = match self.output.as_deref() {
-            None | Some("-") => OutputTarget::Stdout,
-            Some("none") => OutputTarget::None,
+        let output = match self.output {
+            None => OutputTarget::Stdout,
+            Some(value) if value == "-" => OutputTarget::Stdout,
+            Some(value) if value == "none" => OutputTarget::None,
             Some(path) => OutputTarget::File(PathBuf::from(path)),
         };
         let explicit = ExplicitSettings {
@@ -309,5 +331,34 @@ mod tests {
             parse(&["app"]).unwrap().into_config().output,
             OutputTarget::Stdout
         );
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_name_their_option() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"x\xffy".to_vec());
+        for (option, value) in [
+            ("-m", bad()),
+            ("-c", bad()),
+            ("-a", bad()),
+            ("-e", bad()),
+            ("--file-mapping", bad()),
+        ] {
+            let args = ["uhyve".into(), option.into(), value, "app".into()];
+            let error = Args::try_parse_from(args).unwrap_err().to_string();
+            let long = match option {
+                "-m" => "--memory-size",
+                "-c" => "--cpu-count",
+                "-a" => "--affinity",
+                "-e" => "--env",
+                other => other,
+            };
+            assert!(error.contains(long), "{option}: {error}");
+            assert!(error.contains("not valid UTF-8"), "{option}: {error}");
+        }
+        // An output file is a host path: any bytes are fine.
+        let args = ["uhyve".into(), "-o".into(), bad(), "app".into()];
+        let config = Args::try_parse_from(args).unwrap().into_config();
+        assert_eq!(config.output, OutputTarget::File(PathBuf::from(bad())));
     }
 }

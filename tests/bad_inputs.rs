@@ -61,6 +61,39 @@ fn image_that_is_no_regular_file() {
 }
 
 #[test]
+fn output_fifo_without_reader_fails_at_once() {
+    // Opening a FIFO for writing would wait for a reader for ever (and swallow the first
+    // SIGTERM); uhyve says at once that nobody reads it.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("console");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let run = Uhyve::guest("hello")
+        .opts([std::ffi::OsStr::new("-o"), fifo.as_os_str()])
+        .timeout(std::time::Duration::from_secs(20))
+        .run();
+    assert_one_line_error(
+        &run,
+        &[&fifo.display().to_string(), "FIFO that no process reads"],
+    );
+}
+
+#[test]
+fn non_utf8_option_values_name_the_option() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"64\xffM");
+    let run = Uhyve::guest("hello")
+        .opts([std::ffi::OsStr::new("-m"), bad])
+        .run();
+    assert_ne!(run.code(), 0, "{}", run.report());
+    run.assert_no_host_crash();
+    assert!(run.stderr.contains("--memory-size"), "{}", run.report());
+    assert!(run.stderr.contains("not valid UTF-8"), "{}", run.report());
+    let run = Uhyve::guest("hello").env("HERMIT_MEMORY_SIZE", "x").run();
+    assert!(run.stderr.contains("--memory-size"), "{}", run.report());
+}
+
+#[test]
 fn image_that_is_not_elf() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
