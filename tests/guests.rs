@@ -634,6 +634,26 @@ fn hostile_string_port_io_is_served_per_element_or_stops_the_vm() {
 }
 
 #[test]
+fn an_mmio_store_crash_names_the_store_not_the_next_instruction() {
+    if !kvm_or_skip("an_mmio_store_crash_names_the_store_not_the_next_instruction") {
+        return;
+    }
+    // KVM reports an MMIO write with RIP already past the store.
+    let run = Uhyve::guest("hostile").args(["mmio_store"]).run();
+    run.assert_stopped_by_host(42);
+    let at = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("store at "))
+        .expect("the guest prints the store's address");
+    let at = u64::from_str_radix(at.trim_start_matches("0x"), 16).unwrap();
+    run.assert_stderr_mentions("write of 4 bytes (0x1234)")
+        .assert_stderr_mentions(&format!(
+            "RIP {at:#x}, instruction `mov dword ptr [rax],1234h` (c7 00 34 12 00 00)"
+        ));
+}
+
+#[test]
 fn hostile_exit_params_outside_ram_stop_the_vm() {
     if !kvm_or_skip("hostile_exit_params_outside_ram_stop_the_vm") {
         return;

@@ -7,6 +7,7 @@ use std::fmt;
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use crate::arch::GuestArch;
+use crate::arch::x86_64::disassemble::{MAX_INSTRUCTION_LEN, store_ending_at};
 use crate::hypervisor::{InstructionBytes, VirtualCpu};
 use crate::mem::GuestMemory;
 use crate::mem::virt::GuestVirtMemory;
@@ -24,6 +25,8 @@ pub struct GuestCrash {
     pub rip: Option<u64>,
     /// The instruction at `rip`, decoded, with its bytes.
     pub instruction: Option<(String, InstructionBytes)>,
+    /// What `instruction` is to the crash.
+    pub instruction_role: InstructionRole,
     /// A hint for the user.
     pub hint: Option<&'static str>,
 }
@@ -39,7 +42,11 @@ impl fmt::Display for GuestCrash {
             write!(f, " at {name} {rip:#x}")?;
         }
         if let Some((text, bytes)) = &self.instruction {
-            write!(f, ", instruction `{text}` ({bytes})")?;
+            let role = match self.instruction_role {
+                InstructionRole::Faulting => "instruction",
+                InstructionRole::Next => "next instruction",
+            };
+            write!(f, ", {role} `{text}` ({bytes})")?;
         }
         if let Some(hint) = self.hint {
             write!(f, ". {hint}")?;
@@ -49,6 +56,16 @@ impl fmt::Display for GuestCrash {
 }
 
 impl std::error::Error for GuestCrash {}
+
+/// What the instruction in a crash report is to the crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstructionRole {
+    /// The instruction that crashed.
+    Faulting,
+    /// The one after it: RIP is already past the faulting instruction (a completed store) and
+    /// that could not be identified.
+    Next,
+}
 
 /// What a crash report reads from the guest.
 #[derive(Clone, Copy)]
@@ -64,6 +81,9 @@ pub(super) struct Crash {
     rip: Option<u64>,
     bytes: Option<InstructionBytes>,
     hint: Option<&'static str>,
+    /// The size of a store that completed before the exit, leaving RIP past it (an x86 KVM MMIO
+    /// write): the report looks for the store just before RIP.
+    completed_store: Option<u8>,
 }
 
 impl Crash {
@@ -74,6 +94,17 @@ impl Crash {
             rip: None,
             bytes: None,
             hint: None,
+            completed_store: None,
+        }
+    }
+
+    /// The crash is a store of `size` bytes that completed before the exit: on x86_64 (KVM),
+    /// RIP is already past it, so the report names the store just before RIP where it is
+    /// unambiguous, or says that RIP is the next instruction.
+    pub(super) fn after_store(self, size: u8) -> Self {
+        Self {
+            completed_store: Some(size),
+            ..self
         }
     }
 
@@ -108,19 +139,53 @@ impl Crash {
                 Err(e) => log::debug!("vCPU {}: no register dump: {e}", vcpu.id()),
             }
         }
-        let instruction = match (rip, bytes) {
+        let mut instruction = match (rip, bytes) {
             (Some(rip), Some(bytes)) => Some(describe_instruction(guest.arch, rip, bytes)),
             _ => None,
         };
-        GuestCrash {
+        let mut report = GuestCrash {
             cpu: vcpu.id(),
             arch: guest.arch,
             what: self.what,
             rip,
-            instruction,
+            instruction: None,
+            instruction_role: InstructionRole::Faulting,
             hint: self.hint,
+        };
+        if let (Some(size), Some(end), GuestArch::X86_64) = (self.completed_store, rip, guest.arch)
+        {
+            let store = vcpu
+                .page_table_root()
+                .ok()
+                .and_then(|root| read_before(guest, root, end))
+                .and_then(|before| store_ending_at(end, &before, size));
+            match store {
+                Some(store) => {
+                    report.rip = Some(store.rip);
+                    instruction = Some((store.text, InstructionBytes(store.bytes)));
+                }
+                None => report.instruction_role = InstructionRole::Next,
+            }
         }
+        report.instruction = instruction;
+        report
     }
+}
+
+/// Up to 15 bytes that end at guest-virtual `end`, fewer where the page before `end`'s page does
+/// not translate.
+fn read_before(guest: CrashContext<'_>, root: GuestPhysAddr, end: u64) -> Option<Vec<u8>> {
+    let page_start = end & !0xfff;
+    let starts = [end.saturating_sub(MAX_INSTRUCTION_LEN as u64), page_start];
+    let reader = GuestVirtMemory::new(guest.mem, guest.arch.page_tables(root));
+    starts
+        .into_iter()
+        .filter(|&start| start < end)
+        .find_map(|start| {
+            let mut bytes = vec![0u8; usize::try_from(end - start).ok()?];
+            let read = reader.read_prefix(GuestVirtAddr::new(start), &mut bytes);
+            (read.len == bytes.len()).then_some(bytes)
+        })
 }
 
 /// The text of the instruction in `bytes` and the bytes it occupies.
@@ -170,6 +235,7 @@ mod tests {
             what: "emulation failure".into(),
             rip: Some(0x40_1234),
             instruction: Some(("xgetbv".into(), InstructionBytes(vec![0x0f, 0x01, 0xd0]))),
+            instruction_role: InstructionRole::Faulting,
             hint: Some("hint"),
         };
         assert_eq!(

@@ -172,6 +172,10 @@ impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
             VcpuExit::EmulationFailure { rip, instruction } => {
                 self.emulation_failure(rip, instruction)?;
             }
+            VcpuExit::MmioWrite { size, .. } => {
+                let crash = Crash::new(describe_fatal(&exit)).after_store(size);
+                return Err(self.crash(crash).into());
+            }
             other => return Err(self.crash(Crash::new(describe_fatal(&other))).into()),
         }
         Ok(Next::Resume)

@@ -23,6 +23,9 @@
  *   cmdval_bad_slots          Cmdval whose string slots run past the end of RAM
  *   rep_outs                  `rep outsb` of 2 bytes to the serial port (string port I/O)
  *   rep_ins                   `rep insb` of 4 bytes from an unknown port (must read all-ones)
+ *   mmio_store                prints "store at <hex>", then `mov dword [rax], 0x1234` to the first
+ *                             address after RAM (identity-mapped, no device): the crash report must
+ *                             name that instruction and address, not the one after it
  */
 #include "uhyve.h"
 
@@ -279,6 +282,22 @@ static int rep_ins(void)
 	return check_failures != 0;
 }
 
+static int mmio_store(void)
+{
+	extern char hostile_mmio_store[];
+	put_str("store at ");
+	put_hex((uint64_t)(uintptr_t)hostile_mmio_store);
+	put_str("\n");
+	/* Encoded by hand so the instruction is exactly c7 00 34 12 00 00 whatever the compiler does. */
+	__asm__ volatile(".globl hostile_mmio_store\n"
+			 "hostile_mmio_store: .byte 0xc7, 0x00, 0x34, 0x12, 0x00, 0x00\n"
+			 "nop"
+			 :
+			 : "a"(ram_end())
+			 : "memory");
+	return survived();
+}
+
 int main(void)
 {
 	struct uhyve_args args;
@@ -323,6 +342,8 @@ int main(void)
 		return rep_outs();
 	if (strcmp(attack, "rep_ins") == 0)
 		return rep_ins();
+	if (strcmp(attack, "mmio_store") == 0)
+		return mmio_store();
 	put_str("unknown attack\n");
 	return 100;
 }
