@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(short = 'o', long, env = "HERMIT_OUTPUT", value_name = "FILE|none")]
     pub output: Option<String>,
 
-    /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data
+    /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data; add `:ro` to make it read-only (writes, creates, unlink, mkdir fail with EROFS) or `:rw` (the default)
     #[arg(long, value_name = "HOST_PATH:GUEST_PATH")]
     pub file_mapping: Vec<String>,
 
