@@ -29,6 +29,8 @@ pub mod filemap;
 pub mod flags;
 pub mod mapping;
 pub mod openfile;
+#[cfg(test)]
+mod sandbox_tests;
 pub mod status;
 pub mod tempdir;
 
