@@ -87,6 +87,15 @@ fn read_write_mappings_allow_modification() {
     }
 }
 
+/// Creates a FIFO at `path`.
+fn make_fifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let result = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
+    assert_eq!(result, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
 /// Runs `open` on another thread and fails (instead of hanging) if it blocks.
 fn promptly<T: Send + 'static>(open: impl FnOnce() -> T + Send + 'static) -> T {
     let (sender, receiver) = mpsc::channel();
@@ -100,14 +109,7 @@ fn promptly<T: Send + 'static>(open: impl FnOnce() -> T + Send + 'static) -> T {
 fn fifos_and_sockets_are_refused_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo);
     let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("socket")).unwrap();
     let d = dir.path().display();
     let map = std::sync::Arc::new(map(&[format!("{d}:/data"), format!("{d}/fifo:/fifo")]));
@@ -150,14 +152,7 @@ fn single_file_mappings_cannot_be_unlinked_or_replaced() {
     fs::write(dir.path().join("f.txt"), b"mapped").unwrap();
     fs::write(dir.path().join("other"), b"other").unwrap();
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo);
     let d = dir.path().display();
     let map = map(&[
         format!("{d}:/data"),
@@ -253,7 +248,7 @@ fn host_errno_values_reach_the_guest_as_themselves() {
     if !rustix::process::geteuid().is_root() {
         fs::write(dir.path().join("secret"), b"").unwrap();
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir.path().join("secret"), fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(dir.path().join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
         assert_eq!(
             errno(map.open("/data/secret", abi::O_RDONLY, 0)),
             super::errno::EACCES
