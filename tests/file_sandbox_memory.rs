@@ -6,6 +6,8 @@
 //! `UHYVE_MEMORY_FILES` sets how many creations are attempted (default 16 384, the cap on created
 //! files).
 
+#![cfg(target_os = "linux")]
+
 use uhyve::isolation::FileMap;
 use uhyve_interface as abi;
 

@@ -6,6 +6,8 @@
 //! `UHYVE_RACE_ROUNDS` sets the number of rounds (default 20 000; each round opens, creates and
 //! unlinks once).
 
+#![cfg(target_os = "linux")]
+
 use std::fs;
 use std::io::Read;
 use std::path::Path;
