@@ -134,7 +134,7 @@ const HOST_TO_GUEST: [(i32, i32); 32] = [
     (libc::EDQUOT, errno::EDQUOT),
 ];
 
-/// The (positive) Hermit errno for a host I/O error: every value in [`HOST_TO_GUEST`] is
+/// The (positive) Hermit errno for a host I/O error: every value in `HOST_TO_GUEST` is
 /// translated; everything else becomes EIO.
 pub fn guest_errno(error: &io::Error) -> i32 {
     if let Some(code) = error.raw_os_error() {
