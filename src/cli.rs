@@ -56,8 +56,10 @@ pub struct Args {
     #[arg(short = 'o', long, env = "HERMIT_OUTPUT", value_name = "FILE|none", value_parser = clap::builder::OsStringValueParser::new())]
     pub output: Option<OsString>,
 
-    /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data
-    #[arg(long, value_name = "HOST_PATH:GUEST_PATH", value_parser = utf8(|text| Ok(text.to_owned())))]
+    /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data; add
+    /// `:ro` to make it read-only (writes, creates, unlink and mkdir fail with EROFS) or `:rw`
+    /// (the default)
+    #[arg(long, value_name = "HOST_PATH:GUEST_PATH[:ro|:rw]", value_parser = utf8(|text| Ok(text.to_owned())))]
     pub file_mapping: Vec<String>,
 
     /// Directory in which the private per-VM temporary directory is created

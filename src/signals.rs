@@ -3,6 +3,9 @@
 //! signal; Hypervisor.framework: `hv_vcpus_exit` and a signal), so uhyve flushes the
 //! guest's output, removes its temporary directory and exits with `128 + signal`. Each handler is
 //! one-shot (`SA_RESETHAND`): a second signal of the same kind terminates uhyve at once.
+//!
+//! `SIGXFSZ` is ignored: a guest write beyond the file-size limit (`ulimit -f`) would otherwise
+//! kill uhyve; ignored, the write fails with `EFBIG`, which the guest receives.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -27,8 +30,9 @@ extern "C" fn record_stop_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::SeqCst);
 }
 
-/// Installs the stop handlers for SIGINT, SIGTERM and SIGHUP.
+/// Installs the stop handlers for SIGINT, SIGTERM and SIGHUP, and ignores SIGXFSZ.
 pub fn install_stop_handlers() -> Result<(), SignalError> {
+    ignore_file_size_signal()?;
     for signal in STOP_SIGNALS {
         // SAFETY: a zeroed `sigaction` is a valid empty action; it is then filled with a handler
         // that only performs an atomic store, an empty mask and flags that exist on every Unix.
@@ -45,6 +49,20 @@ pub fn install_stop_handlers() -> Result<(), SignalError> {
                 source: std::io::Error::last_os_error(),
             });
         }
+    }
+    Ok(())
+}
+
+/// Ignores SIGXFSZ, so that writing beyond `RLIMIT_FSIZE` fails with `EFBIG` instead of killing
+/// uhyve.
+fn ignore_file_size_signal() -> Result<(), SignalError> {
+    // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ; no handler code runs.
+    let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    if previous == libc::SIG_ERR {
+        return Err(SignalError {
+            signal: libc::SIGXFSZ,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -70,6 +88,41 @@ pub fn signal_name(signal: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in the child process of [`writes_beyond_the_file_size_limit_fail_with_efbig`].
+    const CHILD: &str = "UHYVE_SIGXFSZ_CHILD";
+
+    /// In a child process (the limit is per process): with the handlers installed, a write
+    /// beyond `RLIMIT_FSIZE` fails with EFBIG (the guest's EFBIG too) instead of killing it.
+    #[test]
+    fn writes_beyond_the_file_size_limit_fail_with_efbig() {
+        if let Some(path) = std::env::var_os(CHILD) {
+            use std::io::Write;
+            install_stop_handlers().unwrap();
+            let limit = rustix::process::Rlimit {
+                current: Some(16),
+                maximum: None,
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Fsize, limit).unwrap();
+            let mut file = std::fs::File::create(path).unwrap();
+            let error = file.write_all(&[0; 64]).unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::EFBIG));
+            assert_eq!(crate::isolation::guest_errno(&error), 27);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "signals::tests::writes_beyond_the_file_size_limit_fail_with_efbig",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path().join("big"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "child: {status:?}");
+    }
 
     #[test]
     fn names() {

@@ -1,26 +1,49 @@
-//! The map from guest paths to host files (`--file-mapping HOST:GUEST`), guest-created files and
-//! directories, and read-only virtual files.
+//! The map from guest paths to host files (`--file-mapping HOST:GUEST[:ro|:rw]`), guest-created
+//! files and directories, and read-only virtual files.
 //!
-//! **Mappings.** HOST is canonicalised at start-up. If it does not exist, it is taken to be a file
-//! the guest may create: its parent directory must exist and is canonicalised, and the file name is
-//! appended. GUEST is cleaned lexically (`.`, `..` and repeated `/` removed, a `..` above `/` is an
-//! error) and its leading `/` dropped, so `/a/b`, `a/b` and `a//./b/` are the same key. Text after
-//! a second `:` is ignored (as upstream does), with a warning. Two options for the same guest path
-//! are an error.
+//! **Mappings** ([`super::mapping`]). HOST is canonicalised and *opened* at start-up: a directory
+//! as a descriptor of itself, a file (existing or to be created: then its parent must exist) as the
+//! descriptor of its parent directory plus its name. GUEST is cleaned lexically (`.`, `..` and
+//! repeated `/` removed, a `..` above `/` is an error) and its leading `/` dropped, so `/a/b`,
+//! `a/b` and `a//./b/` are the same key. An optional third field is `ro` (the guest may not
+//! modify anything in the tree: every open for writing, with `O_CREAT` or with `O_TRUNC`, every
+//! `unlink` and `mkdir` there is `EROFS`) or `rw` (the default); anything else is an error. Two
+//! options for the same guest path are an error.
 //!
 //! **Lookup.** A guest path is cleaned the same way (0.6.9-era kernels send `a/b`, newer ones
 //! `/root/a/b`: both work) and the longest prefix that is an entry of the map, compared component
 //! by component, wins. Entries are the mappings, the files and directories the guest created under
 //! unmapped paths, and the virtual files; every guest path has at most one owner (creating is only
-//! possible where nothing owns the path, and virtual files may not overlap anything). For a host
-//! entry the remaining components are appended to its host path, so a mapped directory exposes its
-//! subtree. Nothing can escape that host path: after lexical cleaning no `..` is left, the parent
-//! directory of the final host path is canonicalised and must still lie inside the mapped host path
-//! (so a symlinked directory pointing outside is refused), the last component, if it is a symlink
-//! and the operation follows links (open, stat), is resolved and checked the same way, and the file
-//! is finally opened with `O_NOFOLLOW`. Escapes give `EPERM`. The guest has no hypercall to create
-//! symlinks; a *host* process replacing a checked directory by a symlink between the check and the
-//! open is outside this threat model.
+//! possible where nothing owns the path, and virtual files may not overlap anything). A guest path
+//! ending in `/` (or `/.`) names a directory: on a file it is `ENOTDIR`, as on Linux.
+//!
+//! **Host files, race-free** ([`super::beneath`]). The remaining components below a host entry
+//! are never turned into a host path string: they are resolved by the kernel relative to the
+//! entry's directory descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, so no
+//! path can leave the mapped tree, whatever a host process renames or replaces meanwhile. After
+//! lexical cleaning no `..` is left; relative symlinks inside a mapping that stay inside work,
+//! absolute symlinks and symlinks leading out fail. The kernel's `EXDEV` for such an escape
+//! reaches the guest as `EPERM` (its `EXDEV` would suggest a cross-device rename that was never
+//! asked for; `EPERM` is what uhyve has always answered), magic links as `ELOOP`. A single-file
+//! mapping is opened as its name in its parent's descriptor with `O_NOFOLLOW` (a symlink put there
+//! later: `ELOOP`). `unlink` and `mkdir` resolve the parent directory that way (an `O_PATH`
+//! descriptor) and call `unlinkat`/`mkdirat` on the last component, which is never followed, so
+//! a symlink is removed itself. `stat` opens the path `O_PATH` (with `O_NOFOLLOW` for `lstat`) the
+//! same way and asks `fstat`. On macOS the resolution walks component by component with
+//! `openat(O_NOFOLLOW)` and refuses every symlink.
+//!
+//! **Never block on open.** Host files are opened with `O_NONBLOCK`, then inspected with `fstat`:
+//! FIFOs and sockets are refused with `ENXIO` (what Linux answers for a FIFO without a reader in
+//! non-blocking mode and for a socket; a FIFO would otherwise block the vCPU thread forever, so
+//! that neither a stop signal nor another vCPU could end the VM). Regular files, directories and
+//! block devices get `O_NONBLOCK` cleared again; character devices keep it.
+//!
+//! **Single-file mappings are mount points.** The guest cannot unlink the host file behind a
+//! single-file mapping (`EBUSY`, also when it names that file through another mapping of its
+//! directory), nor make a directory there (`EEXIST`, or `EBUSY` while the file is missing). A mapped
+//! file that was not a regular file at start-up (e.g. `--file-mapping /dev/full:/full`) is never
+//! created by `O_CREAT` (the flag is dropped; with `O_EXCL` it is `EEXIST`). A missing regular-file
+//! mapping may be created, as a regular file. Unlinking a mapped directory is `EISDIR`.
 //!
 //! **Map-only directories.** A guest path that no entry owns but below which entries lie (for
 //! example `/` or `/etc` when only `/etc/app.conf` is mapped) is a directory that exists only in
@@ -28,23 +51,27 @@
 //! `O_DIRECTORY` (else `EINVAL`, §6.4 of the ABI sheet) and gives a synthetic listing: the next
 //! component of every entry below it, sorted by name, `d_ino` 1, `DT_DIR` for directories (mapped
 //! host directories, guest-created directories, deeper map-only directories), `DT_REG` for files
-//! (the type of a mapped host path is taken from the host, so a mapped device is `DT_CHR`; a
-//! mapped host file that does not exist is left out). No `.` and `..` are listed. The listing is taken when the directory is opened.
-//! Its status is `S_IFDIR | 0755` with 2 links on device 0, with an inode number derived from its
-//! guest path (so that directory-loop checks can tell map-only directories apart); creating it
-//! gives `EISDIR`/`EEXIST`, `mkdir` `EEXIST`, `unlink` `EISDIR`.
+//! (the type of a mapped host file is taken from the host, so a mapped device is `DT_CHR`; a
+//! mapped host file that does not exist is left out). No `.` and `..` are listed. The listing is
+//! taken when the directory is opened. Its status is `S_IFDIR | 0755` with 2 links on device 0,
+//! with an inode number derived from its guest path (so that directory-loop checks can tell
+//! map-only directories apart); creating it gives `EISDIR`/`EEXIST`, `mkdir` `EEXIST`, `unlink`
+//! `EISDIR`.
 //!
-//! **Unmapped paths.** Opening an unmapped path with `O_CREAT` creates a new file in a private
-//! per-VM temp directory (mode 0700, removed with the [`FileMap`]) under a counter-generated name
-//! that does not derive from the guest string; [`FileMap::mkdir`] of an unmapped path creates a
-//! directory there the same way (its owner always keeps `rwx`, so the temp directory can be
-//! removed). The guest path is remembered for the rest of the run, so later opens, stats and
-//! unlinks of it find that file; a guest-created directory then acts like a mapping of a temp
-//! directory: files and directories below it are ordinary host entries inside it, named as the
-//! guest names them. So `/tmp/x` works inside the guest without touching the host's `/tmp`.
-//! Unmapped paths without `O_CREAT` are `ENOENT` unless created earlier. At most
-//! [`MAX_CREATED_FILES`] paths can be created this way (what lies below a created directory is not
-//! counted, like the contents of a mapped directory).
+//! **Unmapped paths** ([`super::tempdir`]). Opening an unmapped path with `O_CREAT` creates a new
+//! file in the private per-VM temp directory (mode 0700, created with the [`FileMap`], locked,
+//! removed with it; left-overs of killed processes are removed at the next start) under a
+//! counter-generated name that does not derive from the guest string, through the directory's
+//! descriptor; [`FileMap::mkdir`] of an unmapped path creates a directory there the same way (its
+//! owner always keeps `rwx`, so the temp directory can be removed). The guest path is remembered
+//! for the rest of the run, so later opens, stats and unlinks of it find that file; a
+//! guest-created directory then acts like a mapping of a temp directory: files and directories
+//! below it are ordinary host entries inside it, named as the guest names them. So `/tmp/x` works
+//! inside the guest without touching the host's `/tmp`. Unmapped paths without `O_CREAT` are
+//! `ENOENT` unless created earlier. At most [`MAX_CREATED_FILES`] paths can be created this way,
+//! with at most [`MAX_CREATED_PATH_BYTES`] bytes of guest paths in all (each path is stored as one
+//! string); beyond either, `ENOSPC`. What lies below a created directory is not counted, like the
+//! contents of a mapped directory.
 //!
 //! **Virtual files** ([`FileMap::add_virtual_file`], at start-up): read-only in-memory files at a
 //! guest path that no mapping owns and that neither lies below nor above another entry. Opening
@@ -52,44 +79,98 @@
 //! `O_DIRECTORY` `ENOTDIR`; `mkdir` of its path is `EROFS`; `unlink` removes it from the map
 //! (descriptors open on it keep reading it). Its status is `S_IFREG | 0444`, 1 link, block size
 //! 4096, device 0, an inode number derived from its guest path.
+//!
+//! **Host trees** ([`FileMap::host_trees`]): every mapped tree and the temp directory, with the
+//! descriptors held here, for a process confinement (Landlock) applied before the guest runs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io;
 use std::ops::Bound;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tempfile::TempDir;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::IsolationError;
+use super::beneath::{self, LOOKUP_ONLY, open_beneath};
 use super::dir::{DT_DIR, DT_REG, DirEntry, d_type_of};
 use super::flags::checked_host_open_flags;
+use super::mapping::{self, Anchor, HostTree, Mapping};
 use super::openfile::OpenFile;
 use super::status::{FileStatus, FileTime};
+use super::tempdir::{self, PrivateTempDir};
 
-/// A cleaned guest path: its components, without `.`, `..` or empty parts. Empty = the guest root.
-type GuestKey = Vec<String>;
+/// A cleaned guest path: its components joined by `/`, without a leading `/`, `.`, `..` or empty
+/// parts. Empty = the guest root. One string per key keeps the map's memory proportional to the
+/// path bytes (a `Vec<String>` of 2 000 one-byte components costs ~100 KiB).
+type GuestKey = String;
 
 /// Cleans a guest path lexically: drops empty and `.` components, resolves `..` against the
 /// preceding component. Returns `None` if a `..` would climb above the root.
 pub fn clean_guest_path(path: &str) -> Option<Vec<String>> {
-    let mut components: Vec<String> = Vec::new();
+    clean_components(path).map(|parts| parts.into_iter().map(str::to_owned).collect())
+}
+
+/// [`clean_guest_path`] without copying the components.
+fn clean_components(path: &str) -> Option<Vec<&str>> {
+    let mut components = Vec::new();
     for component in path.split('/') {
         match component {
             "" | "." => {}
             ".." => {
                 components.pop()?;
             }
-            name => components.push(name.to_owned()),
+            name => components.push(name),
         }
     }
     Some(components)
 }
 
-fn display_key(key: &[String]) -> String {
-    key.join("/")
+/// The components of a key (for the mount-point computations).
+fn components_of(key: &str) -> Vec<String> {
+    key.split('/')
+        .filter(|part| !part.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A guest path as the map sees it.
+struct GuestPath<'p> {
+    /// As the guest wrote it (for messages).
+    raw: &'p str,
+    /// The cleaned components.
+    parts: Vec<&'p str>,
+    /// The cleaned components joined by `/`.
+    key: GuestKey,
+    /// It ends in `/` or `/.` below the root: only a directory matches.
+    wants_directory: bool,
+}
+
+impl<'p> GuestPath<'p> {
+    fn parse(raw: &'p str) -> Result<Self, IsolationError> {
+        if raw.is_empty() {
+            return Err(IsolationError::NotFound(String::new()));
+        }
+        let parts =
+            clean_components(raw).ok_or_else(|| IsolationError::InvalidPath(raw.to_owned()))?;
+        let key = parts.join("/");
+        let wants_directory = !parts.is_empty() && (raw.ends_with('/') || raw.ends_with("/."));
+        Ok(Self {
+            raw,
+            parts,
+            key,
+            wants_directory,
+        })
+    }
+
+    /// The key of the first `n` components (a slice of [`GuestPath::key`]).
+    fn prefix(&self, n: usize) -> &str {
+        let bytes: usize = self.parts[..n].iter().map(|part| part.len()).sum();
+        &self.key[..bytes + n.saturating_sub(1)]
+    }
 }
 
 /// A read-only in-memory file.
@@ -110,11 +191,10 @@ impl std::fmt::Debug for VirtualFile {
 /// An entry of the map that is not a `--file-mapping`.
 #[derive(Debug, Clone)]
 enum Entry {
-    /// A file the guest created under an unmapped path: its host file in the temp directory.
-    CreatedFile(PathBuf),
-    /// A directory the guest created under an unmapped path: its host directory in the temp
-    /// directory.
-    CreatedDir(PathBuf),
+    /// A file the guest created under an unmapped path: its name in the temp directory.
+    CreatedFile(String),
+    /// A directory the guest created under an unmapped path: its name in the temp directory.
+    CreatedDir(String),
     /// A read-only in-memory file.
     Virtual(VirtualFile),
 }
@@ -125,26 +205,47 @@ struct State {
     entries: BTreeMap<GuestKey, Entry>,
     /// Number of `CreatedFile` and `CreatedDir` entries.
     created: usize,
+    /// Bytes of the keys of `CreatedFile` and `CreatedDir` entries.
+    created_key_bytes: usize,
     /// Number for the next host name in the temp directory.
     next: u64,
-    /// The private temp directory, created when the guest first creates something (most guests
-    /// never do, and then nothing is created on the host at all).
-    dir: Option<TempDir>,
 }
 
 /// How many files and directories a guest may create outside its mappings (in the private temp
-/// directory). Each costs an inode on the host and a map entry of at most `MAX_PATH_LEN` bytes in
-/// uhyve.
+/// directory). Each costs an inode on the host and a map entry in uhyve.
 pub const MAX_CREATED_FILES: usize = 16 * 1024;
 
+/// How many bytes of guest paths the entries of guest-created files and directories may hold in
+/// all: 256 bytes per path for [`MAX_CREATED_FILES`] paths.
+pub const MAX_CREATED_PATH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A host entry's base: the directory descriptor its remaining components are resolved against.
+enum Base<'m> {
+    /// Below a directory, first through `prefix` (a guest-created directory's name in the temp
+    /// directory) if given.
+    Directory {
+        fd: BorrowedFd<'m>,
+        shown: &'m Path,
+        prefix: Option<String>,
+    },
+    /// A single file `name` in the directory `parent`.
+    File {
+        parent: BorrowedFd<'m>,
+        shown: &'m Path,
+        name: OsString,
+        /// Not a regular file at start-up: never created.
+        special: bool,
+    },
+}
+
 /// Where a guest path leads.
-enum Target<'k> {
-    /// Below the host path `root` (a mapping or a guest-created file or directory), `rest` being
-    /// the components after the owning entry's key.
+enum Target<'m, 'k> {
+    /// Below a host entry, `rest` being the components after the owning entry's key.
     Host {
-        root: PathBuf,
-        rest: &'k [String],
+        base: Base<'m>,
+        rest: &'k [&'k str],
         origin: Origin,
+        writable: bool,
     },
     /// Exactly a virtual file.
     Virtual(VirtualFile),
@@ -167,52 +268,35 @@ enum Origin {
 /// The guest's view of host files; `Send + Sync`.
 #[derive(Debug)]
 pub struct FileMap {
-    /// Cleaned guest path → canonical host path.
-    mappings: BTreeMap<GuestKey, PathBuf>,
-    /// Where the private temp directory is created.
-    temp_parent: PathBuf,
+    /// Cleaned guest path → opened host side.
+    mappings: BTreeMap<GuestKey, Mapping>,
+    /// The private temp directory (removed when the map is dropped).
+    temp: PrivateTempDir,
     /// When the map was made: the times reported for map-only directories.
     started: FileTime,
     state: Mutex<State>,
 }
 
-impl Drop for FileMap {
-    fn drop(&mut self) {
-        let state = self
-            .state
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(temp) = state.dir.take() {
-            let path = temp.path().to_owned();
-            if let Err(error) = temp.close() {
-                log::warn!(
-                    "cannot remove the guest's temp directory {}: {error}",
-                    path.display()
-                );
-            }
-        }
-    }
-}
-
 impl FileMap {
-    /// Builds the map from `--file-mapping HOST:GUEST` strings and creates the private temp
-    /// directory inside `tempdir` (default: the host's temp directory, `$TMPDIR` or `/tmp`).
+    /// Builds the map from `--file-mapping HOST:GUEST[:ro|:rw]` strings, removes stale temp
+    /// directories of killed uhyve processes from `tempdir` (default: the host's temp directory,
+    /// `$TMPDIR` or `/tmp`) and creates the private temp directory there.
     pub fn new(mappings: &[String], tempdir: Option<PathBuf>) -> Result<FileMap, IsolationError> {
         let mut map = BTreeMap::new();
         for spec in mappings {
-            let (host, guest) = parse_mapping(spec)?;
+            let (guest, mapping) = parse_mapping(spec)?;
             if map.contains_key(&guest) {
                 return Err(IsolationError::DuplicateMapping {
                     spec: spec.clone(),
-                    guest: display_key(&guest),
+                    guest,
                 });
             }
             log::debug!(
-                "file mapping: guest /{} -> {}",
-                display_key(&guest),
-                host.display()
+                "file mapping: guest /{guest} -> {}{}",
+                mapping.host.display(),
+                if mapping.writable { "" } else { " (read-only)" }
             );
-            map.insert(guest, host);
+            map.insert(guest, mapping);
         }
         let parent = tempdir.unwrap_or_else(std::env::temp_dir);
         match fs::metadata(&parent) {
@@ -225,50 +309,65 @@ impl FileMap {
             }
             Err(source) => return Err(IsolationError::TempDir { parent, source }),
         }
+        tempdir::remove_stale(&parent);
+        let temp = PrivateTempDir::create(&parent)?;
+        beneath::probe(temp.fd())
+            .map_err(|source| IsolationError::NoBeneathResolution { source })?;
         Ok(FileMap {
             mappings: map,
-            temp_parent: parent,
+            temp,
             started: FileTime::now(),
             state: Mutex::new(State::default()),
         })
     }
 
-    /// The private temp directory holding the files and directories the guest created under
-    /// unmapped paths, once the guest created one.
+    /// The private temp directory holding the files and directories the guest creates under
+    /// unmapped paths (always `Some`: it is created with the map).
     pub fn temp_dir(&self) -> Option<PathBuf> {
-        self.lock_state()
-            .dir
-            .as_ref()
-            .map(|dir| dir.path().to_owned())
+        Some(self.temp.path().to_owned())
     }
 
-    /// The mapped host paths (for sandbox rules).
+    /// The mapped host paths (canonical).
     pub fn host_paths(&self) -> impl Iterator<Item = &Path> {
-        self.mappings.values().map(PathBuf::as_path)
+        self.mappings.values().map(|mapping| mapping.host.as_path())
+    }
+
+    /// Every host tree the guest can reach, with its descriptor: each mapping's root (for a
+    /// single-file mapping the file, or its parent directory while the file does not exist) and
+    /// the private temp directory (writable).
+    pub fn host_trees(&self) -> Vec<HostTree<'_>> {
+        let mut trees: Vec<HostTree<'_>> = self.mappings.values().map(Mapping::host_tree).collect();
+        trees.push(HostTree {
+            path: self.temp.path(),
+            fd: self.temp.fd(),
+            writable: true,
+            directory: true,
+        });
+        trees
     }
 
     /// The guest directory of each mapping: the mapped path for a host directory, its parent for a
-    /// host file (cleaned keys; the empty key is the guest root).
-    fn mapping_directories(&self) -> BTreeSet<&[String]> {
+    /// host file (as components; empty is the guest root).
+    fn mapping_directories(&self) -> BTreeSet<Vec<String>> {
         self.mappings
             .iter()
-            .map(|(guest, host)| {
-                if host.is_dir() {
-                    guest.as_slice()
-                } else {
-                    guest.split_last().map_or(&[][..], |(_, parent)| parent)
+            .map(|(guest, mapping)| {
+                let mut directory = components_of(guest);
+                if !mapping.is_directory() {
+                    directory.pop();
                 }
+                directory
             })
             .collect()
     }
 
-    /// Guest paths of the virtual files (cleaned keys).
-    fn virtual_file_keys(&self) -> Vec<GuestKey> {
+    /// Guest paths of the virtual files (as components).
+    fn virtual_file_keys(&self) -> Vec<Vec<String>> {
         self.lock_state()
             .entries
             .iter()
             .filter(|(_, entry)| matches!(entry, Entry::Virtual(_)))
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| components_of(key))
             .collect()
     }
 
@@ -283,11 +382,10 @@ impl FileMap {
     /// `/` is listed by [`FileMap::unmountable_mappings`] instead, and a virtual file there by
     /// [`FileMap::unmountable_virtual_files`].
     pub fn mount_points(&self) -> Vec<String> {
-        let mut directories: BTreeSet<GuestKey> = self
+        let mut directories: BTreeSet<Vec<String>> = self
             .mapping_directories()
             .into_iter()
             .filter(|dir| !dir.is_empty())
-            .map(<[String]>::to_vec)
             .collect();
         for key in self.virtual_file_keys() {
             if let Some(mount) = virtual_file_mount(&key) {
@@ -301,7 +399,7 @@ impl FileMap {
                     .iter()
                     .any(|outer| outer.len() < dir.len() && dir.starts_with(outer))
             })
-            .map(|dir| format!("/{}", display_key(dir)))
+            .map(|dir| format!("/{}", dir.join("/")))
             .collect()
     }
 
@@ -309,8 +407,11 @@ impl FileMap {
     pub fn unmountable_mappings(&self) -> Vec<String> {
         self.mappings
             .iter()
-            .filter(|(guest, host)| guest.len() <= 1 && !(host.is_dir() && guest.len() == 1))
-            .map(|(guest, _)| format!("/{}", display_key(guest)))
+            .filter(|(guest, mapping)| {
+                let depth = components_of(guest).len();
+                depth <= 1 && !(mapping.is_directory() && depth == 1)
+            })
+            .map(|(guest, _)| format!("/{guest}"))
             .collect()
     }
 
@@ -320,7 +421,7 @@ impl FileMap {
         self.virtual_file_keys()
             .into_iter()
             .filter(|key| virtual_file_mount(key).is_none())
-            .map(|key| format!("/{}", display_key(&key)))
+            .map(|key| format!("/{}", key.join("/")))
             .collect()
     }
 
@@ -336,7 +437,7 @@ impl FileMap {
     /// mapped or nothing can be reached at all.
     pub fn legacy_mount_point(&self) -> Option<LegacyMount> {
         let virtual_files = self.virtual_file_keys();
-        let mut directories: BTreeSet<&[String]> = self
+        let mut directories: BTreeSet<Vec<String>> = self
             .mapping_directories()
             .into_iter()
             .filter(|dir| !dir.is_empty())
@@ -344,11 +445,11 @@ impl FileMap {
         directories.extend(
             virtual_files
                 .iter()
-                .filter_map(|key| key.split_last().map(|(_, parent)| parent))
+                .filter_map(|key| key.split_last().map(|(_, parent)| parent.to_vec()))
                 .filter(|dir| !dir.is_empty()),
         );
-        let directories: Vec<&[String]> = directories.into_iter().collect();
-        let first = *directories.first()?;
+        let directories: Vec<Vec<String>> = directories.into_iter().collect();
+        let first = directories.first()?.as_slice();
         let common = directories.iter().skip(1).fold(first, |common, dir| {
             let shared = common
                 .iter()
@@ -365,12 +466,13 @@ impl FileMap {
         let unreachable = self
             .mappings
             .keys()
-            .chain(virtual_files.iter())
+            .map(|key| components_of(key))
+            .chain(virtual_files.iter().cloned())
             .filter(|guest| !guest.starts_with(mount))
-            .map(|guest| format!("/{}", display_key(guest)))
+            .map(|guest| format!("/{}", guest.join("/")))
             .collect();
         Some(LegacyMount {
-            point: format!("/{}", display_key(mount)),
+            point: format!("/{}", mount.join("/")),
             unreachable,
         })
     }
@@ -382,42 +484,74 @@ impl FileMap {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Where `key` leads: the longest prefix of `key` that is an entry wins.
-    fn resolve<'k>(&self, state: &State, key: &'k [String]) -> Target<'k> {
-        for n in (0..=key.len()).rev() {
-            let Some((prefix, rest)) = key.split_at_checked(n) else {
-                continue;
-            };
-            if let Some(host) = self.mappings.get(prefix) {
+    /// The base of a mapping.
+    fn mapping_base(mapping: &Mapping) -> Base<'_> {
+        match &mapping.anchor {
+            Anchor::Directory(fd) => Base::Directory {
+                fd: fd.as_fd(),
+                shown: &mapping.host,
+                prefix: None,
+            },
+            Anchor::File {
+                parent,
+                parent_path,
+                name,
+                special,
+                ..
+            } => Base::File {
+                parent: parent.as_fd(),
+                shown: parent_path,
+                name: name.clone(),
+                special: *special,
+            },
+        }
+    }
+
+    /// Where `path` leads: the longest prefix of its key that is an entry wins.
+    fn resolve<'m, 'k>(&'m self, state: &State, path: &'k GuestPath<'_>) -> Target<'m, 'k> {
+        for n in (0..=path.parts.len()).rev() {
+            let prefix = path.prefix(n);
+            let rest = &path.parts[n..];
+            if let Some(mapping) = self.mappings.get(prefix) {
                 return Target::Host {
-                    root: host.clone(),
+                    base: Self::mapping_base(mapping),
                     rest,
                     origin: Origin::Mapping,
+                    writable: mapping.writable,
                 };
             }
-            match state.entries.get(prefix) {
-                Some(Entry::CreatedFile(host)) => {
-                    return Target::Host {
-                        root: host.clone(),
-                        rest,
-                        origin: Origin::CreatedFile,
-                    };
-                }
-                Some(Entry::CreatedDir(host)) => {
-                    return Target::Host {
-                        root: host.clone(),
-                        rest,
-                        origin: Origin::CreatedDir,
-                    };
-                }
+            let (base, origin) = match state.entries.get(prefix) {
+                Some(Entry::CreatedFile(name)) => (
+                    Base::File {
+                        parent: self.temp.fd(),
+                        shown: self.temp.path(),
+                        name: name.into(),
+                        special: false,
+                    },
+                    Origin::CreatedFile,
+                ),
+                Some(Entry::CreatedDir(name)) => (
+                    Base::Directory {
+                        fd: self.temp.fd(),
+                        shown: self.temp.path(),
+                        prefix: Some(name.clone()),
+                    },
+                    Origin::CreatedDir,
+                ),
                 Some(Entry::Virtual(file)) if rest.is_empty() => {
                     return Target::Virtual(file.clone());
                 }
                 Some(Entry::Virtual(_)) => return Target::BelowVirtual,
-                None => {}
-            }
+                None => continue,
+            };
+            return Target::Host {
+                base,
+                rest,
+                origin,
+                writable: true,
+            };
         }
-        if key.is_empty() || self.has_entries_below(state, key) {
+        if path.parts.is_empty() || self.has_entries_below(state, &path.key) {
             Target::MapDirectory
         } else {
             Target::Unmapped
@@ -425,59 +559,39 @@ impl FileMap {
     }
 
     /// Whether some entry lies strictly below `key`.
-    fn has_entries_below(&self, state: &State, key: &[String]) -> bool {
-        let below =
-            |candidate: &GuestKey| candidate.len() > key.len() && candidate.starts_with(key);
-        let range = (Bound::Included(key), Bound::Unbounded);
-        self.mappings
-            .range::<[String], _>(range)
-            .take_while(|(candidate, _)| candidate.starts_with(key))
-            .any(|(candidate, _)| below(candidate))
-            || state
-                .entries
-                .range::<[String], _>(range)
-                .take_while(|(candidate, _)| candidate.starts_with(key))
-                .any(|(candidate, _)| below(candidate))
+    fn has_entries_below(&self, state: &State, key: &str) -> bool {
+        let prefix = directory_prefix(key);
+        keys_below(&self.mappings, &prefix).any(|(candidate, _)| candidate.len() > prefix.len())
+            || keys_below(&state.entries, &prefix)
+                .any(|(candidate, _)| candidate.len() > prefix.len())
     }
 
     /// The synthetic listing of the map-only directory `key`: the next component of every entry
     /// below it, sorted (see the module documentation).
-    fn listing(&self, state: &State, key: &[String]) -> Vec<DirEntry> {
-        let depth = key.len();
-        let range = (Bound::Included(key), Bound::Unbounded);
+    fn listing(&self, state: &State, key: &str) -> Vec<DirEntry> {
+        let prefix = directory_prefix(key);
         let mut children: BTreeMap<String, u8> = BTreeMap::new();
-        let mut add = |candidate: &GuestKey, exact_kind: Option<u8>| {
-            if !candidate.starts_with(key) {
+        let mut add = |candidate: &str, exact_kind: Option<u8>| {
+            let below = &candidate[prefix.len()..];
+            if below.is_empty() {
                 return;
             }
-            let Some(name) = candidate.get(depth) else {
-                return;
-            };
-            if candidate.len() > depth + 1 {
-                children.insert(name.clone(), DT_DIR);
-            } else if let Some(kind) = exact_kind {
-                children.entry(name.clone()).or_insert(kind);
+            match below.split_once('/') {
+                Some((name, _)) => {
+                    children.insert(name.to_owned(), DT_DIR);
+                }
+                None => {
+                    if let Some(kind) = exact_kind {
+                        children.entry(below.to_owned()).or_insert(kind);
+                    }
+                }
             }
         };
-        for (candidate, host) in self
-            .mappings
-            .range::<[String], _>(range)
-            .take_while(|(candidate, _)| candidate.starts_with(key))
-        {
-            let kind = if candidate.len() == depth + 1 {
-                fs::metadata(host)
-                    .ok()
-                    .map(|metadata| d_type_of(metadata.file_type()))
-            } else {
-                None
-            };
-            add(candidate, kind);
+        for (candidate, mapping) in keys_below(&self.mappings, &prefix) {
+            let exact = !candidate[prefix.len()..].contains('/');
+            add(candidate, if exact { mapped_d_type(mapping) } else { None });
         }
-        for (candidate, entry) in state
-            .entries
-            .range::<[String], _>(range)
-            .take_while(|(candidate, _)| candidate.starts_with(key))
-        {
+        for (candidate, entry) in keys_below(&state.entries, &prefix) {
             let kind = match entry {
                 Entry::CreatedDir(_) => DT_DIR,
                 Entry::CreatedFile(_) | Entry::Virtual(_) => DT_REG,
@@ -494,34 +608,30 @@ impl FileMap {
             .collect()
     }
 
-    /// The private temp directory, created on first use.
-    fn temp_dir_in(&self, state: &mut State) -> Result<PathBuf, IsolationError> {
-        if let Some(dir) = &state.dir {
-            return Ok(dir.path().to_owned());
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("uhyve-")
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir_in(&self.temp_parent)
-            .map_err(|source| IsolationError::TempDir {
-                parent: self.temp_parent.clone(),
-                source,
-            })?;
-        let path = dir.path().to_owned();
-        state.dir = Some(dir);
-        Ok(path)
-    }
-
-    /// A new host name in the temp directory for a guest-created item (`kind` is `file` or
-    /// `dir`), if the cap allows one more.
-    fn new_temp_path(&self, state: &mut State, kind: &str) -> Result<PathBuf, IsolationError> {
+    /// A new name in the temp directory for a guest-created item at `key` (`kind` is `file` or
+    /// `dir`), if the caps allow one more.
+    fn new_temp_name(
+        &self,
+        state: &mut State,
+        key: &str,
+        kind: &str,
+    ) -> Result<String, IsolationError> {
         if state.created >= MAX_CREATED_FILES {
             return Err(IsolationError::TooManyCreatedFiles);
         }
-        let dir = self.temp_dir_in(state)?;
+        if state.created_key_bytes.saturating_add(key.len()) > MAX_CREATED_PATH_BYTES {
+            return Err(IsolationError::CreatedPathsTooLong);
+        }
         let number = state.next;
         state.next = number.wrapping_add(1);
-        Ok(dir.join(format!("{kind}-{number}")))
+        Ok(format!("{kind}-{number}"))
+    }
+
+    /// Registers a guest-created item (counted against the caps).
+    fn insert_created(state: &mut State, key: GuestKey, entry: Entry) {
+        state.created += 1;
+        state.created_key_bytes += key.len();
+        state.entries.insert(key, entry);
     }
 
     /// Opens `guest_path` with the guest's open `flags` (Hermit numbering) and creation `mode`
@@ -534,32 +644,54 @@ impl FileMap {
         flags: i32,
         mode: i32,
     ) -> Result<OpenFile, IsolationError> {
-        let host_flags = checked_host_open_flags(flags)?;
-        let mode = mode.cast_unsigned() & 0o777;
-        let key = guest_key(guest_path)?;
+        let flags = OFlags::from_bits_retain(checked_host_open_flags(flags)?.cast_unsigned());
+        let mode = permission_bits(mode.cast_unsigned());
+        let path = GuestPath::parse(guest_path)?;
         let mut state = self.lock_state();
-        let wants_write = host_flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let create = host_flags & libc::O_CREAT != 0;
-        let exclusive = create && host_flags & libc::O_EXCL != 0;
-        let directory = host_flags & libc::O_DIRECTORY != 0;
-        match self.resolve(&state, &key) {
-            Target::Host { root, rest, .. } => {
+        let target = self.resolve(&state, &path);
+        match target {
+            Target::Host {
+                base,
+                rest,
+                writable,
+                ..
+            } => {
                 drop(state);
-                let host = resolve_inside(&root, rest, guest_path, true)?;
-                open_host(guest_path, &host, host_flags, mode)
+                if !writable && wants_modification(flags) {
+                    return Err(IsolationError::ReadOnly(guest_path.to_owned()));
+                }
+                open_in(&base, rest, &path, flags, mode)
             }
+            Target::Unmapped => self.create_file(&mut state, &path, flags, mode),
+            other => self.open_in_map(&state, other, &path, flags),
+        }
+    }
+
+    /// Opens a virtual file or map-only directory (or fails for the other targets).
+    fn open_in_map(
+        &self,
+        state: &State,
+        target: Target<'_, '_>,
+        path: &GuestPath<'_>,
+        flags: OFlags,
+    ) -> Result<OpenFile, IsolationError> {
+        let guest_path = path.raw;
+        let create = flags.contains(OFlags::CREATE);
+        let exclusive = create && flags.contains(OFlags::EXCL);
+        let directory = flags.contains(OFlags::DIRECTORY);
+        let wants_write = flags & OFlags::RWMODE != OFlags::RDONLY;
+        match target {
             Target::Virtual(file) => {
                 if exclusive {
                     Err(IsolationError::Exists(guest_path.to_owned()))
-                } else if directory {
+                } else if directory || path.wants_directory {
                     Err(IsolationError::NotADirectory(guest_path.to_owned()))
-                } else if wants_write || host_flags & libc::O_TRUNC != 0 {
+                } else if wants_write || flags.contains(OFlags::TRUNC) {
                     Err(IsolationError::ReadOnly(guest_path.to_owned()))
                 } else {
                     Ok(OpenFile::virtual_file(guest_path, file.data, file.status))
                 }
             }
-            Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
             Target::MapDirectory => {
                 if exclusive {
                     Err(IsolationError::Exists(guest_path.to_owned()))
@@ -570,83 +702,147 @@ impl FileMap {
                         guest_path.to_owned(),
                     ))
                 } else {
-                    let entries = self.listing(&state, &key);
-                    let status = FileStatus::map_directory(synthetic_ino(&key), self.started);
+                    let entries = self.listing(state, &path.key);
+                    let status = FileStatus::map_directory(synthetic_ino(&path.key), self.started);
                     Ok(OpenFile::map_directory(guest_path, entries, status))
                 }
             }
-            Target::Unmapped => {
-                if !create {
-                    return Err(IsolationError::NotFound(guest_path.to_owned()));
-                }
-                let host = self.new_temp_path(&mut state, "file")?;
-                let file = open_host(
-                    guest_path,
-                    &host,
-                    host_flags | libc::O_CREAT | libc::O_EXCL,
-                    mode,
-                )?;
-                log::debug!("guest file {guest_path:?} created as {}", host.display());
-                state.entries.insert(key, Entry::CreatedFile(host));
-                state.created += 1;
-                Ok(file)
+            Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
+            Target::Host { .. } | Target::Unmapped => {
+                Err(IsolationError::NotFound(guest_path.to_owned()))
             }
         }
     }
 
+    /// Creates the unmapped `path` (with `O_CREAT`) as a new file in the temp directory.
+    fn create_file(
+        &self,
+        state: &mut State,
+        path: &GuestPath<'_>,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OpenFile, IsolationError> {
+        if !flags.contains(OFlags::CREATE) {
+            return Err(IsolationError::NotFound(path.raw.to_owned()));
+        }
+        if path.wants_directory {
+            return Err(IsolationError::IsDirectory(path.raw.to_owned()));
+        }
+        let name = self.new_temp_name(state, &path.key, "file")?;
+        let flags = flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        let opened = open_beneath(self.temp.fd(), OsStr::new(&name), flags, mode)
+            .map_err(|source| host_error("create", self.temp.path(), &name, path, source))?;
+        let file = finish_open(path.raw, opened, flags)?;
+        log::debug!("guest file {:?} created as {name}", path.raw);
+        Self::insert_created(state, path.key.clone(), Entry::CreatedFile(name));
+        Ok(file)
+    }
+
     /// Removes `guest_path`: a file inside a mapping (a symlink there is removed itself, not its
     /// target), a file the guest created earlier, or a virtual file (removed from the map).
-    /// Map-only and guest-created directories are `EISDIR`, unmapped paths `ENOENT`.
+    /// Map-only and guest-created directories are `EISDIR`, unmapped paths `ENOENT`, the file of a
+    /// single-file mapping `EBUSY`, anything in a read-only mapping `EROFS`.
     pub fn unlink(&self, guest_path: &str) -> Result<(), IsolationError> {
-        let key = guest_key(guest_path)?;
+        let path = GuestPath::parse(guest_path)?;
         let mut state = self.lock_state();
-        let (root, rest) = match self.resolve(&state, &key) {
+        match self.resolve(&state, &path) {
             Target::Host {
                 origin: Origin::CreatedFile,
                 rest: [],
                 ..
-            } => {
-                let Some(Entry::CreatedFile(host)) = state.entries.remove(&key) else {
+            } if !path.wants_directory => {
+                let Some(Entry::CreatedFile(name)) = state.entries.remove(&path.key) else {
                     return Err(IsolationError::NotFound(guest_path.to_owned()));
                 };
                 state.created = state.created.saturating_sub(1);
+                state.created_key_bytes = state.created_key_bytes.saturating_sub(path.key.len());
                 drop(state);
-                return match fs::remove_file(&host) {
-                    Err(source) if source.kind() != io::ErrorKind::NotFound => {
-                        Err(IsolationError::Io {
-                            operation: "unlink",
-                            path: host,
-                            source,
-                        })
-                    }
+                match rustix::fs::unlinkat(self.temp.fd(), name.as_str(), AtFlags::empty()) {
+                    Err(error) if error != rustix::io::Errno::NOENT => Err(host_error(
+                        "unlink",
+                        self.temp.path(),
+                        &name,
+                        &path,
+                        error.into(),
+                    )),
                     _ => Ok(()),
-                };
+                }
             }
             Target::Host {
                 origin: Origin::CreatedDir,
                 rest: [],
                 ..
             }
-            | Target::MapDirectory => {
-                return Err(IsolationError::IsDirectory(guest_path.to_owned()));
+            | Target::MapDirectory => Err(IsolationError::IsDirectory(guest_path.to_owned())),
+            Target::Host {
+                base,
+                rest,
+                writable,
+                ..
+            } => {
+                drop(state);
+                if !writable {
+                    return Err(IsolationError::ReadOnly(guest_path.to_owned()));
+                }
+                self.unlink_in(&base, rest, &path)
             }
-            Target::Host { root, rest, .. } => (root, rest),
             Target::Virtual(_) => {
-                state.entries.remove(&key);
-                return Ok(());
+                state.entries.remove(&path.key);
+                Ok(())
             }
-            Target::BelowVirtual => {
-                return Err(IsolationError::NotADirectory(guest_path.to_owned()));
+            Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
+            Target::Unmapped => Err(IsolationError::NotFound(guest_path.to_owned())),
+        }
+    }
+
+    /// Unlinks `rest` below a host base: `unlinkat` in the parent resolved beneath the base.
+    fn unlink_in(
+        &self,
+        base: &Base<'_>,
+        rest: &[&str],
+        path: &GuestPath<'_>,
+    ) -> Result<(), IsolationError> {
+        let (fd, shown, prefix) = match base {
+            Base::File { .. } if rest.is_empty() => {
+                return Err(IsolationError::Busy(path.raw.to_owned()));
             }
-            Target::Unmapped => return Err(IsolationError::NotFound(guest_path.to_owned())),
+            Base::File { parent, name, .. } => return Err(not_below_file(*parent, name, path)),
+            Base::Directory { fd, shown, prefix } => (*fd, *shown, prefix.as_deref()),
         };
-        drop(state);
-        // The last component is not followed: a symlink inside the mapping is removed itself.
-        let host = resolve_inside(&root, rest, guest_path, false)?;
-        fs::remove_file(&host).map_err(|source| IsolationError::Io {
-            operation: "unlink",
-            path: host,
-            source,
+        let components: Vec<&str> = prefix.into_iter().chain(rest.iter().copied()).collect();
+        let Some((last, parents)) = components.split_last() else {
+            return Err(IsolationError::IsDirectory(path.raw.to_owned()));
+        };
+        let parent = open_parent(fd, shown, parents, path)?;
+        if self.is_mapped_file(parent.as_fd(), last) {
+            return Err(IsolationError::Busy(path.raw.to_owned()));
+        }
+        let name = if path.wants_directory {
+            format!("{last}/")
+        } else {
+            (*last).to_owned()
+        };
+        rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty())
+            .map_err(|error| host_error("unlink", shown, &components.join("/"), path, error.into()))
+    }
+
+    /// Whether `name` in the directory `parent` is the file of a single-file mapping.
+    fn is_mapped_file(&self, parent: BorrowedFd<'_>, name: &str) -> bool {
+        let Ok(directory) = rustix::fs::fstat(parent) else {
+            return false;
+        };
+        self.mappings.values().any(|mapping| match &mapping.anchor {
+            Anchor::File {
+                parent: mapped_parent,
+                name: mapped_name,
+                ..
+            } => {
+                mapped_name.as_os_str() == OsStr::new(name)
+                    && rustix::fs::fstat(mapped_parent).is_ok_and(|mapped| {
+                        (mapped.st_dev, mapped.st_ino) == (directory.st_dev, directory.st_ino)
+                    })
+            }
+            Anchor::Directory(_) => false,
         })
     }
 
@@ -658,29 +854,21 @@ impl FileMap {
         guest_path: &str,
         follow_symlinks: bool,
     ) -> Result<FileStatus, IsolationError> {
-        let key = guest_key(guest_path)?;
+        let path = GuestPath::parse(guest_path)?;
         let state = self.lock_state();
-        match self.resolve(&state, &key) {
-            Target::Host { root, rest, .. } => {
+        match self.resolve(&state, &path) {
+            Target::Host { base, rest, .. } => {
                 drop(state);
-                let host = resolve_inside(&root, rest, guest_path, follow_symlinks)?;
-                let metadata = if follow_symlinks {
-                    fs::metadata(&host)
-                } else {
-                    fs::symlink_metadata(&host)
-                };
-                metadata
-                    .map(|metadata| FileStatus::from_metadata(&metadata))
-                    .map_err(|source| IsolationError::Io {
-                        operation: "stat",
-                        path: host,
-                        source,
-                    })
+                stat_in(&base, rest, &path, follow_symlinks)
+            }
+            Target::Virtual(_) | Target::BelowVirtual if path.wants_directory => {
+                Err(IsolationError::NotADirectory(guest_path.to_owned()))
             }
             Target::Virtual(file) => Ok(file.status),
-            Target::MapDirectory => {
-                Ok(FileStatus::map_directory(synthetic_ino(&key), self.started))
-            }
+            Target::MapDirectory => Ok(FileStatus::map_directory(
+                synthetic_ino(&path.key),
+                self.started,
+            )),
             Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
             Target::Unmapped => Err(IsolationError::NotFound(guest_path.to_owned())),
         }
@@ -690,35 +878,39 @@ impl FileMap {
     /// mapping on the host (the parent must resolve inside the mapping), at an unmapped path in
     /// the private temp directory (registered under that guest path, counted against
     /// [`MAX_CREATED_FILES`]). Existing paths (the guest root and map-only directories included)
-    /// are `EEXIST`, a virtual file `EROFS`.
+    /// are `EEXIST`, a virtual file or a read-only mapping `EROFS`.
     pub fn mkdir(&self, guest_path: &str, mode: u32) -> Result<(), IsolationError> {
-        let key = guest_key(guest_path)?;
-        let mode = mode & 0o777;
+        let path = GuestPath::parse(guest_path)?;
         let mut state = self.lock_state();
-        match self.resolve(&state, &key) {
-            Target::Host { root, rest, origin } => {
+        match self.resolve(&state, &path) {
+            Target::Host {
+                base,
+                rest,
+                origin,
+                writable,
+            } => {
                 drop(state);
-                let host = resolve_inside(&root, rest, guest_path, false)?;
+                if !writable {
+                    return Err(IsolationError::ReadOnly(guest_path.to_owned()));
+                }
                 // Inside the temp directory the owner keeps rwx, so it can be removed at exit.
-                let mode = if origin == Origin::Mapping {
-                    mode
-                } else {
-                    mode | 0o700
+                let mode = match origin {
+                    Origin::Mapping => mode,
+                    Origin::CreatedFile | Origin::CreatedDir => mode | 0o700,
                 };
-                create_host_dir(&host, mode)
+                mkdir_in(&base, rest, &path, permission_bits(mode))
             }
             Target::Virtual(_) => Err(IsolationError::ReadOnly(guest_path.to_owned())),
             Target::BelowVirtual => Err(IsolationError::NotADirectory(guest_path.to_owned())),
             Target::MapDirectory => Err(IsolationError::Exists(guest_path.to_owned())),
             Target::Unmapped => {
-                let host = self.new_temp_path(&mut state, "dir")?;
-                create_host_dir(&host, mode | 0o700)?;
-                log::debug!(
-                    "guest directory {guest_path:?} created as {}",
-                    host.display()
-                );
-                state.entries.insert(key, Entry::CreatedDir(host));
-                state.created += 1;
+                let name = self.new_temp_name(&mut state, &path.key, "dir")?;
+                rustix::fs::mkdirat(self.temp.fd(), name.as_str(), permission_bits(mode | 0o700))
+                    .map_err(|error| {
+                    host_error("mkdir", self.temp.path(), &name, &path, error.into())
+                })?;
+                log::debug!("guest directory {guest_path:?} created as {name}");
+                Self::insert_created(&mut state, path.key.clone(), Entry::CreatedDir(name));
                 Ok(())
             }
         }
@@ -736,13 +928,12 @@ impl FileMap {
             guest: guest_path.to_owned(),
             reason,
         };
-        let key =
-            clean_guest_path(guest_path).ok_or_else(|| conflict("the path climbs above /"))?;
-        if key.is_empty() {
+        let path = GuestPath::parse(guest_path).map_err(|_| conflict("the path climbs above /"))?;
+        if path.parts.is_empty() {
             return Err(conflict("the guest root is a directory"));
         }
         let mut state = self.lock_state();
-        match self.resolve(&state, &key) {
+        match self.resolve(&state, &path) {
             Target::Unmapped => {}
             Target::MapDirectory => return Err(conflict("other entries lie below it")),
             Target::Host {
@@ -753,42 +944,275 @@ impl FileMap {
                 return Err(conflict("it is already in the map"));
             }
         }
-        let status = FileStatus::virtual_file(data.len(), synthetic_ino(&key), FileTime::now());
-        log::debug!("virtual file /{} ({} bytes)", display_key(&key), data.len());
-        state
-            .entries
-            .insert(key, Entry::Virtual(VirtualFile { data, status }));
+        let status =
+            FileStatus::virtual_file(data.len(), synthetic_ino(&path.key), FileTime::now());
+        log::debug!("virtual file /{} ({} bytes)", path.key, data.len());
+        state.entries.insert(
+            path.key.clone(),
+            Entry::Virtual(VirtualFile { data, status }),
+        );
         Ok(())
     }
 }
 
-fn guest_key(guest_path: &str) -> Result<GuestKey, IsolationError> {
-    if guest_path.is_empty() {
-        return Err(IsolationError::NotFound(String::new()));
+/// Parses and opens one `--file-mapping`: its cleaned guest key and its host side.
+fn parse_mapping(spec: &str) -> Result<(GuestKey, Mapping), IsolationError> {
+    let (host, guest, writable) = mapping::split_spec(spec)?;
+    let guest = clean_components(guest)
+        .ok_or_else(|| IsolationError::MalformedMapping {
+            spec: spec.to_owned(),
+            reason: "the guest path climbs above /",
+        })?
+        .join("/");
+    Ok((guest, mapping::open_host(spec, Path::new(host), writable)?))
+}
+
+/// `key` followed by `/` (empty for the root): the common prefix of every key below it.
+fn directory_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}/")
     }
-    clean_guest_path(guest_path).ok_or_else(|| IsolationError::InvalidPath(guest_path.to_owned()))
+}
+
+/// The entries of `map` whose keys start with `prefix` (a [`directory_prefix`]).
+fn keys_below<'a, V>(
+    map: &'a BTreeMap<GuestKey, V>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a V)> {
+    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(candidate, _)| candidate.starts_with(prefix))
+}
+
+/// The Linux `d_type` of a mapping's host path, `None` if it does not exist.
+fn mapped_d_type(mapping: &Mapping) -> Option<u8> {
+    match &mapping.anchor {
+        Anchor::Directory(_) => Some(DT_DIR),
+        Anchor::File { parent, name, .. } => {
+            let flags = LOOKUP_ONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(parent, name, flags, Mode::empty()).ok()?;
+            let metadata = File::from(fd).metadata().ok()?;
+            Some(d_type_of(metadata.file_type()))
+        }
+    }
+}
+
+/// The permission bits of a guest mode as a host [`Mode`].
+fn permission_bits(mode: u32) -> Mode {
+    Mode::from_bits_truncate((mode & 0o777) as rustix::fs::RawMode)
+}
+
+/// Whether open flags can modify the file system: writing, creating or truncating.
+fn wants_modification(flags: OFlags) -> bool {
+    flags & OFlags::RWMODE != OFlags::RDONLY || flags.intersects(OFlags::CREATE | OFlags::TRUNC)
+}
+
+/// The path relative to a directory base for `rest`: `.` for the base itself; a trailing `/`
+/// when the guest path names a directory.
+fn relative_path(prefix: Option<&str>, rest: &[&str], wants_directory: bool) -> String {
+    let mut relative = prefix
+        .into_iter()
+        .chain(rest.iter().copied())
+        .collect::<Vec<_>>()
+        .join("/");
+    if relative.is_empty() {
+        relative.push('.');
+    } else if wants_directory {
+        relative.push('/');
+    }
+    relative
+}
+
+/// The error for a host operation: an escape (`EXDEV` from the resolution) becomes
+/// [`IsolationError::Escapes`], everything else keeps its errno.
+fn host_error(
+    operation: &'static str,
+    shown: &Path,
+    relative: &str,
+    path: &GuestPath<'_>,
+    source: io::Error,
+) -> IsolationError {
+    if source.raw_os_error() == Some(libc::EXDEV) {
+        IsolationError::Escapes(path.raw.to_owned())
+    } else {
+        IsolationError::Io {
+            operation,
+            path: shown.join(relative),
+            source,
+        }
+    }
+}
+
+/// The error for a path below a single file (or naming it as a directory): `ENOENT` if the file
+/// does not exist, else `ENOTDIR`.
+fn not_below_file(parent: BorrowedFd<'_>, name: &OsStr, path: &GuestPath<'_>) -> IsolationError {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => IsolationError::NotFound(path.raw.to_owned()),
+        _ => IsolationError::NotADirectory(path.raw.to_owned()),
+    }
+}
+
+/// The directory `parents` below `fd`, resolved beneath it, as a lookup-only descriptor.
+fn open_parent(
+    fd: BorrowedFd<'_>,
+    shown: &Path,
+    parents: &[&str],
+    path: &GuestPath<'_>,
+) -> Result<OwnedFd, IsolationError> {
+    let relative = relative_path(None, parents, false);
+    open_beneath(
+        fd,
+        OsStr::new(&relative),
+        LOOKUP_ONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .map_err(|source| host_error("resolve", shown, &relative, path, source))
+}
+
+/// Opens `rest` below a host base (see the module documentation).
+fn open_in(
+    base: &Base<'_>,
+    rest: &[&str],
+    path: &GuestPath<'_>,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OpenFile, IsolationError> {
+    let (fd, shown, relative, flags) = match base {
+        Base::Directory { fd, shown, prefix } => {
+            let relative = relative_path(prefix.as_deref(), rest, path.wants_directory);
+            (*fd, *shown, OsString::from(relative), flags)
+        }
+        Base::File {
+            parent,
+            shown,
+            name,
+            special,
+        } => {
+            if !rest.is_empty() || path.wants_directory {
+                return Err(not_below_file(*parent, name, path));
+            }
+            let mut flags = flags | OFlags::NOFOLLOW;
+            if *special {
+                if flags.contains(OFlags::CREATE | OFlags::EXCL) {
+                    return Err(IsolationError::Exists(path.raw.to_owned()));
+                }
+                flags.remove(OFlags::CREATE);
+            }
+            (*parent, *shown, name.clone(), flags)
+        }
+    };
+    let opened = open_beneath(fd, &relative, flags | OFlags::NONBLOCK, mode)
+        .map_err(|source| host_error("open", shown, &relative.to_string_lossy(), path, source))?;
+    finish_open(path.raw, opened, flags)
+}
+
+/// Turns a descriptor opened with `O_NONBLOCK` into an [`OpenFile`]: FIFOs and sockets are
+/// refused (`ENXIO`); regular files, directories and block devices lose `O_NONBLOCK` again unless
+/// `requested` has it; character devices keep it.
+fn finish_open(
+    guest_path: &str,
+    opened: OwnedFd,
+    requested: OFlags,
+) -> Result<OpenFile, IsolationError> {
+    let failed = |operation, source: io::Error| IsolationError::Descriptor {
+        operation,
+        path: guest_path.to_owned(),
+        source,
+    };
+    let status = rustix::fs::fstat(&opened).map_err(|error| failed("fstat", error.into()))?;
+    match FileType::from_raw_mode(status.st_mode) {
+        FileType::Fifo | FileType::Socket => {
+            return Err(IsolationError::SpecialFile(guest_path.to_owned()));
+        }
+        FileType::CharacterDevice => {}
+        _ if !requested.contains(OFlags::NONBLOCK) => {
+            let current =
+                rustix::fs::fcntl_getfl(&opened).map_err(|error| failed("fcntl", error.into()))?;
+            rustix::fs::fcntl_setfl(&opened, current - OFlags::NONBLOCK)
+                .map_err(|error| failed("fcntl", error.into()))?;
+        }
+        _ => {}
+    }
+    OpenFile::host(guest_path, File::from(opened)).map_err(|source| failed("open", source))
+}
+
+/// The status of `rest` below a host base: an `O_PATH` descriptor resolved beneath it (with
+/// `O_NOFOLLOW` for `lstat` and always for a single-file mapping), then `fstat`.
+fn stat_in(
+    base: &Base<'_>,
+    rest: &[&str],
+    path: &GuestPath<'_>,
+    follow_symlinks: bool,
+) -> Result<FileStatus, IsolationError> {
+    let lookup = LOOKUP_ONLY | OFlags::NOFOLLOW;
+    let (fd, shown, relative, flags) = match base {
+        Base::Directory { fd, shown, prefix } => {
+            let relative = relative_path(prefix.as_deref(), rest, path.wants_directory);
+            let flags = if follow_symlinks { LOOKUP_ONLY } else { lookup };
+            (*fd, *shown, OsString::from(relative), flags)
+        }
+        Base::File {
+            parent,
+            shown,
+            name,
+            ..
+        } => {
+            if !rest.is_empty() || path.wants_directory {
+                return Err(not_below_file(*parent, name, path));
+            }
+            (*parent, *shown, name.clone(), lookup)
+        }
+    };
+    let shown_path = || shown.join(&relative);
+    let opened = open_beneath(fd, &relative, flags, Mode::empty())
+        .map_err(|source| host_error("stat", shown, &relative.to_string_lossy(), path, source))?;
+    File::from(opened)
+        .metadata()
+        .map(|metadata| FileStatus::from_metadata(&metadata))
+        .map_err(|source| IsolationError::Io {
+            operation: "stat",
+            path: shown_path(),
+            source,
+        })
+}
+
+/// Creates the directory `rest` below a host base: `mkdirat` in the parent resolved beneath it.
+fn mkdir_in(
+    base: &Base<'_>,
+    rest: &[&str],
+    path: &GuestPath<'_>,
+    mode: Mode,
+) -> Result<(), IsolationError> {
+    let (fd, shown, prefix) = match base {
+        Base::File { parent, name, .. } if rest.is_empty() => {
+            return Err(
+                match rustix::fs::statat(*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(rustix::io::Errno::NOENT) => IsolationError::Busy(path.raw.to_owned()),
+                    _ => IsolationError::Exists(path.raw.to_owned()),
+                },
+            );
+        }
+        Base::File { parent, name, .. } => return Err(not_below_file(*parent, name, path)),
+        Base::Directory { fd, shown, prefix } => (*fd, *shown, prefix.as_deref()),
+    };
+    let components: Vec<&str> = prefix.into_iter().chain(rest.iter().copied()).collect();
+    let Some((last, parents)) = components.split_last() else {
+        return Err(IsolationError::Exists(path.raw.to_owned()));
+    };
+    let parent = open_parent(fd, shown, parents, path)?;
+    rustix::fs::mkdirat(&parent, *last, mode)
+        .map_err(|error| host_error("mkdir", shown, &components.join("/"), path, error.into()))
 }
 
 /// The inode number reported by `stat` for a map-only directory or virtual file: a hash of its
 /// guest path (stable for the run, never 0 or 1), so that tools detecting directory loops by
 /// (device, inode) tell these entries apart. Their Getdents records say `d_ino` 1 (§6.4).
-fn synthetic_ino(key: &[String]) -> u64 {
+fn synthetic_ino(key: &str) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut hasher = DefaultHasher::new();
     key.hash(&mut hasher);
     hasher.finish().max(2)
-}
-
-/// `mkdir(2)` of a host path.
-fn create_host_dir(host: &Path, mode: u32) -> Result<(), IsolationError> {
-    DirBuilder::new()
-        .mode(mode)
-        .create(host)
-        .map_err(|source| IsolationError::Io {
-            operation: "mkdir",
-            path: host.to_path_buf(),
-            source,
-        })
 }
 
 /// Directories the file system of kernels 0.10–0.11 creates at boot: a mount point can be made
@@ -821,120 +1245,6 @@ pub struct LegacyMount {
     pub point: String,
     /// Mapped guest paths and virtual files outside it (unreachable for such a kernel).
     pub unreachable: Vec<String>,
-}
-
-/// Splits `HOST:GUEST` and resolves both sides.
-fn parse_mapping(spec: &str) -> Result<(PathBuf, GuestKey), IsolationError> {
-    let malformed = |reason| IsolationError::MalformedMapping {
-        spec: spec.to_owned(),
-        reason,
-    };
-    let mut parts = spec.split(':');
-    let host = parts.next().unwrap_or_default();
-    let guest = parts
-        .next()
-        .ok_or_else(|| malformed("expected HOST:GUEST"))?;
-    if parts.next().is_some() {
-        log::warn!("--file-mapping {spec:?}: ignoring everything after the second ':'");
-    }
-    if host.is_empty() {
-        return Err(malformed("the host path is empty"));
-    }
-    if guest.is_empty() {
-        return Err(malformed("the guest path is empty"));
-    }
-    let guest =
-        clean_guest_path(guest).ok_or_else(|| malformed("the guest path climbs above /"))?;
-    Ok((canonical_host_path(spec, Path::new(host))?, guest))
-}
-
-/// Canonicalises an existing host path; for a missing one, canonicalises its parent (which must
-/// exist) and appends the file name.
-fn canonical_host_path(spec: &str, host: &Path) -> Result<PathBuf, IsolationError> {
-    let failed = |path: &Path, source| IsolationError::HostPath {
-        spec: spec.to_owned(),
-        path: path.to_path_buf(),
-        source,
-    };
-    match fs::canonicalize(host) {
-        Ok(path) => Ok(path),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let name = host.file_name().ok_or_else(|| failed(host, error))?;
-            let parent = match host.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => Path::new("."),
-            };
-            let parent = fs::canonicalize(parent).map_err(|source| failed(parent, source))?;
-            Ok(parent.join(name))
-        }
-        Err(error) => Err(failed(host, error)),
-    }
-}
-
-/// The host path for the components `rest` below the mapped host path `root`, guaranteed (at the
-/// time of the check) not to leave `root`. With `follow_last`, a symlink as last component is
-/// resolved and checked too; otherwise the link itself is returned.
-fn resolve_inside(
-    root: &Path,
-    rest: &[String],
-    guest_path: &str,
-    follow_last: bool,
-) -> Result<PathBuf, IsolationError> {
-    let Some((last, dirs)) = rest.split_last() else {
-        return Ok(root.to_path_buf());
-    };
-    let mut parent = root.to_path_buf();
-    parent.extend(dirs);
-    let parent = fs::canonicalize(&parent).map_err(|source| IsolationError::Io {
-        operation: "resolve",
-        path: parent,
-        source,
-    })?;
-    let escapes = || IsolationError::Escapes(guest_path.to_owned());
-    if !parent.starts_with(root) {
-        return Err(escapes());
-    }
-    let candidate = parent.join(last);
-    if follow_last
-        && fs::symlink_metadata(&candidate).is_ok_and(|meta| meta.file_type().is_symlink())
-    {
-        let target = fs::canonicalize(&candidate).map_err(|source| IsolationError::Io {
-            operation: "resolve",
-            path: candidate,
-            source,
-        })?;
-        if !target.starts_with(root) {
-            return Err(escapes());
-        }
-        return Ok(target);
-    }
-    Ok(candidate)
-}
-
-/// Opens a host path with already translated host flags, never following a final symlink; a
-/// directory becomes a directory stream.
-fn open_host(
-    guest_path: &str,
-    path: &Path,
-    host_flags: i32,
-    mode: u32,
-) -> Result<OpenFile, IsolationError> {
-    let mut options = OpenOptions::new();
-    match host_flags & libc::O_ACCMODE {
-        libc::O_WRONLY => options.write(true),
-        libc::O_RDWR => options.read(true).write(true),
-        _ => options.read(true),
-    };
-    options
-        .custom_flags((host_flags & !libc::O_ACCMODE) | libc::O_NOFOLLOW)
-        .mode(mode)
-        .open(path)
-        .and_then(|file: File| OpenFile::host(guest_path, file))
-        .map_err(|source| IsolationError::Io {
-            operation: "open",
-            path: path.to_path_buf(),
-            source,
-        })
 }
 
 #[cfg(test)]
@@ -1021,7 +1331,7 @@ mod tests {
         fs::create_dir(dir.path().join("sub")).unwrap();
         let indirect = format!("{}/sub/../sub/.:data", dir.path().display());
         let missing_file = format!("{}/sub/new.txt:out.txt", dir.path().display());
-        let extra = format!("{}:x:ignored", dir.path().display());
+        let extra = format!("{}:x:rw", dir.path().display());
         let map = FileMap::new(&specs(&[&indirect, &missing_file, &extra]), None).unwrap();
         let canonical = fs::canonicalize(dir.path()).unwrap();
         let hosts: Vec<&Path> = map.host_paths().collect();
@@ -1222,12 +1532,20 @@ mod tests {
     fn unmapped_files_live_in_the_private_temp_dir() {
         let parent = tempfile::tempdir().unwrap();
         let map = FileMap::new(&[], Some(parent.path().to_path_buf())).unwrap();
-        assert_eq!(
-            map.temp_dir(),
-            None,
-            "nothing is created on the host before it is needed"
-        );
-        assert_eq!(fs::read_dir(parent.path()).unwrap().count(), 0);
+        // The temp directory exists from the start (for a process confinement), empty but for
+        // its lock file.
+        let temp = map.temp_dir().unwrap();
+        assert!(temp.starts_with(parent.path()));
+        let mode = fs::metadata(&temp).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let created = || -> Vec<_> {
+            fs::read_dir(&temp)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|name| name != super::super::tempdir::LOCK_FILE)
+                .collect()
+        };
+        assert!(created().is_empty());
 
         assert!(matches!(
             map.open("/scratch/x", abi::O_RDONLY, 0),
@@ -1236,15 +1554,8 @@ mod tests {
         let mut file = map
             .open("/scratch/x", abi::O_WRONLY | abi::O_CREAT, 0o644)
             .unwrap();
-        let temp = map.temp_dir().unwrap();
-        assert!(temp.starts_with(parent.path()));
-        let mode = fs::metadata(&temp).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
         file.write_all(b"data").unwrap();
-        let names: Vec<_> = fs::read_dir(&temp)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names = created();
         assert_eq!(names.len(), 1);
         assert!(!names[0].to_string_lossy().contains("scratch"));
         // Found again, under either spelling.
@@ -1347,7 +1658,7 @@ mod tests {
     use crate::isolation::openfile::FileKind;
     use crate::isolation::status::{S_IFDIR, S_IFLNK, S_IFREG};
     use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// The rest of the entries of `file`, read with Getdents calls of `buffer_len` bytes, with
     /// the checks every buffer must pass: whole records, `d_off` = position after the record.

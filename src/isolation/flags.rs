@@ -7,8 +7,10 @@
 //! Decisions: guest `O_DIRECT` is accepted (it is in the seed whitelist) but *not* passed to the
 //! host: uhyve copies file data through its own unaligned buffers, which `O_DIRECT` would reject
 //! with `EINVAL` (uhyve ≥ 0.6 drops it from the whitelist for the same reason). Host errno values
-//! without a Hermit counterpart in the ABI become `EIO` (upstream uses −1, indistinguishable from
-//! `−EPERM`; `EIO` is also what kernel 0.6.9 reports for every failed open).
+//! that a file operation can produce reach the guest as themselves (in Hermit numbering, see
+//! [`errno`]: `EACCES`, `ELOOP`, `ENAMETOOLONG`, `ENOSPC`, `EFBIG`, `EXDEV`, …); the few others
+//! become `EIO` (upstream uses −1, indistinguishable from `−EPERM`; `EIO` is also what kernel 0.6.9
+//! reports for every failed open).
 
 use std::io;
 
@@ -54,24 +56,92 @@ pub fn checked_host_open_flags(guest: i32) -> Result<i32, IsolationError> {
     Ok(host_open_flags(masked))
 }
 
-/// The (positive) Hermit errno for a host I/O error: EPERM, ENOENT, EIO, EBADF, EFAULT, EEXIST,
-/// ENOTDIR, EISDIR, EINVAL, EROFS and EOVERFLOW are translated; everything else becomes EIO.
+/// Hermit (= Linux x86) errno numbers the ABI crate does not name.
+pub mod errno {
+    /// Interrupted system call.
+    pub const EINTR: i32 = 4;
+    /// No such device or address (a FIFO or socket refused by open).
+    pub const ENXIO: i32 = 6;
+    /// Resource temporarily unavailable.
+    pub const EAGAIN: i32 = 11;
+    /// Out of memory.
+    pub const ENOMEM: i32 = 12;
+    /// Permission denied.
+    pub const EACCES: i32 = 13;
+    /// Device or resource busy (the file of a single-file mapping).
+    pub const EBUSY: i32 = 16;
+    /// Cross-device link.
+    pub const EXDEV: i32 = 18;
+    /// No such device.
+    pub const ENODEV: i32 = 19;
+    /// Too many open files in the system.
+    pub const ENFILE: i32 = 23;
+    /// Text file busy.
+    pub const ETXTBSY: i32 = 26;
+    /// File too large.
+    pub const EFBIG: i32 = 27;
+    /// Illegal seek.
+    pub const ESPIPE: i32 = 29;
+    /// Too many links.
+    pub const EMLINK: i32 = 31;
+    /// Broken pipe.
+    pub const EPIPE: i32 = 32;
+    /// File name too long.
+    pub const ENAMETOOLONG: i32 = 36;
+    /// Directory not empty.
+    pub const ENOTEMPTY: i32 = 39;
+    /// Too many levels of symbolic links.
+    pub const ELOOP: i32 = 40;
+    /// Operation not supported.
+    pub const EOPNOTSUPP: i32 = 95;
+    /// Disk quota exceeded.
+    pub const EDQUOT: i32 = 122;
+}
+
+/// Host errno → Hermit errno, for every value a file operation can produce.
+const HOST_TO_GUEST: [(i32, i32); 32] = [
+    (libc::EPERM, abi::EPERM),
+    (libc::ENOENT, abi::ENOENT),
+    (libc::EINTR, errno::EINTR),
+    (libc::EIO, abi::EIO),
+    (libc::ENXIO, errno::ENXIO),
+    (libc::EBADF, abi::EBADF),
+    (libc::EAGAIN, errno::EAGAIN),
+    (libc::ENOMEM, errno::ENOMEM),
+    (libc::EACCES, errno::EACCES),
+    (libc::EFAULT, abi::EFAULT),
+    (libc::EBUSY, errno::EBUSY),
+    (libc::EEXIST, abi::EEXIST),
+    (libc::EXDEV, errno::EXDEV),
+    (libc::ENODEV, errno::ENODEV),
+    (libc::ENOTDIR, abi::ENOTDIR),
+    (libc::EISDIR, abi::EISDIR),
+    (libc::EINVAL, abi::EINVAL),
+    (libc::ENFILE, errno::ENFILE),
+    (libc::EMFILE, abi::EMFILE),
+    (libc::ETXTBSY, errno::ETXTBSY),
+    (libc::EFBIG, errno::EFBIG),
+    (libc::ENOSPC, abi::ENOSPC),
+    (libc::ESPIPE, errno::ESPIPE),
+    (libc::EROFS, abi::EROFS),
+    (libc::EMLINK, errno::EMLINK),
+    (libc::EPIPE, errno::EPIPE),
+    (libc::ENAMETOOLONG, errno::ENAMETOOLONG),
+    (libc::ENOTEMPTY, errno::ENOTEMPTY),
+    (libc::ELOOP, errno::ELOOP),
+    (libc::EOVERFLOW, abi::EOVERFLOW),
+    (libc::EOPNOTSUPP, errno::EOPNOTSUPP),
+    (libc::EDQUOT, errno::EDQUOT),
+];
+
+/// The (positive) Hermit errno for a host I/O error: every value in `HOST_TO_GUEST` is
+/// translated; everything else becomes EIO.
 pub fn guest_errno(error: &io::Error) -> i32 {
     if let Some(code) = error.raw_os_error() {
-        return match code {
-            libc::EPERM => abi::EPERM,
-            libc::ENOENT => abi::ENOENT,
-            libc::EIO => abi::EIO,
-            libc::EBADF => abi::EBADF,
-            libc::EFAULT => abi::EFAULT,
-            libc::EEXIST => abi::EEXIST,
-            libc::ENOTDIR => abi::ENOTDIR,
-            libc::EISDIR => abi::EISDIR,
-            libc::EINVAL => abi::EINVAL,
-            libc::EROFS => abi::EROFS,
-            libc::EOVERFLOW => abi::EOVERFLOW,
-            _ => abi::EIO,
-        };
+        return HOST_TO_GUEST
+            .iter()
+            .find(|(host, _)| *host == code)
+            .map_or(abi::EIO, |(_, guest)| *guest);
     }
     match error.kind() {
         io::ErrorKind::NotFound => abi::ENOENT,
@@ -189,8 +259,21 @@ mod tests {
         assert_eq!(guest_errno(&os(libc::EINVAL)), 22);
         assert_eq!(guest_errno(&os(libc::EROFS)), 30);
         assert_eq!(guest_errno(&os(libc::EOVERFLOW)), 75);
-        assert_eq!(guest_errno(&os(libc::ELOOP)), abi::EIO);
-        assert_eq!(guest_errno(&os(libc::ENOSPC)), abi::EIO);
+        assert_eq!(guest_errno(&os(libc::EACCES)), 13);
+        assert_eq!(guest_errno(&os(libc::EBUSY)), 16);
+        assert_eq!(guest_errno(&os(libc::EXDEV)), 18);
+        assert_eq!(guest_errno(&os(libc::EFBIG)), 27);
+        assert_eq!(guest_errno(&os(libc::ENOSPC)), 28);
+        assert_eq!(guest_errno(&os(libc::ENAMETOOLONG)), 36);
+        assert_eq!(guest_errno(&os(libc::ELOOP)), 40);
+        assert_eq!(guest_errno(&os(libc::EDQUOT)), 122);
+        // Values no file operation produces stay EIO.
+        assert_eq!(guest_errno(&os(libc::ECHILD)), abi::EIO);
+        assert_eq!(guest_errno(&os(libc::ESRCH)), abi::EIO);
+        // Every translated value is distinct.
+        let guests: std::collections::BTreeSet<i32> =
+            HOST_TO_GUEST.iter().map(|(_, guest)| *guest).collect();
+        assert_eq!(guests.len(), HOST_TO_GUEST.len());
         assert_eq!(
             guest_errno(&io::Error::from(io::ErrorKind::NotFound)),
             abi::ENOENT

@@ -1,11 +1,16 @@
 //! The guest's sandboxed view of host files.
 //!
 //! A guest names files by *guest* paths; it never sees host paths. [`FileMap`] (built from the
-//! `--file-mapping HOST:GUEST` options) decides which host file a guest path means: the longest
-//! mapped guest prefix wins, a mapped directory exposes its subtree, and the resolved host path may
-//! never leave the mapped host path (neither through `..` nor through symlinks). Files the guest
-//! creates under unmapped paths live in a private per-VM temp directory that disappears with the
-//! [`FileMap`]. [`FdTable`] hands out the guest's virtual file descriptors (3, 4, 5, … never
+//! `--file-mapping HOST:GUEST[:ro|:rw]` options, [`mapping`]) decides which host file a guest path
+//! means: the longest mapped guest prefix wins and a mapped directory exposes its subtree. Every
+//! host file is reached relative to a directory descriptor opened at start-up, resolved by the
+//! kernel so that it can never leave that directory ([`beneath`]: `openat2` with
+//! `RESOLVE_BENEATH` on Linux), neither through `..` nor through symlinks, whatever happens on the
+//! host meanwhile; read-only mappings refuse every modification with `EROFS`; FIFOs and sockets
+//! are refused instead of blocking a vCPU. Files the guest creates under unmapped paths live in a
+//! private, locked per-VM temp directory that disappears with the [`FileMap`] ([`tempdir`];
+//! left-overs of killed processes are removed at the next start). [`FileMap::host_trees`] lists
+//! every reachable host tree with its descriptor, for a process confinement. [`FdTable`] hands out the guest's virtual file descriptors (3, 4, 5, … never
 //! reused; 0–2 are the console), and [`flags`] translates open flags and errno values between the
 //! Hermit (= Linux x86) numbering of the ABI and the host's.
 //!
@@ -17,12 +22,17 @@
 //! Everything here is plain host-side bookkeeping: reading the guest's parameters out of guest
 //! memory is the job of [`crate::hypercall`].
 
+pub mod beneath;
 pub mod dir;
 pub mod fdtable;
 pub mod filemap;
 pub mod flags;
+pub mod mapping;
 pub mod openfile;
+#[cfg(test)]
+mod sandbox_tests;
 pub mod status;
+pub mod tempdir;
 
 use std::io;
 use std::path::PathBuf;
@@ -32,7 +42,8 @@ use thiserror::Error;
 pub use dir::MAX_GETDENTS_BYTES;
 pub use fdtable::{FdTable, GuestFd};
 pub use filemap::{FileMap, LegacyMount};
-pub use flags::{guest_errno, host_open_flags};
+pub use flags::{errno, guest_errno, host_open_flags};
+pub use mapping::HostTree;
 pub use openfile::{FileKind, OpenFile};
 pub use status::{FileStatus, FileTime};
 
@@ -41,7 +52,7 @@ pub use status::{FileStatus, FileTime};
 /// Run-time variants become a negative errno for the guest through [`IsolationError::errno`].
 #[derive(Debug, Error)]
 pub enum IsolationError {
-    /// A `--file-mapping` option is not of the form `HOST:GUEST`.
+    /// A `--file-mapping` option is not of the form `HOST:GUEST[:ro|:rw]`.
     #[error("invalid --file-mapping {spec:?}: {reason}")]
     MalformedMapping {
         /// The option as given.
@@ -75,6 +86,15 @@ pub enum IsolationError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// The host cannot resolve paths race-free below a directory (Linux before 5.6: no
+    /// `openat2`).
+    #[error(
+        "the file sandbox needs openat2(RESOLVE_BENEATH) (Linux 5.6 or later); it failed: {source}"
+    )]
+    NoBeneathResolution {
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// A guest path is empty or climbs above the guest root with `..`.
     #[error("invalid guest path {0:?}")]
     InvalidPath(String),
@@ -94,7 +114,13 @@ pub enum IsolationError {
     /// A path component or an opened file is not a directory.
     #[error("guest path {0:?} is not a directory")]
     NotADirectory(String),
-    /// The guest asked to modify a read-only (virtual) file.
+    /// The guest asked to remove or replace the file of a single-file mapping (a mount point).
+    #[error("guest path {0:?} is the file of a --file-mapping")]
+    Busy(String),
+    /// The guest opened a FIFO or socket (which could block uhyve).
+    #[error("guest path {0:?} is a FIFO or socket")]
+    SpecialFile(String),
+    /// The guest asked to modify a read-only (virtual) file or something in a read-only mapping.
     #[error("guest path {0:?} is read-only")]
     ReadOnly(String),
     /// The guest asked to create something that exists.
@@ -146,6 +172,9 @@ pub enum IsolationError {
     /// The guest created the maximum number of files in its private temp directory.
     #[error("the guest created too many files in its private temp directory")]
     TooManyCreatedFiles,
+    /// The guest paths of the files the guest created would exceed their byte budget.
+    #[error("the guest's created files have too many path bytes in all")]
+    CreatedPathsTooLong,
     /// The guest opened more files than file descriptor numbers exist.
     #[error("no guest file descriptor numbers left")]
     FdsExhausted,
@@ -179,12 +208,15 @@ impl IsolationError {
             Self::ReadDirectory { source } | Self::Descriptor { source, .. } => guest_errno(source),
             Self::BadFd(_) => abi::EBADF,
             Self::TooManyOpenFiles => abi::EMFILE,
-            Self::TooManyCreatedFiles => abi::ENOSPC,
+            Self::TooManyCreatedFiles | Self::CreatedPathsTooLong => abi::ENOSPC,
+            Self::Busy(_) => errno::EBUSY,
+            Self::SpecialFile(_) => errno::ENXIO,
             Self::Io { source, .. } => guest_errno(source),
             Self::MalformedMapping { .. }
             | Self::HostPath { .. }
             | Self::DuplicateMapping { .. }
             | Self::TempDir { .. }
+            | Self::NoBeneathResolution { .. }
             | Self::VirtualFileConflict { .. }
             | Self::FdsExhausted => abi::EIO,
         }

@@ -110,6 +110,16 @@ impl OpenFile {
         }
     }
 
+    /// The host descriptor of a host file that is not a directory (for tests).
+    #[cfg(test)]
+    pub(crate) fn file_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match &self.inner {
+            Inner::File(file) => Some(file.as_fd()),
+            _ => None,
+        }
+    }
+
     /// The guest path this file was opened by.
     pub fn path(&self) -> &str {
         &self.path

@@ -1,0 +1,207 @@
+//! Race-free resolution of a relative path *below* a directory descriptor.
+//!
+//! Every host file the guest reaches is opened relative to a directory descriptor held since
+//! start-up (a mapping's root, the parent of a single-file mapping, or the private temp
+//! directory), never by a host path string. Whatever a host process does meanwhile — replacing a
+//! directory by a symlink, renaming trees — the result lies below that descriptor:
+//!
+//! - **Linux**: `openat2(2)` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`. The kernel resolves
+//!   every component (symlinks included) and fails with `EXDEV` as soon as the walk would leave
+//!   the directory, so relative symlinks that stay inside work, absolute symlinks and symlinks
+//!   leaving the tree fail, and `/proc` magic links fail with `ELOOP`. A concurrent rename can make
+//!   the kernel answer `EAGAIN`; the call is retried a few times. Kernels before 5.6 lack
+//!   `openat2` ([`probe`] turns that into one start-up error).
+//! - **Other Unix hosts** (macOS): a portable walk, one `openat(O_NOFOLLOW | O_DIRECTORY)` per
+//!   directory component and `O_NOFOLLOW` on the last one. Each step is relative to the descriptor
+//!   of the previous one, so it is just as race-free, but *every* symlink is refused (`ELOOP`).
+//!
+//! Descriptors that only name a file (for `*at` calls or `fstat`) are opened with
+//! [`LOOKUP_ONLY`]: `O_PATH` on Linux (no read permission needed, works on symlinks with
+//! `O_NOFOLLOW`), plain `O_RDONLY` elsewhere.
+
+use std::ffi::OsStr;
+use std::io;
+#[cfg(any(not(target_os = "linux"), test))]
+use std::os::fd::AsFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
+#[cfg(any(not(target_os = "linux"), test))]
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{Mode, OFlags};
+
+/// Open flags for a descriptor that only names a file or directory.
+#[cfg(target_os = "linux")]
+pub const LOOKUP_ONLY: OFlags = OFlags::PATH;
+/// Open flags for a descriptor that only names a file or directory.
+#[cfg(not(target_os = "linux"))]
+pub const LOOKUP_ONLY: OFlags = OFlags::RDONLY;
+
+/// How often `openat2` is retried when the kernel reports a concurrent rename (`EAGAIN`).
+#[cfg(target_os = "linux")]
+const RENAME_RACE_RETRIES: usize = 16;
+
+/// Opens `path` (relative, `/`-separated, without `..`; `.` for `root` itself) below `root` with
+/// `flags` (`O_CLOEXEC` is added) and, when `flags` contain `O_CREAT`, the permission bits `mode`.
+/// Leaving `root` fails with `EXDEV` on Linux; see the module documentation.
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: OFlags,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
+    // openat2 rejects a mode without O_CREAT (EINVAL); openat ignores it.
+    let mode = if flags.contains(OFlags::CREATE) {
+        mode
+    } else {
+        Mode::empty()
+    };
+    #[cfg(target_os = "linux")]
+    {
+        open_resolving_beneath(root, path, flags | OFlags::CLOEXEC, mode)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        open_walking(root, path, flags | OFlags::CLOEXEC, mode)
+    }
+}
+
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, retried on `EAGAIN`.
+#[cfg(target_os = "linux")]
+fn open_resolving_beneath(
+    root: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: OFlags,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let mut attempt = 0;
+    loop {
+        match rustix::fs::openat2(root, path, flags, mode, resolve) {
+            Err(rustix::io::Errno::AGAIN) if attempt < RENAME_RACE_RETRIES => attempt += 1,
+            result => return result.map_err(io::Error::from),
+        }
+    }
+}
+
+/// The portable walk: every directory component with `O_NOFOLLOW | O_DIRECTORY`, the last one
+/// with `O_NOFOLLOW` (and `O_DIRECTORY` after a trailing `/`). `..` is refused with `EXDEV`.
+#[cfg(any(not(target_os = "linux"), test))]
+pub fn open_walking(
+    root: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: OFlags,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
+    let components: Vec<&OsStr> = path
+        .as_bytes()
+        .split(|byte| *byte == b'/')
+        .filter(|component| !component.is_empty() && *component != b".")
+        .map(OsStr::from_bytes)
+        .collect();
+    if components.contains(&OsStr::new("..")) {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let Some((last, directories)) = components.split_last() else {
+        return rustix::fs::openat(root, ".", flags | OFlags::CLOEXEC, mode).map_err(Into::into);
+    };
+    let step = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut current: Option<OwnedFd> = None;
+    for directory in directories {
+        let base = current.as_ref().map_or(root, AsFd::as_fd);
+        current = Some(rustix::fs::openat(base, *directory, step, Mode::empty())?);
+    }
+    let mut last_flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if path.as_bytes().ends_with(b"/") {
+        last_flags |= OFlags::DIRECTORY;
+    }
+    let base = current.as_ref().map_or(root, AsFd::as_fd);
+    rustix::fs::openat(base, *last, last_flags, mode).map_err(Into::into)
+}
+
+/// Checks at start-up that race-free resolution is available: on Linux, that the kernel has
+/// `openat2` (5.6 or later).
+pub fn probe(directory: BorrowedFd<'_>) -> io::Result<()> {
+    open_beneath(
+        directory,
+        OsStr::new("."),
+        LOOKUP_ONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    fn read(fd: OwnedFd) -> String {
+        let mut text = String::new();
+        fs::File::from(fd).read_to_string(&mut text).unwrap();
+        text
+    }
+
+    fn errno(result: io::Result<OwnedFd>) -> i32 {
+        result.unwrap_err().raw_os_error().unwrap()
+    }
+
+    /// A tree `root/{dir/file, link_in -> dir/file, up_in -> ../root/dir/file, abs -> /…,
+    /// out -> outside}` and an outside directory with a `secret`.
+    fn tree() -> (tempfile::TempDir, tempfile::TempDir, OwnedFd) {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "secret").unwrap();
+        fs::create_dir(root.path().join("dir")).unwrap();
+        fs::write(root.path().join("dir/file"), "inside").unwrap();
+        symlink("dir/file", root.path().join("link_in")).unwrap();
+        symlink("../dir/file", root.path().join("dir/up_in")).unwrap();
+        symlink(root.path().join("dir/file"), root.path().join("abs")).unwrap();
+        symlink(outside.path(), root.path().join("out")).unwrap();
+        let fd =
+            rustix::fs::open(root.path(), LOOKUP_ONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        (root, outside, fd)
+    }
+
+    #[test]
+    fn paths_below_the_root_open_and_escapes_fail() {
+        let (_root, _outside, fd) = tree();
+        let open =
+            |path: &str| open_beneath(fd.as_fd(), OsStr::new(path), OFlags::RDONLY, Mode::empty());
+        assert_eq!(read(open("dir/file").unwrap()), "inside");
+        assert_eq!(read(open("link_in").unwrap()), "inside");
+        assert_eq!(read(open("dir/up_in").unwrap()), "inside");
+        assert!(open(".").is_ok());
+        assert_eq!(errno(open("out/secret")), libc::EXDEV);
+        assert_eq!(errno(open("abs")), libc::EXDEV);
+        assert_eq!(errno(open("../x")), libc::EXDEV);
+        assert_eq!(errno(open("dir/file/")), libc::ENOTDIR);
+        assert_eq!(errno(open("missing")), libc::ENOENT);
+        assert_eq!(errno(open("/proc/self/root/etc/passwd")), libc::EXDEV);
+    }
+
+    #[test]
+    fn the_portable_walk_refuses_every_symlink() {
+        let (_root, _outside, fd) = tree();
+        let open =
+            |path: &str| open_walking(fd.as_fd(), OsStr::new(path), OFlags::RDONLY, Mode::empty());
+        assert_eq!(read(open("dir/file").unwrap()), "inside");
+        assert_eq!(read(open("./dir//file").unwrap()), "inside");
+        assert!(open(".").is_ok());
+        assert_eq!(errno(open("link_in")), libc::ELOOP);
+        assert_eq!(errno(open("out/secret")), libc::ENOTDIR);
+        assert_eq!(errno(open("abs")), libc::ELOOP);
+        assert_eq!(errno(open("../x")), libc::EXDEV);
+        assert_eq!(errno(open("dir/file/")), libc::ENOTDIR);
+    }
+
+    #[test]
+    fn the_kernel_has_openat2() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd =
+            rustix::fs::open(dir.path(), LOOKUP_ONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        probe(fd.as_fd()).unwrap();
+    }
+}
