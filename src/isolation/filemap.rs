@@ -242,6 +242,12 @@ impl FileMap {
             .map(|dir| dir.path().to_owned())
     }
 
+    /// Creates the private temp directory now (if it does not exist yet) and returns its path:
+    /// the process confinement must know it before restricting itself.
+    pub fn create_temp_dir(&self) -> Result<PathBuf, IsolationError> {
+        self.temp_dir_in(&mut self.lock_state())
+    }
+
     /// The mapped host paths (for sandbox rules).
     pub fn host_paths(&self) -> impl Iterator<Item = &Path> {
         self.mappings.values().map(PathBuf::as_path)
@@ -628,6 +634,11 @@ impl FileMap {
                 ..
             }
             | Target::MapDirectory => {
+                return Err(IsolationError::IsDirectory(guest_path.to_owned()));
+            }
+            // A mapped directory itself: decided here, not by the host (which, under Landlock,
+            // would refuse to touch the mapping's parent with EACCES first).
+            Target::Host { root, rest: [], .. } if root.is_dir() => {
                 return Err(IsolationError::IsDirectory(guest_path.to_owned()));
             }
             Target::Host { root, rest, .. } => (root, rest),
