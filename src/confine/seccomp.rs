@@ -96,24 +96,24 @@ pub const ALLOWLIST: &[Allowed] = &[
     // File I/O on open descriptors: console, output file, guest files.
     allow(libc::SYS_read, "read", Any, "guest file reads, console input (stdin)"),
     allow(libc::SYS_write, "write", Any, "console output, guest file writes, messages on stderr"),
-    allow(libc::SYS_pread64, "pread64", Any, "positioned guest file reads"),
-    allow(libc::SYS_pwrite64, "pwrite64", Any, "positioned guest file writes"),
+    allow(libc::SYS_pread64, "pread64", Any, "positioned guest file reads (not seen today)"),
+    allow(libc::SYS_pwrite64, "pwrite64", Any, "positioned guest file writes (not seen today)"),
     allow(libc::SYS_readv, "readv", Any, "vectored reads (std)"),
     allow(libc::SYS_writev, "writev", Any, "vectored writes (std, stderr)"),
     allow(libc::SYS_lseek, "lseek", Any, "guest lseek"),
     allow(libc::SYS_close, "close", Any, "guest close, dropping files and the VM at exit"),
-    allow(libc::SYS_fstat, "fstat", Any, "guest fstat"),
+    allow(libc::SYS_fstat, "fstat", Any, "fstat on open descriptors"),
     allow(libc::SYS_newfstatat, "newfstatat", Any, "guest stat, the file sandbox's checks"),
-    allow(libc::SYS_statx, "statx", Any, "std's metadata calls (guest stat and fstat)"),
+    allow(libc::SYS_statx, "statx", Any, "std's metadata calls: guest stat and fstat, symlink checks"),
     allow(libc::SYS_getdents64, "getdents64", Any, "guest directory listings, removing the temp directory"),
-    allow(libc::SYS_fcntl, "fcntl", FcntlCommand, "std's descriptor flags and duplication"),
-    allow(libc::SYS_ftruncate, "ftruncate", Any, "guest open with O_TRUNC on an open file"),
-    allow(libc::SYS_fsync, "fsync", Any, "guest fsync"),
-    allow(libc::SYS_fdatasync, "fdatasync", Any, "guest fdatasync"),
-    allow(libc::SYS_flock, "flock", Any, "the file sandbox's locks"),
+    allow(libc::SYS_fcntl, "fcntl", FcntlCommand, "F_GETFL/F_SETFD (seen), F_DUPFD_CLOEXEC for try_clone (directory streams)"),
+    allow(libc::SYS_ftruncate, "ftruncate", Any, "truncation through an open descriptor (not seen today)"),
+    allow(libc::SYS_fsync, "fsync", Any, "guest fsync (no hypercall today)"),
+    allow(libc::SYS_fdatasync, "fdatasync", Any, "guest fdatasync (no hypercall today)"),
+    allow(libc::SYS_flock, "flock", Any, "the sandbox rewrite's locks (not seen today)"),
     // Path calls of the file sandbox; Landlock limits where they reach.
     allow(libc::SYS_openat, "openat", Any, "guest open, the file sandbox"),
-    allow(libc::SYS_openat2, "openat2", Any, "the file sandbox's confined opens (RESOLVE_BENEATH)"),
+    allow(libc::SYS_openat2, "openat2", Any, "the sandbox rewrite's confined opens, RESOLVE_BENEATH (not seen today)"),
     allow(libc::SYS_unlinkat, "unlinkat", Any, "guest unlink and rmdir, removing the temp directory"),
     allow(libc::SYS_mkdirat, "mkdirat", Any, "guest mkdir"),
     #[cfg(target_arch = "x86_64")]
@@ -144,13 +144,13 @@ pub const ALLOWLIST: &[Allowed] = &[
     allow(libc::SYS_getpid, "getpid", Any, "pthread_kill names this process"),
     allow(libc::SYS_gettid, "gettid", Any, "the SIGSYS handler telling the main thread apart"),
     // Time, waiting and randomness.
-    allow(libc::SYS_clock_gettime, "clock_gettime", Any, "Instant/SystemTime where the vDSO falls back"),
+    allow(libc::SYS_clock_gettime, "clock_gettime", Any, "Instant/SystemTime where the vDSO falls back to the system call"),
     allow(libc::SYS_nanosleep, "nanosleep", Any, "thread::sleep"),
     allow(libc::SYS_clock_nanosleep, "clock_nanosleep", Any, "thread::sleep"),
-    allow(libc::SYS_ppoll, "ppoll", Any, "waiting for console input"),
+    allow(libc::SYS_ppoll, "ppoll", Any, "waiting for console input (not seen today: reads block)"),
     #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_poll, "poll", Any, "waiting for console input"),
-    allow(libc::SYS_getrandom, "getrandom", Any, "std's hash maps and tempfile names"),
+    allow(libc::SYS_poll, "poll", Any, "waiting for console input (not seen today: reads block)"),
+    allow(libc::SYS_getrandom, "getrandom", Any, "std's hash-map keys on a thread's first map"),
 ];
 
 /// The `fcntl` commands allowed (std's descriptor flags and duplication, the sandbox's locks).
