@@ -10,7 +10,8 @@ use clap::builder::TypedValueParser;
 
 use crate::output::OutputTarget;
 use crate::params::{
-    CpuList, EnvOption, ExplicitSettings, HermitImageMode, MemorySize, VmConfig, guest_environment,
+    Confinement, CpuList, EnvOption, ExplicitSettings, FileIsolation, HermitImageMode, MemorySize,
+    SeccompMode, VmConfig, guest_environment,
 };
 
 /// Exit status of uhyve when it fails itself (bad options, bad image, guest crash).
@@ -25,7 +26,8 @@ pub const FAILURE_STATUS: i32 = 1;
     about = "A minimal, fast, secure hypervisor for Hermit unikernels",
     after_help = "Environment variables: HERMIT_MEMORY_SIZE (--memory-size), HERMIT_CPU_COUNT \
 	              (--cpu-count), HERMIT_VERBOSE (--verbose), HERMIT_STATS (--stats), HERMIT_OUTPUT \
-	              (--output), HERMIT_TEMPDIR (--tempdir); RUST_LOG sets the log filter \
+	              (--output), HERMIT_TEMPDIR (--tempdir), HERMIT_FILE_ISOLATION (--file-isolation), \
+	              HERMIT_SECCOMP (--seccomp); RUST_LOG sets the log filter \
 	              (e.g. RUST_LOG=debug adds register dumps to crash reports)."
 )]
 pub struct Args {
@@ -85,6 +87,31 @@ pub struct Args {
     /// it in user space
     #[arg(long)]
     pub no_emulation_fallback: bool,
+
+    /// Restrict uhyve's own file-system access with Landlock to the mapped paths and its temp
+    /// directory: `normal` where the host kernel has Landlock, `strict` refuses to start without
+    /// it, `none` turns it off
+    #[arg(
+        long,
+        env = "HERMIT_FILE_ISOLATION",
+        value_name = "MODE",
+        default_value = "normal",
+        value_parser = clap::builder::PossibleValuesParser::new(["none", "normal", "strict"])
+            .try_map(|text: String| text.parse::<FileIsolation>())
+    )]
+    pub file_isolation: FileIsolation,
+
+    /// Run uhyve's threads under a system-call allowlist once the VM is set up (`strict`; a
+    /// forbidden call ends uhyve), or not (`none`, for debugging) [default: strict on Linux,
+    /// none elsewhere]
+    #[arg(
+        long,
+        env = "HERMIT_SECCOMP",
+        value_name = "MODE",
+        value_parser = clap::builder::PossibleValuesParser::new(["none", "strict"])
+            .try_map(|text: String| text.parse::<SeccompMode>())
+    )]
+    pub seccomp: Option<SeccompMode>,
 
     /// Log what uhyve does (info level; RUST_LOG overrides)
     #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
@@ -191,6 +218,10 @@ impl Args {
             emulation_fallback: !self.no_emulation_fallback,
             hermit_image_mode: self.hermit_image_mode,
             explicit,
+            confinement: Confinement {
+                file_isolation: self.file_isolation,
+                seccomp: self.seccomp.unwrap_or_else(SeccompMode::platform_default),
+            },
         }
     }
 }
@@ -322,6 +353,24 @@ mod tests {
         assert_eq!(config.hermit_image_mode, HermitImageMode::Internal);
         let error = parse(&["--hermit-image-mode", "inline", "app"]).unwrap_err();
         assert!(error.to_string().contains("external"), "{error}");
+    }
+
+    #[test]
+    fn confinement_options() {
+        let config = parse(&["app"]).unwrap().into_config();
+        assert_eq!(config.confinement, Confinement::default());
+        let config = parse(&["--file-isolation", "strict", "--seccomp", "none", "app"])
+            .unwrap()
+            .into_config();
+        assert_eq!(
+            config.confinement,
+            Confinement {
+                file_isolation: FileIsolation::Strict,
+                seccomp: SeccompMode::None,
+            }
+        );
+        assert!(parse(&["--file-isolation", "paranoid", "app"]).is_err());
+        assert!(parse(&["--seccomp", "normal", "app"]).is_err());
     }
 
     #[test]

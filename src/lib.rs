@@ -16,6 +16,7 @@ pub mod arch;
 pub mod archive;
 pub mod boot;
 pub mod cli;
+pub mod confine;
 pub mod exits;
 pub mod hvf;
 pub mod hypercall;

@@ -34,6 +34,12 @@ pub enum ParamsError {
     /// An unknown `--hermit-image-mode`.
     #[error("invalid Hermit image mode '{0}': expected 'external' or 'internal'")]
     ImageMode(String),
+    /// An unknown `--file-isolation`.
+    #[error("invalid file isolation '{0}': expected 'none', 'normal' or 'strict'")]
+    FileIsolation(String),
+    /// An unknown `--seccomp`.
+    #[error("invalid seccomp mode '{0}': expected 'none' or 'strict'")]
+    SeccompMode(String),
 }
 
 /// Guest RAM size in bytes, parsed from strings like `64M`, `512MiB`, `1G`, `1GiB`, `65536`.
@@ -220,6 +226,113 @@ impl fmt::Display for HermitImageMode {
     }
 }
 
+/// How uhyve restricts its own access to the host file system (`--file-isolation`, upstream
+/// uhyve's meanings); see `docs/security.md`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FileIsolation {
+    /// No restriction beyond uhyve's own path checks.
+    None,
+    /// Landlock where the host kernel has it; without it uhyve says so once (info) and runs.
+    #[default]
+    Normal,
+    /// Landlock or no start.
+    Strict,
+}
+
+impl FromStr for FileIsolation {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "none" => Ok(Self::None),
+            "normal" => Ok(Self::Normal),
+            "strict" => Ok(Self::Strict),
+            _ => Err(ParamsError::FileIsolation(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for FileIsolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Normal => "normal",
+            Self::Strict => "strict",
+        })
+    }
+}
+
+/// Whether uhyve's threads run under a seccomp system-call allowlist once set-up is done
+/// (`--seccomp`); see `docs/security.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeccompMode {
+    /// No filter (for debugging).
+    None,
+    /// The allowlist; a forbidden system call ends uhyve.
+    Strict,
+}
+
+impl SeccompMode {
+    /// The default where the user chose nothing: `strict` where uhyve has a filter (Linux),
+    /// `none` elsewhere.
+    pub const fn platform_default() -> Self {
+        if cfg!(target_os = "linux") {
+            Self::Strict
+        } else {
+            Self::None
+        }
+    }
+}
+
+impl FromStr for SeccompMode {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "none" => Ok(Self::None),
+            "strict" => Ok(Self::Strict),
+            _ => Err(ParamsError::SeccompMode(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Strict => "strict",
+        })
+    }
+}
+
+/// How uhyve confines its own process while the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confinement {
+    /// Landlock (`--file-isolation`).
+    pub file_isolation: FileIsolation,
+    /// The seccomp allowlist (`--seccomp`).
+    pub seccomp: SeccompMode,
+}
+
+impl Confinement {
+    /// No confinement: for embedding uhyve in a process that must stay unrestricted (e.g. a
+    /// test harness running VMs in-process).
+    pub const NONE: Self = Self {
+        file_isolation: FileIsolation::None,
+        seccomp: SeccompMode::None,
+    };
+}
+
+impl Default for Confinement {
+    /// The command line's defaults: `--file-isolation normal`, seccomp where the platform has it.
+    fn default() -> Self {
+        Self {
+            file_isolation: FileIsolation::Normal,
+            seccomp: SeccompMode::platform_default(),
+        }
+    }
+}
+
 /// Which settings the user gave explicitly (on the command line or through an environment
 /// variable) rather than leaving them at their defaults: a Hermit image's `hermit.toml` only
 /// fills gaps, so it may raise a default but not overrule the user.
@@ -266,6 +379,9 @@ pub struct VmConfig {
     pub hermit_image_mode: HermitImageMode,
     /// Which of the settings above the user gave explicitly.
     pub explicit: ExplicitSettings,
+    /// How uhyve confines its own process while the guest runs (applies to the whole calling
+    /// process: [`Confinement::NONE`] when running VMs inside another program).
+    pub confinement: Confinement,
 }
 
 #[cfg(test)]
@@ -322,6 +438,40 @@ mod tests {
         assert_eq!(MemorySize(64 << 20).to_string(), "64 MiB");
         assert_eq!(MemorySize(3 << 30).to_string(), "3 GiB");
         assert_eq!(MemorySize(1000).to_string(), "1000 bytes");
+    }
+
+    #[test]
+    fn confinement_modes_parse_and_display() {
+        for mode in [
+            FileIsolation::None,
+            FileIsolation::Normal,
+            FileIsolation::Strict,
+        ] {
+            assert_eq!(mode.to_string().parse(), Ok(mode));
+        }
+        for mode in [SeccompMode::None, SeccompMode::Strict] {
+            assert_eq!(mode.to_string().parse(), Ok(mode));
+        }
+        assert_eq!(FileIsolation::default(), FileIsolation::Normal);
+        assert_eq!(Confinement::default().file_isolation, FileIsolation::Normal);
+        #[cfg(target_os = "linux")]
+        assert_eq!(Confinement::default().seccomp, SeccompMode::Strict);
+    }
+
+    #[test]
+    fn unknown_confinement_modes_are_errors() {
+        assert!(matches!(
+            "loose".parse::<FileIsolation>(),
+            Err(ParamsError::FileIsolation(_))
+        ));
+        assert!(matches!(
+            "Strict".parse::<FileIsolation>(),
+            Err(ParamsError::FileIsolation(_))
+        ));
+        assert!(matches!(
+            "normal".parse::<SeccompMode>(),
+            Err(ParamsError::SeccompMode(_))
+        ));
     }
 
     #[test]

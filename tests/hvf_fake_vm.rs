@@ -402,6 +402,8 @@ fn config(kernel: PathBuf, cpus: u32, output: OutputTarget, mappings: Vec<String
         emulation_fallback: true,
         hermit_image_mode: Default::default(),
         explicit: Default::default(),
+        // The VMs run inside the test process, which must stay unconfined.
+        confinement: uhyve::params::Confinement::NONE,
     }
 }
 

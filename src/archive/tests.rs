@@ -443,6 +443,7 @@ fn user_config() -> VmConfig {
         emulation_fallback: true,
         hermit_image_mode: HermitImageMode::External,
         explicit: ExplicitSettings::default(),
+        confinement: crate::params::Confinement::NONE,
     }
 }
 

@@ -218,6 +218,10 @@ pub trait Hypervisor: Send + Sync + Sized {
     type Cpu: VirtualCpu;
     /// Makes a running vCPU return to the host; used from other threads.
     type Kick: VcpuKick;
+    /// The `ioctl` request numbers the backend issues once its vCPUs exist (running them,
+    /// reading and writing their registers), for the run phase's seccomp allowlist
+    /// (`crate::confine`); none for a backend without ioctls.
+    const RUN_IOCTLS: &'static [u64] = &[];
 
     /// Makes guest RAM visible to the guest.
     ///

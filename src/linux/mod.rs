@@ -150,6 +150,7 @@ impl Hypervisor for KvmVm {
     const ARCH: GuestArch = GuestArch::X86_64;
     type Cpu = KvmCpu;
     type Kick = KvmKick;
+    const RUN_IOCTLS: &'static [u64] = &vcpu::RUN_IOCTLS;
 
     /// Registers `mem` as the VM's RAM (memory slot 0).
     unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError> {

@@ -32,6 +32,39 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// `IA32_TSC_AUX` (what RDTSCP returns in ECX).
 const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 
+/// `_IOC(direction, KVMIO, number, size)` of the Linux ioctl encoding (x86_64 and aarch64).
+const fn kvm_ioctl(direction: u64, number: u64, size: usize) -> u64 {
+    /// The KVM ioctl type.
+    const KVMIO: u64 = 0xae;
+    (direction << 30) | ((size as u64) << 16) | (KVMIO << 8) | number
+}
+/// `_IOC_WRITE`: user space passes data in.
+const IOC_WRITE: u64 = 1;
+/// `_IOC_READ`: the kernel passes data out.
+const IOC_READ: u64 = 2;
+
+/// Every ioctl a vCPU issues after its creation: `KVM_RUN` and what the exit handling, the
+/// emulation fallback (`X86Vcpu`) and crash reports read and write. The seccomp allowlist of the
+/// run phase allows exactly these; a new vCPU call at run time must be added here.
+pub(super) const RUN_IOCTLS: [u64; 12] = {
+    use kvm_bindings::{kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
+    use std::mem::size_of;
+    [
+        kvm_ioctl(0, 0x80, 0),                                        // KVM_RUN
+        kvm_ioctl(IOC_READ, 0x81, size_of::<kvm_regs>()),             // KVM_GET_REGS
+        kvm_ioctl(IOC_WRITE, 0x82, size_of::<kvm_regs>()),            // KVM_SET_REGS
+        kvm_ioctl(IOC_READ, 0x83, size_of::<kvm_sregs>()),            // KVM_GET_SREGS
+        kvm_ioctl(IOC_WRITE, 0x84, size_of::<kvm_sregs>()),           // KVM_SET_SREGS
+        kvm_ioctl(IOC_READ | IOC_WRITE, 0x88, size_of::<kvm_msrs>()), // KVM_GET_MSRS
+        kvm_ioctl(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()),      // KVM_GET_VCPU_EVENTS
+        kvm_ioctl(IOC_WRITE, 0xa0, size_of::<kvm_vcpu_events>()),     // KVM_SET_VCPU_EVENTS
+        kvm_ioctl(IOC_READ, 0xa4, size_of::<kvm_xsave>()),            // KVM_GET_XSAVE
+        kvm_ioctl(IOC_WRITE, 0xa5, size_of::<kvm_xsave>()),           // KVM_SET_XSAVE
+        kvm_ioctl(IOC_READ, 0xa6, size_of::<kvm_xcrs>()),             // KVM_GET_XCRS
+        kvm_ioctl(IOC_WRITE, 0xa7, size_of::<kvm_xcrs>()),            // KVM_SET_XCRS
+    ]
+};
+
 /// The signal that interrupts a vCPU thread in `KVM_RUN` (its handler does nothing).
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
@@ -724,5 +757,39 @@ impl X86Vcpu for KvmCpu {
         self.fd
             .set_vcpu_events(&events)
             .map_err(backend_error("KVM_SET_VCPU_EVENTS"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ioctls_have_the_numbers_of_the_linux_headers() {
+        assert_eq!(
+            RUN_IOCTLS,
+            [
+                0xae80,
+                0x8090_ae81,
+                0x4090_ae82,
+                0x8138_ae83,
+                0x4138_ae84,
+                0xc008_ae88,
+                0x8040_ae9f,
+                0x4040_aea0,
+                0x9000_aea4,
+                0x5000_aea5,
+                0x8188_aea6,
+                0x4188_aea7,
+            ]
+        );
+    }
+
+    #[test]
+    fn creation_ioctls_are_not_run_ioctls() {
+        // KVM_CREATE_VCPU (on the VM) and KVM_SET_CPUID2 happen before the filter.
+        for before in [0xae41u64, 0x4008_ae90] {
+            assert!(!RUN_IOCTLS.contains(&before));
+        }
     }
 }

@@ -17,10 +17,11 @@ use std::time::Instant;
 use thiserror::Error;
 
 use crate::affinity;
+use crate::confine::{ConfineError, Confiner, TreeAccess};
 use crate::exits::{ExitError, GuestExit};
 use crate::hypercall::Hypercalls;
 use crate::hypervisor::{Hypervisor, HypervisorError};
-use crate::isolation::IsolationError;
+use crate::isolation::{FileMap, IsolationError};
 use crate::output::{OutputError, SerialOutput};
 use crate::params::VmConfig;
 use crate::setup::{self, GuestPlan, PreparedGuest, SetupError};
@@ -75,6 +76,9 @@ pub enum VmError {
     /// A thread of uhyve's own could not be started or ended abnormally.
     #[error(transparent)]
     Thread(#[from] ThreadError),
+    /// uhyve cannot confine itself as asked.
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
     /// A host signal asked uhyve to stop.
     #[error("stopped by {}", crate::signals::signal_name(*.0))]
     Stopped(i32),
@@ -135,6 +139,8 @@ pub struct Vm<H: Hypervisor> {
     affinity: Option<Vec<usize>>,
     stats: bool,
     emulation_fallback: bool,
+    /// What restricts uhyve's own process before and while the vCPUs run.
+    confiner: Confiner,
     /// The image's path, for messages.
     path: PathBuf,
     /// Guest RAM, vCPU 0's registers, and the boot structures still to write.
@@ -168,6 +174,8 @@ impl<H: Hypervisor + 'static> Vm<H> {
         create: impl FnOnce() -> Result<H, HypervisorError> + Send + 'static,
     ) -> Result<Self, VmError> {
         check_cpus(config)?;
+        // Before anything else: a strict confinement this host cannot keep stops the start.
+        let mut confiner = Confiner::new(config.confinement, H::RUN_IOCTLS)?;
         let hypervisor = thread::Builder::new()
             .name("vm-setup".into())
             .spawn(create)
@@ -177,6 +185,10 @@ impl<H: Hypervisor + 'static> Vm<H> {
         let config: &VmConfig = &image.config;
         check_cpus(config)?;
         let input = GuestInput::new(config, &image)?;
+        if confiner.wants_trees() {
+            let (trees, removable) = allowed_trees(&input.files);
+            confiner.allow_trees(trees, removable);
+        }
         let output = Arc::new(SerialOutput::new(config.output.clone())?);
         let plan = GuestPlan {
             ram_size: config.memory_size.0,
@@ -223,10 +235,28 @@ impl<H: Hypervisor + 'static> Vm<H> {
             affinity: config.affinity.clone(),
             stats: config.stats,
             emulation_fallback: config.emulation_fallback,
+            confiner,
             path: config.kernel.clone(),
             guest,
         })
     }
+}
+
+/// The host trees uhyve may reach while the guest runs: every mapping's root as the file map
+/// opened it (read-only mappings read-only; a single file that does not exist yet is reached
+/// through its parent directory), and the private temp directory, which may also be removed at
+/// exit.
+fn allowed_trees(files: &FileMap) -> (Vec<TreeAccess>, Vec<PathBuf>) {
+    let trees = files
+        .host_trees()
+        .into_iter()
+        .map(|tree| TreeAccess {
+            path: tree.path.to_owned(),
+            writable: tree.writable,
+            directory: tree.directory,
+        })
+        .collect();
+    (trees, files.temp_dir().into_iter().collect())
 }
 
 impl<H: Hypervisor> Vm<H> {

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::affinity;
+use crate::confine::ThreadRole;
 use crate::exits::{EmulationFallback, ExitServices, GuestExit, LoopVcpu, run_vcpu};
 use crate::hypervisor::{Hypervisor, VcpuKick};
 use crate::stats::{ExitStats, RunStats};
@@ -28,6 +29,10 @@ impl<H: Hypervisor> Vm<H> {
             },
             kicks: Mutex::new((0..self.cpu_count).map(|_| None).collect()),
         };
+        // The vCPU threads inherit the restriction of the thread that spawns them.
+        if let Err(error) = self.confiner.restrict_files() {
+            return (Err(error.into()), None);
+        }
         let gate = StartGate::default();
         let mut supervisor = Supervisor::new(self.cpu_count as usize);
         thread::scope(|scope| {
@@ -49,6 +54,10 @@ impl<H: Hypervisor> Vm<H> {
                 }
             }
             drop(reports);
+            // From here on the main thread only waits, writes the boot info and kicks.
+            if let Err(error) = self.confiner.restrict_syscalls(ThreadRole::Main) {
+                supervisor.end_with(Err(error.into()));
+            }
             // Every vCPU is created (or failed) before any runs: then the boot info can carry
             // the TSC frequency, and all vCPUs start at the entry point together.
             let tsc = supervisor.wait_until_ready(&inbox);
@@ -317,6 +326,10 @@ impl<H: Hypervisor> VcpuThread<'_, '_, H> {
             shared: self.shared,
             cpu: cpu as usize,
         };
+        // The vCPU exists and is set up: from here on, only the run phase's system calls.
+        if let Err(error) = self.vm.confiner.restrict_syscalls(ThreadRole::Vcpu) {
+            return VcpuEnd::Failed(error.into());
+        }
         let ready = VcpuReport::Ready {
             cpu,
             tsc_khz: H::tsc_khz(&vcpu),
