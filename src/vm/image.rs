@@ -90,8 +90,12 @@ pub struct GuestImage<'c> {
     pub initrd: Option<InitialRamdisk>,
 }
 
-/// Reads the image file at `path`: a regular file of at most [`MAX_IMAGE_FILE_SIZE`] bytes, so
-/// that `/dev/zero`, a FIFO or a huge file gives an error instead of a hang or exhausted memory.
+/// The first bytes of every ELF file.
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+
+/// Reads the image file at `path`: a regular file of at most [`MAX_IMAGE_FILE_SIZE`] bytes that
+/// starts like an ELF file or a gzip archive, so that `/dev/zero`, a FIFO, a huge file or a large
+/// file of something else gives an error instead of a hang, exhausted memory or a long read.
 fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -119,11 +123,23 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     if metadata.len() > MAX_IMAGE_FILE_SIZE {
         return Err(too_large(metadata.len()));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    let mut bytes = Vec::new();
     // The file may grow while it is read: never take more than the limit.
-    file.take(MAX_IMAGE_FILE_SIZE + 1)
+    let mut file = file.take(MAX_IMAGE_FILE_SIZE + 1);
+    // The first bytes decide whether the rest is worth reading: neither an ELF file nor a
+    // Hermit image archive is refused without reading a large file whole.
+    (&mut file)
+        .take(ELF_MAGIC.len() as u64)
         .read_to_end(&mut bytes)
         .map_err(read_error)?;
+    if !bytes.starts_with(&ELF_MAGIC) && !archive::is_archive(&bytes) {
+        return Err(ImageError::Load {
+            path: path.to_path_buf(),
+            source: LoadError::NotElf,
+        });
+    }
+    bytes.reserve(usize::try_from(metadata.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(read_error)?;
     if bytes.len() as u64 > MAX_IMAGE_FILE_SIZE {
         return Err(too_large(bytes.len() as u64));
     }
@@ -198,4 +214,64 @@ fn read_archive<'c>(
         archive_own_files,
         initrd,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peak resident memory of this process, in KiB.
+    fn peak_rss_kib() -> i64 {
+        // SAFETY: getrusage fills the zeroed struct it is given; no other precondition.
+        unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage.ru_maxrss
+        }
+    }
+
+    #[test]
+    fn a_large_file_that_is_no_image_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let file = std::fs::File::create(&path).unwrap();
+        // 768 MiB of holes: below the size limit, not an ELF file.
+        file.set_len(768 << 20).unwrap();
+        let before = peak_rss_kib();
+        let error = read_image_file(&path).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ImageError::Load {
+                    source: LoadError::NotElf,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            peak_rss_kib() - before < 256 << 10,
+            "the file was read: peak RSS grew from {before} KiB to {} KiB",
+            peak_rss_kib()
+        );
+    }
+
+    #[test]
+    fn images_start_like_elf_or_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes, ok) in [
+            ("elf", b"\x7fELF rest".as_slice(), true),
+            ("gzip", &[0x1f, 0x8b, 0x08, 0], true),
+            ("empty", b"", false),
+            ("short", b"\x7fEL", false),
+            ("text", b"hello", false),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(read_image_file(&path).is_ok(), ok, "{name}");
+            if ok {
+                assert_eq!(read_image_file(&path).unwrap(), bytes, "{name}");
+            }
+        }
+    }
 }
