@@ -110,21 +110,12 @@ pub const ALLOWLIST: &[Allowed] = &[
     allow(libc::SYS_ftruncate, "ftruncate", Any, "truncation through an open descriptor (not seen today)"),
     allow(libc::SYS_fsync, "fsync", Any, "guest fsync (no hypercall today)"),
     allow(libc::SYS_fdatasync, "fdatasync", Any, "guest fdatasync (no hypercall today)"),
-    allow(libc::SYS_flock, "flock", Any, "the sandbox rewrite's locks (not seen today)"),
+    allow(libc::SYS_flock, "flock", Any, "the temp directory's lock (released at exit)"),
     // Path calls of the file sandbox; Landlock limits where they reach.
-    allow(libc::SYS_openat, "openat", Any, "guest open, the file sandbox"),
-    allow(libc::SYS_openat2, "openat2", Any, "the sandbox rewrite's confined opens, RESOLVE_BENEATH (not seen today)"),
-    allow(libc::SYS_unlinkat, "unlinkat", Any, "guest unlink and rmdir, removing the temp directory"),
+    allow(libc::SYS_openat, "openat", Any, "removing the temp directory at exit (std's remove_dir_all)"),
+    allow(libc::SYS_openat2, "openat2", Any, "every guest path lookup: RESOLVE_BENEATH a mapping's descriptor"),
+    allow(libc::SYS_unlinkat, "unlinkat", Any, "guest unlink in its resolved parent, removing the temp directory"),
     allow(libc::SYS_mkdirat, "mkdirat", Any, "guest mkdir"),
-    #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_unlink, "unlink", Any, "guest unlink (std's remove_file on x86_64)"),
-    #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_rmdir, "rmdir", Any, "guest rmdir (std's remove_dir on x86_64)"),
-    #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_mkdir, "mkdir", Any, "guest mkdir (std's create_dir on x86_64)"),
-    allow(libc::SYS_readlinkat, "readlinkat", Any, "resolving symlinks inside a mapping"),
-    #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_readlink, "readlink", Any, "resolving symlinks inside a mapping (glibc realpath)"),
     // Threads and memory.
     allow(libc::SYS_futex, "futex", Any, "locks, channels, the start gate, joining threads"),
     allow(libc::SYS_mmap, "mmap", NotExecutable, "the allocator (never executable)"),
@@ -147,9 +138,9 @@ pub const ALLOWLIST: &[Allowed] = &[
     allow(libc::SYS_clock_gettime, "clock_gettime", Any, "Instant/SystemTime where the vDSO falls back to the system call"),
     allow(libc::SYS_nanosleep, "nanosleep", Any, "thread::sleep"),
     allow(libc::SYS_clock_nanosleep, "clock_nanosleep", Any, "thread::sleep"),
-    allow(libc::SYS_ppoll, "ppoll", Any, "waiting for console input (not seen today: reads block)"),
+    allow(libc::SYS_ppoll, "ppoll", Any, "waiting for a console reader (poll on aarch64)"),
     #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_poll, "poll", Any, "waiting for console input (not seen today: reads block)"),
+    allow(libc::SYS_poll, "poll", Any, "waiting for a console reader that can block (pipe, terminal)"),
     allow(libc::SYS_getrandom, "getrandom", Any, "std's hash-map keys on a thread's first map"),
 ];
 
