@@ -71,16 +71,17 @@ impl SandboxTree {
         ]
     }
 
-    /// Host paths a mapping may name (the first ones exist, the last does not).
-    pub fn host_candidates(&self) -> [PathBuf; 7] {
+    /// Host paths a mapping may name (the first ones exist, the last does not). Not the
+    /// symlinks that lead out of the tree: a mapping is the user's choice, and one of them
+    /// would rightly expose `outside/`.
+    pub fn host_candidates(&self) -> [PathBuf; 6] {
         let mapped = self.mapped();
         [
             mapped.clone(),
             mapped.join("dir"),
             mapped.join("file"),
             mapped.join("link"),
-            mapped.join("escape"),
-            mapped.join("escape_abs"),
+            mapped.join("dir/inner"),
             mapped.join("missing"),
         ]
     }
