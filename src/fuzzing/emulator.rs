@@ -45,10 +45,6 @@ struct EmulatorInput {
     withheld_xcr0: u8,
 }
 
-/// MXCSR.UM.
-#[cfg(all(feature = "fuzz-native", target_arch = "x86_64"))]
-const UNDERFLOW_MASK: u32 = 1 << 11;
-
 /// Guest memory for the target: one buffer at [`MEMORY_BASE`].
 #[derive(Clone)]
 struct FlatMemory {
@@ -201,9 +197,7 @@ pub fn x86_emulator(data: &[u8]) {
 }
 
 /// Emulates the instruction again with only the arithmetic flags of `before` (the others would
-/// change how the host runs it: TF, AC, …) and with underflow masked (the emulator's documented
-/// limit, `sse.rs`: an exact tiny result with UM unmasked traps only on hardware), and compares
-/// the outcome with the host CPU's.
+/// change how the host runs it: TF, AC, …) and compares the outcome with the host CPU's.
 #[cfg(all(feature = "fuzz-native", target_arch = "x86_64"))]
 fn compare_with_host(
     bytes: &[u8],
@@ -212,7 +206,6 @@ fn compare_with_host(
     services: &mut FuzzServices,
 ) {
     before.rflags = (before.rflags & 0x8d5) | 2;
-    before.set_mxcsr(before.mxcsr() | UNDERFLOW_MASK);
     let (mut after, mut memory_after) = (before.clone(), memory.clone());
     if let Ok(instruction) = emulate(bytes, &mut after, &mut memory_after, services) {
         let run = super::emulator_native::EmulatedRun {
