@@ -1,8 +1,9 @@
 //! Fuzz target `hypercall`: the hypercall dispatcher over arbitrary guest RAM, for interfaces 1, 2
-//! and 3 and both guest architectures. The input describes a short sequence of hypercalls whose
-//! parameter blocks are built field by field from plausible values (pointers to guest paths and
-//! buffers, small fds, open flags, lengths) or raw ones; files go through a FileMap over the
-//! shared sandbox tree, which must be untouched outside its mappings afterwards.
+//! and 3 and both guest architectures. The input describes a short sequence of hypercalls: each
+//! a well-formed request laid out as the interface version's struct (`hypercall_requests`), or
+//! any address with a block built field by field from plausible values (pointers to guest paths
+//! and buffers, small fds, open flags, lengths) or raw ones. Files go through a FileMap over the
+//! shared sandbox tree, which must be untouched outside its mappings after every call.
 //!
 //! SerialReadBuffer and hypercall reads (SerialReadByte) are left out: they read the host's
 //! standard input and would block the fuzzer.
@@ -13,6 +14,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
+use super::hypercall_requests::{Pools, Request};
 use super::sandbox::{GuestPath, OpenFlags};
 use super::sandbox_tree::sandbox_tree;
 use crate::arch::GuestArch;
@@ -28,11 +30,22 @@ const PML4: u64 = 0x1000;
 /// Parameter blocks, one 0x100-byte slot per call.
 const PARAMS: u64 = 0x8000;
 const PARAMS_SLOT: u64 = 0x100;
-/// Guest path strings, one 0x200-byte slot each.
+/// Guest path strings, one 0x200-byte slot each: first [`DEFAULT_PATHS`], then the input's.
 const STRINGS: u64 = 0x9000;
 const STRING_SLOT: u64 = 0x200;
-const MAX_STRINGS: usize = 8;
-/// Data buffers.
+const STRING_SLOTS: u64 = 16;
+/// Paths every input can use: files, directories and the tricky cases of the sandbox tree.
+const DEFAULT_PATHS: [&str; 8] = [
+    "/root/file",
+    "/root/dir",
+    "/root/new0",
+    "/data/inner",
+    "/root/escape",
+    "/root/../root/link",
+    "/tmpfile",
+    "/",
+];
+/// Data buffers (after the 16 path slots).
 const BUFFERS: u64 = 0x10000;
 /// Most hypercalls per input.
 const MAX_CALLS: usize = 16;
@@ -75,12 +88,15 @@ enum Argument {
     Raw(u64),
 }
 
-/// One hypercall.
+/// One hypercall: a well-formed request, or any address with any block and argument.
 #[derive(Debug, Arbitrary)]
-struct Call {
-    address: Address,
-    fields: Vec<Field>,
-    argument: Argument,
+enum Call {
+    Request(Request),
+    Raw {
+        address: Address,
+        fields: Vec<Field>,
+        argument: Argument,
+    },
 }
 
 /// The target's input.
@@ -119,18 +135,10 @@ pub fn hypercall(data: &[u8]) {
     let calls = Hypercalls::new(arch, output, files, cmdline).with_interface(interface);
     for (index, call) in input.calls.iter().take(MAX_CALLS).enumerate() {
         let block = base + PARAMS + index as u64 * PARAMS_SLOT;
-        write_block(&mem, base, block, &call.fields);
-        let address = match call.address {
-            Address::Known(n) => known_address(interface, n),
-            Address::Raw(address) => address,
-        };
+        let (address, argument) = prepare_call(&mem, base, block, interface, call);
         if HypercallAddressV2::try_from(address) == Ok(HypercallAddressV2::SerialReadBuffer) {
             continue;
         }
-        let argument = match call.argument {
-            Argument::Block => block,
-            Argument::Raw(raw) => raw,
-        };
         let mut root = || Ok(GuestPhysAddr::new(base + PML4));
         if let HypercallOutcome::Fatal(_) = calls.handle(&mem, address, argument, &mut root) {
             break;
@@ -139,6 +147,53 @@ pub fn hypercall(data: &[u8]) {
     }
     drop(calls);
     tree.assert_untouched(true);
+}
+
+/// Writes the parameter block of `call` at `block` and returns its address and argument.
+fn prepare_call(
+    mem: &GuestMemory,
+    base: u64,
+    block: u64,
+    interface: u32,
+    call: &Call,
+) -> (u16, u64) {
+    match call {
+        Call::Request(request) => {
+            let pools = Pools {
+                path: Box::new(move |slot| path_slot(base, slot)),
+                buffer: Box::new(move |offset| buffer_at(base, offset)),
+            };
+            let (address, bytes, argument) = request.encode(interface, &pools);
+            let _ = mem.write(GuestPhysAddr::new(block), &bytes);
+            (address, argument.unwrap_or(block))
+        }
+        Call::Raw {
+            address,
+            fields,
+            argument,
+        } => {
+            write_block(mem, base, block, fields);
+            let address = match *address {
+                Address::Known(n) => known_address(interface, n),
+                Address::Raw(address) => address,
+            };
+            let argument = match *argument {
+                Argument::Block => block,
+                Argument::Raw(raw) => raw,
+            };
+            (address, argument)
+        }
+    }
+}
+
+/// Guest-physical address of path slot `slot`.
+fn path_slot(base: u64, slot: u8) -> u64 {
+    base + STRINGS + u64::from(slot) % STRING_SLOTS * STRING_SLOT
+}
+
+/// Guest-physical address of the buffer at `offset` in the buffer area.
+fn buffer_at(base: u64, offset: u16) -> u64 {
+    base + BUFFERS + u64::from(offset) % (RAM_SIZE - BUFFERS)
 }
 
 /// Entry `n` of the address table of interface `interface`.
@@ -170,8 +225,10 @@ fn prepare_memory(input: &HypercallInput, base: u64) -> GuestMemory {
         mem.write_obj(at(offset), &entry)
             .expect("page-table entry inside RAM");
     }
-    for (slot, path) in input.paths.iter().take(MAX_STRINGS).enumerate() {
-        let mut bytes = path.render().into_bytes();
+    let paths = DEFAULT_PATHS.iter().map(|path| path.to_string());
+    let paths = paths.chain(input.paths.iter().map(GuestPath::render));
+    for (slot, path) in paths.take(STRING_SLOTS as usize).enumerate() {
+        let mut bytes = path.into_bytes();
         bytes.truncate(STRING_SLOT as usize - 1);
         bytes.push(0);
         let _ = mem.write(at(STRINGS + slot as u64 * STRING_SLOT), &bytes);

@@ -20,6 +20,7 @@ mod emulator;
 mod emulator_native;
 mod fdt_reader;
 mod hypercall;
+mod hypercall_requests;
 mod loader;
 mod sandbox;
 mod sandbox_tree;
