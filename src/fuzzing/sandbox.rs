@@ -171,14 +171,16 @@ pub fn sandbox_paths(data: &[u8]) {
     } else {
         Vec::new()
     };
-    specs.extend(input.mappings.iter().take(8).map(|mapping| {
+    let mappings = input.mappings.iter().take(8).map(|mapping| {
         let host = &hosts[usize::from(mapping.host) % hosts.len()];
         let guest = mapping
             .raw_guest
             .clone()
             .unwrap_or_else(|| mapping.guest.render());
         format!("{}:{guest}", host.display())
-    }));
+    });
+    // Mappings come from the command line or the environment, which cannot hold a NUL byte.
+    specs.extend(mappings.filter(|spec| !spec.contains('\0')));
     if let Ok(map) = FileMap::new(&specs, Some(tree.private())) {
         for operation in input.operations.iter().take(32) {
             run_operation(&map, operation);
