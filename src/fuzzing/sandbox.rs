@@ -40,7 +40,7 @@ pub struct GuestPath {
 }
 
 impl GuestPath {
-    /// The path as the guest would pass it.
+    /// The path as the guest would pass it (up to a NUL, as the hypercalls read it).
     pub fn render(&self) -> String {
         let mut path = String::new();
         for (index, component) in self.components.iter().enumerate() {
@@ -73,6 +73,8 @@ impl GuestPath {
         if self.trailing_slash {
             path.push('/');
         }
+        // A guest passes a C string: the path ends at its first NUL.
+        path.truncate(path.find('\0').unwrap_or(path.len()));
         path
     }
 }
