@@ -10,8 +10,8 @@
 //! <root>/private/            the parent of the FileMap's private temp directory
 //! ```
 //!
-//! The root is a fresh temp directory per process; it is left behind when the process ends
-//! (fuzzers end by being killed).
+//! The root is a fresh temp directory per process, removed when the process exits normally (a
+//! crashed or killed fuzzer leaves it behind).
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -39,6 +39,7 @@ pub fn sandbox_tree() -> MutexGuard<'static, SandboxTree> {
             .expect("create the fuzzing temp directory")
             .keep();
         let root = root.canonicalize().expect("canonical fuzzing root");
+        remove_at_exit(&root);
         fs::create_dir(root.join("outside")).expect("create outside/");
         fs::write(root.join("outside/canary"), CANARY).expect("write the canary");
         fs::create_dir(root.join("private")).expect("create private/");
@@ -131,6 +132,27 @@ impl SandboxTree {
                 "the private temp directory stayed"
             );
         }
+    }
+}
+
+/// The tree's root, for [`remove_tree`].
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Removes `root` when the process exits normally (the replay test, a fuzzer at the end of its
+/// run); a crashed or killed fuzzer leaves it behind.
+fn remove_at_exit(root: &Path) {
+    if ROOT.set(root.to_owned()).is_ok() {
+        // SAFETY: registers a plain `extern "C"` function without arguments, which only touches
+        // the file system and a static that is set before and never changed after.
+        unsafe { libc::atexit(remove_tree) };
+    }
+}
+
+/// The exit handler: removes the tree.
+extern "C" fn remove_tree() {
+    if let Some(root) = ROOT.get() {
+        make_removable(root);
+        let _ = fs::remove_dir_all(root);
     }
 }
 
