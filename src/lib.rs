@@ -9,7 +9,9 @@
 //! the one dispatcher in [`hypercall`] (files through [`isolation`], console through [`output`]).
 //! Below all of them: [`mem`] (guest RAM, its one checked door and the one guest-virtual reader)
 //! and [`arch`] (per-architecture facts: layouts, page tables, registers, CPUID, the x86
-//! instruction emulator). [`affinity`], [`signals`] and [`stats`] serve the VM threads.
+//! instruction emulator). [`affinity`], [`signals`] and [`stats`] serve the VM threads. The
+//! hidden `fuzzing` module holds the fuzzers' entry points (`fuzz/`, replayed by
+//! `tests/fuzz_corpus.rs`).
 
 pub mod affinity;
 pub mod arch;
@@ -18,6 +20,8 @@ pub mod boot;
 pub mod cli;
 pub mod confine;
 pub mod exits;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hvf;
 pub mod hypercall;
 pub mod hypervisor;

@@ -11,8 +11,9 @@
 
 pub mod extensions;
 pub mod fault;
-#[cfg(all(test, target_arch = "x86_64"))]
-mod native_harness;
+#[cfg(all(any(test, feature = "fuzz-native"), target_arch = "x86_64"))]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod native_harness;
 pub mod operands;
 pub mod services;
 pub mod sse;

@@ -2,34 +2,35 @@
 //! register file (all general and XMM registers, RFLAGS, MXCSR) into the host CPU, runs one
 //! instruction, and stores everything back, plus the deterministic input generator and the
 //! instruction encoding helpers the test modules share (`sse::tests`,
-//! `extensions::native_tests`).
+//! `extensions::native_tests`), and for the `x86_emulator` fuzz target's comparison with the host
+//! (feature `fuzz-native`).
 
 use iced_x86::code_asm::{self, AsmRegister64, AsmRegisterXmm, CodeAssembler};
 use iced_x86::{Decoder, DecoderOptions, Encoder, Instruction, Register};
 
 /// Guest-virtual base of the fake guest memory.
-pub(super) const GUEST_BASE: u64 = 0x40_0000;
+pub(crate) const GUEST_BASE: u64 = 0x40_0000;
 /// Size of the memory buffer (two 4 KiB pages).
-pub(super) const MEMORY_SIZE: usize = 0x2000;
+pub(crate) const MEMORY_SIZE: usize = 0x2000;
 /// RIP the test instructions are decoded at.
-pub(super) const GUEST_RIP: u64 = 0x20_0000;
+pub(crate) const GUEST_RIP: u64 = 0x20_0000;
 
 /// Register file exchanged with the JIT-compiled harness.
 #[repr(C, align(16))]
 #[derive(Debug, Clone, Default)]
-pub(super) struct Native {
-    pub(super) xmm: [u128; 16],
-    pub(super) gprs: [u64; 16],
-    pub(super) rflags: u64,
-    pub(super) mxcsr: u32,
-    pub(super) host_mxcsr: u32,
+pub(crate) struct Native {
+    pub(crate) xmm: [u128; 16],
+    pub(crate) gprs: [u64; 16],
+    pub(crate) rflags: u64,
+    pub(crate) mxcsr: u32,
+    pub(crate) host_mxcsr: u32,
 }
 
 /// The page-aligned memory the native instruction works on.
 #[repr(C, align(4096))]
-pub(super) struct NativeMemory(pub(super) [u8; MEMORY_SIZE]);
+pub(crate) struct NativeMemory(pub(crate) [u8; MEMORY_SIZE]);
 
-pub(super) const GPRS: [AsmRegister64; 16] = [
+pub(crate) const GPRS: [AsmRegister64; 16] = [
     code_asm::rax,
     code_asm::rcx,
     code_asm::rdx,
@@ -47,7 +48,7 @@ pub(super) const GPRS: [AsmRegister64; 16] = [
     code_asm::r14,
     code_asm::r15,
 ];
-pub(super) const XMMS: [AsmRegisterXmm; 16] = [
+pub(crate) const XMMS: [AsmRegisterXmm; 16] = [
     code_asm::xmm0,
     code_asm::xmm1,
     code_asm::xmm2,
@@ -66,10 +67,10 @@ pub(super) const XMMS: [AsmRegisterXmm; 16] = [
     code_asm::xmm15,
 ];
 /// RSP and RDI (the context pointer) are neither loaded nor used by test instructions.
-pub(super) const UNTOUCHED_GPRS: [usize; 2] = [4, 7];
+pub(crate) const UNTOUCHED_GPRS: [usize; 2] = [4, 7];
 
 /// Executable code: loads a [`Native`] (pointer in RDI), runs the instruction, stores it back.
-pub(super) struct Jit {
+pub(crate) struct Jit {
     code: *mut libc::c_void,
     len: usize,
 }
@@ -77,7 +78,7 @@ pub(super) struct Jit {
 impl Jit {
     /// The harness around `instruction_bytes`; with `rdi_is_memory` RDI holds RBX (the memory
     /// operand) while the instruction runs (maskmovdqu's implicit DS:RDI).
-    pub(super) fn new(instruction_bytes: &[u8], rdi_is_memory: bool) -> Self {
+    pub(crate) fn new(instruction_bytes: &[u8], rdi_is_memory: bool) -> Self {
         let code = Self::assemble(instruction_bytes, rdi_is_memory).expect("assemble the harness");
         let len = code.len().next_multiple_of(4096);
         // SAFETY: an anonymous private mapping at an address of the kernel's choosing; no
@@ -161,7 +162,7 @@ impl Jit {
         a.assemble(0)
     }
 
-    pub(super) fn run(&self, context: &mut Native) {
+    pub(crate) fn run(&self, context: &mut Native) {
         // SAFETY: `code` is the harness assembled in `new`: a SysV function taking the context
         // pointer in RDI that saves/restores every callee-saved register, RDI and the host MXCSR,
         // keeps the stack balanced, and runs one test instruction that touches only registers
@@ -181,30 +182,30 @@ impl Drop for Jit {
 }
 
 /// xorshift64* — deterministic test inputs.
-pub(super) struct Rng(pub(super) u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     /// A value below `bound` (> 0).
-    pub(super) fn below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
         self.next() % bound
     }
-    pub(super) fn pick<T: Copy>(&mut self, values: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, values: &[T]) -> T {
         values[self.below(values.len() as u64) as usize]
     }
 }
 
 /// General registers a test instruction may use (not RBX = memory base, RSP, RDI).
-pub(super) const DATA_GPRS: [usize; 13] = [0, 1, 2, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+pub(crate) const DATA_GPRS: [usize; 13] = [0, 1, 2, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15];
 
 /// The `size`-byte general register with hardware number `number` (SPL … DIL, not AH … BH,
 /// for numbers 4 … 7 of the byte registers).
-pub(super) fn gpr(number: usize, size: usize) -> Register {
+pub(crate) fn gpr(number: usize, size: usize) -> Register {
     let index = match size {
         1 if number < 4 => Register::AL as usize + number,
         1 => Register::AL as usize + number + 4,
@@ -215,12 +216,12 @@ pub(super) fn gpr(number: usize, size: usize) -> Register {
     Register::try_from(index).expect("valid GPR number")
 }
 
-pub(super) fn xmm(number: usize) -> Register {
+pub(crate) fn xmm(number: usize) -> Register {
     Register::try_from(Register::XMM0 as usize + number).expect("valid XMM number")
 }
 
 /// Encodes `instruction` and decodes it back at [`GUEST_RIP`] (as uhyve would see it).
-pub(super) fn encode(instruction: &Instruction) -> (Vec<u8>, Instruction) {
+pub(crate) fn encode(instruction: &Instruction) -> (Vec<u8>, Instruction) {
     let mut encoder = Encoder::new(64);
     encoder
         .encode(instruction, GUEST_RIP)
@@ -237,7 +238,7 @@ pub(super) fn encode(instruction: &Instruction) -> (Vec<u8>, Instruction) {
 
 /// Runs `jit` on `native` in a forked child and tells whether the instruction faulted (SIGSEGV
 /// or SIGBUS: a #GP or #PF); the child's memory is a copy, so nothing it does is seen here.
-pub(super) fn runs_into_a_fault(jit: &Jit, mut native: Native) -> bool {
+pub(crate) fn runs_into_a_fault(jit: &Jit, mut native: Native) -> bool {
     // SAFETY: the child only runs the prepared machine code (no allocation, no locks) and
     // leaves with `_exit`; the parent waits for it. Nothing is shared but copied memory.
     let child = unsafe { libc::fork() };

@@ -26,9 +26,10 @@
 //! Floating point needs an x86_64 host (the only host that runs x86_64 guests); built for
 //! another architecture, the module supports only the non-floating-point forms.
 //!
-//! Known limit: exception flags are computed with all exceptions masked. For underflow this is
-//! what the guest sees unless it unmasked UM: an exact tiny result then traps on hardware (#XM)
-//! while here it completes without the UE flag.
+//! Exception flags are computed with all exceptions masked. For a guest that unmasked underflow
+//! (UM) that is not enough, as an exact tiny result traps on hardware (#XM) but sets no flag
+//! when masked: the operation then runs a second time with flush-to-zero, which detects
+//! tininess the same way (`unmasked_underflow`).
 
 #[cfg(test)]
 mod completeness_tests;
@@ -621,6 +622,24 @@ fn with_arithmetic_flags(rflags: u64, flags: u64) -> u64 {
     (rflags & !ARITHMETIC_FLAGS) | (flags & ARITHMETIC_FLAGS)
 }
 
+/// MXCSR.UM (underflow masked), MXCSR.FTZ (flush to zero) and the UE flag.
+const UNDERFLOW_MASK: u32 = 1 << 11;
+const FLUSH_TO_ZERO: u32 = 1 << 15;
+const UNDERFLOW_FLAG: u32 = 1 << 4;
+
+/// UE if `op` underflows for a guest that left underflow unmasked, else 0. With UM masked the
+/// hardware raises UE only for a tiny *inexact* result (what the all-masked run reports), with
+/// UM unmasked it traps on every tiny result, exact ones included. Flush-to-zero detects
+/// tininess the same way as an unmasked UM, so for such a guest the operation runs once more
+/// with FTZ set (still all masked; the result is discarded) and its UE flag tells.
+fn unmasked_underflow(op: HostOp, inputs: &Inputs, mxcsr: u32) -> u32 {
+    if mxcsr & UNDERFLOW_MASK != 0 {
+        return 0;
+    }
+    let mut probe = HostContext::new(inputs.old, inputs.value);
+    float::run(op, &mut probe, mxcsr | FLUSH_TO_ZERO, inputs.imm) & UNDERFLOW_FLAG
+}
+
 /// Runs a floating-point operation on the host and commits its result, or reports `#XM`.
 fn execute_on_host(
     instruction: &Instruction,
@@ -632,7 +651,8 @@ fn execute_on_host(
     let destination = inputs.destination;
     let mxcsr = state.mxcsr();
     let mut context = HostContext::new(inputs.old, inputs.value);
-    let raised = float::run(op, &mut context, mxcsr, inputs.imm);
+    let raised =
+        float::run(op, &mut context, mxcsr, inputs.imm) | unmasked_underflow(op, inputs, mxcsr);
     let unmasked = raised & !(mxcsr >> 7) & EXCEPTION_FLAGS;
     if unmasked != 0 {
         return Err(EmulationError::guest_exception(

@@ -990,6 +990,37 @@ fn unmasked_exception_raises_xm_and_changes_nothing() {
     assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x4);
 }
 
+/// An exact tiny result (a denormal + 0): with UM unmasked the hardware traps (#XM) although the
+/// all-masked operation raises no UE; with UM masked it completes without UE (found by the
+/// `x86_emulator` fuzz target, `fuzz/corpus/x86_emulator/regression-exact-tiny-underflow`).
+#[test]
+fn exact_tiny_result_traps_only_with_underflow_unmasked() {
+    use code_asm::{xmm0, xmm1};
+    let addss = assemble(|a| a.addss(xmm0, xmm1));
+    let mut state = X86State::default();
+    state.set_xmm(0, 0xffff); // a single-precision denormal; xmm1 = +0
+    state.set_mxcsr(MXCSR_DEFAULT & !0x800); // UM unmasked
+    let before = state.clone();
+    let result = execute(&addss, &mut state, &mut memory());
+    assert!(
+        matches!(
+            result,
+            Err(EmulationError::GuestException {
+                exception: "#XM",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state, before);
+
+    // UM masked: the exact denormal sum, DE (a denormal operand) and neither UE nor PE.
+    state.set_mxcsr(MXCSR_DEFAULT);
+    run(&addss, &mut state, &mut memory());
+    assert_eq!(state.xmm(0), 0xffff);
+    assert_eq!(state.mxcsr(), MXCSR_DEFAULT | 0x2);
+}
+
 #[test]
 fn other_instructions_are_not_this_modules() {
     use code_asm::{rax, rbx, xmm0, xmm1, ymm0, ymm1};
