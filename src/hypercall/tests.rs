@@ -500,6 +500,9 @@ fn unmapped_guest_paths_use_the_private_temp_dir() {
 
 #[test]
 fn escapes_from_the_mapping_are_refused() {
+    if crate::isolation::beneath::skip_without_openat2("escapes_from_the_mapping_are_refused") {
+        return;
+    }
     let g = guest();
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret");
@@ -1014,6 +1017,10 @@ fn v3_mkdir_and_getdents_list_directories_in_pieces() {
 
 #[test]
 fn v3_stat_and_fstat_fill_the_file_attributes() {
+    if crate::isolation::beneath::skip_without_openat2("v3_stat_and_fstat_fill_the_file_attributes")
+    {
+        return;
+    }
     let g = guest_v_mapped(3);
     std::fs::write(g.host("data"), vec![7u8; 5000]).unwrap();
     std::os::unix::fs::symlink("data", g.host("link")).unwrap();

@@ -1595,6 +1595,9 @@ mod tests {
 
     #[test]
     fn symlinks_cannot_leave_the_mapping() {
+        if crate::isolation::beneath::skip_without_openat2("symlinks_cannot_leave_the_mapping") {
+            return;
+        }
         let outside = tempfile::tempdir().unwrap();
         let secret = outside.path().join("secret");
         fs::write(&secret, b"secret").unwrap();
@@ -1849,6 +1852,9 @@ mod tests {
 
     #[test]
     fn stat_follows_the_rules_of_open() {
+        if crate::isolation::beneath::skip_without_openat2("stat_follows_the_rules_of_open") {
+            return;
+        }
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret"), b"secret").unwrap();
         let mapped = tempfile::tempdir().unwrap();
@@ -1970,6 +1976,11 @@ mod tests {
 
     #[test]
     fn mkdir_inside_a_mapping_creates_host_directories() {
+        if crate::isolation::beneath::skip_without_openat2(
+            "mkdir_inside_a_mapping_creates_host_directories",
+        ) {
+            return;
+        }
         let outside = tempfile::tempdir().unwrap();
         let mapped = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), mapped.path().join("to_outside")).unwrap();

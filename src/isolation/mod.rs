@@ -86,11 +86,8 @@ pub enum IsolationError {
         /// What the operating system said.
         source: io::Error,
     },
-    /// The host cannot resolve paths race-free below a directory (Linux before 5.6: no
-    /// `openat2`).
-    #[error(
-        "the file sandbox needs openat2(RESOLVE_BENEATH) (Linux 5.6 or later); it failed: {source}"
-    )]
+    /// The host cannot resolve paths below the private temp directory's descriptor.
+    #[error("the file sandbox cannot resolve paths below a directory descriptor: {source}")]
     NoBeneathResolution {
         /// What the operating system said.
         source: io::Error,
