@@ -89,39 +89,47 @@ pub fn signal_name(signal: i32) -> &'static str {
 mod tests {
     use super::*;
 
-    /// Set in the child process of [`writes_beyond_the_file_size_limit_fail_with_efbig`].
-    const CHILD: &str = "UHYVE_SIGXFSZ_CHILD";
-
-    /// In a child process (the limit is per process): with the handlers installed, a write
+    /// In a forked child (the limit is per process): with the handlers installed, a write
     /// beyond `RLIMIT_FSIZE` fails with EFBIG (the guest's EFBIG too) instead of killing it.
     #[test]
     fn writes_beyond_the_file_size_limit_fail_with_efbig() {
-        if let Some(path) = std::env::var_os(CHILD) {
-            use std::io::Write;
-            install_stop_handlers().unwrap();
-            let limit = rustix::process::Rlimit {
-                current: Some(16),
-                maximum: None,
-            };
-            rustix::process::setrlimit(rustix::process::Resource::Fsize, limit).unwrap();
-            let mut file = std::fs::File::create(path).unwrap();
-            let error = file.write_all(&[0; 64]).unwrap_err();
-            assert_eq!(error.raw_os_error(), Some(libc::EFBIG));
-            assert_eq!(crate::isolation::guest_errno(&error), 27);
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "signals::tests::writes_beyond_the_file_size_limit_fail_with_efbig",
-                "--test-threads=1",
-            ])
-            .env(CHILD, dir.path().join("big"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "child: {status:?}");
+        let path =
+            std::ffi::CString::new(dir.path().join("big").into_os_string().into_encoded_bytes())
+                .unwrap();
+        let limit = libc::rlimit {
+            rlim_cur: 16,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: the child only makes async-signal-safe calls (sigaction, setrlimit, open,
+        // write, _exit) on data prepared before the fork, then exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: see above; every pointer is valid for the call.
+            unsafe {
+                let ok = install_stop_handlers().is_ok()
+                    && libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0;
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
+                // The first write stops at the limit (16 bytes); the next one is refused.
+                let first = libc::write(fd, [0u8; 64].as_ptr().cast(), 64);
+                let second = libc::write(fd, [0u8; 64].as_ptr().cast(), 64);
+                let efbig = first == 16
+                    && second == -1
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EFBIG);
+                libc::_exit(if ok && fd >= 0 && efbig { 0 } else { 1 });
+            }
+        }
+        assert!(child > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child: status {status:#x} (killed by SIGXFSZ: {})",
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGXFSZ
+        );
+        let error = std::io::Error::from_raw_os_error(libc::EFBIG);
+        assert_eq!(crate::isolation::guest_errno(&error), 27);
     }
 
     #[test]
