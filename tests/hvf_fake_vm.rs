@@ -1021,6 +1021,13 @@ fn from_bytes<T: Copy + Default>(bytes: &[u8]) -> T {
 fn a_v3_aarch64_guest_uses_every_hypercall_through_the_fake() {
     use uhyve_interface::v2::*;
     use uhyve_interface::{O_CREAT, O_DIRECTORY, O_RDONLY, O_WRONLY, SEEK_SET};
+    if !host_follows_symlinks_beneath() {
+        eprintln!(
+            "SKIPPED a_v3_aarch64_guest_uses_every_hypercall_through_the_fake: no openat2 here \
+             (qemu-user), so the symlink this guest stats is refused; the test runs natively"
+        );
+        return;
+    }
     let Some(V2Image {
         _dir,
         kernel,
@@ -1795,5 +1802,35 @@ mod vcpu_logic {
         assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 12);
         output.flush();
         assert_eq!(std::fs::read_to_string(log).unwrap(), "hi\n");
+    }
+}
+
+/// Whether the host kernel has `openat2` (which the file sandbox needs to follow symlinks inside
+/// a mapping); `qemu-user` does not.
+fn host_follows_symlinks_beneath() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let how = [0u64; 3]; // struct open_how: flags, mode, resolve
+        // SAFETY: openat2 of "." relative to the working directory with a zeroed open_how of the
+        // size given; the returned descriptor (if any) is closed at once.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c".".as_ptr(),
+                how.as_ptr(),
+                std::mem::size_of_val(&how),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just returned by openat2 and is closed once.
+            unsafe { libc::close(fd as libc::c_int) };
+            return true;
+        }
+        std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
     }
 }

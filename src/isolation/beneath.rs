@@ -121,7 +121,18 @@ pub fn open_walking(
         last_flags |= OFlags::DIRECTORY;
     }
     let base = current.as_ref().map_or(root, AsFd::as_fd);
-    rustix::fs::openat(base, *last, last_flags, mode).map_err(Into::into)
+    let opened = rustix::fs::openat(base, *last, last_flags, mode)?;
+    // With O_PATH, O_NOFOLLOW opens a symlink itself; a caller that wanted it followed gets
+    // ELOOP, like every other symlink on this walk.
+    #[cfg(target_os = "linux")]
+    if flags.contains(OFlags::PATH)
+        && !flags.contains(OFlags::NOFOLLOW)
+        && rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&opened)?.st_mode)
+            == rustix::fs::FileType::Symlink
+    {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    Ok(opened)
 }
 
 /// Checks at start-up that `directory` can be resolved below; on Linux, finds out whether the
@@ -247,6 +258,14 @@ mod tests {
         assert_eq!(errno(open("abs")), libc::ELOOP);
         assert_eq!(errno(open("../x")), libc::EXDEV);
         assert_eq!(errno(open("dir/file/")), libc::ENOTDIR);
+        // A lookup-only descriptor (stat): following a symlink is refused too, naming the link
+        // itself (lstat) works.
+        let lookup =
+            |path: &str, flags| open_walking(fd.as_fd(), OsStr::new(path), flags, Mode::empty());
+        assert_eq!(errno(lookup("link_in", LOOKUP_ONLY)), libc::ELOOP);
+        #[cfg(target_os = "linux")] // O_PATH opens a link itself; macOS has no O_PATH
+        assert!(lookup("link_in", LOOKUP_ONLY | OFlags::NOFOLLOW).is_ok());
+        assert!(lookup("dir/file", LOOKUP_ONLY).is_ok());
     }
 
     #[test]
