@@ -10,8 +10,8 @@ use clap::builder::TypedValueParser;
 
 use crate::output::OutputTarget;
 use crate::params::{
-    Confinement, CpuList, EnvOption, ExplicitSettings, FileIsolation, HermitImageMode, MemorySize,
-    SeccompMode, VmConfig, guest_environment,
+    Confinement, CpuList, EnvOption, ExplicitSettings, FileIsolation, HermitImageMode, IoMode,
+    MemorySize, SeccompMode, VmConfig, VmTuning, guest_environment,
 };
 
 /// Exit status of uhyve when it fails itself (bad options, bad image, guest crash).
@@ -113,6 +113,35 @@ pub struct Args {
     )]
     pub seccomp: Option<SeccompMode>,
 
+    /// Load a relocatable (PIE) kernel at the lowest allowed address instead of a random
+    /// 2 MiB-aligned one
+    #[arg(long, help_heading = "Memory options")]
+    pub no_aslr: bool,
+
+    /// Advise the host kernel to back guest RAM with transparent huge pages
+    /// (madvise MADV_HUGEPAGE; Linux)
+    #[arg(long, help_heading = "Memory options")]
+    pub thp: bool,
+
+    /// Advise the host kernel to merge identical pages of guest RAM (kernel samepage merging,
+    /// madvise MADV_MERGEABLE; Linux)
+    #[arg(long, help_heading = "Memory options")]
+    pub ksm: bool,
+
+    /// Create an in-kernel i8254 PIT for the guest (KVM on x86_64)
+    #[arg(long, help_heading = "CPU options")]
+    pub pit: bool,
+
+    /// Let the guest's HLT, MWAIT and PAUSE run without exits, where the host's KVM allows it
+    /// (lower guest latency; the host CPU looks busy while the guest idles)
+    #[arg(long, help_heading = "CPU options")]
+    pub cpu_pm: bool,
+
+    /// Extra flags on every host file the guest opens, for benchmarking: `default`,
+    /// `host=direct` (O_DIRECT), `host=sync` (O_SYNC) or `host=direct,sync`
+    #[arg(long, value_name = "MODE", value_parser = utf8(parse_io_mode))]
+    pub io_mode: Option<IoMode>,
+
     /// Log what uhyve does (info level; RUST_LOG overrides)
     #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub verbose: bool,
@@ -157,6 +186,11 @@ fn parse_memory_size(text: &str) -> Result<MemorySize, String> {
 }
 
 fn parse_affinity(text: &str) -> Result<CpuList, String> {
+    text.parse()
+        .map_err(|e: crate::params::ParamsError| e.to_string())
+}
+
+fn parse_io_mode(text: &str) -> Result<IoMode, String> {
     text.parse()
         .map_err(|e: crate::params::ParamsError| e.to_string())
 }
@@ -222,6 +256,15 @@ impl Args {
                 file_isolation: self.file_isolation,
                 seccomp: self.seccomp.unwrap_or_else(SeccompMode::platform_default),
             },
+            tuning: VmTuning {
+                aslr: !self.no_aslr,
+                transparent_huge_pages: self.thp,
+                same_page_merging: self.ksm,
+                pit: self.pit,
+                cpu_power_management: self.cpu_pm,
+                io_mode: self.io_mode.unwrap_or_default(),
+            },
+            gdb: None,
         }
     }
 }

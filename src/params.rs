@@ -40,6 +40,16 @@ pub enum ParamsError {
     /// An unknown `--seccomp`.
     #[error("invalid seccomp mode '{0}': expected 'none' or 'strict'")]
     SeccompMode(String),
+    /// An unknown `--io-mode`.
+    #[error(
+        "invalid I/O mode '{0}': expected 'default', 'host=direct', 'host=sync' or 'host=direct,sync'"
+    )]
+    IoMode(String),
+    /// A malformed `--gdb-port`.
+    #[error(
+        "invalid GDB address '{0}': expected a port (e.g. 6677) or ADDRESS:PORT (e.g. 0.0.0.0:6677)"
+    )]
+    GdbAddress(String),
 }
 
 /// Guest RAM size in bytes, parsed from strings like `64M`, `512MiB`, `1G`, `1GiB`, `65536`.
@@ -333,6 +343,110 @@ impl Default for Confinement {
     }
 }
 
+/// Extra flags uhyve adds to every host file the guest opens (`--io-mode`, upstream's option, for
+/// benchmarking guest file I/O).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoMode {
+    /// `O_DIRECT`: bypass the host page cache.
+    pub direct: bool,
+    /// `O_SYNC`: a write returns once the data is on the device.
+    pub sync: bool,
+}
+
+impl FromStr for IoMode {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParamsError::IoMode(text.to_string());
+        if text == "default" {
+            return Ok(Self::default());
+        }
+        let flags = text.strip_prefix("host=").ok_or_else(error)?;
+        let mut mode = Self::default();
+        for flag in flags.split(',') {
+            match flag {
+                "direct" if !mode.direct => mode.direct = true,
+                "sync" if !mode.sync => mode.sync = true,
+                _ => return Err(error()),
+            }
+        }
+        Ok(mode)
+    }
+}
+
+impl fmt::Display for IoMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match (self.direct, self.sync) {
+            (false, false) => "default",
+            (true, false) => "host=direct",
+            (false, true) => "host=sync",
+            (true, true) => "host=direct,sync",
+        })
+    }
+}
+
+/// Where the GDB server listens (`-s/--gdb-port`): a bare port means `127.0.0.1:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GdbAddress(pub std::net::SocketAddr);
+
+impl GdbAddress {
+    /// The port a bare `-s` means, as upstream.
+    pub const DEFAULT_PORT: u16 = 6677;
+}
+
+impl FromStr for GdbAddress {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(port) = text.parse::<u16>() {
+            let loopback = std::net::Ipv4Addr::LOCALHOST;
+            return Ok(Self(std::net::SocketAddr::from((loopback, port))));
+        }
+        text.parse()
+            .map(Self)
+            .map_err(|_| ParamsError::GdbAddress(text.to_string()))
+    }
+}
+
+impl fmt::Display for GdbAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How uhyve sets up the VM and its RAM beyond size and CPU count: upstream's `--no-aslr`,
+/// `--thp`, `--ksm`, `--pit`, `--cpu-pm` and `--io-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmTuning {
+    /// Load a relocatable (PIE) kernel at a random 2 MiB-aligned base (`--no-aslr` clears it);
+    /// a kernel linked at a fixed address always goes there.
+    pub aslr: bool,
+    /// `madvise(MADV_HUGEPAGE)` on guest RAM (`--thp`, Linux).
+    pub transparent_huge_pages: bool,
+    /// `madvise(MADV_MERGEABLE)` on guest RAM (`--ksm`, Linux).
+    pub same_page_merging: bool,
+    /// Create an in-kernel PIT (`--pit`, Linux x86_64).
+    pub pit: bool,
+    /// Let the guest's HLT/MWAIT/PAUSE run without exits (`--cpu-pm`, Linux x86_64).
+    pub cpu_power_management: bool,
+    /// Extra open flags for the guest's host files (`--io-mode`).
+    pub io_mode: IoMode,
+}
+
+impl Default for VmTuning {
+    /// Upstream's defaults: ASLR on, everything else off.
+    fn default() -> Self {
+        Self {
+            aslr: true,
+            transparent_huge_pages: false,
+            same_page_merging: false,
+            pit: false,
+            cpu_power_management: false,
+            io_mode: IoMode::default(),
+        }
+    }
+}
+
 /// Which settings the user gave explicitly (on the command line or through an environment
 /// variable) rather than leaving them at their defaults: a Hermit image's `hermit.toml` only
 /// fills gaps, so it may raise a default but not overrule the user.
@@ -382,6 +496,10 @@ pub struct VmConfig {
     /// How uhyve confines its own process while the guest runs (applies to the whole calling
     /// process: [`Confinement::NONE`] when running VMs inside another program).
     pub confinement: Confinement,
+    /// ASLR, RAM advice, PIT, CPU power management, I/O mode.
+    pub tuning: VmTuning,
+    /// Wait for GDB on this address before the first guest instruction (`-s/--gdb-port`).
+    pub gdb: Option<GdbAddress>,
 }
 
 #[cfg(test)]

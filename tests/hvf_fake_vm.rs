@@ -404,6 +404,12 @@ fn config(kernel: PathBuf, cpus: u32, output: OutputTarget, mappings: Vec<String
         explicit: Default::default(),
         // The VMs run inside the test process, which must stay unconfined.
         confinement: uhyve::params::Confinement::NONE,
+        // The scripts expect the kernel at its lowest base.
+        tuning: uhyve::params::VmTuning {
+            aslr: false,
+            ..Default::default()
+        },
+        gdb: None,
     }
 }
 

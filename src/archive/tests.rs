@@ -444,6 +444,8 @@ fn user_config() -> VmConfig {
         hermit_image_mode: HermitImageMode::External,
         explicit: ExplicitSettings::default(),
         confinement: crate::params::Confinement::NONE,
+        tuning: Default::default(),
+        gdb: None,
     }
 }
 
