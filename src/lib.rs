@@ -18,6 +18,7 @@ pub mod arch;
 pub mod archive;
 pub mod boot;
 pub mod cli;
+pub mod config_file;
 pub mod confine;
 pub mod exits;
 #[doc(hidden)]

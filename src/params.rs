@@ -16,7 +16,7 @@ use crate::output::OutputTarget;
 pub enum ParamsError {
     /// A memory size that cannot be parsed.
     #[error(
-        "invalid memory size '{0}': expected a number with an optional unit, e.g. 64M, 512MiB, 1G, 1GiB"
+        "invalid memory size '{0}': expected a number with an optional unit, e.g. 64M, 512MiB, 1.5GiB, 1G"
     )]
     MemorySizeSyntax(String),
     /// A memory size that does not fit 64 bits.
@@ -52,15 +52,63 @@ pub enum ParamsError {
     GdbAddress(String),
 }
 
-/// Guest RAM size in bytes, parsed from strings like `64M`, `512MiB`, `1G`, `1GiB`, `65536`.
-/// Decimal (`K`, `M`, `G`, `T` without `i` and with a trailing `B`, e.g. `MB`) and binary suffixes
-/// both mean powers of 1024, as upstream uhyve accepts them; a plain number is bytes.
+/// Guest RAM size in bytes, parsed from strings like `64M`, `512MiB`, `1.5GiB`, `1G`, `65536`.
+///
+/// The rule ([`MemorySize::RULE`], also in `--help`): first as upstream uhyve reads it (the
+/// `byte-unit` crate: `KiB`/`MiB`/`GiB`/`TiB` binary, `K`/`KB`/`M`/`MB`/`G`/`GB`/`T`/`TB` decimal,
+/// case-insensitive, fractions allowed); if that gives a size upstream accepts (a whole number of
+/// 2 MiB pages, at least 16 MiB), that is the size. Otherwise (upstream would refuse it) every
+/// unit is read as binary, as this uhyve always has: `64M` = `64MB` = 64 MiB, `1.5G` = 1.5 GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemorySize(pub u64);
 
 impl MemorySize {
     /// The default guest RAM size: 64 MiB.
     pub const DEFAULT: MemorySize = MemorySize(64 << 20);
+
+    /// How sizes are read, for the help text and the docs.
+    pub const RULE: &'static str = "a byte count with an optional unit; KiB, MiB, GiB, TiB are \
+        binary, K(B), M(B), G(B), T(B) decimal as in upstream uhyve, fractions allowed (1.5GiB); \
+        where the decimal reading is not a whole number of 2 MiB pages of at least 16 MiB (which \
+        upstream refuses), units are read as binary: 64M and 64MB mean 64 MiB, 1G means 1 GiB";
+
+    /// Upstream uhyve's smallest guest RAM and its granule: sizes it accepts.
+    const UPSTREAM_MINIMUM: u64 = 16 << 20;
+    const UPSTREAM_GRANULE: u64 = 2 << 20;
+
+    /// Upstream's reading of `text`, if upstream would accept the size it gives.
+    fn upstream_reading(text: &str) -> Option<u64> {
+        let bytes = byte_unit::Byte::parse_str(text, true).ok()?.as_u64();
+        (bytes >= Self::UPSTREAM_MINIMUM && bytes.is_multiple_of(Self::UPSTREAM_GRANULE))
+            .then_some(bytes)
+    }
+
+    /// This uhyve's reading: the same syntax with every unit binary.
+    fn binary_reading(text: &str) -> Result<u64, ParamsError> {
+        let trimmed = text.trim();
+        let number_end = trimmed
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(number_end);
+        let binary_unit = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => "B",
+            "k" | "kb" | "kib" => "KiB",
+            "m" | "mb" | "mib" => "MiB",
+            "g" | "gb" | "gib" => "GiB",
+            "t" | "tb" | "tib" => "TiB",
+            _ => return Err(ParamsError::MemorySizeSyntax(text.to_string())),
+        };
+        if !number.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(ParamsError::MemorySizeSyntax(text.to_string()));
+        }
+        match byte_unit::Byte::parse_str(format!("{number}{binary_unit}"), true) {
+            Ok(bytes) => Ok(bytes.as_u64()),
+            Err(byte_unit::ParseError::Value(byte_unit::ValueParseError::ExceededBounds(_))) => {
+                Err(ParamsError::MemorySizeOverflow(text.to_string()))
+            }
+            Err(_) => Err(ParamsError::MemorySizeSyntax(text.to_string())),
+        }
+    }
 }
 
 impl Default for MemorySize {
@@ -85,36 +133,17 @@ impl FromStr for MemorySize {
     type Err = ParamsError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let trimmed = text.trim();
-        let digits_end = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(digits_end);
-        if number.is_empty() {
-            return Err(ParamsError::MemorySizeSyntax(text.to_string()));
+        if let Some(bytes) = Self::upstream_reading(text) {
+            return Ok(MemorySize(bytes));
         }
-        let number: u64 = number
-            .parse()
-            .map_err(|_| ParamsError::MemorySizeOverflow(text.to_string()))?;
-        let shift = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 0,
-            "k" | "kb" | "kib" => 10,
-            "m" | "mb" | "mib" => 20,
-            "g" | "gb" | "gib" => 30,
-            "t" | "tb" | "tib" => 40,
-            _ => return Err(ParamsError::MemorySizeSyntax(text.to_string())),
-        };
-        number
-            .checked_mul(1u64 << shift)
-            .map(MemorySize)
-            .ok_or_else(|| ParamsError::MemorySizeOverflow(text.to_string()))
+        Self::binary_reading(text).map(MemorySize)
     }
 }
 
 /// One `-e` option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnvOption {
-    /// `-e host`: include the host environment (the default unless `--env-clear`).
+    /// `-e host`: pass the host's whole environment.
     Host,
     /// `-e KEY=VALUE`: add or override one entry.
     Set(OsString, OsString),
@@ -134,17 +163,16 @@ impl FromStr for EnvOption {
     }
 }
 
-/// The guest environment after applying the rules: start from the host environment (unless
-/// `clear` is set and no `-e host` is given), then apply each `-e KEY=VALUE` in order, overriding
-/// earlier values of the same key. Returns the list (at most [`MAX_ARGC_ENVC`] entries) and the
-/// keys that were dropped because the list was full.
+/// The guest environment after applying the rules, which are upstream uhyve's: the guest starts
+/// with no environment; `-e host` (anywhere in `options`) passes the host's whole environment;
+/// each `-e KEY=VALUE` then adds or overrides one entry, in order (upstream discards them when
+/// `-e host` is given; here they apply on top). Returns the list (at most [`MAX_ARGC_ENVC`]
+/// entries) and the keys that were dropped because the list was full.
 pub fn guest_environment(
     host: impl IntoIterator<Item = (OsString, OsString)>,
     options: &[EnvOption],
-    clear: bool,
 ) -> (Vec<(OsString, OsString)>, Vec<OsString>) {
-    let include_host = !clear || options.contains(&EnvOption::Host);
-    let mut env: Vec<(OsString, OsString)> = if include_host {
+    let mut env: Vec<(OsString, OsString)> = if options.contains(&EnvOption::Host) {
         host.into_iter().collect()
     } else {
         Vec::new()
@@ -252,8 +280,9 @@ pub enum FileIsolation {
 impl FromStr for FileIsolation {
     type Err = ParamsError;
 
+    /// Case-insensitive, as upstream reads it.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
+        match text.to_ascii_lowercase().as_str() {
             "none" => Ok(Self::None),
             "normal" => Ok(Self::Normal),
             "strict" => Ok(Self::Strict),
@@ -392,6 +421,14 @@ pub struct GdbAddress(pub std::net::SocketAddr);
 impl GdbAddress {
     /// The port a bare `-s` means, as upstream.
     pub const DEFAULT_PORT: u16 = 6677;
+
+    /// `127.0.0.1:port`.
+    pub fn on_loopback(port: u16) -> Self {
+        Self(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            port,
+        )))
+    }
 }
 
 impl FromStr for GdbAddress {
@@ -399,8 +436,7 @@ impl FromStr for GdbAddress {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if let Ok(port) = text.parse::<u16>() {
-            let loopback = std::net::Ipv4Addr::LOCALHOST;
-            return Ok(Self(std::net::SocketAddr::from((loopback, port))));
+            return Ok(Self::on_loopback(port));
         }
         text.parse()
             .map(Self)
@@ -519,6 +555,24 @@ mod tests {
         assert_eq!("16777216".parse(), Ok(mib(16)));
     }
 
+    /// Where upstream's reading gives a size upstream accepts, it wins (decimal units and
+    /// fractions); where upstream would refuse the size, units are binary.
+    #[test]
+    fn memory_sizes_follow_upstream_where_upstream_accepts_them() {
+        let mib = |n: u64| MemorySize(n << 20);
+        assert_eq!("1.5GiB".parse(), Ok(mib(1536)));
+        assert_eq!("100MiB".parse(), Ok(mib(100)));
+        assert_eq!("0.5 TiB".parse(), Ok(mib(512 << 10)));
+        // 32768 MB = 15625 pages of 2 MiB: upstream takes it as decimal, so do we.
+        assert_eq!("32768MB".parse(), Ok(MemorySize(32_768_000_000)));
+        assert_eq!("32768m".parse(), Ok(MemorySize(32_768_000_000)));
+        // Upstream refuses these (not a whole number of 2 MiB pages, or under 16 MiB).
+        assert_eq!("1.5G".parse(), Ok(mib(1536)));
+        assert_eq!("1000MB".parse(), Ok(mib(1000)));
+        assert_eq!("8MiB".parse(), Ok(mib(8)));
+        assert_eq!("2.5m".parse(), Ok(MemorySize(5 << 19)));
+    }
+
     #[test]
     fn bad_memory_sizes_are_errors() {
         assert!(matches!(
@@ -537,10 +591,15 @@ mod tests {
             "-5M".parse::<MemorySize>(),
             Err(ParamsError::MemorySizeSyntax(_))
         ));
-        assert!(matches!(
-            "1.5G".parse::<MemorySize>(),
-            Err(ParamsError::MemorySizeSyntax(_))
-        ));
+        for bad in ["1.2.3M", ".5G", "1e9", "0x100M", "64 M B", "64Mbit"] {
+            assert!(
+                matches!(
+                    bad.parse::<MemorySize>(),
+                    Err(ParamsError::MemorySizeSyntax(_))
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             "99999999999999999999".parse::<MemorySize>(),
             Err(ParamsError::MemorySizeOverflow(_))
@@ -582,8 +641,10 @@ mod tests {
             "loose".parse::<FileIsolation>(),
             Err(ParamsError::FileIsolation(_))
         ));
+        // Case does not matter, as in upstream.
+        assert_eq!("Strict".parse(), Ok(FileIsolation::Strict));
         assert!(matches!(
-            "Strict".parse::<FileIsolation>(),
+            "strictest".parse::<FileIsolation>(),
             Err(ParamsError::FileIsolation(_))
         ));
         assert!(matches!(
@@ -615,10 +676,18 @@ mod tests {
     }
 
     #[test]
-    fn environment_is_host_plus_overrides() {
+    fn environment_is_empty_unless_the_host_one_is_asked_for() {
         let host = || vec![("HOME".into(), "/h".into()), ("A".into(), "1".into())];
         let set = |k: &str, v: &str| EnvOption::Set(k.into(), v.into());
-        let (env, dropped) = guest_environment(host(), &[set("A", "2"), set("B", "3")], false);
+        let (env, dropped) = guest_environment(host(), &[]);
+        assert!(env.is_empty() && dropped.is_empty());
+        let (env, _) = guest_environment(host(), &[set("B", "3"), set("B", "4")]);
+        assert_eq!(env, vec![("B".into(), "4".into())]);
+        let (env, _) = guest_environment(host(), &[EnvOption::Host]);
+        assert_eq!(env, host());
+        // `-e host` anywhere passes the host's; KEY=VALUE entries apply on top, in order.
+        let (env, dropped) =
+            guest_environment(host(), &[set("A", "2"), EnvOption::Host, set("B", "3")]);
         assert!(dropped.is_empty());
         assert_eq!(
             env,
@@ -628,10 +697,6 @@ mod tests {
                 ("B".into(), "3".into())
             ]
         );
-        let (env, _) = guest_environment(host(), &[set("B", "3")], true);
-        assert_eq!(env, vec![("B".into(), "3".into())]);
-        let (env, _) = guest_environment(host(), &[EnvOption::Host], true);
-        assert_eq!(env.len(), 2);
     }
 
     #[test]
@@ -639,7 +704,7 @@ mod tests {
         let host: Vec<(OsString, OsString)> = (0..140)
             .map(|i| (format!("K{i}").into(), "v".into()))
             .collect();
-        let (env, dropped) = guest_environment(host, &[], false);
+        let (env, dropped) = guest_environment(host, &[EnvOption::Host]);
         assert_eq!(env.len(), 128);
         assert_eq!(dropped.len(), 12);
         assert_eq!(dropped[0], OsString::from("K128"));

@@ -1,6 +1,9 @@
-//! Exit statistics for `--stats`: how many exits of each kind every vCPU took, which instructions
-//! the emulation fallback executed, and how long the run lasted. Each vCPU thread counts into its
-//! own [`ExitStats`] (no sharing on the exit path); [`RunStats`] puts them together at the end.
+//! Statistics for `--stats`: how many exits of each kind every vCPU took, how long each vCPU ran,
+//! which instructions the emulation fallback executed, and how long the run lasted. Each vCPU
+//! thread counts into its own [`ExitStats`] (no sharing on the exit path); [`RunStats`] puts them
+//! together at the end and prints them as upstream uhyve does (a `Run statistics:` heading, a
+//! table of exits with a total and one column per vCPU, the vCPU run times), followed by this
+//! uhyve's own lines (all exits, emulated instructions per vCPU, the wall time).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +14,7 @@ use std::time::Duration;
 pub struct ExitStats {
     counts: BTreeMap<&'static str, u64>,
     emulated: BTreeMap<String, u64>,
+    runtime: Option<Duration>,
 }
 
 impl ExitStats {
@@ -32,6 +36,11 @@ impl ExitStats {
                 self.emulated.insert(mnemonic.to_owned(), 1);
             }
         }
+    }
+
+    /// Records how long the vCPU ran (from its first entry into the guest to its end).
+    pub fn set_runtime(&mut self, runtime: Duration) {
+        self.runtime = Some(runtime);
     }
 
     /// How many exits of `kind` were counted.
@@ -74,51 +83,92 @@ pub struct RunStats {
     pub elapsed: Duration,
 }
 
-fn write_counts<K: AsRef<str>>(
+/// Writes one table: a heading row (`title`, `total`, one column per vCPU), then one row per
+/// key with its total and each vCPU's count (blank where a vCPU has none).
+fn write_table<'a>(
     f: &mut fmt::Formatter<'_>,
-    counts: impl Iterator<Item = (K, u64)> + Clone,
+    title: &str,
+    per_cpu: &[(u32, &'a BTreeMap<impl AsRef<str> + Ord + 'a, u64>)],
 ) -> fmt::Result {
-    let width = counts
-        .clone()
-        .map(|(k, _)| k.as_ref().len())
-        .max()
-        .unwrap_or(0);
-    for (kind, count) in counts {
-        writeln!(f, "    {:<width$}  {count}", kind.as_ref())?;
+    let mut rows: BTreeMap<&str, Vec<Option<u64>>> = BTreeMap::new();
+    for (column, (_, counts)) in per_cpu.iter().enumerate() {
+        for (key, count) in counts.iter() {
+            let row = rows
+                .entry(key.as_ref())
+                .or_insert_with(|| vec![None; per_cpu.len()]);
+            row[column] = Some(*count);
+        }
+    }
+    let width = rows.keys().map(|k| k.len() + 1).max().unwrap_or(0).max(28);
+    write!(f, "{title:<w$}   total", w = width + 2)?;
+    for (cpu, _) in per_cpu {
+        write!(f, " {:>7}", format!("cpu{cpu}"))?;
+    }
+    writeln!(f)?;
+    for (key, counts) in &rows {
+        let total: u64 = counts.iter().flatten().sum();
+        write!(f, "  {:<width$} {total:>7}", format!("{key}:"))?;
+        for count in counts {
+            match count {
+                Some(count) => write!(f, " {count:>7}")?,
+                None => write!(f, " {:>7}", "")?,
+            }
+        }
+        writeln!(f)?;
     }
     Ok(())
 }
 
 impl fmt::Display for RunStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut total = ExitStats::new();
-        for (_, stats) in &self.per_cpu {
-            total.merge(stats);
-        }
-        writeln!(f, "uhyve statistics:")?;
-        writeln!(
-            f,
-            "  run time: {:.3} ms",
-            self.elapsed.as_secs_f64() * 1000.0
-        )?;
-        writeln!(f, "  vCPU exits: {}", total.total())?;
-        write_counts(f, total.counts.iter().map(|(k, v)| (*k, *v)))?;
-        if self.per_cpu.len() > 1 {
-            for (cpu, stats) in &self.per_cpu {
-                writeln!(f, "  vCPU {cpu}: {} exits", stats.total())?;
+        let exits: Vec<_> = self
+            .per_cpu
+            .iter()
+            .map(|(cpu, s)| (*cpu, &s.counts))
+            .collect();
+        let emulated: Vec<_> = self
+            .per_cpu
+            .iter()
+            .map(|(cpu, s)| (*cpu, &s.emulated))
+            .collect();
+        writeln!(f, "Run statistics:")?;
+        write_table(f, "VM exits:", &exits)?;
+        writeln!(f, "CPU runtimes:")?;
+        for (cpu, stats) in &self.per_cpu {
+            if let Some(runtime) = stats.runtime {
+                writeln!(f, "  cpu {cpu}: {runtime:?}")?;
             }
         }
-        if total.emulated_total() > 0 {
-            writeln!(f, "  emulated in user space: {}", total.emulated_total())?;
-            write_counts(f, total.emulated.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        let all_exits: u64 = self.per_cpu.iter().map(|(_, s)| s.total()).sum();
+        writeln!(f, "All VM exits: {all_exits}")?;
+        let all_emulated: u64 = self.per_cpu.iter().map(|(_, s)| s.emulated_total()).sum();
+        if all_emulated > 0 {
+            writeln!(f, "Emulated in user space: {all_emulated}")?;
+            write_table(f, "Emulated instructions:", &emulated)?;
         }
-        Ok(())
+        writeln!(f, "Wall time: {:?}", self.elapsed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rows of a table in the printed statistics: key → (total, per-vCPU cells).
+    fn table(text: &str, title: &str) -> Vec<(String, Vec<String>)> {
+        text.lines()
+            .skip_while(|line| !line.starts_with(title))
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .map(|line| {
+                let (key, cells) = line.trim().split_once(':').unwrap();
+                (
+                    key.to_owned(),
+                    cells.split_whitespace().map(str::to_owned).collect(),
+                )
+            })
+            .collect()
+    }
 
     #[test]
     fn counts_by_kind_and_vcpu() {
@@ -128,9 +178,11 @@ mod tests {
         cpu0.record("Exit");
         cpu0.record_emulated("xorps");
         cpu0.record_emulated("xgetbv");
+        cpu0.set_runtime(Duration::from_millis(3));
         let mut cpu1 = ExitStats::new();
         cpu1.record("SerialWriteByte");
         cpu1.record_emulated("xorps");
+        cpu1.set_runtime(Duration::from_millis(2));
         assert_eq!(cpu0.count("SerialWriteByte"), 2);
         assert_eq!(cpu0.count("FileOpen"), 0);
         assert_eq!(cpu0.total(), 3);
@@ -140,17 +192,41 @@ mod tests {
             elapsed: Duration::from_millis(5),
         };
         let text = run.to_string();
-        assert!(text.contains("run time: 5.000 ms"), "{text}");
-        assert!(text.contains("vCPU exits: 4"), "{text}");
-        assert!(text.contains("SerialWriteByte  3"), "{text}");
-        assert!(text.contains("vCPU 0: 3 exits"), "{text}");
-        assert!(text.contains("vCPU 1: 1 exits"), "{text}");
-        assert!(text.contains("emulated in user space: 3"), "{text}");
-        assert!(text.contains("xorps   2"), "{text}");
+        assert!(text.starts_with("Run statistics:\nVM exits:"), "{text}");
+        let header = text.lines().nth(1).unwrap();
+        assert_eq!(
+            header.split_whitespace().collect::<Vec<_>>(),
+            ["VM", "exits:", "total", "cpu0", "cpu1"],
+            "{text}"
+        );
+        let exits = table(&text, "VM exits:");
+        assert_eq!(exits.len(), 2, "{text}");
+        assert_eq!(
+            exits[0],
+            ("Exit".to_owned(), vec!["1".to_owned(), "1".to_owned()])
+        );
+        assert_eq!(exits[1].0, "SerialWriteByte");
+        assert_eq!(exits[1].1, ["3", "2", "1"]);
+        assert!(
+            text.contains("CPU runtimes:\n  cpu 0: 3ms\n  cpu 1: 2ms\n"),
+            "{text}"
+        );
+        assert!(text.contains("All VM exits: 4\n"), "{text}");
+        assert!(text.contains("Emulated in user space: 3\n"), "{text}");
+        let emulated = table(&text, "Emulated instructions:");
+        assert_eq!(
+            emulated[1],
+            (
+                "xorps".to_owned(),
+                vec!["2".to_owned(), "1".to_owned(), "1".to_owned()]
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("Wall time: 5ms\n"), "{text}");
     }
 
     #[test]
-    fn one_vcpu_has_no_per_vcpu_lines() {
+    fn nothing_emulated_has_no_emulation_lines() {
         let mut cpu0 = ExitStats::new();
         cpu0.record("Exit");
         let text = RunStats {
@@ -158,7 +234,7 @@ mod tests {
             elapsed: Duration::ZERO,
         }
         .to_string();
-        assert!(!text.contains("vCPU 0:"), "{text}");
-        assert!(!text.contains("emulated"), "{text}");
+        assert!(!text.contains("Emulated"), "{text}");
+        assert!(text.contains("All VM exits: 1"), "{text}");
     }
 }

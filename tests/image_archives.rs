@@ -139,7 +139,7 @@ fn arguments_and_environment_come_from_hermit_toml() {
             file("bin/args_env", guest_bytes("args_env")),
         ]),
     );
-    let run = run_archive(&path, &["--env-clear", "-e", "OVERRIDDEN=cli"], &[]);
+    let run = run_archive(&path, &["-e", "OVERRIDDEN=cli"], &[]);
     run.assert_no_host_crash()
         .assert_success()
         .assert_stdout_contains("argc=3\n")
@@ -156,7 +156,7 @@ fn arguments_and_environment_come_from_hermit_toml() {
     );
 
     // Arguments on the command line replace app_args.
-    let run = run_archive(&path, &["--env-clear"], &["from the cli"]);
+    let run = run_archive(&path, &[], &["from the cli"]);
     run.assert_success()
         .assert_stdout_contains("argc=2\n")
         .assert_stdout_contains("arg=from the cli\n")

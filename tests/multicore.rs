@@ -197,12 +197,38 @@ fn concurrent_output_is_never_mixed_within_a_line() {
 // ---- Options: --stats and --affinity ----
 
 /// The number in a `--stats` line `  <label>: <n> exits` or `  <label>: <n>`.
-fn stats_count(stderr: &str, label: &str) -> Option<u64> {
-    stderr.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix(label)?.strip_prefix(": ")?;
-        let number = rest.strip_suffix(" exits").unwrap_or(rest);
-        number.parse().ok()
-    })
+/// The `VM exits:` table of `--stats` (on standard output): the heading's vCPU columns and,
+/// per vCPU, the sum of its column.
+fn exits_per_vcpu(stdout: &str) -> Option<(Vec<String>, Vec<u64>)> {
+    let mut lines = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("VM exits:"));
+    let heading: Vec<String> = lines
+        .next()?
+        .split_whitespace()
+        .skip(3)
+        .map(str::to_owned)
+        .collect();
+    let mut sums = vec![0; heading.len() + 1];
+    // Each cell is 8 characters wide and right-aligned, the total first, then one per vCPU; a
+    // vCPU without that exit has a blank cell: read the cells by position from the row's end.
+    let columns = sums.len();
+    for row in lines.take_while(|line| line.starts_with("  ")) {
+        let cells_start = row.len().checked_sub(8 * columns)?;
+        for (column, sum) in sums.iter_mut().enumerate() {
+            let cell = row.get(cells_start + 8 * column..cells_start + 8 * (column + 1))?;
+            *sum += cell.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    Some((heading, sums))
+}
+
+/// The `All VM exits: N` line of `--stats`.
+fn all_exits(stdout: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("All VM exits: "))
+        .and_then(|count| count.parse().ok())
 }
 
 #[test]
@@ -212,27 +238,25 @@ fn stats_count_exits_per_vcpu() {
     }
     let run = smp("checkin", 2, &["--stats"]);
     assert_checked_in(&run, 2);
-    let cpu0 = stats_count(&run.stderr, "vCPU 0");
-    let cpu1 = stats_count(&run.stderr, "vCPU 1");
-    let total = stats_count(&run.stderr, "vCPU exits");
-    let (Some(cpu0), Some(cpu1), Some(total)) = (cpu0, cpu1, total) else {
-        panic!(
-            "--stats lacks the per-vCPU lines or the total\n{}",
-            run.report()
-        );
+    let Some((columns, sums)) = exits_per_vcpu(&run.stdout) else {
+        panic!("--stats lacks the VM exits table\n{}", run.report());
     };
+    // One column per vCPU, no more.
+    assert_eq!(columns, ["cpu0", "cpu1"], "{}", run.report());
+    let (total, cpu0, cpu1) = (sums[0], sums[1], sums[2]);
     // Cpu 0 made at least the Cmdsize, Cmdval, output and Exit hypercalls.
     assert!(cpu0 >= 4, "{}", run.report());
+    assert!(cpu1 >= 1, "{}", run.report());
     assert_eq!(
         total,
         cpu0 + cpu1,
-        "the total is not the per-vCPU sum\n{}",
+        "the total column is not the per-vCPU sum\n{}",
         run.report()
     );
-    assert_eq!(
-        stats_count(&run.stderr, "vCPU 2"),
-        None,
-        "a vCPU that does not exist\n{}",
+    assert_eq!(all_exits(&run.stdout), Some(total), "{}", run.report());
+    assert!(
+        run.stdout.contains("CPU runtimes:\n  cpu 0: ") && run.stdout.contains("\n  cpu 1: "),
+        "{}",
         run.report()
     );
 }

@@ -19,9 +19,9 @@ fn run_image(path: PathBuf, options: &[&str]) -> Run {
 
 /// How many instructions the fallback executed, from the `--stats` report.
 fn emulated_count(run: &Run) -> u64 {
-    run.stderr
+    run.stdout
         .lines()
-        .find_map(|line| line.trim().strip_prefix("emulated in user space: "))
+        .find_map(|line| line.strip_prefix("Emulated in user space: "))
         .and_then(|count| count.parse().ok())
         .unwrap_or(0)
 }

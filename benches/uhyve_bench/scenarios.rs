@@ -36,6 +36,10 @@ const UHYVE_ENV: &[&str] = &[
     "HERMIT_STATS",
     "HERMIT_OUTPUT",
     "HERMIT_TEMPDIR",
+    "HERMIT_CONFIG",
+    "HERMIT_GDB_PORT",
+    "HERMIT_FILE_ISOLATION",
+    "HERMIT_SECCOMP",
 ];
 
 /// What can stop a measurement.
@@ -123,7 +127,7 @@ impl Bench {
         }
     }
 
-    /// `uhyve -m <ram> --env-clear -o none <options> <guest> <args>`.
+    /// `uhyve -m <ram> -o none <options> <guest> <args>` (the guest gets no host environment).
     fn uhyve(&self, ram: &str, options: &[OsString], guest: &str, args: &[String]) -> Variant {
         let (uhyve, image) = (self.uhyve.clone(), self.guests.join(guest));
         let (ram, options, args) = (ram.to_owned(), options.to_vec(), args.to_vec());
@@ -135,7 +139,7 @@ impl Bench {
                     command.env_remove(name);
                 }
                 command
-                    .args(["-m", &ram, "--env-clear", "-o", "none"])
+                    .args(["-m", &ram, "-o", "none"])
                     .args(&options)
                     .arg(&image)
                     .args(&args);

@@ -187,6 +187,10 @@ fn canonical_host_path(spec: &str, host: &Path) -> Result<PathBuf, IsolationErro
     match fs::canonicalize(host) {
         Ok(path) => Ok(path),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            log::warn!(
+                "--file-mapping {spec}: the host path {} does not exist; the guest can create it",
+                host.display()
+            );
             let name = host.file_name().ok_or_else(|| failed(host, error))?;
             let parent = match host.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => parent,

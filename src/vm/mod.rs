@@ -279,7 +279,10 @@ impl<H: Hypervisor> Vm<H> {
         self.output.flush();
         if let Some(mut stats) = stats {
             stats.elapsed = started.elapsed();
-            eprint!("{stats}");
+            // On standard output, after the guest's, as upstream uhyve prints them; a closed
+            // standard output loses them rather than failing the run.
+            use std::io::Write;
+            let _ = write!(std::io::stdout().lock(), "{stats}");
         }
         result
     }

@@ -341,7 +341,13 @@ impl<H: Hypervisor> VcpuThread<'_, '_, H> {
             vcpu: &mut vcpu,
             x86: H::x86_vcpu,
         };
-        match run_vcpu(looped, &self.shared.services, stats) {
+        let mut stats = stats;
+        let started = std::time::Instant::now();
+        let result = run_vcpu(looped, &self.shared.services, stats.as_deref_mut());
+        if let Some(stats) = stats {
+            stats.set_runtime(started.elapsed());
+        }
+        match result {
             Ok(Some(GuestExit(code))) => VcpuEnd::Exit(code),
             Ok(None) => VcpuEnd::Stopped,
             Err(error) => VcpuEnd::Failed(error.into()),

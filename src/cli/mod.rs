@@ -5,58 +5,49 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::Parser;
 use clap::builder::TypedValueParser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use thiserror::Error;
 
 use crate::output::OutputTarget;
 use crate::params::{
-    Confinement, CpuList, EnvOption, ExplicitSettings, FileIsolation, HermitImageMode, IoMode,
-    MemorySize, SeccompMode, VmConfig, VmTuning, guest_environment,
+    Confinement, CpuList, EnvOption, ExplicitSettings, FileIsolation, GdbAddress, HermitImageMode,
+    IoMode, MemorySize, SeccompMode, VmConfig, VmTuning, guest_environment,
 };
+
+mod merge;
 
 /// Exit status of uhyve when it fails itself (bad options, bad image, guest crash).
 pub const FAILURE_STATUS: i32 = 1;
+
+/// The environment variables uhyve reads, for `--help`.
+const ENVIRONMENT_HELP: &str = "Environment variables (an option on the command line wins):
+  HERMIT_MEMORY_SIZE, HERMIT_CPU_COUNT, HERMIT_GDB_PORT, HERMIT_CONFIG   as upstream uhyve
+  HERMIT_OUTPUT, HERMIT_STATS, HERMIT_TEMPDIR, HERMIT_FILE_ISOLATION,
+  HERMIT_SECCOMP, HERMIT_VERBOSE                                         this uhyve's own
+  RUST_LOG   the log filter (e.g. RUST_LOG=debug adds register dumps to crash reports)
+
+Configuration file (upstream uhyve's TOML schema; the command line and the environment win):
+  --config FILE or HERMIT_CONFIG, else ./uhyve.toml, else $XDG_CONFIG_HOME/uhyve/uhyve.toml";
 
 /// uhyve: run a Hermit unikernel as a process.
 #[derive(Debug, Parser)]
 #[command(
     name = "uhyve",
     version,
-    override_usage = "uhyve [OPTIONS] <KERNEL> [KERNEL_ARGS]...",
+    override_usage = "uhyve [OPTIONS] <KERNEL> [--] [KERNEL_ARGS]...",
     about = "A minimal, fast, secure hypervisor for Hermit unikernels",
-    after_help = "Environment variables: HERMIT_MEMORY_SIZE (--memory-size), HERMIT_CPU_COUNT \
-	              (--cpu-count), HERMIT_VERBOSE (--verbose), HERMIT_STATS (--stats), HERMIT_OUTPUT \
-	              (--output), HERMIT_TEMPDIR (--tempdir), HERMIT_FILE_ISOLATION (--file-isolation), \
-	              HERMIT_SECCOMP (--seccomp); RUST_LOG sets the log filter \
-	              (e.g. RUST_LOG=debug adds register dumps to crash reports)."
+    after_help = ENVIRONMENT_HELP,
 )]
 pub struct Args {
-    /// Guest RAM size, e.g. 64M, 512MiB, 1G, 1GiB [default: 64M, or what a Hermit image
-    /// archive requires]
-    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", value_parser = utf8(parse_memory_size))]
-    pub memory_size: Option<MemorySize>,
-
-    /// Number of guest CPUs [default: 1, or what a Hermit image archive requires]
-    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", value_parser = utf8(parse_cpu_count))]
-    pub cpu_count: Option<u32>,
-
-    /// Pin the vCPU threads to these host CPUs, one per vCPU in order, e.g. 0-3,6
-    #[arg(short = 'a', long, value_name = "CPUS", value_parser = utf8(parse_affinity))]
-    pub affinity: Option<CpuList>,
-
-    /// Guest environment entry KEY=VALUE (repeatable; adds or overrides). The guest starts from
-    /// the host environment; `-e host` is accepted for compatibility
-    #[arg(short = 'e', long = "env", visible_alias = "env-vars", value_name = "KEY=VALUE", value_parser = utf8(parse_env_option))]
-    pub env: Vec<EnvOption>,
-
-    /// Start the guest environment empty instead of from the host environment (`-e` entries and
-    /// `-e host` still apply)
-    #[arg(long)]
-    pub env_clear: bool,
-
     /// Where the guest's console output goes: a file, or `none` to discard it [default: stdout]
     #[arg(short = 'o', long, env = "HERMIT_OUTPUT", value_name = "FILE|none", value_parser = clap::builder::OsStringValueParser::new())]
     pub output: Option<OsString>,
+
+    /// Print statistics when the guest stops: exits per vCPU, vCPU run times, emulated
+    /// instructions (on standard output)
+    #[arg(long, env = "HERMIT_STATS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub stats: bool,
 
     /// Expose a host file or directory to the guest (repeatable), e.g. ./data:/root/data; add
     /// `:ro` to make it read-only (writes, creates, unlink and mkdir fail with EROFS) or `:rw`
@@ -64,13 +55,48 @@ pub struct Args {
     #[arg(long, value_name = "HOST_PATH:GUEST_PATH[:ro|:rw]", value_parser = utf8(|text| Ok(text.to_owned())))]
     pub file_mapping: Vec<String>,
 
-    /// Directory in which the private per-VM temporary directory is created
+    /// Directory in which the private per-VM temporary directory is created [default: the
+    /// system's temporary directory]
     #[arg(long, env = "HERMIT_TEMPDIR", value_name = "DIR")]
     pub tempdir: Option<PathBuf>,
 
-    /// Print exit statistics when the guest stops
-    #[arg(long, env = "HERMIT_STATS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
-    pub stats: bool,
+    /// Restrict uhyve's own file-system access with Landlock to the mapped paths and its temp
+    /// directory: `normal` where the host kernel has Landlock, `strict` refuses to start without
+    /// it, `none` turns it off
+    #[arg(
+        long,
+        env = "HERMIT_FILE_ISOLATION",
+        value_name = "MODE",
+        default_value = "normal",
+        ignore_case = true,
+        value_parser = clap::builder::PossibleValuesParser::new(["none", "normal", "strict"])
+            .try_map(|text: String| text.parse::<FileIsolation>())
+    )]
+    pub file_isolation: FileIsolation,
+
+    /// Extra flags on every host file the guest opens, for benchmarking: `default`,
+    /// `host=direct` (O_DIRECT), `host=sync` (O_SYNC) or `host=direct,sync`
+    #[arg(long, value_name = "MODE", value_parser = utf8(parse_io_mode))]
+    pub io_mode: Option<IoMode>,
+
+    /// Wait for GDB on this port (bare `-s`: 6677) of 127.0.0.1 before the guest starts; an
+    /// ADDRESS:PORT such as 0.0.0.0:6677 listens there instead, which exposes guest memory to
+    /// the network
+    #[arg(
+        short = 's',
+        long,
+        env = "HERMIT_GDB_PORT",
+        value_name = "PORT|ADDRESS:PORT",
+        num_args = 0..=1,
+        default_missing_value = "6677",
+        value_parser = utf8(parse_gdb_address)
+    )]
+    pub gdb_port: Option<GdbAddress>,
+
+    /// Read settings from this TOML file (upstream uhyve's schema) instead of ./uhyve.toml or
+    /// $XDG_CONFIG_HOME/uhyve/uhyve.toml
+    #[arg(long, env = "HERMIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// How the files of a Hermit image archive reach the guest: `external` (uhyve serves them
     /// as read-only files) or `internal` (the archive is placed into guest RAM for the kernel)
@@ -83,24 +109,6 @@ pub struct Args {
     )]
     pub hermit_image_mode: HermitImageMode,
 
-    /// Stop the guest when the hypervisor cannot execute an instruction, instead of executing
-    /// it in user space
-    #[arg(long)]
-    pub no_emulation_fallback: bool,
-
-    /// Restrict uhyve's own file-system access with Landlock to the mapped paths and its temp
-    /// directory: `normal` where the host kernel has Landlock, `strict` refuses to start without
-    /// it, `none` turns it off
-    #[arg(
-        long,
-        env = "HERMIT_FILE_ISOLATION",
-        value_name = "MODE",
-        default_value = "normal",
-        value_parser = clap::builder::PossibleValuesParser::new(["none", "normal", "strict"])
-            .try_map(|text: String| text.parse::<FileIsolation>())
-    )]
-    pub file_isolation: FileIsolation,
-
     /// Run uhyve's threads under a system-call allowlist once the VM is set up (`strict`; a
     /// forbidden call ends uhyve), or not (`none`, for debugging) [default: strict on Linux,
     /// none elsewhere]
@@ -112,6 +120,23 @@ pub struct Args {
             .try_map(|text: String| text.parse::<SeccompMode>())
     )]
     pub seccomp: Option<SeccompMode>,
+
+    /// Stop the guest when the hypervisor cannot execute an instruction, instead of executing
+    /// it in user space
+    #[arg(long)]
+    pub no_emulation_fallback: bool,
+
+    /// Log what uhyve does (info level; RUST_LOG overrides)
+    #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub verbose: bool,
+
+    /// Guest RAM size [default: 64MiB, or what a Hermit image archive requires]. SIZE is a
+    /// byte count with an optional unit; KiB, MiB, GiB, TiB are binary, K(B), M(B), G(B), T(B)
+    /// decimal as in upstream uhyve, fractions allowed (1.5GiB); where the decimal reading is
+    /// not a whole number of 2 MiB pages of at least 16 MiB (which upstream refuses), units are
+    /// read as binary: 64M and 64MB mean 64 MiB, 1G means 1 GiB
+    #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", value_name = "SIZE", value_parser = utf8(parse_memory_size), help_heading = "Memory options")]
+    pub memory_size: Option<MemorySize>,
 
     /// Load a relocatable (PIE) kernel at the lowest allowed address instead of a random
     /// 2 MiB-aligned one
@@ -128,33 +153,38 @@ pub struct Args {
     #[arg(long, help_heading = "Memory options")]
     pub ksm: bool,
 
-    /// Create an in-kernel i8254 PIT for the guest (KVM on x86_64)
-    #[arg(long, help_heading = "CPU options")]
-    pub pit: bool,
+    /// Number of guest CPUs [default: 1, or what a Hermit image archive requires]
+    #[arg(short = 'c', long, env = "HERMIT_CPU_COUNT", value_parser = utf8(parse_cpu_count), help_heading = "CPU options")]
+    pub cpu_count: Option<u32>,
 
     /// Let the guest's HLT, MWAIT and PAUSE run without exits, where the host's KVM allows it
     /// (lower guest latency; the host CPU looks busy while the guest idles)
     #[arg(long, help_heading = "CPU options")]
     pub cpu_pm: bool,
 
-    /// Extra flags on every host file the guest opens, for benchmarking: `default`,
-    /// `host=direct` (O_DIRECT), `host=sync` (O_SYNC) or `host=direct,sync`
-    #[arg(long, value_name = "MODE", value_parser = utf8(parse_io_mode))]
-    pub io_mode: Option<IoMode>,
+    /// Create an in-kernel i8254 PIT for the guest (KVM on x86_64)
+    #[arg(long, help_heading = "CPU options")]
+    pub pit: bool,
 
-    /// Log what uhyve does (info level; RUST_LOG overrides)
-    #[arg(short = 'v', long, env = "HERMIT_VERBOSE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
-    pub verbose: bool,
+    /// Pin the vCPU threads to these host CPUs, one per vCPU in order, e.g. 0-3,6 or "0 1 2"
+    #[arg(short = 'a', long, value_name = "CPUS", value_parser = utf8(parse_affinity), help_heading = "CPU options")]
+    pub affinity: Option<CpuList>,
+
+    /// Guest environment entry KEY=VALUE (repeatable; adds or overrides). The guest gets no
+    /// host environment unless `-e host` is given, which passes all of it
+    #[arg(short = 'e', long = "env-vars", visible_alias = "env", value_name = "KEY=VALUE|host", value_parser = utf8(parse_env_option), help_heading = "Guest options")]
+    pub env: Vec<EnvOption>,
 
     /// The Hermit image to run (a kernel ELF or a Hermit image archive, told apart by their
     /// first bytes), followed by the arguments passed to the guest application (they replace an
     /// archive's app_args). Everything after KERNEL belongs to the guest, even if it looks like an
-    /// option.
+    /// option; a `--` right after KERNEL is dropped (`uhyve app -- -v` passes `-v`)
     #[arg(
         value_name = "KERNEL [KERNEL_ARGS]",
         required = true,
         num_args = 1..,
-        trailing_var_arg = true
+        trailing_var_arg = true,
+        help_heading = "Guest options"
     )]
     pub command: Vec<OsString>,
 }
@@ -190,6 +220,11 @@ fn parse_affinity(text: &str) -> Result<CpuList, String> {
         .map_err(|e: crate::params::ParamsError| e.to_string())
 }
 
+fn parse_gdb_address(text: &str) -> Result<GdbAddress, String> {
+    text.parse()
+        .map_err(|e: crate::params::ParamsError| e.to_string())
+}
+
 fn parse_io_mode(text: &str) -> Result<IoMode, String> {
     text.parse()
         .map_err(|e: crate::params::ParamsError| e.to_string())
@@ -201,13 +236,29 @@ fn parse_env_option(text: &str) -> Result<EnvOption, String> {
 }
 
 impl Args {
-    /// Turns the parsed options into a VM configuration, warning about dropped environment entries.
+    /// Parses a command line (including the program name), then fills in from the
+    /// configuration file what the command line and the environment left unset.
+    pub fn parse_with_config_file(
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<Self, CommandLineError> {
+        let matches = Args::command().try_get_matches_from(args)?;
+        let mut args = Args::from_arg_matches(&matches)?;
+        merge::apply_config_file(&mut args, &matches)?;
+        Ok(args)
+    }
+
+    /// Turns the parsed options into a VM configuration, warning about dropped environment
+    /// entries.
     pub fn into_config(self) -> VmConfig {
         let mut command = self.command.into_iter();
         // clap guarantees at least one value (`required`, `num_args = 1..`).
         let kernel = PathBuf::from(command.next().unwrap_or_default());
-        let kernel_args: Vec<OsString> = command.collect();
-        let (env, dropped) = guest_environment(std::env::vars_os(), &self.env, self.env_clear);
+        let mut kernel_args: Vec<OsString> = command.collect();
+        // `uhyve app -- args`: the `--` separates uhyve's part from the guest's.
+        if kernel_args.first().is_some_and(|first| first == "--") {
+            kernel_args.remove(0);
+        }
+        let (env, dropped) = guest_environment(std::env::vars_os(), &self.env);
         if !dropped.is_empty() {
             log::warn!(
                 "the guest environment holds at most {} entries; not passed: {}",
@@ -222,7 +273,7 @@ impl Args {
         let output = match self.output {
             None => OutputTarget::Stdout,
             Some(value) if value == "-" => OutputTarget::Stdout,
-            Some(value) if value == "none" => OutputTarget::None,
+            Some(value) if value == "none" || value == "None" => OutputTarget::None,
             Some(path) => OutputTarget::File(PathBuf::from(path)),
         };
         let explicit = ExplicitSettings {
@@ -264,9 +315,20 @@ impl Args {
                 cpu_power_management: self.cpu_pm,
                 io_mode: self.io_mode.unwrap_or_default(),
             },
-            gdb: None,
+            gdb: self.gdb_port,
         }
     }
+}
+
+/// Why a command line could not become a configuration.
+#[derive(Debug, Error)]
+pub enum CommandLineError {
+    /// clap's usage error, or `--help`/`--version` (printed by clap itself).
+    #[error(transparent)]
+    Usage(#[from] clap::Error),
+    /// A bad configuration file.
+    #[error(transparent)]
+    ConfigFile(#[from] crate::config_file::ConfigFileError),
 }
 
 fn init_logging(verbose: bool) {
@@ -276,18 +338,36 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
+/// Warns about options this uhyve accepts from upstream's command line but cannot honour.
+fn warn_about_ineffective_options(config: &VmConfig) {
+    if let Some(address) = config.gdb {
+        log::warn!(
+            "-s/--gdb-port {address} has no effect: this uhyve has no GDB server yet; the guest \
+             runs without waiting for a debugger"
+        );
+    }
+}
+
 /// Runs uhyve with the given command line (including the program name) and returns the process
 /// exit status: the guest's exit code, or [`FAILURE_STATUS`] after printing what went wrong.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
-    let args = match Args::try_parse_from(args) {
-        Ok(args) => args,
+    let parsed = Args::command()
+        .try_get_matches_from(args)
+        .and_then(|matches| Ok((Args::from_arg_matches(&matches)?, matches)));
+    let (mut args, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return e.exit_code();
         }
     };
     init_logging(args.verbose);
+    if let Err(e) = merge::apply_config_file(&mut args, &matches) {
+        eprintln!("uhyve: error: {e}");
+        return FAILURE_STATUS;
+    }
     let config = args.into_config();
+    warn_about_ineffective_options(&config);
     if let Err(e) = crate::signals::install_stop_handlers() {
         log::warn!("{e}; interrupting uhyve will not clean up");
     }
@@ -321,138 +401,4 @@ fn run_guest(_config: &crate::params::VmConfig) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
-        Args::try_parse_from(std::iter::once("uhyve").chain(args.iter().copied()))
-    }
-
-    /// Where no backend exists (e.g. Linux on aarch64, whose tests run under qemu-user in
-    /// `.ci/aarch64-tests`), running a guest is one error line and a failure status.
-    #[cfg(not(any(kvm, hvf)))]
-    #[test]
-    fn an_unsupported_platform_fails_with_a_status() {
-        let config = parse(&["/nonexistent/kernel"]).unwrap().into_config();
-        assert_eq!(run_guest(&config), FAILURE_STATUS);
-    }
-
-    #[test]
-    fn kernel_and_trailing_arguments() {
-        let config = parse(&["-m", "128M", "app", "-v", "--x", "-m", "1G"])
-            .unwrap()
-            .into_config();
-        assert_eq!(config.memory_size, MemorySize(128 << 20));
-        assert_eq!(config.kernel, PathBuf::from("app"));
-        assert_eq!(
-            config.kernel_args,
-            vec![OsString::from("-v"), "--x".into(), "-m".into(), "1G".into()]
-        );
-        let config = parse(&["-v", "app", "--", "x"]).unwrap().into_config();
-        assert_eq!(config.kernel_args, vec![OsString::from("--"), "x".into()]);
-        assert!(parse(&["--bogus", "app"]).is_err());
-    }
-
-    #[test]
-    fn options_and_defaults() {
-        let config = parse(&["app"]).unwrap().into_config();
-        assert_eq!(config.memory_size, MemorySize::DEFAULT);
-        assert_eq!(config.cpu_count, 1);
-        assert_eq!(config.hermit_image_mode, HermitImageMode::External);
-        assert_eq!(config.explicit, ExplicitSettings::default());
-        let args = parse(&["-e", "A=1", "--env", "host", "--env-vars", "B=2", "app"]).unwrap();
-        assert_eq!(args.env.len(), 3);
-        assert!(parse(&["-e", "novalue", "app"]).is_err());
-        assert!(parse(&["-m", "lots", "app"]).is_err());
-        assert!(parse(&["-c", "0", "app"]).is_err());
-        assert!(parse(&[]).is_err());
-    }
-
-    #[test]
-    fn explicit_settings_and_image_mode() {
-        let config = parse(&[
-            "-m",
-            "64M",
-            "-c",
-            "1",
-            "-e",
-            "A=1",
-            "-e",
-            "host",
-            "--hermit-image-mode",
-            "internal",
-            "app",
-        ])
-        .unwrap()
-        .into_config();
-        assert_eq!(
-            config.explicit,
-            ExplicitSettings {
-                memory_size: true,
-                cpu_count: true,
-                env_keys: vec!["A".into()],
-            }
-        );
-        assert_eq!(config.hermit_image_mode, HermitImageMode::Internal);
-        let error = parse(&["--hermit-image-mode", "inline", "app"]).unwrap_err();
-        assert!(error.to_string().contains("external"), "{error}");
-    }
-
-    #[test]
-    fn confinement_options() {
-        let config = parse(&["app"]).unwrap().into_config();
-        assert_eq!(config.confinement, Confinement::default());
-        let config = parse(&["--file-isolation", "strict", "--seccomp", "none", "app"])
-            .unwrap()
-            .into_config();
-        assert_eq!(
-            config.confinement,
-            Confinement {
-                file_isolation: FileIsolation::Strict,
-                seccomp: SeccompMode::None,
-            }
-        );
-        assert!(parse(&["--file-isolation", "paranoid", "app"]).is_err());
-        assert!(parse(&["--seccomp", "normal", "app"]).is_err());
-    }
-
-    #[test]
-    fn output_targets() {
-        let config = |o: &str| parse(&["-o", o, "app"]).unwrap().into_config().output;
-        assert_eq!(config("none"), OutputTarget::None);
-        assert_eq!(config("log.txt"), OutputTarget::File("log.txt".into()));
-        assert_eq!(
-            parse(&["app"]).unwrap().into_config().output,
-            OutputTarget::Stdout
-        );
-    }
-
-    #[test]
-    fn values_that_are_not_utf8_name_their_option() {
-        use std::os::unix::ffi::OsStringExt;
-        let bad = || OsString::from_vec(b"x\xffy".to_vec());
-        for (option, value) in [
-            ("-m", bad()),
-            ("-c", bad()),
-            ("-a", bad()),
-            ("-e", bad()),
-            ("--file-mapping", bad()),
-        ] {
-            let args = ["uhyve".into(), option.into(), value, "app".into()];
-            let error = Args::try_parse_from(args).unwrap_err().to_string();
-            let long = match option {
-                "-m" => "--memory-size",
-                "-c" => "--cpu-count",
-                "-a" => "--affinity",
-                "-e" => "--env",
-                other => other,
-            };
-            assert!(error.contains(long), "{option}: {error}");
-            assert!(error.contains("not valid UTF-8"), "{option}: {error}");
-        }
-        // An output file is a host path: any bytes are fine.
-        let args = ["uhyve".into(), "-o".into(), bad(), "app".into()];
-        let config = Args::try_parse_from(args).unwrap().into_config();
-        assert_eq!(config.output, OutputTarget::File(PathBuf::from(bad())));
-    }
-}
+mod tests;
