@@ -93,6 +93,12 @@ pub struct Args {
     )]
     pub gdb_port: Option<GdbAddress>,
 
+    /// Give the guest a network device backed by this host interface (upstream's form:
+    /// tap:NAME). Accepted for compatibility: this uhyve has no network device yet, so the
+    /// option only prints a warning
+    #[arg(short = 'n', long, value_name = "tap:NAME", value_parser = utf8(|text| Ok(text.to_owned())))]
+    pub net: Option<String>,
+
     /// Read settings from this TOML file (upstream uhyve's schema) instead of ./uhyve.toml or
     /// $XDG_CONFIG_HOME/uhyve/uhyve.toml
     #[arg(long, env = "HERMIT_CONFIG", value_name = "FILE")]
@@ -339,7 +345,13 @@ fn init_logging(verbose: bool) {
 }
 
 /// Warns about options this uhyve accepts from upstream's command line but cannot honour.
-fn warn_about_ineffective_options(config: &VmConfig) {
+fn warn_about_ineffective_options(config: &VmConfig, net: Option<&str>) {
+    if let Some(net) = net {
+        log::warn!(
+            "-n/--net {net} has no effect: this uhyve has no network device yet; the guest runs \
+             without one"
+        );
+    }
     if let Some(address) = config.gdb {
         log::warn!(
             "-s/--gdb-port {address} has no effect: this uhyve has no GDB server yet; the guest \
@@ -366,8 +378,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         eprintln!("uhyve: error: {e}");
         return FAILURE_STATUS;
     }
+    let net = args.net.take();
     let config = args.into_config();
-    warn_about_ineffective_options(&config);
+    warn_about_ineffective_options(&config, net.as_deref());
     if let Err(e) = crate::signals::install_stop_handlers() {
         log::warn!("{e}; interrupting uhyve will not clean up");
     }
