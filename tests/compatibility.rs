@@ -20,27 +20,20 @@ const MISSING_KERNEL: &str = "/nonexistent/uhyve-compatibility-kernel";
 /// One table row: the names in its first cell, the example in its second.
 #[derive(Debug)]
 struct Row {
-    section: String,
     names: Vec<String>,
     example: String,
 }
 
 /// The rows of `docs/compatibility.md`'s tables whose first cell is a name in backticks.
 fn rows() -> Vec<Row> {
-    let mut section = String::new();
     let mut rows = Vec::new();
     for line in COMPATIBILITY.lines() {
-        if let Some(heading) = line.strip_prefix("## ") {
-            section = heading.to_owned();
-            continue;
-        }
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         if cells.len() < 4 || !cells[1].starts_with('`') {
             continue;
         }
         let unquote = |cell: &str| cell.trim_matches('`').to_owned();
         rows.push(Row {
-            section: section.clone(),
             names: unquote(cells[1]).split(", ").map(str::to_owned).collect(),
             example: unquote(cells[2]),
         });
