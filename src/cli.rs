@@ -113,8 +113,8 @@ pub struct Args {
     )]
     pub seccomp: Option<SeccompMode>,
 
-    /// Load a relocatable (PIE) kernel at the lowest allowed address instead of a random
-    /// 2 MiB-aligned one
+    /// Place guest RAM and a relocatable (PIE) kernel at the lowest allowed address instead of
+    /// a random 2 MiB-aligned one
     #[arg(long, help_heading = "Memory options")]
     pub no_aslr: bool,
 

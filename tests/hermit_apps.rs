@@ -214,3 +214,28 @@ fn float_workload_is_exact_on_one_vcpu() {
 fn float_workload_is_exact_on_two_vcpus() {
     float_workload_is_exact("float_workload_is_exact_on_two_vcpus", "2");
 }
+
+#[test]
+fn exit3_runs_with_its_ram_at_a_random_base() {
+    let test = "exit3_runs_with_its_ram_at_a_random_base";
+    let Some(path) = app(test, "exit3") else {
+        return;
+    };
+    // ASLR is on by default: RAM and the relocatable kernel move; the guest runs as at 0.
+    let random = run(&path, &["-v"], &[]);
+    random.assert_no_host_crash().assert_code(3);
+    assert!(
+        random.stderr.contains("(ASLR: 2 MiB-aligned RAM base "),
+        "{}",
+        random.report()
+    );
+    let lowest = run(&path, &["-v", "--no-aslr"], &[]);
+    lowest.assert_no_host_crash().assert_code(3);
+    assert!(
+        lowest
+            .stderr
+            .contains("kernel base 0x40000, guest RAM from 0x0 (ASLR off: the lowest base)"),
+        "{}",
+        lowest.report()
+    );
+}

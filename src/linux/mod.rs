@@ -1,6 +1,6 @@
 //! The KVM backend (Linux, x86_64). This is the only module that names kvm-ioctls: it creates the
-//! VM (memory slot, in-kernel irqchip, x2APIC API), creates vCPUs in the initial state computed by
-//! `crate::setup`, and turns KVM's exits into the backend-neutral
+//! VM (memory slots, in-kernel irqchip, x2APIC API), creates vCPUs in the initial state computed
+//! by `crate::setup`, and turns KVM's exits into the backend-neutral
 //! [`crate::hypervisor::VcpuExit`]. It depends only on `crate::hypervisor`, `crate::arch` and
 //! `crate::mem`.
 
@@ -9,7 +9,11 @@ mod vcpu;
 
 use std::io;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_enable_cap, kvm_userspace_memory_region};
+use std::sync::OnceLock;
+
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, kvm_enable_cap, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 
@@ -17,9 +21,10 @@ pub use self::probe::SimdExecution;
 pub use self::vcpu::{KvmCpu, KvmKick};
 use crate::arch::GuestArch;
 use crate::arch::x86_64::FallbackSimd;
+use crate::arch::x86_64::layout::LOW_MEMORY;
 use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick};
-use crate::mem::GuestMemory;
+use crate::mem::{GuestMemory, MemoryError};
 
 /// `KVM_CAP_X2APIC_API`.
 const CAP_X2APIC_API: u32 = 129;
@@ -45,6 +50,9 @@ pub enum KvmError {
     /// The vCPU kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(io::Error),
+    /// The zero-filled low memory could not be allocated.
+    #[error("cannot allocate the read-only low memory: {0}")]
+    LowMemory(MemoryError),
     /// An ioctl failed.
     #[error("KVM {operation} failed: {source}")]
     Ioctl {
@@ -62,9 +70,13 @@ pub(crate) fn ioctl_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Er
     }
 }
 
-/// A KVM virtual machine with guest RAM registered as memory slot 0.
+/// A KVM virtual machine with guest RAM registered as memory slot 0 (and, where RAM does not
+/// cover it, zero-filled read-only [`LOW_MEMORY`] as slot 1).
 pub struct KvmVm {
+    // Declared first, so dropped first: the VM goes before the memory it maps.
     vm: VmFd,
+    /// The zero-filled memory behind slot 1, once it is mapped.
+    low_memory: OnceLock<GuestMemory>,
     /// What KVM supports, read once; each vCPU gets an edited copy.
     supported_cpuid: kvm_bindings::CpuId,
     /// When this KVM cannot execute SIMD instructions: what the user-space fallback executes,
@@ -134,9 +146,35 @@ impl KvmVm {
         };
         Ok(Self {
             vm,
+            low_memory: OnceLock::new(),
             supported_cpuid,
             fallback_cpuid,
         })
+    }
+
+    /// Maps [`LOW_MEMORY`] zero-filled and read-only as slot 1 (a guest write there exits as
+    /// an MMIO write); without `KVM_CAP_READONLY_MEM` it stays unmapped.
+    fn map_low_memory(&self) -> Result<(), KvmError> {
+        if !self.vm.check_extension(Cap::ReadonlyMem) {
+            log::debug!("KVM lacks read-only memory slots: low memory stays unmapped");
+            return Ok(());
+        }
+        let size = LOW_MEMORY.end - LOW_MEMORY.start;
+        let zeros = GuestMemory::new(uhyve_interface::GuestPhysAddr::new(LOW_MEMORY.start), size)
+            .map_err(KvmError::LowMemory)?;
+        let zeros = self.low_memory.get_or_init(|| zeros);
+        let region = kvm_userspace_memory_region {
+            slot: 1,
+            flags: KVM_MEM_READONLY,
+            guest_phys_addr: zeros.base().as_u64(),
+            memory_size: zeros.size(),
+            userspace_addr: zeros.host_address() as u64,
+        };
+        // SAFETY: the region describes exactly the mapping owned by `zeros`, which lives in
+        // `self.low_memory` and is dropped after `self.vm` (field order), so KVM never reads
+        // host memory that is not this zero-filled area; read-only, KVM never writes it.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION (low memory)"))
     }
 }
 
@@ -165,6 +203,9 @@ impl Hypervisor for KvmVm {
         // guarantees outlives the VM, so KVM never accesses host memory that is not guest RAM.
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))?;
+        if mem.base().as_u64() >= LOW_MEMORY.end {
+            self.map_low_memory()?;
+        }
         Ok(())
     }
 

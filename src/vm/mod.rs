@@ -197,6 +197,7 @@ impl<H: Hypervisor + 'static> Vm<H> {
             mounts: input.fdt_mounts,
             initrd: image.initrd.clone(),
             pre_0_10_kernel: image.kernel.generation() == crate::loader::KernelGeneration::Legacy,
+            aslr_random: aslr_random(config),
         };
         let guest =
             setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {
@@ -239,6 +240,24 @@ impl<H: Hypervisor + 'static> Vm<H> {
             path: config.kernel.clone(),
             guest,
         })
+    }
+}
+
+/// The random value the kernel base is drawn from, if ASLR is on (`--no-aslr` turns it off). If
+/// the operating system cannot give one, the kernel goes to the lowest base, with a warning.
+fn aslr_random(config: &VmConfig) -> Option<u64> {
+    if !config.tuning.aslr {
+        return None;
+    }
+    match setup::aslr::os_random() {
+        Ok(random) => Some(random),
+        Err(error) => {
+            log::warn!(
+                "ASLR is off for this run: the operating system's random source failed ({error}); \
+                 a relocatable kernel goes to the lowest base"
+            );
+            None
+        }
     }
 }
 
