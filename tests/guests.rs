@@ -37,6 +37,7 @@ const GUESTS: &[&str] = &[
     "hostile",
     "initrd",
     "page_fault",
+    "pit",
     "sandbox_race",
     "serial_buffer",
     "serial_byte",

@@ -193,6 +193,21 @@ fn threads_run_on_every_vcpu() {
     );
 }
 
+#[test]
+fn threads_run_with_cpu_pm_and_pit() {
+    let test = "threads_run_with_cpu_pm_and_pit";
+    let Some(path) = app(test, "threads") else {
+        return;
+    };
+    // The idle vCPU halts with whatever exits KVM leaves (tests/tuning.rs checks which), and
+    // the kernel ignores the in-kernel PIT: the application runs as without the options.
+    let run = run(&path, &["-c", "2", "--cpu-pm", "--pit"], &[]);
+    run.assert_no_host_crash()
+        .assert_success()
+        .assert_stdout_contains("threads: 2 threads on 2 vCPU(s) joined")
+        .assert_stdout_contains("threads: all checks passed");
+}
+
 fn float_workload_is_exact(test: &str, cpus: &str) {
     let Some(path) = app(test, "float") else {
         return;

@@ -162,3 +162,124 @@ fn statistics_work_with_aslr() {
         run.report()
     );
 }
+
+/// A decimal number the guest printed after `label`.
+fn printed_dec(run: &Run, label: &str) -> u64 {
+    let line = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(label))
+        .unwrap_or_else(|| panic!("the guest printed no {label:?}\n{}", run.report()));
+    line.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{label:?} {line:?}: {e}\n{}", run.report()))
+}
+
+#[test]
+fn pit_answers_the_guests_timer_ports() {
+    if !kvm_or_skip("pit_answers_the_guests_timer_ports") {
+        return;
+    }
+    let run = Uhyve::guest("pit").opts(["--pit", "-v"]).run();
+    run.assert_success();
+    // The status byte of channel 0 echoes what the guest programmed (access low/high byte,
+    // mode 2; bits 6 and 7 are the null-count flag and the output pin).
+    let status = printed_hex(&run, "status ");
+    assert_eq!(status & 0x3f, 0x34, "{}", run.report());
+    // The counter runs: a later reading differs, and both lie below the reload value.
+    let counter: Vec<u64> = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("counter "))
+        .map(|values| {
+            values
+                .split(' ')
+                .map(|value| u64::from_str_radix(value.trim_start_matches("0x"), 16).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(counter.len(), 2, "{}", run.report());
+    assert_ne!(counter[0], counter[1], "{}", run.report());
+    assert!(printed_dec(&run, "reads ") < 1000, "{}", run.report());
+    // Port 0x61 is not part of it (no dummy speaker): uhyve's all-ones, as without --pit.
+    assert_eq!(printed_hex(&run, "port61 "), 0xff, "{}", run.report());
+    assert!(
+        run.stderr
+            .contains("--pit: KVM emulates an i8254 PIT (ports 0x40-0x43)"),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn without_pit_the_timer_ports_read_as_all_ones() {
+    if !kvm_or_skip("without_pit_the_timer_ports_read_as_all_ones") {
+        return;
+    }
+    // uhyve's answer to a port no device owns: writes are ignored, reads give all-ones.
+    let run = Uhyve::guest("pit").run();
+    run.assert_success()
+        .assert_stdout_contains("status 0xff\ncounter 0xffff 0xffff\nreads 1000\nport61 0xff\n");
+}
+
+/// What `KVM_CHECK_EXTENSION(KVM_CAP_X86_DISABLE_EXITS)` reports for a VM here, asked directly.
+fn idle_exits_kvm_offers() -> u32 {
+    /// `KVM_CAP_X86_DISABLE_EXITS`.
+    const CAP: libc::c_ulong = 143;
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+    u32::try_from(vm.check_extension_raw(CAP)).unwrap_or(0)
+}
+
+/// The names uhyve gives the `KVM_X86_DISABLE_EXITS_*` bits of `mask`, in their order.
+fn idle_exit_names(mask: u32) -> String {
+    [
+        (1, "MWAIT"),
+        (2, "HLT"),
+        (4, "PAUSE"),
+        (8, "C-state requests"),
+    ]
+    .iter()
+    .filter(|(bit, _)| mask & bit != 0)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+#[test]
+fn cpu_pm_disables_what_this_kvm_offers_and_guests_still_run() {
+    if !kvm_or_skip("cpu_pm_disables_what_this_kvm_offers_and_guests_still_run") {
+        return;
+    }
+    let offered = idle_exits_kvm_offers() & 0xf;
+    // Two vCPUs: both check in, then the secondary parks in a HLT loop while the first exits.
+    let run = Uhyve::guest("smp")
+        .opts(["--cpu-pm", "-v", "--cpu-count", "2"])
+        .args(["checkin"])
+        .run();
+    run.assert_code(102).assert_stdout_contains("checked in: 2");
+    if offered == 0 {
+        assert!(
+            run.stderr.contains(
+                "--cpu-pm has no effect on this host: KVM offers to run none of MWAIT, HLT, \
+                 PAUSE or C-state requests without exits"
+            ),
+            "{}",
+            run.report()
+        );
+    } else {
+        let enabled = format!(
+            "--cpu-pm: the guest's {} run without exits",
+            idle_exit_names(offered)
+        );
+        assert!(run.stderr.contains(&enabled), "{}", run.report());
+        assert!(!run.stderr.contains("no effect"), "{}", run.report());
+    }
+    // Without the option nothing is said about it.
+    let run = Uhyve::guest("smp")
+        .opts(["-v", "--cpu-count", "2"])
+        .args(["checkin"])
+        .run();
+    run.assert_code(102);
+    assert!(!run.stderr.contains("--cpu-pm"), "{}", run.report());
+}

@@ -162,7 +162,11 @@ fn check_cpus(config: &VmConfig) -> Result<(), VmError> {
 impl Vm<HostHypervisor> {
     /// Builds the VM described by `config` on this platform's hypervisor.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
-        Self::with_hypervisor(config, || Ok(HostHypervisor::create()?))
+        let features = crate::hypervisor::VmFeatures {
+            pit: config.tuning.pit,
+            cpu_power_management: config.tuning.cpu_power_management,
+        };
+        Self::with_hypervisor(config, move || Ok(HostHypervisor::create(features)?))
     }
 }
 
