@@ -46,6 +46,7 @@ fn hello_plan(aslr_random: Option<u64>) -> GuestPlan {
         initrd: None,
         pre_0_10_kernel: false,
         aslr_random,
+        ram_advice: Default::default(),
     }
 }
 
@@ -155,6 +156,7 @@ fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mo
         initrd: Some(InitialRamdisk(tar.clone().into())),
         pre_0_10_kernel: false,
         aslr_random: None,
+        ram_advice: Default::default(),
     };
     let guest = prepare_guest(bytes.clone(), &setup);
     let initrd = guest.initrd.clone().expect("an initrd range");

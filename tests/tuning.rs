@@ -283,3 +283,180 @@ fn cpu_pm_disables_what_this_kvm_offers_and_guests_still_run() {
     run.assert_code(102);
     assert!(!run.stderr.contains("--cpu-pm"), "{}", run.report());
 }
+
+/// A guest RAM size no other mapping of uhyve has: 46 MiB.
+const ODD_RAM_MIB: u64 = 46;
+
+/// A running uhyve process with the `spin` guest, killed when dropped.
+struct Spinning {
+    child: std::process::Child,
+}
+
+impl Spinning {
+    /// Starts the spin guest with `options` and `ODD_RAM_MIB` of RAM and waits until it spins.
+    fn start(options: &[&str]) -> Self {
+        use std::io::Read;
+        let mut child = std::process::Command::new(common::UHYVE_BIN)
+            .args(options)
+            .args(["--memory-size", &format!("{ODD_RAM_MIB}M")])
+            .arg(common::guest("spin"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start uhyve");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"spinning\n") {
+            match stdout.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => {
+                    let _ = child.kill();
+                    panic!("the guest ended early: {}", String::from_utf8_lossy(&seen));
+                }
+            }
+        }
+        Self { child }
+    }
+
+    /// The smaps block of the guest-RAM mapping (the one of `ODD_RAM_MIB`).
+    fn guest_ram_smaps(&self) -> String {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id()))
+            .expect("read smaps");
+        let size_kib = (ODD_RAM_MIB * 1024).to_string();
+        let is_guest_ram = |block: &String| {
+            block.lines().any(|line| {
+                line.strip_prefix("Size:")
+                    .and_then(|rest| rest.trim().strip_suffix(" kB"))
+                    == Some(size_kib.as_str())
+            })
+        };
+        // Blocks start with an address range line ("start-end perms …").
+        let mut blocks = Vec::new();
+        for line in smaps.lines() {
+            let header = line
+                .split(' ')
+                .next()
+                .is_some_and(|range| range.contains('-') && !range.ends_with(':'));
+            if header || blocks.is_empty() {
+                blocks.push(String::new());
+            }
+            let block = blocks.last_mut().expect("a block");
+            block.push_str(line);
+            block.push('\n');
+        }
+        let found: Vec<&String> = blocks.iter().filter(|b| is_guest_ram(b)).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "guest RAM mapping ({size_kib} kB) in:\n{smaps}"
+        );
+        found[0].clone()
+    }
+
+    /// Stops uhyve (SIGTERM) and returns its standard error.
+    fn stop(mut self) -> String {
+        use std::io::Read;
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+}
+
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `VmFlags` of an smaps block.
+fn vm_flags(block: &str) -> Vec<&str> {
+    block
+        .lines()
+        .find_map(|line| line.strip_prefix("VmFlags:"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
+}
+
+/// The `THPeligible` value of an smaps block.
+fn thp_eligible(block: &str) -> &str {
+    block
+        .lines()
+        .find_map(|line| line.strip_prefix("THPeligible:"))
+        .unwrap_or_default()
+        .trim()
+}
+
+/// The bracketed choice of a sysfs switch such as `always [madvise] never`, or its whole value.
+fn host_setting(path: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace()
+        .find_map(|word| word.strip_prefix('[')?.strip_suffix(']'))
+        .unwrap_or(text.trim())
+        .to_owned()
+}
+
+#[test]
+fn thp_and_ksm_mark_the_guest_ram_mapping() {
+    if !kvm_or_skip("thp_and_ksm_mark_the_guest_ram_mapping") {
+        return;
+    }
+    let thp_mode = host_setting("/sys/kernel/mm/transparent_hugepage/enabled");
+    let ksm_run = host_setting("/sys/kernel/mm/ksm/run");
+
+    let spinning = Spinning::start(&["--thp", "--ksm"]);
+    let block = spinning.guest_ram_smaps();
+    let stderr = spinning.stop();
+    let flags = vm_flags(&block);
+    assert!(flags.contains(&"hg"), "{block}");
+    assert!(flags.contains(&"mg"), "{block}");
+    // Eligible for huge pages unless the host switched them off.
+    let eligible = if thp_mode == "never" { "0" } else { "1" };
+    assert!(
+        thp_eligible(&block) == eligible,
+        "THP mode {thp_mode}:\n{block}"
+    );
+    // One warning each where the host has the feature switched off, none otherwise.
+    assert_eq!(
+        stderr.contains("--thp has no effect"),
+        thp_mode == "never",
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.contains(
+            "--ksm has no effect: guest RAM is marked for kernel samepage merging, \
+                         but this host has it switched off"
+        ),
+        ksm_run == "0",
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_thp_and_ksm_the_guest_ram_mapping_is_plain() {
+    if !kvm_or_skip("without_thp_and_ksm_the_guest_ram_mapping_is_plain") {
+        return;
+    }
+    let thp_mode = host_setting("/sys/kernel/mm/transparent_hugepage/enabled");
+    let spinning = Spinning::start(&[]);
+    let block = spinning.guest_ram_smaps();
+    let stderr = spinning.stop();
+    let flags = vm_flags(&block);
+    assert!(!flags.contains(&"hg"), "{block}");
+    assert!(!flags.contains(&"mg"), "{block}");
+    // In "madvise" mode only advised memory is eligible; "always" makes every mapping so.
+    let eligible = if thp_mode == "always" { "1" } else { "0" };
+    assert!(
+        thp_eligible(&block) == eligible,
+        "THP mode {thp_mode}:\n{block}"
+    );
+    assert!(!stderr.contains("has no effect"), "{stderr}");
+}

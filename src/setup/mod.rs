@@ -21,7 +21,7 @@ use crate::arch::layout_rules::{LayoutError, LayoutRules, RamLayout};
 use crate::boot::{self, BootError, BootParams, BootPlatform, FdtParams, InitialRamdisk};
 use crate::hypervisor::EntryRegisters;
 use crate::loader::{KernelImage, LoadError, LoadedKernel};
-use crate::mem::{GuestMemory, MemoryError};
+use crate::mem::{GuestMemory, MemoryError, RamAdvice};
 
 /// Why a guest could not be prepared.
 #[derive(Debug, Error)]
@@ -80,9 +80,11 @@ pub struct GuestPlan {
     pub initrd: Option<InitialRamdisk>,
     /// A kernel before Hermit 0.10 (x86_64: its boot map must cover the first GiB).
     pub pre_0_10_kernel: bool,
-    /// The random value the RAM base of a relocatable kernel is drawn from ([`aslr::place_guest`]);
-    /// `None` puts it at the lowest base (ASLR off).
+    /// The random value the RAM base of a relocatable kernel is drawn from
+    /// ([`aslr::place_guest`]); `None` puts it at the lowest base (ASLR off).
     pub aslr_random: Option<u64>,
+    /// What the host kernel is asked to do with guest RAM (`--thp`, `--ksm`).
+    pub ram_advice: RamAdvice,
 }
 
 /// A guest ready for its vCPUs: RAM with the kernel, tables and registers in place; the boot
@@ -251,6 +253,8 @@ fn load_guest(
     plan: &GuestPlan,
 ) -> Result<LoadedGuest, SetupError> {
     let mut mem = GuestMemory::new(layout.ram_base(), layout.ram_size())?;
+    // Before the kernel is copied in, so that its pages are already backed as asked.
+    mem.advise(plan.ram_advice);
     let base = layout.kernel_base();
     let slot = mem.slice_for_loading(GuestPhysAddr::new(base), image.footprint())?;
     let kernel = image.load(base, slot)?;

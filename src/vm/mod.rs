@@ -202,6 +202,10 @@ impl<H: Hypervisor + 'static> Vm<H> {
             initrd: image.initrd.clone(),
             pre_0_10_kernel: image.kernel.generation() == crate::loader::KernelGeneration::Legacy,
             aslr_random: aslr_random(config),
+            ram_advice: crate::mem::RamAdvice {
+                huge_pages: config.tuning.transparent_huge_pages,
+                mergeable: config.tuning.same_page_merging,
+            },
         };
         let guest =
             setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {
