@@ -29,6 +29,7 @@ const GUESTS: &[&str] = &[
     "bench_touch",
     "boot_info",
     "cpu_features",
+    "direct_io",
     "emulated",
     "exit_code",
     "fdt_mounts",

@@ -460,3 +460,110 @@ fn without_thp_and_ksm_the_guest_ram_mapping_is_plain() {
     );
     assert!(!stderr.contains("has no effect"), "{stderr}");
 }
+
+/// How the file system of `dir` treats `O_DIRECT`: `None` if it refuses to open a file with it,
+/// else whether it takes an unaligned write (tmpfs does on recent kernels, ext4 does not).
+fn o_direct_support(dir: &std::path::Path) -> Option<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("o_direct-probe");
+    let opened = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let unaligned = opened.ok().map(|mut file| file.write(b"abc").is_ok());
+    let _ = std::fs::remove_file(&path);
+    unaligned
+}
+
+/// Runs `direct_io` on `guest_path` with `--io-mode mode`, `dir` mapped at `/data` and the
+/// private temp directory in `dir` too.
+fn direct_io(dir: &std::path::Path, mode: &str, guest_path: &str) -> Run {
+    let mapping = format!("{}:/data", dir.display());
+    let tempdir = dir.display().to_string();
+    let run = Uhyve::guest("direct_io")
+        .opts(["--io-mode", mode, "--file-mapping", &mapping])
+        .opts(["--tempdir", &tempdir])
+        .args([guest_path])
+        .run();
+    run.assert_no_host_crash().assert_success();
+    run
+}
+
+#[test]
+fn direct_io_takes_whole_blocks_and_fails_cleanly_where_the_file_system_refuses() {
+    if !kvm_or_skip("direct_io_takes_whole_blocks_and_fails_cleanly_where_the_file_system_refuses")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(unaligned_ok) = o_direct_support(dir.path()) else {
+        panic!(
+            "the file system of {} refuses O_DIRECT: run the tests with TMPDIR on one that takes it",
+            dir.path().display()
+        );
+    };
+    // A mapped file and one in the private temp directory (an unmapped path).
+    for path in ["/data/direct.bin", "/scratch/direct.bin"] {
+        let run = direct_io(dir.path(), "host=direct,sync", path);
+        run.assert_stdout_contains("aligned write 8192\naligned read 8192\n")
+            .assert_stdout_contains("aligned compare: ok\n");
+        if unaligned_ok {
+            run.assert_stdout_contains("unaligned read 100\nunaligned write 10\n");
+        } else {
+            // The host's EINVAL reaches the guest as its errno (v1 FileWrite: 0 bytes).
+            run.assert_stdout_contains("unaligned read -22\nunaligned write 0\n");
+        }
+    }
+    // The data the guest wrote is on the host.
+    let data = std::fs::read(dir.path().join("direct.bin")).unwrap();
+    assert_eq!(data.len(), 8192);
+    assert!(
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i * 7 + 1) as u8)
+    );
+}
+
+#[test]
+fn without_direct_io_unaligned_transfers_work() {
+    if !kvm_or_skip("without_direct_io_unaligned_transfers_work") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["default", "host=sync"] {
+        direct_io(dir.path(), mode, "/data/plain.bin")
+            .assert_stdout_contains("aligned compare: ok\n")
+            .assert_stdout_contains("unaligned read 100\nunaligned write 10\n");
+    }
+}
+
+#[test]
+fn file_operations_work_with_direct_and_sync_io_on_tmpfs() {
+    if !kvm_or_skip("file_operations_work_with_direct_and_sync_io_on_tmpfs") {
+        return;
+    }
+    // tmpfs takes O_DIRECT for transfers of any size (Linux 6.6 and later).
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(dir) if o_direct_support(dir.path()) == Some(true) => dir,
+        _ => {
+            eprintln!(
+                "SKIPPED file_operations_work_with_direct_and_sync_io_on_tmpfs: no /dev/shm \
+                 that takes unaligned O_DIRECT transfers"
+            );
+            return;
+        }
+    };
+    let mapping = format!("{}:/data", dir.path().display());
+    let tempdir = dir.path().display().to_string();
+    let run = Uhyve::guest("file_ops")
+        .opts(["--io-mode", "host=direct,sync", "--file-mapping", &mapping])
+        .opts(["--tempdir", &tempdir])
+        .args(["/data/kept.txt", "keep"])
+        .run();
+    run.assert_all_ok();
+    let content = std::fs::read_to_string(dir.path().join("kept.txt")).unwrap();
+    assert_eq!(content, "hello file\n");
+}
