@@ -220,7 +220,7 @@ struct Placed {
 }
 
 /// Places RAM and `image` under `rules` as `plan` says, after checking the memory size.
-fn place_kernel(
+fn place_ram_and_kernel(
     image: &KernelImage,
     rules: &LayoutRules,
     plan: &GuestPlan,

@@ -251,8 +251,9 @@ impl<H: Hypervisor + 'static> Vm<H> {
     }
 }
 
-/// The random value the kernel base is drawn from, if ASLR is on (`--no-aslr` turns it off). If
-/// the operating system cannot give one, the kernel goes to the lowest base, with a warning.
+/// The random value the RAM base (and with it a relocatable kernel's) is drawn from, if ASLR is
+/// on (`--no-aslr` turns it off). If the operating system cannot give one, RAM and kernel stay
+/// at the lowest base, with a warning.
 fn aslr_random(config: &VmConfig) -> Option<u64> {
     if !config.tuning.aslr {
         return None;
@@ -262,7 +263,7 @@ fn aslr_random(config: &VmConfig) -> Option<u64> {
         Err(error) => {
             log::warn!(
                 "ASLR is off for this run: the operating system's random source failed ({error}); \
-                 a relocatable kernel goes to the lowest base"
+                 RAM and a relocatable kernel stay at the lowest base"
             );
             None
         }
