@@ -9,7 +9,10 @@
 //! `$OUT_DIR/guests/v2/<name>`: the same runtime compiled with `UHYVE_V2` plus
 //! `v2/rt/runtime_v2.c`, linked by `v2/rt/guest.ld` at 4 MiB above 4 GiB (where uhyve puts the
 //! RAM of such guests), as position-independent code so that the small code model still works
-//! there. The guests only exist for the x86_64 KVM integration tests, so on any other target
+//! there. Every `tests/guests/pie/*.c` is a position-independent (ET_DYN) v1 guest, built into
+//! `$OUT_DIR/guests/pie/<name>`: the same runtime compiled `-fpie`, linked `-static-pie` at 0 by
+//! `pie/rt/guest.ld`, so that uhyve's loader chooses its base and applies its relocations. The
+//! guests only exist for the x86_64 KVM integration tests, so on any other target
 //! nothing is built (the directory is still created, empty). On x86_64 Linux a C compiler is
 //! required: `gcc`, or the one named by `UHYVE_GUEST_CC` or `CC`.
 //!
@@ -53,6 +56,19 @@ const LDFLAGS: &[&str] = &[
     "-nostartfiles",
     "-static",
     "-no-pie",
+    "-Wl,--build-id=none",
+];
+
+/// Code generation of the position-independent guests: RIP-relative code; the addresses stored in
+/// data become R_X86_64_RELATIVE relocations.
+const PIE_CODEGEN: &[&str] = &["-fpie", "-mcmodel=small"];
+
+/// Linker flags of the position-independent guests: a static ET_DYN with its relocation table and
+/// PT_DYNAMIC, no interpreter.
+const PIE_LDFLAGS: &[&str] = &[
+    "-nostdlib",
+    "-nostartfiles",
+    "-static-pie",
     "-Wl,--build-id=none",
 ];
 
@@ -111,6 +127,7 @@ fn run() -> Result<(), String> {
     let v1 = GuestKind {
         sources: guest_src.clone(),
         codegen: V1_CODEGEN,
+        ldflags: LDFLAGS,
         runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
         linker_script: rt.join("guest.ld"),
         output: out_dir.clone(),
@@ -118,6 +135,7 @@ fn run() -> Result<(), String> {
     let v2_src = guest_src.join("v2");
     let v2 = GuestKind {
         codegen: V2_CODEGEN,
+        ldflags: LDFLAGS,
         runtime: vec![
             rt.join("start.S"),
             rt.join("runtime.c"),
@@ -127,7 +145,16 @@ fn run() -> Result<(), String> {
         output: out_dir.join("v2"),
         sources: v2_src,
     };
-    for kind in [v1, v2] {
+    let pie_src = guest_src.join("pie");
+    let pie = GuestKind {
+        codegen: PIE_CODEGEN,
+        ldflags: PIE_LDFLAGS,
+        runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
+        linker_script: pie_src.join("rt").join("guest.ld"),
+        output: out_dir.join("pie"),
+        sources: pie_src,
+    };
+    for kind in [v1, v2, pie] {
         if !kind.sources.is_dir() {
             continue;
         }
@@ -151,6 +178,8 @@ struct GuestKind {
     sources: PathBuf,
     /// Code-generation flags added to [`CFLAGS`].
     codegen: &'static [&'static str],
+    /// Linker flags.
+    ldflags: &'static [&'static str],
     /// Runtime sources linked into every guest.
     runtime: Vec<PathBuf>,
     /// The linker script.
@@ -197,7 +226,7 @@ fn compile_guest(
     command
         .args(CFLAGS)
         .args(kind.codegen)
-        .args(LDFLAGS)
+        .args(kind.ldflags)
         .arg("-T")
         .arg(&kind.linker_script)
         .arg("-o")

@@ -454,8 +454,9 @@ impl fmt::Display for GdbAddress {
 /// `--thp`, `--ksm`, `--pit`, `--cpu-pm` and `--io-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmTuning {
-    /// Load a relocatable (PIE) kernel at a random 2 MiB-aligned base (`--no-aslr` clears it);
-    /// a kernel linked at a fixed address always goes there.
+    /// Place guest RAM, and with it a relocatable (PIE) kernel, at a random 2 MiB-aligned base
+    /// (`--no-aslr` clears it; `crate::setup::aslr`); a kernel linked at a fixed address, or one
+    /// before Hermit 0.10, stays at the lowest base.
     pub aslr: bool,
     /// `madvise(MADV_HUGEPAGE)` on guest RAM (`--thp`, Linux).
     pub transparent_huge_pages: bool,

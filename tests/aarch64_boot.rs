@@ -36,24 +36,53 @@ fn prepare_guest(bytes: Vec<u8>, plan: &GuestPlan) -> PreparedGuest {
     guest
 }
 
+/// The plan of the first tests: 64 MiB, one vCPU, an argument.
+fn hello_plan(aslr_random: Option<u64>) -> GuestPlan {
+    GuestPlan {
+        ram_size: 64 << 20,
+        num_cpus: 1,
+        bootargs: "-- hello".into(),
+        mounts: Vec::new(),
+        initrd: None,
+        pre_0_10_kernel: false,
+        aslr_random,
+        ram_advice: Default::default(),
+    }
+}
+
 #[test]
 fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
     let Some(bytes) = image() else {
         return;
     };
-    let ram_size = 64 << 20;
-    let guest = prepare_guest(
-        bytes,
-        &GuestPlan {
-            ram_size,
-            num_cpus: 1,
-            bootargs: "-- hello".into(),
-            mounts: Vec::new(),
-            initrd: None,
-            pre_0_10_kernel: false,
-        },
-    );
-    let g = layout::RAM_BASE;
+    let guest = prepare_guest(bytes, &hello_plan(None));
+    assert_prepared_at(&guest, layout::RAM_BASE, 64 << 20);
+}
+
+#[test]
+fn with_aslr_the_real_aarch64_image_moves_with_its_ram() {
+    let Some(bytes) = image() else {
+        return;
+    };
+    let mut bases = std::collections::BTreeSet::new();
+    for random in [1, 1000, 0x1234_5678_9abc, u64::MAX] {
+        let guest = prepare_guest(bytes.clone(), &hello_plan(Some(random)));
+        let g = guest.mem.base().as_u64();
+        // 2 MiB-aligned, above the GIC, ending within the 36-bit address space.
+        assert_eq!(g % (2 << 20), 0, "{g:#x}");
+        assert!(
+            g >= layout::RAM_BASE && g + (64 << 20) <= 64 << 30,
+            "{g:#x}"
+        );
+        assert_prepared_at(&guest, g, 64 << 20);
+        bases.insert(g);
+    }
+    assert_eq!(bases.len(), 4, "{bases:x?}");
+}
+
+/// Checks the prepared `guest` with RAM `[g, g + ram_size)`: kernel, registers, tables, boot
+/// info and FDT where hermit-abi.md puts them relative to `g`.
+fn assert_prepared_at(guest: &PreparedGuest, g: u64, ram_size: u64) {
     let kernel_base = g + 0x4_0000;
     let entry = kernel_base + 0x64c4c;
     assert_eq!(guest.kernel.entry_point, entry);
@@ -97,8 +126,9 @@ fn the_real_aarch64_image_is_prepared_as_hvf_will_run_it() {
     guest.mem.read(guest.fdt, &mut fdt).unwrap();
     assert_eq!(&fdt[..4], &0xd00d_feedu32.to_be_bytes());
     let text = String::from_utf8_lossy(&fdt);
+    let memory_node = format!("memory@{g:x}");
     for needle in [
-        "memory@10000000",
+        memory_node.as_str(),
         "intc@8000000",
         "arm,gic-v3",
         "arm,armv8-timer",
@@ -125,6 +155,8 @@ fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mo
         mounts: Vec::new(),
         initrd: Some(InitialRamdisk(tar.clone().into())),
         pre_0_10_kernel: false,
+        aslr_random: None,
+        ram_advice: Default::default(),
     };
     let guest = prepare_guest(bytes.clone(), &setup);
     let initrd = guest.initrd.clone().expect("an initrd range");

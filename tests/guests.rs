@@ -11,7 +11,7 @@ use std::fs;
 use std::process::Command;
 
 use common::sandbox::{SECRET, Sandbox};
-use common::{Uhyve, all_guests, all_v2_guests, guest, kvm_or_skip};
+use common::{Uhyve, all_guests, all_v2_guests, guest, kvm_or_skip, pie_guest};
 
 /// The guest that uses SSE/XSAVE instructions on purpose, to test uhyve's emulation fallback.
 const EMULATION_GUEST: &str = "emulated";
@@ -29,6 +29,7 @@ const GUESTS: &[&str] = &[
     "bench_touch",
     "boot_info",
     "cpu_features",
+    "direct_io",
     "emulated",
     "exit_code",
     "fdt_mounts",
@@ -37,6 +38,7 @@ const GUESTS: &[&str] = &[
     "hostile",
     "initrd",
     "page_fault",
+    "pit",
     "sandbox_race",
     "serial_buffer",
     "serial_byte",
@@ -114,7 +116,9 @@ fn guests_use_general_purpose_registers_only() {
     // The v2/v3 guests of tests/guests/v2/ (tested by tests/guests_v2.rs) run on the same KVM.
     let v2_guests = all_v2_guests();
     assert!(!v2_guests.is_empty(), "no v2/v3 guest was built");
-    for path in all_guests().into_iter().chain(v2_guests) {
+    // So do the position-independent guests of tests/guests/pie/ (tests/tuning.rs).
+    let pie_guests = vec![pie_guest("aslr")];
+    for path in all_guests().into_iter().chain(v2_guests).chain(pie_guests) {
         let emulation_guest = SIMD_GUESTS
             .iter()
             .any(|name| path.file_name() == Some(std::ffi::OsStr::new(name)));

@@ -193,6 +193,21 @@ fn threads_run_on_every_vcpu() {
     );
 }
 
+#[test]
+fn threads_run_with_cpu_pm_and_pit() {
+    let test = "threads_run_with_cpu_pm_and_pit";
+    let Some(path) = app(test, "threads") else {
+        return;
+    };
+    // The idle vCPU halts with whatever exits KVM leaves (tests/tuning.rs checks which), and
+    // the kernel ignores the in-kernel PIT: the application runs as without the options.
+    let run = run(&path, &["-c", "2", "--cpu-pm", "--pit"], &[]);
+    run.assert_no_host_crash()
+        .assert_success()
+        .assert_stdout_contains("threads: 2 threads on 2 vCPU(s) joined")
+        .assert_stdout_contains("threads: all checks passed");
+}
+
 fn float_workload_is_exact(test: &str, cpus: &str) {
     let Some(path) = app(test, "float") else {
         return;
@@ -213,4 +228,29 @@ fn float_workload_is_exact_on_one_vcpu() {
 #[test]
 fn float_workload_is_exact_on_two_vcpus() {
     float_workload_is_exact("float_workload_is_exact_on_two_vcpus", "2");
+}
+
+#[test]
+fn exit3_runs_with_its_ram_at_a_random_base() {
+    let test = "exit3_runs_with_its_ram_at_a_random_base";
+    let Some(path) = app(test, "exit3") else {
+        return;
+    };
+    // ASLR is on by default: RAM and the relocatable kernel move; the guest runs as at 0.
+    let random = run(&path, &["-v"], &[]);
+    random.assert_no_host_crash().assert_code(3);
+    assert!(
+        random.stderr.contains("(ASLR: 2 MiB-aligned RAM base "),
+        "{}",
+        random.report()
+    );
+    let lowest = run(&path, &["-v", "--no-aslr"], &[]);
+    lowest.assert_no_host_crash().assert_code(3);
+    assert!(
+        lowest
+            .stderr
+            .contains("kernel base 0x40000, guest RAM from 0x0 (ASLR off: the lowest base)"),
+        "{}",
+        lowest.report()
+    );
 }

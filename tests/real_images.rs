@@ -93,3 +93,23 @@ fn the_first_fallback_logs_one_warning() {
         .count();
     assert!(warnings <= 1, "{}", run.report());
 }
+
+#[test]
+fn a_kernel_before_hermit_0_10_keeps_its_ram_at_0_with_aslr_on() {
+    let test = "a_kernel_before_hermit_0_10_keeps_its_ram_at_0_with_aslr_on";
+    let Some(path) = image(test, "x86_64-hello_world") else {
+        return;
+    };
+    // ASLR is on by default; this relocatable 0.6.9 kernel needs its RAM at 0 all the same.
+    let run = run_image(path, &["-v"]);
+    run.assert_no_host_crash()
+        .assert_success()
+        .assert_stdout_contains("Hello, world!\n");
+    assert!(
+        run.stderr.contains(
+            "kernel base 0x40000, guest RAM from 0x0 (ASLR not applied: kernels before Hermit 0.10"
+        ),
+        "{}",
+        run.report()
+    );
+}

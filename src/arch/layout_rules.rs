@@ -214,6 +214,26 @@ impl LayoutRules {
 }
 
 impl LayoutRules {
+    /// The same rules with RAM starting at `ram_base` instead (address-space layout
+    /// randomisation, `crate::setup::aslr`): every address moves with it, and the largest RAM
+    /// shrinks so that RAM still ends within the same address range. `None` if `ram_base` lies
+    /// below the rules' own base, is not a multiple of the granule, or lies beyond that range.
+    pub fn moved_to(&self, ram_base: u64) -> Option<LayoutRules> {
+        let delta = ram_base.checked_sub(self.ram_base)?;
+        if !delta.is_multiple_of(self.granule) {
+            return None;
+        }
+        let page_tables =
+            self.page_tables.start.checked_add(delta)?..self.page_tables.end.checked_add(delta)?;
+        Some(LayoutRules {
+            ram_base,
+            max_memory: self.max_memory.checked_sub(delta)?,
+            page_tables,
+            pie_kernel_base: self.pie_kernel_base.checked_add(delta)?,
+            ..self.clone()
+        })
+    }
+
     /// Where an initial RAM disk of `len` bytes goes in RAM of `ram_size` bytes whose kernel image
     /// ends at `image_end`: on the first [`INITRD_ALIGN`] boundary at or after the image end. Like
     /// the kernel it must leave [`LayoutRules::min_free_after_image`] of RAM after its end rounded
@@ -352,6 +372,30 @@ mod tests {
             rules.place_initrd(start, 0, 64 * MIB),
             Err(LayoutError::EmptyInitrd)
         );
+    }
+
+    #[test]
+    fn moved_rules_keep_the_offsets_and_the_end_of_the_range() {
+        let rules = rules();
+        let moved = rules.moved_to(0x4000_0000).unwrap();
+        assert_eq!(moved.ram_base, 0x4000_0000);
+        assert_eq!(moved.pie_kernel_base, 0x4004_0000);
+        assert_eq!(moved.page_tables, 0x4001_1000..0x4003_8000);
+        assert_eq!(moved.ram_base + moved.max_memory, rules.max_memory);
+        assert_eq!(
+            (moved.min_memory, moved.granule, moved.boot_stack_size),
+            (rules.min_memory, rules.granule, rules.boot_stack_size)
+        );
+        // A kernel at the moved lowest base fits as it does at the original one.
+        assert_eq!(
+            moved.check_kernel_placement(0x4004_0000..0x4030_0000, 64 * MIB),
+            Ok(())
+        );
+        assert_eq!(rules.moved_to(0), Some(rules.clone()));
+        assert_eq!(rules.moved_to(0x1000), None);
+        assert_eq!(rules.moved_to(rules.max_memory + 2 * MIB), None);
+        let high = crate::arch::x86_64::layout::HIGH_RULES;
+        assert_eq!(high.moved_to(0), None);
     }
 
     #[test]

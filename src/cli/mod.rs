@@ -144,8 +144,8 @@ pub struct Args {
     #[arg(short = 'm', long, env = "HERMIT_MEMORY_SIZE", value_name = "SIZE", value_parser = utf8(parse_memory_size), help_heading = "Memory options")]
     pub memory_size: Option<MemorySize>,
 
-    /// Load a relocatable (PIE) kernel at the lowest allowed address instead of a random
-    /// 2 MiB-aligned one
+    /// Place guest RAM and a relocatable (PIE) kernel at the lowest allowed address instead of
+    /// a random 2 MiB-aligned one (kernels before Hermit 0.10 always stay there)
     #[arg(long, help_heading = "Memory options")]
     pub no_aslr: bool,
 

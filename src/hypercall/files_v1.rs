@@ -18,7 +18,7 @@ use uhyve_interface::{
     WriteParams,
 };
 
-use super::{CHUNK_SIZE, HypercallError, Hypercalls, chunk_len, read_retrying};
+use super::{AlignedBuffer, CHUNK_SIZE, HypercallError, Hypercalls, chunk_len, read_retrying};
 use crate::arch::GuestPageTables;
 use crate::hypervisor::VcpuError;
 use crate::isolation::GuestFd;
@@ -261,8 +261,9 @@ fn transfer<E>(
 
 thread_local! {
     /// Each vCPU thread's host buffer for moving guest data in chunks: allocated once, not zeroed
-    /// or freed per hypercall.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// or freed per hypercall, page aligned (for `--io-mode host=direct`).
+    static SCRATCH: std::cell::RefCell<AlignedBuffer> =
+        std::cell::RefCell::new(AlignedBuffer::default());
 }
 
 fn transfer_with<E>(
@@ -270,12 +271,10 @@ fn transfer_with<E>(
     tables: GuestPageTables,
     buf: GuestVirtAddr,
     total: u64,
-    host: &mut Vec<u8>,
+    host: &mut AlignedBuffer,
     step: &mut impl FnMut(&[Piece], &mut [u8], u64) -> Result<(usize, bool), E>,
 ) -> Result<Transferred, E> {
-    if host.len() < chunk_len(total) {
-        host.resize(chunk_len(total), 0);
-    }
+    let host = host.slice(chunk_len(total));
     let guest = GuestVirtMemory::new(mem, tables);
     let mut done = 0u64;
     while done < total {

@@ -7,7 +7,7 @@ use std::io::{self, SeekFrom};
 use uhyve_interface::v2::{LseekParamsV2, ReadParamsV2, WriteParamsV2};
 use uhyve_interface::{self as abi, GuestPhysAddr};
 
-use super::{Hypercalls, chunk_len, read_retrying};
+use super::{AlignedBuffer, Hypercalls, chunk_len, read_retrying};
 use crate::isolation::GuestFd;
 use crate::mem::GuestMemory;
 
@@ -39,7 +39,8 @@ impl Hypercalls {
             // A prompt without a newline must be visible before the guest waits for input.
             self.output.flush();
         }
-        let mut chunk = vec![0u8; chunk_len(len)];
+        let mut buffer = AlignedBuffer::default();
+        let chunk = buffer.slice(chunk_len(len));
         let mut done = 0u64;
         while done < len {
             let part = &mut chunk[..chunk_len(len - done)];
@@ -88,7 +89,8 @@ impl Hypercalls {
         mem.checked_range(buf, len).map_err(|_| abi::EFAULT)?;
         // A write to the console is one unit on it, even if it is copied in several chunks.
         let mut console = file.is_none().then(|| self.output.writer());
-        let mut chunk = vec![0u8; chunk_len(len)];
+        let mut buffer = AlignedBuffer::default();
+        let chunk = buffer.slice(chunk_len(len));
         let mut done = 0u64;
         while done < len {
             let part = &mut chunk[..chunk_len(len - done)];

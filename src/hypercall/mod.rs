@@ -409,6 +409,33 @@ fn chunk_len(len: u64) -> usize {
     len.min(CHUNK_SIZE) as usize
 }
 
+/// A host buffer for file data whose usable part starts on a page boundary: a host file opened
+/// with `O_DIRECT` (`--io-mode host=direct`) accepts only transfers through such memory (of whole
+/// blocks at block offsets, which the guest decides).
+#[derive(Debug, Default)]
+struct AlignedBuffer {
+    bytes: Vec<u8>,
+}
+
+impl AlignedBuffer {
+    /// The alignment of the usable part: a 4 KiB page, a multiple of every logical block size.
+    const ALIGN: usize = 4096;
+
+    /// The first `len` bytes of the usable part (at most [`CHUNK_SIZE`]; contents unspecified),
+    /// growing the buffer if needed.
+    fn slice(&mut self, len: usize) -> &mut [u8] {
+        let len = len.min(CHUNK_SIZE as usize);
+        let needed = len + Self::ALIGN;
+        if self.bytes.len() < needed {
+            self.bytes.resize(needed, 0);
+        }
+        let address = self.bytes.as_ptr().addr();
+        // Below ALIGN: the padding to the next page boundary, which `needed` leaves room for.
+        let offset = address.next_multiple_of(Self::ALIGN) - address;
+        &mut self.bytes[offset..offset + len]
+    }
+}
+
 /// One `read`, retried when interrupted by a signal unless the VM is stopping (a read from a
 /// terminal or pipe may block for ever; the vCPU kick interrupts it).
 fn read_retrying(

@@ -1076,3 +1076,13 @@ fn v3_stat_and_fstat_fill_the_file_attributes() {
     let ret = g.call_v2_ok(HypercallAddressV2::FileStat, params).ret;
     assert_eq!(ret, failed(abi::EFAULT));
 }
+
+#[test]
+fn file_data_buffers_are_page_aligned() {
+    let mut buffer = super::AlignedBuffer::default();
+    for len in [0, 1, 100, 4096, 5000, 65536, 1 << 20] {
+        let slice = buffer.slice(len);
+        assert_eq!(slice.as_ptr().addr() % 4096, 0, "{len}");
+        assert_eq!(slice.len(), len.min(65536), "{len}");
+    }
+}

@@ -185,6 +185,17 @@ pub enum HypervisorError {
     },
 }
 
+/// What the user asked of the hypervisor's VM besides RAM and vCPUs (`--pit`, `--cpu-pm`). A
+/// backend that cannot provide one of them says so in one warning and runs the guest without it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmFeatures {
+    /// An in-kernel i8254 programmable interval timer (x86_64 KVM).
+    pub pit: bool,
+    /// Let the guest's idle and spin-wait instructions (x86: HLT, MWAIT, PAUSE and C-state
+    /// requests) run without exits, where the hypervisor allows it.
+    pub cpu_power_management: bool,
+}
+
 /// One virtual CPU of a VM, driven by the thread that created it.
 pub trait VirtualCpu {
     /// The CPU id (0 for the boot CPU).

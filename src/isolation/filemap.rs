@@ -98,6 +98,7 @@ use super::IsolationError;
 use super::beneath::{self, LOOKUP_ONLY, open_beneath};
 use super::dir::{DT_DIR, DT_REG, DirEntry, d_type_of};
 use super::flags::checked_host_open_flags;
+use super::io_mode::{IoFlags, open_beneath_with};
 use super::mapping::{self, Anchor, HostTree, Mapping};
 use super::openfile::OpenFile;
 use super::status::{FileStatus, FileTime};
@@ -274,6 +275,8 @@ pub struct FileMap {
     temp: PrivateTempDir,
     /// When the map was made: the times reported for map-only directories.
     started: FileTime,
+    /// The flags `--io-mode` adds to every host file the guest opens.
+    io: IoFlags,
     state: Mutex<State>,
 }
 
@@ -317,8 +320,15 @@ impl FileMap {
             mappings: map,
             temp,
             started: FileTime::now(),
+            io: IoFlags::default(),
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Adds the flags of `mode` to every host file the guest opens from now on (`--io-mode`,
+    /// see [`super::io_mode`]).
+    pub fn set_io_mode(&mut self, mode: crate::params::IoMode) {
+        self.io = IoFlags::new(mode);
     }
 
     /// The private temp directory holding the files and directories the guest creates under
@@ -645,6 +655,7 @@ impl FileMap {
         mode: i32,
     ) -> Result<OpenFile, IsolationError> {
         let flags = OFlags::from_bits_retain(checked_host_open_flags(flags)?.cast_unsigned());
+        let io = self.io.for_open(flags);
         let mode = permission_bits(mode.cast_unsigned());
         let path = GuestPath::parse(guest_path)?;
         let mut state = self.lock_state();
@@ -660,9 +671,9 @@ impl FileMap {
                 if !writable && wants_modification(flags) {
                     return Err(IsolationError::ReadOnly(guest_path.to_owned()));
                 }
-                open_in(&base, rest, &path, flags, mode)
+                open_in(&base, rest, &path, flags, mode, io)
             }
-            Target::Unmapped => self.create_file(&mut state, &path, flags, mode),
+            Target::Unmapped => self.create_file(&mut state, &path, flags, mode, io),
             other => self.open_in_map(&state, other, &path, flags),
         }
     }
@@ -714,13 +725,15 @@ impl FileMap {
         }
     }
 
-    /// Creates the unmapped `path` (with `O_CREAT`) as a new file in the temp directory.
+    /// Creates the unmapped `path` (with `O_CREAT`) as a new file in the temp directory, with
+    /// the `--io-mode` flags `io`.
     fn create_file(
         &self,
         state: &mut State,
         path: &GuestPath<'_>,
         flags: OFlags,
         mode: Mode,
+        io: OFlags,
     ) -> Result<OpenFile, IsolationError> {
         if !flags.contains(OFlags::CREATE) {
             return Err(IsolationError::NotFound(path.raw.to_owned()));
@@ -730,8 +743,15 @@ impl FileMap {
         }
         let name = self.new_temp_name(state, &path.key, "file")?;
         let flags = flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::NONBLOCK;
-        let opened = open_beneath(self.temp.fd(), OsStr::new(&name), flags, mode)
-            .map_err(|source| host_error("create", self.temp.path(), &name, path, source))?;
+        let opened = open_beneath_with(self.temp.fd(), OsStr::new(&name), flags, mode, io)
+            .map_err(|source| {
+                // A file system that refuses the flags (O_DIRECT) does so after creating the
+                // file: remove it, the name is this attempt's own.
+                if !io.is_empty() {
+                    let _ = rustix::fs::unlinkat(self.temp.fd(), name.as_str(), AtFlags::empty());
+                }
+                host_error("create", self.temp.path(), &name, path, source)
+            })?;
         let file = finish_open(path.raw, opened, flags)?;
         log::debug!("guest file {:?} created as {name}", path.raw);
         Self::insert_created(state, path.key.clone(), Entry::CreatedFile(name));
@@ -1070,13 +1090,15 @@ fn open_parent(
     .map_err(|source| host_error("resolve", shown, &relative, path, source))
 }
 
-/// Opens `rest` below a host base (see the module documentation).
+/// Opens `rest` below a host base (see the module documentation), with the `--io-mode` flags
+/// `io`.
 fn open_in(
     base: &Base<'_>,
     rest: &[&str],
     path: &GuestPath<'_>,
     flags: OFlags,
     mode: Mode,
+    io: OFlags,
 ) -> Result<OpenFile, IsolationError> {
     let (fd, shown, relative, flags) = match base {
         Base::Directory { fd, shown, prefix } => {
@@ -1102,7 +1124,7 @@ fn open_in(
             (*parent, *shown, name.clone(), flags)
         }
     };
-    let opened = open_beneath(fd, &relative, flags | OFlags::NONBLOCK, mode)
+    let opened = open_beneath_with(fd, &relative, flags | OFlags::NONBLOCK, mode, io)
         .map_err(|source| host_error("open", shown, &relative.to_string_lossy(), path, source))?;
     finish_open(path.raw, opened, flags)
 }

@@ -12,7 +12,8 @@
 //! left-overs of killed processes are removed at the next start). [`FileMap::host_trees`] lists
 //! every reachable host tree with its descriptor, for a process confinement. [`FdTable`] hands out the guest's virtual file descriptors (3, 4, 5, … never
 //! reused; 0–2 are the console), and [`flags`] translates open flags and errno values between the
-//! Hermit (= Linux x86) numbering of the ABI and the host's.
+//! Hermit (= Linux x86) numbering of the ABI and the host's; [`io_mode`] adds the flags of
+//! `--io-mode` to every host file the guest opens.
 //!
 //! Besides host files, the map knows directories that exist only because mappings lie below them
 //! (with a synthetic listing) and read-only in-memory *virtual* files; an open descriptor is an
@@ -27,6 +28,7 @@ pub mod dir;
 pub mod fdtable;
 pub mod filemap;
 pub mod flags;
+pub mod io_mode;
 pub mod mapping;
 pub mod openfile;
 #[cfg(test)]

@@ -125,6 +125,16 @@ impl OpenFile {
         &self.path
     }
 
+    /// The host descriptor's file status flags (`fcntl(F_GETFL)`) of a host file that is not a
+    /// directory.
+    #[cfg(all(test, target_os = "linux"))]
+    pub(crate) fn host_status_flags(&self) -> Option<rustix::fs::OFlags> {
+        match &self.inner {
+            Inner::File(file) => rustix::fs::fcntl_getfl(file).ok(),
+            _ => None,
+        }
+    }
+
     /// What kind of file this is.
     pub fn kind(&self) -> FileKind {
         match &self.inner {

@@ -9,8 +9,10 @@
 //! after it was checked.
 //!
 //! [`virt`] is the one door to guest memory by guest-virtual address: through the guest's page
-//! tables, page by page, every piece checked here.
+//! tables, page by page, every piece checked here. [`advice`] asks the host kernel, on request,
+//! to back guest RAM with huge pages or to merge its identical pages.
 
+pub mod advice;
 pub mod virt;
 
 use std::mem::{MaybeUninit, size_of};
@@ -18,6 +20,8 @@ use std::mem::{MaybeUninit, size_of};
 use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
+
+pub use self::advice::RamAdvice;
 
 /// Failures of guest-memory accesses.
 #[derive(Debug, Error, PartialEq, Eq)]

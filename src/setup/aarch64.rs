@@ -3,7 +3,7 @@
 //! virtual address 0 to the window) and vCPU 0's registers (EL1h, MMU on, X0 = boot info). Plain
 //! Rust, so it is tested on any host, including x86_64 CI machines with the real aarch64 image.
 
-use super::{BootPlan, GuestPlan, PreparedGuest, SetupError, kernel_range, load_guest};
+use super::{BootPlan, GuestPlan, PreparedGuest, SetupError, load_guest, place_ram_and_kernel};
 use crate::arch::aarch64::layout::{FDT_MAX_SIZE, MemoryLayout, RamPlacement};
 use crate::arch::aarch64::{build_identity_map, initial_registers};
 use crate::boot::BootPlatform;
@@ -14,11 +14,10 @@ use crate::loader::KernelImage;
 /// left 0: the vCPU sets it from the PARange it reports (`crate::hvf::HvfCpu::new`).
 pub fn prepare(image: &KernelImage, plan: &GuestPlan) -> Result<PreparedGuest, SetupError> {
     let placement = RamPlacement::for_interface(image.interface_version());
-    let rules = placement.rules();
-    let range = kernel_range(image, rules, plan.ram_size)?;
-    let layout = MemoryLayout::placed(placement, plan.ram_size, range.clone())
+    let placed = place_ram_and_kernel(image, placement.rules(), plan)?;
+    let layout = MemoryLayout::with_rules(&placed.rules, plan.ram_size, placed.kernel)
         .map_err(SetupError::Placement)?;
-    let loaded = load_guest(image, rules, layout.ram_base().as_u64(), range, plan)?;
+    let loaded = load_guest(image, &placed.rules, &layout, plan)?;
     let ttbr0 = build_identity_map(&loaded.mem, &layout, loaded.map_end())?;
     let registers = initial_registers(
         loaded.kernel.entry_point,

@@ -4,10 +4,11 @@
 //! on x86_64 the GDT) and computes vCPU 0's registers; [`PreparedGuest::write_boot`] then writes
 //! the device tree and the boot info, once what they report is known (on x86_64 the TSC rate of
 //! vCPU 0). The architecture-specific parts are in [`x86_64`] and [`aarch64`]; the kernel's
-//! placement, the initial RAM disk, the TLS template and the device-tree size check exist once,
-//! here and in [`crate::boot`].
+//! placement (with its randomisation, [`aslr`]), the initial RAM disk, the TLS template and the
+//! device-tree size check exist once, here and in [`crate::boot`].
 
 pub mod aarch64;
+pub mod aslr;
 pub mod x86_64;
 
 use std::ops::Range;
@@ -16,11 +17,11 @@ use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
 
 use crate::arch::GuestArch;
-use crate::arch::layout_rules::{LayoutError, LayoutRules};
+use crate::arch::layout_rules::{LayoutError, LayoutRules, RamLayout};
 use crate::boot::{self, BootError, BootParams, BootPlatform, FdtParams, InitialRamdisk};
 use crate::hypervisor::EntryRegisters;
 use crate::loader::{KernelImage, LoadError, LoadedKernel};
-use crate::mem::{GuestMemory, MemoryError};
+use crate::mem::{GuestMemory, MemoryError, RamAdvice};
 
 /// Why a guest could not be prepared.
 #[derive(Debug, Error)]
@@ -49,6 +50,10 @@ pub enum SetupError {
     /// The boot info or device tree could not be built or written.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// Address-space layout randomisation chose a RAM base the layout rules cannot move to
+    /// (cannot happen: the choice stays within them).
+    #[error("guest RAM cannot start at {0:#x}")]
+    RamBase(u64),
 }
 
 impl SetupError {
@@ -75,6 +80,11 @@ pub struct GuestPlan {
     pub initrd: Option<InitialRamdisk>,
     /// A kernel before Hermit 0.10 (x86_64: its boot map must cover the first GiB).
     pub pre_0_10_kernel: bool,
+    /// The random value the RAM base of a relocatable kernel is drawn from
+    /// ([`aslr::place_guest`]); `None` puts it at the lowest base (ASLR off).
+    pub aslr_random: Option<u64>,
+    /// What the host kernel is asked to do with guest RAM (`--thp`, `--ksm`).
+    pub ram_advice: RamAdvice,
 }
 
 /// A guest ready for its vCPUs: RAM with the kernel, tables and registers in place; the boot
@@ -201,35 +211,61 @@ impl LoadedGuest {
     }
 }
 
-/// The guest-physical range `image` occupies under `rules`, after checking the memory size.
-fn kernel_range(
-    image: &KernelImage,
-    rules: &LayoutRules,
-    ram_size: u64,
-) -> Result<Range<u64>, SetupError> {
-    rules
-        .check_memory_size(ram_size)
-        .map_err(SetupError::MemorySize)?;
-    let base = image.load_base(rules.pie_kernel_base);
-    Ok(base..base.saturating_add(image.footprint()))
+/// Where RAM and the kernel go (see [`aslr`]).
+struct Placed {
+    /// The layout rules with RAM at its chosen base.
+    rules: LayoutRules,
+    /// The guest-physical range of the kernel image.
+    kernel: Range<u64>,
 }
 
-/// Creates guest RAM at `ram_base`, loads `image` at the start of `range` straight into it (no
-/// staging copy; untouched BSS stays unallocated) and places the initial RAM disk after it.
+/// Places RAM and `image` under `rules` as `plan` says, after checking the memory size.
+fn place_ram_and_kernel(
+    image: &KernelImage,
+    rules: &LayoutRules,
+    plan: &GuestPlan,
+) -> Result<Placed, SetupError> {
+    rules
+        .check_memory_size(plan.ram_size)
+        .map_err(SetupError::MemorySize)?;
+    let facts = aslr::ImageFacts {
+        relocatable: image.is_position_independent(),
+        pre_0_10_kernel: plan.pre_0_10_kernel,
+        lowest_base: image.load_base(rules.pie_kernel_base),
+        footprint: image.footprint(),
+        alignment: image.load_alignment(),
+    };
+    let placement = aslr::place_guest(rules, plan.ram_size, &facts, plan.aslr_random);
+    log::info!("{placement}");
+    let rules = rules
+        .moved_to(placement.ram_base)
+        .ok_or(SetupError::RamBase(placement.ram_base))?;
+    let kernel = placement.kernel_base..placement.kernel_base.saturating_add(facts.footprint);
+    Ok(Placed { rules, kernel })
+}
+
+/// Creates guest RAM of `layout`, loads `image` at the start of its kernel range straight into
+/// it (no staging copy; untouched BSS stays unallocated) and places the initial RAM disk after it.
 fn load_guest(
     image: &KernelImage,
     rules: &LayoutRules,
-    ram_base: u64,
-    range: Range<u64>,
+    layout: &RamLayout,
     plan: &GuestPlan,
 ) -> Result<LoadedGuest, SetupError> {
-    let mut mem = GuestMemory::new(GuestPhysAddr::new(ram_base), plan.ram_size)?;
-    let slot = mem.slice_for_loading(GuestPhysAddr::new(range.start), image.footprint())?;
-    let kernel = image.load(range.start, slot)?;
+    let mut mem = GuestMemory::new(layout.ram_base(), layout.ram_size())?;
+    // Before the kernel is copied in, so that its pages are already backed as asked.
+    mem.advise(plan.ram_advice);
+    let base = layout.kernel_base();
+    let slot = mem.slice_for_loading(GuestPhysAddr::new(base), image.footprint())?;
+    let kernel = image.load(base, slot)?;
     let initrd = match &plan.initrd {
         Some(InitialRamdisk(bytes)) => {
             let range = rules
-                .place_initrd(kernel.image_range.end, bytes.len() as u64, plan.ram_size)
+                .place_initrd(
+                    kernel.image_range.end,
+                    bytes.len() as u64,
+                    layout.ram_size(),
+                )
                 .map_err(SetupError::Placement)?;
             mem.write(GuestPhysAddr::new(range.start), bytes)?;
             log::info!(

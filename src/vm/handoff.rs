@@ -39,6 +39,7 @@ impl GuestInput {
             );
         }
         let mut files = FileMap::new(&config.file_mappings, config.tempdir.clone())?;
+        files.set_io_mode(config.tuning.io_mode);
         add_virtual_files(&mut files, image.virtual_files.clone())?;
         let mut args: Vec<OsString> = vec![config.kernel.clone().into_os_string()];
         args.extend(config.kernel_args.iter().cloned());

@@ -162,7 +162,11 @@ fn check_cpus(config: &VmConfig) -> Result<(), VmError> {
 impl Vm<HostHypervisor> {
     /// Builds the VM described by `config` on this platform's hypervisor.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
-        Self::with_hypervisor(config, || Ok(HostHypervisor::create()?))
+        let features = crate::hypervisor::VmFeatures {
+            pit: config.tuning.pit,
+            cpu_power_management: config.tuning.cpu_power_management,
+        };
+        Self::with_hypervisor(config, move || Ok(HostHypervisor::create(features)?))
     }
 }
 
@@ -197,6 +201,11 @@ impl<H: Hypervisor + 'static> Vm<H> {
             mounts: input.fdt_mounts,
             initrd: image.initrd.clone(),
             pre_0_10_kernel: image.kernel.generation() == crate::loader::KernelGeneration::Legacy,
+            aslr_random: aslr_random(config),
+            ram_advice: crate::mem::RamAdvice {
+                huge_pages: config.tuning.transparent_huge_pages,
+                mergeable: config.tuning.same_page_merging,
+            },
         };
         let guest =
             setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {
@@ -239,6 +248,25 @@ impl<H: Hypervisor + 'static> Vm<H> {
             path: config.kernel.clone(),
             guest,
         })
+    }
+}
+
+/// The random value the RAM base (and with it a relocatable kernel's) is drawn from, if ASLR is
+/// on (`--no-aslr` turns it off). If the operating system cannot give one, RAM and kernel stay
+/// at the lowest base, with a warning.
+fn aslr_random(config: &VmConfig) -> Option<u64> {
+    if !config.tuning.aslr {
+        return None;
+    }
+    match setup::aslr::os_random() {
+        Ok(random) => Some(random),
+        Err(error) => {
+            log::warn!(
+                "ASLR is off for this run: the operating system's random source failed ({error}); \
+                 RAM and a relocatable kernel stay at the lowest base"
+            );
+            None
+        }
     }
 }
 

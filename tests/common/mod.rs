@@ -80,6 +80,24 @@ pub fn all_v2_guests() -> Vec<PathBuf> {
     guests
 }
 
+/// The directory `build.rs` compiled the position-independent test guests (`tests/guests/pie/`)
+/// into.
+pub fn pie_guest_dir() -> PathBuf {
+    guest_dir().join("pie")
+}
+
+/// Path of the built position-independent test guest `name`; panics if `build.rs` did not
+/// produce it.
+pub fn pie_guest(name: &str) -> PathBuf {
+    let path = pie_guest_dir().join(name);
+    assert!(
+        path.is_file(),
+        "test guest {} was not built (expected by build.rs from tests/guests/pie/{name}.c)",
+        path.display()
+    );
+    path
+}
+
 /// Whether `/dev/kvm` can be opened read-write.
 pub fn kvm_usable() -> bool {
     OpenOptions::new()
@@ -123,6 +141,11 @@ impl Uhyve {
     /// A run of the built v2/v3 test guest `name`.
     pub fn v2_guest(name: &str) -> Self {
         Self::kernel(v2_guest(name))
+    }
+
+    /// A run of the built position-independent test guest `name`.
+    pub fn pie_guest(name: &str) -> Self {
+        Self::kernel(pie_guest(name))
     }
 
     /// A run of the kernel image at `path`.

@@ -213,8 +213,18 @@ impl MemoryLayout {
         ram_size: u64,
         kernel_image: Range<u64>,
     ) -> Result<Self, LayoutError> {
+        Self::with_rules(placement.rules(), ram_size, kernel_image)
+    }
+
+    /// [`MemoryLayout::new`] under `rules`: those of a [`RamPlacement`], possibly moved to
+    /// another RAM base ([`LayoutRules::moved_to`]).
+    pub fn with_rules(
+        rules: &LayoutRules,
+        ram_size: u64,
+        kernel_image: Range<u64>,
+    ) -> Result<Self, LayoutError> {
         Ok(Self {
-            ram: RamLayout::new(placement.rules(), ram_size, kernel_image)?,
+            ram: RamLayout::new(rules, ram_size, kernel_image)?,
         })
     }
 

@@ -70,6 +70,13 @@ pub const PIE_KERNEL_BASE: u64 = RAM_BASE + PIE_KERNEL_OFFSET;
 /// Largest guest RAM for v2/v3 guests: 4 GiB … 64 GiB.
 pub const HIGH_MAX_MEMORY: u64 = HIGH_RAM_LIMIT - HIGH_RAM_BASE;
 
+/// Real-mode memory below 1 MiB, where PC firmware keeps its tables: Hermit kernels read
+/// 0x9F000..0xA0000 and 0xF0000..0x10_0000 looking for an MP floating pointer (hermit-abi.md
+/// §9.1). Where guest RAM does not cover it (RAM moved by ASLR, or v2/v3 RAM at 4 GiB), the KVM
+/// backend maps it read-only and zero-filled, so the search finds nothing instead of stopping the
+/// VM with a read outside RAM.
+pub const LOW_MEMORY: Range<u64> = 0..0x10_0000;
+
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 16 * MIB;
 /// Largest guest RAM for v1 guests: RAM must end below the 32-bit hole at 3 GiB.
@@ -194,8 +201,18 @@ impl MemoryLayout {
         ram_size: u64,
         kernel_image: Range<u64>,
     ) -> Result<Self, LayoutError> {
+        Self::with_rules(placement.rules(), ram_size, kernel_image)
+    }
+
+    /// [`MemoryLayout::new`] under `rules`: those of a [`RamPlacement`], possibly moved to
+    /// another RAM base ([`LayoutRules::moved_to`]).
+    pub fn with_rules(
+        rules: &LayoutRules,
+        ram_size: u64,
+        kernel_image: Range<u64>,
+    ) -> Result<Self, LayoutError> {
         Ok(Self {
-            ram: RamLayout::new(placement.rules(), ram_size, kernel_image)?,
+            ram: RamLayout::new(rules, ram_size, kernel_image)?,
         })
     }
 

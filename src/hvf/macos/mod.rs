@@ -28,7 +28,9 @@ use xhypervisor::ffi as hv;
 use crate::arch::GuestArch;
 use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg, return_name};
-use crate::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick};
+use crate::hypervisor::{
+    EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick, VmFeatures,
+};
 use crate::mem::GuestMemory;
 
 pub use gic::GicError;
@@ -125,8 +127,21 @@ pub struct HvfVm {
 
 impl HvfVm {
     /// Creates the VM with the default configuration and the in-kernel GICv3 at the addresses
-    /// the device tree names.
-    pub fn create() -> Result<Self, HvfVmError> {
+    /// the device tree names. Of the `features`, Hypervisor.framework offers none: each one asked
+    /// for is one warning.
+    pub fn create(features: VmFeatures) -> Result<Self, HvfVmError> {
+        if features.pit {
+            log::warn!(
+                "--pit has no effect with Hypervisor.framework: the i8254 PIT is an x86 device, \
+                 and the guests here are aarch64"
+            );
+        }
+        if features.cpu_power_management {
+            log::warn!(
+                "--cpu-pm has no effect with Hypervisor.framework: it is a KVM setting \
+                 (KVM_CAP_X86_DISABLE_EXITS) that has no counterpart here"
+            );
+        }
         install_kick_handler()?;
         // SAFETY: hv_vm_create takes an optional config object; NULL selects the defaults.
         vm_call("hv_vm_create", unsafe { hv::hv_vm_create(ptr::null_mut()) })?;
