@@ -21,7 +21,8 @@ pub const FAILURE_STATUS: i32 = 1;
 #[derive(Debug, Parser)]
 #[command(
     name = "uhyve",
-    version,
+    // The package version, with the git commit when built from a checkout (see build.rs).
+    version = env!("UHYVE_VERSION"),
     override_usage = "uhyve [OPTIONS] <KERNEL> [KERNEL_ARGS]...",
     about = "A minimal, fast, secure hypervisor for Hermit unikernels",
     after_help = "Environment variables: HERMIT_MEMORY_SIZE (--memory-size), HERMIT_CPU_COUNT \
