@@ -107,7 +107,7 @@ mod harness {
         let mut bench = Bench::new(
             PathBuf::from(env!("CARGO_BIN_EXE_uhyve")),
             me,
-            PathBuf::from(env!("UHYVE_GUEST_DIR")),
+            PathBuf::from(uhyve_test_guests::GUEST_DIR),
             settings,
         );
         let started = Instant::now();

@@ -1,6 +1,6 @@
 //! Integration tests: the `uhyve` binary runs the tiny test guests of `tests/guests/` (built by
-//! `build.rs`) on real KVM, one behaviour per guest, and the real Hermit sample images when
-//! `UHYVE_TEST_IMAGES` names their directory. The first tests need no KVM: they check that every
+//! `tests/guest-images/build.rs`) on real KVM, one behaviour per guest, and the real Hermit sample
+//! images when `UHYVE_TEST_IMAGES` names their directory. The first tests need no KVM: they check that every
 //! built guest is a well-formed Hermit image and uses general-purpose registers only.
 #![cfg(kvm)]
 
@@ -20,7 +20,7 @@ const EMULATION_GUEST: &str = "emulated";
 /// that the fallback's stores respect page protection.
 const SIMD_GUESTS: &[&str] = &[EMULATION_GUEST, "cpu_features", "page_fault"];
 
-/// Guests build.rs must produce.
+/// Guests tests/guest-images/build.rs must produce.
 const GUESTS: &[&str] = &[
     "args_env",
     "bench_exit",

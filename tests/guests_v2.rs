@@ -1,11 +1,11 @@
 //! Integration tests of hypercall interfaces v2 and v3: the `uhyve` binary runs the tiny guests of
-//! `tests/guests/v2/` (built by `build.rs`, linked at 4 MiB above 4 GiB, where uhyve puts the RAM
-//! of such guests) on real KVM. Together they make every v2/v3 hypercall — Exit, the serial
-//! output and input calls, the file calls, and v3's Getdents, FileStat, FileFstat and Mkdir — from
-//! inside a guest, with good and hostile parameters: each guest prints `<case>: ok` per checked
-//! result, and these tests assert those lines, the exit status, the console output, and what
-//! happened on the host. The first tests need no KVM: they check that every v2/v3 guest is a
-//! well-formed Hermit image of the interface version it claims.
+//! `tests/guests/v2/` (built by `tests/guest-images/build.rs`, linked at 4 MiB above 4 GiB, where
+//! uhyve puts the RAM of such guests) on real KVM. Together they make every v2/v3 hypercall —
+//! Exit, the serial output and input calls, the file calls, and v3's Getdents, FileStat, FileFstat
+//! and Mkdir — from inside a guest, with good and hostile parameters: each guest prints
+//! `<case>: ok` per checked result, and these tests assert those lines, the exit status, the
+//! console output, and what happened on the host. The first tests need no KVM: they check that
+//! every v2/v3 guest is a well-formed Hermit image of the interface version it claims.
 #![cfg(kvm)]
 
 mod common;
@@ -18,7 +18,8 @@ use std::path::Path;
 use common::sandbox::{Sandbox, entries};
 use common::{Run, Uhyve, all_v2_guests, kvm_or_skip, v2_guest};
 
-/// The v2/v3 guests build.rs must produce, with the interface version each announces.
+/// The v2/v3 guests tests/guest-images/build.rs must produce, with the interface version each
+/// announces.
 const GUESTS: &[(&str, u32)] = &[
     ("v2_gating", 2),
     ("v3_console", 3),

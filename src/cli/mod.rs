@@ -34,7 +34,8 @@ Configuration file (upstream uhyve's TOML schema; the command line and the envir
 #[derive(Debug, Parser)]
 #[command(
     name = "uhyve",
-    version,
+    // The package version, with the git commit when built from a checkout (see build.rs).
+    version = env!("UHYVE_VERSION"),
     override_usage = "uhyve [OPTIONS] <KERNEL> [--] [KERNEL_ARGS]...",
     about = "A minimal, fast, secure hypervisor for Hermit unikernels",
     after_help = ENVIRONMENT_HELP,

@@ -22,17 +22,18 @@ pub const UHYVE_BIN: &str = env!("CARGO_BIN_EXE_uhyve");
 /// Default deadline for one uhyve run; `UHYVE_TEST_TIMEOUT` (seconds) overrides it.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The directory `build.rs` compiled the test guests into.
+/// The directory the `uhyve-test-guests` crate (`tests/guest-images/`) compiled the test guests
+/// into.
 pub fn guest_dir() -> PathBuf {
-    PathBuf::from(env!("UHYVE_GUEST_DIR"))
+    PathBuf::from(uhyve_test_guests::GUEST_DIR)
 }
 
-/// Path of the built test guest `name`; panics if `build.rs` did not produce it.
+/// Path of the built test guest `name`; panics if the guest build did not produce it.
 pub fn guest(name: &str) -> PathBuf {
     let path = guest_dir().join(name);
     assert!(
         path.is_file(),
-        "test guest {} was not built (expected by build.rs from tests/guests/{name}.c)",
+        "test guest {} was not built (expected from tests/guests/{name}.c by tests/guest-images/build.rs)",
         path.display()
     );
     path
@@ -51,17 +52,17 @@ pub fn all_guests() -> Vec<PathBuf> {
     guests
 }
 
-/// The directory `build.rs` compiled the v2/v3 test guests (`tests/guests/v2/`) into.
+/// The directory the v2/v3 test guests (`tests/guests/v2/`) were compiled into.
 pub fn v2_guest_dir() -> PathBuf {
     guest_dir().join("v2")
 }
 
-/// Path of the built v2/v3 test guest `name`; panics if `build.rs` did not produce it.
+/// Path of the built v2/v3 test guest `name`; panics if the guest build did not produce it.
 pub fn v2_guest(name: &str) -> PathBuf {
     let path = v2_guest_dir().join(name);
     assert!(
         path.is_file(),
-        "test guest {} was not built (expected by build.rs from tests/guests/v2/{name}.c)",
+        "test guest {} was not built (expected from tests/guests/v2/{name}.c by tests/guest-images/build.rs)",
         path.display()
     );
     path

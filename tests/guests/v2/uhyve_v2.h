@@ -20,7 +20,7 @@
 #define UHYVE_GUEST_V2_H
 
 #ifndef UHYVE_V2
-#error "v2/v3 guests are compiled with -DUHYVE_V2 (build.rs does so for tests/guests/v2/*.c)"
+#error "v2/v3 guests are compiled with -DUHYVE_V2 (tests/guest-images/build.rs does so for v2/*.c)"
 #endif
 
 #include "../uhyve.h"

@@ -1,0 +1,266 @@
+//! Build script of the `uhyve-test-guests` crate: compiles the tiny C test guests in
+//! `tests/guests/` into bootable Hermit-style ELF images under `$OUT_DIR/guests/<name>` and
+//! exports that directory to the crate as the compile-time environment variable
+//! `UHYVE_GUEST_DIR` (the crate's `GUEST_DIR`). uhyve uses this crate only as a dev-dependency,
+//! for its tests, benchmark and demo, so building or installing the `uhyve` binary never runs a C
+//! compiler.
+//!
+//! Every `tests/guests/*.c` is one guest; each is linked together with the shared runtime in
+//! `tests/guests/rt/` (`start.S`, `runtime.c`) using the linker script `rt/guest.ld`. Every
+//! `tests/guests/v2/*.c` is a guest of hypercall interface v2/v3, built into
+//! `$OUT_DIR/guests/v2/<name>`: the same runtime compiled with `UHYVE_V2` plus
+//! `v2/rt/runtime_v2.c`, linked by `v2/rt/guest.ld` at 4 MiB above 4 GiB (where uhyve puts the
+//! RAM of such guests), as position-independent code so that the small code model still works
+//! there. Every `tests/guests/pie/*.c` is a position-independent (ET_DYN) v1 guest, built into
+//! `$OUT_DIR/guests/pie/<name>`: the same runtime compiled `-fpie`, linked `-static-pie` at 0 by
+//! `pie/rt/guest.ld`, so that uhyve's loader chooses its base and applies its relocations. The
+//! guests only exist for the x86_64 KVM integration tests, so on any other target
+//! nothing is built (the directory is still created, empty). On x86_64 Linux a C compiler is
+//! required: `gcc`, or the one named by `UHYVE_GUEST_CC` or `CC`.
+//!
+//! The flags keep the guests to general-purpose registers: the KVM on the project's machines
+//! emulates every instruction and cannot execute SSE/AVX (see tests/guests/uhyve.h).
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Compiler flags shared by every guest translation unit.
+const CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-ffreestanding",
+    "-fno-builtin",
+    "-fno-tree-loop-distribute-patterns",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+    "-fcf-protection=none",
+    "-mgeneral-regs-only",
+    "-mno-red-zone",
+];
+
+/// Code generation of the v1 guests, linked in the low 2 GiB: absolute 32-bit addresses.
+const V1_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small"];
+
+/// Code generation of the v2/v3 guests, linked above 4 GiB: RIP-relative addressing keeps the
+/// small code model usable there (the image is still linked as a fixed-address ET_EXEC), and
+/// `UHYVE_V2` selects the v2 hypercall wrappers in the shared headers and runtime.
+const V2_CODEGEN: &[&str] = &["-fpie", "-mcmodel=small", "-DUHYVE_V2=1"];
+
+/// Linker flags: a static, non-PIE ET_EXEC laid out by the linker script of its kind.
+const LDFLAGS: &[&str] = &[
+    "-nostdlib",
+    "-nostartfiles",
+    "-static",
+    "-no-pie",
+    "-Wl,--build-id=none",
+];
+
+/// Code generation of the position-independent guests: RIP-relative code; the addresses stored in
+/// data become R_X86_64_RELATIVE relocations.
+const PIE_CODEGEN: &[&str] = &["-fpie", "-mcmodel=small"];
+
+/// Linker flags of the position-independent guests: a static ET_DYN with its relocation table and
+/// PT_DYNAMIC, no interpreter.
+const PIE_LDFLAGS: &[&str] = &[
+    "-nostdlib",
+    "-nostartfiles",
+    "-static-pie",
+    "-Wl,--build-id=none",
+];
+
+/// ELF header byte holding the OS ABI, and the value Hermit kernels carry there.
+const EI_OSABI: usize = 7;
+const ELFOSABI_STANDALONE: u8 = 0xFF;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: building the uhyve test guests failed: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env_var("CARGO_MANIFEST_DIR")?);
+    let out_dir = PathBuf::from(env_var("OUT_DIR")?).join("guests");
+    // The C sources stay beside the integration tests: this crate lives in `tests/guest-images/`.
+    let guest_src = manifest_dir.join("..").join("guests");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={}", guest_src.display());
+    println!("cargo:rerun-if-env-changed=UHYVE_GUEST_CC");
+    println!("cargo:rerun-if-env-changed=CC");
+    println!("cargo:rustc-env=UHYVE_GUEST_DIR={}", out_dir.display());
+
+    // Start empty so a guest whose source was removed does not linger.
+    if out_dir.exists() {
+        fs::remove_dir_all(&out_dir)
+            .map_err(|e| format!("cannot clear {}: {e}", out_dir.display()))?;
+    }
+    fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+
+    let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if target_arch != "x86_64" || target_os != "linux" {
+        // The guests only serve the KVM tests (the `kvm` alias above); other hosts do not need them.
+        return Ok(());
+    }
+    if !guest_src.is_dir() {
+        return Err(format!(
+            "the guest sources {} are missing",
+            guest_src.display()
+        ));
+    }
+
+    let cc = compiler();
+    let rt = guest_src.join("rt");
+    let v1 = GuestKind {
+        sources: guest_src.clone(),
+        codegen: V1_CODEGEN,
+        ldflags: LDFLAGS,
+        runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
+        linker_script: rt.join("guest.ld"),
+        output: out_dir.clone(),
+    };
+    let v2_src = guest_src.join("v2");
+    let v2 = GuestKind {
+        codegen: V2_CODEGEN,
+        ldflags: LDFLAGS,
+        runtime: vec![
+            rt.join("start.S"),
+            rt.join("runtime.c"),
+            v2_src.join("rt").join("runtime_v2.c"),
+        ],
+        linker_script: v2_src.join("rt").join("guest.ld"),
+        output: out_dir.join("v2"),
+        sources: v2_src,
+    };
+    let pie_src = guest_src.join("pie");
+    let pie = GuestKind {
+        codegen: PIE_CODEGEN,
+        ldflags: PIE_LDFLAGS,
+        runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
+        linker_script: pie_src.join("rt").join("guest.ld"),
+        output: out_dir.join("pie"),
+        sources: pie_src,
+    };
+    for kind in [v1, v2, pie] {
+        if !kind.sources.is_dir() {
+            continue;
+        }
+        fs::create_dir_all(&kind.output)
+            .map_err(|e| format!("cannot create {}: {e}", kind.output.display()))?;
+        for source in guest_sources(&kind.sources)? {
+            let Some(name) = source.file_stem() else {
+                continue;
+            };
+            let output = kind.output.join(name);
+            compile_guest(&cc, &kind, &source, &output)?;
+            mark_standalone(&output)?;
+        }
+    }
+    Ok(())
+}
+
+/// One family of guests: its sources, how they are compiled and linked, where they go.
+struct GuestKind {
+    /// The directory whose `*.c` files are the guests.
+    sources: PathBuf,
+    /// Code-generation flags added to [`CFLAGS`].
+    codegen: &'static [&'static str],
+    /// Linker flags.
+    ldflags: &'static [&'static str],
+    /// Runtime sources linked into every guest.
+    runtime: Vec<PathBuf>,
+    /// The linker script.
+    linker_script: PathBuf,
+    /// The directory the images go to.
+    output: PathBuf,
+}
+
+fn env_var(name: &str) -> Result<String, String> {
+    env::var(name).map_err(|e| format!("environment variable {name}: {e}"))
+}
+
+/// The C compiler: `UHYVE_GUEST_CC`, else `CC`, else `gcc`.
+fn compiler() -> OsString {
+    env::var_os("UHYVE_GUEST_CC")
+        .or_else(|| env::var_os("CC"))
+        .filter(|cc| !cc.is_empty())
+        .unwrap_or_else(|| OsString::from("gcc"))
+}
+
+/// Every `*.c` directly in the guest directory, sorted for a stable build order.
+fn guest_sources(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut sources = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.is_file() && path.extension().is_some_and(|ext| ext == "c") {
+            sources.push(path);
+        }
+    }
+    sources.sort();
+    Ok(sources)
+}
+
+fn compile_guest(
+    cc: &OsString,
+    kind: &GuestKind,
+    source: &Path,
+    output: &Path,
+) -> Result<(), String> {
+    let mut command = Command::new(cc);
+    command
+        .args(CFLAGS)
+        .args(kind.codegen)
+        .args(kind.ldflags)
+        .arg("-T")
+        .arg(&kind.linker_script)
+        .arg("-o")
+        .arg(output)
+        .args(&kind.runtime)
+        .arg(source);
+    let result = command.output().map_err(|e| {
+        format!(
+            "cannot run the C compiler {:?}: {e}. uhyve's test guests need gcc on x86_64 Linux \
+             (install it, e.g. `apt-get install gcc`, or point UHYVE_GUEST_CC at a compiler)",
+            cc
+        )
+    })?;
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    if !result.status.success() {
+        return Err(format!(
+            "{:?} failed ({}) compiling {}:\n{stderr}",
+            cc,
+            result.status,
+            source.display()
+        ));
+    }
+    for line in stderr.lines() {
+        println!("cargo:warning={}: {line}", source.display());
+    }
+    Ok(())
+}
+
+/// Sets EI_OSABI to ELFOSABI_STANDALONE like a real Hermit kernel (the linker writes 0 = SYSV,
+/// which the Hermit loader only warns about).
+fn mark_standalone(image: &Path) -> Result<(), String> {
+    let mut bytes = fs::read(image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    match bytes.get_mut(EI_OSABI) {
+        Some(byte) => *byte = ELFOSABI_STANDALONE,
+        None => return Err(format!("{} is not an ELF file", image.display())),
+    }
+    fs::write(image, &bytes).map_err(|e| format!("cannot write {}: {e}", image.display()))
+}
