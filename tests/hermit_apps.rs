@@ -31,16 +31,11 @@ fn run(path: &Path, options: &[&str], args: &[&str]) -> Run {
         .run()
 }
 
-/// The exit count of each vCPU from the `--stats` report (`vCPU N: M exits`).
+/// The exit count of each vCPU from the `--stats` table (the sum of its column).
 fn exits_per_vcpu(run: &Run) -> Vec<u64> {
-    run.stderr
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("vCPU ")?;
-            let (_, count) = rest.split_once(": ")?;
-            count.strip_suffix(" exits")?.parse().ok()
-        })
-        .collect()
+    common::stats_exit_table(&run.stdout)
+        .map(|(_, sums)| sums[1..].to_vec())
+        .unwrap_or_default()
 }
 
 /// A host directory mapped into the guest, holding `from-host.txt`.

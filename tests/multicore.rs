@@ -197,40 +197,6 @@ fn concurrent_output_is_never_mixed_within_a_line() {
 // ---- Options: --stats and --affinity ----
 
 /// The number in a `--stats` line `  <label>: <n> exits` or `  <label>: <n>`.
-/// The `VM exits:` table of `--stats` (on standard output): the heading's vCPU columns and,
-/// per vCPU, the sum of its column.
-fn exits_per_vcpu(stdout: &str) -> Option<(Vec<String>, Vec<u64>)> {
-    let mut lines = stdout
-        .lines()
-        .skip_while(|line| !line.starts_with("VM exits:"));
-    let heading: Vec<String> = lines
-        .next()?
-        .split_whitespace()
-        .skip(3)
-        .map(str::to_owned)
-        .collect();
-    let mut sums = vec![0; heading.len() + 1];
-    // Each cell is 8 characters wide and right-aligned, the total first, then one per vCPU; a
-    // vCPU without that exit has a blank cell: read the cells by position from the row's end.
-    let columns = sums.len();
-    for row in lines.take_while(|line| line.starts_with("  ")) {
-        let cells_start = row.len().checked_sub(8 * columns)?;
-        for (column, sum) in sums.iter_mut().enumerate() {
-            let cell = row.get(cells_start + 8 * column..cells_start + 8 * (column + 1))?;
-            *sum += cell.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    Some((heading, sums))
-}
-
-/// The `All VM exits: N` line of `--stats`.
-fn all_exits(stdout: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("All VM exits: "))
-        .and_then(|count| count.parse().ok())
-}
-
 #[test]
 fn stats_count_exits_per_vcpu() {
     if !kvm_or_skip("stats_count_exits_per_vcpu") {
@@ -238,7 +204,7 @@ fn stats_count_exits_per_vcpu() {
     }
     let run = smp("checkin", 2, &["--stats"]);
     assert_checked_in(&run, 2);
-    let Some((columns, sums)) = exits_per_vcpu(&run.stdout) else {
+    let Some((columns, sums)) = common::stats_exit_table(&run.stdout) else {
         panic!("--stats lacks the VM exits table\n{}", run.report());
     };
     // One column per vCPU, no more.
@@ -253,7 +219,12 @@ fn stats_count_exits_per_vcpu() {
         "the total column is not the per-vCPU sum\n{}",
         run.report()
     );
-    assert_eq!(all_exits(&run.stdout), Some(total), "{}", run.report());
+    assert_eq!(
+        common::stats_all_exits(&run.stdout),
+        Some(total),
+        "{}",
+        run.report()
+    );
     assert!(
         run.stdout.contains("CPU runtimes:\n  cpu 0: ") && run.stdout.contains("\n  cpu 1: "),
         "{}",
@@ -316,6 +287,7 @@ fn hello_world_runs_on_several_cpus() {
     };
     for cpus in ["2", "4"] {
         let run = Uhyve::kernel(&path)
+            .opts(common::KERNEL_0_6_9_ENV)
             .opts(["-c", cpus])
             .timeout(Duration::from_secs(300))
             .run();
@@ -343,6 +315,7 @@ fn hello_c_boots_every_application_processor() {
         let run = loop {
             attempts += 1;
             let run = Uhyve::kernel(&path)
+                .opts(common::KERNEL_0_6_9_ENV)
                 .opts(["-c", &cpus.to_string()])
                 .timeout(Duration::from_secs(300))
                 .run();

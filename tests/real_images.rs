@@ -12,6 +12,7 @@ use common::{Run, Uhyve, real_image as image};
 
 fn run_image(path: PathBuf, options: &[&str]) -> Run {
     Uhyve::kernel(path)
+        .opts(common::KERNEL_0_6_9_ENV)
         .opts(options.iter().copied())
         .timeout(Duration::from_secs(300))
         .run()
