@@ -235,7 +235,8 @@ fn external_mode_serves_the_archive_files_where_the_kernel_mounts() {
     let run = run_archive(&path, &["--hermit-image-mode", "external"], &[]);
     run.assert_no_host_crash()
         .assert_success()
-        .assert_stdout_contains("bootargs: -freq 2000 ")
+        // The kernel options come first (no environment or arguments follow here).
+        .assert_stdout_contains("bootargs: -freq 2000\n")
         .assert_stdout_contains("mount /data: data from the archive\n")
         .assert_stdout_contains("mount /srv: srv from the archive\n")
         .assert_stdout_lacks("mount /srv/www")
