@@ -141,19 +141,21 @@ mod tests {
             .collect()
     }
 
+    /// The host kernel takes both pieces of advice (a feature the host switched off is the one
+    /// accepted refusal). Whether the mark shows in smaps is checked on a uhyve process of its
+    /// own (`tests/tuning.rs`): read here, inside the test process whose other tests map and
+    /// unmap memory at the same time, it was once seen without the mark under load.
     #[test]
-    fn advice_marks_the_ram_mapping() {
+    fn the_host_kernel_takes_the_advice() {
         let mem = GuestMemory::new(GuestPhysAddr::new(0), 4 << 20).unwrap();
-        let start = mem.host_address() as usize;
-        let flags = vm_flags(start);
+        let flags = vm_flags(mem.host_address() as usize);
         assert!(!flags.iter().any(|f| f == "hg" || f == "mg"), "{flags:?}");
-        mem.advise(RamAdvice {
-            huge_pages: true,
-            mergeable: true,
-        });
-        let flags = vm_flags(start);
-        assert!(flags.iter().any(|f| f == "hg"), "{flags:?}");
-        assert!(flags.iter().any(|f| f == "mg"), "{flags:?}");
+        for piece in [HUGE_PAGES, MERGEABLE] {
+            match mem.advise_one(piece) {
+                Ok(()) => {}
+                Err(why) => assert!(why.contains("switched off"), "{}: {why}", piece.option),
+            }
+        }
     }
 
     #[test]
