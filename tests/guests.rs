@@ -31,6 +31,7 @@ const GUESTS: &[&str] = &[
     "cpu_features",
     "direct_io",
     "emulated",
+    "env_array",
     "exit_code",
     "fdt_mounts",
     "file_ops",
@@ -481,8 +482,9 @@ fn the_host_environment_reaches_the_guest_only_when_asked_for() {
     run.assert_all_ok()
         .assert_stdout_contains("envc=1\nenv=UHYVE_TEST_ADDED=new\n")
         .assert_stdout_lacks("from host");
+    // No environment is announced as one empty item (see `environment_arrays_old_kernels_leave_open_are_closed`).
     let run = uhyve().run();
-    run.assert_all_ok().assert_stdout_contains("envc=0\n");
+    run.assert_all_ok().assert_stdout_contains("envc=1\nenv=\n");
     // `-e host` passes it; `-e KEY=VALUE` entries apply on top, wherever `host` stands.
     let run = uhyve()
         .env_clear()
@@ -502,6 +504,38 @@ fn the_host_environment_reaches_the_guest_only_when_asked_for() {
         .assert_stdout_contains("env=UHYVE_TEST_OVERRIDDEN=from cli\n")
         .assert_stdout_lacks("env=UHYVE_TEST_OVERRIDDEN=from host\n")
         .assert_stdout_contains("env=UHYVE_TEST_ADDED=new\n");
+}
+
+/// Hermit kernels up to 0.8 never write the null that ends their environment array; uhyve finds the
+/// array by its `Vec` header and writes it, but only when exactly one array matches.
+#[test]
+fn environment_arrays_old_kernels_leave_open_are_closed() {
+    if !kvm_or_skip("environment_arrays_old_kernels_leave_open_are_closed") {
+        return;
+    }
+    for env in [
+        &[][..],
+        &["-e", "A=1"][..],
+        &["-e", "A=1", "-e", "B=2", "-e", "C=3"][..],
+    ] {
+        let run = Uhyve::guest("env_array").opts(env).run();
+        run.assert_all_ok()
+            .assert_stdout_contains("spare slot nulled: ok\n")
+            .assert_stdout_contains("other vec left alone: ok\n");
+    }
+    // No environment still gives the guest one (empty) item to find the array by.
+    Uhyve::guest("env_array")
+        .run()
+        .assert_all_ok()
+        .assert_stdout_contains("envc=1\n");
+    // Two arrays that both match: neither is written.
+    Uhyve::guest("env_array")
+        .opts(["-e", "A=1"])
+        .args(["ambiguous"])
+        .run()
+        .assert_all_ok()
+        .assert_stdout_contains("two matching arrays: first left alone: ok\n")
+        .assert_stdout_contains("two matching arrays: second left alone: ok\n");
 }
 
 #[test]

@@ -287,7 +287,6 @@ fn hello_world_runs_on_several_cpus() {
     };
     for cpus in ["2", "4"] {
         let run = Uhyve::kernel(&path)
-            .opts(common::KERNEL_0_6_9_ENV)
             .opts(["-c", cpus])
             .timeout(Duration::from_secs(300))
             .run();
@@ -315,7 +314,6 @@ fn hello_c_boots_every_application_processor() {
         let run = loop {
             attempts += 1;
             let run = Uhyve::kernel(&path)
-                .opts(common::KERNEL_0_6_9_ENV)
                 .opts(["-c", &cpus.to_string()])
                 .timeout(Duration::from_secs(300))
                 .run();

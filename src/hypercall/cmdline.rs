@@ -2,6 +2,10 @@
 //! device tree): [`GuestCommandLine`] as the VM was started with it, turned once, at start-up,
 //! into the counts and sizes Cmdsize announces and the NUL-terminated items Cmdval copies into the
 //! guest's slots. Cmdval never writes more, or other, items than Cmdsize announced.
+//!
+//! The kernels that make these calls leave their environment array without its terminating null
+//! (`env_array.rs`). So that the array can be found and closed, an empty environment is announced
+//! as one empty item, which Rust's standard library and newlib's `getenv` skip.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -10,6 +14,7 @@ use uhyve_interface::{
     CmdsizeParams, CmdvalParams, GuestPhysAddr, HypercallAddress, MAX_ARGC_ENVC,
 };
 
+use super::env_array::{EnvArrayClosing, close_env_array};
 use super::{HypercallError, HypercallOutcome, read_params, write_params};
 use crate::mem::GuestMemory;
 
@@ -59,13 +64,20 @@ impl CommandLineItems {
                 .map(|arg| nul_terminated(&[arg])),
             argsz.get(..argc).unwrap_or_default(),
         );
-        let env = announced_items(
+        let mut env = announced_items(
             cmdline
                 .env
                 .iter()
                 .map(|(key, value)| nul_terminated(&[key, OsStr::new("="), value])),
             envsz.get(..envc).unwrap_or_default(),
         );
+        if env.is_empty() {
+            // One empty item instead of none, so that Cmdval can find and close the kernel's
+            // environment array (see the module text).
+            env.push(vec![0]);
+            sizes.envc = 1;
+            sizes.envsz[0] = 1;
+        }
         Self { sizes, args, env }
     }
 
@@ -89,7 +101,21 @@ impl CommandLineItems {
         let params: CmdvalParams = read_params(mem, HypercallAddress::Cmdval, at)?;
         let (argv, envp) = (params.argv, params.envp);
         fill_slots(mem, argv, &self.args, ("argv array entry", "argv slot"))?;
-        fill_slots(mem, envp, &self.env, ("envp array entry", "envp slot"))?;
+        let env_slots = fill_slots(mem, envp, &self.env, ("envp array entry", "envp slot"))?;
+        match close_env_array(mem, envp, &env_slots) {
+            EnvArrayClosing::Closed(array) => log::debug!(
+                "Cmdval: wrote the missing null after the {} entries of the guest's environment \
+                 array at {:#x}",
+                env_slots.len(),
+                array.as_u64()
+            ),
+            EnvArrayClosing::AlreadyClosed(_) => {}
+            EnvArrayClosing::NotFound => log::debug!(
+                "Cmdval: the guest's environment array was not found near {:#x}; if the guest \
+                 faults while it starts, its kernel left the array without its null",
+                envp.as_u64()
+            ),
+        }
         Ok(HypercallOutcome::Continue)
     }
 }
@@ -114,13 +140,15 @@ fn nul_terminated(parts: &[&OsStr]) -> Vec<u8> {
     item
 }
 
-/// Writes item k into the buffer whose GPA is the k-th u64 of the array at `array`.
+/// Writes item k into the buffer whose GPA is the k-th u64 of the array at `array`. Returns
+/// those GPAs.
 fn fill_slots(
     mem: &GuestMemory,
     array: GuestPhysAddr,
     items: &[Vec<u8>],
     (entry_what, slot_what): (&'static str, &'static str),
-) -> Result<(), HypercallError> {
+) -> Result<Vec<u64>, HypercallError> {
+    let mut slots = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let entry_error = |address| HypercallError::SlotOutsideRam {
             hypercall: HypercallAddress::Cmdval.name(),
@@ -142,6 +170,7 @@ fn fill_slots(
                 index,
                 address: slot,
             })?;
+        slots.push(slot);
     }
-    Ok(())
+    Ok(slots)
 }

@@ -30,6 +30,7 @@
 //! compute step run by `serve` (or `try_serve`, when the step itself may stop the VM), which
 //! reads the block, runs the step and writes the block back. The calls themselves are served in
 //! * `cmdline.rs`: [`GuestCommandLine`] and the v1 Cmdsize/Cmdval;
+//! * `env_array.rs`: the terminating null old kernels leave out of their environment array;
 //! * `console.rs`: SerialWriteByte, SerialWriteBuffer and the reads of standard input;
 //! * `files.rs`: FileOpen, FileClose and FileUnlink, which both tables share, and guest paths;
 //! * `files_v1.rs`: the v1 FileRead/FileWrite with guest-virtual buffers, and FileLseek;
@@ -52,6 +53,7 @@ use crate::output::SerialOutput;
 
 mod cmdline;
 mod console;
+mod env_array;
 mod files;
 mod files_v1;
 mod files_v2;

@@ -360,8 +360,10 @@ fn cmdval_writes_only_the_announced_items() {
         env: Vec::new(),
     });
     let sizes = cmdsize_then_cmdval(&g);
-    let (argc, envc) = (sizes.argc, sizes.envc);
-    assert_eq!((argc, envc), (128, 0));
+    let (argc, envc, envsz) = (sizes.argc, sizes.envc, sizes.envsz);
+    // No environment is announced as one empty item (see `env_array.rs`).
+    assert_eq!((argc, envc, envsz[0]), (128, 1, 1));
+    assert_eq!(&g.bytes(0x60000, 2), b"\0\xAA");
     assert_eq!(&g.bytes(0x40000 + 0x100 * 127, 8), b"arg127\0\xAA");
     assert!(
         g.bytes(0x40000 + 0x100 * 128, 0x100)

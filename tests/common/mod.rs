@@ -529,19 +529,3 @@ pub fn stats_all_exits(stdout: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix("All VM exits: "))
         .and_then(|count| count.parse().ok())
 }
-
-/// Guest environment options for Hermit 0.6.9 images. That kernel corrupts its own heap while it
-/// sets up its file system (#GP or #PF, then it halts) when it starts with no arguments and fewer
-/// than four environment entries — which is this uhyve's default since the guest environment
-/// became empty unless `-e host` (as upstream's). Upstream uhyve never shows it because its
-/// Cmdsize announces the host's whole environment. The runs of those images give four entries.
-pub const KERNEL_0_6_9_ENV: [&str; 8] = [
-    "-e",
-    "UHYVE_TEST_1=1",
-    "-e",
-    "UHYVE_TEST_2=2",
-    "-e",
-    "UHYVE_TEST_3=3",
-    "-e",
-    "UHYVE_TEST_4=4",
-];
