@@ -36,5 +36,5 @@ pub mod signals;
 pub mod stats;
 pub mod vm;
 
-#[cfg(kvm)]
+#[cfg(any(kvm, kvm_arm))]
 pub mod linux;

@@ -2,7 +2,6 @@
 //! [`VcpuExit`].
 
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -14,7 +13,8 @@ use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
-use super::{KvmError, ioctl_error};
+use crate::linux::kick::{IOC_READ, IOC_WRITE, KickTarget, KvmKick, kvm_ioctl};
+use crate::linux::{KvmError, ioctl_error};
 use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
 use crate::arch::x86_64::{
     CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
@@ -31,17 +31,6 @@ const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_IA32_TSC: u32 = 0x10;
 /// `IA32_TSC_AUX` (what RDTSCP returns in ECX).
 const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
-
-/// `_IOC(direction, KVMIO, number, size)` of the Linux ioctl encoding (x86_64 and aarch64).
-const fn kvm_ioctl(direction: u64, number: u64, size: usize) -> u64 {
-    /// The KVM ioctl type.
-    const KVMIO: u64 = 0xae;
-    (direction << 30) | ((size as u64) << 16) | (KVMIO << 8) | number
-}
-/// `_IOC_WRITE`: user space passes data in.
-const IOC_WRITE: u64 = 1;
-/// `_IOC_READ`: the kernel passes data out.
-const IOC_READ: u64 = 2;
 
 /// Every ioctl a vCPU issues after its creation: `KVM_RUN` and what the exit handling, the
 /// emulation fallback (`X86Vcpu`) and crash reports read and write. The seccomp allowlist of the
@@ -64,56 +53,6 @@ pub(super) const RUN_IOCTLS: [u64; 12] = {
         kvm_ioctl(IOC_WRITE, 0xa7, size_of::<kvm_xcrs>()),            // KVM_SET_XCRS
     ]
 };
-
-/// The signal that interrupts a vCPU thread in `KVM_RUN` (its handler does nothing).
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
-}
-
-/// Installs the (empty) handler of the kick signal, without `SA_RESTART`, so that the signal
-/// makes `KVM_RUN` return `EINTR`. Idempotent.
-pub(super) fn install_kick_handler() -> Result<(), KvmError> {
-    crate::hypervisor::thread_kick::install_empty_handler(kick_signal())
-        .map_err(KvmError::KickHandler)
-}
-
-/// Interrupts one vCPU from another thread: sets `immediate_exit` in its `kvm_run` page (so a
-/// `KVM_RUN` about to start returns at once) and signals its thread (so a running one returns).
-/// Once the vCPU is gone a kick does nothing, so the handle may outlive it.
-#[derive(Clone)]
-pub struct KvmKick {
-    target: Arc<Mutex<Option<KickTarget>>>,
-}
-
-/// Where a kick goes while its vCPU exists.
-struct KickTarget {
-    /// `immediate_exit` in the vCPU's `kvm_run` mapping.
-    immediate_exit: *const AtomicU8,
-    /// The thread that created (and runs) the vCPU.
-    thread: libc::pthread_t,
-}
-
-// SAFETY: the pointer is only dereferenced by `KvmKick::kick`, under the mutex, while the target
-// is present — and `KvmCpu`'s `Drop` clears it, under the same mutex, before the mapping goes.
-// The pthread id is a plain value usable from any thread.
-unsafe impl Send for KickTarget {}
-
-impl KvmKick {
-    /// Makes the vCPU leave `KVM_RUN` as soon as possible; nothing if it no longer exists.
-    pub fn kick(&self) {
-        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(target) = target.as_ref() else {
-            return;
-        };
-        // SAFETY: while the target is present (we hold the lock) the vCPU exists, so the pointer
-        // addresses `immediate_exit` in its live kvm_run mapping; KVM reads that byte, user space
-        // may write it at any time.
-        unsafe { (*target.immediate_exit).store(1, Ordering::SeqCst) };
-        // SAFETY: the vCPU exists, so the thread that created it and drops it is alive; the
-        // signal has an empty handler, so delivering it only interrupts KVM_RUN.
-        unsafe { crate::hypervisor::thread_kick::interrupt(target.thread, kick_signal()) };
-    }
-}
 
 /// A KVM vCPU in long mode, ready to run the guest entry point.
 pub struct KvmCpu {
@@ -179,13 +118,7 @@ impl KvmCpu {
 
         let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz != 0);
         let mut fd = fd;
-        let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
-        let kick_target = Arc::new(Mutex::new(Some(KickTarget {
-            immediate_exit: immediate_exit.cast::<AtomicU8>(),
-            // SAFETY: pthread_self has no preconditions. This is the thread that creates the
-            // vCPU, which runs and drops it too.
-            thread: unsafe { libc::pthread_self() },
-        })));
+        let kick_target = KickTarget::of_current_thread(&mut fd);
         Ok(Self {
             id,
             fd,
