@@ -12,11 +12,12 @@ use std::process::Command;
 fn main() {
     // Each platform condition is written once, here: `kvm` where the x86_64 KVM backend runs
     // guests, `kvm_arm` where the aarch64 one does, `hvf` where the Hypervisor.framework backend
-    // does.
+    // does, `host_backend` where any of them does.
     cfg_aliases::cfg_aliases! {
         kvm: { all(target_os = "linux", target_arch = "x86_64") },
         kvm_arm: { all(target_os = "linux", target_arch = "aarch64") },
         hvf: { all(target_os = "macos", target_arch = "aarch64") },
+        host_backend: { any(kvm, kvm_arm, hvf) },
     }
     println!("cargo:rerun-if-changed=build.rs");
 

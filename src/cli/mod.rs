@@ -389,7 +389,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
 }
 
 /// Runs the guest and turns the result into uhyve's exit status.
-#[cfg(any(kvm, hvf))]
+#[cfg(host_backend)]
 fn run_guest(config: &crate::params::VmConfig) -> i32 {
     match crate::vm::run(config) {
         Ok(code) => code,
@@ -405,11 +405,11 @@ fn run_guest(config: &crate::params::VmConfig) -> i32 {
 }
 
 /// There is no backend on this platform: one clear line.
-#[cfg(not(any(kvm, hvf)))]
+#[cfg(not(host_backend))]
 fn run_guest(_config: &crate::params::VmConfig) -> i32 {
     eprintln!(
-        "uhyve: error: uhyve cannot run guests on this platform: it needs Linux on x86_64 (KVM) \
-         or macOS on Apple silicon (Hypervisor.framework)"
+        "uhyve: error: uhyve cannot run guests on this platform: it needs Linux with KVM on x86_64 \
+         or aarch64, or macOS on Apple silicon (Hypervisor.framework)"
     );
     FAILURE_STATUS
 }

@@ -8,7 +8,7 @@ fn parse(args: &[&str]) -> Result<Args, clap::Error> {
 
 /// Where no backend exists (e.g. Linux on aarch64, whose tests run under qemu-user in
 /// `.ci/aarch64-tests`), running a guest is one error line and a failure status.
-#[cfg(not(any(kvm, hvf)))]
+#[cfg(not(host_backend))]
 #[test]
 fn an_unsupported_platform_fails_with_a_status() {
     let config = parse(&["/nonexistent/kernel"]).unwrap().into_config();

@@ -13,12 +13,11 @@
 pub mod macos;
 
 use thiserror::Error;
-use uhyve_interface::v2::HypercallAddressV2;
-use uhyve_interface::{GuestPhysAddr, HypercallAddress};
+use uhyve_interface::GuestPhysAddr;
 
 use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
-use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
+use crate::hypervisor::aarch64::{GuestAccess, classify_access};
 use crate::hypervisor::{VcpuError, VcpuExit, VirtualCpu};
 
 /// A general register or PC/CPSR, as HVF names them.
@@ -237,51 +236,22 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
                 });
             }
         };
-        let offset = ipa.wrapping_sub(self.ram_base);
-        let in_window = ipa >= self.ram_base && offset < HYPERCALL_WINDOW_SIZE;
-        // A store to a v1 or v2/v3 hypercall address is a hypercall; a load of a v2/v3 address
-        // is a hypercall read (SerialReadByte).
-        let address = u16::try_from(offset).ok().filter(|_| in_window);
-        let v1 = address.filter(|&a| HypercallAddress::try_from(a).is_ok());
-        let v2 = address.filter(|&a| HypercallAddressV2::try_from(a).is_ok());
-        if let Some(address) = v1.or(v2).filter(|_| access.is_write) {
-            // The guest resumes after the store.
-            self.step_over = true;
-            return Ok(VcpuExit::Hypercall {
-                address,
-                argument: access.value,
-            });
-        }
-        if let Some(address) = v2.filter(|_| !access.is_write) {
-            self.pending_load = Some(access);
-            return Ok(VcpuExit::HypercallRead {
-                address,
-                size: access.size,
-            });
-        }
-        if in_window {
-            // The window is the first 16 KiB of RAM, which the guest's page tables map at
-            // virtual address 0: anything but a hypercall there is most likely a null pointer.
-            let kind = if access.is_write { "write" } else { "read" };
-            return Ok(VcpuExit::Unhandled {
-                description: format!(
-                    "{kind} of {} bytes at offset {offset:#x} of the hypercall window \
-                     (guest-physical {ipa:#x}), which is no hypercall (a null-pointer access?)",
-                    access.size
-                ),
-            });
-        }
-        if access.is_write {
-            return Ok(VcpuExit::MmioWrite {
+        let exit = classify_access(
+            GuestAccess {
                 address: ipa,
-                data: access.value,
                 size: access.size,
-            });
+                is_write: access.is_write,
+                value: access.value,
+            },
+            self.ram_base,
+        );
+        match exit {
+            // The guest resumes after the store.
+            VcpuExit::Hypercall { .. } => self.step_over = true,
+            VcpuExit::HypercallRead { .. } => self.pending_load = Some(access),
+            _ => {}
         }
-        Ok(VcpuExit::MmioRead {
-            address: ipa,
-            size: access.size,
-        })
+        Ok(exit)
     }
 }
 

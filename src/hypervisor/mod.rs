@@ -7,8 +7,10 @@
 //! traits and translates its native exits into [`VcpuExit`]; it depends on nothing above this
 //! module. Everything that decides what an exit *means* — hypercall dispatch, PCI probing, error
 //! reporting — lives in shared code and sees only these types. x86_64 backends additionally
-//! implement [`x86_64::X86Vcpu`], the state access the user-space instruction emulator needs.
+//! implement [`x86_64::X86Vcpu`], the state access the user-space instruction emulator needs;
+//! aarch64 backends share [`aarch64::classify_access`], what a load or store without RAM means.
 
+pub mod aarch64;
 pub mod thread_kick;
 pub mod x86_64;
 
@@ -17,7 +19,7 @@ use std::fmt;
 use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
 
-use crate::arch::{GuestArch, aarch64, x86_64 as x86};
+use crate::arch::{GuestArch, aarch64 as arm, x86_64 as x86};
 use crate::mem::GuestMemory;
 
 /// The bytes of the instruction at which the guest stopped, as far as the backend knows them.
@@ -282,7 +284,7 @@ pub enum EntryRegisters {
     /// An x86_64 vCPU in 64-bit mode.
     X86_64(x86::InitialRegisters),
     /// An aarch64 vCPU at EL1.
-    Aarch64(aarch64::InitialRegisters),
+    Aarch64(arm::InitialRegisters),
 }
 
 impl EntryRegisters {
@@ -294,7 +296,7 @@ impl EntryRegisters {
                 rsi: u64::from(cpu),
                 ..registers
             }),
-            Self::Aarch64(registers) => Self::Aarch64(aarch64::InitialRegisters {
+            Self::Aarch64(registers) => Self::Aarch64(arm::InitialRegisters {
                 x1: u64::from(cpu),
                 mpidr_el1: u64::from(cpu & 0xFF),
                 ..registers

@@ -20,6 +20,7 @@ pub(super) const fn kvm_ioctl(direction: u64, number: u64, size: usize) -> u64 {
 /// `_IOC_WRITE`: user space passes data in.
 pub(super) const IOC_WRITE: u64 = 1;
 /// `_IOC_READ`: the kernel passes data out.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const IOC_READ: u64 = 2;
 
 /// The signal that interrupts a vCPU thread in `KVM_RUN` (its handler does nothing).

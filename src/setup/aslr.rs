@@ -154,8 +154,11 @@ impl RamSlots {
         rules
             .check_kernel_placement(image.lowest_base..lowest_end, ram_size)
             .ok()?;
-        // G + shift + ram_size <= G + max_memory.
-        let moves = rules.max_memory.checked_sub(ram_size)? / step;
+        // G + shift + ram_size <= G + max_memory, and the kernel ends where the rules allow.
+        let mut moves = rules.max_memory.checked_sub(ram_size)? / step;
+        if let Some(limit) = rules.aslr_kernel_end {
+            moves = moves.min(limit.checked_sub(lowest_end)? / step);
+        }
         (moves > 0).then_some(Self {
             step,
             count: moves.checked_add(1)?,
@@ -306,17 +309,32 @@ mod tests {
     }
 
     #[test]
-    fn aarch64_v1_ram_moves_above_the_gic_and_below_64_gib() {
+    fn aarch64_v1_ram_moves_above_the_gic_and_keeps_the_kernel_below_4_gib() {
         let rules = &aarch64::layout::RULES;
         let image = ImageFacts {
             alignment: 0x10000,
             ..pie(rules, 2 * MIB + 0x4000)
         };
-        let ram = 64 * MIB;
-        for placed in placements(rules, ram, &image, 500) {
-            assert_sound(rules, ram, &image, placed);
-            assert!(placed.ram_base >= 0x1000_0000);
-            assert!(placed.ram_base + ram <= 64 * GIB);
+        for ram in [64 * MIB, 8 * GIB] {
+            let placed = placements(rules, ram, &image, 500);
+            for placed in &placed {
+                assert_sound(rules, ram, &image, *placed);
+                assert!(placed.ram_base >= 0x1000_0000);
+                assert!(placed.ram_base + ram <= 64 * GIB);
+                // Hermit's aarch64 kernels panic when their image ends above 4 GiB.
+                assert!(
+                    placed.kernel_base + image.footprint <= 4 * GIB,
+                    "{placed:?}"
+                );
+            }
+            // Every base up to that limit is possible: 2 MiB steps from 256 MiB to below 4 GiB.
+            let LayoutChoice::Random { slots, .. } = placed[0].choice else {
+                panic!("{:?}", placed[0]);
+            };
+            assert_eq!(
+                slots,
+                (4 * GIB - 0x1004_0000 - image.footprint) / (2 * MIB) + 1
+            );
         }
     }
 

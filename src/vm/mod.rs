@@ -125,6 +125,9 @@ pub enum ThreadError {
 #[cfg(kvm)]
 pub type HostHypervisor = crate::linux::KvmVm;
 /// The hypervisor uhyve uses on this platform.
+#[cfg(kvm_arm)]
+pub type HostHypervisor = crate::linux::KvmArmVm;
+/// The hypervisor uhyve uses on this platform.
 #[cfg(hvf)]
 pub type HostHypervisor = crate::hvf::macos::HvfVm;
 
@@ -158,7 +161,7 @@ fn check_cpus(config: &VmConfig) -> Result<(), VmError> {
     Ok(())
 }
 
-#[cfg(any(kvm, hvf))]
+#[cfg(host_backend)]
 impl Vm<HostHypervisor> {
     /// Builds the VM described by `config` on this platform's hypervisor.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
@@ -317,7 +320,7 @@ impl<H: Hypervisor> Vm<H> {
 }
 
 /// Builds and runs the VM described by `config`; returns the guest's exit code.
-#[cfg(any(kvm, hvf))]
+#[cfg(host_backend)]
 pub fn run(config: &VmConfig) -> Result<i32, VmError> {
     let mut vm = Vm::new(config)?;
     vm.run().map(|GuestExit(code)| code)

@@ -104,6 +104,11 @@ const _: () = {
 // The "too large" message states the maximum in MiB.
 const _: () = assert!(V1_MAX_MEMORY / MIB == 65280);
 
+/// Where the kernel virtual memory of Hermit's aarch64 kernels (0.10 – 0.13) ends: they manage
+/// `[image end, 4 GiB)` as kernel virtual memory and panic at start-up when the image ends higher,
+/// so ASLR keeps a v1 kernel below it.
+pub const KERNEL_VIRTUAL_MEMORY_END: u64 = 4 * GIB;
+
 /// The shared layout rules with this architecture's values.
 pub const RULES: LayoutRules = LayoutRules {
     ram_base: RAM_BASE,
@@ -116,6 +121,7 @@ pub const RULES: LayoutRules = LayoutRules {
     pie_kernel_base: PIE_KERNEL_BASE,
     min_free_after_image: MIN_FREE_AFTER_IMAGE,
     boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
+    aslr_kernel_end: Some(KERNEL_VIRTUAL_MEMORY_END),
 };
 
 /// First guest-physical address of RAM (G) for v2/v3 guests: 4 GiB.
@@ -135,6 +141,7 @@ pub const HIGH_RULES: LayoutRules = LayoutRules {
     pie_kernel_base: HIGH_RAM_BASE + PIE_KERNEL_OFFSET,
     min_free_after_image: MIN_FREE_AFTER_IMAGE,
     boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
+    aslr_kernel_end: None,
 };
 
 /// Where a guest's RAM starts: it follows the interface version of the image.

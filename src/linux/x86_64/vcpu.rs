@@ -13,8 +13,6 @@ use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
-use crate::linux::kick::{IOC_READ, IOC_WRITE, KickTarget, KvmKick, kvm_ioctl};
-use crate::linux::{KvmError, ioctl_error};
 use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
 use crate::arch::x86_64::{
     CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
@@ -22,6 +20,8 @@ use crate::arch::x86_64::{
 };
 use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
+use crate::linux::kick::{IOC_READ, IOC_WRITE, KickTarget, KvmKick, kvm_ioctl};
+use crate::linux::{KvmError, ioctl_error};
 
 /// The page-fault exception vector.
 const PAGE_FAULT_VECTOR: u8 = 14;
