@@ -4,7 +4,8 @@
 //! tree describes ([`GICD`], [`GICR`]), and vCPUs initialised for the host's preferred target
 //! with PSCI 0.2: vCPU 0 starts at the entry in the state `crate::arch::aarch64` computes, the
 //! others start powered off and wait in the host kernel for the guest's PSCI CPU_ON (which KVM
-//! serves itself, as it serves CPU_OFF and AFFINITY_INFO). A store without an instruction
+//! serves itself, as it serves CPU_OFF and AFFINITY_INFO), each with a PMUv3 where KVM offers
+//! one. A store without an instruction
 //! syndrome is reported to uhyve (`KVM_CAP_ARM_NISV_TO_USER`) and stops the VM with a message,
 //! instead of failing `KVM_RUN`.
 
@@ -113,6 +114,9 @@ pub struct KvmArmVm {
     ram_base: OnceLock<u64>,
     /// The most vCPUs KVM and the redistributor area allow.
     max_cpus: u32,
+    /// KVM gives vCPUs a PMUv3 (Hermit's aarch64 kernels program its registers at start-up,
+    /// which are undefined instructions without one).
+    pmu: bool,
 }
 
 /// The VM type asking for an IPA size: KVM's default where the host offers no more than that,
@@ -165,6 +169,13 @@ impl KvmArmVm {
         let mut target = kvm_vcpu_init::default();
         vm.get_preferred_target(&mut target)
             .map_err(ioctl_error("KVM_ARM_PREFERRED_TARGET"))?;
+        let pmu = kvm.check_extension(Cap::ArmPmuV3);
+        if !pmu {
+            log::warn!(
+                "KVM offers no PMUv3 (KVM_CAP_ARM_PMU_V3): guests that use the performance \
+                 monitors, as Hermit's aarch64 kernels do at start-up, will fault"
+            );
+        }
         kick::install_kick_handler()?;
         let redistributors = (GICR.end - GICR.start) / REDISTRIBUTOR_SIZE;
         let max_cpus = u32::try_from(kvm.get_max_vcpus())
@@ -176,6 +187,7 @@ impl KvmArmVm {
             target,
             ram_base: OnceLock::new(),
             max_cpus,
+            pmu,
         })
     }
 }
@@ -249,6 +261,7 @@ impl Hypervisor for KvmArmVm {
             registers,
             ram_base,
             Arc::clone(&self.gic),
+            self.pmu,
         )?;
         let kick = vcpu.kick_handle();
         Ok((vcpu, kick))

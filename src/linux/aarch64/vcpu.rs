@@ -7,10 +7,11 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_EXIT_ARM_NISV, KVM_EXIT_MMIO,
-    KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_one_reg,
-    kvm_vcpu_init,
+    KVM_ARM_VCPU_PMU_V3, KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_INIT,
+    KVM_ARM_VCPU_PMU_V3_IRQ, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_EXIT_ARM_NISV,
+    KVM_EXIT_MMIO, KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_device_attr,
+    kvm_one_reg, kvm_vcpu_init,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::GuestPhysAddr;
@@ -79,6 +80,8 @@ const VBAR_EL1: u64 = system_register(3, 0, 12, 0, 0);
 
 /// MPIDR_EL1 bit 31 is RES1.
 const MPIDR_RES1: u64 = 1 << 31;
+/// The PMU overflow interrupt: PPI 7 (INTID 23), where Arm's virtual platforms put it.
+const PMU_INTERRUPT: u32 = 23;
 
 fn backend_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |e| VcpuError::Backend {
@@ -95,6 +98,9 @@ pub struct KvmArmCpu {
     gic: Arc<Gic>,
     /// The last exit was a hypercall read (a load of a v2/v3 address) waiting for its value.
     pending_read: bool,
+    /// The vCPU has a PMUv3 that still needs initialising (after the vGIC, before its first
+    /// run).
+    pmu_pending: bool,
     /// What its kick handles aim at; cleared when the vCPU is dropped.
     kick_target: Arc<Mutex<Option<KickTarget>>>,
 }
@@ -107,7 +113,8 @@ impl Drop for KvmArmCpu {
 }
 
 impl KvmArmCpu {
-    /// Creates vCPU `id` for `target` with PSCI 0.2: vCPU 0 in the state `registers`, the others
+    /// Creates vCPU `id` for `target` with PSCI 0.2 (and a PMUv3 if `pmu`): vCPU 0 in the state
+    /// `registers`, the others
     /// powered off (the guest starts them with PSCI CPU_ON), every one with MPIDR_EL1 from
     /// `registers` (Aff0 = its id, as the device tree says).
     pub(super) fn new(
@@ -117,6 +124,7 @@ impl KvmArmCpu {
         registers: &InitialRegisters,
         ram_base: u64,
         gic: Arc<Gic>,
+        pmu: bool,
     ) -> Result<Self, KvmError> {
         let mut fd = vm
             .create_vcpu(u64::from(id))
@@ -124,6 +132,9 @@ impl KvmArmCpu {
         target.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
         if id != 0 {
             target.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+        }
+        if pmu {
+            target.features[0] |= 1 << KVM_ARM_VCPU_PMU_V3;
         }
         fd.vcpu_init(&target)
             .map_err(ioctl_error("KVM_ARM_VCPU_INIT"))?;
@@ -138,6 +149,7 @@ impl KvmArmCpu {
             ram_base,
             gic,
             pending_read: false,
+            pmu_pending: pmu,
             kick_target,
         })
     }
@@ -147,6 +159,31 @@ impl KvmArmCpu {
         KvmKick {
             target: Arc::clone(&self.kick_target),
         }
+    }
+
+    /// Gives the vCPU's PMUv3 its overflow interrupt and initialises it; KVM wants this after
+    /// the vGIC is initialised and before the vCPU first runs.
+    fn initialise_pmu(&self) -> Result<(), VcpuError> {
+        let interrupt = PMU_INTERRUPT;
+        for (attr, addr, operation) in [
+            (
+                KVM_ARM_VCPU_PMU_V3_IRQ,
+                std::ptr::addr_of!(interrupt) as u64,
+                "KVM_ARM_VCPU_PMU_V3_IRQ",
+            ),
+            (KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT"),
+        ] {
+            let attr = kvm_device_attr {
+                flags: 0,
+                group: KVM_ARM_VCPU_PMU_V3_CTRL,
+                attr: u64::from(attr),
+                addr,
+            };
+            self.fd
+                .set_device_attr(&attr)
+                .map_err(backend_error(operation))?;
+        }
+        Ok(())
     }
 
     fn register(&self, id: u64) -> Result<u64, VcpuError> {
@@ -244,6 +281,9 @@ impl VirtualCpu for KvmArmCpu {
 
     fn run(&mut self) -> Result<VcpuExit, VcpuError> {
         self.gic.initialise_once()?;
+        if std::mem::take(&mut self.pmu_pending) {
+            self.initialise_pmu()?;
+        }
         if self.pending_read {
             return Err(VcpuError::Unexpected {
                 operation: "KVM_RUN",
