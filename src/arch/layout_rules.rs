@@ -38,9 +38,9 @@ pub struct LayoutRules {
     pub min_free_after_image: u64,
     /// What lies below the kernel base, for the "kernel too low" message.
     pub boot_structures: &'static str,
-    /// Where ASLR may move a relocatable kernel: its image must end at or below this address
-    /// (`None`: anywhere RAM may go).
-    pub aslr_kernel_end: Option<u64>,
+    /// How far ASLR may move RAM (and the relocatable kernel with it): RAM must end at or below
+    /// this address (`None`: anywhere within `max_memory` of the base).
+    pub aslr_ram_end: Option<u64>,
 }
 
 /// Violations of the memory-layout rules.

@@ -154,10 +154,11 @@ impl RamSlots {
         rules
             .check_kernel_placement(image.lowest_base..lowest_end, ram_size)
             .ok()?;
-        // G + shift + ram_size <= G + max_memory, and the kernel ends where the rules allow.
+        // G + shift + ram_size <= G + max_memory, and RAM ends where the rules allow.
         let mut moves = rules.max_memory.checked_sub(ram_size)? / step;
-        if let Some(limit) = rules.aslr_kernel_end {
-            moves = moves.min(limit.checked_sub(lowest_end)? / step);
+        if let Some(limit) = rules.aslr_ram_end {
+            let lowest_ram_end = rules.ram_base.checked_add(ram_size)?;
+            moves = moves.min(limit.checked_sub(lowest_ram_end)? / step);
         }
         (moves > 0).then_some(Self {
             step,
@@ -309,32 +310,31 @@ mod tests {
     }
 
     #[test]
-    fn aarch64_v1_ram_moves_above_the_gic_and_keeps_the_kernel_below_4_gib() {
+    fn aarch64_v1_ram_moves_above_the_gic_and_stays_below_4_gib() {
         let rules = &aarch64::layout::RULES;
         let image = ImageFacts {
             alignment: 0x10000,
             ..pie(rules, 2 * MIB + 0x4000)
         };
-        for ram in [64 * MIB, 8 * GIB] {
+        for ram in [64 * MIB, 2 * GIB] {
             let placed = placements(rules, ram, &image, 500);
             for placed in &placed {
                 assert_sound(rules, ram, &image, *placed);
                 assert!(placed.ram_base >= 0x1000_0000);
-                assert!(placed.ram_base + ram <= 64 * GIB);
-                // Hermit's aarch64 kernels panic when their image ends above 4 GiB.
-                assert!(
-                    placed.kernel_base + image.footprint <= 4 * GIB,
-                    "{placed:?}"
-                );
+                // Hermit's aarch64 kernels need kernel and heap below 4 GiB.
+                assert!(placed.ram_base + ram <= 4 * GIB, "{placed:?}");
             }
-            // Every base up to that limit is possible: 2 MiB steps from 256 MiB to below 4 GiB.
+            // Every base up to that limit is possible: 2 MiB steps from 256 MiB.
             let LayoutChoice::Random { slots, .. } = placed[0].choice else {
                 panic!("{:?}", placed[0]);
             };
-            assert_eq!(
-                slots,
-                (4 * GIB - 0x1004_0000 - image.footprint) / (2 * MIB) + 1
-            );
+            assert_eq!(slots, (4 * GIB - 0x1000_0000 - ram) / (2 * MIB) + 1);
+        }
+        // RAM that fills the first 4 GiB, or goes beyond, stays at the lowest base.
+        for ram in [4 * GIB - 0x1000_0000, 8 * GIB] {
+            let placed = place_guest(rules, ram, &image, Some(7));
+            assert_eq!(placed.choice, LayoutChoice::NoRoom, "{ram:#x}");
+            assert_eq!(placed.ram_base, 0x1000_0000);
         }
     }
 

@@ -394,9 +394,10 @@ impl Run {
         self.assert_success()
     }
 
-    /// Asserts that uhyve did not crash: it exited normally (no signal), not with Rust's panic
-    /// status 101, printed no panic message, and explained any non-zero status on stderr.
-    pub fn assert_no_host_crash(&self) -> &Self {
+    /// Asserts that uhyve itself did not panic: it exited normally (no signal), not with Rust's
+    /// panic status 101, and printed no panic message. A non-zero status is the guest's own
+    /// (an application's exit code needs no explanation on stderr).
+    pub fn assert_no_host_panic(&self) -> &Self {
         let code = self.code();
         assert_ne!(code, 101, "uhyve panicked\n{}", self.report());
         assert!(
@@ -404,6 +405,14 @@ impl Run {
             "uhyve panicked\n{}",
             self.report()
         );
+        self
+    }
+
+    /// Asserts that uhyve did not crash: it exited normally (no signal), not with Rust's panic
+    /// status 101, printed no panic message, and explained any non-zero status on stderr.
+    pub fn assert_no_host_crash(&self) -> &Self {
+        self.assert_no_host_panic();
+        let code = self.code();
         if code != 0 && self.stderr.trim().is_empty() {
             if self.stdout.contains("FAIL") {
                 panic!("a guest check failed\n{}", self.report());

@@ -105,8 +105,9 @@ const _: () = {
 const _: () = assert!(V1_MAX_MEMORY / MIB == 65280);
 
 /// Where the kernel virtual memory of Hermit's aarch64 kernels (0.10 – 0.13) ends: they manage
-/// `[image end, 4 GiB)` as kernel virtual memory and panic at start-up when the image ends higher,
-/// so ASLR keeps a v1 kernel below it.
+/// `[image end, 4 GiB)` as kernel virtual memory, take the virtual range of their heap (about as
+/// large as RAM) from it, and panic at start-up when it is too small. So ASLR moves the RAM of a
+/// v1 guest only within the first 4 GiB.
 pub const KERNEL_VIRTUAL_MEMORY_END: u64 = 4 * GIB;
 
 /// The shared layout rules with this architecture's values.
@@ -121,7 +122,7 @@ pub const RULES: LayoutRules = LayoutRules {
     pie_kernel_base: PIE_KERNEL_BASE,
     min_free_after_image: MIN_FREE_AFTER_IMAGE,
     boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
-    aslr_kernel_end: Some(KERNEL_VIRTUAL_MEMORY_END),
+    aslr_ram_end: Some(KERNEL_VIRTUAL_MEMORY_END),
 };
 
 /// First guest-physical address of RAM (G) for v2/v3 guests: 4 GiB.
@@ -141,7 +142,7 @@ pub const HIGH_RULES: LayoutRules = LayoutRules {
     pie_kernel_base: HIGH_RAM_BASE + PIE_KERNEL_OFFSET,
     min_free_after_image: MIN_FREE_AFTER_IMAGE,
     boot_structures: "hypercall window, boot info, device tree, page tables and boot stack",
-    aslr_kernel_end: None,
+    aslr_ram_end: None,
 };
 
 /// Where a guest's RAM starts: it follows the interface version of the image.

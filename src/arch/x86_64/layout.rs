@@ -136,7 +136,7 @@ pub const HIGH_RULES: LayoutRules = LayoutRules {
     boot_stack_size: BOOT_STACK_SIZE,
     pie_kernel_base: HIGH_RAM_BASE + PIE_KERNEL_OFFSET,
     min_free_after_image: MIN_FREE_AFTER_IMAGE,
-    aslr_kernel_end: None,
+    aslr_ram_end: None,
     boot_structures: "GDT, boot info, device tree, page tables and boot stack",
 };
 
@@ -151,7 +151,7 @@ pub const RULES: LayoutRules = LayoutRules {
     boot_stack_size: BOOT_STACK_SIZE,
     pie_kernel_base: PIE_KERNEL_BASE,
     min_free_after_image: MIN_FREE_AFTER_IMAGE,
-    aslr_kernel_end: None,
+    aslr_ram_end: None,
     boot_structures: "GDT, boot info, device tree, page tables and boot stack",
 };
 
