@@ -680,6 +680,59 @@ fn hypercall_arguments_keep_all_64_bits_on_aarch64() {
     );
 }
 
+/// The syndrome of a trapped MRS (`read`) or MSR of system register `op0, op1, CRn, CRm, op2`
+/// with transfer register `rt`.
+fn system_register_trap(
+    read: bool,
+    (op0, op1, crn, crm, op2): (u64, u64, u64, u64, u64),
+    rt: u64,
+) -> u64 {
+    (0x18 << 26)
+        | (1 << 25)
+        | (op0 << 20)
+        | (op2 << 17)
+        | (op1 << 14)
+        | (crn << 10)
+        | (rt << 5)
+        | (crm << 1)
+        | u64::from(read)
+}
+
+#[test]
+fn performance_monitor_registers_read_as_zero_and_ignore_writes() {
+    if image_path().is_none() {
+        return;
+    }
+    // Hermit 0.11's start-up: MSR PMUSERENR_EL0, MSR PMCNTENSET_EL0, MRS PMCR_EL0. Each is
+    // emulated; the guest goes on to the HVC, which stops it.
+    let (message, _) = crash_of(vec![
+        Step::Abort {
+            syndrome: system_register_trap(false, (3, 3, 9, 14, 0), 1),
+            ipa: 0,
+        },
+        Step::Abort {
+            syndrome: system_register_trap(false, (3, 3, 9, 12, 1), 2),
+            ipa: 0,
+        },
+        Step::Abort {
+            syndrome: system_register_trap(true, (3, 3, 9, 12, 0), 5),
+            ipa: 0,
+        },
+        Step::Abort {
+            syndrome: (0x16 << 26) | (1 << 25),
+            ipa: 0,
+        },
+    ]);
+    assert!(message.contains("HVC"), "{message}");
+    // Any other trapped system register still stops the guest, named by its class.
+    let (message, _) = crash_of(vec![Step::Abort {
+        syndrome: system_register_trap(true, (3, 0, 1, 0, 0), 5),
+        ipa: 0,
+    }]);
+    assert!(message.contains("guest exception"), "{message}");
+    assert!(message.contains("ESR 0x62"), "{message}");
+}
+
 #[test]
 fn a_guest_exception_is_reported_by_class() {
     if image_path().is_none() {

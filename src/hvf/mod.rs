@@ -1,7 +1,8 @@
 //! The Hypervisor.framework backend. This module is its platform-neutral vCPU logic: everything
 //! between HVF's raw calls and uhyve's [`VirtualCpu`] — register set-up at entry, turning HVF
-//! exits (data aborts for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps,
-//! cancellation) into [`VcpuExit`], advancing PC past every handled access when the guest resumes
+//! exits (data aborts for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps — of which
+//! the performance monitors are emulated as registers without counters —, cancellation) into
+//! [`VcpuExit`], advancing PC past every handled access when the guest resumes
 //! (so a crash report still names the faulting instruction), and answering hypercall reads.
 //!
 //! The macOS-only adapter (`macos`, built where the `hvf` cfg holds) implements
@@ -130,8 +131,38 @@ const WFX_ISS_WFE: u64 = 1;
 pub const WFI_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 /// Exception class of BRK: a breakpoint, reported as a debug exit.
 const EC_BRK: u8 = 0x3c;
-// Everything else (HVC 0x16, SMC 0x17 — uhyve offers no PSCI —, system-register traps 0x18, …)
-// is reported by name as an unhandled exit.
+/// Exception class of a trapped MSR, MRS or system instruction.
+const EC_SYSTEM_REGISTER: u8 = 0x18;
+// Everything else (HVC 0x16, SMC 0x17 — uhyve offers no PSCI —, other system-register traps,
+// …) is reported by name as an unhandled exit.
+
+/// A trapped MRS (read into `target`) or MSR of one of the EL0 performance-monitor registers
+/// (op0 = 3, op1 = 3, CRn = 9: PMCR_EL0 … PMUSERENR_EL0). Hypervisor.framework gives guests no
+/// PMU and traps these, while Hermit's aarch64 kernels program PMUSERENR, PMCNTENSET and PMCR at
+/// start-up (seen on real KVM, which offers a PMU). They read as zero and writes are ignored: the
+/// guest sees a PMU without counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PerformanceMonitorAccess {
+    /// The MRS target register (`None` for an MSR, or an MRS into XZR).
+    target: Option<u8>,
+}
+
+impl PerformanceMonitorAccess {
+    /// The access an EC 0x18 syndrome describes, if it is one of these registers.
+    fn of(syndrome: u64) -> Option<Self> {
+        let iss = syndrome & 0x01FF_FFFF;
+        let field = |shift: u32, bits: u32| (iss >> shift) & ((1 << bits) - 1);
+        let (op0, op1, crn) = (field(20, 2), field(14, 3), field(10, 4));
+        if (op0, op1, crn) != (3, 3, 9) {
+            return None;
+        }
+        let is_read = iss & 1 == 1;
+        let register = field(5, 5) as u8;
+        Some(Self {
+            target: (is_read && register != esr::XZR).then_some(register),
+        })
+    }
+}
 
 fn hvf_error(operation: &'static str) -> impl FnOnce(HvfError) -> VcpuError {
     move |error| VcpuError::Backend {
@@ -253,18 +284,9 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
         }
         Ok(exit)
     }
-}
 
-impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
-    fn id(&self) -> u32 {
-        self.id
-    }
-
-    fn run(&mut self) -> Result<VcpuExit, VcpuError> {
-        if std::mem::take(&mut self.step_over) {
-            self.advance_pc()?;
-        }
-        let exit = self.ops.run().map_err(hvf_error("hv_vcpu_run"))?;
+    /// Turns one HVF exit the vCPU does not handle itself into an exit.
+    fn translate(&mut self, exit: HvfExit) -> Result<VcpuExit, VcpuError> {
         match exit {
             HvfExit::Canceled => Ok(VcpuExit::Interrupted),
             HvfExit::VtimerActivated => Ok(VcpuExit::Unhandled {
@@ -302,7 +324,34 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
             },
         }
     }
+}
 
+impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        loop {
+            if std::mem::take(&mut self.step_over) {
+                self.advance_pc()?;
+            }
+            let exit = self.ops.run().map_err(hvf_error("hv_vcpu_run"))?;
+            if let HvfExit::Exception { syndrome, .. } = exit
+                && esr::exception_class(syndrome) == EC_SYSTEM_REGISTER
+                && let Some(access) = PerformanceMonitorAccess::of(syndrome)
+            {
+                if let Some(target) = access.target {
+                    self.ops
+                        .set_reg(Reg::X(target), 0)
+                        .map_err(hvf_error("set the MRS target register"))?;
+                }
+                self.step_over = true;
+                continue;
+            }
+            return self.translate(exit);
+        }
+    }
     fn complete_port_in(&mut self, _value: u32) -> Result<(), VcpuError> {
         Err(VcpuError::Unexpected {
             operation: "complete port read",
