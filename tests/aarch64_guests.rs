@@ -136,7 +136,10 @@ fn aarch64_guests_are_hermit_images() {
             .collect();
         assert_eq!(loads.len(), 2, "{name}: text and data segments");
         for load in &loads {
-            assert!(load.p_vaddr >= LINK_BASE, "{name}: a segment below the link base");
+            assert!(
+                load.p_vaddr >= LINK_BASE,
+                "{name}: a segment below the link base"
+            );
             assert_eq!(load.p_align, PAGE, "{name}: segment alignment");
         }
         assert!(
@@ -195,7 +198,11 @@ fn aarch64_guests_are_laid_out_as_kvm_will_run_them() {
             .unwrap();
         assert_eq!(image_end % PAGE, 0, "{name}: the image ends inside a page");
         let tail = symbol(&elf, "uhyve_a64_tail").expect("the tail page of rt/guest.ld");
-        assert_eq!(tail + PAGE, image_end, "{name}: the tail page is the last one");
+        assert_eq!(
+            tail + PAGE,
+            image_end,
+            "{name}: the tail page is the last one"
+        );
 
         // A fixed image pins RAM to 0x1000_0000 whatever ASLR draws.
         for random in [None, Some(0x1234_5678), Some(u64::MAX)] {
@@ -267,7 +274,11 @@ fn the_hand_written_aarch64_instructions_are_the_intended_ones() {
         let expect = |label: &str, (mask, value): (u32, u32)| {
             let at = symbol(&elf, label).unwrap_or_else(|| panic!("{name}: no {label}"));
             let word = instruction(&elf, &bytes, at);
-            assert_eq!(word & mask, value, "{name}: {label} at {at:#x} is {word:#010x}");
+            assert_eq!(
+                word & mask,
+                value,
+                "{name}: {label} at {at:#x} is {word:#010x}"
+            );
         };
         // _start parks every cpu but 0; the vectors end in a plain store (it has a syndrome).
         expect("_start", CBNZ_X1);

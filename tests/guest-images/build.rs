@@ -160,7 +160,10 @@ fn run() -> Result<(), String> {
     println!("cargo:rerun-if-env-changed=UHYVE_GUEST_CC_AARCH64");
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rustc-env=UHYVE_GUEST_DIR={}", out_dir.display());
-    println!("cargo:rustc-env=UHYVE_AARCH64_GUEST_DIR={}", a64_out.display());
+    println!(
+        "cargo:rustc-env=UHYVE_AARCH64_GUEST_DIR={}",
+        a64_out.display()
+    );
 
     // Start empty so a guest whose source was removed does not linger.
     for dir in [&out_dir, &a64_out] {
