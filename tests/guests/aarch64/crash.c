@@ -11,8 +11,7 @@
  *         names that store's PC.
  *   mmio  a plain 32-bit `str` of 0x1234 to the first address after RAM, which no device serves.
  *         uhyve's page tables map nothing there, so the guest first maps that page (Device-nGnRnE)
- *         into them, with page tables from its own bss; the store then reaches uhyve as an MMIO
- *         write.
+ *         into them (uhyve_a64_map_page); the store then reaches uhyve as an MMIO write.
  *   nisv  `stp` of two registers to the Exit address 0x540 in the hypercall window: a store pair
  *         carries no instruction syndrome, so neither KVM nor uhyve can decode it. Both registers
  *         hold the address of an ExitParams with code 0, so a uhyve that took the pair for an Exit
@@ -21,19 +20,6 @@
 #include "../uhyve.h"
 
 #define SURVIVED 42
-
-/* Stage-1 descriptor bits (4 KiB granule). */
-#define DESC_VALID 0x1ull
-#define DESC_TABLE 0x2ull /* table at levels 0-2, page at level 3 */
-#define DESC_ATTR_DEVICE_NGNRNE (0ull << 2) /* MAIR_EL1 index 0 */
-#define DESC_ACCESS_FLAG (1ull << 10)
-#define DESC_PXN (1ull << 53)
-#define DESC_UXN (1ull << 54)
-#define DESC_ADDRESS 0x0000fffffffff000ull
-
-/* Tables for the levels uhyve's boot tables lack: at most one per level 1-3. Zero (bss). */
-static uint64_t spare_tables[3][512] __attribute__((aligned(4096)));
-static int spare_used;
 
 static int survived(void)
 {
@@ -49,35 +35,6 @@ static void print_at(const char *what, const void *instruction)
 	put_str("\n");
 }
 
-/*
- * Maps the 4 KiB page at `address` to itself as Device-nGnRnE memory (no execute) in the tables
- * TTBR0_EL1 points at. Every table uhyve built lies in the identity-mapped RAM below the image,
- * every spare one inside the image, so a table's physical address is its virtual one. Returns 0,
- * or -1 if a level holds a block (uhyve builds none) or the spare tables ran out.
- */
-static int map_device_page(uint64_t address)
-{
-	uint64_t *table = (uint64_t *)(uintptr_t)(uhyve_a64_read_sysreg(ttbr0_el1) & DESC_ADDRESS);
-	for (int level = 0; level < 3; level++) {
-		unsigned index = (unsigned)(address >> (39 - 9 * level)) & 511;
-		volatile uint64_t *entry = &table[index];
-		if ((*entry & DESC_VALID) == 0) {
-			if (spare_used == 3)
-				return -1;
-			*entry = (uint64_t)(uintptr_t)spare_tables[spare_used++] | DESC_VALID | DESC_TABLE;
-		} else if ((*entry & DESC_TABLE) == 0) {
-			return -1;
-		}
-		table = (uint64_t *)(uintptr_t)(*entry & DESC_ADDRESS);
-	}
-	volatile uint64_t *page = &table[(address >> 12) & 511];
-	*page = (address & DESC_ADDRESS) | DESC_VALID | DESC_TABLE | DESC_ACCESS_FLAG |
-		DESC_ATTR_DEVICE_NGNRNE | DESC_PXN | DESC_UXN;
-	/* Make the new entries visible to the table walker, then drop stale (negative) entries. */
-	__asm__ volatile("dsb ishst\n\ttlbi vmalle1\n\tdsb ish\n\tisb" : : : "memory");
-	return 0;
-}
-
 static __attribute__((noinline)) int crash_udf(void)
 {
 	extern char crash_udf_instruction[];
@@ -91,7 +48,7 @@ static __attribute__((noinline)) int crash_mmio(void)
 {
 	extern char crash_mmio_store[];
 	uint64_t target = uhyve_boot_info->phys_addr_end;
-	if (map_device_page(target) != 0) {
+	if (uhyve_a64_map_page(target, UHYVE_A64_PAGE_DEVICE) != 0) {
 		put_str("cannot map the page after RAM\n");
 		return 1;
 	}

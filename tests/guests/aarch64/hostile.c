@@ -16,8 +16,9 @@
  *                             is a mapped file of >= 16 bytes)
  *   write_bad_buffers         FileWrite to fd 1 from buffers outside RAM, unmapped, upper half
  *   serial_bad_buffers        SerialWriteBuffer outside RAM / crossing the end of RAM / huge length
- *   open_unterminated         FileOpen/FileUnlink with paths that run into the end of the identity
- *                             map or start outside RAM, and a path that is not UTF-8
+ *   open_unterminated         FileOpen/FileUnlink with paths (guest-physical) that run into the end
+ *                             of RAM (the guest maps RAM's last page for that) or start outside
+ *                             RAM, and a path that is not UTF-8
  *   open_must_fail PATH...    FileOpen(O_RDONLY) of each PATH must fail
  *   create_anything PATH...   FileOpen(O_CREAT|O_WRONLY) each PATH, write, close (any result)
  *   unlink_anything PATH...   FileUnlink each PATH (any result)
@@ -132,15 +133,21 @@ static int serial_bad_buffers(void)
 
 static int open_unterminated(void)
 {
-	/* 64 bytes of 'A' up to the last mapped byte: no NUL before the map ends. */
-	char *tail = map_end() - 64;
+	/* Paths are guest-physical: 64 bytes of 'A' up to the last byte of RAM, no NUL before its
+	 * end. uhyve maps nothing there, so the guest maps that page first. */
+	uint64_t last_page = ram_end() - 4096;
+	if (uhyve_a64_map_page(last_page, UHYVE_A64_PAGE_NORMAL) != 0) {
+		put_str("cannot map the last page of RAM\n");
+		return 1;
+	}
+	char *tail = (char *)(uintptr_t)(ram_end() - 64);
 	memset(tail, 'A', 64);
 	int ret = hc_open(tail, O_RDONLY, 0);
-	check("open path unterminated at end of map", ret < 0, ret);
+	check("open path unterminated at end of ram", ret < 0, ret);
 	ret = hc_open(tail, O_CREAT | O_RDWR, 0644);
-	check("create path unterminated at end of map", ret < 0, ret);
+	check("create path unterminated at end of ram", ret < 0, ret);
 	ret = hc_unlink(tail);
-	check("unlink path unterminated at end of map", ret < 0, ret);
+	check("unlink path unterminated at end of ram", ret < 0, ret);
 	ret = hc_open((const char *)(uintptr_t)ram_end(), O_RDONLY, 0);
 	check("open path outside ram", ret < 0, ret);
 	ret = hc_unlink((const char *)(uintptr_t)ram_end());

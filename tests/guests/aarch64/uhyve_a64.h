@@ -153,6 +153,16 @@ void uhyve_a64_secondary(uint64_t context);
 /* The store of the exception report that stops the VM (rt/start.S). */
 extern char uhyve_rt_stop[];
 
+/* Stage-1 page attributes for uhyve_a64_map_page: the access flag, never executable, and the
+ * memory type (an index into uhyve's MAIR_EL1: 0 = Device-nGnRnE, 4 = Normal write-back). */
+#define UHYVE_A64_PAGE_DEVICE ((1ull << 10) | (1ull << 53) | (1ull << 54) | (0ull << 2))
+#define UHYVE_A64_PAGE_NORMAL ((1ull << 10) | (1ull << 53) | (1ull << 54) | (4ull << 2) | (3ull << 8))
+
+/* Maps the 4 KiB page at `address` to the same physical address with `attributes` in the tables
+ * TTBR0_EL1 points at, taking missing tables from the runtime's bss (rt/runtime_a64.c). Returns
+ * 0, or -1 if a level holds a block or the spare tables ran out. */
+int uhyve_a64_map_page(uint64_t address, uint64_t attributes);
+
 #endif /* !__ASSEMBLER__ */
 
 #endif
