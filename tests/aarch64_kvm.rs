@@ -402,7 +402,7 @@ fn cpu_on_starts_the_second_vcpu_and_cpu_off_stops_it() {
     let run = Uhyve::guest("smp").opts(["-c", "2"]).run();
     run.assert_success()
         .assert_stdout_contains("psci version ")
-        .assert_stdout_contains("CPU_ON: ok\ncpu 1 up\ncpu 1 off: ok\n");
+        .assert_stdout_contains("cpu 1 up\nCPU_ON: ok\ncpu 1 off: ok\n");
 }
 
 #[test]

@@ -1,12 +1,13 @@
 /*
  * smp (aarch64): starting a secondary cpu with PSCI (uhyve -c 2). uhyve creates the secondaries
  * powered off; KVM serves PSCI itself. Cpu 0 prints "psci version <major>.<minor>", then starts
- * cpu 1 with CPU_ON at uhyve_a64_secondary_entry (rt/start.S) with the context SMP_CONTEXT, and
- * prints "CPU_ON: ok". Cpu 1 runs with the MMU off: it checks that its x0 holds the context, prints
- * "cpu 1 up" (or "cpu 1: bad context") through the Uart address of the hypercall window at its
- * physical address, and switches itself off with CPU_OFF. Cpu 0 meanwhile polls AFFINITY_INFO for
- * cpu 1 until it reads OFF, at most WAIT_SECONDS of counter time, and prints "cpu 1 off: ok" and
- * exits 0. The two cpus share no variables (cpu 1's MMU-off accesses are not cache-coherent with
+ * cpu 1 with CPU_ON at uhyve_a64_secondary_entry (rt/start.S) with the context SMP_CONTEXT. Cpu 1
+ * runs with the MMU off: it checks that its x0 holds the context, prints "cpu 1 up" (or
+ * "cpu 1: bad context") through the Uart address of the hypercall window at its physical address,
+ * and switches itself off with CPU_OFF. Cpu 0 meanwhile prints nothing (the Uart takes one byte per
+ * hypercall, so lines of both cpus would mix) and polls AFFINITY_INFO for cpu 1 until it reads OFF,
+ * at most WAIT_SECONDS of counter time; then it prints "CPU_ON: ok" and "cpu 1 off: ok" and exits
+ * 0. The two cpus share no variables (cpu 1's MMU-off accesses are not cache-coherent with
  * cpu 0's), so cpu 0 learns only through PSCI that cpu 1 ran.
  *
  * Failures print a line and exit 1: "CPU_ON failed: <PSCI error>" (with one vCPU there is no
@@ -47,7 +48,6 @@ int main(void)
 		put_str("\n");
 		return 1;
 	}
-	put_str("CPU_ON: ok\n");
 
 	uint64_t frequency = uhyve_a64_read_sysreg(cntfrq_el0);
 	uint64_t deadline = uhyve_a64_read_sysreg(cntvct_el0) + WAIT_SECONDS * frequency;
@@ -59,6 +59,7 @@ int main(void)
 		if (uhyve_a64_read_sysreg(cntvct_el0) > deadline)
 			break;
 	}
+	put_str("CPU_ON: ok\n");
 	if (state < 0) {
 		put_str("AFFINITY_INFO failed: ");
 		put_dec(state);
