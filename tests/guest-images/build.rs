@@ -13,13 +13,26 @@
 //! RAM of such guests), as position-independent code so that the small code model still works
 //! there. Every `tests/guests/pie/*.c` is a position-independent (ET_DYN) v1 guest, built into
 //! `$OUT_DIR/guests/pie/<name>`: the same runtime compiled `-fpie`, linked `-static-pie` at 0 by
-//! `pie/rt/guest.ld`, so that uhyve's loader chooses its base and applies its relocations. The
-//! guests only exist for the x86_64 KVM integration tests, so on any other target
-//! nothing is built (the directory is still created, empty). On x86_64 Linux a C compiler is
-//! required: `gcc`, or the one named by `UHYVE_GUEST_CC` or `CC`.
+//! `pie/rt/guest.ld`, so that uhyve's loader chooses its base and applies its relocations. These
+//! guests only exist for the x86_64 KVM integration tests and are built on x86_64 Linux, where a
+//! C compiler is required: `gcc`, or the one named by `UHYVE_GUEST_CC` or `CC`.
+//!
+//! Every `tests/guests/aarch64/*.c` is an aarch64 v1 guest, linked with the shared
+//! `rt/runtime.c` (compiled for aarch64), `aarch64/rt/start.S` and `aarch64/rt/runtime_a64.c` by
+//! `aarch64/rt/guest.ld` at 0x1020_0000, inside the RAM uhyve gives aarch64 v1 guests. On an
+//! aarch64 Linux target they are the guests of `$OUT_DIR/guests/<name>` (the crate's
+//! `GUEST_DIR`; the x86_64 kinds are not built there) and need a C compiler for aarch64:
+//! `UHYVE_GUEST_CC_AARCH64`, else `aarch64-linux-gnu-gcc` when the build host is not aarch64, else
+//! `gcc`. On an x86_64 Linux target they are also built, into `$OUT_DIR/guests-aarch64/<name>`,
+//! when a cross compiler is there (`UHYVE_GUEST_CC_AARCH64`, or an `aarch64-linux-gnu-gcc` that
+//! runs), so that host-side tests can load them; without one that directory stays empty. Both
+//! places are exported as `UHYVE_AARCH64_GUEST_DIR` (the crate's `AARCH64_GUEST_DIR`). On every
+//! other target nothing is built (the directories are still created, empty).
 //!
 //! The flags keep the guests to general-purpose registers: the KVM on the project's machines
-//! emulates every instruction and cannot execute SSE/AVX (see tests/guests/uhyve.h).
+//! emulates every x86 instruction and cannot execute SSE/AVX (see tests/guests/uhyve.h); the
+//! aarch64 guests stay off FP/SIMD too, and avoid unaligned accesses, which fault while a
+//! secondary cpu runs with its MMU off.
 
 use std::env;
 use std::ffi::OsString;
@@ -51,6 +64,41 @@ const V1_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small"];
 /// small code model usable there (the image is still linked as a fixed-address ET_EXEC), and
 /// `UHYVE_V2` selects the v2 hypercall wrappers in the shared headers and runtime.
 const V2_CODEGEN: &[&str] = &["-fpie", "-mcmodel=small", "-DUHYVE_V2=1"];
+
+/// Compiler flags of the aarch64 guests: those of [`CFLAGS`] that are not x86-specific, FP/SIMD
+/// off, no unaligned accesses, no outline atomics (no libgcc) and no branch protection (no
+/// PAC/BTI notes or instructions).
+const A64_CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-ffreestanding",
+    "-fno-builtin",
+    "-fno-tree-loop-distribute-patterns",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+    "-mgeneral-regs-only",
+    "-mstrict-align",
+    "-mno-outline-atomics",
+    "-mbranch-protection=none",
+];
+
+/// Code generation of the aarch64 v1 guests, linked at a fixed address: ADRP-relative addressing
+/// (the small code model), no GOT.
+const A64_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small"];
+
+/// Linker flags of the aarch64 guests: [`LDFLAGS`] with 4 KiB pages (the default maximum page size
+/// of aarch64 would align the segments to 64 KiB).
+const A64_LDFLAGS: &[&str] = &[
+    "-nostdlib",
+    "-nostartfiles",
+    "-static",
+    "-no-pie",
+    "-Wl,--build-id=none",
+    "-Wl,-z,max-page-size=0x1000",
+];
 
 /// Linker flags: a static, non-PIE ET_EXEC laid out by the linker script of its kind.
 const LDFLAGS: &[&str] = &[
@@ -90,27 +138,42 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env_var("CARGO_MANIFEST_DIR")?);
-    let out_dir = PathBuf::from(env_var("OUT_DIR")?).join("guests");
+    let out_root = PathBuf::from(env_var("OUT_DIR")?);
+    let out_dir = out_root.join("guests");
     // The C sources stay beside the integration tests: this crate lives in `tests/guest-images/`.
     let guest_src = manifest_dir.join("..").join("guests");
+
+    let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let native_aarch64 = target_arch == "aarch64" && target_os == "linux";
+    // On an aarch64 Linux target the aarch64 guests are the guests; elsewhere they have a
+    // directory of their own.
+    let a64_out = if native_aarch64 {
+        out_dir.clone()
+    } else {
+        out_root.join("guests-aarch64")
+    };
 
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", guest_src.display());
     println!("cargo:rerun-if-env-changed=UHYVE_GUEST_CC");
+    println!("cargo:rerun-if-env-changed=UHYVE_GUEST_CC_AARCH64");
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rustc-env=UHYVE_GUEST_DIR={}", out_dir.display());
+    println!(
+        "cargo:rustc-env=UHYVE_AARCH64_GUEST_DIR={}",
+        a64_out.display()
+    );
 
     // Start empty so a guest whose source was removed does not linger.
-    if out_dir.exists() {
-        fs::remove_dir_all(&out_dir)
-            .map_err(|e| format!("cannot clear {}: {e}", out_dir.display()))?;
+    for dir in [&out_dir, &a64_out] {
+        if dir.exists() {
+            fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+        }
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    fs::create_dir_all(&out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
 
-    let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    if target_arch != "x86_64" || target_os != "linux" {
+    if target_os != "linux" || !matches!(target_arch.as_str(), "x86_64" | "aarch64") {
         // The guests only serve the KVM tests (the `kvm` alias above); other hosts do not need them.
         return Ok(());
     }
@@ -121,10 +184,15 @@ fn run() -> Result<(), String> {
         ));
     }
 
+    if native_aarch64 {
+        return build_aarch64_guests(&aarch64_compiler(), &guest_src, &a64_out);
+    }
+
     let cc = compiler();
     let rt = guest_src.join("rt");
     let v1 = GuestKind {
         sources: guest_src.clone(),
+        cflags: CFLAGS,
         codegen: V1_CODEGEN,
         ldflags: LDFLAGS,
         runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
@@ -133,6 +201,7 @@ fn run() -> Result<(), String> {
     };
     let v2_src = guest_src.join("v2");
     let v2 = GuestKind {
+        cflags: CFLAGS,
         codegen: V2_CODEGEN,
         ldflags: LDFLAGS,
         runtime: vec![
@@ -146,6 +215,7 @@ fn run() -> Result<(), String> {
     };
     let pie_src = guest_src.join("pie");
     let pie = GuestKind {
+        cflags: CFLAGS,
         codegen: PIE_CODEGEN,
         ldflags: PIE_LDFLAGS,
         runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
@@ -154,28 +224,61 @@ fn run() -> Result<(), String> {
         sources: pie_src,
     };
     for kind in [v1, v2, pie] {
-        if !kind.sources.is_dir() {
-            continue;
-        }
-        fs::create_dir_all(&kind.output)
-            .map_err(|e| format!("cannot create {}: {e}", kind.output.display()))?;
-        for source in guest_sources(&kind.sources)? {
-            let Some(name) = source.file_stem() else {
-                continue;
-            };
-            let output = kind.output.join(name);
-            compile_guest(&cc, &kind, &source, &output)?;
-            mark_standalone(&output)?;
-        }
+        build_kind(&cc, &kind)?;
+    }
+
+    // The aarch64 guests too, for the host-side loader checks, if a cross compiler is there.
+    if let Some(cc) = aarch64_cross_compiler() {
+        build_aarch64_guests(&cc, &guest_src, &a64_out)?;
     }
     Ok(())
+}
+
+/// Builds every guest of `kind` (nothing if its source directory does not exist).
+fn build_kind(cc: &OsString, kind: &GuestKind) -> Result<(), String> {
+    if !kind.sources.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(&kind.output)
+        .map_err(|e| format!("cannot create {}: {e}", kind.output.display()))?;
+    for source in guest_sources(&kind.sources)? {
+        let Some(name) = source.file_stem() else {
+            continue;
+        };
+        let output = kind.output.join(name);
+        compile_guest(cc, kind, &source, &output)?;
+        mark_standalone(&output)?;
+    }
+    Ok(())
+}
+
+/// Builds the aarch64 guests of `tests/guests/aarch64/` with `cc` into `output`.
+fn build_aarch64_guests(cc: &OsString, guest_src: &Path, output: &Path) -> Result<(), String> {
+    let a64_src = guest_src.join("aarch64");
+    let a64_rt = a64_src.join("rt");
+    let kind = GuestKind {
+        cflags: A64_CFLAGS,
+        codegen: A64_CODEGEN,
+        ldflags: A64_LDFLAGS,
+        runtime: vec![
+            a64_rt.join("start.S"),
+            guest_src.join("rt").join("runtime.c"),
+            a64_rt.join("runtime_a64.c"),
+        ],
+        linker_script: a64_rt.join("guest.ld"),
+        output: output.to_path_buf(),
+        sources: a64_src,
+    };
+    build_kind(cc, &kind)
 }
 
 /// One family of guests: its sources, how they are compiled and linked, where they go.
 struct GuestKind {
     /// The directory whose `*.c` files are the guests.
     sources: PathBuf,
-    /// Code-generation flags added to [`CFLAGS`].
+    /// Compiler flags of the architecture ([`CFLAGS`] or [`A64_CFLAGS`]).
+    cflags: &'static [&'static str],
+    /// Code-generation flags added to `cflags`.
     codegen: &'static [&'static str],
     /// Linker flags.
     ldflags: &'static [&'static str],
@@ -198,6 +301,36 @@ fn compiler() -> OsString {
         .filter(|cc| !cc.is_empty())
         .unwrap_or_else(|| OsString::from("gcc"))
 }
+
+/// The C compiler of a native aarch64 build: `UHYVE_GUEST_CC_AARCH64`, else
+/// `aarch64-linux-gnu-gcc` when the build host is not aarch64 (a cross build), else `gcc`.
+fn aarch64_compiler() -> OsString {
+    if let Some(cc) = env::var_os("UHYVE_GUEST_CC_AARCH64").filter(|cc| !cc.is_empty()) {
+        return cc;
+    }
+    let host = env::var("HOST").unwrap_or_default();
+    if host.starts_with("aarch64-") {
+        OsString::from("gcc")
+    } else {
+        OsString::from(AARCH64_CROSS_CC)
+    }
+}
+
+/// The cross compiler that builds the aarch64 guests on an x86_64 host: `UHYVE_GUEST_CC_AARCH64`
+/// (a build failure is then an error), else `aarch64-linux-gnu-gcc` if it runs, else none.
+fn aarch64_cross_compiler() -> Option<OsString> {
+    if let Some(cc) = env::var_os("UHYVE_GUEST_CC_AARCH64").filter(|cc| !cc.is_empty()) {
+        return Some(cc);
+    }
+    let runs = Command::new(AARCH64_CROSS_CC)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    runs.then(|| OsString::from(AARCH64_CROSS_CC))
+}
+
+/// Debian's (and Ubuntu's) name of the aarch64 Linux cross compiler.
+const AARCH64_CROSS_CC: &str = "aarch64-linux-gnu-gcc";
 
 /// Every `*.c` directly in the guest directory, sorted for a stable build order.
 fn guest_sources(dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -223,7 +356,7 @@ fn compile_guest(
 ) -> Result<(), String> {
     let mut command = Command::new(cc);
     command
-        .args(CFLAGS)
+        .args(kind.cflags)
         .args(kind.codegen)
         .args(kind.ldflags)
         .arg("-T")
@@ -235,7 +368,9 @@ fn compile_guest(
     let result = command.output().map_err(|e| {
         format!(
             "cannot run the C compiler {:?}: {e}. uhyve's test guests need gcc on x86_64 Linux \
-             (install it, e.g. `apt-get install gcc`, or point UHYVE_GUEST_CC at a compiler)",
+             (install it, e.g. `apt-get install gcc`, or point UHYVE_GUEST_CC at a compiler) and \
+             a C compiler for aarch64 on aarch64 Linux (gcc there, `apt-get install \
+             gcc-aarch64-linux-gnu` for a cross build, or point UHYVE_GUEST_CC_AARCH64 at one)",
             cc
         )
     })?;

@@ -1,6 +1,7 @@
 /*
- * uhyve.h: the hypercall interface v1 (x86_64) as seen from a test guest, plus the tiny runtime
- * every guest links against (rt/runtime.c, rt/start.S).
+ * uhyve.h: the hypercall interface v1 (x86_64, and aarch64 through aarch64/uhyve_a64.h) as seen
+ * from a test guest, plus the tiny runtime every guest links against (rt/runtime.c, rt/start.S;
+ * the aarch64 guests of aarch64/ use aarch64/rt/start.S instead).
  *
  * The packed parameter structs mirror interface/src/parameters.rs byte for byte (the sizes and
  * offsets are checked below with _Static_assert). A hypercall is `out dx, eax` with dx = port and
@@ -10,6 +11,11 @@
  *
  * Guests are built general-purpose-registers only (-mgeneral-regs-only): the KVM on the project's
  * machines cannot emulate SSE/AVX instructions.
+ *
+ * On aarch64 (compiled for __aarch64__) the packed structs, constants, wrappers and runtime are
+ * the same; what differs comes from aarch64/uhyve_a64.h: the boot-info layout, the transport (a
+ * 64-bit `str` of the argument to the virtual address = port number, which uhyve's page tables map
+ * to its hypercall window) and the way a cpu halts.
  *
  * The v2/v3 guests of tests/guests/v2/ include this header through v2/uhyve_v2.h and are compiled
  * with UHYVE_V2 defined: they share the constants, the v1 packed structs that v2 keeps (Open,
@@ -143,6 +149,10 @@ _Static_assert(sizeof(struct UnlinkParams) == 12, "UnlinkParams size");
 _Static_assert(sizeof(struct SerialWriteBufferParams) == 16, "SerialWriteBufferParams size");
 
 /* ---- Boot info (hermit-abi.md section 2.1, x86_64 layout, 128 bytes) ---- */
+#if defined(__aarch64__)
+/* The aarch64 layout and the aarch64 transport. */
+#include "aarch64/uhyve_a64.h"
+#else
 struct uhyve_boot_info {
 	uint64_t phys_addr_start;
 	uint64_t phys_addr_end;
@@ -200,10 +210,21 @@ static inline void uhyve_hypercall(uint16_t port, volatile void *params)
 	uhyve_out32(port, uhyve_gpa32(params));
 }
 
+/* Waits for an interrupt with interrupts off: stops this cpu for good. */
+static inline void uhyve_halt(void)
+{
+	__asm__ volatile("cli; hlt");
+}
+#endif /* !__aarch64__ */
+
 #ifndef UHYVE_V2
 static inline void hc_putc(char c)
 {
+#if defined(__aarch64__)
+	uhyve_a64_store(UHYVE_PORT_UART, (uint8_t)c);
+#else
 	uhyve_out8(UHYVE_PORT_UART, (uint8_t)c);
+#endif
 }
 
 __attribute__((noreturn)) static inline void hc_exit(int code)
@@ -211,7 +232,7 @@ __attribute__((noreturn)) static inline void hc_exit(int code)
 	volatile struct ExitParams p = {.arg = code};
 	uhyve_hypercall(UHYVE_PORT_EXIT, &p);
 	for (;;)
-		__asm__ volatile("cli; hlt");
+		uhyve_halt();
 }
 
 static inline void hc_write_buffer(const void *buf, uint64_t len)
@@ -282,7 +303,7 @@ static inline void hc_cmdval(struct CmdvalParams *p)
 
 /* ---- Runtime (rt/runtime.c) ---- */
 
-/* The boot info uhyve passed in RDI. */
+/* The boot info uhyve passed in RDI (aarch64: X0). */
 extern const struct uhyve_boot_info *uhyve_boot_info;
 
 /* Each guest defines main(); its return value becomes the Exit hypercall's code. */

@@ -4,7 +4,9 @@
  * device-tree property lookup.
  * See uhyve.h for the interface. The v2/v3 guests (compiled with UHYVE_V2) link it too, with
  * their own hypercall wrappers (v2/uhyve_v2.h), without Cmdsize/Cmdval, and with
- * v2/rt/runtime_v2.c, whose uhyve_v2_start runs before main.
+ * v2/rt/runtime_v2.c, whose uhyve_v2_start runs before main. The aarch64 guests of aarch64/ link
+ * it as well, compiled for aarch64 (uhyve.h then takes the transport from aarch64/uhyve_a64.h),
+ * with aarch64/rt/start.S in place of rt/start.S.
  */
 #ifdef UHYVE_V2
 #include "../v2/uhyve_v2.h"

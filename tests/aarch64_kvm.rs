@@ -1,0 +1,434 @@
+//! Integration tests of the aarch64 KVM backend: the `uhyve` binary runs the tiny aarch64 test
+//! guests of `tests/guests/aarch64/` (built by `tests/guest-images/build.rs`, which on an aarch64
+//! Linux target makes them the crate's guests) on real KVM, one behaviour per guest: console
+//! output, exit codes, arguments and environment, the file hypercalls, hostile parameters, crashes
+//! (an undefined instruction, an MMIO store, a store without a syndrome) and PSCI secondaries;
+//! plus the real Hermit 0.11.0 `aarch64-hello_world` image when `UHYVE_TEST_IMAGES` names its
+//! folder. Without a usable `/dev/kvm` each test is skipped (fails with `UHYVE_REQUIRE_KVM`).
+//! What each guest prints and why is described at the top of its C file.
+#![cfg(all(target_os = "linux", target_arch = "aarch64"))]
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::sandbox::{SECRET, Sandbox};
+use common::{Run, Uhyve, kvm_or_skip, real_image};
+
+/// What the guests return when uhyve lets them go on after something it must stop.
+const SURVIVED: i32 = 42;
+
+/// Deadline of the real Hermit image: it runs at emulation speed when KVM itself runs under
+/// QEMU's TCG.
+const REAL_IMAGE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Sandbox {
+    /// The guest `name` with `mnt/` mapped as `data` (a relative guest path), running in `cwd/`.
+    fn uhyve(&self, name: &str) -> Uhyve {
+        self.mapped(Uhyve::guest(name), "data")
+    }
+}
+
+/// The address the guest printed on its line `"<prefix><hex>"`.
+fn printed_address(run: &Run, prefix: &str) -> u64 {
+    let hex = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("the guest printed no {prefix:?} line\n{}", run.report()));
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|e| panic!("{hex:?}: {e}\n{}", run.report()))
+}
+
+// ---- Output and exit status ----
+
+#[test]
+fn hello_prints_through_both_console_hypercalls() {
+    if !kvm_or_skip("hello_prints_through_both_console_hypercalls") {
+        return;
+    }
+    let run = Uhyve::guest("hello").run();
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        "hello from aarch64 (uart)\nhello from aarch64 (serial buffer)\n",
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn exit_code_becomes_the_process_status() {
+    if !kvm_or_skip("exit_code_becomes_the_process_status") {
+        return;
+    }
+    for (guest_code, status) in [
+        ("0", 0),
+        ("1", 1),
+        ("3", 3),
+        ("42", 42),
+        ("255", 255),
+        ("-1", 255),
+        ("256", 0),
+    ] {
+        let run = Uhyve::guest("exit_code").args([guest_code]).run();
+        run.assert_code(status);
+        assert_eq!(run.stdout, "", "{}", run.report());
+    }
+}
+
+#[test]
+fn arguments_and_environment_reach_the_guest() {
+    if !kvm_or_skip("arguments_and_environment_reach_the_guest") {
+        return;
+    }
+    let uhyve = Uhyve::guest("args_env")
+        .opts(["-e", "ALPHA=1", "-e", "BETA=two words"])
+        .args(["x", "with space", "", "ünïcode"]);
+    let kernel = uhyve.kernel_path().display().to_string();
+    let run = uhyve.run();
+    run.assert_all_ok();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "argc=5\narg={kernel}\narg=x\narg=with space\narg=\narg=ünïcode\n\
+             envc=2\nenv=ALPHA=1\nenv=BETA=two words\nsizes respected: ok\n"
+        ),
+        "{}",
+        run.report()
+    );
+}
+
+// ---- Files ----
+
+#[test]
+fn file_hypercalls_round_trip() {
+    if !kvm_or_skip("file_hypercalls_round_trip") {
+        return;
+    }
+    for path in ["data/roundtrip.txt", "/data/roundtrip.txt"] {
+        let sandbox = Sandbox::new();
+        let run = sandbox.uhyve("file_ops").args([path]).run();
+        run.assert_all_ok()
+            .assert_stdout_contains("file_ops: all ok\n");
+        assert!(
+            !sandbox.path("mnt/roundtrip.txt").exists(),
+            "the guest unlinked the file, but it is still on the host"
+        );
+        sandbox.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn file_written_by_the_guest_lands_on_the_host() {
+    if !kvm_or_skip("file_written_by_the_guest_lands_on_the_host") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("file_ops")
+        .args(["data/kept.txt", "keep"])
+        .run();
+    run.assert_all_ok();
+    let content = fs::read_to_string(sandbox.path("mnt/kept.txt")).expect("file on host");
+    assert_eq!(content, "hello file\n");
+    sandbox.assert_outside_untouched();
+}
+
+// ---- Hostile guests: uhyve must survive every one of them ----
+
+#[test]
+fn hostile_parameter_blocks_outside_ram_stop_the_vm() {
+    if !kvm_or_skip("hostile_parameter_blocks_outside_ram_stop_the_vm") {
+        return;
+    }
+    for attack in [
+        "write_param_outside_ram",
+        "write_param_straddles_end",
+        "write_param_below_ram",
+    ] {
+        let run = Uhyve::guest("hostile").args([attack]).run();
+        run.assert_stopped_by_host(SURVIVED)
+            .assert_stderr_mentions("write")
+            .assert_stderr_mentions("outside guest RAM")
+            .assert_stdout_lacks("survived");
+    }
+    let run = Uhyve::guest("hostile")
+        .args(["exit_param_outside_ram"])
+        .run();
+    run.assert_stopped_by_host(SURVIVED)
+        .assert_stdout_lacks("survived");
+}
+
+#[test]
+fn hostile_read_buffers_get_errors() {
+    if !kvm_or_skip("hostile_read_buffers_get_errors") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("mnt/input.txt"), SECRET).unwrap();
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["read_bad_buffers", "data/input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("read buf crossing end of map: ok\n")
+        .assert_stdout_contains("read still works: ok\n");
+}
+
+#[test]
+fn hostile_write_buffers_are_refused() {
+    if !kvm_or_skip("hostile_write_buffers_are_refused") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["write_bad_buffers"]).run();
+    // Either the guest learns that nothing was written, or uhyve stops it with a message.
+    run.assert_no_host_crash().assert_stdout_lacks("FAIL");
+    if run.code() == 0 {
+        run.assert_all_ok();
+    }
+}
+
+#[test]
+fn hostile_serial_buffers_do_not_crash() {
+    if !kvm_or_skip("hostile_serial_buffers_do_not_crash") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["serial_bad_buffers"]).run();
+    run.assert_no_host_crash();
+    if run.code() != SURVIVED {
+        run.assert_stopped_by_host(SURVIVED);
+    }
+    assert!(
+        run.stdout.len() < 4096,
+        "uhyve printed {} bytes for a 4-byte tail of RAM",
+        run.stdout.len()
+    );
+}
+
+#[test]
+fn hostile_unterminated_paths_get_errors() {
+    if !kvm_or_skip("hostile_unterminated_paths_get_errors") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let run = sandbox.uhyve("hostile").args(["open_unterminated"]).run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("open non-utf8 path: ok\n");
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_paths_cannot_escape_the_mapping() {
+    if !kvm_or_skip("hostile_paths_cannot_escape_the_mapping") {
+        return;
+    }
+    let paths = [
+        "../../etc/passwd",
+        "/../etc/passwd",
+        "data/../../etc/passwd",
+        "/etc/passwd",
+        "../outside/secret",
+        "data/../outside/secret",
+        "data/link/secret",
+        "data/link_file",
+    ];
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["open_must_fail"])
+        .args(paths)
+        .run();
+    run.assert_no_host_crash().assert_all_ok();
+    for path in paths {
+        run.assert_stdout_contains(&format!("open {path}: ok\n"));
+    }
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_creates_and_unlinks_stay_inside_the_sandbox() {
+    if !kvm_or_skip("hostile_creates_and_unlinks_stay_inside_the_sandbox") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let creates = [
+        "../escaped",
+        "data/../escaped",
+        "data/../outside/created",
+        "data/link/created",
+        "data/link_file",
+    ];
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["create_anything"])
+        .args(creates)
+        .run();
+    run.assert_no_host_crash().assert_success();
+    for path in creates {
+        run.assert_stdout_contains(&format!("create {path}: "));
+    }
+    let unlinks = ["data/link/secret", "../outside/secret", "data/link_file"];
+    let run = sandbox
+        .uhyve("hostile")
+        .args(["unlink_anything"])
+        .args(unlinks)
+        .run();
+    run.assert_no_host_crash().assert_success();
+    for path in unlinks {
+        run.assert_stdout_contains(&format!("unlink {path}: "));
+    }
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn hostile_file_descriptors_get_errors() {
+    if !kvm_or_skip("hostile_file_descriptors_get_errors") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["bad_fds"]).run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("fd 2147483647\n");
+    assert_eq!(
+        run.stdout.matches(": ok\n").count(),
+        6 * 4,
+        "{}",
+        run.report()
+    );
+    let run = Uhyve::guest("hostile").args(["close_stdio"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("fd 1 still works\n");
+}
+
+#[test]
+fn unserved_hypercalls_are_ignored() {
+    if !kvm_or_skip("unserved_hypercalls_are_ignored") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["unserved_hypercalls"]).run();
+    run.assert_success()
+        .assert_stdout_contains("unserved hypercalls: ok\n");
+}
+
+#[test]
+fn a_stray_store_to_the_hypercall_window_stops_the_vm() {
+    if !kvm_or_skip("a_stray_store_to_the_hypercall_window_stops_the_vm") {
+        return;
+    }
+    let run = Uhyve::guest("hostile").args(["stray_window_store"]).run();
+    run.assert_stopped_by_host(SURVIVED)
+        .assert_stdout_lacks("survived")
+        .assert_stderr_mentions("offset 0x8 of the hypercall window");
+}
+
+#[test]
+fn hostile_cmdval_pointers_do_not_crash() {
+    if !kvm_or_skip("hostile_cmdval_pointers_do_not_crash") {
+        return;
+    }
+    for attack in ["cmdval_outside_ram", "cmdval_bad_slots"] {
+        let run = Uhyve::guest("hostile").args([attack]).run();
+        run.assert_no_host_crash();
+        if run.code() != SURVIVED {
+            run.assert_stopped_by_host(SURVIVED);
+        }
+    }
+}
+
+// ---- Crashes: a non-zero status and a message naming the PC ----
+
+#[test]
+fn an_undefined_instruction_is_reported_by_the_guest_vectors_and_stops_the_vm() {
+    if !kvm_or_skip("an_undefined_instruction_is_reported_by_the_guest_vectors_and_stops_the_vm") {
+        return;
+    }
+    // KVM never sees the exception: the guest's vectors (rt/start.S) report it and stop with a
+    // store uhyve must refuse, naming that store's PC.
+    let run = Uhyve::guest("crash").args(["udf"]).run();
+    run.assert_stopped_by_host(SURVIVED)
+        .assert_stdout_lacks("survived");
+    let udf = printed_address(&run, "udf at ");
+    let stop = printed_address(&run, "stopping at ");
+    run.assert_stdout_contains(&format!(
+        "exception: synchronous from current EL with SP_ELx: esr 0x2000000 elr {udf:#x} "
+    ))
+    .assert_stderr_mentions(&format!("PC {stop:#x}"))
+    .assert_stderr_mentions("hypercall window");
+}
+
+#[test]
+fn an_mmio_store_crash_names_the_store() {
+    if !kvm_or_skip("an_mmio_store_crash_names_the_store") {
+        return;
+    }
+    let run = Uhyve::guest("crash").args(["mmio"]).run();
+    run.assert_stopped_by_host(SURVIVED)
+        .assert_stdout_lacks("survived")
+        .assert_stdout_lacks("exception:");
+    let target = printed_address(&run, "target ");
+    let store = printed_address(&run, "store at ");
+    run.assert_stderr_mentions(&format!(
+        "write of 4 bytes (0x1234) to {target:#x}, which is neither RAM nor a device"
+    ))
+    .assert_stderr_mentions(&format!("PC {store:#x}"));
+}
+
+#[test]
+fn a_store_without_syndrome_is_refused_not_taken_for_a_hypercall() {
+    if !kvm_or_skip("a_store_without_syndrome_is_refused_not_taken_for_a_hypercall") {
+        return;
+    }
+    // The pair stores the address of an Exit block with code 0 to the Exit address: a uhyve that
+    // decoded it anyway would end with status 0, which assert_stopped_by_host refuses.
+    let run = Uhyve::guest("crash").args(["nisv"]).run();
+    run.assert_stopped_by_host(SURVIVED)
+        .assert_stdout_lacks("survived");
+    let stp = printed_address(&run, "stp at ");
+    run.assert_stderr_mentions("no instruction syndrome")
+        .assert_stderr_mentions(&format!("PC {stp:#x}"));
+}
+
+// ---- Secondary cpus (PSCI) ----
+
+#[test]
+fn cpu_on_starts_the_second_vcpu_and_cpu_off_stops_it() {
+    if !kvm_or_skip("cpu_on_starts_the_second_vcpu_and_cpu_off_stops_it") {
+        return;
+    }
+    let run = Uhyve::guest("smp").opts(["-c", "2"]).run();
+    run.assert_success()
+        .assert_stdout_contains("psci version ")
+        .assert_stdout_contains("cpu 1 up\nCPU_ON: ok\ncpu 1 off: ok\n");
+}
+
+#[test]
+fn cpu_on_of_a_missing_vcpu_fails() {
+    if !kvm_or_skip("cpu_on_of_a_missing_vcpu_fails") {
+        return;
+    }
+    // With one vCPU there is no cpu 1: KVM answers INVALID_PARAMETERS.
+    let run = Uhyve::guest("smp").opts(["-c", "1"]).run();
+    run.assert_code(1)
+        .assert_stdout_contains("CPU_ON failed: -2\n")
+        .assert_stdout_lacks("cpu 1 up");
+}
+
+// ---- The real Hermit image ----
+
+#[test]
+fn the_real_aarch64_hello_world_runs_to_completion() {
+    let Some(path) = real_image(
+        "the_real_aarch64_hello_world_runs_to_completion",
+        "aarch64-hello_world",
+    ) else {
+        return;
+    };
+    let run = Uhyve::kernel(path).timeout(REAL_IMAGE_TIMEOUT).run();
+    run.assert_no_host_crash()
+        .assert_success()
+        .assert_stdout_contains("Hello, world!");
+}
