@@ -28,6 +28,7 @@ const GUESTS: &[&str] = &[
     "hello",
     "hostile",
     "smp",
+    "spin",
 ];
 
 /// Where tests/guests/aarch64/rt/guest.ld links every guest (UHYVE_A64_LINK_BASE).

@@ -1,5 +1,8 @@
 //! A host signal stops a running guest cleanly: the console output is flushed, the private temp
-//! directory is removed, and uhyve exits with `128 + signal` and a message.
+//! directory is removed, and uhyve exits with `128 + signal` and a message. Also with a second
+//! vCPU, which on aarch64 waits powered off in the host kernel for a PSCI CPU_ON that never
+//! comes: its thread must be kicked out of `KVM_RUN` too. Built for an aarch64 host, the tests
+//! run the aarch64 build of the same guest (in the emulated Arm machine of `.ci/aarch64-kvm`).
 
 mod common;
 
@@ -14,7 +17,15 @@ fn sigint_stops_a_spinning_guest_and_cleans_up() {
     if !kvm_or_skip("sigint_stops_a_spinning_guest_and_cleans_up") {
         return;
     }
-    interrupt_guest(&[], "spinning\n", libc::SIGINT);
+    interrupt_guest(&[], &[], "spinning\n", libc::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_a_guest_on_two_vcpus() {
+    if !kvm_or_skip("sigterm_stops_a_guest_on_two_vcpus") {
+        return;
+    }
+    interrupt_guest(&["-c", "2"], &[], "spinning\n", libc::SIGTERM);
 }
 
 #[test]
@@ -22,7 +33,7 @@ fn sigint_stops_a_guest_blocked_on_stdin() {
     if !kvm_or_skip("sigint_stops_a_guest_blocked_on_stdin") {
         return;
     }
-    interrupt_guest(&["stdin"], "reading\n", libc::SIGINT);
+    interrupt_guest(&[], &["stdin"], "reading\n", libc::SIGINT);
 }
 
 #[test]
@@ -32,14 +43,16 @@ fn sigterm_stops_a_guest_whose_stdout_is_never_read() {
     }
     // After "flooding" the test stops reading: the pipe fills up and the guest's console write
     // blocks in the host; SIGTERM must still end uhyve.
-    interrupt_guest(&["flood"], "flooding\n", libc::SIGTERM);
+    interrupt_guest(&[], &["flood"], "flooding\n", libc::SIGTERM);
 }
 
-/// Starts the spin guest with `args`, waits until it printed `ready`, sends `signal` and checks
-/// that uhyve stops promptly, reports the signal and leaves no temp files behind.
-fn interrupt_guest(args: &[&str], ready: &str, signal: libc::c_int) {
+/// Starts the spin guest with uhyve `options` and guest `args`, waits until it printed `ready`,
+/// sends `signal` and checks that uhyve stops promptly, reports the signal and leaves no temp
+/// files behind.
+fn interrupt_guest(options: &[&str], args: &[&str], ready: &str, signal: libc::c_int) {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(UHYVE_BIN)
+        .args(options)
         .arg(guest("spin"))
         .args(args)
         .env("TMPDIR", tmp.path())
