@@ -11,8 +11,8 @@ use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonErr
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::base::multithread::{
-    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
-    MultiThreadSingleStepOps,
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
 use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
@@ -148,6 +148,8 @@ impl Debugger<'_> {
 /// The `gdbstub` target: the debugger of one VM.
 struct GdbTarget<'d, 'k> {
     debugger: &'d Debugger<'k>,
+    /// The vCPUs GDB named an action for in the resume being prepared.
+    named: std::collections::BTreeSet<u32>,
 }
 
 fn failed<T>(response: Response) -> TargetResult<T, GdbTarget<'static, 'static>> {
@@ -259,8 +261,10 @@ impl MultiThreadResume for GdbTarget<'_, '_> {
     }
 
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
-        // A vCPU GDB names no action for stays stopped.
-        self.debugger.lock().resume.fill(Resume::Hold);
+        // gdbstub's contract: a thread GDB names no action for continues (`vCont;c` and
+        // `vCont;c:p1.-1` name none), unless GDB asks for scheduler locking.
+        self.debugger.lock().resume.fill(Resume::Continue);
+        self.named.clear();
         Ok(())
     }
 
@@ -272,7 +276,12 @@ impl MultiThreadResume for GdbTarget<'_, '_> {
         if let Some(resume) = self.debugger.lock().resume.get_mut(cpu_of(tid) as usize) {
             *resume = Resume::Continue;
         }
+        self.named.insert(cpu_of(tid));
         Ok(())
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
     }
 
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
@@ -288,6 +297,20 @@ impl MultiThreadSingleStep for GdbTarget<'_, '_> {
     ) -> Result<(), Self::Error> {
         if let Some(resume) = self.debugger.lock().resume.get_mut(cpu_of(tid) as usize) {
             *resume = Resume::Step;
+        }
+        self.named.insert(cpu_of(tid));
+        Ok(())
+    }
+}
+
+impl MultiThreadSchedulerLocking for GdbTarget<'_, '_> {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
+        // Only the vCPUs GDB named run (`stepi` sends `vCont;s:p1.1` alone).
+        let mut state = self.debugger.lock();
+        for (cpu, resume) in state.resume.iter_mut().enumerate() {
+            if !self.named.contains(&(cpu as u32)) {
+                *resume = Resume::Hold;
+            }
         }
         Ok(())
     }
@@ -494,7 +517,10 @@ pub fn serve(listener: &TcpListener, debugger: &Debugger<'_>) -> SessionEnd {
     };
     let _ = stream.set_nodelay(true);
     debugger.wait_initial_stop();
-    let mut target = GdbTarget { debugger };
+    let mut target = GdbTarget {
+        debugger,
+        named: std::collections::BTreeSet::new(),
+    };
     let end = match GdbStub::new(stream).run_blocking::<EventLoop<'_, '_>>(&mut target) {
         Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
             SessionEnd::GuestEnded
