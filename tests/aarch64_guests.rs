@@ -3,13 +3,16 @@
 //! lays it out as the KVM backend will run it (linked at 0x1020_0000 in RAM at 0x1000_0000 even
 //! with ASLR on, entered at `_start` with the boot stack right below it, the whole image up to the
 //! end of its bss identity-mapped, virtual page 0 on the hypercall window), and the hand-written
-//! instructions the guests and `tests/aarch64_kvm.rs` depend on are the ones intended. The guests
-//! come from `uhyve_test_guests::AARCH64_GUEST_DIR`: built on an aarch64 Linux target, and on
-//! x86_64 when an aarch64 cross compiler is installed. Without them the tests are skipped, unless
-//! `UHYVE_REQUIRE_AARCH64_GUESTS` is set (then they fail).
+//! instructions the guests and `tests/aarch64_kvm.rs` depend on are the ones intended. The same
+//! for the v2/v3 guests of `tests/guests/aarch64/v2/`: images of the interface version they claim,
+//! linked at 0x1_0040_0000 in RAM at 4 GiB, with the v1 and v2/v3 hypercall addresses on the
+//! window of that RAM. The guests come from `uhyve_test_guests::AARCH64_GUEST_DIR` (the v2/v3 ones
+//! from its `v2/`): built on an aarch64 Linux target, and on x86_64 when an aarch64 cross compiler
+//! is installed. Without them the tests are skipped, unless `UHYVE_REQUIRE_AARCH64_GUESTS` is set
+//! (then they fail).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use goblin::elf::{Elf, header, program_header};
 use uhyve::arch::GuestArch;
@@ -31,20 +34,49 @@ const GUESTS: &[&str] = &[
     "spin",
 ];
 
+/// The v2/v3 guests tests/guest-images/build.rs must produce from tests/guests/aarch64/v2/*.c,
+/// with the interface version each announces.
+const V2_GUESTS: &[(&str, u32)] = &[
+    ("v2_gating", 2),
+    ("v3_console", 3),
+    ("v3_exit", 3),
+    ("v3_files", 3),
+    ("v3_hostile", 3),
+    ("v3_memory", 3),
+];
+
 /// Where tests/guests/aarch64/rt/guest.ld links every guest (UHYVE_A64_LINK_BASE).
 const LINK_BASE: u64 = 0x1020_0000;
+/// Where tests/guests/aarch64/v2/rt/guest.ld links every v2/v3 guest: 4 MiB into RAM at 4 GiB.
+const V2_LINK_BASE: u64 = 0x1_0040_0000;
 /// The size of a page in uhyve's stage-1 tables.
 const PAGE: u64 = 0x1000;
 
-/// The built aarch64 guests, sorted by name, or `None` after saying why the test `test` is
+/// The built aarch64 v1 guests, sorted by name, or `None` after saying why the test `test` is
 /// skipped.
 fn guests(test: &str) -> Option<Vec<PathBuf>> {
-    let dir = PathBuf::from(uhyve_test_guests::AARCH64_GUEST_DIR);
-    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|entry| entry.expect("guest directory entry").path())
-        .filter(|path| path.is_file())
-        .collect();
+    guests_in(&PathBuf::from(uhyve_test_guests::AARCH64_GUEST_DIR), test)
+}
+
+/// The built aarch64 v2/v3 guests, like [`guests`].
+fn v2_guests(test: &str) -> Option<Vec<PathBuf>> {
+    guests_in(
+        &PathBuf::from(uhyve_test_guests::AARCH64_GUEST_DIR).join("v2"),
+        test,
+    )
+}
+
+/// The guest images directly in `dir`, sorted by name, or `None` (see [`guests`]). Without a
+/// cross compiler `v2/` is not even created.
+fn guests_in(dir: &Path, test: &str) -> Option<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|entry| entry.expect("guest directory entry").path())
+            .filter(|path| path.is_file())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot list {}: {e}", dir.display()),
+    };
     if paths.is_empty() {
         if std::env::var_os("UHYVE_REQUIRE_AARCH64_GUESTS").is_some() {
             panic!(
@@ -60,7 +92,7 @@ fn guests(test: &str) -> Option<Vec<PathBuf>> {
     Some(paths)
 }
 
-fn name(path: &std::path::Path) -> String {
+fn name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
@@ -88,9 +120,14 @@ fn instruction(elf: &Elf<'_>, bytes: &[u8], at: u64) -> u32 {
 
 /// Prepares `bytes` as uhyve will for a run with `random` as the ASLR draw.
 fn prepare(bytes: Vec<u8>, random: Option<u64>) -> PreparedGuest {
+    prepare_with_ram(bytes, random, 64 << 20)
+}
+
+/// [`prepare`] with `ram_size` bytes of RAM.
+fn prepare_with_ram(bytes: Vec<u8>, random: Option<u64>, ram_size: u64) -> PreparedGuest {
     let image = KernelImage::parse_for(bytes, header::EM_AARCH64).unwrap();
     let plan = GuestPlan {
-        ram_size: 64 << 20,
+        ram_size,
         num_cpus: 2,
         bootargs: "-- first".into(),
         mounts: Vec::new(),
@@ -265,9 +302,12 @@ const STP_X_NO_OFFSET: (u32, u32) = (0xFFFF_8000, 0xA900_0000);
 
 #[test]
 fn the_hand_written_aarch64_instructions_are_the_intended_ones() {
-    let Some(paths) = guests("the_hand_written_aarch64_instructions_are_the_intended_ones") else {
+    let test = "the_hand_written_aarch64_instructions_are_the_intended_ones";
+    let Some(mut paths) = guests(test) else {
         return;
     };
+    // The v2/v3 guests share the runtime and its vectors.
+    paths.extend(v2_guests(test).unwrap_or_default());
     for path in paths {
         let name = name(&path);
         let bytes = fs::read(&path).unwrap();
@@ -292,5 +332,177 @@ fn the_hand_written_aarch64_instructions_are_the_intended_ones() {
         // The vector table is 2 KiB aligned (VBAR_EL1 bits 10:0 are RES0).
         let vectors = symbol(&elf, "uhyve_rt_vectors").expect("the vectors");
         assert_eq!(vectors % 0x800, 0, "{name}: vectors at {vectors:#x}");
+    }
+}
+
+// ---- The v2/v3 guests ----
+
+/// The interface version the v2/v3 guest `name` must announce.
+fn v2_version(name: &str) -> u32 {
+    V2_GUESTS
+        .iter()
+        .find(|(guest, _)| *guest == name)
+        .map(|(_, version)| *version)
+        .unwrap_or_else(|| panic!("{name}: not a known v2/v3 guest"))
+}
+
+#[test]
+fn all_aarch64_v2_guests_are_built() {
+    let Some(paths) = v2_guests("all_aarch64_v2_guests_are_built") else {
+        return;
+    };
+    let names: Vec<String> = paths.iter().map(|path| name(path)).collect();
+    let expected: Vec<&str> = V2_GUESTS.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, expected, "the built aarch64 v2/v3 guests");
+}
+
+#[test]
+fn aarch64_v2_guests_are_hermit_images_of_their_interface_version() {
+    let Some(paths) = v2_guests("aarch64_v2_guests_are_hermit_images_of_their_interface_version")
+    else {
+        return;
+    };
+    for path in paths {
+        let name = name(&path);
+        let version = v2_version(&name);
+        let bytes = fs::read(&path).unwrap();
+        let elf = Elf::parse(&bytes).expect("an ELF file");
+        assert_eq!(elf.header.e_type, header::ET_EXEC, "{name}: not ET_EXEC");
+        assert_eq!(elf.header.e_machine, header::EM_AARCH64, "{name}");
+        assert_eq!(elf.header.e_ident[header::EI_OSABI], 0xFF, "{name}: OS ABI");
+        assert!(elf.interpreter.is_none(), "{name}: has PT_INTERP");
+        assert!(elf.dynamic.is_none(), "{name}: has a dynamic section");
+        assert_eq!(Some(elf.header.e_entry), symbol(&elf, "_start"), "{name}");
+        let loads: Vec<_> = elf
+            .program_headers
+            .iter()
+            .filter(|ph| ph.p_type == program_header::PT_LOAD)
+            .collect();
+        assert_eq!(loads.len(), 2, "{name}: text and data segments");
+        for load in &loads {
+            assert!(
+                load.p_vaddr >= V2_LINK_BASE,
+                "{name}: a segment below the link base"
+            );
+            assert_eq!(load.p_align, PAGE, "{name}: segment alignment");
+        }
+
+        if cfg!(target_arch = "aarch64") {
+            let object = hermit_entry::elf::KernelObject::parse(&bytes)
+                .unwrap_or_else(|e| panic!("{name}: hermit-entry rejects it: {e}"));
+            assert_eq!(object.start_addr(), Some(V2_LINK_BASE), "{name}");
+            assert_eq!(
+                object.uhyve_interface_version().map(|v| v.0),
+                Some(version),
+                "{name}"
+            );
+            let kernel = object.hermit_version().expect("an ABI-tag note");
+            assert_eq!((kernel.major, kernel.minor), (0, 14), "{name}");
+        }
+        let image = KernelImage::parse_for(bytes.clone(), header::EM_AARCH64)
+            .unwrap_or_else(|e| panic!("{name}: uhyve's loader rejects it: {e}"));
+        assert_eq!(image.fixed_load_address(), Some(V2_LINK_BASE), "{name}");
+        assert_eq!(image.entry_version(), 4, "{name}");
+        assert_eq!(image.interface_version(), version, "{name}");
+        assert_eq!(image.kernel_version(), Some((0, 14, 0)), "{name}");
+        assert_eq!(
+            image.generation(),
+            uhyve::loader::KernelGeneration::FdtMounts,
+            "{name}"
+        );
+    }
+}
+
+/// The v1 and v2/v3 hypercall addresses, and the stop offset of the guests' vectors.
+const WINDOW_ADDRESSES: &[u64] = &[
+    0x400, 0x540, 0x800, 0x880, 0xff8, 0x1010, 0x1020, 0x1030, 0x1040, 0x1050, 0x1100, 0x1110,
+    0x1120, 0x1130, 0x1140, 0x1150, 0x1160, 0x1170, 0x1180, 0x1190, 0x1200, 0x1210,
+];
+
+#[test]
+fn aarch64_v2_guests_are_laid_out_in_ram_at_4_gib() {
+    let Some(paths) = v2_guests("aarch64_v2_guests_are_laid_out_in_ram_at_4_gib") else {
+        return;
+    };
+    for path in paths {
+        let name = name(&path);
+        let bytes = fs::read(&path).unwrap();
+        let elf = Elf::parse(&bytes).unwrap();
+        let image_end = elf
+            .program_headers
+            .iter()
+            .filter(|ph| ph.p_type == program_header::PT_LOAD)
+            .map(|ph| ph.p_vaddr + ph.p_memsz)
+            .max()
+            .unwrap();
+        assert_eq!(image_end % PAGE, 0, "{name}: the image ends inside a page");
+
+        // A fixed image pins RAM to 4 GiB whatever ASLR draws; v3_memory also runs with 8 GiB.
+        let mut runs = vec![
+            (None, 64 << 20),
+            (Some(0x1234_5678), 64 << 20),
+            (Some(u64::MAX), 64 << 20),
+        ];
+        if name == "v3_memory" {
+            runs.push((None, 8 << 30));
+        }
+        for (random, ram_size) in runs {
+            let guest = prepare_with_ram(bytes.clone(), random, ram_size);
+            let g = guest.mem.base().as_u64();
+            assert_eq!(g, layout::HIGH_RAM_BASE, "{name} with ASLR {random:?}");
+            assert_eq!(guest.kernel.entry_point, elf.header.e_entry, "{name}");
+            assert_eq!(guest.kernel.image_range, V2_LINK_BASE..image_end, "{name}");
+            assert_eq!(
+                guest.boot_info.as_u64(),
+                g + layout::BOOT_INFO_OFFSET,
+                "{name}"
+            );
+
+            let EntryRegisters::Aarch64(r) = &guest.registers else {
+                panic!("{name}: aarch64 registers expected");
+            };
+            assert_eq!(r.pc, elf.header.e_entry, "{name}");
+            assert_eq!((r.x0, r.x1), (guest.boot_info.as_u64(), 0), "{name}");
+            assert_eq!(r.sp_el1 + 0x8000, V2_LINK_BASE, "{name}");
+            assert_eq!(r.ttbr0_el1, g + 0x1_0000, "{name}");
+
+            // What the runtime reads from the boot info: RAM and the serial port (the
+            // SerialWriteBuffer address for v2/v3).
+            let mut info = [0u8; 24];
+            guest.mem.read(guest.boot_info, &mut info).unwrap();
+            let field = |i: usize| u64::from_le_bytes(info[i * 8..i * 8 + 8].try_into().unwrap());
+            assert_eq!((field(0), field(1)), (g, g + ram_size), "{name}: RAM");
+            assert_eq!(field(2), 0x1030, "{name}: serial_port_base");
+
+            let walk =
+                |va: u64| virt_to_phys(&guest.mem, guest.page_table_root, GuestVirtAddr::new(va));
+            for va in [
+                r.pc,
+                r.sp_el1,
+                g,
+                V2_LINK_BASE - 1,
+                image_end - 1,
+                guest.boot_info.as_u64(),
+            ] {
+                assert_eq!(walk(va), Ok(GuestPhysAddr::new(va)), "{name}: {va:#x}");
+            }
+            for &address in WINDOW_ADDRESSES {
+                assert_eq!(
+                    walk(address),
+                    Ok(GuestPhysAddr::new(g + address)),
+                    "{name}: hypercall address {address:#x}"
+                );
+            }
+            // uhyve maps nothing past the image: the runtime maps the rest of RAM itself.
+            assert!(walk(image_end).is_err(), "{name}: {image_end:#x} is mapped");
+
+            let mut word = [0u8; 4];
+            guest.mem.read(GuestPhysAddr::new(r.pc), &mut word).unwrap();
+            assert_eq!(
+                u32::from_le_bytes(word),
+                instruction(&elf, &bytes, r.pc),
+                "{name}"
+            );
+        }
     }
 }

@@ -2,18 +2,31 @@
 //! guests of `tests/guests/aarch64/` (built by `tests/guest-images/build.rs`, which on an aarch64
 //! Linux target makes them the crate's guests) on real KVM, one behaviour per guest: console
 //! output, exit codes, arguments and environment, the file hypercalls, hostile parameters, crashes
-//! (an undefined instruction, an MMIO store, a store without a syndrome) and PSCI secondaries;
-//! plus the real Hermit 0.11.0 `aarch64-hello_world` image when `UHYVE_TEST_IMAGES` names its
-//! folder. Without a usable `/dev/kvm` each test is skipped (fails with `UHYVE_REQUIRE_KVM`).
-//! What each guest prints and why is described at the top of its C file.
+//! (an undefined instruction, an MMIO store, a store without a syndrome) and PSCI secondaries.
+//! Then the guests of hypercall interfaces v2 and v3 of `tests/guests/aarch64/v2/` (the x86_64
+//! guests of `tests/guests/v2/` built for aarch64, whose RAM uhyve puts at 4 GiB), checked as
+//! `tests/guests_v2.rs` checks them on x86_64: Exit, the console calls with piped input, every
+//! file call, v2 guests kept from v3 calls and v1 ports, more than 3 GiB of RAM, hostile
+//! parameters; and what differs on aarch64, where uhyve stops a guest that touches its hypercall
+//! window anywhere but at a hypercall address. Last the real Hermit 0.11.0 `aarch64-hello_world`
+//! image when `UHYVE_TEST_IMAGES` names its folder. Without a usable `/dev/kvm` each test is
+//! skipped (fails with `UHYVE_REQUIRE_KVM`). What each guest prints and why is described at the
+//! top of its C file.
 #![cfg(all(target_os = "linux", target_arch = "aarch64"))]
 
 mod common;
+mod v1_guests;
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use common::sandbox::{SECRET, Sandbox};
+use common::sandbox::{SECRET, Sandbox, entries};
+use common::v2::{
+    INPUT, LIST_NAMES, PARAM_CALLS, assert_lists_exactly, big_buffer, listed_names,
+    make_listed_dir, sandbox,
+};
 use common::{Run, Uhyve, kvm_or_skip, real_image};
 
 /// What the guests return when uhyve lets them go on after something it must stop.
@@ -24,9 +37,9 @@ const SURVIVED: i32 = 42;
 const REAL_IMAGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Sandbox {
-    /// The guest `name` with `mnt/` mapped as `data` (a relative guest path), running in `cwd/`.
-    fn uhyve(&self, name: &str) -> Uhyve {
-        self.mapped(Uhyve::guest(name), "data")
+    /// The v2/v3 guest `name` with `mnt/` mapped as `/data`, running in `cwd/`.
+    fn uhyve_v2(&self, name: &str) -> Uhyve {
+        self.mapped(Uhyve::v2_guest(name), "/data")
     }
 }
 
@@ -58,83 +71,7 @@ fn hello_prints_through_both_console_hypercalls() {
     );
 }
 
-#[test]
-fn exit_code_becomes_the_process_status() {
-    if !kvm_or_skip("exit_code_becomes_the_process_status") {
-        return;
-    }
-    for (guest_code, status) in [
-        ("0", 0),
-        ("1", 1),
-        ("3", 3),
-        ("42", 42),
-        ("255", 255),
-        ("-1", 255),
-        ("256", 0),
-    ] {
-        let run = Uhyve::guest("exit_code").args([guest_code]).run();
-        run.assert_code(status);
-        assert_eq!(run.stdout, "", "{}", run.report());
-    }
-}
-
-#[test]
-fn arguments_and_environment_reach_the_guest() {
-    if !kvm_or_skip("arguments_and_environment_reach_the_guest") {
-        return;
-    }
-    let uhyve = Uhyve::guest("args_env")
-        .opts(["-e", "ALPHA=1", "-e", "BETA=two words"])
-        .args(["x", "with space", "", "ünïcode"]);
-    let kernel = uhyve.kernel_path().display().to_string();
-    let run = uhyve.run();
-    run.assert_all_ok();
-    assert_eq!(
-        run.stdout,
-        format!(
-            "argc=5\narg={kernel}\narg=x\narg=with space\narg=\narg=ünïcode\n\
-             envc=2\nenv=ALPHA=1\nenv=BETA=two words\nsizes respected: ok\n"
-        ),
-        "{}",
-        run.report()
-    );
-}
-
 // ---- Files ----
-
-#[test]
-fn file_hypercalls_round_trip() {
-    if !kvm_or_skip("file_hypercalls_round_trip") {
-        return;
-    }
-    for path in ["data/roundtrip.txt", "/data/roundtrip.txt"] {
-        let sandbox = Sandbox::new();
-        let run = sandbox.uhyve("file_ops").args([path]).run();
-        run.assert_all_ok()
-            .assert_stdout_contains("file_ops: all ok\n");
-        assert!(
-            !sandbox.path("mnt/roundtrip.txt").exists(),
-            "the guest unlinked the file, but it is still on the host"
-        );
-        sandbox.assert_outside_untouched();
-    }
-}
-
-#[test]
-fn file_written_by_the_guest_lands_on_the_host() {
-    if !kvm_or_skip("file_written_by_the_guest_lands_on_the_host") {
-        return;
-    }
-    let sandbox = Sandbox::new();
-    let run = sandbox
-        .uhyve("file_ops")
-        .args(["data/kept.txt", "keep"])
-        .run();
-    run.assert_all_ok();
-    let content = fs::read_to_string(sandbox.path("mnt/kept.txt")).expect("file on host");
-    assert_eq!(content, "hello file\n");
-    sandbox.assert_outside_untouched();
-}
 
 // ---- Hostile guests: uhyve must survive every one of them ----
 
@@ -179,19 +116,6 @@ fn hostile_read_buffers_get_errors() {
 }
 
 #[test]
-fn hostile_write_buffers_are_refused() {
-    if !kvm_or_skip("hostile_write_buffers_are_refused") {
-        return;
-    }
-    let run = Uhyve::guest("hostile").args(["write_bad_buffers"]).run();
-    // Either the guest learns that nothing was written, or uhyve stops it with a message.
-    run.assert_no_host_crash().assert_stdout_lacks("FAIL");
-    if run.code() == 0 {
-        run.assert_all_ok();
-    }
-}
-
-#[test]
 fn hostile_serial_buffers_do_not_crash() {
     if !kvm_or_skip("hostile_serial_buffers_do_not_crash") {
         return;
@@ -206,19 +130,6 @@ fn hostile_serial_buffers_do_not_crash() {
         "uhyve printed {} bytes for a 4-byte tail of RAM",
         run.stdout.len()
     );
-}
-
-#[test]
-fn hostile_unterminated_paths_get_errors() {
-    if !kvm_or_skip("hostile_unterminated_paths_get_errors") {
-        return;
-    }
-    let sandbox = Sandbox::new();
-    let run = sandbox.uhyve("hostile").args(["open_unterminated"]).run();
-    run.assert_no_host_crash()
-        .assert_all_ok()
-        .assert_stdout_contains("open non-utf8 path: ok\n");
-    sandbox.assert_outside_untouched();
 }
 
 #[test]
@@ -415,6 +326,482 @@ fn cpu_on_of_a_missing_vcpu_fails() {
     run.assert_code(1)
         .assert_stdout_contains("CPU_ON failed: -2\n")
         .assert_stdout_lacks("cpu 1 up");
+}
+
+// ---- Interfaces v2 and v3: exit and console ----
+
+#[test]
+fn v3_exit_code_is_the_stored_value() {
+    if !kvm_or_skip("v3_exit_code_is_the_stored_value") {
+        return;
+    }
+    let cases: &[(&[&str], i32)] = &[
+        (&["0"], 0),
+        (&["1"], 1),
+        (&["255"], 255),
+        (&["256"], 0),
+        (&["-1"], 255),
+        (&["-2"], 254),
+        // The code sign-extended into all of the stored register, and junk above the code.
+        (&["raw", "-2"], 254),
+        (&["raw", "81985529216486659"], 3),
+        (&["return", "7"], 7),
+    ];
+    for (args, status) in cases {
+        let run = Uhyve::v2_guest("v3_exit").args(*args).run();
+        run.assert_code(*status);
+        assert_eq!(run.stdout, "", "{}", run.report());
+    }
+}
+
+#[test]
+fn v3_console_output_and_input() {
+    if !kvm_or_skip("v3_console_output_and_input") {
+        return;
+    }
+    // 3 bytes by `ldrb`, 'D' by `ldrh`, 0xff and 'F' by `ldr w` (0xff is data there, not the
+    // end), 20 bytes by SerialReadBuffer, the rest by FileRead on fd 0.
+    let mut input = b"ABCD\xffFghijklmnopqrstuvwxyz0123".to_vec();
+    input.extend_from_slice(b"and the rest through FileRead fd 0\n");
+    let run = Uhyve::v2_guest("v3_console").stdin(input).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("boot info serial_port_base is SerialWriteBuffer: ok\n")
+        .assert_stdout_contains("console: SerialWriteByte\n[!]\nconsole: SerialWriteBuffer\n")
+        .assert_stdout_contains(&big_buffer())
+        .assert_stdout_contains("END-OF-RAM-OK\n")
+        .assert_stdout_contains("console: FileWrite fd 1\n")
+        .assert_stdout_contains("console: FileWrite fd 2\n")
+        .assert_stdout_contains(
+            "stdin: [ABCD\\xffFghijklmnopqrstuvwxyz0123and the rest through FileRead fd 0\\x0a]\n",
+        )
+        .assert_stdout_contains("SerialReadByte zero-extends: ok\n")
+        .assert_stdout_contains("end: SerialReadByte eax again: ok\n")
+        .assert_stdout_contains("end: SerialReadBuffer buffer untouched: ok\n");
+    assert_eq!(
+        run.stdout.matches("big ").count(),
+        1280,
+        "the big buffer came out more than once\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn v3_console_input_at_its_end_from_the_start() {
+    if !kvm_or_skip("v3_console_input_at_its_end_from_the_start") {
+        return;
+    }
+    for input in [None, Some(Vec::new())] {
+        let uhyve = Uhyve::v2_guest("v3_console");
+        let uhyve = match input {
+            Some(bytes) => uhyve.stdin(bytes),
+            None => uhyve,
+        };
+        let run = uhyve.run();
+        run.assert_all_ok()
+            .assert_stdout_contains("stdin: []\n")
+            .assert_stdout_contains("end: SerialReadByte al: ok\n")
+            .assert_stdout_contains("end: SerialReadBuffer len 0: ok\n")
+            .assert_stdout_contains("end: FileRead fd 0: ok\n");
+    }
+}
+
+// ---- Interfaces v2 and v3: files, gating, memory ----
+
+#[test]
+fn v3_file_hypercalls_on_a_mapped_directory() {
+    if !kvm_or_skip("v3_file_hypercalls_on_a_mapped_directory") {
+        return;
+    }
+    let sandbox = sandbox();
+    fs::write(sandbox.path("mnt/existing.txt"), "existing content\n").unwrap();
+    std::os::unix::fs::symlink("existing.txt", sandbox.path("mnt/to_existing")).unwrap();
+    make_listed_dir(&sandbox.path("mnt/list"));
+    let run = sandbox.uhyve_v2("v3_files").args(["/data"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("v3_files: all ok\n");
+
+    // The listing of /data/list, in 64-byte pieces, printed before "listed".
+    let (list, rest) = run.stdout.split_once("listed ").expect("a listing");
+    assert_lists_exactly(list, &sandbox.path("mnt/list"), &run);
+    assert!(
+        rest.starts_with(&format!("{} entries\n", LIST_NAMES.len() + 3)),
+        "{}",
+        run.report()
+    );
+    let (_, made) = rest.split_once("made:\n").expect("made's listing");
+    let (made, root) = made.split_once("root:\n").expect("the root's listing");
+    assert_lists_exactly(made, &sandbox.path("mnt/made"), &run);
+    assert_eq!(
+        listed_names(root),
+        BTreeMap::from([("data".to_owned(), 1)]),
+        "{}",
+        run.report()
+    );
+
+    // FileStat reported the host's metadata.
+    let meta = fs::metadata(sandbox.path("mnt/existing.txt")).unwrap();
+    let line = format!(
+        "existing.txt: ino={} size=17 mode={} nlink=1 mtime={}.{}\n",
+        meta.ino(),
+        meta.mode(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    run.assert_stdout_contains(&line);
+
+    // What the guest left on the host.
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/kept.txt")).unwrap(),
+        "kept by the v3 guest\n"
+    );
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/made/inner.txt")).unwrap(),
+        "inner\n"
+    );
+    assert!(sandbox.path("mnt/made2").is_dir());
+    assert!(
+        !sandbox.path("mnt/new.txt").exists(),
+        "new.txt was unlinked"
+    );
+    assert!(!sandbox.path("mnt/nope").exists());
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v2_guests_cannot_reach_the_v3_calls() {
+    if !kvm_or_skip("v2_guests_cannot_reach_the_v3_calls") {
+        return;
+    }
+    let sandbox = sandbox();
+    fs::write(sandbox.path("mnt/existing.txt"), "existing content\n").unwrap();
+    let run = sandbox.uhyve_v2("v2_gating").args(["/data"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("v2: SerialWriteBuffer\n")
+        .assert_stdout_contains("Mkdir ignored: ok\n")
+        .assert_stdout_contains("Getdents ignored: ok\n")
+        .assert_stdout_contains("FileStat ignored: ok\n")
+        .assert_stdout_contains("FileFstat ignored: ok\n")
+        .assert_stdout_contains("in from v3 addresses: all-ones: ok\n")
+        .assert_stdout_contains("v1 Exit and FileOpen ignored: ok\n")
+        .assert_stdout_contains("v2_gating: all ok\n");
+    assert!(!sandbox.path("mnt/v3dir").exists(), "a v2 guest made a dir");
+    assert!(!sandbox.path("mnt/v2.txt").exists(), "v2.txt was unlinked");
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v3_guests_use_more_than_3_gib_of_ram() {
+    if !kvm_or_skip("v3_guests_use_more_than_3_gib_of_ram") {
+        return;
+    }
+    let sandbox = sandbox();
+    let run = sandbox
+        .uhyve_v2("v3_memory")
+        .opts(["-m", "8G"])
+        .args(["/data"])
+        .run();
+    run.assert_all_ok()
+        .assert_stdout_contains("ram: 0x100000000..0x300000000\n")
+        .assert_stdout_contains("touched 24 words, the highest at 0x2fffffff8\n")
+        .assert_stdout_contains("serial from the end of RAM\n")
+        .assert_stdout_contains("v3_memory: all ok\n");
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/high.txt")).unwrap(),
+        "0123456789abcdef"
+    );
+    assert!(sandbox.path("mnt/high-dir").is_dir());
+    sandbox.assert_outside_untouched();
+}
+
+// ---- Interfaces v2 and v3: hostile guests ----
+
+fn assert_v3_params_stop_the_vm(places: &[&str]) {
+    for place in places {
+        for (call, hypercall) in PARAM_CALLS {
+            let run = Uhyve::v2_guest("v3_hostile")
+                .args(["params", call, place])
+                .run();
+            run.assert_stopped_by_host(SURVIVED)
+                .assert_stderr_mentions(&format!("{hypercall}: parameter block at 0x"))
+                .assert_stderr_mentions("outside guest RAM")
+                .assert_stdout_lacks("survived");
+        }
+    }
+}
+
+#[test]
+fn v3_parameter_blocks_at_or_across_the_end_of_ram_stop_the_vm() {
+    if !kvm_or_skip("v3_parameter_blocks_at_or_across_the_end_of_ram_stop_the_vm") {
+        return;
+    }
+    assert_v3_params_stop_the_vm(&["end", "straddle"]);
+}
+
+#[test]
+fn v3_parameter_blocks_below_ram_or_wrapping_stop_the_vm() {
+    if !kvm_or_skip("v3_parameter_blocks_below_ram_or_wrapping_stop_the_vm") {
+        return;
+    }
+    assert_v3_params_stop_the_vm(&["below", "low", "wrap"]);
+}
+
+#[test]
+fn v3_serial_buffers_outside_ram_stop_the_vm() {
+    if !kvm_or_skip("v3_serial_buffers_outside_ram_stop_the_vm") {
+        return;
+    }
+    for (attack, hypercall) in [
+        ("serial_write_buffer", "SerialWriteBuffer"),
+        ("serial_read_buffer", "SerialReadBuffer"),
+    ] {
+        for place in ["end", "straddle", "below", "low", "wrap", "huge"] {
+            let run = Uhyve::v2_guest("v3_hostile")
+                .args([attack, place])
+                .stdin("input that must not land anywhere\n")
+                .run();
+            run.assert_stopped_by_host(SURVIVED)
+                .assert_stderr_mentions(&format!("{hypercall}: buffer at 0x"))
+                .assert_stderr_mentions("outside guest RAM")
+                .assert_stdout_lacks("survived")
+                .assert_stdout_lacks("TAIL");
+        }
+    }
+}
+
+#[test]
+fn v3_file_buffers_outside_ram_get_efault() {
+    if !kvm_or_skip("v3_file_buffers_outside_ram_get_efault") {
+        return;
+    }
+    let sandbox = sandbox();
+    let run = sandbox
+        .uhyve_v2("v3_hostile")
+        .args(["file_buffers", "/data/input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("length of all RAM\n")
+        .assert_stdout_contains("read into the last 16 bytes of RAM: ok\n")
+        .assert_stdout_contains("RAM-END-WRITE\n");
+    // 9 bad buffers with 5 checks each, and 5 more checks.
+    assert_eq!(
+        run.stdout.matches(": ok\n").count(),
+        9 * 5 + 6,
+        "{}",
+        run.report()
+    );
+    assert_eq!(
+        fs::read_to_string(sandbox.path("mnt/input.txt")).unwrap(),
+        INPUT
+    );
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v3_bad_paths_get_errors() {
+    if !kvm_or_skip("v3_bad_paths_get_errors") {
+        return;
+    }
+    let sandbox = sandbox();
+    let before = entries(&sandbox.path("mnt"));
+    let run = sandbox
+        .uhyve_v2("v3_hostile")
+        .args(["paths", "/data"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("path not UTF-8\n")
+        .assert_stdout_contains("stat path ending at the end of RAM: ok\n");
+    // Only the directory whose path ended exactly at the end of RAM was made.
+    let mut expected = before;
+    expected.push("at-end".to_owned());
+    expected.sort();
+    assert_eq!(entries(&sandbox.path("mnt")), expected, "{}", run.report());
+    assert!(sandbox.path("mnt/at-end").is_dir());
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v3_bad_file_descriptors_get_ebadf() {
+    if !kvm_or_skip("v3_bad_file_descriptors_get_ebadf") {
+        return;
+    }
+    let run = Uhyve::v2_guest("v3_hostile").args(["bad_fds"]).run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("fd -2147483648\n")
+        .assert_stdout_contains("fd 2147483647\n");
+    // 6 fds with 6 calls each, and 3 + 3 x 3 calls on the stdio fds.
+    assert_eq!(
+        run.stdout.matches(": ok\n").count(),
+        6 * 6 + 3 + 3 * 3,
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn v3_bad_whence_gets_einval() {
+    if !kvm_or_skip("v3_bad_whence_gets_einval") {
+        return;
+    }
+    let sandbox = sandbox();
+    let run = sandbox
+        .uhyve_v2("v3_hostile")
+        .args(["bad_whence", "/data/input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("position unchanged: ok\n");
+    assert_eq!(run.stdout.matches(": ok\n").count(), 9, "{}", run.report());
+}
+
+#[test]
+fn v3_getdents_errors_lose_no_entries() {
+    if !kvm_or_skip("v3_getdents_errors_lose_no_entries") {
+        return;
+    }
+    let sandbox = sandbox();
+    make_listed_dir(&sandbox.path("mnt/list"));
+    let run = sandbox
+        .uhyve_v2("v3_hostile")
+        .args(["getdents", "/data/list", "/data/input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("buffer wrapping around: ok\n")
+        .assert_stdout_contains("length 2^64 - 1 near the end of RAM: ok\n")
+        .assert_stdout_contains("failing calls between pieces: ok\n")
+        .assert_stdout_contains("length 2^64 - 1 with 64 KiB left lists everything: ok\n")
+        .assert_stdout_contains("getdents on a file: ok\n");
+    assert_lists_exactly(&run.stdout, &sandbox.path("mnt/list"), &run);
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v3_stat_attributes_outside_ram_get_efault() {
+    if !kvm_or_skip("v3_stat_attributes_outside_ram_get_efault") {
+        return;
+    }
+    let sandbox = sandbox();
+    let run = sandbox
+        .uhyve_v2("v3_hostile")
+        .args(["stat_attr", "/data/input.txt"])
+        .run();
+    run.assert_no_host_crash()
+        .assert_all_ok()
+        .assert_stdout_contains("attr wrapping around\n")
+        .assert_stdout_contains("fstat into the last 120 bytes of RAM: ok\n")
+        .assert_stdout_contains("attr untouched after EINVAL: ok\n")
+        .assert_stdout_contains("missing path, attr outside RAM: ok\n");
+    assert_eq!(
+        run.stdout.matches(": ok\n").count(),
+        1 + 5 * 4 + 6,
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
+fn v3_paths_cannot_escape_the_mapping() {
+    if !kvm_or_skip("v3_paths_cannot_escape_the_mapping") {
+        return;
+    }
+    let sandbox = sandbox();
+    let before = entries(&sandbox.path("mnt"));
+    let run = sandbox
+        .uhyve_v2("v3_hostile")
+        .args(["escapes", "/data"])
+        .run();
+    run.assert_no_host_crash().assert_all_ok();
+    for line in [
+        "stat /data/link/secret: ok\n",
+        "stat /data/link_file: ok\n",
+        "mkdir /data/link/made: ok\n",
+        "mkdir /data/../../made: ok\n",
+        "mkdir /data/link_file/made: ok\n",
+        "open a symlinked directory outside: ok\n",
+        "lstat of a link to the outside: ok\n",
+        "mkdir of an unmapped path: ok\n",
+    ] {
+        run.assert_stdout_contains(line);
+    }
+    assert_eq!(entries(&sandbox.path("mnt")), before, "{}", run.report());
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn v3_closing_stdio_is_ignored() {
+    if !kvm_or_skip("v3_closing_stdio_is_ignored") {
+        return;
+    }
+    let run = Uhyve::v2_guest("v3_hostile").args(["close_stdio"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("fd 1 still works\n");
+}
+
+#[test]
+fn v1_ports_do_nothing_for_a_v3_guest() {
+    if !kvm_or_skip("v1_ports_do_nothing_for_a_v3_guest") {
+        return;
+    }
+    let run = Uhyve::v2_guest("v3_hostile").args(["v1_ports"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("v1 Exit ignored: ok\n")
+        .assert_stdout_contains("v1 FileOpen untouched: ok\n")
+        .assert_stdout_contains("v1 Cmdval untouched: ok\n")
+        .assert_stdout_lacks("LEAK");
+    assert_eq!(run.stdout.matches(": ok\n").count(), 9, "{}", run.report());
+}
+
+#[test]
+fn v3_stores_without_a_served_store_are_ignored_and_loads_read_all_ones() {
+    if !kvm_or_skip("v3_stores_without_a_served_store_are_ignored_and_loads_read_all_ones") {
+        return;
+    }
+    let run = Uhyve::v2_guest("v3_hostile").args(["unknown_ports"]).run();
+    run.assert_all_ok()
+        .assert_stdout_contains("stores to v2 addresses without a store: ignored: ok\n")
+        .assert_stdout_contains("load 0x1010: ok\n")
+        .assert_stdout_contains("load 0x1190: ok\n")
+        .assert_stdout_contains("load 0x1210: ok\n")
+        .assert_stdout_contains("unknown ports: still running\n")
+        .assert_stdout_lacks("LEAK");
+    assert_eq!(run.stdout.matches(": ok\n").count(), 17, "{}", run.report());
+}
+
+#[test]
+fn v3_stray_accesses_to_the_hypercall_window_stop_the_vm() {
+    if !kvm_or_skip("v3_stray_accesses_to_the_hypercall_window_stop_the_vm") {
+        return;
+    }
+    // Offsets that are no hypercall address (of either table): a store there is refused, even
+    // with a FileWrite of "LEAK" behind it.
+    for offset in [
+        0x8u64, 0x600, 0x1000, 0x1018, 0x1060, 0x11a0, 0x1300, 0x3ff8,
+    ] {
+        let run = Uhyve::v2_guest("v3_hostile")
+            .args(["window_store", &offset.to_string()])
+            .run();
+        run.assert_stopped_by_host(SURVIVED)
+            .assert_stdout_lacks("survived")
+            .assert_stdout_lacks("LEAK")
+            .assert_stderr_mentions(&format!(
+                "write of 8 bytes at offset {offset:#x} of the hypercall window"
+            ));
+    }
+    // Loads are hypercall reads at v2/v3 addresses only: the v1 ports and other offsets are
+    // stray.
+    for offset in [0x540u64, 0x800, 0x1000, 0x1060, 0x3ff8] {
+        let run = Uhyve::v2_guest("v3_hostile")
+            .args(["window_load", &offset.to_string()])
+            .run();
+        run.assert_stopped_by_host(SURVIVED)
+            .assert_stdout_lacks("survived")
+            .assert_stderr_mentions(&format!(
+                "read of 4 bytes at offset {offset:#x} of the hypercall window"
+            ));
+    }
 }
 
 // ---- The real Hermit image ----

@@ -274,6 +274,25 @@ fn a_forbidden_call_on_a_vcpu_thread_ends_uhyve_with_a_message() {
 }
 
 #[test]
+fn a_memory_fault_under_the_filter_is_named_not_taken_for_a_violation() {
+    if !kvm_or_skip("a_memory_fault_under_the_filter_is_named_not_taken_for_a_violation") {
+        return;
+    }
+    // Rust's own SIGSEGV handler would re-arm itself with rt_sigaction, which the filter forbids.
+    let run = Uhyve::guest("hello")
+        .env(TEST_VIOLATION_ENV, "vcpu-fault")
+        .run();
+    run.assert_code(128 + libc::SIGSEGV)
+        .assert_stderr_mentions("uhyve: fatal memory fault: SIGSEGV at 0x")
+        .assert_stderr_mentions("on a vCPU thread");
+    assert!(
+        !run.stderr.contains("forbidden system call"),
+        "{}",
+        run.report()
+    );
+}
+
+#[test]
 fn seccomp_none_turns_the_filter_off() {
     if !kvm_or_skip("seccomp_none_turns_the_filter_off") {
         return;

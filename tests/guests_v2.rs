@@ -13,10 +13,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use common::sandbox::{Sandbox, entries};
-use common::{Run, Uhyve, all_v2_guests, kvm_or_skip, v2_guest};
+use common::v2::{
+    INPUT, LIST_NAMES, PARAM_CALLS, assert_lists_exactly, big_buffer, listed_names,
+    make_listed_dir, sandbox,
+};
+use common::{Uhyve, all_v2_guests, kvm_or_skip, v2_guest};
 
 /// The v2/v3 guests tests/guest-images/build.rs must produce, with the interface version each
 /// announces.
@@ -110,13 +113,6 @@ fn v3_exit_code_is_the_register_argument() {
     }
 }
 
-/// The 80 KiB v3_console writes in one SerialWriteBuffer call.
-fn big_buffer() -> String {
-    (0..1280)
-        .map(|k| format!("{:.<63}\n", format!("big {k:04} ")))
-        .collect()
-}
-
 #[test]
 fn v3_console_output_and_input() {
     if !kvm_or_skip("v3_console_output_and_input") {
@@ -169,71 +165,11 @@ fn v3_console_input_at_its_end_from_the_start() {
 
 // ---- Files ----
 
-/// The 32-byte file the hostile file tests read.
-const INPUT: &str = "0123456789abcdefghijklmnopqrstuv";
-
-/// The file sandbox with `mnt/input.txt` ([`INPUT`]).
-fn sandbox() -> Sandbox {
-    Sandbox::new().with_file("mnt/input.txt", INPUT)
-}
-
 impl Sandbox {
     /// The v2/v3 guest `name` with `mnt/` mapped as `/data`, running in `cwd/`.
     fn uhyve(&self, name: &str) -> Uhyve {
         self.mapped(Uhyve::v2_guest(name), "/data")
     }
-}
-
-/// The names of the `entry <name> <d_type>` lines in `text`, with how often each came.
-fn listed_names(text: &str) -> BTreeMap<String, usize> {
-    let mut names = BTreeMap::new();
-    for line in text.lines() {
-        if let Some((name, _d_type)) = line
-            .strip_prefix("entry ")
-            .and_then(|rest| rest.rsplit_once(' '))
-        {
-            *names.entry(name.to_owned()).or_insert(0) += 1;
-        }
-    }
-    names
-}
-
-/// Asserts that `listing` names every entry of `dir`, `.` and `..` exactly once, and nothing else.
-fn assert_lists_exactly(listing: &str, dir: &Path, run: &Run) {
-    let mut expected: BTreeMap<String, usize> =
-        entries(dir).into_iter().map(|name| (name, 1)).collect();
-    expected.insert(".".into(), 1);
-    expected.insert("..".into(), 1);
-    assert_eq!(
-        listed_names(listing),
-        expected,
-        "Getdents did not list every entry exactly once\n{}",
-        run.report()
-    );
-}
-
-/// Names of assorted lengths (records of 24 to 64 bytes) for a listed directory.
-const LIST_NAMES: &[&str] = &[
-    "a",
-    "bb",
-    "ccc",
-    "file-with-a-longer-name.txt",
-    "forty-characters-long-name-0123456789abc",
-    "e.txt",
-    "f_f",
-    "g-1",
-    "g-2",
-    "g-3",
-    "h",
-    "space name",
-];
-
-fn make_listed_dir(dir: &Path) {
-    fs::create_dir(dir).unwrap();
-    for name in LIST_NAMES {
-        fs::write(dir.join(name), name).unwrap();
-    }
-    fs::create_dir(dir.join("sub")).unwrap();
 }
 
 #[test]
@@ -342,23 +278,6 @@ fn v3_guests_use_more_than_3_gib_of_ram() {
 }
 
 // ---- Hostile guests: uhyve must survive every one of them ----
-
-/// The hypercalls `v3_hostile params` can aim at a bad address, and their names in uhyve's
-/// messages.
-const PARAM_CALLS: &[(&str, &str)] = &[
-    ("serial_write", "SerialWriteBuffer"),
-    ("serial_read", "SerialReadBuffer"),
-    ("write", "FileWrite"),
-    ("open", "FileOpen"),
-    ("close", "FileClose"),
-    ("read", "FileRead"),
-    ("lseek", "FileLseek"),
-    ("unlink", "FileUnlink"),
-    ("getdents", "Getdents"),
-    ("stat", "FileStat"),
-    ("fstat", "FileFstat"),
-    ("mkdir", "Mkdir"),
-];
 
 fn assert_params_stop_the_vm(places: &[&str]) {
     for place in places {

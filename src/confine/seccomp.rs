@@ -11,10 +11,19 @@
 //! `write(2)` only — `uhyve: seccomp: forbidden system call N on a vCPU thread` (or the main
 //! thread) — and ends the process with status 128 + SIGSYS through `exit_group`.
 //!
+//! A memory fault (SIGSEGV, SIGBUS) under the filter gets a handler of its own, installed with
+//! the SIGSYS one: Rust's handler for these would re-arm itself with `rt_sigaction`, which the
+//! filter forbids, and the fault would end as a puzzling "forbidden system call" (seen once on
+//! aarch64). Ours writes `uhyve: fatal memory fault: SIGSEGV at 0x… on a vCPU thread (a stack
+//! overflow or a bug in uhyve)` and ends the process with status 128 + the signal. It runs on
+//! the thread's alternate signal stack (std gives every thread one), so it works on a stack
+//! overflow too.
+//!
 //! Test hook: with `UHYVE_TEST_SECCOMP_VIOLATION=vcpu` (or `main`) in its environment, uhyve
 //! makes that thread call `socket(AF_UNIX, SOCK_DGRAM, 0)` right after installing its filter,
 //! which the filter forbids. Harmless if the filter were missing: the socket would be closed at
-//! once. `tests/confine.rs` uses it to check that a violation ends uhyve with the message.
+//! once. With `vcpu-fault` the vCPU thread raises SIGSEGV instead. `tests/confine.rs` uses both
+//! to check that uhyve ends with the message.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -235,6 +244,20 @@ pub fn install_violation_handler() -> Result<(), SeccompError> {
     if result != 0 {
         return Err(SeccompError::Handler(std::io::Error::last_os_error()));
     }
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: as above, for a handler that calls only gettid, write and exit_group; on the
+        // alternate signal stack, so that a stack overflow can still be reported.
+        let result = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fault as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if result != 0 {
+            return Err(SeccompError::Handler(std::io::Error::last_os_error()));
+        }
+    }
     Ok(())
 }
 
@@ -259,7 +282,13 @@ fn provoke_violation_if_asked(role: ThreadRole) {
         ThreadRole::Main => "main",
         ThreadRole::Vcpu => "vcpu",
     };
-    if std::env::var_os(TEST_VIOLATION_ENV).is_some_and(|value| value == wanted) {
+    let asked = std::env::var_os(TEST_VIOLATION_ENV);
+    if role == ThreadRole::Vcpu && asked.as_ref().is_some_and(|value| value == "vcpu-fault") {
+        // SAFETY: raise(3) sends SIGSEGV to this thread (tgkill, allowed); the fault handler
+        // ends the process.
+        unsafe { libc::raise(libc::SIGSEGV) };
+    }
+    if asked.is_some_and(|value| value == wanted) {
         // SAFETY: socket(2) with constant arguments touches no memory; if it were allowed, the
         // descriptor it returns is closed at once.
         unsafe {
@@ -303,6 +332,61 @@ extern "C" fn on_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut l
     }
 }
 
+/// The SIGSEGV/SIGBUS handler under the filter: one line on stderr, then the process ends with
+/// 128 + the signal. Only async-signal-safe system calls, no allocation, no locks.
+extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for a SA_SIGINFO handler; for SIGSEGV and SIGBUS
+    // it holds the faulting address.
+    let address = unsafe { (*info).si_addr() } as u64;
+    let role = if current_thread_id() == MAIN_THREAD.load(Ordering::SeqCst) {
+        ThreadRole::Main
+    } else {
+        ThreadRole::Vcpu
+    };
+    let mut line = [0u8; 160];
+    let len = fault_message(signal, address, role, &mut line);
+    // SAFETY: write(2) from a buffer on this stack, then exit_group; both async-signal-safe.
+    unsafe {
+        libc::syscall(libc::SYS_write, 2, line.as_ptr(), len);
+        libc::syscall(libc::SYS_exit_group, 128 + signal);
+    }
+}
+
+/// Writes `uhyve: fatal memory fault: SIGSEGV at 0x… on …\n` into `out` without allocating;
+/// returns its length (cut at `out`'s end).
+pub fn fault_message(signal: i32, address: u64, role: ThreadRole, out: &mut [u8]) -> usize {
+    let name: &[u8] = if signal == libc::SIGBUS {
+        b"SIGBUS"
+    } else {
+        b"SIGSEGV"
+    };
+    let mut hex = [0u8; 16];
+    for (i, slot) in hex.iter_mut().enumerate() {
+        let nibble = (address >> (60 - 4 * i)) & 0xF;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    let first = hex.iter().position(|&digit| digit != b'0').unwrap_or(15);
+    let thread: &[u8] = match role {
+        ThreadRole::Main => b" on the main thread",
+        ThreadRole::Vcpu => b" on a vCPU thread",
+    };
+    let parts: [&[u8]; 6] = [
+        b"uhyve: fatal memory fault: ",
+        name,
+        b" at 0x",
+        &hex[first..],
+        thread,
+        b" (a stack overflow or a bug in uhyve)\n",
+    ];
+    let mut len = 0;
+    for byte in parts.iter().flat_map(|part| part.iter()) {
+        let Some(slot) = out.get_mut(len) else { break };
+        *slot = *byte;
+        len += 1;
+    }
+    len
+}
+
 /// Writes `uhyve: seccomp: forbidden system call N on …\n` into `out` without allocating;
 /// returns its length (cut at `out`'s end).
 pub fn violation_message(number: i32, role: ThreadRole, out: &mut [u8]) -> usize {
@@ -342,6 +426,30 @@ pub fn violation_message(number: i32, role: ThreadRole, out: &mut [u8]) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_fault_is_named_with_its_address() {
+        let message = |signal, address, role| {
+            let mut out = [0u8; 160];
+            let len = fault_message(signal, address, role, &mut out);
+            String::from_utf8(out[..len].to_vec()).unwrap()
+        };
+        assert_eq!(
+            message(libc::SIGSEGV, 0xdead_beef, ThreadRole::Vcpu),
+            "uhyve: fatal memory fault: SIGSEGV at 0xdeadbeef on a vCPU thread (a stack \
+             overflow or a bug in uhyve)\n"
+        );
+        assert!(
+            message(libc::SIGBUS, 0, ThreadRole::Main)
+                .starts_with("uhyve: fatal memory fault: SIGBUS at 0x0 on the main thread")
+        );
+        assert!(message(libc::SIGSEGV, u64::MAX, ThreadRole::Main).contains("0xffffffffffffffff"));
+        // A short buffer cuts the line, nothing more.
+        assert_eq!(
+            fault_message(libc::SIGSEGV, 1, ThreadRole::Main, &mut [0u8; 10]),
+            10
+        );
+    }
 
     fn message(number: i32, role: ThreadRole) -> String {
         let mut out = [0u8; 96];

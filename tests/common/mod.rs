@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod sandbox;
+pub mod v2;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;

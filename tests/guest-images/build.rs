@@ -19,15 +19,20 @@
 //!
 //! Every `tests/guests/aarch64/*.c` is an aarch64 v1 guest, linked with the shared
 //! `rt/runtime.c` (compiled for aarch64), `aarch64/rt/start.S` and `aarch64/rt/runtime_a64.c` by
-//! `aarch64/rt/guest.ld` at 0x1020_0000, inside the RAM uhyve gives aarch64 v1 guests. On an
-//! aarch64 Linux target they are the guests of `$OUT_DIR/guests/<name>` (the crate's
-//! `GUEST_DIR`; the x86_64 kinds are not built there) and need a C compiler for aarch64:
-//! `UHYVE_GUEST_CC_AARCH64`, else `aarch64-linux-gnu-gcc` when the build host is not aarch64, else
-//! `gcc`. On an x86_64 Linux target they are also built, into `$OUT_DIR/guests-aarch64/<name>`,
-//! when a cross compiler is there (`UHYVE_GUEST_CC_AARCH64`, or an `aarch64-linux-gnu-gcc` that
-//! runs), so that host-side tests can load them; without one that directory stays empty. Both
-//! places are exported as `UHYVE_AARCH64_GUEST_DIR` (the crate's `AARCH64_GUEST_DIR`). On every
-//! other target nothing is built (the directories are still created, empty).
+//! `aarch64/rt/guest.ld` at 0x1020_0000, inside the RAM uhyve gives aarch64 v1 guests. Every
+//! `tests/guests/aarch64/v2/*.c` is an aarch64 v2/v3 guest (most include the x86_64 guest of the
+//! same name from `v2/`), built into `<dir>/v2/<name>` beside them: the same runtime compiled with
+//! `UHYVE_V2`, plus `v2/rt/runtime_v2.c` and `aarch64/v2/rt/runtime_v2_a64.c`, linked by
+//! `aarch64/v2/rt/guest.ld` at 4 MiB above 4 GiB, where uhyve puts the RAM of such guests. On an
+//! aarch64 Linux target they are the guests of `$OUT_DIR/guests/<name>` and
+//! `$OUT_DIR/guests/v2/<name>` (the crate's `GUEST_DIR`; the x86_64 kinds are not built there)
+//! and need a C compiler for aarch64: `UHYVE_GUEST_CC_AARCH64`, else `aarch64-linux-gnu-gcc` when
+//! the build host is not aarch64, else `gcc`. On an x86_64 Linux target they are also built, into
+//! `$OUT_DIR/guests-aarch64/<name>` (and `v2/<name>`), when a cross compiler is there
+//! (`UHYVE_GUEST_CC_AARCH64`, or an `aarch64-linux-gnu-gcc` that runs), so that host-side tests
+//! can load them; without one that directory stays empty. Both places are exported as
+//! `UHYVE_AARCH64_GUEST_DIR` (the crate's `AARCH64_GUEST_DIR`). On every other target nothing is
+//! built (the directories are still created, empty).
 //!
 //! The flags keep the guests to general-purpose registers: the KVM on the project's machines
 //! emulates every x86 instruction and cannot execute SSE/AVX (see tests/guests/uhyve.h); the
@@ -88,6 +93,10 @@ const A64_CFLAGS: &[&str] = &[
 /// Code generation of the aarch64 v1 guests, linked at a fixed address: ADRP-relative addressing
 /// (the small code model), no GOT.
 const A64_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small"];
+
+/// Code generation of the aarch64 v2/v3 guests: that of the v1 guests (ADRP reaches ±4 GiB from
+/// the code, wherever it is linked), and `UHYVE_V2` for the v2 wrappers and the RAM at 4 GiB.
+const A64_V2_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small", "-DUHYVE_V2=1"];
 
 /// Linker flags of the aarch64 guests: [`LDFLAGS`] with 4 KiB pages (the default maximum page size
 /// of aarch64 would align the segments to 64 KiB).
@@ -252,24 +261,40 @@ fn build_kind(cc: &OsString, kind: &GuestKind) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the aarch64 guests of `tests/guests/aarch64/` with `cc` into `output`.
+/// Builds the aarch64 guests of `tests/guests/aarch64/` with `cc` into `output`, and those of
+/// `tests/guests/aarch64/v2/` into `output/v2`.
 fn build_aarch64_guests(cc: &OsString, guest_src: &Path, output: &Path) -> Result<(), String> {
     let a64_src = guest_src.join("aarch64");
     let a64_rt = a64_src.join("rt");
-    let kind = GuestKind {
+    let runtime = vec![
+        a64_rt.join("start.S"),
+        guest_src.join("rt").join("runtime.c"),
+        a64_rt.join("runtime_a64.c"),
+    ];
+    let a64_v2_src = a64_src.join("v2");
+    let mut v2_runtime = runtime.clone();
+    v2_runtime.push(guest_src.join("v2").join("rt").join("runtime_v2.c"));
+    v2_runtime.push(a64_v2_src.join("rt").join("runtime_v2_a64.c"));
+    let v1 = GuestKind {
         cflags: A64_CFLAGS,
         codegen: A64_CODEGEN,
         ldflags: A64_LDFLAGS,
-        runtime: vec![
-            a64_rt.join("start.S"),
-            guest_src.join("rt").join("runtime.c"),
-            a64_rt.join("runtime_a64.c"),
-        ],
+        runtime,
         linker_script: a64_rt.join("guest.ld"),
         output: output.to_path_buf(),
         sources: a64_src,
     };
-    build_kind(cc, &kind)
+    let v2 = GuestKind {
+        cflags: A64_CFLAGS,
+        codegen: A64_V2_CODEGEN,
+        ldflags: A64_LDFLAGS,
+        runtime: v2_runtime,
+        linker_script: a64_v2_src.join("rt").join("guest.ld"),
+        output: output.join("v2"),
+        sources: a64_v2_src,
+    };
+    build_kind(cc, &v1)?;
+    build_kind(cc, &v2)
 }
 
 /// One family of guests: its sources, how they are compiled and linked, where they go.

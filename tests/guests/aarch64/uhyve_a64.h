@@ -19,16 +19,29 @@
  * Secondary cpus start powered off and are started with PSCI CPU_ON (`hvc #0`, served by KVM) at
  * uhyve_a64_secondary_entry (rt/start.S) with the MMU off: they reach the hypercall window at its
  * physical address UHYVE_A64_RAM_BASE + port (uhyve_a64_phys_store).
+ *
+ * The v2/v3 guests of v2/ are compiled with UHYVE_V2 and use the same runtime (start.S,
+ * runtime_a64.c), with ../v2/uhyve_v2.h for their hypercalls: their RAM, and so the hypercall
+ * window, starts at 4 GiB, and their hypercall addresses (0x1010 ...) lie in the window's second
+ * page, which uhyve maps at virtual 0x1000. v2/rt/runtime_v2_a64.c maps the rest of their RAM.
  */
 #ifndef UHYVE_GUEST_A64_H
 #define UHYVE_GUEST_A64_H
 
 /* ---- Constants (also used by rt/start.S and rt/guest.ld) ---- */
 
+#ifdef UHYVE_V2
+/* The v2/v3 guests of v2/ (built with UHYVE_V2): their RAM starts at 4 GiB
+ * (src/arch/aarch64/layout.rs, HIGH_RAM_BASE), with uhyve's boot structures at the same offsets
+ * as for v1, and v2/rt/guest.ld links them 4 MiB into it, like the x86_64 v2/v3 guests. */
+#define UHYVE_A64_RAM_BASE 0x100000000
+#define UHYVE_A64_LINK_BASE 0x100400000
+#else
 /* First guest-physical address of v1 RAM (src/arch/aarch64/layout.rs, RAM_BASE). */
 #define UHYVE_A64_RAM_BASE 0x10000000
 /* Where rt/guest.ld links the image: 2 MiB into RAM, above uhyve's boot structures and stack. */
 #define UHYVE_A64_LINK_BASE 0x10200000
+#endif
 /* Bytes of the boot stack uhyve reserves below the image. */
 #define UHYVE_A64_BOOT_STACK_SIZE 0x8000
 /* Secondary cpus with a stack of their own (cpu ids 1 … UHYVE_A64_MAX_CPUS - 1). */

@@ -1,8 +1,9 @@
 /*
- * uhyve_v2.h: the hypercall interfaces v2 and v3 (x86_64) as seen from a test guest, and the
- * parts of the runtime only v2/v3 guests have (rt/runtime_v2.c). Everything shared with the v1
- * guests (boot info, open flags, errno values, the packed Open/Close/Unlink structs that v2 keeps,
- * string and console helpers) comes from ../uhyve.h.
+ * uhyve_v2.h: the hypercall interfaces v2 and v3 (x86_64, and aarch64 for the guests of
+ * ../aarch64/v2/) as seen from a test guest, and the parts of the runtime only v2/v3 guests have
+ * (rt/runtime_v2.c). Everything shared with the v1 guests (boot info, open flags, errno values,
+ * the packed Open/Close/Unlink structs that v2 keeps, string and console helpers) comes from
+ * ../uhyve.h.
  *
  * Transport (hermit-abi.md section 6.1): `out dx, eax` with DX = the address (a port number),
  * EAX = anything and RDI = the whole 64-bit argument: the guest-physical address of the parameter
@@ -11,6 +12,14 @@
  * guest-physical; the guest's RAM starts at 4 GiB and uhyve identity-maps it, so the address of a
  * stack or static variable is its guest-physical address. Results are the value or a negative
  * errno (v3: a tag and an errno).
+ *
+ * On aarch64 (compiled for __aarch64__) a hypercall is a plain 64-bit `str` of the argument to the
+ * virtual address = the hypercall address: uhyve's boot tables map virtual 0 .. 16 KiB to its
+ * hypercall window, the first 16 KiB of RAM (see ../aarch64/uhyve_a64.h). SerialReadByte is a
+ * load from its address. The wrappers for these keep the x86 names (uhyve_v2_out, uhyve_in8 ...),
+ * so that the guests' sources serve both architectures; the aarch64 runtime maps all of RAM
+ * identically too (../aarch64/v2/rt/runtime_v2_a64.c), so addresses are guest-physical there as
+ * well.
  *
  * The natural-layout parameter structs mirror interface/src/v2.rs with their padding spelled out;
  * sizes and offsets are checked below. The wrappers preset every result field (HC_UNSET, or the
@@ -212,6 +221,43 @@ _Static_assert(offsetof(struct Dirent64, d_name) == 19, "Dirent64.d_name");
 
 /* ---- Raw transport ---- */
 
+#if defined(__aarch64__)
+/* `str` of `argument` to the virtual address `address`: the v2/v3 hypercall at `address`. */
+static inline void uhyve_v2_out(uint16_t address, uint64_t argument)
+{
+	uhyve_a64_store(address, argument);
+}
+
+/* Loads of 1, 2, 4 or 8 bytes from the virtual address `address` (the hypercall window): `ldrb`,
+ * `ldrh`, `ldr w`, `ldr x` with an immediate offset, forms that have an instruction syndrome. */
+static inline uint8_t uhyve_in8(uint16_t address)
+{
+	uint32_t value;
+	__asm__ volatile("ldrb %w0, [%x1]" : "=r"(value) : "r"((uint64_t)address) : "memory");
+	return (uint8_t)value;
+}
+
+static inline uint16_t uhyve_in16(uint16_t address)
+{
+	uint32_t value;
+	__asm__ volatile("ldrh %w0, [%x1]" : "=r"(value) : "r"((uint64_t)address) : "memory");
+	return (uint16_t)value;
+}
+
+static inline uint32_t uhyve_in32(uint16_t address)
+{
+	uint32_t value;
+	__asm__ volatile("ldr %w0, [%x1]" : "=r"(value) : "r"((uint64_t)address) : "memory");
+	return value;
+}
+
+static inline uint64_t uhyve_in64(uint16_t address)
+{
+	uint64_t value;
+	__asm__ volatile("ldr %x0, [%x1]" : "=r"(value) : "r"((uint64_t)address) : "memory");
+	return value;
+}
+#else
 /* `out dx, eax` with RDI = `argument`: the v2/v3 hypercall at `address`. */
 static inline void uhyve_v2_out(uint16_t address, uint64_t argument)
 {
@@ -239,6 +285,7 @@ static inline uint32_t uhyve_in32(uint16_t port)
 	__asm__ volatile("inl %%dx, %%eax" : "=a"(value) : "d"(port) : "memory");
 	return value;
 }
+#endif /* !__aarch64__ */
 
 /* The guest-physical address of `p` (identity map: VA == GPA). */
 static inline uint64_t gpa(const volatile void *p)
@@ -253,7 +300,7 @@ __attribute__((noreturn)) static inline void hc_exit(int code)
 	/* Hermit passes the i32 zero-extended. */
 	uhyve_v2_out(UHYVE_V2_EXIT, (uint32_t)code);
 	for (;;)
-		__asm__ volatile("cli; hlt");
+		uhyve_halt();
 }
 
 static inline void hc_putc(char c)
@@ -272,7 +319,8 @@ static inline void hc_write_buffer(const void *buf, uint64_t len)
 	hc_write_buffer_raw(gpa(buf), len);
 }
 
-/* SerialReadByte as a 4-byte `in`: the byte zero-extended, all-ones at the end of the input. */
+/* SerialReadByte as a 4-byte `in` (aarch64: `ldr w`): the byte zero-extended, all-ones at the end
+ * of the input. */
 static inline uint32_t hc_read_byte(void)
 {
 	return uhyve_in32(UHYVE_V2_SERIAL_READ_BYTE);
@@ -444,7 +492,8 @@ static inline int64_t getdent_value(struct GetdentResult r)
 /* ---- v2 runtime (rt/runtime_v2.c) ---- */
 
 /* Run by the runtime before main: extends uhyve's identity map (which only covers the start of
- * RAM up to the image) to all of RAM with 2 MiB pages; stops the guest if it cannot. */
+ * RAM up to the image) to all of RAM with 2 MiB pages (aarch64: 2 MiB blocks, and 4 KiB pages
+ * next to the image; ../aarch64/v2/rt/runtime_v2_a64.c); stops the guest if it cannot. */
 void uhyve_v2_start(void);
 
 /* Guest RAM [v2_ram_start(), v2_ram_end()) from the boot info; all of it is mapped. */

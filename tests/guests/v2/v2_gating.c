@@ -13,6 +13,9 @@
  *                  are unchanged, MNT/v3dir does not exist, and the directory fd is still usable
  *   `in` on them   1, 2 and 4-byte reads of 0x1160-0x1190 give all-ones
  *   v1 calls       Exit (0x540) and FileOpen (0x440) as a v1 guest makes them: ignored
+ *
+ * Built for aarch64 as well (../aarch64/v2/v2_gating.c): the calls are stores and the reads loads
+ * (see uhyve_v2.h), the v1 calls stores of the struct's address to the v1 port.
  */
 #include "uhyve_v2.h"
 
@@ -69,6 +72,13 @@ static void v2_calls(void)
 	check("v2 SerialReadByte without input", byte == UINT32_MAX, byte);
 }
 
+#if defined(__aarch64__)
+/* A v1 hypercall as an aarch64 v1 guest makes it: the struct's address stored to the port. */
+static void v1_call(uint16_t port, const void *params)
+{
+	uhyve_a64_store(port, gpa(params));
+}
+#else
 /* A v1 hypercall as a v1 guest makes it (EAX = the struct's address), with RDI = it as well. */
 static void v1_call(uint16_t port, const void *params)
 {
@@ -77,6 +87,7 @@ static void v1_call(uint16_t port, const void *params)
 			 : "a"((uint32_t)gpa(params)), "d"(port), "D"(gpa(params))
 			 : "memory");
 }
+#endif
 
 static void v1_calls(void)
 {

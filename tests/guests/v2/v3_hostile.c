@@ -61,6 +61,19 @@
  *                            them and from served addresses other than SerialReadByte (Exit,
  *                            FileWrite, Mkdir, ...): all-ones, and the guest keeps running
  *   rep_ins PORT             `rep insb` of 4 bytes from PORT (decimal): all-ones per element
+ *
+ * Built for aarch64 as well (../aarch64/v2/v3_hostile.c), where `out` is a store and `in` a load at
+ * the virtual address = the hypercall address (uhyve_v2.h) and a v1 call a store of the struct's
+ * address to the v1 port. There uhyve takes any other access to its 16 KiB hypercall window for a
+ * stray one and stops the VM, so the attacks differ:
+ *   v1_ports                 the same stores, but no loads from the v1 ports (see window_load)
+ *   unknown_ports            stores to the v2 addresses uhyve serves no store at (SerialReadByte,
+ *                            SharedMemOpen/Close): ignored; 1/2/4/8-byte loads from the v2
+ *                            addresses other than SerialReadByte: all-ones
+ *   window_store OFFSET      a store of a FileWrite of "LEAK" to the window offset OFFSET
+ *                            (decimal), which is no hypercall address: must stop the VM
+ *   window_load OFFSET       a 4-byte load from OFFSET, which is no v2 address: must stop the VM
+ *   (no rep_ins: aarch64 has no string I/O)
  */
 #include "uhyve_v2.h"
 
@@ -588,6 +601,13 @@ static int close_stdio(void)
 	return check_failures != 0;
 }
 
+#if defined(__aarch64__)
+/* A v1 hypercall as an aarch64 v1 guest makes it: the struct's address stored to the port. */
+static void v1_call(uint16_t port, const void *params)
+{
+	uhyve_a64_store(port, gpa(params));
+}
+#else
 /* A v1-style hypercall: EAX = the low 32 bits of the struct address, RDI = all of it. */
 static void v1_call(uint16_t port, const void *params)
 {
@@ -596,6 +616,7 @@ static void v1_call(uint16_t port, const void *params)
 			 : "a"((uint32_t)gpa(params)), "d"(port), "D"(gpa(params))
 			 : "memory");
 }
+#endif
 
 static int v1_ports(void)
 {
@@ -605,7 +626,11 @@ static int v1_ports(void)
 
 	static const char leak[] = "LEAK\n";
 	for (size_t i = 0; i < sizeof(leak) - 1; i++)
+#if defined(__aarch64__)
+		uhyve_a64_store(UHYVE_PORT_UART, (uint8_t)leak[i]);
+#else
 		uhyve_out8(UHYVE_PORT_UART, (uint8_t)leak[i]);
+#endif
 	struct SerialWriteBufferParams serial = {.buf = gpa(leak), .len = sizeof(leak) - 1};
 	v1_call(UHYVE_PORT_SERIAL_WRITE_BUFFER, &serial);
 	struct WriteParams write = {.fd = 1, .buf = gpa(leak), .len = sizeof(leak) - 1};
@@ -638,14 +663,83 @@ static int v1_ports(void)
 	v1_call(UHYVE_PORT_CMDVAL, &val);
 	check("v1 Cmdval untouched", all_bytes(slots, sizeof(slots), 0), 0);
 
+#if !defined(__aarch64__)
 	static const uint16_t ports[] = {UHYVE_PORT_UART, UHYVE_PORT_EXIT, UHYVE_PORT_FILE_READ};
 	int ones = 1;
 	for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++)
 		ones &= uhyve_in8(ports[i]) == 0xff && uhyve_in32(ports[i]) == UINT32_MAX;
 	check("in from v1 ports: all-ones", ones, ones);
+#endif
 	return check_failures != 0;
 }
 
+#if defined(__aarch64__)
+static int unknown_ports(void)
+{
+	static const char leak[] = "LEAK\n";
+	/* v2 addresses, but none that uhyve serves by a store. */
+	static const uint16_t stores[] = {UHYVE_V2_SERIAL_READ_BYTE, UHYVE_V2_SHARED_MEM_OPEN,
+					  UHYVE_V2_SHARED_MEM_CLOSE};
+	int untouched = 1;
+	for (size_t i = 0; i < sizeof(stores) / sizeof(stores[0]); i++) {
+		struct WriteParamsV2 p = {.len = sizeof(leak) - 1, .ret = HC_UNSET, .buf = gpa(leak), .fd = 1};
+		uhyve_v2_out(stores[i], gpa(&p));
+		untouched &= p.ret == HC_UNSET && p.len == sizeof(leak) - 1;
+	}
+	check("stores to v2 addresses without a store: ignored", untouched, untouched);
+
+	/* Every v2 address but SerialReadByte: served loads that read all-ones. */
+	static const uint16_t loads[] = {UHYVE_V2_EXIT, UHYVE_V2_SERIAL_WRITE_BYTE,
+					 UHYVE_V2_SERIAL_WRITE_BUFFER, UHYVE_V2_SERIAL_READ_BUFFER,
+					 UHYVE_V2_FILE_WRITE, UHYVE_V2_FILE_OPEN, UHYVE_V2_FILE_CLOSE,
+					 UHYVE_V2_FILE_READ, UHYVE_V2_FILE_LSEEK, UHYVE_V2_FILE_UNLINK,
+					 UHYVE_V3_GETDENTS, UHYVE_V3_FILE_STAT, UHYVE_V3_FILE_FSTAT,
+					 UHYVE_V3_MKDIR, UHYVE_V2_SHARED_MEM_OPEN,
+					 UHYVE_V2_SHARED_MEM_CLOSE};
+	for (size_t i = 0; i < sizeof(loads) / sizeof(loads[0]); i++) {
+		uint8_t b = uhyve_in8(loads[i]);
+		uint16_t h = uhyve_in16(loads[i]);
+		uint32_t w = uhyve_in32(loads[i]);
+		uint64_t x = uhyve_in64(loads[i]);
+		put_str("load ");
+		put_hex(loads[i]);
+		check("", b == 0xff && h == 0xffff && w == UINT32_MAX && x == UINT64_MAX, (int64_t)x);
+	}
+	put_str("unknown ports: still running\n");
+	return check_failures != 0;
+}
+
+/* A window offset given in decimal, 8-byte aligned and inside the 16 KiB window; -1 if not. */
+static int64_t window_offset(const char *text)
+{
+	int64_t offset;
+	if (parse_int(text, &offset) != 0 || offset < 0 || offset >= 0x4000 || offset % 8 != 0)
+		return -1;
+	return offset;
+}
+
+static int window_store(const char *offset_text)
+{
+	int64_t offset = window_offset(offset_text);
+	if (offset < 0)
+		return 100;
+	static const char leak[] = "LEAK\n";
+	struct WriteParamsV2 p = {.len = sizeof(leak) - 1, .ret = HC_UNSET, .buf = gpa(leak), .fd = 1};
+	uhyve_a64_store((uint64_t)offset, gpa(&p));
+	return survived();
+}
+
+static int window_load(const char *offset_text)
+{
+	int64_t offset = window_offset(offset_text);
+	if (offset < 0)
+		return 100;
+	uint32_t value = uhyve_in32((uint16_t)offset);
+	put_hex(value);
+	put_str("\n");
+	return survived();
+}
+#else
 static int unknown_ports(void)
 {
 	static const char leak[] = "LEAK\n";
@@ -689,6 +783,7 @@ static int rep_ins(const char *port_text)
 	check("rep_ins all-ones", all_bytes(bytes, sizeof(bytes), 0xff), (uint8_t)bytes[0]);
 	return check_failures != 0;
 }
+#endif /* !__aarch64__ */
 
 int main(void)
 {
@@ -725,8 +820,15 @@ int main(void)
 		return v1_ports();
 	if (strcmp(attack, "unknown_ports") == 0)
 		return unknown_ports();
+#if defined(__aarch64__)
+	if (strcmp(attack, "window_store") == 0 && argc == 2)
+		return window_store(argv[1]);
+	if (strcmp(attack, "window_load") == 0 && argc == 2)
+		return window_load(argv[1]);
+#else
 	if (strcmp(attack, "rep_ins") == 0 && argc == 2)
 		return rep_ins(argv[1]);
+#endif
 	put_str("unknown attack\n");
 	return 100;
 }

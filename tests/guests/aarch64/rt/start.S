@@ -114,7 +114,7 @@ uhyve_rt_trap:
 1:	mov x1, #UHYVE_A64_STOP_OFFSET
 	b 3f
 	/* MMU off: its physical address. */
-2:	movz x1, #(UHYVE_A64_RAM_BASE >> 16), lsl #16
+2:	mov x1, #UHYVE_A64_RAM_BASE
 	add x1, x1, #UHYVE_A64_STOP_OFFSET
 3:	mrs x0, elr_el1
 	.globl uhyve_rt_stop

@@ -10,9 +10,13 @@
  * PDPT uhyve made (RAM lies in [4 GiB, 64 GiB), all below PML4 entry 0), and reloads CR3. The new
  * directories repeat uhyve's translations for what it had mapped, so replacing its entries is
  * harmless even for the code doing it.
+ *
+ * The aarch64 v2/v3 guests (../../aarch64/v2/) link this file as well, for everything but that
+ * mapping: theirs is uhyve_v2_start in ../../aarch64/v2/rt/runtime_v2_a64.c.
  */
 #include "../uhyve_v2.h"
 
+#if !defined(__aarch64__)
 #define PAGE_2M (1ull << 21)
 #define GIB (1ull << 30)
 #define PTE_PRESENT 0x1ull
@@ -23,6 +27,7 @@
 #define MAX_RAM_GIB 60
 
 static uint64_t ram_directories[MAX_RAM_GIB][512] __attribute__((aligned(4096)));
+#endif /* !__aarch64__ */
 
 uint64_t v2_ram_start(void)
 {
@@ -34,6 +39,7 @@ uint64_t v2_ram_end(void)
 	return uhyve_boot_info->phys_addr_end;
 }
 
+#if !defined(__aarch64__)
 static __attribute__((noreturn)) void start_failed(const char *why)
 {
 	put_str("v2 runtime: ");
@@ -65,6 +71,7 @@ void uhyve_v2_start(void)
 	}
 	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
 }
+#endif /* !__aarch64__ */
 
 /* ---- Arguments ---- */
 
