@@ -18,6 +18,7 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
+use gdbstub::target::ext::section_offsets::{Offsets, SectionOffsets, SectionOffsetsOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 
 use super::{Debugger, Phase, Registers, Request, Response, Resume, StopKind};
@@ -174,8 +175,25 @@ impl Target for GdbTarget<'_, '_> {
         Some(self)
     }
 
+    fn support_section_offsets(&mut self) -> Option<SectionOffsetsOps<'_, Self>> {
+        Some(self)
+    }
+
     fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
         true
+    }
+}
+
+impl SectionOffsets for GdbTarget<'_, '_> {
+    /// A position-independent kernel (every Hermit image) runs where uhyve placed it: GDB moves
+    /// the symbols of its file by the load bias, so `gdb app -ex 'target remote …'` just works.
+    fn get_section_offsets(&mut self) -> Result<Offsets<u64>, Self::Error> {
+        let bias = self.debugger.load_bias;
+        Ok(Offsets::Sections {
+            text: bias,
+            data: bias,
+            bss: Some(bias),
+        })
     }
 }
 

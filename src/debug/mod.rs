@@ -115,6 +115,9 @@ pub struct Debugger<'k> {
     changed: Condvar,
     mem: &'k GuestMemory,
     kick_all: &'k (dyn Fn() + Sync),
+    /// The kernel's load bias, reported to GDB (`qOffsets`) so that the symbols of a
+    /// position-independent image match where it was loaded.
+    load_bias: u64,
 }
 
 /// A vCPU as its thread lends it to the debugger while parked.
@@ -126,8 +129,14 @@ pub struct DebugVcpu<'v, C: VirtualCpu> {
 }
 
 impl<'k> Debugger<'k> {
-    /// The debugger of a VM with `cpus` vCPUs; every vCPU waits before its first instruction.
-    pub fn new(cpus: u32, mem: &'k GuestMemory, kick_all: &'k (dyn Fn() + Sync)) -> Self {
+    /// The debugger of a VM with `cpus` vCPUs whose kernel was loaded `load_bias` bytes above
+    /// its link-time addresses; every vCPU waits before its first instruction.
+    pub fn new(
+        cpus: u32,
+        mem: &'k GuestMemory,
+        kick_all: &'k (dyn Fn() + Sync),
+        load_bias: u64,
+    ) -> Self {
         let n = cpus as usize;
         Self {
             state: Mutex::new(State {
@@ -148,6 +157,7 @@ impl<'k> Debugger<'k> {
             changed: Condvar::new(),
             mem,
             kick_all,
+            load_bias,
         }
     }
 

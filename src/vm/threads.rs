@@ -36,9 +36,14 @@ impl<H: Hypervisor> Vm<H> {
                 kick.kick();
             }
         };
-        let debugger = listener
-            .as_ref()
-            .map(|_| Debugger::new(self.cpu_count, &self.guest.mem, &kick_all));
+        let debugger = listener.as_ref().map(|_| {
+            Debugger::new(
+                self.cpu_count,
+                &self.guest.mem,
+                &kick_all,
+                self.guest.kernel.load_bias,
+            )
+        });
         let killed = AtomicBool::new(false);
         let shared = SharedVcpuState {
             services: ExitServices {

@@ -152,7 +152,7 @@ fn probe_vcpu(memory: &ProbeMemory) -> Result<(VmFd, VcpuFd), String> {
     // SAFETY: the region is exactly the probe mapping, which outlives `vm` (the caller drops
     // the memory only after this function, and with it the VM, has returned).
     unsafe { vm.set_user_memory_region(region) }.map_err(failed("KVM_SET_USER_MEMORY_REGION"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(failed("KVM_CREATE_VCPU"))?;
+    let vcpu = vm.create_vcpu(0).map_err(failed("KVM_CREATE_VCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(failed("KVM_GET_SUPPORTED_CPUID"))?;
