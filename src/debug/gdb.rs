@@ -27,6 +27,14 @@ use crate::hypervisor::{HardwareBreakpoint, HardwareBreakpointKind};
 /// The x86 breakpoint instruction.
 const INT3: u8 = 0xcc;
 
+/// gdbstub's packet buffer (its default), advertised to GDB as `PacketSize`.
+const PACKET_BUFFER: usize = 4096;
+/// The longest memory read GDB itself asks for: its hex reply must fit one packet. gdbstub splits
+/// a longer `m` request (only a malformed client sends one, e.g. `m0,ffffffffffffffff`) into
+/// reads of a whole buffer each and streams them: refusing those ends such a request with an
+/// error instead of an endless reply.
+const MAX_READ: usize = PACKET_BUFFER / 2;
+
 /// How a debugging session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -217,6 +225,9 @@ impl MultiThreadBase for GdbTarget<'_, '_> {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        if data.len() > MAX_READ {
+            return Err(TargetError::NonFatal);
+        }
         let request = Request::ReadMemory(start, data.len());
         match self.debugger.request(cpu_of(tid), request) {
             Response::Memory(bytes) => {
@@ -231,6 +242,10 @@ impl MultiThreadBase for GdbTarget<'_, '_> {
                         Some(byte) => *byte = *original,
                         None => break,
                     }
+                }
+                if bytes.is_empty() {
+                    // Nothing mapped there: an error for GDB (`E..`), not an empty reply.
+                    return Err(TargetError::NonFatal);
                 }
                 data[..bytes.len()].copy_from_slice(&bytes);
                 Ok(bytes.len())
