@@ -391,7 +391,10 @@ fn compile_guest(
     source: &Path,
     output: &Path,
 ) -> Result<(), String> {
-    let name = source.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = source
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let extra = kind
         .per_guest
         .iter()
