@@ -36,14 +36,9 @@ impl<H: Hypervisor> Vm<H> {
                 kick.kick();
             }
         };
-        let debugger = listener.as_ref().map(|_| {
-            Debugger::new(
-                self.cpu_count,
-                &self.guest.mem,
-                &kick_all,
-                self.guest.kernel.load_bias,
-            )
-        });
+        let bias = self.guest.kernel.load_bias;
+        let debugger = (listener.as_ref())
+            .map(|_| Debugger::new(self.cpu_count, &self.guest.mem, &kick_all, bias));
         let killed = AtomicBool::new(false);
         let shared = SharedVcpuState {
             services: ExitServices {
