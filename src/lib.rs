@@ -20,6 +20,7 @@ pub mod boot;
 pub mod cli;
 pub mod config_file;
 pub mod confine;
+pub mod debug;
 pub mod exits;
 #[doc(hidden)]
 pub mod fuzzing;

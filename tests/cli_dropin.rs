@@ -162,11 +162,42 @@ fn a_missing_mapped_host_path_is_warned_about() {
 }
 
 #[test]
-fn a_gdb_port_is_accepted_and_said_to_have_no_effect() {
-    if !kvm_or_skip("a_gdb_port_is_accepted_and_said_to_have_no_effect") {
+fn a_gdb_port_waits_for_gdb_on_localhost() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    if !kvm_or_skip("a_gdb_port_waits_for_gdb_on_localhost") {
         return;
     }
-    let run = Uhyve::guest("hello").opts(["-s", "7777"]).run();
-    run.assert_success()
-        .assert_stderr_mentions("--gdb-port 127.0.0.1:7777 has no effect");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // Upstream's form: a bare port number, on 127.0.0.1 (tests/gdb.rs drives a real GDB).
+    let mut child = Command::new(common::UHYVE_BIN)
+        .args(["-s", &port.to_string()])
+        .arg(common::guest("hello"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start uhyve");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("uhyve's first line");
+    assert!(
+        line.contains(&format!("waiting for GDB on 127.0.0.1:{port}")),
+        "first line: {line:?}"
+    );
+    // A client that goes away at once: the guest runs on as without one.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    let status = child.wait().expect("wait for uhyve");
+    assert!(stdout.contains("Hello"), "stdout: {stdout}");
+    assert_eq!(status.code(), Some(0));
 }

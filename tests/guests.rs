@@ -36,6 +36,7 @@ const GUESTS: &[&str] = &[
     "exit_code",
     "fdt_mounts",
     "file_ops",
+    "gdb_target",
     "hello",
     "hostile",
     "initrd",

@@ -1803,7 +1803,10 @@ mod vcpu_logic {
         assert!(description.contains("HVC"), "{description}");
         assert_eq!(vcpu.run().unwrap(), VcpuExit::Halt);
         assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY);
-        assert_eq!(vcpu.run().unwrap(), VcpuExit::Debug);
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::Debug(uhyve::hypervisor::DebugExit::SoftwareBreakpoint)
+        );
         assert_eq!(
             vcpu.instruction_pointer().unwrap(),
             ENTRY + 4,
@@ -1837,6 +1840,7 @@ mod vcpu_logic {
             hypercalls: &hypercalls,
             fallback: EmulationFallback::new(false),
             stop: AtomicBool::new(false),
+            debugger: None,
         };
         let script = vec![
             store_to(0x800, 8),

@@ -346,17 +346,11 @@ fn init_logging(verbose: bool) {
 }
 
 /// Warns about options this uhyve accepts from upstream's command line but cannot honour.
-fn warn_about_ineffective_options(config: &VmConfig, net: Option<&str>) {
+fn warn_about_ineffective_options(_config: &VmConfig, net: Option<&str>) {
     if let Some(net) = net {
         log::warn!(
             "-n/--net {net} has no effect: this uhyve has no network device yet; the guest runs \
              without one"
-        );
-    }
-    if let Some(address) = config.gdb {
-        log::warn!(
-            "-s/--gdb-port {address} has no effect: this uhyve has no GDB server yet; the guest \
-             runs without waiting for a debugger"
         );
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
+use crate::debug::{DebugVcpu, Debugger, Go};
 use crate::hypercall::{HypercallError, HypercallOutcome, Hypercalls};
 use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
@@ -75,6 +76,8 @@ pub struct ExitServices<'a> {
     pub fallback: EmulationFallback,
     /// Set when the VM stops; every exit loop checks it before entering the guest.
     pub stop: AtomicBool,
+    /// The debugger (`-s/--gdb-port`), if one is attached.
+    pub debugger: Option<&'a Debugger<'a>>,
 }
 
 /// One vCPU as its exit loop drives it: the backend-neutral vCPU, and its x86 state access for
@@ -107,10 +110,24 @@ pub fn run_vcpu<C: VirtualCpu>(
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
+        if let Some(debugger) = shared.debugger {
+            let lent = DebugVcpu {
+                vcpu: &mut *vcpu,
+                x86,
+            };
+            if debugger.before_run(lent) == Go::Stop {
+                return Ok(None);
+            }
+        }
         let id = vcpu.id();
         let exit = vcpu
             .run()
             .map_err(|source| ExitError::Vcpu { cpu: id, source })?;
+        if let Some(debugger) = shared.debugger
+            && debugger.after_exit(&mut *vcpu, &exit)
+        {
+            continue;
+        }
         if let Some(stats) = stats.as_deref_mut() {
             stats.record(exit.kind());
         }
@@ -251,7 +268,7 @@ fn describe_fatal(exit: &VcpuExit) -> String {
         VcpuExit::Shutdown => {
             "triple fault (the CPU shut down after an exception it could not handle)".into()
         }
-        VcpuExit::Debug => "unexpected debug exit".into(),
+        VcpuExit::Debug(_) => "unexpected debug exit".into(),
         VcpuExit::FailedEntry { reason } => {
             format!("the hypervisor refused to enter the guest (hardware reason {reason:#x})")
         }

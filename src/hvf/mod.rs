@@ -314,7 +314,9 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
                     }
                     Ok(VcpuExit::Halt)
                 }
-                EC_BRK => Ok(VcpuExit::Debug),
+                EC_BRK => Ok(VcpuExit::Debug(
+                    crate::hypervisor::DebugExit::SoftwareBreakpoint,
+                )),
                 ec => Ok(VcpuExit::Unhandled {
                     description: format!(
                         "guest exception: {} (ESR {syndrome:#x})",

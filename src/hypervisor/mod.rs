@@ -102,8 +102,9 @@ pub enum VcpuExit {
     Halt,
     /// The guest shut down (x86: triple fault).
     Shutdown,
-    /// A debug exit (breakpoint or single step).
-    Debug,
+    /// A debug exit (breakpoint, watchpoint or single step) of the guest debugging that
+    /// [`VirtualCpu::set_guest_debug`] enabled.
+    Debug(DebugExit),
     /// The hypervisor could not emulate an instruction.
     EmulationFailure {
         /// Instruction pointer of the failing instruction.
@@ -138,13 +139,63 @@ impl VcpuExit {
             Self::MmioWrite { .. } => "mmio write",
             Self::Halt => "halt",
             Self::Shutdown => "shutdown",
-            Self::Debug => "debug",
+            Self::Debug(_) => "debug",
             Self::EmulationFailure { .. } => "emulation failure",
             Self::Interrupted => "interrupted",
             Self::FailedEntry { .. } => "failed entry",
             Self::Unhandled { .. } => "unhandled",
         }
     }
+}
+
+/// What a [`VcpuExit::Debug`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugExit {
+    /// A software breakpoint instruction (x86: `int3`); the instruction pointer is at it.
+    SoftwareBreakpoint,
+    /// One instruction was executed in single-step mode.
+    SingleStep,
+    /// Hardware breakpoint `n` ([`GuestDebug::hardware`]) matched an instruction fetch.
+    HardwareBreakpoint(u8),
+    /// Hardware watchpoint `n` matched a data access.
+    Watchpoint(u8),
+    /// A debug exit the backend could not attribute.
+    Other,
+}
+
+/// What a hardware breakpoint slot watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardwareBreakpointKind {
+    /// Instruction fetch.
+    Execute,
+    /// Data writes.
+    Write,
+    /// Data reads and writes.
+    ReadWrite,
+}
+
+/// One hardware breakpoint or watchpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HardwareBreakpoint {
+    /// Guest-virtual address.
+    pub address: u64,
+    /// What it matches.
+    pub kind: HardwareBreakpointKind,
+    /// Length in bytes (1, 2, 4 or 8; 1 for [`HardwareBreakpointKind::Execute`]).
+    pub len: u8,
+}
+
+/// The guest debugging a debugger wants of a vCPU for its next runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestDebug {
+    /// Debugging is on at all (off: the guest runs as without a debugger).
+    pub enabled: bool,
+    /// Exit after every instruction.
+    pub single_step: bool,
+    /// Software breakpoint instructions exit to the host instead of reaching the guest.
+    pub software_breakpoints: bool,
+    /// The hardware breakpoint slots (x86: DR0–DR3).
+    pub hardware: [Option<HardwareBreakpoint>; 4],
 }
 
 /// Failures talking to the hypervisor about a virtual CPU.
@@ -220,6 +271,24 @@ pub trait VirtualCpu {
 
     /// A multi-line dump of the register state, for diagnostics.
     fn register_dump(&mut self) -> Result<String, VcpuError>;
+
+    /// Sets the guest debugging of the next runs (the debug extension a GDB server uses).
+    fn set_guest_debug(&mut self, _debug: &GuestDebug) -> Result<(), VcpuError> {
+        Err(VcpuError::Unexpected {
+            operation: "set guest debug",
+            detail: "this hypervisor backend offers no guest debugging".into(),
+        })
+    }
+
+    /// Lets the guest take the breakpoint exception of the software breakpoint instruction at
+    /// its instruction pointer, one the debugger did not set (reported as
+    /// [`DebugExit::SoftwareBreakpoint`] because [`GuestDebug::software_breakpoints`] is on).
+    fn reinject_breakpoint(&mut self) -> Result<(), VcpuError> {
+        Err(VcpuError::Unexpected {
+            operation: "reinject breakpoint",
+            detail: "this hypervisor backend offers no guest debugging".into(),
+        })
+    }
 }
 
 /// A platform's hypervisor as the VM sees it: one VM whose vCPUs are each created, run and read

@@ -19,4 +19,8 @@ pub trait X86Vcpu: VirtualCpu {
     /// Makes the guest take `fault` (#PF, vector 14, CR2 = the address) before it executes
     /// anything else; the rest of the state stays as it is.
     fn inject_page_fault(&mut self, fault: PageFault) -> Result<(), VcpuError>;
+    /// The selectors of CS, SS, DS, ES, FS and GS, for a debugger.
+    fn segment_selectors(&mut self) -> Result<[u16; 6], VcpuError> {
+        Ok([0; 6])
+    }
 }

@@ -21,7 +21,7 @@ use thiserror::Error;
 pub use self::aarch64::{KvmArmCpu, KvmArmVm};
 pub use self::kick::KvmKick;
 #[cfg(target_arch = "x86_64")]
-pub use self::x86_64::{KvmCpu, KvmVm, SimdExecution};
+pub use self::x86_64::{KvmCpu, KvmVm, SimdExecution, probe_data_breakpoints};
 use crate::hypervisor::HypervisorError;
 use crate::mem::MemoryError;
 

@@ -68,6 +68,9 @@ pub struct LoadedKernel {
     pub image_range: Range<u64>,
     /// The TLS template, if the kernel has one.
     pub tls: Option<TlsTemplate>,
+    /// What was added to the link-time addresses (0 for an `ET_EXEC` image): the offset a
+    /// debugger applies to the image's symbols.
+    pub load_bias: u64,
 }
 
 /// A parsed and validated Hermit kernel image. Owns the file bytes.
@@ -274,6 +277,7 @@ impl KernelImage {
                 start: relocate(tls.start),
                 ..tls
             }),
+            load_bias: bias,
         })
     }
 

@@ -82,6 +82,17 @@ pub enum VmError {
     /// A host signal asked uhyve to stop.
     #[error("stopped by {}", crate::signals::signal_name(*.0))]
     Stopped(i32),
+    /// The GDB server cannot listen (`-s/--gdb-port`).
+    #[error("-s/--gdb-port: cannot listen on {address}: {source}")]
+    GdbListen {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// GDB killed the guest.
+    #[error("the guest was killed by GDB")]
+    KilledByDebugger,
 }
 
 /// The message of [`VmError::Setup`]: errors about the image itself name its file.
@@ -96,6 +107,9 @@ fn setup_message(path: &std::path::Path, source: &SetupError) -> String {
 /// Failures of uhyve's own threads.
 #[derive(Debug, Error)]
 pub enum ThreadError {
+    /// The GDB server's thread could not be started.
+    #[error("cannot start the GDB server thread: {0}")]
+    GdbSpawn(std::io::Error),
     /// The thread that creates the hypervisor's VM could not be started.
     #[error("cannot start the VM set-up thread: {0}")]
     SetupSpawn(std::io::Error),
@@ -142,6 +156,8 @@ pub struct Vm<H: Hypervisor> {
     affinity: Option<Vec<usize>>,
     stats: bool,
     emulation_fallback: bool,
+    /// Where the GDB server listens (`-s/--gdb-port`).
+    gdb: Option<crate::params::GdbAddress>,
     /// What restricts uhyve's own process before and while the vCPUs run.
     confiner: Confiner,
     /// The image's path, for messages.
@@ -247,6 +263,7 @@ impl<H: Hypervisor + 'static> Vm<H> {
             affinity: config.affinity.clone(),
             stats: config.stats,
             emulation_fallback: config.emulation_fallback,
+            gdb: config.gdb,
             confiner,
             path: config.kernel.clone(),
             guest,

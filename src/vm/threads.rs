@@ -8,8 +8,12 @@ use std::sync::{Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::net::TcpListener;
+
 use crate::affinity;
 use crate::confine::ThreadRole;
+use crate::debug::Debugger;
+use crate::debug::gdb::{self, SessionEnd};
 use crate::exits::{EmulationFallback, ExitServices, GuestExit, LoopVcpu, run_vcpu};
 use crate::hypervisor::{Hypervisor, VcpuKick};
 use crate::stats::{ExitStats, RunStats};
@@ -20,14 +24,31 @@ impl<H: Hypervisor> Vm<H> {
     /// Runs every vCPU on its own thread until the VM stops: the first vCPU's end (or a stop
     /// signal) is the result; the statistics if they were asked for.
     pub(super) fn run_vcpus(&self) -> (Result<GuestExit, VmError>, Option<RunStats>) {
+        // Before the confinement: the GDB server's socket.
+        let listener = match self.gdb_listener() {
+            Ok(listener) => listener,
+            Err(error) => return (Err(error), None),
+        };
+        let kicks: Mutex<Vec<Option<H::Kick>>> =
+            Mutex::new((0..self.cpu_count).map(|_| None).collect());
+        let kick_all = || {
+            for kick in lock_kicks(&kicks).iter().flatten() {
+                kick.kick();
+            }
+        };
+        let bias = self.guest.kernel.load_bias;
+        let debugger = (listener.as_ref())
+            .map(|_| Debugger::new(self.cpu_count, &self.guest.mem, &kick_all, bias));
+        let killed = AtomicBool::new(false);
         let shared = SharedVcpuState {
             services: ExitServices {
                 mem: &self.guest.mem,
                 hypercalls: &self.hypercalls,
                 fallback: EmulationFallback::new(self.emulation_fallback),
                 stop: AtomicBool::new(false),
+                debugger: debugger.as_ref(),
             },
-            kicks: Mutex::new((0..self.cpu_count).map(|_| None).collect()),
+            kicks: &kicks,
         };
         // The vCPU threads inherit the restriction of the thread that spawns them.
         if let Err(error) = self.confiner.restrict_files() {
@@ -54,6 +75,12 @@ impl<H: Hypervisor> Vm<H> {
                 }
             }
             drop(reports);
+            if let (Some(listener), Some(debugger)) = (&listener, &debugger)
+                && let Err(error) = spawn_gdb(scope, listener, debugger, &shared, &killed)
+            {
+                supervisor.end_with(Err(error.into()));
+                shared.stop_all();
+            }
             // From here on the main thread only waits, writes the boot info and kicks.
             if let Err(error) = self.confiner.restrict_syscalls(ThreadRole::Main) {
                 supervisor.end_with(Err(error.into()));
@@ -70,8 +97,45 @@ impl<H: Hypervisor> Vm<H> {
             supervisor.wait_until_finished(&inbox, &shared);
         });
         let stats = self.stats.then(|| supervisor.stats());
+        if killed.load(Ordering::SeqCst) {
+            return (Err(VmError::KilledByDebugger), stats);
+        }
         (supervisor.result(), stats)
     }
+}
+
+impl<H: Hypervisor> Vm<H> {
+    /// The GDB server's socket, if `-s/--gdb-port` asked for one.
+    fn gdb_listener(&self) -> Result<Option<TcpListener>, VmError> {
+        self.gdb
+            .map(|gdb| {
+                TcpListener::bind(gdb.0).map_err(|source| VmError::GdbListen {
+                    address: gdb.0,
+                    source,
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Starts the GDB server's thread; a kill from GDB stops the VM.
+fn spawn_gdb<'scope, 'env, K: VcpuKick>(
+    scope: &'scope thread::Scope<'scope, 'env>,
+    listener: &'env TcpListener,
+    debugger: &'env Debugger<'env>,
+    shared: &'env SharedVcpuState<'env, K>,
+    killed: &'env AtomicBool,
+) -> Result<(), ThreadError> {
+    thread::Builder::new()
+        .name("gdb".into())
+        .spawn_scoped(scope, move || {
+            if gdb::serve(listener, debugger) == SessionEnd::Killed {
+                killed.store(true, Ordering::SeqCst);
+                shared.stop_all();
+            }
+        })
+        .map(|_| ())
+        .map_err(ThreadError::GdbSpawn)
 }
 
 /// The main thread's view of the vCPU threads while they run.
@@ -185,21 +249,28 @@ struct SharedVcpuState<'a, K> {
     /// What the exit loops use.
     services: ExitServices<'a>,
     /// How to interrupt each vCPU; an entry is present only while its vCPU exists.
-    kicks: Mutex<Vec<Option<K>>>,
+    kicks: &'a Mutex<Vec<Option<K>>>,
+}
+
+fn lock_kicks<K>(kicks: &Mutex<Vec<Option<K>>>) -> std::sync::MutexGuard<'_, Vec<Option<K>>> {
+    // The vector holds plain handles, consistent even if a holder panicked.
+    kicks
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<K: VcpuKick> SharedVcpuState<'_, K> {
     fn kicks(&self) -> std::sync::MutexGuard<'_, Vec<Option<K>>> {
-        // The vector holds plain handles, consistent even if a holder panicked.
-        self.kicks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_kicks(self.kicks)
     }
 
     /// Stops the whole VM: every vCPU leaves the guest at once and does not re-enter.
     fn stop_all(&self) {
         self.services.stop.store(true, Ordering::SeqCst);
         self.services.hypercalls.stop();
+        if let Some(debugger) = self.services.debugger {
+            debugger.shutdown();
+        }
         for kick in self.kicks().iter().flatten() {
             kick.kick();
         }
@@ -298,6 +369,13 @@ impl<H: Hypervisor> VcpuThread<'_, '_, H> {
         }));
         let end =
             outcome.unwrap_or_else(|_| VcpuEnd::Failed(ThreadError::VcpuPanicked { cpu }.into()));
+        if let Some(debugger) = self.shared.services.debugger {
+            let code = match end {
+                VcpuEnd::Exit(code) => Some(code),
+                _ => None,
+            };
+            debugger.vcpu_finished(cpu, code);
+        }
         // A failing vCPU takes the whole VM down at once.
         if !matches!(end, VcpuEnd::Stopped) {
             self.shared.stop_all();

@@ -62,6 +62,11 @@ const CFLAGS: &[&str] = &[
     "-mno-red-zone",
 ];
 
+/// Extra compiler flags of single v1 guests, added after all the others (a later `-O` wins):
+/// `gdb_target`, the debuggee of tests/gdb.rs, carries DWARF debug info and is not optimised, so
+/// that GDB sees its locals, frames and every line. The other guest images stay as they are.
+const PER_GUEST_CFLAGS: &[(&str, &[&str])] = &[("gdb_target", &["-g", "-O0"])];
+
 /// Code generation of the v1 guests, linked in the low 2 GiB: absolute 32-bit addresses.
 const V1_CODEGEN: &[&str] = &["-fno-pic", "-mcmodel=small"];
 
@@ -207,6 +212,7 @@ fn run() -> Result<(), String> {
         runtime: vec![rt.join("start.S"), rt.join("runtime.c")],
         linker_script: rt.join("guest.ld"),
         output: out_dir.clone(),
+        per_guest: PER_GUEST_CFLAGS,
     };
     let v2_src = guest_src.join("v2");
     let v2 = GuestKind {
@@ -221,6 +227,7 @@ fn run() -> Result<(), String> {
         linker_script: v2_src.join("rt").join("guest.ld"),
         output: out_dir.join("v2"),
         sources: v2_src,
+        per_guest: &[],
     };
     let pie_src = guest_src.join("pie");
     let pie = GuestKind {
@@ -231,6 +238,7 @@ fn run() -> Result<(), String> {
         linker_script: pie_src.join("rt").join("guest.ld"),
         output: out_dir.join("pie"),
         sources: pie_src,
+        per_guest: &[],
     };
     for kind in [v1, v2, pie] {
         build_kind(&cc, &kind)?;
@@ -283,6 +291,7 @@ fn build_aarch64_guests(cc: &OsString, guest_src: &Path, output: &Path) -> Resul
         linker_script: a64_rt.join("guest.ld"),
         output: output.to_path_buf(),
         sources: a64_src,
+        per_guest: &[],
     };
     let v2 = GuestKind {
         cflags: A64_CFLAGS,
@@ -292,6 +301,7 @@ fn build_aarch64_guests(cc: &OsString, guest_src: &Path, output: &Path) -> Resul
         linker_script: a64_v2_src.join("rt").join("guest.ld"),
         output: output.join("v2"),
         sources: a64_v2_src,
+        per_guest: &[],
     };
     build_kind(cc, &v1)?;
     build_kind(cc, &v2)
@@ -313,6 +323,8 @@ struct GuestKind {
     linker_script: PathBuf,
     /// The directory the images go to.
     output: PathBuf,
+    /// Extra compiler flags of single guests of this kind, by name.
+    per_guest: &'static [(&'static str, &'static [&'static str])],
 }
 
 fn env_var(name: &str) -> Result<String, String> {
@@ -379,10 +391,20 @@ fn compile_guest(
     source: &Path,
     output: &Path,
 ) -> Result<(), String> {
+    let name = source
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let extra = kind
+        .per_guest
+        .iter()
+        .find(|(guest, _)| *guest == name)
+        .map_or(&[][..], |(_, flags)| *flags);
     let mut command = Command::new(cc);
     command
         .args(kind.cflags)
         .args(kind.codegen)
+        .args(extra)
         .args(kind.ldflags)
         .arg("-T")
         .arg(&kind.linker_script)

@@ -317,7 +317,7 @@ impl VirtualCpu for KvmArmCpu {
             }
             KvmExit::Hlt => VcpuExit::Halt,
             KvmExit::Intr => VcpuExit::Interrupted,
-            KvmExit::Debug(_) => VcpuExit::Debug,
+            KvmExit::Debug(_) => VcpuExit::Debug(crate::hypervisor::DebugExit::Other),
             KvmExit::FailEntry(reason, _) => VcpuExit::FailedEntry { reason },
             KvmExit::Shutdown => VcpuExit::Shutdown,
             other => VcpuExit::Unhandled {

@@ -15,7 +15,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
-pub use self::probe::SimdExecution;
+pub use self::probe::{SimdExecution, probe_data_breakpoints};
 pub use self::vcpu::KvmCpu;
 use super::kick::{self, KvmKick};
 use super::{KvmError, ioctl_error, open_kvm};

@@ -17,7 +17,7 @@
 use kvm_bindings::{
     KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// How the probe's SSE instruction ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,9 @@ pub fn probe_simd_execution() -> Option<SimdExecution> {
     result.ok().flatten()
 }
 
-fn run_probe(memory: &ProbeMemory) -> Result<Option<SimdExecution>, String> {
+/// A VM with one vCPU in 64-bit mode at guest address 0 of `memory` (identity-mapped by its page
+/// tables), RSP at the PML4. The VM is returned with the vCPU: it must outlive it.
+fn probe_vcpu(memory: &ProbeMemory) -> Result<(VmFd, VcpuFd), String> {
     let failed = |step: &str| {
         let step = step.to_owned();
         move |error: kvm_ioctls::Error| format!("{step}: {error}")
@@ -150,7 +152,7 @@ fn run_probe(memory: &ProbeMemory) -> Result<Option<SimdExecution>, String> {
     // SAFETY: the region is exactly the probe mapping, which outlives `vm` (the caller drops
     // the memory only after this function, and with it the VM, has returned).
     unsafe { vm.set_user_memory_region(region) }.map_err(failed("KVM_SET_USER_MEMORY_REGION"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(failed("KVM_CREATE_VCPU"))?;
+    let vcpu = vm.create_vcpu(0).map_err(failed("KVM_CREATE_VCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(failed("KVM_GET_SUPPORTED_CPUID"))?;
@@ -186,6 +188,15 @@ fn run_probe(memory: &ProbeMemory) -> Result<Option<SimdExecution>, String> {
     (regs.rip, regs.rflags, regs.rsp) = (0, 0x2, PML4);
     vcpu.set_regs(&regs).map_err(failed("KVM_SET_REGS"))?;
 
+    Ok((vm, vcpu))
+}
+
+fn run_probe(memory: &ProbeMemory) -> Result<Option<SimdExecution>, String> {
+    let (_vm, mut vcpu) = probe_vcpu(memory)?;
+    let failed = |step: &str| {
+        let step = step.to_owned();
+        move |error: kvm_ioctls::Error| format!("{step}: {error}")
+    };
     let outcome = match vcpu.run().map_err(failed("KVM_RUN"))? {
         VcpuExit::Hlt => Some(SimdExecution::Native),
         VcpuExit::InternalError => {
@@ -200,6 +211,54 @@ fn run_probe(memory: &ProbeMemory) -> Result<Option<SimdExecution>, String> {
         }
     };
     Ok(outcome)
+}
+
+/// `mov dword ptr [DATA_PROBE_TARGET], eax; hlt`, at guest address 0.
+const DATA_PROBE_CODE: [u8; 8] = [0x89, 0x04, 0x25, 0x00, 0x08, 0x00, 0x00, 0xf4];
+/// The address the data-breakpoint probe writes (inside the code page, mapped writable).
+const DATA_PROBE_TARGET: u64 = 0x800;
+
+/// Whether this host's KVM delivers data breakpoints (a DR0 write watchpoint set through
+/// `KVM_SET_GUEST_DEBUG` with `KVM_GUESTDBG_USE_HW_BP`) to user space as `KVM_EXIT_DEBUG`.
+///
+/// A throw-away VM runs `mov [0x800], eax; hlt` with a 4-byte write breakpoint on 0x800: a KVM
+/// running the guest in hardware stops with a debug exit after the store; KVM-PVM accepts the
+/// debug registers but its instruction emulator never checks them for data accesses, and the vCPU
+/// reaches the `hlt`. `None` if the probe VM could not be set up or stopped in another way. GDB
+/// watchpoints (`watch`) only trigger where this is `Some(true)`; execute breakpoints and single
+/// steps are delivered on both.
+pub fn probe_data_breakpoints() -> Option<bool> {
+    use kvm_bindings::{KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW_BP, kvm_guest_debug};
+    let mut memory = ProbeMemory::new()?;
+    memory.write(0, &DATA_PROBE_CODE);
+    memory.write(PML4, &((PML4 + 0x1000) | TABLE).to_le_bytes());
+    memory.write(PML4 + 0x1000, &((PML4 + 0x2000) | TABLE).to_le_bytes());
+    memory.write(PML4 + 0x2000, &LARGE_PAGE.to_le_bytes());
+    let result = (|| -> Result<Option<bool>, String> {
+        let (_vm, mut vcpu) = probe_vcpu(&memory)?;
+        let mut debug = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP,
+            ..Default::default()
+        };
+        debug.arch.debugreg[0] = DATA_PROBE_TARGET;
+        // L0 and GE, RW0 = 01 (write), LEN0 = 11 (4 bytes), bit 10 (always 1).
+        debug.arch.debugreg[7] = 1 | 1 << 9 | 1 << 10 | 0b01 << 16 | 0b11 << 18;
+        vcpu.set_guest_debug(&debug)
+            .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))?;
+        Ok(match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
+            VcpuExit::Debug(_) => Some(true),
+            VcpuExit::Hlt => Some(false),
+            other => {
+                log::debug!("data breakpoint probe: unexpected exit {other:?}");
+                None
+            }
+        })
+    })();
+    if let Err(step) = &result {
+        log::debug!("data breakpoint probe failed at {step}");
+    }
+    // The VM (inside the closure) is gone before `memory` is unmapped here.
+    result.ok().flatten()
 }
 
 #[cfg(test)]
@@ -229,5 +288,25 @@ mod tests {
         );
         // Repeatable: a second VM gives the same verdict.
         assert_eq!(probe_simd_execution(), answer);
+    }
+
+    #[test]
+    fn the_data_breakpoint_probe_gives_an_answer_where_kvm_works() {
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
+            eprintln!("skipping the data breakpoint probe test: /dev/kvm is not usable");
+            return;
+        }
+        let answer = probe_data_breakpoints();
+        eprintln!("data breakpoints delivered on this host: {answer:?}");
+        assert!(
+            answer.is_some(),
+            "the probe must reach a verdict on a working KVM"
+        );
+        assert_eq!(probe_data_breakpoints(), answer);
     }
 }

@@ -19,9 +19,77 @@ use crate::arch::x86_64::{
     restrict_to_fallback,
 };
 use crate::hypervisor::x86_64::X86Vcpu;
-use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
+use crate::hypervisor::{
+    DebugExit, GuestDebug, HardwareBreakpointKind, InstructionBytes, VcpuError, VcpuExit,
+    VirtualCpu,
+};
 use crate::linux::kick::{IOC_READ, IOC_WRITE, KickTarget, KvmKick, kvm_ioctl};
 use crate::linux::{KvmError, ioctl_error};
+
+/// The breakpoint exception vector.
+const BREAKPOINT_VECTOR: u32 = 3;
+/// DR6.BS: the debug exception came from single-stepping.
+const DR6_SINGLE_STEP: u64 = 1 << 14;
+
+/// What a `KVM_EXIT_DEBUG` reports, from its exception vector and DR6/DR7.
+fn debug_exit(arch: &kvm_bindings::kvm_debug_exit_arch) -> DebugExit {
+    if arch.exception == BREAKPOINT_VECTOR {
+        return DebugExit::SoftwareBreakpoint;
+    }
+    if let Some(slot) = (0..4u8).find(|slot| arch.dr6 & (1 << slot) != 0) {
+        let rw = (arch.dr7 >> (16 + 4 * u64::from(slot))) & 0b11;
+        return if rw == 0 {
+            DebugExit::HardwareBreakpoint(slot)
+        } else {
+            DebugExit::Watchpoint(slot)
+        };
+    }
+    if arch.dr6 & DR6_SINGLE_STEP != 0 {
+        return DebugExit::SingleStep;
+    }
+    DebugExit::Other
+}
+
+/// The `KVM_SET_GUEST_DEBUG` argument for `debug`: DR0–DR3 and DR7 for the hardware slots.
+fn kvm_guest_debug_from(debug: &GuestDebug) -> kvm_bindings::kvm_guest_debug {
+    use kvm_bindings::{
+        KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+        KVM_GUESTDBG_USE_SW_BP,
+    };
+    let mut out = kvm_bindings::kvm_guest_debug::default();
+    if !debug.enabled {
+        return out;
+    }
+    out.control = KVM_GUESTDBG_ENABLE;
+    if debug.single_step {
+        out.control |= KVM_GUESTDBG_SINGLESTEP;
+    }
+    if debug.software_breakpoints {
+        out.control |= KVM_GUESTDBG_USE_SW_BP;
+    }
+    let mut dr7 = 0u64;
+    for (slot, bp) in debug.hardware.iter().enumerate() {
+        let Some(bp) = bp else { continue };
+        out.arch.debugreg[slot] = bp.address;
+        let rw: u64 = match bp.kind {
+            HardwareBreakpointKind::Execute => 0b00,
+            HardwareBreakpointKind::Write => 0b01,
+            HardwareBreakpointKind::ReadWrite => 0b11,
+        };
+        let len: u64 = match (bp.kind, bp.len) {
+            (HardwareBreakpointKind::Execute, _) | (_, 1) => 0b00,
+            (_, 2) => 0b01,
+            (_, 8) => 0b10,
+            _ => 0b11,
+        };
+        dr7 |= 0b11 << (2 * slot) | (rw | len << 2) << (16 + 4 * slot);
+    }
+    if dr7 != 0 {
+        out.control |= KVM_GUESTDBG_USE_HW_BP;
+        out.arch.debugreg[7] = dr7 | 1 << 10;
+    }
+    out
+}
 
 /// The page-fault exception vector.
 const PAGE_FAULT_VECTOR: u8 = 14;
@@ -35,8 +103,10 @@ const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 /// Every ioctl a vCPU issues after its creation: `KVM_RUN` and what the exit handling, the
 /// emulation fallback (`X86Vcpu`) and crash reports read and write. The seccomp allowlist of the
 /// run phase allows exactly these; a new vCPU call at run time must be added here.
-pub(super) const RUN_IOCTLS: [u64; 12] = {
-    use kvm_bindings::{kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
+pub(super) const RUN_IOCTLS: [u64; 13] = {
+    use kvm_bindings::{
+        kvm_guest_debug, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    };
     use std::mem::size_of;
     [
         kvm_ioctl(0, 0x80, 0),                                        // KVM_RUN
@@ -51,6 +121,7 @@ pub(super) const RUN_IOCTLS: [u64; 12] = {
         kvm_ioctl(IOC_WRITE, 0xa5, size_of::<kvm_xsave>()),           // KVM_SET_XSAVE
         kvm_ioctl(IOC_READ, 0xa6, size_of::<kvm_xcrs>()),             // KVM_GET_XCRS
         kvm_ioctl(IOC_WRITE, 0xa7, size_of::<kvm_xcrs>()),            // KVM_SET_XCRS
+        kvm_ioctl(IOC_WRITE, 0x9b, size_of::<kvm_guest_debug>()),     // KVM_SET_GUEST_DEBUG
     ]
 };
 
@@ -404,7 +475,7 @@ impl VirtualCpu for KvmCpu {
             }),
             KvmExit::Hlt => OwnedExit::Done(VcpuExit::Halt),
             KvmExit::Shutdown => OwnedExit::Done(VcpuExit::Shutdown),
-            KvmExit::Debug(_) => OwnedExit::Done(VcpuExit::Debug),
+            KvmExit::Debug(arch) => OwnedExit::Done(VcpuExit::Debug(debug_exit(&arch))),
             KvmExit::Intr => OwnedExit::Done(VcpuExit::Interrupted),
             KvmExit::FailEntry(reason, _) => OwnedExit::Done(VcpuExit::FailedEntry { reason }),
             KvmExit::InternalError => OwnedExit::InternalError,
@@ -472,6 +543,32 @@ impl VirtualCpu for KvmCpu {
             .get_regs()
             .map_err(backend_error("KVM_GET_REGS"))?
             .rip)
+    }
+
+    fn set_guest_debug(&mut self, debug: &GuestDebug) -> Result<(), VcpuError> {
+        self.fd
+            .set_guest_debug(&kvm_guest_debug_from(debug))
+            .map_err(backend_error("KVM_SET_GUEST_DEBUG"))
+    }
+
+    fn reinject_breakpoint(&mut self) -> Result<(), VcpuError> {
+        // `int3` is a trap: the guest's handler returns after it.
+        let mut regs = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+        regs.rip += 1;
+        self.fd
+            .set_regs(&regs)
+            .map_err(backend_error("KVM_SET_REGS"))?;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(backend_error("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = BREAKPOINT_VECTOR as u8;
+        events.exception.has_error_code = 0;
+        events.flags = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(backend_error("KVM_SET_VCPU_EVENTS"))
     }
 
     fn register_dump(&mut self) -> Result<String, VcpuError> {
@@ -669,6 +766,21 @@ impl X86Vcpu for KvmCpu {
         &self.xsave_layout
     }
 
+    fn segment_selectors(&mut self) -> Result<[u16; 6], VcpuError> {
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(backend_error("KVM_GET_SREGS"))?;
+        Ok([
+            s.cs.selector,
+            s.ss.selector,
+            s.ds.selector,
+            s.es.selector,
+            s.fs.selector,
+            s.gs.selector,
+        ])
+    }
+
     fn inject_page_fault(&mut self, fault: PageFault) -> Result<(), VcpuError> {
         let mut sregs = self
             .fd
@@ -714,6 +826,7 @@ mod tests {
                 0x5000_aea5,
                 0x8188_aea6,
                 0x4188_aea7,
+                0x4048_ae9b,
             ]
         );
     }

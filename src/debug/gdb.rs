@@ -1,0 +1,580 @@
+//! The GDB remote server of `-s/--gdb-port`, built on the `gdbstub` crate: every vCPU is a GDB
+//! thread (thread id = vCPU id + 1), and one stopping stops all ([`Debugger`]).
+
+use std::net::{TcpListener, TcpStream};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use gdbstub::common::{Signal, Tid};
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
+};
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
+};
+use gdbstub::target::ext::section_offsets::{Offsets, SectionOffsets, SectionOffsetsOps};
+use gdbstub::target::{Target, TargetError, TargetResult};
+
+use super::{Debugger, Phase, Registers, Request, Response, Resume, StopKind};
+use crate::hypervisor::{HardwareBreakpoint, HardwareBreakpointKind};
+
+/// The x86 breakpoint instruction.
+const INT3: u8 = 0xcc;
+
+/// gdbstub's packet buffer (its default), advertised to GDB as `PacketSize`.
+const PACKET_BUFFER: usize = 4096;
+/// The longest memory read GDB itself asks for: its hex reply must fit one packet. gdbstub splits
+/// a longer `m` request (only a malformed client sends one, e.g. `m0,ffffffffffffffff`) into
+/// reads of a whole buffer each and streams them: refusing those ends such a request with an
+/// error instead of an endless reply.
+const MAX_READ: usize = PACKET_BUFFER / 2;
+
+/// How a debugging session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The guest ended (GDB was told).
+    GuestEnded,
+    /// GDB detached or went away: the guest runs on.
+    Detached,
+    /// GDB killed the guest.
+    Killed,
+}
+
+fn tid(cpu: u32) -> Tid {
+    NonZeroUsize::new(cpu as usize + 1).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn cpu_of(tid: Tid) -> u32 {
+    (tid.get() - 1) as u32
+}
+
+impl Debugger<'_> {
+    /// Runs `request` on the parked vCPU `cpu`.
+    fn request(&self, cpu: u32, request: Request) -> Response {
+        let mut state = self.lock();
+        if !state.alive.get(cpu as usize).copied().unwrap_or(false) {
+            return Response::Failed(format!("vCPU {cpu} does not exist"));
+        }
+        state.response = None;
+        state.request = Some((cpu, request));
+        self.changed.notify_all();
+        loop {
+            if let Some(response) = state.response.take() {
+                return response;
+            }
+            if state.shutdown || !state.alive[cpu as usize] {
+                state.request = None;
+                return Response::Failed(format!("vCPU {cpu} is gone"));
+            }
+            state = self.wait(state);
+        }
+    }
+
+    /// Any vCPU that can serve a memory request.
+    fn first_alive(&self) -> u32 {
+        let state = self.lock();
+        state.alive.iter().position(|a| *a).unwrap_or(0) as u32
+    }
+
+    fn resume_all(&self) {
+        let mut state = self.lock();
+        state.phase = Phase::Running;
+        state.stop = None;
+        state.generation += 1;
+        self.changed.notify_all();
+    }
+
+    /// GDB asked to stop (Ctrl-C).
+    fn interrupt(&self) {
+        let mut state = self.lock();
+        if state.phase == Phase::Running {
+            state.phase = Phase::Stopping;
+            state.stop = Some((0, StopKind::Interrupted));
+            drop(state);
+            (self.kick_all)();
+        }
+    }
+
+    fn detach(&self) {
+        let mut state = self.lock();
+        state.detached = true;
+        state.phase = Phase::Running;
+        state.generation += 1;
+        self.changed.notify_all();
+    }
+
+    /// The stop GDB is told of, once the world has stopped or the guest ended.
+    fn poll_stop(&self) -> Option<MultiThreadStopReason<u64>> {
+        let state = self.lock();
+        if let Some(code) = state.exited {
+            return Some(MultiThreadStopReason::Exited(code as u8));
+        }
+        if state.ended || state.shutdown {
+            return Some(MultiThreadStopReason::Terminated(Signal::SIGKILL));
+        }
+        if state.phase != Phase::Stopped {
+            return None;
+        }
+        let (cpu, kind) = state.stop?;
+        let tid = tid(cpu);
+        Some(match kind {
+            StopKind::Interrupted => MultiThreadStopReason::SignalWithThread {
+                tid,
+                signal: Signal::SIGINT,
+            },
+            StopKind::Step => MultiThreadStopReason::SignalWithThread {
+                tid,
+                signal: Signal::SIGTRAP,
+            },
+            StopKind::SoftwareBreakpoint => MultiThreadStopReason::SwBreak(tid),
+            StopKind::HardwareBreakpoint => MultiThreadStopReason::HwBreak(tid),
+            StopKind::Watchpoint(bp) => MultiThreadStopReason::Watch {
+                tid,
+                kind: match bp.kind {
+                    HardwareBreakpointKind::Write => WatchKind::Write,
+                    _ => WatchKind::ReadWrite,
+                },
+                addr: bp.address,
+            },
+        })
+    }
+
+    /// Waits until the world has stopped before the first instruction.
+    fn wait_initial_stop(&self) {
+        let mut state = self.lock();
+        while state.phase != Phase::Stopped && !state.shutdown && !state.ended {
+            state = self.wait(state);
+        }
+    }
+}
+
+/// The `gdbstub` target: the debugger of one VM.
+struct GdbTarget<'d, 'k> {
+    debugger: &'d Debugger<'k>,
+    /// The vCPUs GDB named an action for in the resume being prepared.
+    named: std::collections::BTreeSet<u32>,
+}
+
+fn failed<T>(response: Response) -> TargetResult<T, GdbTarget<'static, 'static>> {
+    match response {
+        Response::Failed(message) => {
+            log::debug!("gdb request failed: {message}");
+            Err(TargetError::NonFatal)
+        }
+        _ => Err(TargetError::NonFatal),
+    }
+}
+
+impl Target for GdbTarget<'_, '_> {
+    type Arch = gdbstub_arch::x86::X86_64_SSE;
+    type Error = String;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::MultiThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_section_offsets(&mut self) -> Option<SectionOffsetsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+}
+
+impl SectionOffsets for GdbTarget<'_, '_> {
+    /// A position-independent kernel (every Hermit image) runs where uhyve placed it: GDB moves
+    /// the symbols of its file by the load bias, so `gdb app -ex 'target remote …'` just works.
+    fn get_section_offsets(&mut self) -> Result<Offsets<u64>, Self::Error> {
+        let bias = self.debugger.load_bias;
+        Ok(Offsets::Sections {
+            text: bias,
+            data: bias,
+            bss: Some(bias),
+        })
+    }
+}
+
+impl MultiThreadBase for GdbTarget<'_, '_> {
+    fn read_registers(&mut self, regs: &mut Registers, tid: Tid) -> TargetResult<(), Self> {
+        match self.debugger.request(cpu_of(tid), Request::ReadRegisters) {
+            Response::Registers(r) => {
+                *regs = *r;
+                Ok(())
+            }
+            other => failed(other),
+        }
+    }
+
+    fn write_registers(&mut self, regs: &Registers, tid: Tid) -> TargetResult<(), Self> {
+        let request = Request::WriteRegisters(Box::new(regs.clone()));
+        match self.debugger.request(cpu_of(tid), request) {
+            Response::Done => Ok(()),
+            other => failed(other),
+        }
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        if data.len() > MAX_READ {
+            return Err(TargetError::NonFatal);
+        }
+        let request = Request::ReadMemory(start, data.len());
+        match self.debugger.request(cpu_of(tid), request) {
+            Response::Memory(bytes) => {
+                let mut bytes = bytes;
+                // GDB sees its own breakpoints as the original bytes.
+                let state = self.debugger.lock();
+                for (address, original) in state.breakpoints.software.range(start..) {
+                    let Some(at) = address.checked_sub(start) else {
+                        continue;
+                    };
+                    match bytes.get_mut(at as usize) {
+                        Some(byte) => *byte = *original,
+                        None => break,
+                    }
+                }
+                if bytes.is_empty() {
+                    // Nothing mapped there: an error for GDB (`E..`), not an empty reply.
+                    return Err(TargetError::NonFatal);
+                }
+                data[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            other => failed(other),
+        }
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let request = Request::WriteMemory(start, data.to_vec());
+        match self.debugger.request(cpu_of(tid), request) {
+            Response::Done => Ok(()),
+            other => failed(other),
+        }
+    }
+
+    fn list_active_threads(
+        &mut self,
+        thread_is_active: &mut dyn FnMut(Tid),
+    ) -> Result<(), Self::Error> {
+        let alive = self.debugger.lock().alive.clone();
+        for (cpu, _) in alive.iter().enumerate().filter(|(_, a)| **a) {
+            thread_is_active(tid(cpu as u32));
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadResume for GdbTarget<'_, '_> {
+    fn resume(&mut self) -> Result<(), Self::Error> {
+        {
+            // While one vCPU steps, the others stay stopped.
+            let mut state = self.debugger.lock();
+            if state.resume.contains(&Resume::Step) {
+                for resume in state.resume.iter_mut().filter(|r| **r != Resume::Step) {
+                    *resume = Resume::Hold;
+                }
+            }
+        }
+        self.debugger.resume_all();
+        Ok(())
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
+        // gdbstub's contract: a thread GDB names no action for continues (`vCont;c` and
+        // `vCont;c:p1.-1` name none), unless GDB asks for scheduler locking.
+        self.debugger.lock().resume.fill(Resume::Continue);
+        self.named.clear();
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        if let Some(resume) = self.debugger.lock().resume.get_mut(cpu_of(tid) as usize) {
+            *resume = Resume::Continue;
+        }
+        self.named.insert(cpu_of(tid));
+        Ok(())
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for GdbTarget<'_, '_> {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        if let Some(resume) = self.debugger.lock().resume.get_mut(cpu_of(tid) as usize) {
+            *resume = Resume::Step;
+        }
+        self.named.insert(cpu_of(tid));
+        Ok(())
+    }
+}
+
+impl MultiThreadSchedulerLocking for GdbTarget<'_, '_> {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
+        // Only the vCPUs GDB named run (`stepi` sends `vCont;s:p1.1` alone).
+        let mut state = self.debugger.lock();
+        for (cpu, resume) in state.resume.iter_mut().enumerate() {
+            if !self.named.contains(&(cpu as u32)) {
+                *resume = Resume::Hold;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Breakpoints for GdbTarget<'_, '_> {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for GdbTarget<'_, '_> {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self
+            .debugger
+            .lock()
+            .breakpoints
+            .software
+            .contains_key(&addr)
+        {
+            return Ok(true);
+        }
+        let cpu = self.debugger.first_alive();
+        let Response::Memory(original) = self.debugger.request(cpu, Request::ReadMemory(addr, 1))
+        else {
+            return Ok(false);
+        };
+        let Some(&original) = original.first() else {
+            return Ok(false);
+        };
+        if !matches!(
+            self.debugger
+                .request(cpu, Request::WriteMemory(addr, vec![INT3])),
+            Response::Done
+        ) {
+            return Ok(false);
+        }
+        self.debugger
+            .lock()
+            .breakpoints
+            .software
+            .insert(addr, original);
+        Ok(true)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(original) = self.debugger.lock().breakpoints.software.remove(&addr) else {
+            return Ok(false);
+        };
+        let cpu = self.debugger.first_alive();
+        let request = Request::WriteMemory(addr, vec![original]);
+        Ok(matches!(
+            self.debugger.request(cpu, request),
+            Response::Done
+        ))
+    }
+}
+
+impl GdbTarget<'_, '_> {
+    fn add_hardware(&mut self, bp: HardwareBreakpoint) -> bool {
+        let mut state = self.debugger.lock();
+        match state
+            .breakpoints
+            .hardware
+            .iter_mut()
+            .find(|slot| slot.is_none())
+        {
+            Some(slot) => {
+                *slot = Some(bp);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove_hardware(&mut self, bp: HardwareBreakpoint) -> bool {
+        let mut state = self.debugger.lock();
+        match state
+            .breakpoints
+            .hardware
+            .iter_mut()
+            .find(|slot| **slot == Some(bp))
+        {
+            Some(slot) => {
+                *slot = None;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn execute_at(address: u64) -> HardwareBreakpoint {
+    HardwareBreakpoint {
+        address,
+        kind: HardwareBreakpointKind::Execute,
+        len: 1,
+    }
+}
+
+fn watch(address: u64, len: u64, kind: WatchKind) -> Option<HardwareBreakpoint> {
+    let len = u8::try_from(len)
+        .ok()
+        .filter(|l| matches!(l, 1 | 2 | 4 | 8))?;
+    let kind = match kind {
+        WatchKind::Write => HardwareBreakpointKind::Write,
+        // x86 has no read-only data breakpoints.
+        WatchKind::Read | WatchKind::ReadWrite => HardwareBreakpointKind::ReadWrite,
+    };
+    Some(HardwareBreakpoint { address, kind, len })
+}
+
+impl HwBreakpoint for GdbTarget<'_, '_> {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.add_hardware(execute_at(addr)))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.remove_hardware(execute_at(addr)))
+    }
+}
+
+impl HwWatchpoint for GdbTarget<'_, '_> {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(watch(addr, len, kind).is_some_and(|bp| self.add_hardware(bp)))
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(watch(addr, len, kind).is_some_and(|bp| self.remove_hardware(bp)))
+    }
+}
+
+/// The blocking event loop: GDB's bytes and the world's stops.
+enum EventLoop<'d, 'k> {
+    #[allow(dead_code)]
+    Marker(std::marker::PhantomData<&'d Debugger<'k>>),
+}
+
+impl<'d, 'k> BlockingEventLoop for EventLoop<'d, 'k> {
+    type Target = GdbTarget<'d, 'k>;
+    type Connection = TcpStream;
+    type StopReason = MultiThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut Self::Target,
+        conn: &mut Self::Connection,
+    ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<String, std::io::Error>> {
+        loop {
+            if let Some(stop) = target.debugger.poll_stop() {
+                return Ok(Event::TargetStopped(stop));
+            }
+            match conn.peek() {
+                Ok(Some(_)) => {
+                    let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                    return Ok(Event::IncomingData(byte));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(error) => return Err(WaitForStopReasonError::Connection(error)),
+            }
+        }
+    }
+
+    fn on_interrupt(target: &mut Self::Target) -> Result<Option<Self::StopReason>, String> {
+        target.debugger.interrupt();
+        Ok(None)
+    }
+}
+
+/// Waits for GDB on `listener`, then serves it until the guest ends, GDB detaches or kills.
+pub fn serve(listener: &TcpListener, debugger: &Debugger<'_>) -> SessionEnd {
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    eprintln!("uhyve: waiting for GDB on {address} (target remote {address})");
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                log::error!("GDB server on {address}: {error}");
+                debugger.detach();
+                return SessionEnd::Detached;
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    debugger.wait_initial_stop();
+    let mut target = GdbTarget {
+        debugger,
+        named: std::collections::BTreeSet::new(),
+    };
+    let end = match GdbStub::new(stream).run_blocking::<EventLoop<'_, '_>>(&mut target) {
+        Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
+            SessionEnd::GuestEnded
+        }
+        Ok(DisconnectReason::Kill) => SessionEnd::Killed,
+        Ok(DisconnectReason::Disconnect) => SessionEnd::Detached,
+        Err(error) => {
+            log::warn!("GDB connection ended: {error}");
+            SessionEnd::Detached
+        }
+    };
+    if end == SessionEnd::Detached {
+        // Remove the breakpoints and let the guest run on.
+        let software: Vec<_> = std::mem::take(&mut debugger.lock().breakpoints.software)
+            .into_iter()
+            .collect();
+        let cpu = debugger.first_alive();
+        for (address, original) in software {
+            debugger.request(cpu, Request::WriteMemory(address, vec![original]));
+        }
+        debugger.detach();
+    }
+    end
+}
