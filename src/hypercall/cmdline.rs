@@ -9,6 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use uhyve_interface::{
     CmdsizeParams, CmdvalParams, GuestPhysAddr, HypercallAddress, MAX_ARGC_ENVC,
@@ -37,6 +38,9 @@ pub(super) struct CommandLineItems {
     args: Vec<Vec<u8>>,
     /// The environment items (`KEY=VALUE\0`), exactly `sizes.envsz[k]` bytes each.
     env: Vec<Vec<u8>>,
+    /// Cmdval already looked for the guest's environment array: kernels call it once, and a
+    /// guest repeating it does not get the 2 MiB search again.
+    env_array_searched: AtomicBool,
 }
 
 impl CommandLineItems {
@@ -78,7 +82,12 @@ impl CommandLineItems {
             sizes.envc = 1;
             sizes.envsz[0] = 1;
         }
-        Self { sizes, args, env }
+        Self {
+            sizes,
+            args,
+            env,
+            env_array_searched: AtomicBool::new(false),
+        }
     }
 
     /// Cmdsize: the counts and sizes into the parameter block at `at`.
@@ -102,6 +111,9 @@ impl CommandLineItems {
         let (argv, envp) = (params.argv, params.envp);
         fill_slots(mem, argv, &self.args, ("argv array entry", "argv slot"))?;
         let env_slots = fill_slots(mem, envp, &self.env, ("envp array entry", "envp slot"))?;
+        if self.env_array_searched.swap(true, Ordering::Relaxed) {
+            return Ok(HypercallOutcome::Continue);
+        }
         match close_env_array(mem, envp, &env_slots) {
             EnvArrayClosing::Closed(array) => log::debug!(
                 "Cmdval: wrote the missing null after the {} entries of the guest's environment \

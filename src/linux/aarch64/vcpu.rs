@@ -98,6 +98,9 @@ pub struct KvmArmCpu {
     gic: Arc<Gic>,
     /// The last exit was a hypercall read (a load of a v2/v3 address) waiting for its value.
     pending_read: bool,
+    /// The vCPU has not run yet: the vGIC (once per VM) and its PMUv3 still need initialising
+    /// before it does. Checked on every run, so that exits after the first take no lock.
+    first_run: bool,
     /// The vCPU has a PMUv3 that still needs initialising (after the vGIC, before its first
     /// run).
     pmu_pending: bool,
@@ -149,6 +152,7 @@ impl KvmArmCpu {
             ram_base,
             gic,
             pending_read: false,
+            first_run: true,
             pmu_pending: pmu,
             kick_target,
         })
@@ -280,9 +284,13 @@ impl VirtualCpu for KvmArmCpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit, VcpuError> {
-        self.gic.initialise_once()?;
-        if std::mem::take(&mut self.pmu_pending) {
-            self.initialise_pmu()?;
+        if self.first_run {
+            self.gic.initialise_once()?;
+            if self.pmu_pending {
+                self.initialise_pmu()?;
+                self.pmu_pending = false;
+            }
+            self.first_run = false;
         }
         if self.pending_read {
             return Err(VcpuError::Unexpected {
