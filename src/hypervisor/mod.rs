@@ -168,6 +168,8 @@ pub enum DebugExit {
 pub enum HardwareBreakpointKind {
     /// Instruction fetch.
     Execute,
+    /// Data reads (aarch64; x86 debug registers watch reads only together with writes).
+    Read,
     /// Data writes.
     Write,
     /// Data reads and writes.
@@ -336,6 +338,12 @@ pub trait Hypervisor: Send + Sync + Sized {
     /// The x86 state access of `cpu` for the user-space instruction emulator, where this
     /// hypervisor's vCPUs offer it (x86_64 backends).
     fn x86_vcpu(_cpu: &mut Self::Cpu) -> Option<&mut dyn x86_64::X86Vcpu> {
+        None
+    }
+
+    /// The aarch64 register access of `cpu` for a debugger, where this hypervisor's vCPUs offer
+    /// it (aarch64 backends).
+    fn aarch64_vcpu(_cpu: &mut Self::Cpu) -> Option<&mut dyn aarch64::debug::Aarch64Vcpu> {
         None
     }
 }

@@ -1,9 +1,10 @@
-//! aarch64: exception-syndrome decoding, guest memory layout, stage-1 page tables and the
+//! aarch64: exception-syndrome decoding, the debug architecture, guest memory layout, stage-1 page tables and the
 //! initial register state of a vCPU.
 //!
 //! Everything here is plain Rust that builds and is tested on every host; the Hypervisor.framework
 //! backend (and any other aarch64 backend) only copies these values into its own structures.
 
+pub mod debug;
 pub mod esr;
 pub mod layout;
 pub mod paging;

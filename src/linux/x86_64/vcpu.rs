@@ -74,7 +74,8 @@ fn kvm_guest_debug_from(debug: &GuestDebug) -> kvm_bindings::kvm_guest_debug {
         let rw: u64 = match bp.kind {
             HardwareBreakpointKind::Execute => 0b00,
             HardwareBreakpointKind::Write => 0b01,
-            HardwareBreakpointKind::ReadWrite => 0b11,
+            // x86 has no read-only data breakpoint: reads are watched with writes.
+            HardwareBreakpointKind::Read | HardwareBreakpointKind::ReadWrite => 0b11,
         };
         let len: u64 = match (bp.kind, bp.len) {
             (HardwareBreakpointKind::Execute, _) | (_, 1) => 0b00,

@@ -3,7 +3,10 @@
 //! a load of a v2/v3 address is a hypercall read, any other access in the window is a stray one
 //! (most likely a null pointer: the guest maps the window at virtual address 0), and an access
 //! elsewhere is plain MMIO. Hypervisor.framework reaches this after decoding the syndrome itself,
-//! KVM with the access it decoded in the host kernel.
+//! KVM with the access it decoded in the host kernel. Guest debugging's aarch64 side is
+//! [`debug`].
+
+pub mod debug;
 
 use uhyve_interface::HypercallAddress;
 use uhyve_interface::v2::HypercallAddressV2;
