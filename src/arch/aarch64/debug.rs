@@ -206,7 +206,10 @@ mod tests {
         );
         assert_eq!(brk_exception_entry(0, 0x4, 0x8000_0800, 0).pc, 0x8000_0800);
         assert_eq!(brk_exception_entry(0, 0x0, 0x8000_0800, 0).pc, 0x8000_0c00);
-        // A hostile VBAR cannot overflow.
-        assert_eq!(brk_exception_entry(0, 0x5, u64::MAX, 0).pc, 0x1ff);
+        // VBAR's low 11 bits are RES0; a hostile value cannot overflow.
+        assert_eq!(
+            brk_exception_entry(0, 0x5, u64::MAX, 0).pc,
+            0xffff_ffff_ffff_fa00
+        );
     }
 }
