@@ -1858,6 +1858,7 @@ mod vcpu_logic {
         let looped = LoopVcpu {
             vcpu: &mut vcpu,
             x86: |_| None,
+            aarch64: |_| None,
         };
         let end = run_vcpu(looped, &services, None).unwrap();
         assert_eq!(end, Some(GuestExit(3)));

@@ -1,10 +1,14 @@
 //! The GDB remote server of `-s/--gdb-port`, built on the `gdbstub` crate: every vCPU is a GDB
-//! thread (thread id = vCPU id + 1), and one stopping stops all ([`Debugger`]).
+//! thread (thread id = vCPU id + 1), and one stopping stops all ([`Debugger`]). The target
+//! description is the guest's: `gdbstub_arch`'s x86_64 (with SSE) or aarch64.
 
 use std::net::{TcpListener, TcpStream};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use std::marker::PhantomData;
+
+use gdbstub::arch::Arch;
 use gdbstub::common::{Signal, Tid};
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
@@ -22,10 +26,48 @@ use gdbstub::target::ext::section_offsets::{Offsets, SectionOffsets, SectionOffs
 use gdbstub::target::{Target, TargetError, TargetResult};
 
 use super::{Debugger, Phase, Registers, Request, Response, Resume, StopKind};
+use crate::arch::GuestArch;
 use crate::hypervisor::{HardwareBreakpoint, HardwareBreakpointKind};
 
-/// The x86 breakpoint instruction.
-const INT3: u8 = 0xcc;
+/// What the server needs of a `gdbstub_arch` architecture besides its target description.
+trait GuestArchitecture: Arch<Usize = u64, BreakpointKind = usize> {
+    /// Its watchpoints can match reads alone (x86 debug registers cannot).
+    const READ_WATCHPOINTS: bool;
+    /// GDB's registers from a vCPU's (`None` if they are of another architecture).
+    fn from_vcpu(registers: Registers) -> Option<Self::Registers>;
+    /// A vCPU's registers from GDB's.
+    fn to_vcpu(registers: &Self::Registers) -> Registers;
+}
+
+impl GuestArchitecture for gdbstub_arch::x86::X86_64_SSE {
+    const READ_WATCHPOINTS: bool = false;
+
+    fn from_vcpu(registers: Registers) -> Option<Self::Registers> {
+        match registers {
+            Registers::X86_64(r) => Some(*r),
+            Registers::Aarch64(_) => None,
+        }
+    }
+
+    fn to_vcpu(registers: &Self::Registers) -> Registers {
+        Registers::X86_64(Box::new(registers.clone()))
+    }
+}
+
+impl GuestArchitecture for gdbstub_arch::aarch64::AArch64 {
+    const READ_WATCHPOINTS: bool = true;
+
+    fn from_vcpu(registers: Registers) -> Option<Self::Registers> {
+        match registers {
+            Registers::Aarch64(r) => Some(*r),
+            Registers::X86_64(_) => None,
+        }
+    }
+
+    fn to_vcpu(registers: &Self::Registers) -> Registers {
+        Registers::Aarch64(Box::new(registers.clone()))
+    }
+}
 
 /// gdbstub's packet buffer (its default), advertised to GDB as `PacketSize`.
 const PACKET_BUFFER: usize = 4096;
@@ -138,6 +180,7 @@ impl Debugger<'_> {
                 tid,
                 kind: match bp.kind {
                     HardwareBreakpointKind::Write => WatchKind::Write,
+                    HardwareBreakpointKind::Read => WatchKind::Read,
                     _ => WatchKind::ReadWrite,
                 },
                 addr: bp.address,
@@ -154,14 +197,15 @@ impl Debugger<'_> {
     }
 }
 
-/// The `gdbstub` target: the debugger of one VM.
-struct GdbTarget<'d, 'k> {
+/// The `gdbstub` target: the debugger of one VM whose guests have architecture `A`.
+struct GdbTarget<'d, 'k, A> {
     debugger: &'d Debugger<'k>,
     /// The vCPUs GDB named an action for in the resume being prepared.
     named: std::collections::BTreeSet<u32>,
+    arch: PhantomData<A>,
 }
 
-fn failed<T>(response: Response) -> TargetResult<T, GdbTarget<'static, 'static>> {
+fn failed<T>(response: Response) -> Result<T, TargetError<String>> {
     match response {
         Response::Failed(message) => {
             log::debug!("gdb request failed: {message}");
@@ -171,8 +215,8 @@ fn failed<T>(response: Response) -> TargetResult<T, GdbTarget<'static, 'static>>
     }
 }
 
-impl Target for GdbTarget<'_, '_> {
-    type Arch = gdbstub_arch::x86::X86_64_SSE;
+impl<A: GuestArchitecture> Target for GdbTarget<'_, '_, A> {
+    type Arch = A;
     type Error = String;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -192,7 +236,7 @@ impl Target for GdbTarget<'_, '_> {
     }
 }
 
-impl SectionOffsets for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> SectionOffsets for GdbTarget<'_, '_, A> {
     /// A position-independent kernel (every Hermit image) runs where uhyve placed it: GDB moves
     /// the symbols of its file by the load bias, so `gdb app -ex 'target remote …'` just works.
     fn get_section_offsets(&mut self) -> Result<Offsets<u64>, Self::Error> {
@@ -205,19 +249,19 @@ impl SectionOffsets for GdbTarget<'_, '_> {
     }
 }
 
-impl MultiThreadBase for GdbTarget<'_, '_> {
-    fn read_registers(&mut self, regs: &mut Registers, tid: Tid) -> TargetResult<(), Self> {
+impl<A: GuestArchitecture> MultiThreadBase for GdbTarget<'_, '_, A> {
+    fn read_registers(&mut self, regs: &mut A::Registers, tid: Tid) -> TargetResult<(), Self> {
         match self.debugger.request(cpu_of(tid), Request::ReadRegisters) {
             Response::Registers(r) => {
-                *regs = *r;
+                *regs = A::from_vcpu(r).ok_or(TargetError::NonFatal)?;
                 Ok(())
             }
             other => failed(other),
         }
     }
 
-    fn write_registers(&mut self, regs: &Registers, tid: Tid) -> TargetResult<(), Self> {
-        let request = Request::WriteRegisters(Box::new(regs.clone()));
+    fn write_registers(&mut self, regs: &A::Registers, tid: Tid) -> TargetResult<(), Self> {
+        let request = Request::WriteRegisters(A::to_vcpu(regs));
         match self.debugger.request(cpu_of(tid), request) {
             Response::Done => Ok(()),
             other => failed(other),
@@ -234,13 +278,21 @@ impl MultiThreadBase for GdbTarget<'_, '_> {
                 let mut bytes = bytes;
                 // GDB sees its own breakpoints as the original bytes.
                 let state = self.debugger.lock();
-                for (address, original) in state.breakpoints.software.range(start..) {
-                    let Some(at) = address.checked_sub(start) else {
-                        continue;
-                    };
-                    match bytes.get_mut(at as usize) {
-                        Some(byte) => *byte = *original,
-                        None => break,
+                let first = start.saturating_sub(8);
+                for (address, original) in state.breakpoints.software.range(first..) {
+                    for (i, byte) in original.iter().enumerate() {
+                        let Some(at) = address
+                            .checked_add(i as u64)
+                            .and_then(|a| a.checked_sub(start))
+                        else {
+                            continue;
+                        };
+                        if let Some(slot) = bytes.get_mut(at as usize) {
+                            *slot = *byte;
+                        }
+                    }
+                    if address.saturating_sub(start) >= bytes.len() as u64 {
+                        break;
                     }
                 }
                 if bytes.is_empty() {
@@ -278,7 +330,7 @@ impl MultiThreadBase for GdbTarget<'_, '_> {
     }
 }
 
-impl MultiThreadResume for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> MultiThreadResume for GdbTarget<'_, '_, A> {
     fn resume(&mut self) -> Result<(), Self::Error> {
         {
             // While one vCPU steps, the others stay stopped.
@@ -322,7 +374,7 @@ impl MultiThreadResume for GdbTarget<'_, '_> {
     }
 }
 
-impl MultiThreadSingleStep for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> MultiThreadSingleStep for GdbTarget<'_, '_, A> {
     fn set_resume_action_step(
         &mut self,
         tid: Tid,
@@ -336,7 +388,7 @@ impl MultiThreadSingleStep for GdbTarget<'_, '_> {
     }
 }
 
-impl MultiThreadSchedulerLocking for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> MultiThreadSchedulerLocking for GdbTarget<'_, '_, A> {
     fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
         // Only the vCPUs GDB named run (`stepi` sends `vCont;s:p1.1` alone).
         let mut state = self.debugger.lock();
@@ -349,7 +401,7 @@ impl MultiThreadSchedulerLocking for GdbTarget<'_, '_> {
     }
 }
 
-impl Breakpoints for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> Breakpoints for GdbTarget<'_, '_, A> {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -363,7 +415,7 @@ impl Breakpoints for GdbTarget<'_, '_> {
     }
 }
 
-impl SwBreakpoint for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> SwBreakpoint for GdbTarget<'_, '_, A> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if self
             .debugger
@@ -375,18 +427,16 @@ impl SwBreakpoint for GdbTarget<'_, '_> {
             return Ok(true);
         }
         let cpu = self.debugger.first_alive();
-        let Response::Memory(original) = self.debugger.request(cpu, Request::ReadMemory(addr, 1))
-        else {
+        let instruction = self.debugger.breakpoint_instruction();
+        let request = Request::ReadMemory(addr, instruction.len());
+        let Response::Memory(original) = self.debugger.request(cpu, request) else {
             return Ok(false);
         };
-        let Some(&original) = original.first() else {
+        if original.len() != instruction.len() {
             return Ok(false);
-        };
-        if !matches!(
-            self.debugger
-                .request(cpu, Request::WriteMemory(addr, vec![INT3])),
-            Response::Done
-        ) {
+        }
+        let request = Request::WriteMemory(addr, instruction.to_vec());
+        if !matches!(self.debugger.request(cpu, request), Response::Done) {
             return Ok(false);
         }
         self.debugger
@@ -402,7 +452,7 @@ impl SwBreakpoint for GdbTarget<'_, '_> {
             return Ok(false);
         };
         let cpu = self.debugger.first_alive();
-        let request = Request::WriteMemory(addr, vec![original]);
+        let request = Request::WriteMemory(addr, original);
         Ok(matches!(
             self.debugger.request(cpu, request),
             Response::Done
@@ -410,7 +460,7 @@ impl SwBreakpoint for GdbTarget<'_, '_> {
     }
 }
 
-impl GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> GdbTarget<'_, '_, A> {
     fn add_hardware(&mut self, bp: HardwareBreakpoint) -> bool {
         let mut state = self.debugger.lock();
         match state
@@ -452,19 +502,24 @@ fn execute_at(address: u64) -> HardwareBreakpoint {
     }
 }
 
-fn watch(address: u64, len: u64, kind: WatchKind) -> Option<HardwareBreakpoint> {
+fn watch<A: GuestArchitecture>(
+    address: u64,
+    len: u64,
+    kind: WatchKind,
+) -> Option<HardwareBreakpoint> {
     let len = u8::try_from(len)
         .ok()
         .filter(|l| matches!(l, 1 | 2 | 4 | 8))?;
     let kind = match kind {
         WatchKind::Write => HardwareBreakpointKind::Write,
-        // x86 has no read-only data breakpoints.
+        WatchKind::Read if A::READ_WATCHPOINTS => HardwareBreakpointKind::Read,
+        // Without read-only data breakpoints (x86) reads are watched with writes.
         WatchKind::Read | WatchKind::ReadWrite => HardwareBreakpointKind::ReadWrite,
     };
     Some(HardwareBreakpoint { address, kind, len })
 }
 
-impl HwBreakpoint for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> HwBreakpoint for GdbTarget<'_, '_, A> {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         Ok(self.add_hardware(execute_at(addr)))
     }
@@ -474,14 +529,14 @@ impl HwBreakpoint for GdbTarget<'_, '_> {
     }
 }
 
-impl HwWatchpoint for GdbTarget<'_, '_> {
+impl<A: GuestArchitecture> HwWatchpoint for GdbTarget<'_, '_, A> {
     fn add_hw_watchpoint(
         &mut self,
         addr: u64,
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(watch(addr, len, kind).is_some_and(|bp| self.add_hardware(bp)))
+        Ok(watch::<A>(addr, len, kind).is_some_and(|bp| self.add_hardware(bp)))
     }
 
     fn remove_hw_watchpoint(
@@ -490,18 +545,18 @@ impl HwWatchpoint for GdbTarget<'_, '_> {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(watch(addr, len, kind).is_some_and(|bp| self.remove_hardware(bp)))
+        Ok(watch::<A>(addr, len, kind).is_some_and(|bp| self.remove_hardware(bp)))
     }
 }
 
 /// The blocking event loop: GDB's bytes and the world's stops.
-enum EventLoop<'d, 'k> {
+enum EventLoop<'d, 'k, A> {
     #[allow(dead_code)]
-    Marker(std::marker::PhantomData<&'d Debugger<'k>>),
+    Marker(PhantomData<(&'d Debugger<'k>, A)>),
 }
 
-impl<'d, 'k> BlockingEventLoop for EventLoop<'d, 'k> {
-    type Target = GdbTarget<'d, 'k>;
+impl<'d, 'k, A: GuestArchitecture> BlockingEventLoop for EventLoop<'d, 'k, A> {
+    type Target = GdbTarget<'d, 'k, A>;
     type Connection = TcpStream;
     type StopReason = MultiThreadStopReason<u64>;
 
@@ -550,11 +605,32 @@ pub fn serve(listener: &TcpListener, debugger: &Debugger<'_>) -> SessionEnd {
     };
     let _ = stream.set_nodelay(true);
     debugger.wait_initial_stop();
-    let mut target = GdbTarget {
+    let end = match debugger.arch {
+        GuestArch::X86_64 => session::<gdbstub_arch::x86::X86_64_SSE>(stream, debugger),
+        GuestArch::Aarch64 => session::<gdbstub_arch::aarch64::AArch64>(stream, debugger),
+    };
+    if end == SessionEnd::Detached {
+        // Remove the breakpoints and let the guest run on.
+        let software: Vec<_> = std::mem::take(&mut debugger.lock().breakpoints.software)
+            .into_iter()
+            .collect();
+        let cpu = debugger.first_alive();
+        for (address, original) in software {
+            debugger.request(cpu, Request::WriteMemory(address, original));
+        }
+        debugger.detach();
+    }
+    end
+}
+
+/// Serves one GDB connection for a guest of architecture `A`.
+fn session<A: GuestArchitecture>(stream: TcpStream, debugger: &Debugger<'_>) -> SessionEnd {
+    let mut target = GdbTarget::<A> {
         debugger,
         named: std::collections::BTreeSet::new(),
+        arch: PhantomData,
     };
-    let end = match GdbStub::new(stream).run_blocking::<EventLoop<'_, '_>>(&mut target) {
+    match GdbStub::new(stream).run_blocking::<EventLoop<'_, '_, A>>(&mut target) {
         Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
             SessionEnd::GuestEnded
         }
@@ -564,17 +640,5 @@ pub fn serve(listener: &TcpListener, debugger: &Debugger<'_>) -> SessionEnd {
             log::warn!("GDB connection ended: {error}");
             SessionEnd::Detached
         }
-    };
-    if end == SessionEnd::Detached {
-        // Remove the breakpoints and let the guest run on.
-        let software: Vec<_> = std::mem::take(&mut debugger.lock().breakpoints.software)
-            .into_iter()
-            .collect();
-        let cpu = debugger.first_alive();
-        for (address, original) in software {
-            debugger.request(cpu, Request::WriteMemory(address, vec![original]));
-        }
-        debugger.detach();
     }
-    end
 }

@@ -2,7 +2,10 @@
 //! server of `-s/--gdb-port`) and the vCPU threads. Each vCPU thread keeps its vCPU: while the
 //! world is stopped it parks in [`Debugger::before_run`] and serves the debugger's register and
 //! memory requests itself (Hypervisor.framework allows vCPU calls only from the owning thread).
+//! The architecture-specific parts are the register sets ([`x86_64`], [`aarch64`]) and the
+//! breakpoint instruction; guest memory goes through the guest's own page tables.
 
+mod aarch64;
 pub mod gdb;
 mod x86_64;
 
@@ -10,11 +13,23 @@ use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use uhyve_interface::GuestVirtAddr;
+
+use crate::arch::GuestArch;
+use crate::hypervisor::aarch64::debug::Aarch64Vcpu;
 use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{DebugExit, GuestDebug, HardwareBreakpoint, VcpuExit, VirtualCpu};
 use crate::mem::GuestMemory;
+use crate::mem::virt::GuestVirtMemory;
 
-pub use x86_64::Registers;
+/// A vCPU's registers as GDB sees them, for the guest's architecture.
+#[derive(Debug, Clone)]
+pub enum Registers {
+    /// GPRs, RIP, EFLAGS, segments, x87 and SSE.
+    X86_64(Box<gdbstub_arch::x86::reg::X86_64CoreRegs>),
+    /// X0–X30, SP, PC, PSTATE, V0–V31, FPSR and FPCR.
+    Aarch64(Box<gdbstub_arch::aarch64::reg::AArch64CoreRegs>),
+}
 
 /// Why the world stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +63,7 @@ pub enum Request {
     /// Read the registers.
     ReadRegisters,
     /// Write the registers.
-    WriteRegisters(Box<Registers>),
+    WriteRegisters(Registers),
     /// Read guest-virtual memory (as much as is mapped from the start).
     ReadMemory(u64, usize),
     /// Write guest-virtual memory.
@@ -59,7 +74,7 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub enum Response {
     /// The registers.
-    Registers(Box<Registers>),
+    Registers(Registers),
     /// The bytes read.
     Memory(Vec<u8>),
     /// Done.
@@ -87,8 +102,8 @@ enum Phase {
 /// The debugger's breakpoints.
 #[derive(Debug, Default)]
 struct Breakpoints {
-    /// Software breakpoints: address → the byte the breakpoint instruction replaced.
-    software: BTreeMap<u64, u8>,
+    /// Software breakpoints: address → the bytes the breakpoint instruction replaced.
+    software: BTreeMap<u64, Vec<u8>>,
     hardware: [Option<HardwareBreakpoint>; 4],
 }
 
@@ -114,6 +129,7 @@ pub struct Debugger<'k> {
     state: Mutex<State>,
     changed: Condvar,
     mem: &'k GuestMemory,
+    arch: GuestArch,
     kick_all: &'k (dyn Fn() + Sync),
     /// The kernel's load bias, reported to GDB (`qOffsets`) so that the symbols of a
     /// position-independent image match where it was loaded.
@@ -126,13 +142,17 @@ pub struct DebugVcpu<'v, C: VirtualCpu> {
     pub vcpu: &'v mut C,
     /// Its x86 state access, where the backend offers it.
     pub x86: fn(&mut C) -> Option<&mut dyn X86Vcpu>,
+    /// Its aarch64 register access, where the backend offers it.
+    pub aarch64: fn(&mut C) -> Option<&mut dyn Aarch64Vcpu>,
 }
 
 impl<'k> Debugger<'k> {
-    /// The debugger of a VM with `cpus` vCPUs whose kernel was loaded `load_bias` bytes above
-    /// its link-time addresses; every vCPU waits before its first instruction.
+    /// The debugger of a VM with `cpus` vCPUs of architecture `arch` whose kernel was loaded
+    /// `load_bias` bytes above its link-time addresses; every vCPU waits before its first
+    /// instruction.
     pub fn new(
         cpus: u32,
+        arch: GuestArch,
         mem: &'k GuestMemory,
         kick_all: &'k (dyn Fn() + Sync),
         load_bias: u64,
@@ -156,6 +176,7 @@ impl<'k> Debugger<'k> {
             }),
             changed: Condvar::new(),
             mem,
+            arch,
             kick_all,
             load_bias,
         }
@@ -189,7 +210,7 @@ impl<'k> Debugger<'k> {
     /// Called by a vCPU thread before every entry into the guest: parks while the world is
     /// stopped (serving the debugger's requests), then sets the vCPU's guest debugging.
     pub fn before_run<C: VirtualCpu>(&self, cpu: DebugVcpu<'_, C>) -> Go {
-        let DebugVcpu { vcpu, x86 } = cpu;
+        let DebugVcpu { vcpu, x86, aarch64 } = cpu;
         let id = vcpu.id() as usize;
         let mut state = self.lock();
         if state.shutdown {
@@ -215,7 +236,12 @@ impl<'k> Debugger<'k> {
                     && let Some((_, request)) = state.request.take()
                 {
                     drop(state);
-                    let response = self.serve(vcpu, x86, request);
+                    let access = DebugVcpu {
+                        vcpu: &mut *vcpu,
+                        x86,
+                        aarch64,
+                    };
+                    let response = self.serve(access, request);
                     state = self.lock();
                     state.response = Some(response);
                     self.changed.notify_all();
@@ -246,27 +272,69 @@ impl<'k> Debugger<'k> {
         Go::Run
     }
 
-    fn serve<C: VirtualCpu>(
-        &self,
-        vcpu: &mut C,
-        x86: fn(&mut C) -> Option<&mut dyn X86Vcpu>,
-        request: Request,
-    ) -> Response {
+    fn serve<C: VirtualCpu>(&self, cpu: DebugVcpu<'_, C>, request: Request) -> Response {
+        let DebugVcpu { vcpu, x86, aarch64 } = cpu;
         let result = match request {
-            Request::ReadRegisters => {
-                x86_64::read_registers(vcpu, x86).map(|r| Response::Registers(Box::new(r)))
+            Request::ReadRegisters => match self.arch {
+                GuestArch::X86_64 => x86_64::read_registers(vcpu, x86),
+                GuestArch::Aarch64 => aarch64::read_registers(vcpu, aarch64),
             }
-            Request::WriteRegisters(registers) => {
-                x86_64::write_registers(vcpu, x86, &registers).map(|()| Response::Done)
+            .map(Response::Registers),
+            Request::WriteRegisters(registers) => match registers {
+                Registers::X86_64(r) => x86_64::write_registers(vcpu, x86, &r),
+                Registers::Aarch64(r) => aarch64::write_registers(vcpu, aarch64, &r),
             }
+            .map(|()| Response::Done),
             Request::ReadMemory(address, len) => {
-                x86_64::read_memory(self.mem, vcpu, address, len).map(Response::Memory)
+                self.read_memory(vcpu, address, len).map(Response::Memory)
             }
-            Request::WriteMemory(address, data) => {
-                x86_64::write_memory(self.mem, vcpu, address, &data).map(|()| Response::Done)
-            }
+            Request::WriteMemory(address, data) => self
+                .write_memory(vcpu, address, &data)
+                .map(|()| Response::Done),
         };
         result.unwrap_or_else(Response::Failed)
+    }
+
+    /// Reads guest-virtual memory as the vCPU's page tables map it: the mapped prefix (an error
+    /// if not even the first byte is mapped).
+    fn read_memory<C: VirtualCpu>(
+        &self,
+        vcpu: &mut C,
+        address: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, String> {
+        let root = vcpu.page_table_root().map_err(|e| e.to_string())?;
+        let door = GuestVirtMemory::new(self.mem, self.arch.page_tables(root));
+        let mut buf = vec![0; len];
+        let prefix = door.read_prefix(GuestVirtAddr::new(address), &mut buf);
+        if prefix.len == 0
+            && let Some(stop) = prefix.stop
+        {
+            return Err(stop.to_string());
+        }
+        buf.truncate(prefix.len);
+        Ok(buf)
+    }
+
+    /// Writes guest-virtual memory (all or nothing).
+    fn write_memory<C: VirtualCpu>(
+        &self,
+        vcpu: &mut C,
+        address: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let root = vcpu.page_table_root().map_err(|e| e.to_string())?;
+        let door = GuestVirtMemory::new(self.mem, self.arch.page_tables(root));
+        door.write(GuestVirtAddr::new(address), data)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The software breakpoint instruction of the guest's architecture.
+    fn breakpoint_instruction(&self) -> &'static [u8] {
+        match self.arch {
+            GuestArch::X86_64 => &[x86_64::INT3],
+            GuestArch::Aarch64 => &crate::arch::aarch64::debug::BRK_0,
+        }
     }
 
     /// Called by a vCPU thread after an exit: whether it is a debug event, which then stops the
@@ -295,7 +363,7 @@ impl<'k> Debugger<'k> {
             VcpuExit::EmulationFailure { rip, instruction } => {
                 let is_int3 = instruction
                     .as_ref()
-                    .is_none_or(|i| i.0.first() == Some(&0xcc));
+                    .is_none_or(|i| i.0.first() == Some(&x86_64::INT3));
                 if !(is_int3 && state.breakpoints.software.contains_key(rip)) {
                     return false;
                 }

@@ -1,17 +1,15 @@
 //! The x86_64 side of guest debugging: GDB's register set through the state access the
-//! emulation fallback uses ([`X86Vcpu`]), and guest-virtual memory through the page walk of
-//! [`GuestVirtMemory`].
+//! emulation fallback uses ([`X86Vcpu`]), and the `int3` breakpoint instruction.
 
-use uhyve_interface::GuestVirtAddr;
-
-use crate::arch::x86_64::paging::PageTables;
+use super::Registers as AnyRegisters;
 use crate::hypervisor::VirtualCpu;
 use crate::hypervisor::x86_64::X86Vcpu;
-use crate::mem::GuestMemory;
-use crate::mem::virt::GuestVirtMemory;
 
 /// GDB's x86_64 registers (general-purpose, RIP, EFLAGS, segments, x87, SSE).
-pub type Registers = gdbstub_arch::x86::reg::X86_64CoreRegs;
+type Registers = gdbstub_arch::x86::reg::X86_64CoreRegs;
+
+/// The x86 breakpoint instruction.
+pub(super) const INT3: u8 = 0xcc;
 
 /// GDB's register order (RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP, R8…R15) as hardware numbers.
 const GDB_TO_HARDWARE: [usize; 16] = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
@@ -43,7 +41,7 @@ fn u32_at(area: &[u8], at: usize) -> u32 {
 pub(super) fn read_registers<C: VirtualCpu>(
     vcpu: &mut C,
     x86: fn(&mut C) -> Option<&mut dyn X86Vcpu>,
-) -> Result<Registers, String> {
+) -> Result<AnyRegisters, String> {
     let cpu = x86_of(vcpu, x86)?;
     let state = cpu.emulation_state().map_err(|e| e.to_string())?;
     let selectors = cpu.segment_selectors().map_err(|e| e.to_string())?;
@@ -91,7 +89,7 @@ pub(super) fn read_registers<C: VirtualCpu>(
         fooff: u32_at(area, FDP),
         fop: u32::from(u16_at(area, FOP)),
     };
-    Ok(r)
+    Ok(AnyRegisters::X86_64(Box::new(r)))
 }
 
 /// Writes the general-purpose registers, RIP, RFLAGS, x87 and SSE registers of a stopped vCPU
@@ -120,45 +118,5 @@ pub(super) fn write_registers<C: VirtualCpu>(
     after.xsave[FSW..FSW + 2].copy_from_slice(&(r.fpu.fstat as u16).to_le_bytes());
     after.mark_modified_components_in_use(&before);
     cpu.set_emulation_state(&before, &after)
-        .map_err(|e| e.to_string())
-}
-
-fn door<'m, C: VirtualCpu>(
-    mem: &'m GuestMemory,
-    vcpu: &mut C,
-) -> Result<GuestVirtMemory<'m, PageTables>, String> {
-    let root = vcpu.page_table_root().map_err(|e| e.to_string())?;
-    Ok(GuestVirtMemory::new(mem, PageTables::new(root)))
-}
-
-/// Reads guest-virtual memory as the vCPU's page tables map it: the mapped prefix (an error if
-/// not even the first byte is mapped).
-pub(super) fn read_memory<C: VirtualCpu>(
-    mem: &GuestMemory,
-    vcpu: &mut C,
-    address: u64,
-    len: usize,
-) -> Result<Vec<u8>, String> {
-    let door = door(mem, vcpu)?;
-    let mut buf = vec![0; len];
-    let prefix = door.read_prefix(GuestVirtAddr::new(address), &mut buf);
-    if prefix.len == 0
-        && let Some(stop) = prefix.stop
-    {
-        return Err(stop.to_string());
-    }
-    buf.truncate(prefix.len);
-    Ok(buf)
-}
-
-/// Writes guest-virtual memory (all or nothing).
-pub(super) fn write_memory<C: VirtualCpu>(
-    mem: &GuestMemory,
-    vcpu: &mut C,
-    address: u64,
-    data: &[u8],
-) -> Result<(), String> {
-    let door = door(mem, vcpu)?;
-    door.write(GuestVirtAddr::new(address), data)
         .map_err(|e| e.to_string())
 }

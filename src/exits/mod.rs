@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::debug::{DebugVcpu, Debugger, Go};
 use crate::hypercall::{HypercallError, HypercallOutcome, Hypercalls};
+use crate::hypervisor::aarch64::debug::Aarch64Vcpu;
 use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 use crate::mem::GuestMemory;
@@ -87,6 +88,9 @@ pub struct LoopVcpu<'v, C: VirtualCpu> {
     pub vcpu: &'v mut C,
     /// Its x86 side (the hypervisor's [`crate::hypervisor::Hypervisor::x86_vcpu`]).
     pub x86: fn(&mut C) -> Option<&mut dyn X86Vcpu>,
+    /// Its aarch64 register access for a debugger
+    /// ([`crate::hypervisor::Hypervisor::aarch64_vcpu`]).
+    pub aarch64: fn(&mut C) -> Option<&mut dyn Aarch64Vcpu>,
 }
 
 /// What the loop does after one exit.
@@ -104,7 +108,7 @@ pub fn run_vcpu<C: VirtualCpu>(
     shared: &ExitServices<'_>,
     mut stats: Option<&mut ExitStats>,
 ) -> Result<Option<GuestExit>, ExitError> {
-    let LoopVcpu { vcpu, x86 } = cpu;
+    let LoopVcpu { vcpu, x86, aarch64 } = cpu;
     let mut pci = PciConfigSpace::default();
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -114,6 +118,7 @@ pub fn run_vcpu<C: VirtualCpu>(
             let lent = DebugVcpu {
                 vcpu: &mut *vcpu,
                 x86,
+                aarch64,
             };
             if debugger.before_run(lent) == Go::Stop {
                 return Ok(None);

@@ -38,7 +38,7 @@ impl<H: Hypervisor> Vm<H> {
         };
         let bias = self.guest.kernel.load_bias;
         let debugger = (listener.as_ref())
-            .map(|_| Debugger::new(self.cpu_count, &self.guest.mem, &kick_all, bias));
+            .map(|_| Debugger::new(self.cpu_count, H::ARCH, &self.guest.mem, &kick_all, bias));
         let killed = AtomicBool::new(false);
         let shared = SharedVcpuState {
             services: ExitServices {
@@ -418,6 +418,7 @@ impl<H: Hypervisor> VcpuThread<'_, '_, H> {
         let looped = LoopVcpu {
             vcpu: &mut vcpu,
             x86: H::x86_vcpu,
+            aarch64: H::aarch64_vcpu,
         };
         let mut stats = stats;
         let started = std::time::Instant::now();

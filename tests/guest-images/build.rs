@@ -62,7 +62,8 @@ const CFLAGS: &[&str] = &[
     "-mno-red-zone",
 ];
 
-/// Extra compiler flags of single v1 guests, added after all the others (a later `-O` wins):
+/// Extra compiler flags of single v1 guests (of both architectures), added after all the others
+/// (a later `-O` wins):
 /// `gdb_target`, the debuggee of tests/gdb.rs, carries DWARF debug info and is not optimised, so
 /// that GDB sees its locals, frames and every line. The other guest images stay as they are.
 const PER_GUEST_CFLAGS: &[(&str, &[&str])] = &[("gdb_target", &["-g", "-O0"])];
@@ -291,7 +292,7 @@ fn build_aarch64_guests(cc: &OsString, guest_src: &Path, output: &Path) -> Resul
         linker_script: a64_rt.join("guest.ld"),
         output: output.to_path_buf(),
         sources: a64_src,
-        per_guest: &[],
+        per_guest: PER_GUEST_CFLAGS,
     };
     let v2 = GuestKind {
         cflags: A64_CFLAGS,

@@ -5,7 +5,8 @@
  * changes the variable at the breakpoint sees the new value on the console. A loop in
  * count_up() writes the global `gdb_counter` (a watchpoint target). With more than one cpu
  * (uhyve -c 2), cpu 1 runs on_secondary() (a breakpoint target on vCPU 1) and cpu 0 waits for it
- * before it prints "secondary ran". Exits with GDB_TARGET_EXIT_CODE.
+ * before it prints "secondary ran". Exits with GDB_TARGET_EXIT_CODE. aarch64/gdb_target.c builds
+ * the same guest for aarch64 (tests/gdb_aarch64.rs).
  */
 #include "uhyve.h"
 
@@ -20,6 +21,16 @@ volatile int gdb_value = 42;
 volatile int gdb_counter;
 /* Set by cpu 1 in on_secondary(). */
 static int secondary_ran;
+
+/* The spin-wait hint of the architecture. */
+static inline void cpu_relax(void)
+{
+#ifdef __aarch64__
+	__asm__ volatile("yield" ::: "memory");
+#else
+	__asm__ volatile("pause" ::: "memory");
+#endif
+}
 
 /* Called by rt/start.S on every secondary, on its own stack. */
 void uhyve_rt_secondary(uint64_t boot_info, uint64_t cpu_id);
@@ -66,7 +77,7 @@ int main(void)
 		uint64_t rounds = 0;
 		while (!__atomic_load_n(&secondary_ran, __ATOMIC_ACQUIRE) &&
 		       rounds++ < SECONDARY_WAIT_ROUNDS)
-			__asm__ volatile("pause" ::: "memory");
+			cpu_relax();
 		put_str(__atomic_load_n(&secondary_ran, __ATOMIC_ACQUIRE) ? "secondary ran\n"
 									  : "secondary did not run\n");
 	}

@@ -26,6 +26,7 @@ use super::kick::{self, KvmKick};
 use super::{KvmError, ioctl_error, open_kvm};
 use crate::arch::GuestArch;
 use crate::arch::aarch64::layout::{GICD, GICR, HYPERCALL_WINDOW_SIZE};
+use crate::hypervisor::aarch64::debug::Aarch64Vcpu;
 use crate::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuError, VmFeatures};
 use crate::mem::GuestMemory;
 
@@ -265,6 +266,10 @@ impl Hypervisor for KvmArmVm {
         )?;
         let kick = vcpu.kick_handle();
         Ok((vcpu, kick))
+    }
+
+    fn aarch64_vcpu(cpu: &mut KvmArmCpu) -> Option<&mut dyn Aarch64Vcpu> {
+        Some(cpu)
     }
 }
 

@@ -9,38 +9,53 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{
     KVM_ARM_VCPU_PMU_V3, KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_INIT,
     KVM_ARM_VCPU_PMU_V3_IRQ, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_EXIT_ARM_NISV,
-    KVM_EXIT_MMIO, KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_device_attr,
-    kvm_one_reg, kvm_vcpu_init,
+    KVM_EXIT_MMIO, KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U32,
+    KVM_REG_SIZE_U64, KVM_REG_SIZE_U128, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN, kvm_device_attr, kvm_one_reg, kvm_vcpu_init,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::GuestPhysAddr;
 
 use super::Gic;
 use crate::arch::aarch64::InitialRegisters;
+use crate::arch::aarch64::debug::{StackPointer, brk_exception_entry, stack_pointer_of};
 use crate::arch::aarch64::esr::EsrError;
+use crate::hypervisor::aarch64::debug::{
+    Aarch64Registers, Aarch64Vcpu, DebugRegisters, brk_immediate, debug_exit_of,
+};
 use crate::hypervisor::aarch64::{GuestAccess, classify_access};
-use crate::hypervisor::{VcpuError, VcpuExit, VirtualCpu};
+use crate::hypervisor::{DebugExit, GuestDebug, VcpuError, VcpuExit, VirtualCpu};
 use crate::linux::kick::{IOC_WRITE, KickTarget, KvmKick, kvm_ioctl};
 use crate::linux::{KvmError, ioctl_error};
 
 /// Every ioctl an aarch64 vCPU issues once it exists: `KVM_RUN`, the register accesses of exit
 /// handling and crash reports, and the vGIC initialisation of the first run. The seccomp
 /// allowlist of the run phase allows exactly these.
-pub(super) const RUN_IOCTLS: [u64; 4] = {
-    use kvm_bindings::kvm_device_attr;
+pub(super) const RUN_IOCTLS: [u64; 5] = {
+    use kvm_bindings::{kvm_device_attr, kvm_guest_debug};
     use std::mem::size_of;
     [
         kvm_ioctl(0, 0x80, 0),                                    // KVM_RUN
         kvm_ioctl(IOC_WRITE, 0xab, size_of::<kvm_one_reg>()),     // KVM_GET_ONE_REG
         kvm_ioctl(IOC_WRITE, 0xac, size_of::<kvm_one_reg>()),     // KVM_SET_ONE_REG
         kvm_ioctl(IOC_WRITE, 0xe1, size_of::<kvm_device_attr>()), // KVM_SET_DEVICE_ATTR
+        kvm_ioctl(IOC_WRITE, 0x9b, size_of::<kvm_guest_debug>()), // KVM_SET_GUEST_DEBUG
     ]
 };
 
 /// The id of a 64-bit core register at byte `offset` into `struct kvm_regs`.
 const fn core_register(offset: usize) -> u64 {
     KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE as u64 | (offset as u64 / 4)
+}
+
+/// The id of the 128-bit core register at byte `offset` into `struct kvm_regs`.
+const fn core_register_128(offset: usize) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE as u64 | (offset as u64 / 4)
+}
+
+/// The id of the 32-bit core register at byte `offset` into `struct kvm_regs`.
+const fn core_register_32(offset: usize) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U32 | KVM_REG_ARM_CORE as u64 | (offset as u64 / 4)
 }
 
 /// The id of the 64-bit system register with encoding `op0, op1, CRn, CRm, op2`.
@@ -63,8 +78,22 @@ const fn x_register(number: u8) -> u64 {
 const PC: u64 = core_register(256);
 /// `kvm_regs.regs.pstate`.
 const PSTATE: u64 = core_register(264);
+/// `kvm_regs.regs.sp` (SP_EL0).
+const SP_EL0: u64 = core_register(248);
 /// `kvm_regs.sp_el1`.
 const SP_EL1: u64 = core_register(272);
+/// `kvm_regs.elr_el1`.
+const ELR_EL1: u64 = core_register(280);
+/// `kvm_regs.spsr[KVM_SPSR_EL1]`.
+const SPSR_EL1: u64 = core_register(288);
+/// `kvm_regs.fp_regs.vregs[n]`.
+const fn v_register(number: usize) -> u64 {
+    core_register_128(336 + 16 * number)
+}
+/// `kvm_regs.fp_regs.fpsr`.
+const FPSR: u64 = core_register_32(848);
+/// `kvm_regs.fp_regs.fpcr`.
+const FPCR: u64 = core_register_32(852);
 const SCTLR_EL1: u64 = system_register(3, 0, 1, 0, 0);
 const CPACR_EL1: u64 = system_register(3, 0, 1, 0, 2);
 const TTBR0_EL1: u64 = system_register(3, 0, 2, 0, 0);
@@ -106,6 +135,10 @@ pub struct KvmArmCpu {
     pmu_pending: bool,
     /// What its kick handles aim at; cleared when the vCPU is dropped.
     kick_target: Arc<Mutex<Option<KickTarget>>>,
+    /// The guest debugging last set (a watchpoint exit is matched against its slots).
+    debug: GuestDebug,
+    /// The syndrome of the last `BRK` exit, for [`VirtualCpu::reinject_breakpoint`].
+    last_brk: Option<u64>,
 }
 
 impl Drop for KvmArmCpu {
@@ -155,6 +188,8 @@ impl KvmArmCpu {
             first_run: true,
             pmu_pending: pmu,
             kick_target,
+            debug: GuestDebug::default(),
+            last_brk: None,
         })
     }
 
@@ -192,6 +227,29 @@ impl KvmArmCpu {
 
     fn register(&self, id: u64) -> Result<u64, VcpuError> {
         get(&self.fd, id).map_err(backend_error("KVM_GET_ONE_REG"))
+    }
+
+    fn set_register(&self, id: u64, value: u64) -> Result<(), VcpuError> {
+        self.fd
+            .set_one_reg(id, &value.to_le_bytes())
+            .map(|_| ())
+            .map_err(backend_error("KVM_SET_ONE_REG"))
+    }
+
+    /// A `KVM_EXIT_DEBUG`: what its syndrome means under the debugging last set.
+    fn debug_exit(&mut self, arch: &kvm_bindings::kvm_debug_exit_arch) -> VcpuExit {
+        let esr = u64::from(arch.hsr) | u64::from(arch.hsr_high) << 32;
+        let exit = debug_exit_of(esr, arch.far, &self.debug).unwrap_or(DebugExit::Other);
+        self.last_brk = (exit == DebugExit::SoftwareBreakpoint).then_some(esr);
+        VcpuExit::Debug(exit)
+    }
+
+    /// The stack pointer register `pstate` selects.
+    fn stack_pointer_id(pstate: u64) -> u64 {
+        match stack_pointer_of(pstate) {
+            StackPointer::El0 => SP_EL0,
+            StackPointer::El1 => SP_EL1,
+        }
     }
 
     /// A `KVM_EXIT_ARM_NISV`: a data abort outside RAM whose syndrome does not describe the
@@ -325,7 +383,7 @@ impl VirtualCpu for KvmArmCpu {
             }
             KvmExit::Hlt => VcpuExit::Halt,
             KvmExit::Intr => VcpuExit::Interrupted,
-            KvmExit::Debug(_) => VcpuExit::Debug(crate::hypervisor::DebugExit::Other),
+            KvmExit::Debug(arch) => self.debug_exit(&arch),
             KvmExit::FailEntry(reason, _) => VcpuExit::FailedEntry { reason },
             KvmExit::Shutdown => VcpuExit::Shutdown,
             other => VcpuExit::Unhandled {
@@ -391,6 +449,118 @@ impl VirtualCpu for KvmArmCpu {
         ));
         Ok(text)
     }
+
+    fn set_guest_debug(&mut self, debug: &GuestDebug) -> Result<(), VcpuError> {
+        self.fd
+            .set_guest_debug(&kvm_guest_debug_from(debug))
+            .map_err(backend_error("KVM_SET_GUEST_DEBUG"))?;
+        self.debug = *debug;
+        Ok(())
+    }
+
+    fn reinject_breakpoint(&mut self) -> Result<(), VcpuError> {
+        let Some(esr) = self.last_brk.take() else {
+            return Err(VcpuError::Unexpected {
+                operation: "reinject breakpoint",
+                detail: "the last exit was no BRK".into(),
+            });
+        };
+        let entry = brk_exception_entry(
+            self.register(PC)?,
+            self.register(PSTATE)?,
+            self.register(VBAR_EL1)?,
+            brk_immediate(esr),
+        );
+        for (id, value) in [
+            (ELR_EL1, entry.elr_el1),
+            (SPSR_EL1, entry.spsr_el1),
+            (ESR_EL1, entry.esr_el1),
+            (PSTATE, entry.pstate),
+            (PC, entry.pc),
+        ] {
+            self.set_register(id, value)?;
+        }
+        Ok(())
+    }
+}
+
+impl Aarch64Vcpu for KvmArmCpu {
+    fn registers(&mut self) -> Result<Aarch64Registers, VcpuError> {
+        let mut out = Aarch64Registers {
+            pc: self.register(PC)?,
+            pstate: self.register(PSTATE)?,
+            fpsr: self.register(FPSR)? as u32,
+            fpcr: self.register(FPCR)? as u32,
+            ..Aarch64Registers::default()
+        };
+        out.sp = self.register(Self::stack_pointer_id(out.pstate))?;
+        for (number, x) in out.x.iter_mut().enumerate() {
+            *x = self.register(x_register(number as u8))?;
+        }
+        for (number, v) in out.v.iter_mut().enumerate() {
+            let mut bytes = [0u8; 16];
+            self.fd
+                .get_one_reg(v_register(number), &mut bytes)
+                .map_err(backend_error("KVM_GET_ONE_REG"))?;
+            *v = u128::from_le_bytes(bytes);
+        }
+        Ok(out)
+    }
+
+    fn set_registers(&mut self, registers: &Aarch64Registers) -> Result<(), VcpuError> {
+        for (number, x) in registers.x.iter().enumerate() {
+            self.set_register(x_register(number as u8), *x)?;
+        }
+        self.set_register(PC, registers.pc)?;
+        self.set_register(PSTATE, registers.pstate)?;
+        self.set_register(Self::stack_pointer_id(registers.pstate), registers.sp)?;
+        for (id, value) in [(FPSR, registers.fpsr), (FPCR, registers.fpcr)] {
+            self.fd
+                .set_one_reg(id, &value.to_le_bytes())
+                .map_err(backend_error("KVM_SET_ONE_REG"))?;
+        }
+        for (number, v) in registers.v.iter().enumerate() {
+            self.fd
+                .set_one_reg(v_register(number), &v.to_le_bytes())
+                .map_err(backend_error("KVM_SET_ONE_REG"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `KVM_SET_GUEST_DEBUG` argument for `debug`: software breakpoints (every `BRK` exits),
+/// single-stepping and the hardware breakpoint and watchpoint registers.
+fn kvm_guest_debug_from(debug: &GuestDebug) -> kvm_bindings::kvm_guest_debug {
+    use kvm_bindings::{
+        KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW, KVM_GUESTDBG_USE_SW_BP,
+    };
+    let mut out = kvm_bindings::kvm_guest_debug::default();
+    if !debug.enabled {
+        return out;
+    }
+    out.control = KVM_GUESTDBG_ENABLE;
+    if debug.single_step {
+        out.control |= KVM_GUESTDBG_SINGLESTEP;
+    }
+    if debug.software_breakpoints {
+        out.control |= KVM_GUESTDBG_USE_SW_BP;
+    }
+    let registers = DebugRegisters::of(debug);
+    for (slot, (&(bvr, bcr), &(wvr, wcr))) in registers
+        .breakpoints
+        .iter()
+        .zip(&registers.watchpoints)
+        .enumerate()
+    {
+        out.arch.dbg_bvr[slot] = bvr;
+        out.arch.dbg_bcr[slot] = bcr;
+        out.arch.dbg_wvr[slot] = wvr;
+        out.arch.dbg_wcr[slot] = wcr;
+    }
+    if debug.hardware.iter().any(Option::is_some) {
+        out.control |= KVM_GUESTDBG_USE_HW;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -413,6 +583,39 @@ mod tests {
         assert_eq!(MPIDR_EL1, 0x6030_0000_0013_c005);
         assert_eq!(MDSCR_EL1, 0x6030_0000_0013_8012);
         assert_eq!(ID_AA64MMFR0_EL1, 0x6030_0000_0013_c038);
+        assert_eq!(SP_EL0, 0x6030_0000_0010_003e);
+        assert_eq!(ELR_EL1, 0x6030_0000_0010_0046);
+        assert_eq!(SPSR_EL1, 0x6030_0000_0010_0048);
+        assert_eq!(v_register(0), 0x6040_0000_0010_0054);
+        assert_eq!(v_register(31), 0x6040_0000_0010_00d0);
+        assert_eq!(FPSR, 0x6020_0000_0010_00d4);
+        assert_eq!(FPCR, 0x6020_0000_0010_00d5);
+    }
+
+    #[test]
+    fn guest_debug_becomes_the_kvm_argument() {
+        use crate::hypervisor::{HardwareBreakpoint, HardwareBreakpointKind};
+        assert_eq!(kvm_guest_debug_from(&GuestDebug::default()).control, 0);
+        let debug = GuestDebug {
+            enabled: true,
+            single_step: true,
+            software_breakpoints: true,
+            hardware: [
+                None,
+                Some(HardwareBreakpoint {
+                    address: 0x4000_0010,
+                    kind: HardwareBreakpointKind::Write,
+                    len: 8,
+                }),
+                None,
+                None,
+            ],
+        };
+        let arg = kvm_guest_debug_from(&debug);
+        assert_eq!(arg.control, 0x3_0003);
+        assert_eq!(arg.arch.dbg_wvr[1], 0x4000_0010);
+        assert_eq!(arg.arch.dbg_wcr[1] & 1, 1);
+        assert_eq!(arg.arch.dbg_bcr, [0; 16]);
     }
 
     #[test]
