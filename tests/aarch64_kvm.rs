@@ -261,6 +261,21 @@ fn an_undefined_instruction_is_reported_by_the_guest_vectors_and_stops_the_vm() 
 }
 
 #[test]
+fn the_guests_own_brk_reaches_its_vectors() {
+    if !kvm_or_skip("the_guests_own_brk_reaches_its_vectors") {
+        return;
+    }
+    // Without a debugger KVM does not trap BRK: the guest's vectors see EC 0x3c, imm 0x77.
+    let run = Uhyve::guest("crash").args(["brk"]).run();
+    run.assert_stopped_by_host(SURVIVED)
+        .assert_stdout_lacks("survived");
+    let brk = printed_address(&run, "brk at ");
+    run.assert_stdout_contains(&format!(
+        "exception: synchronous from current EL with SP_ELx: esr 0xf2000077 elr {brk:#x} "
+    ));
+}
+
+#[test]
 fn an_mmio_store_crash_names_the_store() {
     if !kvm_or_skip("an_mmio_store_crash_names_the_store") {
         return;

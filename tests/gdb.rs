@@ -524,6 +524,30 @@ fn hermit_hello_world_breaks_at_main() {
     assert_exit(&ended, 0, &gdb);
 }
 
+/// A stop signal while uhyve waits for GDB ends it at once, as without a debugger.
+#[test]
+fn a_stop_signal_while_waiting_for_gdb_ends_uhyve() {
+    if !kvm_or_skip("a_stop_signal_while_waiting_for_gdb_ends_uhyve") {
+        return;
+    }
+    let session = Session::start(&guest("gdb_target"), &[], &[]);
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    let result = unsafe { libc::kill(session.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(result, 0, "kill(uhyve, SIGTERM)");
+    let ended = session.finish();
+    assert_eq!(
+        ended.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        ended.report()
+    );
+    assert!(
+        ended.stderr.contains("stopped by SIGTERM"),
+        "{}",
+        ended.report()
+    );
+}
+
 /// A port in use: one clear line and a non-zero status.
 #[test]
 fn port_in_use_is_one_clear_line() {

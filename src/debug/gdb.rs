@@ -77,6 +77,9 @@ const PACKET_BUFFER: usize = 4096;
 /// error instead of an endless reply.
 const MAX_READ: usize = PACKET_BUFFER / 2;
 
+/// How often the server looks for a stopping VM while it waits for GDB to connect.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
 /// How a debugging session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -585,6 +588,43 @@ impl<'d, 'k, A: GuestArchitecture> BlockingEventLoop for EventLoop<'d, 'k, A> {
     }
 }
 
+/// Waits for GDB's connection on `listener`; `None` if the VM stops first (a stop signal, the
+/// guest cannot run) or the listener fails (then the guest runs on without a debugger).
+fn accept(listener: &TcpListener, debugger: &Debugger<'_>, address: &str) -> Option<TcpStream> {
+    // Polled, so that a stopping VM is noticed while nobody connects.
+    if let Err(error) = listener.set_nonblocking(true) {
+        log::warn!("GDB server on {address}: {error}");
+    }
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(error) = stream.set_nonblocking(false) {
+                    log::error!("GDB connection on {address}: {error}");
+                    debugger.detach();
+                    return None;
+                }
+                return Some(stream);
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if debugger.lock().shutdown {
+                    return None;
+                }
+                std::thread::sleep(ACCEPT_POLL);
+            }
+            Err(error) => {
+                log::error!("GDB server on {address}: {error}");
+                debugger.detach();
+                return None;
+            }
+        }
+    }
+}
+
 /// Waits for GDB on `listener`, then serves it until the guest ends, GDB detaches or kills.
 pub fn serve(listener: &TcpListener, debugger: &Debugger<'_>) -> SessionEnd {
     let address = listener
@@ -592,16 +632,8 @@ pub fn serve(listener: &TcpListener, debugger: &Debugger<'_>) -> SessionEnd {
         .map(|a| a.to_string())
         .unwrap_or_default();
     eprintln!("uhyve: waiting for GDB on {address} (target remote {address})");
-    let stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                log::error!("GDB server on {address}: {error}");
-                debugger.detach();
-                return SessionEnd::Detached;
-            }
-        }
+    let Some(stream) = accept(listener, debugger, &address) else {
+        return SessionEnd::Detached;
     };
     let _ = stream.set_nodelay(true);
     debugger.wait_initial_stop();

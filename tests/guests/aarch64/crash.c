@@ -9,6 +9,9 @@
  *         current EL with SP_ELx: esr 0x2000000 elr <udf address> ..." and "stopping at <hex>",
  *         and then store to offset 0xff8 of the hypercall window, which is no hypercall: uhyve
  *         names that store's PC.
+ *   brk   `brk #0x77`, a breakpoint instruction of the guest's own: like udf, the guest's vectors
+ *         report it ("esr 0xf2000077 elr <brk address>") and stop. Under a debugger that did not
+ *         set it (tests/gdb_aarch64.rs) the guest must see exactly the same.
  *   mmio  a plain 32-bit `str` of 0x1234 to the first address after RAM, which no device serves.
  *         uhyve's page tables map nothing there, so the guest first maps that page (Device-nGnRnE)
  *         into them (uhyve_a64_map_page); the store then reaches uhyve as an MMIO write.
@@ -41,6 +44,15 @@ static __attribute__((noinline)) int crash_udf(void)
 	print_at("udf", crash_udf_instruction);
 	__asm__ volatile(".globl crash_udf_instruction\n"
 			 "crash_udf_instruction: udf #0" : : : "memory");
+	return survived();
+}
+
+static __attribute__((noinline)) int crash_brk(void)
+{
+	extern char crash_brk_instruction[];
+	print_at("brk", crash_brk_instruction);
+	__asm__ volatile(".globl crash_brk_instruction\n"
+			 "crash_brk_instruction: brk #0x77" : : : "memory");
 	return survived();
 }
 
@@ -81,12 +93,14 @@ int main(void)
 {
 	struct uhyve_args args;
 	if (uhyve_get_args(&args) != 0 || args.argc < 2) {
-		put_str("usage: crash udf|mmio|nisv\n");
+		put_str("usage: crash udf|brk|mmio|nisv\n");
 		return 100;
 	}
 	const char *what = args.argv[1];
 	if (strcmp(what, "udf") == 0)
 		return crash_udf();
+	if (strcmp(what, "brk") == 0)
+		return crash_brk();
 	if (strcmp(what, "mmio") == 0)
 		return crash_mmio();
 	if (strcmp(what, "nisv") == 0)
