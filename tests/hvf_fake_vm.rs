@@ -148,6 +148,39 @@ struct FakeVcpu {
     /// When the script is done: idle until kicked (a VM's vCPU), or fail as a broken
     /// `hv_vcpu_run` would (a lone vCPU under test).
     idle_when_done: bool,
+    /// The debugging side: SIMD registers, trap flags, what each run saw, injected failures.
+    debug: FakeDebug,
+}
+
+/// The fake's guest-debugging state.
+#[derive(Debug, Default)]
+struct FakeDebug {
+    /// Q0 … Q31.
+    simd: HashMap<u8, u128>,
+    /// `hv_vcpu_set_trap_debug_exceptions`.
+    trap_exceptions: bool,
+    /// `hv_vcpu_set_trap_debug_reg_accesses`.
+    trap_reg_accesses: bool,
+    /// PC and CPSR at each `hv_vcpu_run`.
+    runs: Vec<(u64, u64)>,
+    /// How many `hv_vcpu_set_sys_reg` calls were made.
+    sys_reg_writes: usize,
+    /// Calls (by their framework name) that fail with HV_ERROR.
+    failing: Vec<&'static str>,
+}
+
+impl FakeDebug {
+    /// HV_ERROR if `call` is to fail.
+    fn check(&self, call: &'static str) -> Result<(), HvfError> {
+        if self.failing.contains(&call) {
+            Err(HvfError {
+                call,
+                code: 0xfae9_4001,
+            })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -177,6 +210,9 @@ impl FakeVcpu {
 
 impl HvfVcpuOps for FakeVcpu {
     fn run(&mut self) -> Result<HvfExit, HvfError> {
+        let register = |reg| self.regs.get(&reg).copied().unwrap_or(0);
+        let (pc, cpsr) = (register(Reg::Pc), register(Reg::Cpsr));
+        self.debug.runs.push((pc, cpsr));
         if !self.started {
             self.started = true;
             let (regs, sys) = (self.regs.clone(), self.sys_regs.clone());
@@ -285,17 +321,43 @@ impl HvfVcpuOps for FakeVcpu {
         }
     }
     fn reg(&mut self, reg: Reg) -> Result<u64, HvfError> {
+        self.debug.check("hv_vcpu_get_reg")?;
         Ok(self.regs.get(&reg).copied().unwrap_or(0))
     }
     fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_reg")?;
         self.regs.insert(reg, value);
         Ok(())
     }
     fn sys_reg(&mut self, reg: SysReg) -> Result<u64, HvfError> {
+        self.debug.check("hv_vcpu_get_sys_reg")?;
         Ok(self.sys_regs.get(&reg).copied().unwrap_or(0))
     }
     fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_sys_reg")?;
+        self.debug.sys_reg_writes += 1;
         self.sys_regs.insert(reg, value);
+        Ok(())
+    }
+    fn simd_fp_reg(&mut self, number: u8) -> Result<u128, HvfError> {
+        self.debug.check("hv_vcpu_get_simd_fp_reg")?;
+        assert!(number < 32, "Q{number}");
+        Ok(self.debug.simd.get(&number).copied().unwrap_or(0))
+    }
+    fn set_simd_fp_reg(&mut self, number: u8, value: u128) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_simd_fp_reg")?;
+        assert!(number < 32, "Q{number}");
+        self.debug.simd.insert(number, value);
+        Ok(())
+    }
+    fn set_trap_debug_exceptions(&mut self, trap: bool) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_trap_debug_exceptions")?;
+        self.debug.trap_exceptions = trap;
+        Ok(())
+    }
+    fn set_trap_debug_reg_accesses(&mut self, trap: bool) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_trap_debug_reg_accesses")?;
+        self.debug.trap_reg_accesses = trap;
         Ok(())
     }
 }
@@ -343,6 +405,7 @@ impl Hypervisor for FakeHvf {
             observed: Arc::clone(&self.observed),
             pending: None,
             idle_when_done: true,
+            debug: FakeDebug::default(),
         };
         // What the framework reports before uhyve writes anything: PARange 36 bits.
         fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1);
@@ -1623,6 +1686,7 @@ mod vcpu_logic {
             observed: Arc::new(Mutex::new(HashMap::new())),
             pending: None,
             idle_when_done: false,
+            debug: FakeDebug::default(),
         };
         // CPACR_EL1 as the framework reports it before uhyve touches it.
         fake.sys_regs.insert(SysReg::CpacrEl1, 0x3 << 16);

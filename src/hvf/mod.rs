@@ -21,7 +21,7 @@ use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
 use crate::hypervisor::aarch64::{GuestAccess, classify_access};
 use crate::hypervisor::{VcpuError, VcpuExit, VirtualCpu};
 
-/// A general register or PC/CPSR, as HVF names them.
+/// A general register, PC, CPSR or a floating-point status register, as HVF names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reg {
     /// X0 … X30.
@@ -30,6 +30,10 @@ pub enum Reg {
     Pc,
     /// PSTATE.
     Cpsr,
+    /// FPCR, the floating-point control register.
+    Fpcr,
+    /// FPSR, the floating-point status register.
+    Fpsr,
 }
 
 /// The system registers uhyve sets or reads.
@@ -55,6 +59,24 @@ pub enum SysReg {
     SctlrEl1,
     /// Memory model feature register 0 (read-only: PARange).
     IdAa64Mmfr0El1,
+    /// Stack pointer at EL0 (also EL1's with PSTATE.SP = 0).
+    SpEl0,
+    /// Exception link register of EL1: where an exception to EL1 was taken.
+    ElrEl1,
+    /// Saved PSTATE of an exception to EL1.
+    SpsrEl1,
+    /// Syndrome of an exception to EL1.
+    EsrEl1,
+    /// Vector base address of EL1.
+    VbarEl1,
+    /// Breakpoint value register DBGBVR<n>_EL1 (n < 16; uhyve uses 0 … 3).
+    DbgBvr(u8),
+    /// Breakpoint control register DBGBCR<n>_EL1.
+    DbgBcr(u8),
+    /// Watchpoint value register DBGWVR<n>_EL1.
+    DbgWvr(u8),
+    /// Watchpoint control register DBGWCR<n>_EL1.
+    DbgWcr(u8),
 }
 
 /// What `hv_vcpu_run` reported.
@@ -119,6 +141,18 @@ pub trait HvfVcpuOps {
     fn sys_reg(&mut self, reg: SysReg) -> Result<u64, HvfError>;
     /// `hv_vcpu_set_sys_reg`.
     fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), HvfError>;
+    /// `hv_vcpu_get_simd_fp_reg` of Q`number` (0 … 31), as one 128-bit value (lane 0 in the
+    /// lowest byte).
+    fn simd_fp_reg(&mut self, number: u8) -> Result<u128, HvfError>;
+    /// `hv_vcpu_set_simd_fp_reg` of Q`number` (0 … 31).
+    fn set_simd_fp_reg(&mut self, number: u8, value: u128) -> Result<(), HvfError>;
+    /// `hv_vcpu_set_trap_debug_exceptions`: whether the guest's debug exceptions (BRK, software
+    /// step, breakpoints, watchpoints) exit to the host instead of reaching the guest
+    /// (MDCR_EL2.TDE).
+    fn set_trap_debug_exceptions(&mut self, trap: bool) -> Result<(), HvfError>;
+    /// `hv_vcpu_set_trap_debug_reg_accesses`: whether the guest's accesses to MDSCR_EL1 and the
+    /// breakpoint and watchpoint registers exit to the host (MDCR_EL2.TDA).
+    fn set_trap_debug_reg_accesses(&mut self, trap: bool) -> Result<(), HvfError>;
 }
 
 /// Exception class of WFI/WFE: the guest idles; it resumes after the instruction.
