@@ -1659,9 +1659,9 @@ mod vcpu_logic {
     use uhyve::isolation::FileMap;
     use uhyve::output::SerialOutput;
 
-    const ENTRY: u64 = RAM_BASE + 0x4_0000;
+    pub(super) const ENTRY: u64 = RAM_BASE + 0x4_0000;
 
-    fn store_to(port: u16, register: u8) -> HvfExit {
+    pub(super) fn store_to(port: u16, register: u8) -> HvfExit {
         HvfExit::Exception {
             syndrome: data_abort(true, 3, register),
             virtual_address: u64::from(port),
@@ -1670,7 +1670,7 @@ mod vcpu_logic {
     }
 
     /// One vCPU on its own, replaying `script`; its registers are the fake's maps.
-    fn cpu(script: Vec<HvfExit>) -> HvfCpu<FakeVcpu> {
+    pub(super) fn cpu(script: Vec<HvfExit>) -> HvfCpu<FakeVcpu> {
         let mut fake = FakeVcpu {
             id: 1,
             steps: script.into_iter().map(Step::Exit).collect(),
@@ -1929,6 +1929,230 @@ mod vcpu_logic {
         assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 12);
         output.flush();
         assert_eq!(std::fs::read_to_string(log).unwrap(), "hi\n");
+    }
+}
+
+// ---- guest debugging of the HVF vCPU: debug registers, traps, steps and debug exits ----
+
+mod guest_debugging {
+    use super::vcpu_logic::{ENTRY, cpu, store_to};
+    use super::*;
+    use uhyve::arch::aarch64::debug::{
+        MDSCR_KDE, MDSCR_MDE, MDSCR_SS, PSTATE_SS, WatchAccess, breakpoint_registers,
+        watchpoint_registers,
+    };
+    use uhyve::hypervisor::{
+        DebugExit, GuestDebug, HardwareBreakpoint, HardwareBreakpointKind, VcpuExit, VirtualCpu,
+    };
+
+    /// An exception exit with syndrome `syndrome` and FAR `far`.
+    fn exception(syndrome: u64, far: u64) -> HvfExit {
+        HvfExit::Exception {
+            syndrome,
+            virtual_address: far,
+            physical_address: 0,
+        }
+    }
+
+    /// ESR_EL2 of exception class `ec` (32-bit instruction).
+    fn esr(ec: u64) -> u64 {
+        (ec << 26) | (1 << 25)
+    }
+
+    fn slot(address: u64, kind: HardwareBreakpointKind, len: u8) -> Option<HardwareBreakpoint> {
+        Some(HardwareBreakpoint { address, kind, len })
+    }
+
+    /// Debugging on with software breakpoints and these hardware slots.
+    fn debugging(hardware: [Option<HardwareBreakpoint>; 4]) -> GuestDebug {
+        GuestDebug {
+            enabled: true,
+            single_step: false,
+            software_breakpoints: true,
+            hardware,
+        }
+    }
+
+    fn stepping() -> GuestDebug {
+        GuestDebug {
+            single_step: true,
+            ..debugging([None; 4])
+        }
+    }
+
+    fn sys(vcpu: &mut HvfCpu<FakeVcpu>, reg: SysReg) -> u64 {
+        vcpu.ops().sys_regs.get(&reg).copied().unwrap_or(0)
+    }
+
+    fn slot_values(vcpu: &mut HvfCpu<FakeVcpu>, n: u8) -> [u64; 4] {
+        [
+            sys(vcpu, SysReg::DbgBvr(n)),
+            sys(vcpu, SysReg::DbgBcr(n)),
+            sys(vcpu, SysReg::DbgWvr(n)),
+            sys(vcpu, SysReg::DbgWcr(n)),
+        ]
+    }
+
+    #[test]
+    fn debugging_arms_the_slots_and_traps_and_off_restores_the_guests_registers() {
+        let mut vcpu = cpu(vec![]);
+        assert!(
+            !vcpu.ops().debug.trap_exceptions,
+            "no traps without a debugger"
+        );
+        // The guest's own: MDSCR_EL1 with TDCC and MDE, a breakpoint of its own in slot 2.
+        let guest_mdscr = (1 << 12) | MDSCR_MDE;
+        let fake = vcpu.ops();
+        fake.sys_regs.insert(SysReg::MdscrEl1, guest_mdscr);
+        fake.sys_regs.insert(SysReg::DbgBvr(2), 0x4000_8000);
+        fake.sys_regs.insert(SysReg::DbgBcr(2), 0x1e7);
+        let debug = debugging([
+            slot(0x4000_1000, HardwareBreakpointKind::Execute, 1),
+            slot(0x4000_2004, HardwareBreakpointKind::Write, 4),
+            None,
+            // Crosses a doubleword: no register pair covers it.
+            slot(0x4000_2006, HardwareBreakpointKind::ReadWrite, 4),
+        ]);
+        vcpu.set_guest_debug(&debug).unwrap();
+        assert!(vcpu.ops().debug.trap_exceptions);
+        assert!(vcpu.ops().debug.trap_reg_accesses);
+        let (bvr, bcr) = breakpoint_registers(0x4000_1000);
+        assert_eq!(slot_values(&mut vcpu, 0), [bvr, bcr, 0, 0]);
+        let (wvr, wcr) = watchpoint_registers(0x4000_2004, 4, WatchAccess::Store).unwrap();
+        assert_eq!(slot_values(&mut vcpu, 1), [0, 0, wvr, wcr]);
+        assert_eq!(
+            slot_values(&mut vcpu, 2),
+            [0; 4],
+            "the guest's slot is disabled"
+        );
+        assert_eq!(
+            slot_values(&mut vcpu, 3),
+            [0; 4],
+            "a crossing watchpoint is not armed"
+        );
+        assert_eq!(
+            sys(&mut vcpu, SysReg::MdscrEl1),
+            (1 << 12) | MDSCR_KDE | MDSCR_MDE
+        );
+        // A debugger sets the same debugging before every run: nothing is written again.
+        let writes = vcpu.ops().debug.sys_reg_writes;
+        vcpu.set_guest_debug(&debug).unwrap();
+        assert_eq!(vcpu.ops().debug.sys_reg_writes, writes);
+        // Off: the guest's own registers and MDSCR_EL1, no traps.
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert!(!vcpu.ops().debug.trap_exceptions);
+        assert!(!vcpu.ops().debug.trap_reg_accesses);
+        assert_eq!(sys(&mut vcpu, SysReg::MdscrEl1), guest_mdscr);
+        assert_eq!(slot_values(&mut vcpu, 0), [0; 4]);
+        assert_eq!(slot_values(&mut vcpu, 1), [0; 4]);
+        assert_eq!(slot_values(&mut vcpu, 2), [0x4000_8000, 0x1e7, 0, 0]);
+        // Off again (a detached debugger says so before every run): nothing to do.
+        let writes = vcpu.ops().debug.sys_reg_writes;
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert_eq!(vcpu.ops().debug.sys_reg_writes, writes);
+    }
+
+    #[test]
+    fn single_step_sets_mdscr_ss_and_pstate_ss_for_one_run() {
+        let mut vcpu = cpu(vec![exception(esr(0x32), 0), HvfExit::Canceled]);
+        vcpu.set_guest_debug(&stepping()).unwrap();
+        assert_eq!(
+            sys(&mut vcpu, SysReg::MdscrEl1) & (MDSCR_SS | MDSCR_KDE | MDSCR_MDE),
+            MDSCR_SS | MDSCR_KDE | MDSCR_MDE
+        );
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Debug(DebugExit::SingleStep));
+        let (_, cpsr) = vcpu.ops().debug.runs[0];
+        assert_ne!(cpsr & PSTATE_SS, 0, "the run steps one instruction");
+        // The fake leaves PSTATE.SS as it was (hardware clears it): the vCPU clears it anyway.
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr] & PSTATE_SS, 0);
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr], 0x3c5, "nothing else changed");
+        // Continue: no step bits.
+        vcpu.set_guest_debug(&debugging([None; 4])).unwrap();
+        assert_eq!(sys(&mut vcpu, SysReg::MdscrEl1) & MDSCR_SS, 0);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        let (_, cpsr) = vcpu.ops().debug.runs[1];
+        assert_eq!(cpsr & PSTATE_SS, 0);
+    }
+
+    #[test]
+    fn a_step_over_a_hypercall_stops_right_after_it() {
+        let mut vcpu = cpu(vec![store_to(0x800, 8), exception(esr(0x32), 0)]);
+        vcpu.set_guest_debug(&stepping()).unwrap();
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hypercall { .. }));
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr] & PSTATE_SS, 0);
+        // The host completed the store: the step is done, so the guest takes the step exception
+        // before its next instruction (PSTATE.SS clear with MDSCR_EL1.SS set).
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Debug(DebugExit::SingleStep));
+        let runs = &vcpu.ops().debug.runs;
+        assert_ne!(runs[0].1 & PSTATE_SS, 0);
+        assert_eq!(runs[1], (ENTRY + 4, 0x3c5));
+    }
+
+    #[test]
+    fn each_debug_exception_is_its_debug_exit() {
+        let debug = debugging([
+            slot(0x4000_1000, HardwareBreakpointKind::Execute, 1),
+            slot(0x4000_6008, HardwareBreakpointKind::Write, 8),
+            slot(0x4000_3000, HardwareBreakpointKind::Execute, 1),
+            None,
+        ]);
+        let mut vcpu = cpu(vec![
+            exception(esr(0x3c) | 7, 0),
+            exception(esr(0x32), 0),
+            exception(esr(0x30), 0),
+            exception(esr(0x30), 0),
+            exception(esr(0x34), 0x4000_600c),
+            exception(esr(0x34), 0x4000_9000),
+        ]);
+        vcpu.set_guest_debug(&debug).unwrap();
+        let mut run_at = |pc: u64| {
+            vcpu.ops().set_reg(Reg::Pc, pc).unwrap();
+            vcpu.run().unwrap()
+        };
+        let software = VcpuExit::Debug(DebugExit::SoftwareBreakpoint);
+        assert_eq!(run_at(ENTRY), software);
+        assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::SingleStep));
+        // The syndrome does not name the breakpoint: the one on PC's instruction matched.
+        assert_eq!(
+            run_at(0x4000_3000),
+            VcpuExit::Debug(DebugExit::HardwareBreakpoint(2))
+        );
+        assert_eq!(run_at(0x4000_5000), VcpuExit::Debug(DebugExit::Other));
+        // A watchpoint by the FAR the framework reports.
+        assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::Watchpoint(1)));
+        assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::Other));
+    }
+
+    #[test]
+    fn failing_raw_calls_are_errors_and_the_next_try_writes_everything() {
+        let mut vcpu = cpu(vec![exception(esr(0x32), 0)]);
+        let debug = debugging([
+            slot(0x4000_1000, HardwareBreakpointKind::Execute, 1),
+            None,
+            None,
+            None,
+        ]);
+        vcpu.ops()
+            .debug
+            .failing
+            .push("hv_vcpu_set_trap_debug_exceptions");
+        let error = vcpu.set_guest_debug(&debug).unwrap_err();
+        assert!(error.to_string().contains("HV_ERROR"), "{error}");
+        vcpu.ops().debug.failing.clear();
+        vcpu.set_guest_debug(&debug).unwrap();
+        assert!(vcpu.ops().debug.trap_exceptions);
+        assert_eq!(slot_values(&mut vcpu, 0)[0], 0x4000_1000);
+        // Turning debugging off fails halfway: it stays on for the next try.
+        vcpu.ops().debug.failing.push("hv_vcpu_set_sys_reg");
+        assert!(vcpu.set_guest_debug(&GuestDebug::default()).is_err());
+        vcpu.ops().debug.failing.clear();
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert!(!vcpu.ops().debug.trap_exceptions);
+        assert_eq!(slot_values(&mut vcpu, 0), [0; 4]);
+        // A register the step needs cannot be read: the run fails, nothing panics.
+        vcpu.set_guest_debug(&stepping()).unwrap();
+        vcpu.ops().debug.failing.push("hv_vcpu_get_reg");
+        assert!(vcpu.run().is_err());
     }
 }
 

@@ -16,10 +16,18 @@ pub mod macos;
 use thiserror::Error;
 use uhyve_interface::GuestPhysAddr;
 
+use crate::arch::aarch64::debug::{
+    EC_BREAKPOINT_LOWER_EL, EC_BRK, EC_SOFTWARE_STEP_LOWER_EL, EC_WATCHPOINT_LOWER_EL, PSTATE_SS,
+};
 use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
 use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
+use crate::hypervisor::aarch64::debug::{
+    DebugRegisters, MDSCR_DEBUG_BITS, brk_immediate, debug_exit_of,
+};
 use crate::hypervisor::aarch64::{GuestAccess, classify_access};
-use crate::hypervisor::{VcpuError, VcpuExit, VirtualCpu};
+use crate::hypervisor::{
+    DebugExit, GuestDebug, HardwareBreakpointKind, VcpuError, VcpuExit, VirtualCpu,
+};
 
 /// A general register, PC, CPSR or a floating-point status register, as HVF names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,12 +171,11 @@ const WFX_ISS_WFE: u64 = 1;
 /// any time (the architecture allows spurious wake-ups), so this only bounds the extra latency
 /// of an interrupt, while an idle guest no longer spins a host core. A kick ends the sleep.
 pub const WFI_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
-/// Exception class of BRK: a breakpoint, reported as a debug exit.
-const EC_BRK: u8 = 0x3c;
 /// Exception class of a trapped MSR, MRS or system instruction.
 const EC_SYSTEM_REGISTER: u8 = 0x18;
-// Everything else (HVC 0x16, SMC 0x17 — uhyve offers no PSCI —, other system-register traps,
-// …) is reported by name as an unhandled exit.
+// BRK and, while a debugger traps them, the other debug exceptions (software step 0x32,
+// breakpoint 0x30, watchpoint 0x34) are debug exits. Everything else (HVC 0x16, SMC 0x17 — uhyve
+// offers no PSCI —, other system-register traps, …) is reported by name as an unhandled exit.
 
 /// A trapped MRS (read into `target`) or MSR of one of the EL0 performance-monitor registers
 /// (op0 = 3, op1 = 3, CRn = 9: PMCR_EL0 … PMUSERENR_EL0). Hypervisor.framework gives guests no
@@ -205,6 +212,46 @@ fn hvf_error(operation: &'static str) -> impl FnOnce(HvfError) -> VcpuError {
     }
 }
 
+/// The guest debugging of one vCPU: what the debugger asked for, and the guest's own debug
+/// registers that its registers displaced.
+#[derive(Debug, Default)]
+struct DebugState {
+    /// What [`VirtualCpu::set_guest_debug`] last asked for (off by default).
+    wanted: GuestDebug,
+    /// While debugging is on: the guest's own MDSCR_EL1 (the whole register) and breakpoint and
+    /// watchpoint registers of slots 0 … 3, restored when debugging goes off.
+    guest: Option<DebugRegisters>,
+    /// The debugger's registers as last written for `wanted` (`None`: not written yet, or a
+    /// write failed, so the next [`VirtualCpu::set_guest_debug`] writes them all again).
+    applied: Option<DebugRegisters>,
+    /// The immediate of the BRK the last exit stopped at, for [`VirtualCpu::reinject_breakpoint`].
+    brk: Option<u16>,
+}
+
+impl DebugState {
+    /// Whether the next run executes one instruction only.
+    fn single_step(&self) -> bool {
+        self.wanted.enabled && self.wanted.single_step
+    }
+}
+
+/// The four debug system registers of hardware slot `n` with their values in `registers`:
+/// DBGBVRn, DBGBCRn, DBGWVRn, DBGWCRn.
+fn slot_registers(registers: &DebugRegisters, n: u8) -> [(SysReg, u64); 4] {
+    let (bvr, bcr) = registers.breakpoints[usize::from(n)];
+    let (wvr, wcr) = registers.watchpoints[usize::from(n)];
+    [
+        (SysReg::DbgBvr(n), bvr),
+        (SysReg::DbgBcr(n), bcr),
+        (SysReg::DbgWvr(n), wvr),
+        (SysReg::DbgWcr(n), wcr),
+    ]
+}
+
+/// The number of hardware slots uhyve's debugging uses (the architecture has at least two
+/// breakpoint and two watchpoint register pairs; Apple's cores have more).
+const DEBUG_SLOTS: u8 = 4;
+
 /// A vCPU driven through [`HvfVcpuOps`]: the backend-neutral view of an HVF vCPU.
 pub struct HvfCpu<T: HvfVcpuOps> {
     ops: T,
@@ -216,6 +263,8 @@ pub struct HvfCpu<T: HvfVcpuOps> {
     /// The last exit was an access (or WFI) the host handled: PC moves past it when the guest
     /// resumes. Until then PC names the instruction, as crash reports want.
     step_over: bool,
+    /// Guest debugging.
+    debug: DebugState,
 }
 
 impl<T: HvfVcpuOps> HvfCpu<T> {
@@ -265,12 +314,168 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
             ram_base,
             pending_load: None,
             step_over: false,
+            debug: DebugState::default(),
         })
     }
 
     /// The raw calls, e.g. for the adapter's own clean-up.
     pub fn ops(&mut self) -> &mut T {
         &mut self.ops
+    }
+
+    /// Sets or clears PSTATE.SS (written only when it changes).
+    fn set_step_bit(&mut self, set: bool) -> Result<(), VcpuError> {
+        let cpsr = self.ops.reg(Reg::Cpsr).map_err(hvf_error("read CPSR"))?;
+        let wanted = if set {
+            cpsr | PSTATE_SS
+        } else {
+            cpsr & !PSTATE_SS
+        };
+        if wanted != cpsr {
+            self.ops
+                .set_reg(Reg::Cpsr, wanted)
+                .map_err(hvf_error("set CPSR"))?;
+        }
+        Ok(())
+    }
+
+    /// MDSCR_EL1 and the breakpoint and watchpoint registers of the debugger's slots, as the
+    /// vCPU has them now.
+    fn read_debug_registers(&mut self) -> Result<DebugRegisters, VcpuError> {
+        let mut read = |reg| {
+            self.ops
+                .sys_reg(reg)
+                .map_err(hvf_error("read a debug register"))
+        };
+        let mut registers = DebugRegisters {
+            mdscr: read(SysReg::MdscrEl1)?,
+            ..DebugRegisters::default()
+        };
+        for n in 0..DEBUG_SLOTS {
+            let slot = usize::from(n);
+            registers.breakpoints[slot] = (read(SysReg::DbgBvr(n))?, read(SysReg::DbgBcr(n))?);
+            registers.watchpoints[slot] = (read(SysReg::DbgWvr(n))?, read(SysReg::DbgWcr(n))?);
+        }
+        Ok(registers)
+    }
+
+    /// Writes the breakpoint and watchpoint registers of `registers` (slots 0 … 3) and
+    /// MDSCR_EL1 = `mdscr`.
+    fn write_debug_registers(
+        &mut self,
+        registers: &DebugRegisters,
+        mdscr: u64,
+    ) -> Result<(), VcpuError> {
+        for n in 0..DEBUG_SLOTS {
+            for (reg, value) in slot_registers(registers, n) {
+                self.ops
+                    .set_sys_reg(reg, value)
+                    .map_err(hvf_error("set a debug register"))?;
+            }
+        }
+        self.ops
+            .set_sys_reg(SysReg::MdscrEl1, mdscr)
+            .map_err(hvf_error("set MDSCR_EL1"))
+    }
+
+    /// Whether the guest's debug exceptions and debug register accesses exit to the host.
+    fn set_debug_traps(&mut self, trap: bool) -> Result<(), VcpuError> {
+        self.ops
+            .set_trap_debug_exceptions(trap)
+            .map_err(hvf_error("hv_vcpu_set_trap_debug_exceptions"))?;
+        // MDCR_EL2.TDE makes the architecture trap debug register accesses anyway; asking for it
+        // says so to the framework as well.
+        self.ops
+            .set_trap_debug_reg_accesses(trap)
+            .map_err(hvf_error("hv_vcpu_set_trap_debug_reg_accesses"))
+    }
+
+    /// Turns debugging on, or changes it: the first time the guest's own debug registers are
+    /// saved; the debugger's are written whenever they change (a debugger sets the same
+    /// debugging before every run).
+    fn start_debugging(&mut self, debug: &GuestDebug) -> Result<(), VcpuError> {
+        let guest = match self.debug.guest {
+            Some(guest) => guest,
+            None => {
+                let guest = self.read_debug_registers()?;
+                self.debug.guest = Some(guest);
+                self.debug.applied = None;
+                guest
+            }
+        };
+        self.debug.wanted = *debug;
+        let wanted = DebugRegisters::of(debug);
+        if self.debug.applied == Some(wanted) {
+            return Ok(());
+        }
+        self.debug.applied = None;
+        self.set_debug_traps(true)?;
+        // The guest keeps its other MDSCR bits (e.g. TDCC).
+        let mdscr = (guest.mdscr & !MDSCR_DEBUG_BITS) | wanted.mdscr;
+        self.write_debug_registers(&wanted, mdscr)?;
+        self.debug.applied = Some(wanted);
+        Ok(())
+    }
+
+    /// Turns debugging off: the guest's own debug registers and MDSCR_EL1 come back, debug
+    /// exceptions reach the guest again. Nothing to do if debugging is off already.
+    fn stop_debugging(&mut self) -> Result<(), VcpuError> {
+        self.debug.wanted = GuestDebug::default();
+        self.debug.applied = None;
+        let Some(guest) = self.debug.guest else {
+            return Ok(());
+        };
+        self.write_debug_registers(&guest, guest.mdscr)?;
+        self.set_debug_traps(false)?;
+        self.set_step_bit(false)?;
+        self.debug.guest = None;
+        Ok(())
+    }
+
+    /// The debug exit of a debug exception with syndrome `syndrome` and fault address `far`.
+    fn debug_exit(&mut self, syndrome: u64, far: u64) -> Result<VcpuExit, VcpuError> {
+        let exit = match debug_exit_of(syndrome, far, &self.debug.wanted) {
+            Some(DebugExit::SoftwareBreakpoint) => {
+                self.debug.brk = Some(brk_immediate(syndrome));
+                DebugExit::SoftwareBreakpoint
+            }
+            // The syndrome does not say which breakpoint matched: the one on PC's instruction.
+            Some(DebugExit::HardwareBreakpoint(_)) => self.breakpoint_at_pc()?,
+            Some(exit) => exit,
+            None => DebugExit::Other,
+        };
+        Ok(VcpuExit::Debug(exit))
+    }
+
+    /// The hardware breakpoint on the instruction at PC ([`DebugExit::Other`] if none is).
+    fn breakpoint_at_pc(&mut self) -> Result<DebugExit, VcpuError> {
+        let pc = self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))?;
+        let slot = self.debug.wanted.hardware.iter().position(|slot| {
+            slot.is_some_and(|bp| {
+                bp.kind == HardwareBreakpointKind::Execute && bp.address & !0b11 == pc & !0b11
+            })
+        });
+        Ok(slot.map_or(DebugExit::Other, |n| DebugExit::HardwareBreakpoint(n as u8)))
+    }
+
+    /// Emulates a trapped system-register access the vCPU answers itself; `true` if it did (the
+    /// guest then resumes after the instruction).
+    fn emulated(&mut self, exit: HvfExit) -> Result<bool, VcpuError> {
+        let HvfExit::Exception { syndrome, .. } = exit else {
+            return Ok(false);
+        };
+        if esr::exception_class(syndrome) != EC_SYSTEM_REGISTER {
+            return Ok(false);
+        }
+        let Some(access) = PerformanceMonitorAccess::of(syndrome) else {
+            return Ok(false);
+        };
+        if let Some(target) = access.target {
+            self.ops
+                .set_reg(Reg::X(target), 0)
+                .map_err(hvf_error("set the MRS target register"))?;
+        }
+        Ok(true)
     }
 
     fn advance_pc(&mut self) -> Result<(), VcpuError> {
@@ -331,8 +536,8 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
             }),
             HvfExit::Exception {
                 syndrome,
+                virtual_address,
                 physical_address,
-                ..
             } => match esr::exception_class(syndrome) {
                 EC_DATA_ABORT_LOWER_EL | EC_DATA_ABORT_SAME_EL => {
                     self.data_abort(syndrome, physical_address)
@@ -348,9 +553,10 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
                     }
                     Ok(VcpuExit::Halt)
                 }
-                EC_BRK => Ok(VcpuExit::Debug(
-                    crate::hypervisor::DebugExit::SoftwareBreakpoint,
-                )),
+                EC_BRK
+                | EC_SOFTWARE_STEP_LOWER_EL
+                | EC_BREAKPOINT_LOWER_EL
+                | EC_WATCHPOINT_LOWER_EL => self.debug_exit(syndrome, virtual_address),
                 ec => Ok(VcpuExit::Unhandled {
                     description: format!(
                         "guest exception: {} (ESR {syndrome:#x})",
@@ -368,20 +574,26 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
     }
 
     fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        self.debug.brk = None;
         loop {
-            if std::mem::take(&mut self.step_over) {
+            let completed = std::mem::take(&mut self.step_over);
+            if completed {
                 self.advance_pc()?;
             }
+            let stepping = self.debug.single_step();
+            if stepping {
+                // With PSTATE.SS set one instruction runs, then the step exception comes. After
+                // an instruction the host completed (PC moved past it) that step is done: with
+                // PSTATE.SS clear the exception comes before the next instruction.
+                self.set_step_bit(!completed)?;
+            }
             let exit = self.ops.run().map_err(hvf_error("hv_vcpu_run"))?;
-            if let HvfExit::Exception { syndrome, .. } = exit
-                && esr::exception_class(syndrome) == EC_SYSTEM_REGISTER
-                && let Some(access) = PerformanceMonitorAccess::of(syndrome)
-            {
-                if let Some(target) = access.target {
-                    self.ops
-                        .set_reg(Reg::X(target), 0)
-                        .map_err(hvf_error("set the MRS target register"))?;
-                }
+            if stepping {
+                // The step clears PSTATE.SS; an exit before it completes (a trapped access, a
+                // kick) leaves it set.
+                self.set_step_bit(false)?;
+            }
+            if self.emulated(exit)? {
                 self.step_over = true;
                 continue;
             }
@@ -422,6 +634,18 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
 
     fn instruction_pointer(&mut self) -> Result<u64, VcpuError> {
         self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))
+    }
+
+    /// Debugging on: debug exceptions and debug register accesses exit to the host, the
+    /// debugger's breakpoints and watchpoints fill slots 0 … 3 (unused ones disabled),
+    /// MDSCR_EL1 carries its SS, KDE and MDE bits over the guest's other bits, and each run
+    /// steps one instruction if asked. Off: the guest's own registers come back.
+    fn set_guest_debug(&mut self, debug: &GuestDebug) -> Result<(), VcpuError> {
+        if debug.enabled {
+            self.start_debugging(debug)
+        } else {
+            self.stop_debugging()
+        }
     }
 
     fn register_dump(&mut self) -> Result<String, VcpuError> {
