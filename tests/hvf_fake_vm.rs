@@ -19,6 +19,7 @@ use uhyve::arch::GuestArch;
 use uhyve::arch::aarch64::layout::RAM_BASE;
 use uhyve::exits::GuestExit;
 use uhyve::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg};
+use uhyve::hypervisor::aarch64::debug::Aarch64Vcpu;
 use uhyve::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuKick};
 use uhyve::loader::KernelImage;
 use uhyve::mem::GuestMemory;
@@ -413,6 +414,10 @@ impl Hypervisor for FakeHvf {
         let vcpu = HvfCpu::new(fake, cpu, ram_base, registers)
             .map_err(|source| HypervisorError::Vcpu { cpu, source })?;
         Ok((vcpu, FakeKick(kicked)))
+    }
+
+    fn aarch64_vcpu(cpu: &mut Self::Cpu) -> Option<&mut dyn Aarch64Vcpu> {
+        Some(cpu)
     }
 }
 
@@ -1941,6 +1946,7 @@ mod guest_debugging {
         MDSCR_KDE, MDSCR_MDE, MDSCR_SS, PSTATE_SS, WatchAccess, breakpoint_registers,
         watchpoint_registers,
     };
+    use uhyve::hypervisor::aarch64::debug::Aarch64Registers;
     use uhyve::hypervisor::{
         DebugExit, GuestDebug, HardwareBreakpoint, HardwareBreakpointKind, VcpuExit, VirtualCpu,
     };
@@ -2121,6 +2127,108 @@ mod guest_debugging {
         // A watchpoint by the FAR the framework reports.
         assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::Watchpoint(1)));
         assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::Other));
+    }
+
+    #[test]
+    fn the_guests_own_brk_is_reinjected_as_its_exception_entry() {
+        let mut vcpu = cpu(vec![exception(esr(0x3c) | 0x3e8, 0), HvfExit::Canceled]);
+        vcpu.set_guest_debug(&debugging([None; 4])).unwrap();
+        vcpu.ops().sys_regs.insert(SysReg::VbarEl1, 0x4000_0800);
+        // NZ flags, EL1h, nothing masked.
+        vcpu.ops().set_reg(Reg::Cpsr, 0x6000_0005).unwrap();
+        assert!(vcpu.reinject_breakpoint().is_err(), "no BRK to hand back");
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::Debug(DebugExit::SoftwareBreakpoint)
+        );
+        // A failing read leaves the BRK for the next try.
+        vcpu.ops().debug.failing.push("hv_vcpu_get_sys_reg");
+        assert!(vcpu.reinject_breakpoint().is_err());
+        vcpu.ops().debug.failing.clear();
+        vcpu.reinject_breakpoint().unwrap();
+        assert_eq!(sys(&mut vcpu, SysReg::ElrEl1), ENTRY);
+        assert_eq!(sys(&mut vcpu, SysReg::SpsrEl1), 0x6000_0005);
+        assert_eq!(sys(&mut vcpu, SysReg::EsrEl1), 0xf200_03e8);
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr], 0x3c5, "EL1h, DAIF masked");
+        assert_eq!(vcpu.ops().regs[&Reg::Pc], 0x4000_0a00, "current EL, SP_ELx");
+        assert!(vcpu.reinject_breakpoint().is_err(), "only once");
+        // The guest resumes at the vector itself.
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[1].0, 0x4000_0a00);
+    }
+
+    #[test]
+    fn without_software_breakpoints_the_guest_takes_its_brk_at_once() {
+        let mut vcpu = cpu(vec![exception(esr(0x3c) | 1, 0), HvfExit::Canceled]);
+        let debug = GuestDebug {
+            software_breakpoints: false,
+            ..debugging([None; 4])
+        };
+        vcpu.set_guest_debug(&debug).unwrap();
+        vcpu.ops().sys_regs.insert(SysReg::VbarEl1, 0x4000_0800);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[1].0, 0x4000_0a00);
+        assert_eq!(sys(&mut vcpu, SysReg::EsrEl1), 0xf200_0001);
+    }
+
+    #[test]
+    fn registers_round_trip_with_the_stack_pointer_pstate_selects() {
+        let mut vcpu = cpu(vec![]);
+        let mut registers = Aarch64Registers {
+            x: std::array::from_fn(|i| 0x1000 + i as u64),
+            sp: 0x4800_0000,
+            pc: ENTRY + 0x40,
+            pstate: 0x6000_03c5,
+            v: std::array::from_fn(|i| ((i as u128) << 120) | (0xdead_0000 + i as u128)),
+            fpsr: 0x0800_0010,
+            fpcr: 0x0300_0000,
+        };
+        let access = FakeHvf::aarch64_vcpu(&mut vcpu).expect("the HVF vCPU offers it");
+        access.set_registers(&registers).unwrap();
+        assert_eq!(access.registers().unwrap(), registers);
+        let fake = vcpu.ops();
+        // EL1h: SP is SP_EL1.
+        assert_eq!(fake.sys_regs[&SysReg::SpEl1], 0x4800_0000);
+        assert_eq!(fake.sys_regs.get(&SysReg::SpEl0), None);
+        assert_eq!(fake.regs[&Reg::X(30)], 0x1000 + 30);
+        assert_eq!(fake.debug.simd[&31], (31 << 120) | 0xdead_001f);
+        assert_eq!(fake.regs[&Reg::Fpsr], 0x0800_0010);
+        // EL1t: SP is SP_EL0; SP_EL1 keeps its value.
+        registers.pstate = 0x3c4;
+        registers.sp = 0x4900_0000;
+        vcpu.set_registers(&registers).unwrap();
+        assert_eq!(vcpu.registers().unwrap(), registers);
+        assert_eq!(sys(&mut vcpu, SysReg::SpEl0), 0x4900_0000);
+        assert_eq!(sys(&mut vcpu, SysReg::SpEl1), 0x4800_0000);
+        // A failing call is an error.
+        vcpu.ops().debug.failing.push("hv_vcpu_get_simd_fp_reg");
+        assert!(vcpu.registers().is_err());
+        vcpu.ops().debug.failing.push("hv_vcpu_set_simd_fp_reg");
+        assert!(vcpu.set_registers(&registers).is_err());
+    }
+
+    #[test]
+    fn registers_show_the_pc_the_guest_resumes_at() {
+        let mut vcpu = cpu(vec![
+            store_to(0x800, 8),
+            HvfExit::Canceled,
+            store_to(0x800, 8),
+            HvfExit::Canceled,
+        ]);
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hypercall { .. }));
+        // The store is done: a debugger sees the instruction after it, and it is not skipped.
+        assert_eq!(vcpu.registers().unwrap().pc, ENTRY + 4);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[1].0, ENTRY + 4);
+        // A PC the debugger writes is where the guest resumes.
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hypercall { .. }));
+        let registers = Aarch64Registers {
+            pc: 0x4000_2000,
+            ..vcpu.registers().unwrap()
+        };
+        vcpu.set_registers(&registers).unwrap();
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[3].0, 0x4000_2000);
     }
 
     #[test]

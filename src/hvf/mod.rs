@@ -18,11 +18,12 @@ use uhyve_interface::GuestPhysAddr;
 
 use crate::arch::aarch64::debug::{
     EC_BREAKPOINT_LOWER_EL, EC_BRK, EC_SOFTWARE_STEP_LOWER_EL, EC_WATCHPOINT_LOWER_EL, PSTATE_SS,
+    StackPointer, brk_exception_entry, stack_pointer_of,
 };
 use crate::arch::aarch64::esr::{self, DataAbort, EC_DATA_ABORT_LOWER_EL, EC_DATA_ABORT_SAME_EL};
 use crate::arch::aarch64::{InitialRegisters, decode_data_abort};
 use crate::hypervisor::aarch64::debug::{
-    DebugRegisters, MDSCR_DEBUG_BITS, brk_immediate, debug_exit_of,
+    Aarch64Registers, Aarch64Vcpu, DebugRegisters, MDSCR_DEBUG_BITS, brk_immediate, debug_exit_of,
 };
 use crate::hypervisor::aarch64::{GuestAccess, classify_access};
 use crate::hypervisor::{
@@ -248,6 +249,14 @@ fn slot_registers(registers: &DebugRegisters, n: u8) -> [(SysReg, u64); 4] {
     ]
 }
 
+/// The system register that holds the stack pointer PSTATE selects.
+fn stack_pointer_register(pstate: u64) -> SysReg {
+    match stack_pointer_of(pstate) {
+        StackPointer::El1 => SysReg::SpEl1,
+        StackPointer::El0 => SysReg::SpEl0,
+    }
+}
+
 /// The number of hardware slots uhyve's debugging uses (the architecture has at least two
 /// breakpoint and two watchpoint register pairs; Apple's cores have more).
 const DEBUG_SLOTS: u8 = 4;
@@ -458,6 +467,49 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
         Ok(slot.map_or(DebugExit::Other, |n| DebugExit::HardwareBreakpoint(n as u8)))
     }
 
+    /// Lets the guest take the exception of the `BRK #imm` at PC, as it would without a
+    /// debugger: PC moves to its vector, with ELR_EL1, SPSR_EL1 and ESR_EL1 set.
+    fn enter_brk_exception(&mut self, imm: u16) -> Result<(), VcpuError> {
+        let pc = self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))?;
+        let pstate = self.ops.reg(Reg::Cpsr).map_err(hvf_error("read CPSR"))?;
+        let vbar = self
+            .ops
+            .sys_reg(SysReg::VbarEl1)
+            .map_err(hvf_error("read VBAR_EL1"))?;
+        let entry = brk_exception_entry(pc, pstate, vbar, imm);
+        let system = [
+            (SysReg::ElrEl1, entry.elr_el1),
+            (SysReg::SpsrEl1, entry.spsr_el1),
+            (SysReg::EsrEl1, entry.esr_el1),
+        ];
+        for (reg, value) in system {
+            self.ops
+                .set_sys_reg(reg, value)
+                .map_err(hvf_error("set an exception register"))?;
+        }
+        self.ops
+            .set_reg(Reg::Cpsr, entry.pstate)
+            .map_err(hvf_error("set CPSR"))?;
+        self.ops
+            .set_reg(Reg::Pc, entry.pc)
+            .map_err(hvf_error("set PC"))
+    }
+
+    /// Hands a trapped BRK to the guest while the debugger wants no software breakpoints;
+    /// `true` if the exit was one.
+    fn handed_to_guest(&mut self, exit: HvfExit) -> Result<bool, VcpuError> {
+        let HvfExit::Exception { syndrome, .. } = exit else {
+            return Ok(false);
+        };
+        let debug = &self.debug.wanted;
+        if esr::exception_class(syndrome) != EC_BRK || !debug.enabled || debug.software_breakpoints
+        {
+            return Ok(false);
+        }
+        self.enter_brk_exception(brk_immediate(syndrome))?;
+        Ok(true)
+    }
+
     /// Emulates a trapped system-register access the vCPU answers itself; `true` if it did (the
     /// guest then resumes after the instruction).
     fn emulated(&mut self, exit: HvfExit) -> Result<bool, VcpuError> {
@@ -597,6 +649,9 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
                 self.step_over = true;
                 continue;
             }
+            if self.handed_to_guest(exit)? {
+                continue;
+            }
             return self.translate(exit);
         }
     }
@@ -648,6 +703,20 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
         }
     }
 
+    /// The guest's own BRK (the last exit, reported as [`DebugExit::SoftwareBreakpoint`]): the
+    /// guest takes its exception at the next run, PC at its vector (not past the BRK).
+    fn reinject_breakpoint(&mut self) -> Result<(), VcpuError> {
+        let Some(imm) = self.debug.brk else {
+            return Err(VcpuError::Unexpected {
+                operation: "reinject breakpoint",
+                detail: "the last exit was no BRK".into(),
+            });
+        };
+        self.enter_brk_exception(imm)?;
+        self.debug.brk = None;
+        Ok(())
+    }
+
     fn register_dump(&mut self) -> Result<String, VcpuError> {
         let mut text = String::new();
         for number in 0..31u8 {
@@ -662,5 +731,68 @@ impl<T: HvfVcpuOps> VirtualCpu for HvfCpu<T> {
         let cpsr = self.ops.reg(Reg::Cpsr).map_err(hvf_error("read CPSR"))?;
         text.push_str(&format!("\npc  {pc:#018x} cpsr {cpsr:#010x}"));
         Ok(text)
+    }
+}
+
+impl<T: HvfVcpuOps> Aarch64Vcpu for HvfCpu<T> {
+    /// The registers, with PC where the guest resumes: past an instruction the host completed
+    /// (a hypercall), which PC otherwise names until the next run.
+    fn registers(&mut self) -> Result<Aarch64Registers, VcpuError> {
+        if std::mem::take(&mut self.step_over) {
+            self.advance_pc()?;
+        }
+        let mut registers = Aarch64Registers::default();
+        for (number, x) in (0u8..).zip(&mut registers.x) {
+            *x = self
+                .ops
+                .reg(Reg::X(number))
+                .map_err(hvf_error("read a register"))?;
+        }
+        registers.pc = self.ops.reg(Reg::Pc).map_err(hvf_error("read PC"))?;
+        registers.pstate = self.ops.reg(Reg::Cpsr).map_err(hvf_error("read CPSR"))?;
+        registers.sp = self
+            .ops
+            .sys_reg(stack_pointer_register(registers.pstate))
+            .map_err(hvf_error("read SP"))?;
+        for (number, v) in (0u8..).zip(&mut registers.v) {
+            *v = self
+                .ops
+                .simd_fp_reg(number)
+                .map_err(hvf_error("read a SIMD&FP register"))?;
+        }
+        // Both are 32-bit registers (the framework widens them).
+        registers.fpsr = self.ops.reg(Reg::Fpsr).map_err(hvf_error("read FPSR"))? as u32;
+        registers.fpcr = self.ops.reg(Reg::Fpcr).map_err(hvf_error("read FPCR"))? as u32;
+        Ok(registers)
+    }
+
+    /// Writes the registers; SP goes to the stack pointer the new PSTATE selects, and the guest
+    /// resumes at the PC written.
+    fn set_registers(&mut self, registers: &Aarch64Registers) -> Result<(), VcpuError> {
+        // The debugger's PC replaces any move past a completed instruction.
+        self.step_over = false;
+        let general = (0u8..)
+            .zip(registers.x)
+            .map(|(number, value)| (Reg::X(number), value))
+            .chain([
+                (Reg::Pc, registers.pc),
+                (Reg::Cpsr, registers.pstate),
+                (Reg::Fpsr, u64::from(registers.fpsr)),
+                (Reg::Fpcr, u64::from(registers.fpcr)),
+            ]);
+        for (reg, value) in general {
+            self.ops
+                .set_reg(reg, value)
+                .map_err(hvf_error("set a register"))?;
+        }
+        self.ops
+            .set_sys_reg(stack_pointer_register(registers.pstate), registers.sp)
+            .map_err(hvf_error("set SP"))?;
+        for (number, value) in (0u8..).zip(registers.v) {
+            self.ops
+                .set_simd_fp_reg(number, value)
+                .map_err(hvf_error("set a SIMD&FP register"))?;
+        }
+        Ok(())
     }
 }

@@ -28,6 +28,7 @@ use xhypervisor::ffi as hv;
 use crate::arch::GuestArch;
 use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg, return_name};
+use crate::hypervisor::aarch64::debug::Aarch64Vcpu;
 use crate::hypervisor::{
     EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick, VmFeatures,
 };
@@ -312,6 +313,10 @@ impl Hypervisor for HvfVm {
         let vcpu = HvfCpu::new(vcpu, cpu, ram_base, registers)
             .map_err(|source| HypervisorError::Vcpu { cpu, source })?;
         Ok((vcpu, kick))
+    }
+
+    fn aarch64_vcpu(cpu: &mut Self::Cpu) -> Option<&mut dyn Aarch64Vcpu> {
+        Some(cpu)
     }
 }
 
