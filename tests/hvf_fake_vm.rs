@@ -1889,6 +1889,24 @@ mod vcpu_logic {
     }
 
     #[test]
+    fn performance_monitor_accesses_are_emulated_on_the_vcpu_alone() {
+        let trap = |read, register, rt| HvfExit::Exception {
+            syndrome: system_register_trap(read, register, rt),
+            virtual_address: 0,
+            physical_address: 0,
+        };
+        let mut vcpu = cpu(vec![
+            trap(false, (3, 3, 9, 14, 0), 1), // MSR PMUSERENR_EL0, X1
+            trap(true, (3, 3, 9, 12, 0), 5),  // MRS X5, PMCR_EL0
+            trap(true, (3, 0, 1, 0, 0), 6),   // MRS X6, SCTLR_EL1: not emulated
+        ]);
+        vcpu.ops().set_reg(Reg::X(5), 0x55).unwrap();
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Unhandled { .. }));
+        assert_eq!(vcpu.ops().regs[&Reg::X(5)], 0, "reads as zero");
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 8);
+    }
+
+    #[test]
     fn a_scripted_guest_runs_through_the_shared_dispatcher() {
         // Boot, print "hi\n" with SerialWriteByte, then Exit(3): the same exit loop as on KVM.
         let mem = GuestMemory::new(GuestPhysAddr::new(RAM_BASE), 16 << 20).unwrap();
@@ -2229,6 +2247,53 @@ mod guest_debugging {
         vcpu.set_registers(&registers).unwrap();
         assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
         assert_eq!(vcpu.ops().debug.runs[3].0, 0x4000_2000);
+    }
+
+    #[test]
+    fn while_debugging_the_guest_sees_its_own_debug_registers() {
+        const MDSCR: (u64, u64, u64, u64, u64) = (2, 0, 0, 2, 2);
+        const DBGBVR1: (u64, u64, u64, u64, u64) = (2, 0, 0, 1, 4);
+        const DBGBCR5: (u64, u64, u64, u64, u64) = (2, 0, 0, 5, 5);
+        let trap = |read, register, rt| exception(system_register_trap(read, register, rt), 0);
+        let mut vcpu = cpu(vec![
+            trap(false, MDSCR, 3),    // MSR MDSCR_EL1, X3
+            trap(true, MDSCR, 4),     // MRS X4, MDSCR_EL1
+            trap(false, DBGBVR1, 5),  // MSR DBGBVR1_EL1, X5
+            trap(true, DBGBVR1, 6),   // MRS X6, DBGBVR1_EL1
+            trap(false, DBGBCR5, 31), // MSR DBGBCR5_EL1, XZR
+            HvfExit::Canceled,
+        ]);
+        let guest_mdscr = (1 << 12) | MDSCR_SS;
+        vcpu.ops().set_reg(Reg::X(3), guest_mdscr).unwrap();
+        vcpu.ops().set_reg(Reg::X(5), 0x4000_7000).unwrap();
+        vcpu.ops().sys_regs.insert(SysReg::DbgBcr(5), 0x1e7);
+        vcpu.set_guest_debug(&debugging([
+            None,
+            slot(0x4000_1100, HardwareBreakpointKind::Execute, 1),
+            None,
+            None,
+        ]))
+        .unwrap();
+        // All five are emulated: the guest runs on past each.
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[5].0, ENTRY + 20);
+        assert_eq!(vcpu.ops().regs[&Reg::X(4)], guest_mdscr);
+        assert_eq!(vcpu.ops().regs[&Reg::X(6)], 0x4000_7000);
+        // The hardware has the guest's other MDSCR bits, the debugger's debug bits and slots.
+        assert_eq!(
+            sys(&mut vcpu, SysReg::MdscrEl1),
+            (1 << 12) | MDSCR_KDE | MDSCR_MDE
+        );
+        assert_eq!(sys(&mut vcpu, SysReg::DbgBvr(1)), 0x4000_1100);
+        // Slot 5 is not the debugger's: the guest's write reaches it.
+        assert_eq!(sys(&mut vcpu, SysReg::DbgBcr(5)), 0);
+        // Off: what the guest wrote is what it has.
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert_eq!(sys(&mut vcpu, SysReg::MdscrEl1), guest_mdscr);
+        assert_eq!(sys(&mut vcpu, SysReg::DbgBvr(1)), 0x4000_7000);
+        // Without a debugger such a trap stays an unhandled exit, as before.
+        let mut vcpu = cpu(vec![trap(false, MDSCR, 3)]);
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Unhandled { .. }));
     }
 
     #[test]

@@ -178,31 +178,79 @@ const EC_SYSTEM_REGISTER: u8 = 0x18;
 // breakpoint 0x30, watchpoint 0x34) are debug exits. Everything else (HVC 0x16, SMC 0x17 — uhyve
 // offers no PSCI —, other system-register traps, …) is reported by name as an unhandled exit.
 
-/// A trapped MRS (read into `target`) or MSR of one of the EL0 performance-monitor registers
-/// (op0 = 3, op1 = 3, CRn = 9: PMCR_EL0 … PMUSERENR_EL0). Hypervisor.framework gives guests no
-/// PMU and traps these, while Hermit's aarch64 kernels program PMUSERENR, PMCNTENSET and PMCR at
-/// start-up (seen on real KVM, which offers a PMU). They read as zero and writes are ignored: the
-/// guest sees a PMU without counters.
+/// A trapped MRS or MSR (exception class 0x18), as its syndrome describes it. Two kinds are
+/// emulated by the vCPU itself:
+///
+/// - the EL0 performance-monitor registers (op0 = 3, op1 = 3, CRn = 9: PMCR_EL0 …
+///   PMUSERENR_EL0). Hypervisor.framework gives guests no PMU and traps these, while Hermit's
+///   aarch64 kernels program PMUSERENR, PMCNTENSET and PMCR at start-up (seen on real KVM, which
+///   offers a PMU). They read as zero and writes are ignored: the guest sees a PMU without
+///   counters.
+/// - while a debugger debugs the guest, MDSCR_EL1 and the breakpoint and watchpoint registers
+///   (whose accesses trap then): the guest sees its own values, not the debugger's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PerformanceMonitorAccess {
-    /// The MRS target register (`None` for an MSR, or an MRS into XZR).
-    target: Option<u8>,
+struct SystemRegisterAccess {
+    /// op0, op1, CRn, CRm, op2: which register.
+    encoding: [u8; 5],
+    /// The transfer register (31: XZR).
+    register: u8,
+    /// An MRS (a read into `register`) rather than an MSR.
+    is_read: bool,
 }
 
-impl PerformanceMonitorAccess {
-    /// The access an EC 0x18 syndrome describes, if it is one of these registers.
-    fn of(syndrome: u64) -> Option<Self> {
+impl SystemRegisterAccess {
+    /// The access an EC 0x18 syndrome describes.
+    fn of(syndrome: u64) -> Self {
         let iss = syndrome & 0x01FF_FFFF;
-        let field = |shift: u32, bits: u32| (iss >> shift) & ((1 << bits) - 1);
-        let (op0, op1, crn) = (field(20, 2), field(14, 3), field(10, 4));
-        if (op0, op1, crn) != (3, 3, 9) {
-            return None;
+        let field = |shift: u32, bits: u32| ((iss >> shift) & ((1 << bits) - 1)) as u8;
+        Self {
+            encoding: [
+                field(20, 2),
+                field(14, 3),
+                field(10, 4),
+                field(1, 4),
+                field(17, 3),
+            ],
+            register: field(5, 5),
+            is_read: iss & 1 == 1,
         }
-        let is_read = iss & 1 == 1;
-        let register = field(5, 5) as u8;
-        Some(Self {
-            target: (is_read && register != esr::XZR).then_some(register),
-        })
+    }
+
+    /// The MRS target register (`None` for an MSR, or an MRS into XZR).
+    fn target(&self) -> Option<u8> {
+        (self.is_read && self.register != esr::XZR).then_some(self.register)
+    }
+
+    /// Whether it is one of the EL0 performance-monitor registers.
+    fn is_performance_monitor(&self) -> bool {
+        matches!(self.encoding, [3, 3, 9, _, _])
+    }
+
+    /// The debug register it is, if guest debugging owns it: MDSCR_EL1 or a DBGBVR, DBGBCR,
+    /// DBGWVR or DBGWCR.
+    fn debug_register(&self) -> Option<SysReg> {
+        match self.encoding {
+            [2, 0, 0, 2, 2] => Some(SysReg::MdscrEl1),
+            [2, 0, 0, n, 4] => Some(SysReg::DbgBvr(n)),
+            [2, 0, 0, n, 5] => Some(SysReg::DbgBcr(n)),
+            [2, 0, 0, n, 6] => Some(SysReg::DbgWvr(n)),
+            [2, 0, 0, n, 7] => Some(SysReg::DbgWcr(n)),
+            _ => None,
+        }
+    }
+}
+
+/// Where the guest's own value of `reg` is kept while the debugger owns it (`None` for a
+/// register the debugger leaves alone: slots from 4 on).
+fn own_register(guest: &mut DebugRegisters, reg: SysReg) -> Option<&mut u64> {
+    let slot = |n: u8| (n < DEBUG_SLOTS).then_some(usize::from(n));
+    match reg {
+        SysReg::MdscrEl1 => Some(&mut guest.mdscr),
+        SysReg::DbgBvr(n) => slot(n).map(|n| &mut guest.breakpoints[n].0),
+        SysReg::DbgBcr(n) => slot(n).map(|n| &mut guest.breakpoints[n].1),
+        SysReg::DbgWvr(n) => slot(n).map(|n| &mut guest.watchpoints[n].0),
+        SysReg::DbgWcr(n) => slot(n).map(|n| &mut guest.watchpoints[n].1),
+        _ => None,
     }
 }
 
@@ -519,15 +567,76 @@ impl<T: HvfVcpuOps> HvfCpu<T> {
         if esr::exception_class(syndrome) != EC_SYSTEM_REGISTER {
             return Ok(false);
         }
-        let Some(access) = PerformanceMonitorAccess::of(syndrome) else {
-            return Ok(false);
+        let access = SystemRegisterAccess::of(syndrome);
+        if access.is_performance_monitor() {
+            if let Some(target) = access.target() {
+                self.ops
+                    .set_reg(Reg::X(target), 0)
+                    .map_err(hvf_error("set the MRS target register"))?;
+            }
+            return Ok(true);
+        }
+        match access.debug_register() {
+            Some(reg) if self.debug.guest.is_some() => {
+                self.debug_register_access(access, reg)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A trapped MRS or MSR of debug register `reg` while debugging. MDSCR_EL1 and slots 0 … 3
+    /// are the debugger's: the guest reads and writes its own values, which come back when
+    /// debugging goes off (a write to MDSCR_EL1 takes effect at once for its other bits).
+    /// Higher slots the debugger leaves alone are the vCPU's own registers.
+    fn debug_register_access(
+        &mut self,
+        access: SystemRegisterAccess,
+        reg: SysReg,
+    ) -> Result<(), VcpuError> {
+        let written = if access.is_read {
+            None
+        } else if access.register == esr::XZR {
+            Some(0)
+        } else {
+            let source = self.ops.reg(Reg::X(access.register));
+            Some(source.map_err(hvf_error("read the MSR source register"))?)
         };
-        if let Some(target) = access.target {
+        let debugger_bits = DebugRegisters::of(&self.debug.wanted).mdscr;
+        let guest = self.debug.guest.as_mut().ok_or(VcpuError::Unexpected {
+            operation: "emulate a debug register access",
+            detail: "debugging is off".into(),
+        })?;
+        let read = match (own_register(guest, reg), written) {
+            (Some(own), Some(value)) => {
+                *own = value;
+                if reg == SysReg::MdscrEl1 {
+                    let mdscr = (value & !MDSCR_DEBUG_BITS) | debugger_bits;
+                    self.ops
+                        .set_sys_reg(reg, mdscr)
+                        .map_err(hvf_error("set MDSCR_EL1"))?;
+                }
+                None
+            }
+            (Some(own), None) => Some(*own),
+            (None, Some(value)) => {
+                self.ops
+                    .set_sys_reg(reg, value)
+                    .map_err(hvf_error("set a debug register"))?;
+                None
+            }
+            (None, None) => Some(
+                self.ops
+                    .sys_reg(reg)
+                    .map_err(hvf_error("read a debug register"))?,
+            ),
+        };
+        if let (Some(value), Some(target)) = (read, access.target()) {
             self.ops
-                .set_reg(Reg::X(target), 0)
+                .set_reg(Reg::X(target), value)
                 .map_err(hvf_error("set the MRS target register"))?;
         }
-        Ok(true)
+        Ok(())
     }
 
     fn advance_pc(&mut self) -> Result<(), VcpuError> {
