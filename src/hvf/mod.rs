@@ -1,9 +1,18 @@
 //! The Hypervisor.framework backend. This module is its platform-neutral vCPU logic: everything
 //! between HVF's raw calls and uhyve's [`VirtualCpu`] — register set-up at entry, turning HVF
-//! exits (data aborts for hypercalls and MMIO, WFI, HVC/SMC, BRK, system-register traps — of which
-//! the performance monitors are emulated as registers without counters —, cancellation) into
-//! [`VcpuExit`], advancing PC past every handled access when the guest resumes
+//! exits (data aborts for hypercalls and MMIO, WFI, HVC/SMC, debug exceptions, system-register
+//! traps — of which the performance monitors are emulated as registers without counters —,
+//! cancellation) into [`VcpuExit`], advancing PC past every handled access when the guest resumes
 //! (so a crash report still names the faulting instruction), and answering hypercall reads.
+//!
+//! Guest debugging uses HVF's debug-exception traps (MDCR_EL2.TDE, which also traps the guest's
+//! debug register accesses): [`VirtualCpu::set_guest_debug`] saves the guest's own MDSCR_EL1 and
+//! breakpoint and watchpoint registers and puts the debugger's in their place (the guest keeps
+//! seeing its own values), a single step sets PSTATE.SS for one run, BRK, software step,
+//! breakpoint and watchpoint exceptions become [`VcpuExit::Debug`],
+//! [`VirtualCpu::reinject_breakpoint`] enters the guest's own BRK exception, and
+//! [`Aarch64Vcpu`] gives a debugger the registers. The encodings are shared with the other aarch64
+//! backends (`crate::hypervisor::aarch64::debug`, `crate::arch::aarch64::debug`).
 //!
 //! The macOS-only adapter (`macos`, built where the `hvf` cfg holds) implements
 //! [`HvfVcpuOps`] with the real `hv_vcpu_*` calls and owns the VM; everything else builds and is
@@ -78,13 +87,13 @@ pub enum SysReg {
     EsrEl1,
     /// Vector base address of EL1.
     VbarEl1,
-    /// Breakpoint value register DBGBVR<n>_EL1 (n < 16; uhyve uses 0 … 3).
+    /// Breakpoint value register `DBGBVR<n>_EL1` (n < 16; uhyve uses 0 … 3).
     DbgBvr(u8),
-    /// Breakpoint control register DBGBCR<n>_EL1.
+    /// Breakpoint control register `DBGBCR<n>_EL1`.
     DbgBcr(u8),
-    /// Watchpoint value register DBGWVR<n>_EL1.
+    /// Watchpoint value register `DBGWVR<n>_EL1`.
     DbgWvr(u8),
-    /// Watchpoint control register DBGWCR<n>_EL1.
+    /// Watchpoint control register `DBGWCR<n>_EL1`.
     DbgWcr(u8),
 }
 
@@ -305,8 +314,8 @@ fn stack_pointer_register(pstate: u64) -> SysReg {
     }
 }
 
-/// The number of hardware slots uhyve's debugging uses (the architecture has at least two
-/// breakpoint and two watchpoint register pairs; Apple's cores have more).
+/// The hardware slots uhyve's debugging uses: breakpoint and watchpoint register pairs 0 … 3,
+/// one for each of [`GuestDebug::hardware`].
 const DEBUG_SLOTS: u8 = 4;
 
 /// A vCPU driven through [`HvfVcpuOps`]: the backend-neutral view of an HVF vCPU.

@@ -8,8 +8,10 @@
 //! The raw declarations and constants come from xhypervisor's `ffi` module where they match
 //! Apple's headers. Bound here instead: `hv_vcpu_create`, whose config argument xhypervisor 0.3.0
 //! declares as a pointer to the config (Apple passes the config itself),
-//! `hv_vm_get_max_vcpu_count`, which it lacks, and the macOS 15 GIC calls ([`gic`]), looked up at
-//! run time so that uhyve still starts on older macOS and says what is missing.
+//! `hv_vm_get_max_vcpu_count`, which it lacks, `hv_vcpu_{get,set}_simd_fp_reg`, which it leaves
+//! out (their value is a 128-bit vector passed in a SIMD register), and the macOS 15 GIC calls
+//! ([`gic`]), looked up at run time so that uhyve still starts on older macOS and says what is
+//! missing. The vCPUs offer a debugger their registers ([`Hypervisor::aarch64_vcpu`]).
 //!
 //! Stopping a vCPU takes two things on macOS: `hv_vcpus_exit` ends (or pre-empts) its
 //! `hv_vcpu_run`, and a signal with an empty handler interrupts a host `read(2)` its thread may
