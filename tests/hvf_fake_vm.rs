@@ -19,6 +19,7 @@ use uhyve::arch::GuestArch;
 use uhyve::arch::aarch64::layout::RAM_BASE;
 use uhyve::exits::GuestExit;
 use uhyve::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg};
+use uhyve::hypervisor::aarch64::debug::Aarch64Vcpu;
 use uhyve::hypervisor::{EntryRegisters, Hypervisor, HypervisorError, VcpuKick};
 use uhyve::loader::KernelImage;
 use uhyve::mem::GuestMemory;
@@ -148,6 +149,39 @@ struct FakeVcpu {
     /// When the script is done: idle until kicked (a VM's vCPU), or fail as a broken
     /// `hv_vcpu_run` would (a lone vCPU under test).
     idle_when_done: bool,
+    /// The debugging side: SIMD registers, trap flags, what each run saw, injected failures.
+    debug: FakeDebug,
+}
+
+/// The fake's guest-debugging state.
+#[derive(Debug, Default)]
+struct FakeDebug {
+    /// Q0 … Q31.
+    simd: HashMap<u8, u128>,
+    /// `hv_vcpu_set_trap_debug_exceptions`.
+    trap_exceptions: bool,
+    /// `hv_vcpu_set_trap_debug_reg_accesses`.
+    trap_reg_accesses: bool,
+    /// PC and CPSR at each `hv_vcpu_run`.
+    runs: Vec<(u64, u64)>,
+    /// How many `hv_vcpu_set_sys_reg` calls were made.
+    sys_reg_writes: usize,
+    /// Calls (by their framework name) that fail with HV_ERROR.
+    failing: Vec<&'static str>,
+}
+
+impl FakeDebug {
+    /// HV_ERROR if `call` is to fail.
+    fn check(&self, call: &'static str) -> Result<(), HvfError> {
+        if self.failing.contains(&call) {
+            Err(HvfError {
+                call,
+                code: 0xfae9_4001,
+            })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -177,6 +211,9 @@ impl FakeVcpu {
 
 impl HvfVcpuOps for FakeVcpu {
     fn run(&mut self) -> Result<HvfExit, HvfError> {
+        let register = |reg| self.regs.get(&reg).copied().unwrap_or(0);
+        let (pc, cpsr) = (register(Reg::Pc), register(Reg::Cpsr));
+        self.debug.runs.push((pc, cpsr));
         if !self.started {
             self.started = true;
             let (regs, sys) = (self.regs.clone(), self.sys_regs.clone());
@@ -285,17 +322,43 @@ impl HvfVcpuOps for FakeVcpu {
         }
     }
     fn reg(&mut self, reg: Reg) -> Result<u64, HvfError> {
+        self.debug.check("hv_vcpu_get_reg")?;
         Ok(self.regs.get(&reg).copied().unwrap_or(0))
     }
     fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_reg")?;
         self.regs.insert(reg, value);
         Ok(())
     }
     fn sys_reg(&mut self, reg: SysReg) -> Result<u64, HvfError> {
+        self.debug.check("hv_vcpu_get_sys_reg")?;
         Ok(self.sys_regs.get(&reg).copied().unwrap_or(0))
     }
     fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_sys_reg")?;
+        self.debug.sys_reg_writes += 1;
         self.sys_regs.insert(reg, value);
+        Ok(())
+    }
+    fn simd_fp_reg(&mut self, number: u8) -> Result<u128, HvfError> {
+        self.debug.check("hv_vcpu_get_simd_fp_reg")?;
+        assert!(number < 32, "Q{number}");
+        Ok(self.debug.simd.get(&number).copied().unwrap_or(0))
+    }
+    fn set_simd_fp_reg(&mut self, number: u8, value: u128) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_simd_fp_reg")?;
+        assert!(number < 32, "Q{number}");
+        self.debug.simd.insert(number, value);
+        Ok(())
+    }
+    fn set_trap_debug_exceptions(&mut self, trap: bool) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_trap_debug_exceptions")?;
+        self.debug.trap_exceptions = trap;
+        Ok(())
+    }
+    fn set_trap_debug_reg_accesses(&mut self, trap: bool) -> Result<(), HvfError> {
+        self.debug.check("hv_vcpu_set_trap_debug_reg_accesses")?;
+        self.debug.trap_reg_accesses = trap;
         Ok(())
     }
 }
@@ -343,6 +406,7 @@ impl Hypervisor for FakeHvf {
             observed: Arc::clone(&self.observed),
             pending: None,
             idle_when_done: true,
+            debug: FakeDebug::default(),
         };
         // What the framework reports before uhyve writes anything: PARange 36 bits.
         fake.sys_regs.insert(SysReg::IdAa64Mmfr0El1, 0x1);
@@ -350,6 +414,10 @@ impl Hypervisor for FakeHvf {
         let vcpu = HvfCpu::new(fake, cpu, ram_base, registers)
             .map_err(|source| HypervisorError::Vcpu { cpu, source })?;
         Ok((vcpu, FakeKick(kicked)))
+    }
+
+    fn aarch64_vcpu(cpu: &mut Self::Cpu) -> Option<&mut dyn Aarch64Vcpu> {
+        Some(cpu)
     }
 }
 
@@ -1596,9 +1664,9 @@ mod vcpu_logic {
     use uhyve::isolation::FileMap;
     use uhyve::output::SerialOutput;
 
-    const ENTRY: u64 = RAM_BASE + 0x4_0000;
+    pub(super) const ENTRY: u64 = RAM_BASE + 0x4_0000;
 
-    fn store_to(port: u16, register: u8) -> HvfExit {
+    pub(super) fn store_to(port: u16, register: u8) -> HvfExit {
         HvfExit::Exception {
             syndrome: data_abort(true, 3, register),
             virtual_address: u64::from(port),
@@ -1607,7 +1675,7 @@ mod vcpu_logic {
     }
 
     /// One vCPU on its own, replaying `script`; its registers are the fake's maps.
-    fn cpu(script: Vec<HvfExit>) -> HvfCpu<FakeVcpu> {
+    pub(super) fn cpu(script: Vec<HvfExit>) -> HvfCpu<FakeVcpu> {
         let mut fake = FakeVcpu {
             id: 1,
             steps: script.into_iter().map(Step::Exit).collect(),
@@ -1623,6 +1691,7 @@ mod vcpu_logic {
             observed: Arc::new(Mutex::new(HashMap::new())),
             pending: None,
             idle_when_done: false,
+            debug: FakeDebug::default(),
         };
         // CPACR_EL1 as the framework reports it before uhyve touches it.
         fake.sys_regs.insert(SysReg::CpacrEl1, 0x3 << 16);
@@ -1820,6 +1889,24 @@ mod vcpu_logic {
     }
 
     #[test]
+    fn performance_monitor_accesses_are_emulated_on_the_vcpu_alone() {
+        let trap = |read, register, rt| HvfExit::Exception {
+            syndrome: system_register_trap(read, register, rt),
+            virtual_address: 0,
+            physical_address: 0,
+        };
+        let mut vcpu = cpu(vec![
+            trap(false, (3, 3, 9, 14, 0), 1), // MSR PMUSERENR_EL0, X1
+            trap(true, (3, 3, 9, 12, 0), 5),  // MRS X5, PMCR_EL0
+            trap(true, (3, 0, 1, 0, 0), 6),   // MRS X6, SCTLR_EL1: not emulated
+        ]);
+        vcpu.ops().set_reg(Reg::X(5), 0x55).unwrap();
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Unhandled { .. }));
+        assert_eq!(vcpu.ops().regs[&Reg::X(5)], 0, "reads as zero");
+        assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 8);
+    }
+
+    #[test]
     fn a_scripted_guest_runs_through_the_shared_dispatcher() {
         // Boot, print "hi\n" with SerialWriteByte, then Exit(3): the same exit loop as on KVM.
         let mem = GuestMemory::new(GuestPhysAddr::new(RAM_BASE), 16 << 20).unwrap();
@@ -1866,6 +1953,380 @@ mod vcpu_logic {
         assert_eq!(vcpu.instruction_pointer().unwrap(), ENTRY + 12);
         output.flush();
         assert_eq!(std::fs::read_to_string(log).unwrap(), "hi\n");
+    }
+}
+
+// ---- guest debugging of the HVF vCPU: debug registers, traps, steps and debug exits ----
+
+mod guest_debugging {
+    use super::vcpu_logic::{ENTRY, cpu, store_to};
+    use super::*;
+    use uhyve::arch::aarch64::debug::{
+        MDSCR_KDE, MDSCR_MDE, MDSCR_SS, PSTATE_SS, WatchAccess, breakpoint_registers,
+        watchpoint_registers,
+    };
+    use uhyve::hypervisor::aarch64::debug::Aarch64Registers;
+    use uhyve::hypervisor::{
+        DebugExit, GuestDebug, HardwareBreakpoint, HardwareBreakpointKind, VcpuExit, VirtualCpu,
+    };
+
+    /// An exception exit with syndrome `syndrome` and FAR `far`.
+    fn exception(syndrome: u64, far: u64) -> HvfExit {
+        HvfExit::Exception {
+            syndrome,
+            virtual_address: far,
+            physical_address: 0,
+        }
+    }
+
+    /// ESR_EL2 of exception class `ec` (32-bit instruction).
+    fn esr(ec: u64) -> u64 {
+        (ec << 26) | (1 << 25)
+    }
+
+    fn slot(address: u64, kind: HardwareBreakpointKind, len: u8) -> Option<HardwareBreakpoint> {
+        Some(HardwareBreakpoint { address, kind, len })
+    }
+
+    /// Debugging on with software breakpoints and these hardware slots.
+    fn debugging(hardware: [Option<HardwareBreakpoint>; 4]) -> GuestDebug {
+        GuestDebug {
+            enabled: true,
+            single_step: false,
+            software_breakpoints: true,
+            hardware,
+        }
+    }
+
+    fn stepping() -> GuestDebug {
+        GuestDebug {
+            single_step: true,
+            ..debugging([None; 4])
+        }
+    }
+
+    fn sys(vcpu: &mut HvfCpu<FakeVcpu>, reg: SysReg) -> u64 {
+        vcpu.ops().sys_regs.get(&reg).copied().unwrap_or(0)
+    }
+
+    fn slot_values(vcpu: &mut HvfCpu<FakeVcpu>, n: u8) -> [u64; 4] {
+        [
+            sys(vcpu, SysReg::DbgBvr(n)),
+            sys(vcpu, SysReg::DbgBcr(n)),
+            sys(vcpu, SysReg::DbgWvr(n)),
+            sys(vcpu, SysReg::DbgWcr(n)),
+        ]
+    }
+
+    #[test]
+    fn debugging_arms_the_slots_and_traps_and_off_restores_the_guests_registers() {
+        let mut vcpu = cpu(vec![]);
+        assert!(
+            !vcpu.ops().debug.trap_exceptions,
+            "no traps without a debugger"
+        );
+        // The guest's own: MDSCR_EL1 with TDCC and MDE, a breakpoint of its own in slot 2.
+        let guest_mdscr = (1 << 12) | MDSCR_MDE;
+        let fake = vcpu.ops();
+        fake.sys_regs.insert(SysReg::MdscrEl1, guest_mdscr);
+        fake.sys_regs.insert(SysReg::DbgBvr(2), 0x4000_8000);
+        fake.sys_regs.insert(SysReg::DbgBcr(2), 0x1e7);
+        let debug = debugging([
+            slot(0x4000_1000, HardwareBreakpointKind::Execute, 1),
+            slot(0x4000_2004, HardwareBreakpointKind::Write, 4),
+            None,
+            // Crosses a doubleword: no register pair covers it.
+            slot(0x4000_2006, HardwareBreakpointKind::ReadWrite, 4),
+        ]);
+        vcpu.set_guest_debug(&debug).unwrap();
+        assert!(vcpu.ops().debug.trap_exceptions);
+        assert!(vcpu.ops().debug.trap_reg_accesses);
+        let (bvr, bcr) = breakpoint_registers(0x4000_1000);
+        assert_eq!(slot_values(&mut vcpu, 0), [bvr, bcr, 0, 0]);
+        let (wvr, wcr) = watchpoint_registers(0x4000_2004, 4, WatchAccess::Store).unwrap();
+        assert_eq!(slot_values(&mut vcpu, 1), [0, 0, wvr, wcr]);
+        assert_eq!(
+            slot_values(&mut vcpu, 2),
+            [0; 4],
+            "the guest's slot is disabled"
+        );
+        assert_eq!(
+            slot_values(&mut vcpu, 3),
+            [0; 4],
+            "a crossing watchpoint is not armed"
+        );
+        assert_eq!(
+            sys(&mut vcpu, SysReg::MdscrEl1),
+            (1 << 12) | MDSCR_KDE | MDSCR_MDE
+        );
+        // A debugger sets the same debugging before every run: nothing is written again.
+        let writes = vcpu.ops().debug.sys_reg_writes;
+        vcpu.set_guest_debug(&debug).unwrap();
+        assert_eq!(vcpu.ops().debug.sys_reg_writes, writes);
+        // Off: the guest's own registers and MDSCR_EL1, no traps.
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert!(!vcpu.ops().debug.trap_exceptions);
+        assert!(!vcpu.ops().debug.trap_reg_accesses);
+        assert_eq!(sys(&mut vcpu, SysReg::MdscrEl1), guest_mdscr);
+        assert_eq!(slot_values(&mut vcpu, 0), [0; 4]);
+        assert_eq!(slot_values(&mut vcpu, 1), [0; 4]);
+        assert_eq!(slot_values(&mut vcpu, 2), [0x4000_8000, 0x1e7, 0, 0]);
+        // Off again (a detached debugger says so before every run): nothing to do.
+        let writes = vcpu.ops().debug.sys_reg_writes;
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert_eq!(vcpu.ops().debug.sys_reg_writes, writes);
+    }
+
+    #[test]
+    fn single_step_sets_mdscr_ss_and_pstate_ss_for_one_run() {
+        let mut vcpu = cpu(vec![exception(esr(0x32), 0), HvfExit::Canceled]);
+        vcpu.set_guest_debug(&stepping()).unwrap();
+        assert_eq!(
+            sys(&mut vcpu, SysReg::MdscrEl1) & (MDSCR_SS | MDSCR_KDE | MDSCR_MDE),
+            MDSCR_SS | MDSCR_KDE | MDSCR_MDE
+        );
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Debug(DebugExit::SingleStep));
+        let (_, cpsr) = vcpu.ops().debug.runs[0];
+        assert_ne!(cpsr & PSTATE_SS, 0, "the run steps one instruction");
+        // The fake leaves PSTATE.SS as it was (hardware clears it): the vCPU clears it anyway.
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr] & PSTATE_SS, 0);
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr], 0x3c5, "nothing else changed");
+        // Continue: no step bits.
+        vcpu.set_guest_debug(&debugging([None; 4])).unwrap();
+        assert_eq!(sys(&mut vcpu, SysReg::MdscrEl1) & MDSCR_SS, 0);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        let (_, cpsr) = vcpu.ops().debug.runs[1];
+        assert_eq!(cpsr & PSTATE_SS, 0);
+    }
+
+    #[test]
+    fn a_step_over_a_hypercall_stops_right_after_it() {
+        let mut vcpu = cpu(vec![store_to(0x800, 8), exception(esr(0x32), 0)]);
+        vcpu.set_guest_debug(&stepping()).unwrap();
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hypercall { .. }));
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr] & PSTATE_SS, 0);
+        // The host completed the store: the step is done, so the guest takes the step exception
+        // before its next instruction (PSTATE.SS clear with MDSCR_EL1.SS set).
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Debug(DebugExit::SingleStep));
+        let runs = &vcpu.ops().debug.runs;
+        assert_ne!(runs[0].1 & PSTATE_SS, 0);
+        assert_eq!(runs[1], (ENTRY + 4, 0x3c5));
+    }
+
+    #[test]
+    fn each_debug_exception_is_its_debug_exit() {
+        let debug = debugging([
+            slot(0x4000_1000, HardwareBreakpointKind::Execute, 1),
+            slot(0x4000_6008, HardwareBreakpointKind::Write, 8),
+            slot(0x4000_3000, HardwareBreakpointKind::Execute, 1),
+            None,
+        ]);
+        let mut vcpu = cpu(vec![
+            exception(esr(0x3c) | 7, 0),
+            exception(esr(0x32), 0),
+            exception(esr(0x30), 0),
+            exception(esr(0x30), 0),
+            exception(esr(0x34), 0x4000_600c),
+            exception(esr(0x34), 0x4000_9000),
+        ]);
+        vcpu.set_guest_debug(&debug).unwrap();
+        let mut run_at = |pc: u64| {
+            vcpu.ops().set_reg(Reg::Pc, pc).unwrap();
+            vcpu.run().unwrap()
+        };
+        let software = VcpuExit::Debug(DebugExit::SoftwareBreakpoint);
+        assert_eq!(run_at(ENTRY), software);
+        assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::SingleStep));
+        // The syndrome does not name the breakpoint: the one on PC's instruction matched.
+        assert_eq!(
+            run_at(0x4000_3000),
+            VcpuExit::Debug(DebugExit::HardwareBreakpoint(2))
+        );
+        assert_eq!(run_at(0x4000_5000), VcpuExit::Debug(DebugExit::Other));
+        // A watchpoint by the FAR the framework reports.
+        assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::Watchpoint(1)));
+        assert_eq!(run_at(ENTRY), VcpuExit::Debug(DebugExit::Other));
+    }
+
+    #[test]
+    fn the_guests_own_brk_is_reinjected_as_its_exception_entry() {
+        let mut vcpu = cpu(vec![exception(esr(0x3c) | 0x3e8, 0), HvfExit::Canceled]);
+        vcpu.set_guest_debug(&debugging([None; 4])).unwrap();
+        vcpu.ops().sys_regs.insert(SysReg::VbarEl1, 0x4000_0800);
+        // NZ flags, EL1h, nothing masked.
+        vcpu.ops().set_reg(Reg::Cpsr, 0x6000_0005).unwrap();
+        assert!(vcpu.reinject_breakpoint().is_err(), "no BRK to hand back");
+        assert_eq!(
+            vcpu.run().unwrap(),
+            VcpuExit::Debug(DebugExit::SoftwareBreakpoint)
+        );
+        // A failing read leaves the BRK for the next try.
+        vcpu.ops().debug.failing.push("hv_vcpu_get_sys_reg");
+        assert!(vcpu.reinject_breakpoint().is_err());
+        vcpu.ops().debug.failing.clear();
+        vcpu.reinject_breakpoint().unwrap();
+        assert_eq!(sys(&mut vcpu, SysReg::ElrEl1), ENTRY);
+        assert_eq!(sys(&mut vcpu, SysReg::SpsrEl1), 0x6000_0005);
+        assert_eq!(sys(&mut vcpu, SysReg::EsrEl1), 0xf200_03e8);
+        assert_eq!(vcpu.ops().regs[&Reg::Cpsr], 0x3c5, "EL1h, DAIF masked");
+        assert_eq!(vcpu.ops().regs[&Reg::Pc], 0x4000_0a00, "current EL, SP_ELx");
+        assert!(vcpu.reinject_breakpoint().is_err(), "only once");
+        // The guest resumes at the vector itself.
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[1].0, 0x4000_0a00);
+    }
+
+    #[test]
+    fn without_software_breakpoints_the_guest_takes_its_brk_at_once() {
+        let mut vcpu = cpu(vec![exception(esr(0x3c) | 1, 0), HvfExit::Canceled]);
+        let debug = GuestDebug {
+            software_breakpoints: false,
+            ..debugging([None; 4])
+        };
+        vcpu.set_guest_debug(&debug).unwrap();
+        vcpu.ops().sys_regs.insert(SysReg::VbarEl1, 0x4000_0800);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[1].0, 0x4000_0a00);
+        assert_eq!(sys(&mut vcpu, SysReg::EsrEl1), 0xf200_0001);
+    }
+
+    #[test]
+    fn registers_round_trip_with_the_stack_pointer_pstate_selects() {
+        let mut vcpu = cpu(vec![]);
+        let mut registers = Aarch64Registers {
+            x: std::array::from_fn(|i| 0x1000 + i as u64),
+            sp: 0x4800_0000,
+            pc: ENTRY + 0x40,
+            pstate: 0x6000_03c5,
+            v: std::array::from_fn(|i| ((i as u128) << 120) | (0xdead_0000 + i as u128)),
+            fpsr: 0x0800_0010,
+            fpcr: 0x0300_0000,
+        };
+        let access = FakeHvf::aarch64_vcpu(&mut vcpu).expect("the HVF vCPU offers it");
+        access.set_registers(&registers).unwrap();
+        assert_eq!(access.registers().unwrap(), registers);
+        let fake = vcpu.ops();
+        // EL1h: SP is SP_EL1.
+        assert_eq!(fake.sys_regs[&SysReg::SpEl1], 0x4800_0000);
+        assert_eq!(fake.sys_regs.get(&SysReg::SpEl0), None);
+        assert_eq!(fake.regs[&Reg::X(30)], 0x1000 + 30);
+        assert_eq!(fake.debug.simd[&31], (31 << 120) | 0xdead_001f);
+        assert_eq!(fake.regs[&Reg::Fpsr], 0x0800_0010);
+        // EL1t: SP is SP_EL0; SP_EL1 keeps its value.
+        registers.pstate = 0x3c4;
+        registers.sp = 0x4900_0000;
+        vcpu.set_registers(&registers).unwrap();
+        assert_eq!(vcpu.registers().unwrap(), registers);
+        assert_eq!(sys(&mut vcpu, SysReg::SpEl0), 0x4900_0000);
+        assert_eq!(sys(&mut vcpu, SysReg::SpEl1), 0x4800_0000);
+        // A failing call is an error.
+        vcpu.ops().debug.failing.push("hv_vcpu_get_simd_fp_reg");
+        assert!(vcpu.registers().is_err());
+        vcpu.ops().debug.failing.push("hv_vcpu_set_simd_fp_reg");
+        assert!(vcpu.set_registers(&registers).is_err());
+    }
+
+    #[test]
+    fn registers_show_the_pc_the_guest_resumes_at() {
+        let mut vcpu = cpu(vec![
+            store_to(0x800, 8),
+            HvfExit::Canceled,
+            store_to(0x800, 8),
+            HvfExit::Canceled,
+        ]);
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hypercall { .. }));
+        // The store is done: a debugger sees the instruction after it, and it is not skipped.
+        assert_eq!(vcpu.registers().unwrap().pc, ENTRY + 4);
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[1].0, ENTRY + 4);
+        // A PC the debugger writes is where the guest resumes.
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hypercall { .. }));
+        let registers = Aarch64Registers {
+            pc: 0x4000_2000,
+            ..vcpu.registers().unwrap()
+        };
+        vcpu.set_registers(&registers).unwrap();
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[3].0, 0x4000_2000);
+    }
+
+    #[test]
+    fn while_debugging_the_guest_sees_its_own_debug_registers() {
+        const MDSCR: (u64, u64, u64, u64, u64) = (2, 0, 0, 2, 2);
+        const DBGBVR1: (u64, u64, u64, u64, u64) = (2, 0, 0, 1, 4);
+        const DBGBCR5: (u64, u64, u64, u64, u64) = (2, 0, 0, 5, 5);
+        let trap = |read, register, rt| exception(system_register_trap(read, register, rt), 0);
+        let mut vcpu = cpu(vec![
+            trap(false, MDSCR, 3),    // MSR MDSCR_EL1, X3
+            trap(true, MDSCR, 4),     // MRS X4, MDSCR_EL1
+            trap(false, DBGBVR1, 5),  // MSR DBGBVR1_EL1, X5
+            trap(true, DBGBVR1, 6),   // MRS X6, DBGBVR1_EL1
+            trap(false, DBGBCR5, 31), // MSR DBGBCR5_EL1, XZR
+            HvfExit::Canceled,
+        ]);
+        let guest_mdscr = (1 << 12) | MDSCR_SS;
+        vcpu.ops().set_reg(Reg::X(3), guest_mdscr).unwrap();
+        vcpu.ops().set_reg(Reg::X(5), 0x4000_7000).unwrap();
+        vcpu.ops().sys_regs.insert(SysReg::DbgBcr(5), 0x1e7);
+        vcpu.set_guest_debug(&debugging([
+            None,
+            slot(0x4000_1100, HardwareBreakpointKind::Execute, 1),
+            None,
+            None,
+        ]))
+        .unwrap();
+        // All five are emulated: the guest runs on past each.
+        assert_eq!(vcpu.run().unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.ops().debug.runs[5].0, ENTRY + 20);
+        assert_eq!(vcpu.ops().regs[&Reg::X(4)], guest_mdscr);
+        assert_eq!(vcpu.ops().regs[&Reg::X(6)], 0x4000_7000);
+        // The hardware has the guest's other MDSCR bits, the debugger's debug bits and slots.
+        assert_eq!(
+            sys(&mut vcpu, SysReg::MdscrEl1),
+            (1 << 12) | MDSCR_KDE | MDSCR_MDE
+        );
+        assert_eq!(sys(&mut vcpu, SysReg::DbgBvr(1)), 0x4000_1100);
+        // Slot 5 is not the debugger's: the guest's write reaches it.
+        assert_eq!(sys(&mut vcpu, SysReg::DbgBcr(5)), 0);
+        // Off: what the guest wrote is what it has.
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert_eq!(sys(&mut vcpu, SysReg::MdscrEl1), guest_mdscr);
+        assert_eq!(sys(&mut vcpu, SysReg::DbgBvr(1)), 0x4000_7000);
+        // Without a debugger such a trap stays an unhandled exit, as before.
+        let mut vcpu = cpu(vec![trap(false, MDSCR, 3)]);
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Unhandled { .. }));
+    }
+
+    #[test]
+    fn failing_raw_calls_are_errors_and_the_next_try_writes_everything() {
+        let mut vcpu = cpu(vec![exception(esr(0x32), 0)]);
+        let debug = debugging([
+            slot(0x4000_1000, HardwareBreakpointKind::Execute, 1),
+            None,
+            None,
+            None,
+        ]);
+        vcpu.ops()
+            .debug
+            .failing
+            .push("hv_vcpu_set_trap_debug_exceptions");
+        let error = vcpu.set_guest_debug(&debug).unwrap_err();
+        assert!(error.to_string().contains("HV_ERROR"), "{error}");
+        vcpu.ops().debug.failing.clear();
+        vcpu.set_guest_debug(&debug).unwrap();
+        assert!(vcpu.ops().debug.trap_exceptions);
+        assert_eq!(slot_values(&mut vcpu, 0)[0], 0x4000_1000);
+        // Turning debugging off fails halfway: it stays on for the next try.
+        vcpu.ops().debug.failing.push("hv_vcpu_set_sys_reg");
+        assert!(vcpu.set_guest_debug(&GuestDebug::default()).is_err());
+        vcpu.ops().debug.failing.clear();
+        vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+        assert!(!vcpu.ops().debug.trap_exceptions);
+        assert_eq!(slot_values(&mut vcpu, 0), [0; 4]);
+        // A register the step needs cannot be read: the run fails, nothing panics.
+        vcpu.set_guest_debug(&stepping()).unwrap();
+        vcpu.ops().debug.failing.push("hv_vcpu_get_reg");
+        assert!(vcpu.run().is_err());
     }
 }
 

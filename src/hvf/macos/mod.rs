@@ -8,8 +8,10 @@
 //! The raw declarations and constants come from xhypervisor's `ffi` module where they match
 //! Apple's headers. Bound here instead: `hv_vcpu_create`, whose config argument xhypervisor 0.3.0
 //! declares as a pointer to the config (Apple passes the config itself),
-//! `hv_vm_get_max_vcpu_count`, which it lacks, and the macOS 15 GIC calls ([`gic`]), looked up at
-//! run time so that uhyve still starts on older macOS and says what is missing.
+//! `hv_vm_get_max_vcpu_count`, which it lacks, `hv_vcpu_{get,set}_simd_fp_reg`, which it leaves
+//! out (their value is a 128-bit vector passed in a SIMD register), and the macOS 15 GIC calls
+//! ([`gic`]), looked up at run time so that uhyve still starts on older macOS and says what is
+//! missing. The vCPUs offer a debugger their registers ([`Hypervisor::aarch64_vcpu`]).
 //!
 //! Stopping a vCPU takes two things on macOS: `hv_vcpus_exit` ends (or pre-empts) its
 //! `hv_vcpu_run`, and a signal with an empty handler interrupts a host `read(2)` its thread may
@@ -28,6 +30,7 @@ use xhypervisor::ffi as hv;
 use crate::arch::GuestArch;
 use crate::arch::aarch64::layout::HYPERCALL_WINDOW_SIZE;
 use crate::hvf::{HvfCpu, HvfError, HvfExit, HvfVcpuOps, Reg, SysReg, return_name};
+use crate::hypervisor::aarch64::debug::Aarch64Vcpu;
 use crate::hypervisor::{
     EntryRegisters, Hypervisor, HypervisorError, VcpuError, VcpuKick, VmFeatures,
 };
@@ -36,10 +39,39 @@ use crate::mem::GuestMemory;
 pub use gic::GicError;
 
 /// Calls bound here rather than taken from xhypervisor: `hv_vcpu_create` as Apple declares it
-/// (`hv_vcpu.h`, macOS 11: the config by value, NULL for the defaults) and
-/// `hv_vm_get_max_vcpu_count` (`hv_vm.h`, macOS 11), which xhypervisor lacks.
+/// (`hv_vcpu.h`, macOS 11: the config by value, NULL for the defaults),
+/// `hv_vm_get_max_vcpu_count` (`hv_vm.h`, macOS 11), which xhypervisor lacks, and the SIMD&FP
+/// register calls, which xhypervisor leaves out (their value is a vector type).
 mod bindings {
-    use xhypervisor::ffi::{hv_return_t, hv_vcpu_config_t, hv_vcpu_exit_t, hv_vcpu_t};
+    use core::arch::aarch64::uint8x16_t;
+
+    use xhypervisor::ffi::{
+        hv_return_t, hv_simd_fp_reg_t, hv_vcpu_config_t, hv_vcpu_exit_t, hv_vcpu_t,
+    };
+
+    /// `hv_simd_fp_uchar16_t` (`hv_vcpu_types.h`): Apple's `simd_uchar16`, a clang
+    /// `ext_vector_type(16)` of `uint8_t` — a 16-byte short vector, which the AArch64 procedure
+    /// call standard (Apple's variant included) passes by value in a SIMD&FP register (Q0 … Q7),
+    /// like NEON's `uint8x16_t`. Rust refuses a `repr(simd)` type directly in an `extern` block
+    /// on stable (`simd_ffi`); a transparent wrapper has the ABI of the vector it holds.
+    #[repr(transparent)]
+    #[derive(Clone, Copy)]
+    pub struct SimdFpValue(pub uint8x16_t);
+
+    impl SimdFpValue {
+        /// The register value `value` (lane 0 is the lowest byte, as in the register).
+        pub fn from_u128(value: u128) -> Self {
+            // SAFETY: both types are 16 bytes of plain data, for which every bit pattern is
+            // valid; on little-endian AArch64 the lowest byte of the u128 is lane 0.
+            Self(unsafe { core::mem::transmute::<u128, uint8x16_t>(value) })
+        }
+
+        /// The register value as one number.
+        pub fn to_u128(self) -> u128 {
+            // SAFETY: as in `from_u128`.
+            unsafe { core::mem::transmute::<uint8x16_t, u128>(self.0) }
+        }
+    }
 
     // The framework itself is linked by xhypervisor's build script.
     unsafe extern "C" {
@@ -51,6 +83,24 @@ mod bindings {
         ) -> hv_return_t;
 
         pub fn hv_vm_get_max_vcpu_count(max_vcpu_count: *mut u32) -> hv_return_t;
+    }
+
+    // `improper_ctypes` calls the NEON vector "unspecified layout", which holds for Rust's own
+    // layout rules but not for the C ABI: the vector is lowered as LLVM's `<16 x i8>`, the type
+    // clang gives `hv_simd_fp_uchar16_t` (see `SimdFpValue`).
+    #[allow(improper_ctypes)]
+    unsafe extern "C" {
+        pub fn hv_vcpu_get_simd_fp_reg(
+            vcpu: hv_vcpu_t,
+            reg: hv_simd_fp_reg_t,
+            value: *mut SimdFpValue,
+        ) -> hv_return_t;
+
+        pub fn hv_vcpu_set_simd_fp_reg(
+            vcpu: hv_vcpu_t,
+            reg: hv_simd_fp_reg_t,
+            value: SimdFpValue,
+        ) -> hv_return_t;
     }
 }
 
@@ -266,6 +316,10 @@ impl Hypervisor for HvfVm {
             .map_err(|source| HypervisorError::Vcpu { cpu, source })?;
         Ok((vcpu, kick))
     }
+
+    fn aarch64_vcpu(cpu: &mut Self::Cpu) -> Option<&mut dyn Aarch64Vcpu> {
+        Some(cpu)
+    }
 }
 
 /// One vCPU's raw calls. Created by, used by and destroyed on one thread (HVF's rule): the raw
@@ -342,12 +396,25 @@ fn reg_number(reg: Reg) -> Result<hv::hv_reg_t, HvfError> {
         }),
         Reg::Pc => Ok(hv::HV_REG_PC),
         Reg::Cpsr => Ok(hv::HV_REG_CPSR),
+        Reg::Fpcr => Ok(hv::HV_REG_FPCR),
+        Reg::Fpsr => Ok(hv::HV_REG_FPSR),
     }
 }
 
 /// The framework's number for a system register (op0:op1:CRn:CRm:op2, see `hv_vcpu_types.h`).
-fn sys_reg_number(reg: SysReg) -> hv::hv_sys_reg_t {
-    match reg {
+fn sys_reg_number(reg: SysReg) -> Result<hv::hv_sys_reg_t, HvfError> {
+    // Breakpoint and watchpoint register pair n sits at CRm = n: eight apart.
+    let debug = |first: hv::hv_sys_reg_t, n: u8| {
+        if n < 16 {
+            Ok(first + (hv::hv_sys_reg_t::from(n) << 3))
+        } else {
+            Err(HvfError {
+                call: "hv_sys_reg_t (no such debug register)",
+                code: hv::HV_BAD_ARGUMENT,
+            })
+        }
+    };
+    Ok(match reg {
         SysReg::SpEl1 => hv::HV_SYS_REG_SP_EL1,
         SysReg::MpidrEl1 => hv::HV_SYS_REG_MPIDR_EL1,
         SysReg::MairEl1 => hv::HV_SYS_REG_MAIR_EL1,
@@ -358,6 +425,27 @@ fn sys_reg_number(reg: SysReg) -> hv::hv_sys_reg_t {
         SysReg::MdscrEl1 => hv::HV_SYS_REG_MDSCR_EL1,
         SysReg::SctlrEl1 => hv::HV_SYS_REG_SCTLR_EL1,
         SysReg::IdAa64Mmfr0El1 => hv::HV_SYS_REG_ID_AA64MMFR0_EL1,
+        SysReg::SpEl0 => hv::HV_SYS_REG_SP_EL0,
+        SysReg::ElrEl1 => hv::HV_SYS_REG_ELR_EL1,
+        SysReg::SpsrEl1 => hv::HV_SYS_REG_SPSR_EL1,
+        SysReg::EsrEl1 => hv::HV_SYS_REG_ESR_EL1,
+        SysReg::VbarEl1 => hv::HV_SYS_REG_VBAR_EL1,
+        SysReg::DbgBvr(n) => debug(hv::HV_SYS_REG_DBGBVR0_EL1, n)?,
+        SysReg::DbgBcr(n) => debug(hv::HV_SYS_REG_DBGBCR0_EL1, n)?,
+        SysReg::DbgWvr(n) => debug(hv::HV_SYS_REG_DBGWVR0_EL1, n)?,
+        SysReg::DbgWcr(n) => debug(hv::HV_SYS_REG_DBGWCR0_EL1, n)?,
+    })
+}
+
+/// The framework's number for SIMD&FP register Q`number`.
+fn simd_fp_reg_number(number: u8) -> Result<hv::hv_simd_fp_reg_t, HvfError> {
+    if number < 32 {
+        Ok(hv::HV_SIMD_FP_REG_Q0 + hv::hv_simd_fp_reg_t::from(number))
+    } else {
+        Err(HvfError {
+            call: "hv_simd_fp_reg_t (no such Q register)",
+            code: hv::HV_BAD_ARGUMENT,
+        })
     }
 }
 
@@ -400,18 +488,54 @@ impl HvfVcpuOps for HvfVcpu {
     }
 
     fn sys_reg(&mut self, reg: SysReg) -> Result<u64, HvfError> {
+        let number = sys_reg_number(reg)?;
         let mut value = 0;
         // SAFETY: this thread created the vCPU; `value` is a live out-parameter.
         vcpu_call("hv_vcpu_get_sys_reg", unsafe {
-            hv::hv_vcpu_get_sys_reg(self.id, sys_reg_number(reg), &mut value)
+            hv::hv_vcpu_get_sys_reg(self.id, number, &mut value)
         })?;
         Ok(value)
     }
 
     fn set_sys_reg(&mut self, reg: SysReg, value: u64) -> Result<(), HvfError> {
+        let number = sys_reg_number(reg)?;
         // SAFETY: this thread created the vCPU.
         vcpu_call("hv_vcpu_set_sys_reg", unsafe {
-            hv::hv_vcpu_set_sys_reg(self.id, sys_reg_number(reg), value)
+            hv::hv_vcpu_set_sys_reg(self.id, number, value)
+        })
+    }
+
+    fn simd_fp_reg(&mut self, number: u8) -> Result<u128, HvfError> {
+        let reg = simd_fp_reg_number(number)?;
+        let mut value = bindings::SimdFpValue::from_u128(0);
+        // SAFETY: this thread created the vCPU; `value` is a live out-parameter of the type the
+        // framework writes (see `SimdFpValue`).
+        vcpu_call("hv_vcpu_get_simd_fp_reg", unsafe {
+            bindings::hv_vcpu_get_simd_fp_reg(self.id, reg, &mut value)
+        })?;
+        Ok(value.to_u128())
+    }
+
+    fn set_simd_fp_reg(&mut self, number: u8, value: u128) -> Result<(), HvfError> {
+        let reg = simd_fp_reg_number(number)?;
+        // SAFETY: this thread created the vCPU; the value is passed in a SIMD&FP register, as
+        // the framework expects (see `SimdFpValue`).
+        vcpu_call("hv_vcpu_set_simd_fp_reg", unsafe {
+            bindings::hv_vcpu_set_simd_fp_reg(self.id, reg, bindings::SimdFpValue::from_u128(value))
+        })
+    }
+
+    fn set_trap_debug_exceptions(&mut self, trap: bool) -> Result<(), HvfError> {
+        // SAFETY: this thread created the vCPU.
+        vcpu_call("hv_vcpu_set_trap_debug_exceptions", unsafe {
+            hv::hv_vcpu_set_trap_debug_exceptions(self.id, trap)
+        })
+    }
+
+    fn set_trap_debug_reg_accesses(&mut self, trap: bool) -> Result<(), HvfError> {
+        // SAFETY: this thread created the vCPU.
+        vcpu_call("hv_vcpu_set_trap_debug_reg_accesses", unsafe {
+            hv::hv_vcpu_set_trap_debug_reg_accesses(self.id, trap)
         })
     }
 }
@@ -493,10 +617,46 @@ mod tests {
             (SysReg::MdscrEl1, encoding(2, 0, 0, 2, 2)),
             (SysReg::SctlrEl1, encoding(3, 0, 1, 0, 0)),
             (SysReg::IdAa64Mmfr0El1, encoding(3, 0, 0, 7, 0)),
+            (SysReg::SpEl0, encoding(3, 0, 4, 1, 0)),
+            (SysReg::ElrEl1, encoding(3, 0, 4, 0, 1)),
+            (SysReg::SpsrEl1, encoding(3, 0, 4, 0, 0)),
+            (SysReg::EsrEl1, encoding(3, 0, 5, 2, 0)),
+            (SysReg::VbarEl1, encoding(3, 0, 12, 0, 0)),
+            (SysReg::DbgBvr(0), encoding(2, 0, 0, 0, 4)),
+            (SysReg::DbgBcr(1), encoding(2, 0, 0, 1, 5)),
+            (SysReg::DbgWvr(2), encoding(2, 0, 0, 2, 6)),
+            (SysReg::DbgWcr(3), encoding(2, 0, 0, 3, 7)),
+            (SysReg::DbgWcr(15), encoding(2, 0, 0, 15, 7)),
         ];
         for (reg, number) in expected {
-            assert_eq!(sys_reg_number(reg), number, "{reg:?}");
+            assert_eq!(sys_reg_number(reg).unwrap(), number, "{reg:?}");
         }
+        // The header's own constants agree.
+        assert_eq!(
+            sys_reg_number(SysReg::DbgBvr(3)).unwrap(),
+            hv::HV_SYS_REG_DBGBVR3_EL1
+        );
+        assert_eq!(
+            sys_reg_number(SysReg::DbgWcr(1)).unwrap(),
+            hv::HV_SYS_REG_DBGWCR1_EL1
+        );
+        assert!(sys_reg_number(SysReg::DbgBvr(16)).is_err());
+    }
+
+    #[test]
+    fn simd_registers_are_numbered_and_keep_their_byte_order() {
+        assert_eq!(simd_fp_reg_number(31).unwrap(), hv::HV_SIMD_FP_REG_Q31);
+        assert!(simd_fp_reg_number(32).is_err());
+        let value = 0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100u128;
+        let vector = bindings::SimdFpValue::from_u128(value);
+        // SAFETY: `vector` is a live 16-byte value; reading its bytes is reading plain data.
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(vector.0) };
+        assert_eq!(
+            bytes,
+            core::array::from_fn(|i| i as u8),
+            "lane 0 is the lowest byte"
+        );
+        assert_eq!(vector.to_u128(), value);
     }
 
     #[test]
@@ -505,6 +665,8 @@ mod tests {
         assert_eq!(reg_number(Reg::X(30)).unwrap(), 30);
         assert_eq!(reg_number(Reg::Pc).unwrap(), 31);
         assert_eq!(reg_number(Reg::Cpsr).unwrap(), 34);
+        assert_eq!(reg_number(Reg::Fpcr).unwrap(), 32);
+        assert_eq!(reg_number(Reg::Fpsr).unwrap(), 33);
         assert!(
             reg_number(Reg::X(31)).is_err(),
             "X31 is SP or XZR, not a register"
