@@ -35,6 +35,7 @@ pub mod params;
 pub mod setup;
 pub mod signals;
 pub mod stats;
+pub mod virtio;
 pub mod vm;
 
 #[cfg(any(kvm, kvm_arm))]

@@ -1,0 +1,57 @@
+//! Virtio devices for guests: the device side of the virtio 1.x PCI transport ([`pci`]) that a
+//! Hermit kernel probes for on x86_64, and the devices behind it (so far the network card of
+//! [`net`]). The split virtqueues themselves are rust-vmm's `virtio-queue` crate, which reads
+//! the guest's rings through `vm-memory` with every address and chain checked.
+//!
+//! Work in progress (issue 17): the transport and the device model are here and unit-tested;
+//! the host backends (TAP, passt), the I/O thread and the interrupt path are not wired into a
+//! running VM yet.
+
+pub mod net;
+pub mod pci;
+
+use thiserror::Error;
+
+/// Failures of a virtio device that mark it broken (the guest sees DEVICE_NEEDS_RESET).
+#[derive(Debug, Error)]
+pub enum VirtioError {
+    /// The driver activated a queue whose rings do not lie in guest RAM or whose size is bad.
+    #[error("queue {queue}: its rings are not valid (size {size}, outside RAM or misaligned)")]
+    InvalidQueue {
+        /// The queue index.
+        queue: u16,
+        /// Its size.
+        size: u16,
+    },
+    /// A descriptor chain the device cannot use (out of RAM, a loop, lengths that overflow,
+    /// the wrong direction).
+    #[error("queue {queue}: bad descriptor chain: {detail}")]
+    BadChain {
+        /// The queue index.
+        queue: u16,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The rings could not be read or written.
+    #[error("queue {queue}: {source}")]
+    Queue {
+        /// The queue index.
+        queue: u16,
+        /// The error of `virtio-queue`.
+        source: virtio_queue::Error,
+    },
+}
+
+/// A virtio device behind a transport: its identity, features, configuration space and queues.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (1: network card).
+    fn device_type(&self) -> u16;
+    /// The features the device offers (virtio feature bits, VIRTIO_F_VERSION_1 included).
+    fn features(&self) -> u64;
+    /// The largest size of each of its queues (the number of queues is this slice's length).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads `data.len()` bytes of its configuration space at `offset` (zeros past its end).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes its configuration space (most devices ignore this).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+}

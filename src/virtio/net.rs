@@ -1,0 +1,254 @@
+//! The virtio network card (virtio 1.x device type 1): what it offers (MAC, MTU, link status,
+//! VIRTIO_F_VERSION_1 and event-index notifications), its configuration space, and moving
+//! Ethernet frames between its two queues and a host backend: [`NetDevice::take_tx_frames`]
+//! collects what the guest sent, [`NetDevice::deliver_rx_frame`] puts one received frame into a
+//! buffer the guest posted. Every frame crosses with the 12-byte `virtio_net_hdr_v1` in front,
+//! as TAP devices with `IFF_VNET_HDR` expect it.
+//!
+//! The guest's rings are hostile input: `virtio-queue` walks the chains (a loop or an indirect
+//! table out of RAM ends the chain with an error), and every buffer is read or written through
+//! `vm-memory`, which refuses addresses outside RAM. A chain this device cannot use is an error
+//! that marks the device broken; it never reaches host memory outside guest RAM.
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use vm_memory::{Bytes, GuestMemory};
+
+use super::{VirtioDevice, VirtioError};
+
+/// The receive queue's index.
+pub const RX_QUEUE: u16 = 0;
+/// The transmit queue's index.
+pub const TX_QUEUE: u16 = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// `sizeof(struct virtio_net_hdr_v1)`: the header in front of every frame.
+pub const NET_HEADER_LEN: usize = 12;
+/// The largest frame the device moves, header included (a 64 KiB GSO frame and its headers).
+pub const MAX_FRAME_LEN: usize = 65_562;
+
+/// The network card's identity and state.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    mac: [u8; 6],
+    mtu: u16,
+    /// Frames and bytes moved, per direction (for `--stats`).
+    pub counters: NetCounters,
+}
+
+/// Frames and bytes moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames the guest sent.
+    pub tx_frames: u64,
+    /// Their bytes (without the virtio header).
+    pub tx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Their bytes (without the virtio header).
+    pub rx_bytes: u64,
+}
+
+impl NetDevice {
+    /// A card with address `mac` and maximum transmission unit `mtu`.
+    pub fn new(mac: [u8; 6], mtu: u16) -> Self {
+        Self {
+            mac,
+            mtu,
+            counters: NetCounters::default(),
+        }
+    }
+
+    /// Takes every frame the guest posted on the transmit queue (each with its virtio header),
+    /// returning their buffers to the guest; whether the guest wants an interrupt for them.
+    pub fn take_tx_frames<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        frames: &mut Vec<Vec<u8>>,
+    ) -> Result<bool, VirtioError> {
+        let mut used_any = false;
+        loop {
+            let chains: Vec<_> = queue.iter(mem).map_err(queue_error(TX_QUEUE))?.collect();
+            if chains.is_empty() {
+                break;
+            }
+            for chain in chains {
+                let head = chain.head_index();
+                let mut frame = Vec::new();
+                for descriptor in descriptors_of(chain, TX_QUEUE)? {
+                    if descriptor.is_write_only() {
+                        return Err(bad_chain(TX_QUEUE, "a transmit buffer is device-writable"));
+                    }
+                    let len = descriptor.len() as usize;
+                    if frame.len().saturating_add(len) > MAX_FRAME_LEN {
+                        return Err(bad_chain(TX_QUEUE, "a frame longer than 65562 bytes"));
+                    }
+                    let start = frame.len();
+                    frame.resize(start + len, 0);
+                    mem.read_slice(&mut frame[start..], descriptor.addr())
+                        .map_err(|e| bad_chain(TX_QUEUE, &format!("buffer outside RAM: {e}")))?;
+                }
+                if frame.len() < NET_HEADER_LEN {
+                    return Err(bad_chain(TX_QUEUE, "a frame shorter than its header"));
+                }
+                queue
+                    .add_used(mem, head, 0)
+                    .map_err(queue_error(TX_QUEUE))?;
+                used_any = true;
+                self.counters.tx_frames += 1;
+                self.counters.tx_bytes += (frame.len() - NET_HEADER_LEN) as u64;
+                frames.push(frame);
+            }
+            // With event indexes: ask for the next notification, then look again (buffers
+            // may have arrived in between).
+            if !queue
+                .enable_notification(mem)
+                .map_err(queue_error(TX_QUEUE))?
+            {
+                break;
+            }
+        }
+        if !used_any {
+            return Ok(false);
+        }
+        queue.needs_notification(mem).map_err(queue_error(TX_QUEUE))
+    }
+
+    /// Delivers `frame` (its virtio header first) into the next receive buffer; `Ok(None)` if
+    /// the guest posted none (the caller keeps the frame and waits for a notification),
+    /// otherwise whether the guest wants an interrupt.
+    pub fn deliver_rx_frame<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        frame: &[u8],
+    ) -> Result<Option<bool>, VirtioError> {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            queue
+                .enable_notification(mem)
+                .map_err(queue_error(RX_QUEUE))?;
+            // A buffer may have been posted before notifications were back on.
+            return match queue.pop_descriptor_chain(mem) {
+                Some(chain) => self.fill_rx_chain(queue, mem, chain, frame).map(Some),
+                None => Ok(None),
+            };
+        };
+        self.fill_rx_chain(queue, mem, chain, frame).map(Some)
+    }
+
+    fn fill_rx_chain<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        chain: virtio_queue::DescriptorChain<&M>,
+        frame: &[u8],
+    ) -> Result<bool, VirtioError> {
+        let head = chain.head_index();
+        let mut written = 0usize;
+        for descriptor in descriptors_of(chain, RX_QUEUE)? {
+            if written == frame.len() {
+                break;
+            }
+            if !descriptor.is_write_only() {
+                return Err(bad_chain(RX_QUEUE, "a receive buffer is device-readable"));
+            }
+            let len = (descriptor.len() as usize).min(frame.len() - written);
+            mem.write_slice(&frame[written..written + len], descriptor.addr())
+                .map_err(|e| bad_chain(RX_QUEUE, &format!("buffer outside RAM: {e}")))?;
+            written += len;
+        }
+        if written < frame.len() {
+            // The guest's buffer is too small for the frame: it is dropped, as a NIC drops a
+            // frame larger than its buffer, and the buffer goes back empty.
+            queue
+                .add_used(mem, head, 0)
+                .map_err(queue_error(RX_QUEUE))?;
+            return queue.needs_notification(mem).map_err(queue_error(RX_QUEUE));
+        }
+        queue
+            .add_used(mem, head, written as u32)
+            .map_err(queue_error(RX_QUEUE))?;
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += frame.len().saturating_sub(NET_HEADER_LEN) as u64;
+        queue.needs_notification(mem).map_err(queue_error(RX_QUEUE))
+    }
+}
+
+/// The descriptors of `chain`, all of them or an error: `virtio-queue` ends a chain early
+/// (without an error of its own) when it loops, is longer than the queue, names a descriptor or
+/// indirect table outside RAM or totals more than 4 GiB; its last descriptor then still says
+/// "next".
+fn descriptors_of<M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    queue: u16,
+) -> Result<Vec<virtio_queue::desc::split::Descriptor>, VirtioError>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let descriptors: Vec<_> = chain.collect();
+    match descriptors.last() {
+        None => Err(bad_chain(queue, "an empty chain (its head is unreadable)")),
+        Some(last) if last.has_next() => Err(bad_chain(
+            queue,
+            "a chain that loops, outgrows the queue or leaves RAM",
+        )),
+        Some(_) => Ok(descriptors),
+    }
+}
+
+fn queue_error(queue: u16) -> impl Fn(virtio_queue::Error) -> VirtioError {
+    move |source| VirtioError::Queue { queue, source }
+}
+
+fn bad_chain(queue: u16, detail: &str) -> VirtioError {
+    VirtioError::BadChain {
+        queue,
+        detail: detail.to_string(),
+    }
+}
+
+impl VirtioDevice for NetDevice {
+    fn device_type(&self) -> u16 {
+        1
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_MTU
+            | 1 << VIRTIO_NET_F_STATUS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
+        let mut config = [0u8; 12];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| config.get(at as usize))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests;
