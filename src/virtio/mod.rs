@@ -3,12 +3,14 @@
 //! [`net`]). The split virtqueues themselves are rust-vmm's `virtio-queue` crate, which reads
 //! the guest's rings through `vm-memory` with every address and chain checked.
 //!
-//! Work in progress (issue 17): the transport and the device model are here and unit-tested;
-//! the host backends (TAP, passt), the I/O thread and the interrupt path are not wired into a
-//! running VM yet.
+//! Work in progress (issue 17): the transport, the device model and the TAP backend ([`tap`],
+//! Linux) are here and tested; the passt backend, the I/O thread and the interrupt path are not
+//! wired into a running VM yet.
 
 pub mod net;
 pub mod pci;
+#[cfg(target_os = "linux")]
+pub mod tap;
 
 use thiserror::Error;
 
