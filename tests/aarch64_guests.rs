@@ -28,6 +28,7 @@ const GUESTS: &[&str] = &[
     "crash",
     "exit_code",
     "file_ops",
+    "gdb_target",
     "hello",
     "hostile",
     "smp",
