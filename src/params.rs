@@ -40,6 +40,11 @@ pub enum ParamsError {
     /// An unknown `--seccomp`.
     #[error("invalid seccomp mode '{0}': expected 'none' or 'strict'")]
     SeccompMode(String),
+    /// A malformed `-n/--net`.
+    #[error(
+        "invalid network backend '{0}': expected tap:NAME (an interface name of 1 to 15 bytes)"
+    )]
+    NetSyntax(String),
     /// An unknown `--io-mode`.
     #[error(
         "invalid I/O mode '{0}': expected 'default', 'host=direct', 'host=sync' or 'host=direct,sync'"
@@ -537,11 +542,54 @@ pub struct VmConfig {
     pub tuning: VmTuning,
     /// Wait for GDB on this address before the first guest instruction (`-s/--gdb-port`).
     pub gdb: Option<GdbAddress>,
+    /// The host side of the guest's network card (`-n/--net`), if it gets one.
+    pub net: Option<NetBackend>,
+}
+
+/// The host side of the guest's network card (`-n/--net`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A TAP interface (`tap:NAME`), attached to if it exists, created where permitted.
+    Tap(String),
+}
+
+impl FromStr for NetBackend {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some(("tap", name))
+                if !name.is_empty() && name.len() < 16 && !name.contains(['/', '\0']) =>
+            {
+                Ok(Self::Tap(name.to_string()))
+            }
+            _ => Err(ParamsError::NetSyntax(text.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_backends_parse_upstreams_form() {
+        assert_eq!("tap:tap0".parse(), Ok(NetBackend::Tap("tap0".into())));
+        for bad in [
+            "tap:",
+            "tap",
+            "user",
+            "tap:a/b",
+            "tap:a-name-far-too-long",
+            "vde:x",
+        ] {
+            assert_eq!(
+                bad.parse::<NetBackend>(),
+                Err(ParamsError::NetSyntax(bad.into())),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn memory_sizes_parse_with_units() {

@@ -478,6 +478,7 @@ fn config(kernel: PathBuf, cpus: u32, output: OutputTarget, mappings: Vec<String
             ..Default::default()
         },
         gdb: None,
+        net: None,
     }
 }
 
@@ -1928,6 +1929,8 @@ mod vcpu_logic {
             fallback: EmulationFallback::new(false),
             stop: AtomicBool::new(false),
             debugger: None,
+            devices: None,
+            device_interrupt: &|| {},
         };
         let script = vec![
             store_to(0x800, 8),

@@ -70,7 +70,7 @@ fn ethernet(source: u8, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn frames_cross_with_their_virtio_header() {
-    let Some(mut tap) = tap_or_skip("frames_cross_with_their_virtio_header") else {
+    let Some(tap) = tap_or_skip("frames_cross_with_their_virtio_header") else {
         return;
     };
     assert!(tap.name().starts_with("uhyvet"), "{}", tap.name());

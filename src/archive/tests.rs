@@ -446,6 +446,7 @@ fn user_config() -> VmConfig {
         confinement: crate::params::Confinement::NONE,
         tuning: Default::default(),
         gdb: None,
+        net: None,
     }
 }
 

@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::output::OutputTarget;
 use crate::params::{
     Confinement, CpuList, EnvOption, ExplicitSettings, FileIsolation, GdbAddress, HermitImageMode,
-    IoMode, MemorySize, SeccompMode, VmConfig, VmTuning, guest_environment,
+    IoMode, MemorySize, NetBackend, SeccompMode, VmConfig, VmTuning, guest_environment,
 };
 
 mod merge;
@@ -94,11 +94,11 @@ pub struct Args {
     )]
     pub gdb_port: Option<GdbAddress>,
 
-    /// Give the guest a network device backed by this host interface (upstream's form:
-    /// tap:NAME). Accepted for compatibility: this uhyve has no network device yet, so the
-    /// option only prints a warning
-    #[arg(short = 'n', long, value_name = "tap:NAME", value_parser = utf8(|text| Ok(text.to_owned())))]
-    pub net: Option<String>,
+    /// Give the guest a virtio network card backed by this TAP interface (tap:NAME; x86_64
+    /// guests on Linux KVM). An existing interface is used; a missing one is created where
+    /// uhyve may (CAP_NET_ADMIN)
+    #[arg(short = 'n', long, value_name = "tap:NAME", value_parser = utf8(parse_net))]
+    pub net: Option<NetBackend>,
 
     /// Read settings from this TOML file (upstream uhyve's schema) instead of ./uhyve.toml or
     /// $XDG_CONFIG_HOME/uhyve/uhyve.toml
@@ -232,6 +232,11 @@ fn parse_gdb_address(text: &str) -> Result<GdbAddress, String> {
         .map_err(|e: crate::params::ParamsError| e.to_string())
 }
 
+fn parse_net(text: &str) -> Result<NetBackend, String> {
+    text.parse()
+        .map_err(|e: crate::params::ParamsError| e.to_string())
+}
+
 fn parse_io_mode(text: &str) -> Result<IoMode, String> {
     text.parse()
         .map_err(|e: crate::params::ParamsError| e.to_string())
@@ -323,6 +328,7 @@ impl Args {
                 io_mode: self.io_mode.unwrap_or_default(),
             },
             gdb: self.gdb_port,
+            net: self.net,
         }
     }
 }
@@ -345,16 +351,6 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
-/// Warns about options this uhyve accepts from upstream's command line but cannot honour.
-fn warn_about_ineffective_options(_config: &VmConfig, net: Option<&str>) {
-    if let Some(net) = net {
-        log::warn!(
-            "-n/--net {net} has no effect: this uhyve has no network device yet; the guest runs \
-             without one"
-        );
-    }
-}
-
 /// Runs uhyve with the given command line (including the program name) and returns the process
 /// exit status: the guest's exit code, or [`FAILURE_STATUS`] after printing what went wrong.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
@@ -373,9 +369,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         eprintln!("uhyve: error: {e}");
         return FAILURE_STATUS;
     }
-    let net = args.net.take();
     let config = args.into_config();
-    warn_about_ineffective_options(&config, net.as_deref());
     if let Err(e) = crate::signals::install_stop_handlers() {
         log::warn!("{e}; interrupting uhyve will not clean up");
     }

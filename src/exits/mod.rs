@@ -17,6 +17,7 @@ use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 use crate::mem::GuestMemory;
 use crate::stats::ExitStats;
+use crate::virtio::PciDevices;
 
 pub use self::crash::GuestCrash;
 use self::crash::{Crash, CrashContext};
@@ -79,6 +80,10 @@ pub struct ExitServices<'a> {
     pub stop: AtomicBool,
     /// The debugger (`-s/--gdb-port`), if one is attached.
     pub debugger: Option<&'a Debugger<'a>>,
+    /// The PCI devices (the network card of `--net`), if any.
+    pub devices: Option<&'a dyn PciDevices>,
+    /// Raises the devices' interrupt in the guest.
+    pub device_interrupt: &'a (dyn Fn() + Sync),
 }
 
 /// One vCPU as its exit loop drives it: the backend-neutral vCPU, and its x86 state access for
@@ -170,23 +175,20 @@ impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
                     .complete_hypercall_read(value)
                     .map_err(vcpu_error)?;
             }
-            VcpuExit::PortOut { port, data, size } => {
-                if port == PCI_CONFIG_ADDRESS && size == 4 {
-                    self.pci.address = data;
-                } else {
-                    log::debug!("vCPU {cpu}: ignored write of {data:#x} to port {port:#x}");
-                }
-            }
+            VcpuExit::PortOut { port, data, size } => self.port_out(port, data, size),
             VcpuExit::PortIn { port, size } => {
-                if port == PCI_CONFIG_DATA {
-                    let address = self.pci.address;
-                    log::trace!("vCPU {cpu}: PCI config read at {address:#x}: no device");
-                } else {
-                    log::debug!("vCPU {cpu}: read of {size} bytes from unknown port {port:#x}");
-                }
-                // No device anywhere: PCI config reads and unknown ports read as all-ones.
-                self.vcpu.complete_port_in(u32::MAX).map_err(vcpu_error)?;
+                let value = self.port_in(port, size);
+                self.vcpu.complete_port_in(value).map_err(vcpu_error)?;
             }
+            VcpuExit::MmioRead { address, size } => match self.device_read(address, size) {
+                Some(value) => self.vcpu.complete_mmio_read(value).map_err(vcpu_error)?,
+                None => return Err(self.crash(Crash::new(describe_fatal(&exit))).into()),
+            },
+            VcpuExit::MmioWrite {
+                address,
+                data,
+                size,
+            } if self.device_write(address, data, size) => {}
             // With the in-kernel irqchip KVM handles HLT itself; if it reports one anyway,
             // re-entering waits for the next interrupt. An interrupted run (a kick or a host
             // signal) resumes too: a stop request is handled at the top of the loop.
@@ -201,6 +203,50 @@ impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
             other => return Err(self.crash(Crash::new(describe_fatal(&other))).into()),
         }
         Ok(Next::Resume)
+    }
+
+    fn port_out(&mut self, port: u16, data: u32, size: u8) {
+        let devices = self.shared.devices;
+        match (port, devices) {
+            (PCI_CONFIG_ADDRESS, _) if size == 4 => self.pci.address = data,
+            (PCI_CONFIG_DATA..=0xcff, Some(devices)) => {
+                let byte = (port - PCI_CONFIG_DATA) as u8;
+                devices.config_write(self.pci.address, byte, size, data);
+            }
+            _ => log::debug!(
+                "vCPU {}: ignored write of {data:#x} to port {port:#x}",
+                self.vcpu.id()
+            ),
+        }
+    }
+
+    /// A port read: a device's configuration register, else all-ones (no device there).
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        if let (PCI_CONFIG_DATA..=0xcff, Some(devices)) = (port, self.shared.devices) {
+            let byte = (port - PCI_CONFIG_DATA) as u8;
+            if let Some(value) = devices.config_read(self.pci.address, byte, size) {
+                return value;
+            }
+        }
+        if port != PCI_CONFIG_DATA {
+            log::debug!(
+                "vCPU {}: read of {size} bytes from unknown port {port:#x}",
+                self.vcpu.id()
+            );
+        }
+        u32::MAX
+    }
+
+    fn device_read(&self, address: u64, size: u8) -> Option<u64> {
+        self.shared.devices?.mmio_read(address, size)
+    }
+
+    fn device_write(&self, address: u64, data: u64, size: u8) -> bool {
+        let Some(devices) = self.shared.devices else {
+            return false;
+        };
+        let mem = self.shared.mem.as_vm_memory();
+        devices.mmio_write(mem, address, size, data, self.shared.device_interrupt)
     }
 
     fn hypercall(&mut self, address: u16, argument: u64) -> Result<Next, ExitError> {

@@ -274,6 +274,15 @@ pub trait VirtualCpu {
     /// A multi-line dump of the register state, for diagnostics.
     fn register_dump(&mut self) -> Result<String, VcpuError>;
 
+    /// Supplies the value of the last [`VcpuExit::MmioRead`] (truncated to its size): what a
+    /// device model answered.
+    fn complete_mmio_read(&mut self, _value: u64) -> Result<(), VcpuError> {
+        Err(VcpuError::Unexpected {
+            operation: "complete MMIO read",
+            detail: "this hypervisor backend serves no device reads".into(),
+        })
+    }
+
     /// Sets the guest debugging of the next runs (the debug extension a GDB server uses).
     fn set_guest_debug(&mut self, _debug: &GuestDebug) -> Result<(), VcpuError> {
         Err(VcpuError::Unexpected {
@@ -315,6 +324,14 @@ pub trait Hypervisor: Send + Sync + Sized {
     /// guest (and the framework) write there for as long as the VM exists. `crate::vm::Vm` owns
     /// both and drops the hypervisor first.
     unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError>;
+
+    /// Sends the message-signalled interrupt `data` to `address` (x86: the local APIC's
+    /// 0xFEE0_0000 window, `data` the vector), from any thread; devices use it.
+    fn signal_msi(&self, _address: u64, _data: u32) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Backend(
+            "this hypervisor backend cannot inject interrupts".into(),
+        ))
+    }
 
     /// The most vCPUs this hypervisor can give one VM, where it has a limit of its own.
     fn max_cpus(&self) -> Option<u32> {

@@ -165,6 +165,12 @@ impl GuestMemory {
         })
     }
 
+    /// RAM as `vm-memory` sees it, for device models built on rust-vmm crates
+    /// (`virtio-queue`): their accesses are bounds-checked by `vm-memory` itself.
+    pub fn as_vm_memory(&self) -> &GuestMemoryMmap {
+        &self.ram
+    }
+
     /// First guest-physical address of RAM.
     pub fn base(&self) -> GuestPhysAddr {
         GuestPhysAddr::new(self.base)

@@ -119,6 +119,8 @@ struct BootPlan {
     fdt: FdtParams,
     /// The boot info's `serial_port_base`.
     serial_port: u16,
+    /// The boot info's `has_pci`: the guest has PCI devices to find.
+    has_pci: bool,
 }
 
 impl BootPlan {
@@ -143,11 +145,17 @@ impl BootPlan {
                 initrd: loaded.initrd.clone(),
             },
             serial_port: boot::serial_port_for_interface(interface_version),
+            has_pci: false,
         }
     }
 }
 
 impl PreparedGuest {
+    /// Tells the kernel (boot info `has_pci`) that it has PCI devices to scan for.
+    pub fn announce_pci(&mut self) {
+        self.boot.has_pci = true;
+    }
+
     /// Writes the device tree and the boot info: `cpu_freq_khz` is vCPU 0's TSC rate where the
     /// architecture has one, `boot_time` the wall-clock time the guest starts at.
     pub fn write_boot(
@@ -172,9 +180,9 @@ impl PreparedGuest {
             cpu_freq_khz,
             boot_time,
             serial_port: plan.serial_port,
-            // uhyve emulates no PCI devices, so a scan could only find nothing: telling the
-            // kernel spares it 2048 port exits (every bus and slot) at boot.
-            has_pci: false,
+            // Without a device a scan could only find nothing: telling the kernel spares it 2048
+            // port exits (every bus and slot) at boot.
+            has_pci: self.boot.has_pci,
             fdt_address: Some(self.fdt.as_u64()),
         };
         boot::write_boot_info(&self.mem, self.boot_info, &params, plan.platform)?;

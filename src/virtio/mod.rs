@@ -10,6 +10,8 @@
 pub mod net;
 pub mod pci;
 #[cfg(target_os = "linux")]
+pub mod service;
+#[cfg(target_os = "linux")]
 pub mod tap;
 
 use thiserror::Error;
@@ -42,6 +44,28 @@ pub enum VirtioError {
         /// The error of `virtio-queue`.
         source: virtio_queue::Error,
     },
+}
+
+/// The PCI devices of a VM as the vCPU exit loops reach them: configuration accesses through
+/// ports 0xCF8/0xCFC and memory accesses to their BARs. `None`/`false`: not a device's.
+pub trait PciDevices: Sync {
+    /// A configuration read of `size` bytes at byte `byte` of port 0xCFC, with `address` latched
+    /// at 0xCF8.
+    fn config_read(&self, address: u32, byte: u8, size: u8) -> Option<u32>;
+    /// A configuration write.
+    fn config_write(&self, address: u32, byte: u8, size: u8, value: u32);
+    /// A read of `size` bytes at guest-physical `address`.
+    fn mmio_read(&self, address: u64, size: u8) -> Option<u64>;
+    /// A write of `size` bytes at guest-physical `address`; `interrupt` raises the device's
+    /// interrupt in the guest.
+    fn mmio_write(
+        &self,
+        mem: &vm_memory::GuestMemoryMmap,
+        address: u64,
+        size: u8,
+        value: u64,
+        interrupt: &(dyn Fn() + Sync),
+    ) -> bool;
 }
 
 /// A virtio device behind a transport: its identity, features, configuration space and queues.

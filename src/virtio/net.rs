@@ -1,5 +1,5 @@
-//! The virtio network card (virtio 1.x device type 1): what it offers (MAC, MTU, link status,
-//! VIRTIO_F_VERSION_1 and event-index notifications), its configuration space, and moving
+//! The virtio network card (virtio 1.x device type 1): what it offers (MAC, MTU, link status and
+//! VIRTIO_F_VERSION_1; event indexes are supported by the queues but not offered yet), its configuration space, and moving
 //! Ethernet frames between its two queues and a host backend: [`NetDevice::take_tx_frames`]
 //! collects what the guest sent, [`NetDevice::deliver_rx_frame`] puts one received frame into a
 //! buffer the guest posted. Every frame crosses with the 12-byte `virtio_net_hdr_v1` in front,
@@ -11,10 +11,7 @@
 //! that marks the device broken; it never reaches host memory outside guest RAM.
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
-};
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use vm_memory::{Bytes, GuestMemory};
@@ -219,12 +216,14 @@ impl VirtioDevice for NetDevice {
         1
     }
 
+    /// VIRTIO_NET_F_MTU is not offered: Hermit 0.11 sizes its transmit and receive buffers
+    /// from the configuration's `mtu` field whether or not the feature is negotiated, and
+    /// asserts that every frame is shorter than it, while with the feature it also lets
+    /// smoltcp send frames of exactly that length (a guest panic on the first full-size
+    /// frame). Without the feature smoltcp keeps its 1500-byte frames, and the field (see
+    /// [`NetDevice::new`]) gives room for them with their header.
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_RING_F_EVENT_IDX
-            | 1 << VIRTIO_NET_F_MAC
-            | 1 << VIRTIO_NET_F_MTU
-            | 1 << VIRTIO_NET_F_STATUS
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

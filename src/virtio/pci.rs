@@ -16,10 +16,14 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 const MODERN_DEVICE_BASE: u16 = 0x1040;
 /// The size of BAR 0.
 pub const BAR_SIZE: u64 = 0x4000;
+/// BAR type bits: a prefetchable 64-bit memory BAR (Hermit maps only those).
+const BAR_64_BIT: u32 = 0b1100;
 
 /// BAR 0 offsets of the four regions.
 const COMMON: u64 = 0x0000;
-const COMMON_LEN: u64 = 0x38;
+/// The common configuration of virtio 1.2, with `queue_notify_data` and `queue_reset` at its
+/// end (read as 0: their features are not offered); Hermit refuses a shorter one.
+const COMMON_LEN: u64 = 0x3c;
 const NOTIFY: u64 = 0x1000;
 const NOTIFY_LEN: u64 = 0x1000;
 /// Each queue's notification address is `NOTIFY + queue * NOTIFY_MULTIPLIER`.
@@ -81,6 +85,8 @@ pub struct VirtioPciTransport<D: VirtioDevice> {
     bar_base: u32,
     /// The next read of BAR 0 returns its size mask (the driver wrote all ones).
     bar_sizing: bool,
+    /// The same for BAR 0's upper half (BAR 1).
+    bar_high_sizing: bool,
     command: u16,
     interrupt_line: u8,
     device_feature_select: u32,
@@ -131,6 +137,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             device,
             bar_base: bar_base & !(BAR_SIZE as u32 - 1),
             bar_sizing: false,
+            bar_high_sizing: false,
             command: 0,
             interrupt_line,
             device_feature_select: 0,
@@ -159,6 +166,15 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         &mut self.queues
     }
 
+    /// The device and its queue `index` together (the device moves buffers through it).
+    ///
+    /// # Panics
+    ///
+    /// If the device has no queue `index` (a constant of the caller's device model).
+    pub fn device_and_queue(&mut self, index: u16) -> (&mut D, &mut Queue) {
+        (&mut self.device, &mut self.queues[usize::from(index)])
+    }
+
     /// The features the driver accepted.
     pub fn driver_features(&self) -> u64 {
         self.driver_features
@@ -169,13 +185,12 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         self.device_status
     }
 
-    /// Whether the guest-physical address `address` lies in BAR 0 (while memory decoding is
-    /// on); its offset there.
+    /// Whether the guest-physical address `address` lies in BAR 0; its offset there. The BAR
+    /// decodes whatever the command register says: Hermit never sets its memory-space bit.
     pub fn bar_offset(&self, address: u64) -> Option<u64> {
-        let memory_enabled = self.command & 0b10 != 0;
         address
             .checked_sub(u64::from(self.bar_base))
-            .filter(|offset| memory_enabled && *offset < BAR_SIZE)
+            .filter(|offset| *offset < BAR_SIZE)
     }
 
     /// Marks a queue interrupt (ISR bit 0); the caller raises the interrupt line.
@@ -199,11 +214,21 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             // Revision 1 (modern), class: network controller / Ethernet for a network card.
             0x08 => 1 | class_code(self.device.device_type()) << 8,
             0x0c => 0,
+            // BAR 0 is a prefetchable 64-bit memory BAR (type 0b10 in bits 2:1, bit 3), as
+            // Hermit maps only those; its upper half (BAR 1) is 0: the BAR lies below 4 GiB.
             0x10 => {
-                if std::mem::take(&mut self.bar_sizing) {
+                let address = if std::mem::take(&mut self.bar_sizing) {
                     !(BAR_SIZE as u32 - 1)
                 } else {
                     self.bar_base
+                };
+                address | BAR_64_BIT
+            }
+            0x14 => {
+                if std::mem::take(&mut self.bar_high_sizing) {
+                    u32::MAX
+                } else {
+                    0
                 }
             }
             // Subsystem vendor and id: the virtio device id, as the specification suggests.
@@ -222,6 +247,8 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             0x04 => self.command = (value & 0x0407) as u16,
             0x10 if value == u32::MAX => self.bar_sizing = true,
             0x10 => self.bar_base = value & !(BAR_SIZE as u32 - 1),
+            // The upper half stays 0 (a driver moving the BAR above 4 GiB is not followed).
+            0x14 if value == u32::MAX => self.bar_high_sizing = true,
             0x3c => self.interrupt_line = value as u8,
             _ => {}
         }
@@ -299,7 +326,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         let (desc, avail, used) = queue.map_or((0, 0, 0), |q| {
             (q.desc_table(), q.avail_ring(), q.used_ring())
         });
-        let registers: [(u64, u64, u64); 17] = [
+        let registers: [(u64, u64, u64); 18] = [
             (0x00, 4, u64::from(self.device_feature_select)),
             (0x04, 4, feature_word(self.device_feature_select)),
             (0x08, 4, u64::from(self.driver_feature_select)),
@@ -317,7 +344,8 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             (0x20, 8, desc),
             (0x28, 8, avail),
             (0x30, 8, used),
-            (0x38, 0, 0),
+            (0x38, 2, 0),
+            (0x3a, 2, 0),
         ];
         for (offset, width, value) in registers {
             put(data, at, offset, width, value);
@@ -396,6 +424,12 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         self.device_status = value | (before & status::DEVICE_NEEDS_RESET);
         let ready = status::FEATURES_OK | status::DRIVER_OK;
         if before & status::DRIVER_OK == 0 && self.device_status & ready == ready {
+            // With VIRTIO_RING_F_EVENT_IDX the driver suppresses notifications and interrupts
+            // through the rings' event fields instead of their flags: the queues must know.
+            let event_idx = 1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+            for queue in &mut self.queues {
+                queue.set_event_idx(self.driver_features & event_idx != 0);
+            }
             return BarWrite::Activated;
         }
         BarWrite::None

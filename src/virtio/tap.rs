@@ -131,14 +131,14 @@ impl Tap {
 
     /// Sends one frame (its virtio header first); `WouldBlock` when the interface's queue is
     /// full.
-    pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.file.write(frame).map(|_| ())
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        (&self.file).write(frame).map(|_| ())
     }
 
     /// Receives one frame (its virtio header first) into `buffer`; its length, or `WouldBlock`
     /// when none is waiting.
-    pub fn receive(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buffer)
+    pub fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        (&self.file).read(buffer)
     }
 }
 

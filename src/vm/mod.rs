@@ -93,6 +93,13 @@ pub enum VmError {
     /// GDB killed the guest.
     #[error("the guest was killed by GDB")]
     KilledByDebugger,
+    /// The network backend could not be opened.
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Net(#[from] crate::virtio::tap::TapError),
+    /// The guest's architecture or the hypervisor has no network card yet.
+    #[error("-n/--net: {0:?} guests get no network card yet (x86_64 guests on Linux KVM do)")]
+    NetUnsupported(crate::arch::GuestArch),
 }
 
 /// The message of [`VmError::Setup`]: errors about the image itself name its file.
@@ -110,6 +117,9 @@ pub enum ThreadError {
     /// The GDB server's thread could not be started.
     #[error("cannot start the GDB server thread: {0}")]
     GdbSpawn(std::io::Error),
+    /// The network card's receive thread could not be started.
+    #[error("cannot start the network card's receive thread: {0}")]
+    NetSpawn(std::io::Error),
     /// The thread that creates the hypervisor's VM could not be started.
     #[error("cannot start the VM set-up thread: {0}")]
     SetupSpawn(std::io::Error),
@@ -158,12 +168,59 @@ pub struct Vm<H: Hypervisor> {
     emulation_fallback: bool,
     /// Where the GDB server listens (`-s/--gdb-port`).
     gdb: Option<crate::params::GdbAddress>,
+    /// The network card (`-n/--net`).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    net: Option<NetCard>,
     /// What restricts uhyve's own process before and while the vCPUs run.
     confiner: Confiner,
     /// The image's path, for messages.
     path: PathBuf,
     /// Guest RAM, vCPU 0's registers, and the boot structures still to write.
     guest: PreparedGuest,
+}
+
+/// The network card of a VM: the virtio-net service where uhyve has one (Linux).
+#[cfg(target_os = "linux")]
+pub(crate) type NetCard = crate::virtio::service::NetService;
+/// The network card of a VM: none on this platform yet.
+#[cfg(not(target_os = "linux"))]
+pub(crate) type NetCard = std::convert::Infallible;
+
+/// The network card `config` asks for (`-n/--net`), with its backend opened; `guest` then
+/// announces PCI devices to the kernel.
+fn open_net<H: Hypervisor>(
+    config: &VmConfig,
+    guest: &mut PreparedGuest,
+) -> Result<Option<NetCard>, VmError> {
+    let Some(backend) = &config.net else {
+        return Ok(None);
+    };
+    guest.announce_pci();
+    if H::ARCH != crate::arch::GuestArch::X86_64 || cfg!(not(target_os = "linux")) {
+        return Err(VmError::NetUnsupported(H::ARCH));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let crate::params::NetBackend::Tap(name) = backend;
+        let tap = crate::virtio::tap::Tap::open(name)?;
+        log::info!("network card on TAP interface {}", tap.name());
+        Ok(Some(NetCard::new(tap, local_mac())))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = backend;
+        Err(VmError::NetUnsupported(H::ARCH))
+    }
+}
+
+/// A locally administered unicast MAC address, different for every run.
+#[cfg(target_os = "linux")]
+fn local_mac() -> [u8; 6] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let bytes = hasher.finish().to_le_bytes();
+    [0x02, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]
 }
 
 /// Checks the vCPU count and the affinity list of `config`.
@@ -226,11 +283,12 @@ impl<H: Hypervisor + 'static> Vm<H> {
                 mergeable: config.tuning.same_page_merging,
             },
         };
-        let guest =
+        let mut guest =
             setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {
                 path: config.kernel.clone(),
                 source,
             })?;
+        let net = open_net::<H>(config, &mut guest)?;
         log::info!(
             "loaded {} (entry version {}, interface v{}), entry {:#x}",
             config.kernel.display(),
@@ -264,6 +322,7 @@ impl<H: Hypervisor + 'static> Vm<H> {
             stats: config.stats,
             emulation_fallback: config.emulation_fallback,
             gdb: config.gdb,
+            net,
             confiner,
             path: config.kernel.clone(),
             guest,

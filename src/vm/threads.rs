@@ -23,8 +23,11 @@ use super::{ThreadError, Vm, VmError};
 impl<H: Hypervisor> Vm<H> {
     /// Runs every vCPU on its own thread until the VM stops: the first vCPU's end (or a stop
     /// signal) is the result; the statistics if they were asked for.
+    ///
+    /// The GDB server's socket is bound before the confinement; the file restriction comes
+    /// before the vCPU threads, which inherit it from the thread that spawns them. After that the
+    /// main thread only waits, writes the boot info and kicks.
     pub(super) fn run_vcpus(&self) -> (Result<GuestExit, VmError>, Option<RunStats>) {
-        // Before the confinement: the GDB server's socket.
         let listener = match self.gdb_listener() {
             Ok(listener) => listener,
             Err(error) => return (Err(error), None),
@@ -40,6 +43,7 @@ impl<H: Hypervisor> Vm<H> {
         let debugger = (listener.as_ref())
             .map(|_| Debugger::new(self.cpu_count, H::ARCH, &self.guest.mem, &kick_all, bias));
         let killed = AtomicBool::new(false);
+        let device_interrupt = || self.raise_device_interrupt();
         let shared = SharedVcpuState {
             services: ExitServices {
                 mem: &self.guest.mem,
@@ -47,10 +51,11 @@ impl<H: Hypervisor> Vm<H> {
                 fallback: EmulationFallback::new(self.emulation_fallback),
                 stop: AtomicBool::new(false),
                 debugger: debugger.as_ref(),
+                devices: self.pci_devices(),
+                device_interrupt: &device_interrupt,
             },
             kicks: &kicks,
         };
-        // The vCPU threads inherit the restriction of the thread that spawns them.
         if let Err(error) = self.confiner.restrict_files() {
             return (Err(error.into()), None);
         }
@@ -75,13 +80,12 @@ impl<H: Hypervisor> Vm<H> {
                 }
             }
             drop(reports);
-            if let (Some(listener), Some(debugger)) = (&listener, &debugger)
-                && let Err(error) = spawn_gdb(scope, listener, debugger, &shared, &killed)
+            let gdb = (&listener, &debugger);
+            if let Err(error) = self.spawn_helpers(scope, &device_interrupt, gdb, &shared, &killed)
             {
                 supervisor.end_with(Err(error.into()));
                 shared.stop_all();
             }
-            // From here on the main thread only waits, writes the boot info and kicks.
             if let Err(error) = self.confiner.restrict_syscalls(ThreadRole::Main) {
                 supervisor.end_with(Err(error.into()));
             }
@@ -95,6 +99,7 @@ impl<H: Hypervisor> Vm<H> {
             }
             gate.open(supervisor.first_end.is_none());
             supervisor.wait_until_finished(&inbox, &shared);
+            self.stop_net_receiver();
         });
         let stats = self.stats.then(|| supervisor.stats());
         if killed.load(Ordering::SeqCst) {
@@ -105,6 +110,72 @@ impl<H: Hypervisor> Vm<H> {
 }
 
 impl<H: Hypervisor> Vm<H> {
+    /// The PCI devices the exit loops serve (the network card), if any.
+    fn pci_devices(&self) -> Option<&dyn crate::virtio::PciDevices> {
+        #[cfg(target_os = "linux")]
+        return self
+            .net
+            .as_ref()
+            .map(|net| net as &dyn crate::virtio::PciDevices);
+        #[cfg(not(target_os = "linux"))]
+        return None;
+    }
+
+    /// Raises the network card's interrupt: a message-signalled interrupt straight to the boot
+    /// CPU's local APIC at vector 0x20 + the card's line, where the kernel's handler for that
+    /// line sits (Hermit does not program the I/O APIC on uhyve).
+    fn raise_device_interrupt(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            const LOCAL_APIC_MSI: u64 = 0xfee0_0000;
+            let vector = 0x20 + u32::from(crate::virtio::service::INTERRUPT_LINE);
+            if let Err(error) = self.hypervisor.signal_msi(LOCAL_APIC_MSI, vector) {
+                log::debug!("network card interrupt: {error}");
+            }
+        }
+    }
+
+    /// Starts the helper threads: the network card's receiver and the GDB server.
+    fn spawn_helpers<'scope, 'env, K: VcpuKick>(
+        &'env self,
+        scope: &'scope thread::Scope<'scope, 'env>,
+        interrupt: &'env (dyn Fn() + Sync),
+        gdb: (&'env Option<TcpListener>, &'env Option<Debugger<'env>>),
+        shared: &'env SharedVcpuState<'env, K>,
+        killed: &'env AtomicBool,
+    ) -> Result<(), ThreadError> {
+        self.spawn_net_receiver(scope, interrupt)?;
+        if let (Some(listener), Some(debugger)) = gdb {
+            spawn_gdb(scope, listener, debugger, shared, killed)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the network card's receive thread.
+    fn spawn_net_receiver<'scope, 'env>(
+        &'env self,
+        scope: &'scope thread::Scope<'scope, 'env>,
+        interrupt: &'env (dyn Fn() + Sync),
+    ) -> Result<(), ThreadError> {
+        #[cfg(target_os = "linux")]
+        if let Some(net) = &self.net {
+            let mem = self.guest.mem.as_vm_memory();
+            thread::Builder::new()
+                .name("net-rx".into())
+                .spawn_scoped(scope, move || net.run_receiver(mem, interrupt))
+                .map_err(ThreadError::NetSpawn)?;
+        }
+        let _ = (scope, interrupt);
+        Ok(())
+    }
+
+    fn stop_net_receiver(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(net) = &self.net {
+            net.stop();
+        }
+    }
+
     /// The GDB server's socket, if `-s/--gdb-port` asked for one.
     fn gdb_listener(&self) -> Result<Option<TcpListener>, VmError> {
         self.gdb

@@ -236,6 +236,20 @@ impl Hypervisor for KvmVm {
     type Kick = KvmKick;
     const RUN_IOCTLS: &'static [u64] = &vcpu::RUN_IOCTLS;
 
+    fn signal_msi(&self, address: u64, data: u32) -> Result<(), HypervisorError> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(ioctl_error("KVM_SIGNAL_MSI"))
+            .map_err(|e| HypervisorError::Backend(Box::new(e)))
+    }
+
     /// Registers `mem` as the VM's RAM (memory slot 0).
     unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError> {
         let region = kvm_userspace_memory_region {

@@ -104,7 +104,7 @@ const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 /// Every ioctl a vCPU issues after its creation: `KVM_RUN` and what the exit handling, the
 /// emulation fallback (`X86Vcpu`) and crash reports read and write. The seccomp allowlist of the
 /// run phase allows exactly these; a new vCPU call at run time must be added here.
-pub(super) const RUN_IOCTLS: [u64; 13] = {
+pub(super) const RUN_IOCTLS: [u64; 14] = {
     use kvm_bindings::{
         kvm_guest_debug, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
     };
@@ -123,6 +123,8 @@ pub(super) const RUN_IOCTLS: [u64; 13] = {
         kvm_ioctl(IOC_READ, 0xa6, size_of::<kvm_xcrs>()),             // KVM_GET_XCRS
         kvm_ioctl(IOC_WRITE, 0xa7, size_of::<kvm_xcrs>()),            // KVM_SET_XCRS
         kvm_ioctl(IOC_WRITE, 0x9b, size_of::<kvm_guest_debug>()),     // KVM_SET_GUEST_DEBUG
+        // A VM ioctl: the network card's interrupt after a transmission (virtio::service).
+        kvm_ioctl(IOC_WRITE, 0xa5, size_of::<kvm_bindings::kvm_msi>()), // KVM_SIGNAL_MSI
     ]
 };
 
@@ -530,6 +532,22 @@ impl VirtualCpu for KvmCpu {
         self.complete_port_in(value as u32)
     }
 
+    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_MMIO {
+            return Err(VcpuError::Unexpected {
+                operation: "complete MMIO read",
+                detail: "the last exit was not a memory access".into(),
+            });
+        }
+        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the `mmio` member of the union is the
+        // valid one; KVM copies its `data` into the load's destination on the next KVM_RUN.
+        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+        let len = (mmio.len as usize).min(mmio.data.len());
+        mmio.data[..len].copy_from_slice(&value.to_le_bytes()[..len]);
+        Ok(())
+    }
+
     fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {
         let sregs = self
             .fd
@@ -828,6 +846,7 @@ mod tests {
                 0x8188_aea6,
                 0x4188_aea7,
                 0x4048_ae9b,
+                0x4020_aea5,
             ]
         );
     }

@@ -33,22 +33,28 @@ fn the_device_identifies_as_a_modern_virtio_network_card() {
 }
 
 #[test]
-fn bar_0_sizes_like_a_16_kib_memory_bar_and_decodes_only_when_enabled() {
+fn bar_0_sizes_like_a_16_kib_memory_bar() {
     let mut t = transport();
     t.config_write(0x10, u32::MAX);
-    assert_eq!(t.config_read(0x10), 0xffff_c000);
-    assert_eq!(t.config_read(0x10), BASE, "the size mask is read once");
     assert_eq!(
-        t.bar_offset(u64::from(BASE) + 0x10),
-        None,
-        "memory decoding off"
+        t.config_read(0x10),
+        0xffff_c00c,
+        "size mask, prefetchable 64-bit memory BAR"
     );
+    assert_eq!(
+        t.config_read(0x10),
+        BASE | 0xc,
+        "the size mask is read once"
+    );
+    t.config_write(0x14, u32::MAX);
+    assert_eq!(t.config_read(0x14), u32::MAX, "upper half: below 4 GiB");
+    assert_eq!(t.config_read(0x14), 0);
     t.config_write(0x04, 0b10);
     assert_eq!(t.bar_offset(u64::from(BASE) + 0x10), Some(0x10));
     assert_eq!(t.bar_offset(u64::from(BASE) + BAR_SIZE), None);
     assert_eq!(t.bar_offset(u64::from(BASE) - 1), None);
     t.config_write(0x10, 0xd000_1234);
-    assert_eq!(t.config_read(0x10), 0xd000_0000, "aligned to the BAR size");
+    assert_eq!(t.config_read(0x10), 0xd000_000c, "aligned to the BAR size");
 }
 
 #[test]
@@ -71,7 +77,7 @@ fn the_capability_list_names_the_four_regions() {
     assert_eq!(
         found,
         vec![
-            (1, 0x0000, 0x38),
+            (1, 0x0000, 0x3c),
             (2, 0x1000, 0x1000),
             (3, 0x2000, 4),
             (4, 0x3000, 0x1000),
@@ -135,6 +141,11 @@ fn a_driver_initialises_the_device_and_notifies_its_queues() {
     );
     let queue = &t.queues_mut()[1];
     assert_eq!((queue.size(), queue.ready()), (64, true));
+    assert_eq!(
+        queue.event_idx_enabled(),
+        t.driver_features() & 1 << 29 != 0,
+        "event indexes as negotiated"
+    );
     // Frozen now.
     write(&mut t, 0x18, 8, 2);
     assert_eq!(read(&mut t, 0x18, 2), 64);

@@ -1,0 +1,297 @@
+//! The network card of a running VM: its PCI transport, its host backend and the interrupt that
+//! tells the guest about used buffers. The vCPU threads reach it through PCI configuration
+//! accesses (ports 0xCF8/0xCFC, device 00:01.0) and BAR 0 accesses; a queue notification of the
+//! transmit queue sends the guest's frames right there, on the notifying vCPU's thread. Frames
+//! from the host arrive on a receive thread of their own ([`NetService::run_receiver`]), which
+//! polls the backend and the guest's receive notifications.
+//!
+//! A chain the device cannot use marks the device broken (DEVICE_NEEDS_RESET): the guest loses
+//! its network, uhyve and the other guest activity go on.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::PciDevices;
+use super::net::{MAX_FRAME_LEN, NetCounters, NetDevice, RX_QUEUE, TX_QUEUE};
+use super::pci::{BarWrite, VirtioPciTransport, status};
+use super::tap::Tap;
+use virtio_queue::QueueT;
+
+/// The legacy interrupt line the card reports; the guest's handler runs at vector 0x20 + line.
+pub const INTERRUPT_LINE: u8 = 11;
+/// Where BAR 0 lies: in the hole below 4 GiB that uhyve keeps free of RAM.
+pub const BAR_BASE: u32 = 0xfe00_0000;
+/// The card's PCI slot on bus 0.
+const SLOT: u32 = 1;
+/// How long the receive thread sleeps in `poll` before it looks at the stop flag again.
+const RECEIVE_POLL: Duration = Duration::from_millis(50);
+
+/// What raises the card's interrupt in the guest.
+pub type Interrupt<'a> = &'a (dyn Fn() + Sync);
+
+/// The network card of one VM.
+pub struct NetService {
+    transport: Mutex<VirtioPciTransport<NetDevice>>,
+    tap: Tap,
+    /// The guest posted receive buffers since the receive thread last looked.
+    rx_posted: Mutex<bool>,
+    rx_wake: Condvar,
+    stop: AtomicBool,
+}
+
+/// The PCI configuration address (port 0xCF8) of the card's dword `register`, if `address`
+/// names the card (enable bit set, bus 0, slot 1, function 0).
+fn card_register(address: u32) -> Option<u8> {
+    let enabled = address & 1 << 31 != 0;
+    let bus = (address >> 16) & 0xff;
+    let slot = (address >> 11) & 0x1f;
+    let function = (address >> 8) & 0x7;
+    (enabled && bus == 0 && slot == SLOT && function == 0).then_some((address & 0xfc) as u8)
+}
+
+impl NetService {
+    /// The card with address `mac`, backed by `tap`.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        // The configuration's `mtu`: a full Ethernet frame and its virtio header (see
+        // NetDevice::features).
+        let device = NetDevice::new(mac, 1526);
+        Self {
+            transport: Mutex::new(VirtioPciTransport::new(device, BAR_BASE, INTERRUPT_LINE)),
+            tap,
+            rx_posted: Mutex::new(false),
+            rx_wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn transport(&self) -> MutexGuard<'_, VirtioPciTransport<NetDevice>> {
+        self.transport.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The frames and bytes moved so far.
+    pub fn counters(&self) -> NetCounters {
+        self.transport().device().counters
+    }
+
+    fn running(transport: &VirtioPciTransport<NetDevice>) -> bool {
+        let status = transport.device_status();
+        status & status::DRIVER_OK != 0 && status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// Sends what the guest posted on the transmit queue.
+    fn transmit(
+        &self,
+        transport: &mut VirtioPciTransport<NetDevice>,
+        mem: &GuestMemoryMmap,
+        interrupt: Interrupt<'_>,
+    ) {
+        if !Self::running(transport) {
+            return;
+        }
+        let mut frames = Vec::new();
+        let (device, queue) = transport.device_and_queue(TX_QUEUE);
+        let result = device.take_tx_frames(queue, mem, &mut frames);
+        for frame in &frames {
+            // A full interface queue drops the frame, as a congested link would.
+            if let Err(error) = self.tap.send(frame) {
+                log::debug!("network card: frame not sent: {error}");
+            }
+        }
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                transport.signal_used_queue();
+                interrupt();
+            }
+            Err(error) => {
+                log::warn!("network card broken by the guest: {error}");
+                transport.set_needs_reset();
+                interrupt();
+            }
+        }
+    }
+
+    fn wake_receiver(&self) {
+        *self.rx_posted.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.rx_wake.notify_all();
+    }
+
+    /// Stops [`NetService::run_receiver`].
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake_receiver();
+    }
+
+    /// The receive thread: moves frames from the backend into the guest's receive buffers
+    /// until [`NetService::stop`].
+    pub fn run_receiver(&self, mem: &GuestMemoryMmap, interrupt: Interrupt<'_>) {
+        let mut frame = vec![0u8; MAX_FRAME_LEN];
+        // A frame read from the backend that found no guest buffer yet.
+        let mut waiting: Option<usize> = None;
+        while !self.stop.load(Ordering::SeqCst) {
+            let len = match waiting.take() {
+                Some(len) => len,
+                None => match self.receive(&mut frame) {
+                    Some(len) => len,
+                    None => continue,
+                },
+            };
+            let mut transport = self.transport();
+            if !Self::running(&transport) {
+                // No driver yet: the frame is dropped, as a link without a receiver drops it.
+                continue;
+            }
+            let (device, queue) = transport.device_and_queue(RX_QUEUE);
+            match device.deliver_rx_frame(queue, mem, &frame[..len]) {
+                Ok(Some(wanted)) => {
+                    if wanted {
+                        transport.signal_used_queue();
+                        drop(transport);
+                        interrupt();
+                    }
+                }
+                Ok(None) => {
+                    drop(transport);
+                    waiting = Some(len);
+                    self.wait_for_buffers();
+                }
+                Err(error) => {
+                    log::warn!("network card broken by the guest: {error}");
+                    transport.set_needs_reset();
+                    drop(transport);
+                    interrupt();
+                }
+            }
+        }
+    }
+
+    /// One frame from the backend, waiting up to [`RECEIVE_POLL`] for it.
+    fn receive(&self, frame: &mut [u8]) -> Option<usize> {
+        match self.tap.receive(frame) {
+            Ok(len) => return Some(len),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                log::warn!("network card: receiving from {}: {error}", self.tap.name());
+                std::thread::sleep(RECEIVE_POLL);
+                return None;
+            }
+        }
+        let mut poll = libc::pollfd {
+            fd: self.tap.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        unsafe { libc::poll(&mut poll, 1, RECEIVE_POLL.as_millis() as libc::c_int) };
+        None
+    }
+
+    /// Waits until the guest posts receive buffers (or the service stops).
+    fn wait_for_buffers(&self) {
+        let mut posted = self.rx_posted.lock().unwrap_or_else(|p| p.into_inner());
+        if !*posted && !self.stop.load(Ordering::SeqCst) {
+            posted = self
+                .rx_wake
+                .wait_timeout(posted, RECEIVE_POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *posted = false;
+    }
+}
+
+impl PciDevices for NetService {
+    /// A PCI configuration read through port 0xCFC (+ `byte` for a narrower access) with the
+    /// address `address` latched at 0xCF8; `None` if it is not the card's.
+    fn config_read(&self, address: u32, byte: u8, size: u8) -> Option<u32> {
+        let register = card_register(address)?;
+        let dword = self.transport().config_read(register);
+        let shifted = dword >> (8 * u32::from(byte & 3));
+        Some(match size {
+            1 => shifted & 0xff,
+            2 => shifted & 0xffff,
+            _ => shifted,
+        })
+    }
+
+    /// A PCI configuration write through port 0xCFC; ignored unless it is the card's.
+    fn config_write(&self, address: u32, byte: u8, size: u8, value: u32) {
+        let Some(register) = card_register(address) else {
+            return;
+        };
+        let mut transport = self.transport();
+        let value = if size >= 4 {
+            value
+        } else {
+            // A narrower write changes only its bytes of the dword.
+            let shift = 8 * u32::from(byte & 3);
+            let mask = (if size == 1 { 0xff } else { 0xffff }) << shift;
+            let old = transport.config_read(register);
+            (old & !mask) | ((value << shift) & mask)
+        };
+        transport.config_write(register, value);
+    }
+
+    /// A read of `size` bytes at guest-physical `address`, if it lies in the card's BAR.
+    fn mmio_read(&self, address: u64, size: u8) -> Option<u64> {
+        let mut transport = self.transport();
+        let offset = transport.bar_offset(address)?;
+        let mut data = [0u8; 8];
+        transport.bar_read(offset, &mut data[..usize::from(size.min(8))]);
+        Some(u64::from_le_bytes(data))
+    }
+
+    /// A write at guest-physical `address`; `false` if it is not in the card's BAR.
+    fn mmio_write(
+        &self,
+        mem: &GuestMemoryMmap,
+        address: u64,
+        size: u8,
+        value: u64,
+        interrupt: &(dyn Fn() + Sync),
+    ) -> bool {
+        let mut transport = self.transport();
+        let Some(offset) = transport.bar_offset(address) else {
+            return false;
+        };
+        let bytes = value.to_le_bytes();
+        match transport.bar_write(offset, &bytes[..usize::from(size.min(8))]) {
+            BarWrite::QueueNotify(TX_QUEUE) => self.transmit(&mut transport, mem, interrupt),
+            BarWrite::QueueNotify(_) => self.wake_receiver(),
+            BarWrite::Activated => {
+                let valid = transport.queues_mut().iter().all(|q| q.is_valid(mem));
+                if !valid {
+                    log::warn!("network card: the guest activated queues outside RAM");
+                    transport.set_needs_reset();
+                    drop(transport);
+                    interrupt();
+                    return true;
+                }
+                drop(transport);
+                self.wake_receiver();
+            }
+            BarWrite::Reset | BarWrite::None => {}
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bus_0_slot_1_function_0_is_the_card() {
+        assert_eq!(card_register(0x8000_0800), Some(0));
+        assert_eq!(card_register(0x8000_083c), Some(0x3c));
+        assert_eq!(card_register(0x8000_083f), Some(0x3c));
+        assert_eq!(card_register(0x0000_0800), None, "enable bit clear");
+        assert_eq!(card_register(0x8000_0000), None, "slot 0");
+        assert_eq!(card_register(0x8001_0800), None, "bus 1");
+        assert_eq!(card_register(0x8000_0900), None, "function 1");
+    }
+}
