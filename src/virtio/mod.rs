@@ -3,9 +3,8 @@
 //! [`net`]). The split virtqueues themselves are rust-vmm's `virtio-queue` crate, which reads
 //! the guest's rings through `vm-memory` with every address and chain checked.
 //!
-//! Work in progress (issue 17): the transport, the device model and the TAP backend ([`tap`],
-//! Linux) are here and tested; the passt backend, the I/O thread and the interrupt path are not
-//! wired into a running VM yet.
+//! On Linux, [`service`] runs the card in a VM over a TAP interface ([`tap`]); see
+//! docs/networking.md for what is still missing (the rootless passt backend, aarch64).
 
 pub mod net;
 pub mod pci;
