@@ -15,10 +15,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::children::{Captured, free_port, wait_deadline};
 use common::{UHYVE_BIN, Uhyve, guest, kvm_or_skip, real_image};
 
 /// The exit code of tests/guests/gdb_target.c.
@@ -46,69 +46,6 @@ fn gdb_or_skip(name: &str) -> bool {
         eprintln!("skipping {name}: `gdb` is not installed");
     }
     found
-}
-
-/// A port nobody listens on right now (the kernel's choice for port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// Output of a child, collected by a thread while it runs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<String>>);
-
-impl Captured {
-    fn spawn(pipe: impl Read + Send + 'static) -> (Self, JoinHandle<()>) {
-        let captured = Self::default();
-        let sink = captured.clone();
-        let handle = thread::spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                sink.0
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&line));
-                line.clear();
-            }
-        });
-        (captured, handle)
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Waits until the text contains `needle`; false after `timeout`.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.text().contains(needle) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-/// Waits for `child` until `timeout`; kills it then and returns None.
-fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for a child") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A uhyve process waiting for (or serving) GDB.

@@ -11,14 +11,16 @@
 //! its own emulated machine, one at a time.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+
+use common::children::{Captured, free_port, wait_deadline};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The exit code of tests/guests/gdb_target.c.
 const TARGET_EXIT: i32 = 7;
@@ -54,72 +56,6 @@ fn setup_or_skip(name: &str) -> Option<(PathBuf, PathBuf)> {
     }
     eprintln!("skipping {name}: {why}");
     None
-}
-
-/// A host port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// Output of a child, collected by a thread while it runs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<String>>);
-
-impl Captured {
-    fn spawn(pipe: impl Read + Send + 'static) -> (Self, JoinHandle<()>) {
-        let captured = Self::default();
-        let sink = captured.clone();
-        let handle = thread::spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                sink.0
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&line));
-                line.clear();
-            }
-        });
-        (captured, handle)
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.text().contains(needle) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-/// Waits for `child` until `timeout`; kills it (and its process group, which a machine leads:
-/// QEMU must not outlive its script) then and returns None.
-fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for a child") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            // SAFETY: kill(2) of the process group this test's child leads (or of the child
-            // alone, for a child without its own group, where the call fails harmlessly).
-            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// How the machine ended: the status of uhyve in it and everything it printed.

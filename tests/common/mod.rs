@@ -6,6 +6,8 @@
 // Each integration-test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod children;
+
 pub mod sandbox;
 pub mod v2;
 
