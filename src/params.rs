@@ -42,9 +42,17 @@ pub enum ParamsError {
     SeccompMode(String),
     /// A malformed `-n/--net`.
     #[error(
-        "invalid network backend '{0}': expected tap:NAME (an interface name of 1 to 15 bytes)"
+        "invalid network backend '{0}': expected tap:NAME (an interface name of 1 to 15 bytes), \
+         user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]... or passt:SOCKET"
     )]
     NetSyntax(String),
+    /// A `hostfwd=` rule of `--net user` that does not parse.
+    #[error(
+        "invalid port forwarding '{0}': expected hostfwd=PROTOCOL:[HOSTADDR]:HOSTPORT-:GUESTPORT \
+         with PROTOCOL tcp or udp, e.g. hostfwd=tcp:127.0.0.1:8080-:80 (the guest address stays \
+         empty: passt forwards to the guest's own address)"
+    )]
+    PortForwardSyntax(String),
     /// An unknown `--io-mode`.
     #[error(
         "invalid I/O mode '{0}': expected 'default', 'host=direct', 'host=sync' or 'host=direct,sync'"
@@ -551,19 +559,98 @@ pub struct VmConfig {
 pub enum NetBackend {
     /// A TAP interface (`tap:NAME`), attached to if it exists, created where permitted.
     Tap(String),
+    /// Rootless networking through a `passt` process that uhyve starts (`user`), with the
+    /// host ports it forwards to the guest.
+    User(Vec<PortForward>),
+    /// A `passt` that is already running, reached through its UNIX socket (`passt:SOCKET`).
+    Passt(PathBuf),
+}
+
+/// The transport protocol of a [`PortForward`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardProtocol {
+    /// TCP connections.
+    Tcp,
+    /// UDP datagrams.
+    Udp,
+}
+
+/// One host port forwarded to the guest by `--net user` (`hostfwd=tcp:127.0.0.1:8080-:80`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    /// TCP or UDP.
+    pub protocol: ForwardProtocol,
+    /// The host address the port is bound to; every address when `None`.
+    pub host_address: Option<std::net::IpAddr>,
+    /// The port on the host.
+    pub host_port: u16,
+    /// The port in the guest.
+    pub guest_port: u16,
+}
+
+impl FromStr for PortForward {
+    type Err = ParamsError;
+
+    /// Parses QEMU's form `PROTOCOL:[HOSTADDR]:HOSTPORT-[:]GUESTPORT`; an IPv6 host address
+    /// goes in brackets.
+    fn from_str(rule: &str) -> Result<Self, Self::Err> {
+        let bad = || ParamsError::PortForwardSyntax(rule.to_string());
+        let (protocol, rest) = rule.split_once(':').ok_or_else(bad)?;
+        let protocol = match protocol {
+            "tcp" => ForwardProtocol::Tcp,
+            "udp" => ForwardProtocol::Udp,
+            _ => return Err(bad()),
+        };
+        let (host, guest) = rest.split_once('-').ok_or_else(bad)?;
+        let (host_address, host_port) = host.rsplit_once(':').ok_or_else(bad)?;
+        let host_address = match host_address {
+            "" => None,
+            text => {
+                let text = text
+                    .strip_prefix('[')
+                    .and_then(|t| t.strip_suffix(']'))
+                    .unwrap_or(text);
+                Some(text.parse().map_err(|_| bad())?)
+            }
+        };
+        let guest_port = guest.strip_prefix(':').unwrap_or(guest);
+        let port = |text: &str| text.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad);
+        Ok(Self {
+            protocol,
+            host_address,
+            host_port: port(host_port)?,
+            guest_port: port(guest_port)?,
+        })
+    }
 }
 
 impl FromStr for NetBackend {
     type Err = ParamsError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || ParamsError::NetSyntax(text.to_string());
+        if let Some(options) = text.strip_prefix("user") {
+            if !options.is_empty() && !options.starts_with(',') {
+                return Err(bad());
+            }
+            return options
+                .split(',')
+                .skip(1)
+                .map(|option| match option.split_once('=') {
+                    Some(("hostfwd", rule)) => rule.parse(),
+                    _ => Err(bad()),
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::User);
+        }
         match text.split_once(':') {
             Some(("tap", name))
                 if !name.is_empty() && name.len() < 16 && !name.contains(['/', '\0']) =>
             {
                 Ok(Self::Tap(name.to_string()))
             }
-            _ => Err(ParamsError::NetSyntax(text.to_string())),
+            Some(("passt", path)) if !path.is_empty() => Ok(Self::Passt(PathBuf::from(path))),
+            _ => Err(bad()),
         }
     }
 }
@@ -575,10 +662,18 @@ mod tests {
     #[test]
     fn net_backends_parse_upstreams_form() {
         assert_eq!("tap:tap0".parse(), Ok(NetBackend::Tap("tap0".into())));
+        assert_eq!("user".parse(), Ok(NetBackend::User(Vec::new())));
+        assert_eq!(
+            "passt:/tmp/passt_1.socket".parse(),
+            Ok(NetBackend::Passt("/tmp/passt_1.socket".into()))
+        );
         for bad in [
             "tap:",
             "tap",
-            "user",
+            "passt:",
+            "users",
+            "user,",
+            "user,restrict=on",
             "tap:a/b",
             "tap:a-name-far-too-long",
             "vde:x",
@@ -586,6 +681,41 @@ mod tests {
             assert_eq!(
                 bad.parse::<NetBackend>(),
                 Err(ParamsError::NetSyntax(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_networking_takes_qemus_hostfwd_rules() {
+        let forward = |protocol, host_address: Option<&str>, host_port, guest_port| PortForward {
+            protocol,
+            host_address: host_address.map(|a| a.parse().unwrap()),
+            host_port,
+            guest_port,
+        };
+        assert_eq!(
+            "user,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp::5353-53,hostfwd=tcp:[::1]:2222-:22"
+                .parse(),
+            Ok(NetBackend::User(vec![
+                forward(ForwardProtocol::Tcp, Some("127.0.0.1"), 8080, 80),
+                forward(ForwardProtocol::Udp, None, 5353, 53),
+                forward(ForwardProtocol::Tcp, Some("::1"), 2222, 22),
+            ]))
+        );
+        for bad in [
+            "tcp:127.0.0.1:8080",
+            "sctp::80-:80",
+            "tcp::0-:80",
+            "tcp::80-:0",
+            "tcp::65536-:80",
+            "tcp:localhost:80-:80",
+            "tcp::80-10.0.2.15:80",
+            "tcp:80-:80",
+        ] {
+            assert_eq!(
+                format!("user,hostfwd={bad}").parse::<NetBackend>(),
+                Err(ParamsError::PortForwardSyntax(bad.into())),
                 "{bad}"
             );
         }

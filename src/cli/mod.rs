@@ -94,10 +94,17 @@ pub struct Args {
     )]
     pub gdb_port: Option<GdbAddress>,
 
-    /// Give the guest a virtio network card backed by this TAP interface (tap:NAME; x86_64
-    /// guests on Linux KVM). An existing interface is used; a missing one is created where
-    /// uhyve may (CAP_NET_ADMIN)
-    #[arg(short = 'n', long, value_name = "tap:NAME", value_parser = utf8(parse_net))]
+    /// Give the guest a virtio network card (x86_64 guests on Linux KVM) connected to: a TAP
+    /// interface (tap:NAME; an existing one is used, a missing one is created where uhyve may,
+    /// CAP_NET_ADMIN), rootless user networking through passt, which uhyve starts
+    /// (user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]..., udp too), or a running passt's
+    /// socket (passt:SOCKET)
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "tap:NAME|user[,hostfwd=…]|passt:SOCKET",
+        value_parser = utf8(parse_net)
+    )]
     pub net: Option<NetBackend>,
 
     /// Read settings from this TOML file (upstream uhyve's schema) instead of ./uhyve.toml or

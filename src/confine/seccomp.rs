@@ -66,6 +66,8 @@ pub enum Arguments {
     FcntlCommand,
     /// A thread group id (argument 0) that is this process.
     ThisProcess,
+    /// No destination address (argument 4 is NULL): only a socket's own connected peer.
+    ConnectedPeer,
 }
 
 /// One allowed system call.
@@ -95,7 +97,7 @@ const fn allow(
     }
 }
 
-use Arguments::{Any, BackendIoctl, FcntlCommand, NotExecutable, ThisProcess};
+use Arguments::{Any, BackendIoctl, ConnectedPeer, FcntlCommand, NotExecutable, ThisProcess};
 
 /// The system calls of the run phase (the same list in `docs/security.md`).
 #[rustfmt::skip]
@@ -151,6 +153,8 @@ pub const ALLOWLIST: &[Allowed] = &[
     #[cfg(target_arch = "x86_64")]
     allow(libc::SYS_poll, "poll", Any, "waiting for a console reader that can block (pipe, terminal)"),
     allow(libc::SYS_getrandom, "getrandom", Any, "std's hash-map keys on a thread's first map"),
+    // The network card.
+    allow(libc::SYS_sendto, "sendto", ConnectedPeer, "the network card's frames to passt (std's send with MSG_NOSIGNAL on the connected socket pair)"),
 ];
 
 /// The `fcntl` commands allowed (std's descriptor flags and duplication, the sandbox's locks).
@@ -207,6 +211,7 @@ fn rules_for(
         Arguments::BackendIoctl => one_of(1, ioctls.iter().map(|&n| n & 0xffff_ffff).collect()),
         Arguments::FcntlCommand => one_of(1, FCNTL_COMMANDS.iter().map(|&c| c as u64).collect()),
         Arguments::ThisProcess => one_of(0, vec![u64::from(pid)]),
+        Arguments::ConnectedPeer => one_of(4, vec![0]),
     }
 }
 

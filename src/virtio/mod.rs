@@ -3,10 +3,15 @@
 //! [`net`]). The split virtqueues themselves are rust-vmm's `virtio-queue` crate, which reads
 //! the guest's rings through `vm-memory` with every address and chain checked.
 //!
-//! On Linux, [`service`] runs the card in a VM over a TAP interface ([`tap`]); see
-//! docs/networking.md for what is still missing (the rootless passt backend, aarch64).
+//! On Linux, [`service`] runs the card in a VM over a TAP interface ([`tap`]) or a passt
+//! process ([`passt`]), either one a [`link::HostLink`]; see docs/networking.md for what is
+//! still missing (aarch64, the Hypervisor.framework backend).
 
+#[cfg(target_os = "linux")]
+pub mod link;
 pub mod net;
+#[cfg(target_os = "linux")]
+pub mod passt;
 pub mod pci;
 #[cfg(target_os = "linux")]
 pub mod service;

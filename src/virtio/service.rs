@@ -16,9 +16,9 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 use super::PciDevices;
+use super::link::{HostLink, Received};
 use super::net::{MAX_FRAME_LEN, NetCounters, NetDevice, RX_QUEUE, TX_QUEUE};
 use super::pci::{BarWrite, VirtioPciTransport, status};
-use super::tap::Tap;
 use virtio_queue::QueueT;
 
 /// The legacy interrupt line the card reports; the guest's handler runs at vector 0x20 + line.
@@ -36,7 +36,7 @@ pub type Interrupt<'a> = &'a (dyn Fn() + Sync);
 /// The network card of one VM.
 pub struct NetService {
     transport: Mutex<VirtioPciTransport<NetDevice>>,
-    tap: Tap,
+    link: HostLink,
     /// The guest posted receive buffers since the receive thread last looked.
     rx_posted: Mutex<bool>,
     rx_wake: Condvar,
@@ -54,14 +54,14 @@ fn card_register(address: u32) -> Option<u8> {
 }
 
 impl NetService {
-    /// The card with address `mac`, backed by `tap`.
-    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+    /// The card with address `mac`, connected to `link`.
+    pub fn new(link: HostLink, mac: [u8; 6]) -> Self {
         // The configuration's `mtu`: a full Ethernet frame and its virtio header (see
         // NetDevice::features).
         let device = NetDevice::new(mac, 1526);
         Self {
             transport: Mutex::new(VirtioPciTransport::new(device, BAR_BASE, INTERRUPT_LINE)),
-            tap,
+            link,
             rx_posted: Mutex::new(false),
             rx_wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -97,7 +97,7 @@ impl NetService {
         let result = device.take_tx_frames(queue, mem, &mut frames);
         for frame in &frames {
             // A full interface queue drops the frame, as a congested link would.
-            if let Err(error) = self.tap.send(frame) {
+            if let Err(error) = self.link.send(frame) {
                 log::debug!("network card: frame not sent: {error}");
             }
         }
@@ -136,8 +136,15 @@ impl NetService {
             let len = match waiting.take() {
                 Some(len) => len,
                 None => match self.receive(&mut frame) {
-                    Some(len) => len,
-                    None => continue,
+                    Received::Frame(len) => len,
+                    Received::Nothing => continue,
+                    Received::Gone(reason) => {
+                        log::error!(
+                            "network card: {} has gone ({reason}): the guest's network is down",
+                            self.link.description()
+                        );
+                        return;
+                    }
                 },
             };
             let mut transport = self.transport();
@@ -170,24 +177,19 @@ impl NetService {
     }
 
     /// One frame from the backend, waiting up to [`RECEIVE_POLL`] for it.
-    fn receive(&self, frame: &mut [u8]) -> Option<usize> {
-        match self.tap.receive(frame) {
-            Ok(len) => return Some(len),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => {
-                log::warn!("network card: receiving from {}: {error}", self.tap.name());
-                std::thread::sleep(RECEIVE_POLL);
-                return None;
-            }
+    fn receive(&self, frame: &mut [u8]) -> Received {
+        let received = self.link.receive(frame);
+        if received != Received::Nothing {
+            return received;
         }
         let mut poll = libc::pollfd {
-            fd: self.tap.as_raw_fd(),
+            fd: self.link.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: one valid pollfd, for the duration of the call.
         unsafe { libc::poll(&mut poll, 1, RECEIVE_POLL.as_millis() as libc::c_int) };
-        None
+        Received::Nothing
     }
 
     /// Waits until the guest posts receive buffers (or the service stops).

@@ -97,6 +97,10 @@ pub enum VmError {
     #[cfg(target_os = "linux")]
     #[error(transparent)]
     Net(#[from] crate::virtio::tap::TapError),
+    /// passt could not be started or reached.
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Passt(#[from] crate::virtio::passt::PasstError),
     /// The guest's architecture or the hypervisor has no network card yet.
     #[error("-n/--net: {0:?} guests get no network card yet (x86_64 guests on Linux KVM do)")]
     NetUnsupported(crate::arch::GuestArch),
@@ -201,10 +205,16 @@ fn open_net<H: Hypervisor>(
     }
     #[cfg(target_os = "linux")]
     {
-        let crate::params::NetBackend::Tap(name) = backend;
-        let tap = crate::virtio::tap::Tap::open(name)?;
-        log::info!("network card on TAP interface {}", tap.name());
-        Ok(Some(NetCard::new(tap, local_mac())))
+        use crate::params::NetBackend;
+        use crate::virtio::link::HostLink;
+        use crate::virtio::passt::PasstLink;
+        let link = match backend {
+            NetBackend::Tap(name) => HostLink::Tap(crate::virtio::tap::Tap::open(name)?),
+            NetBackend::User(forwards) => HostLink::Passt(PasstLink::spawn(forwards)?),
+            NetBackend::Passt(socket) => HostLink::Passt(PasstLink::connect(socket)?),
+        };
+        log::info!("network card on {}", link.description());
+        Ok(Some(NetCard::new(link, local_mac())))
     }
     #[cfg(not(target_os = "linux"))]
     {
