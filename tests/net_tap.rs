@@ -1,8 +1,8 @@
 //! The network card end to end over TAP (`-n tap:NAME`): a network namespace of its own holds a
 //! TAP interface (10.0.5.1/24) and a DHCP server (dnsmasq) that gives the guest 10.0.5.3; uhyve
-//! runs the real Hermit application `netecho` (a `std::net` TCP echo server, built by
-//! tests/hermit/build.sh) on that interface, and a client thread in the same namespace connects
-//! to it, sends data and reads it back.
+//! runs real Hermit applications (built by tests/hermit/build.sh) on that interface: `netecho`,
+//! a `std::net` TCP echo server, which a client thread in the same namespace has send data back,
+//! and `httpget`, an HTTP client, which fetches a page from a server thread on 10.0.5.1.
 //!
 //! Needs KVM, root (namespaces, TAP), `ip` and `dnsmasq`: without them the test is skipped with
 //! a message; under `UHYVE_REQUIRE_KVM` (CI, which runs as root and installs dnsmasq-base) it
@@ -11,21 +11,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
+use common::network::{check_http_fetch, echo, report};
 use common::{UHYVE_BIN, hermit_app, kvm_or_skip};
 
 /// The guest's address (the one the DHCP server offers) and the echo port.
 const GUEST: &str = "10.0.5.3:7777";
-/// How long the guest may take to boot, get its address and answer (every instruction is
-/// emulated by the host kernel on this project's machines).
-const DEADLINE: Duration = Duration::from_secs(240);
+/// The host's address on the TAP interface.
+const HOST: &str = "10.0.5.1";
 
 fn tools_or_skip(name: &str) -> bool {
     let runs = |program: &str, arg: &str| {
@@ -68,7 +66,10 @@ fn ip(args: &[&str]) {
 
 impl Network {
     fn new() -> Self {
-        let namespace = format!("uhyve-net-{}", std::process::id());
+        // The tests of this file run in parallel, each in a namespace of its own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = NEXT.fetch_add(1, Ordering::SeqCst);
+        let namespace = format!("uhyve-net-{}-{number}", std::process::id());
         let tap = "uhyvetap0".to_string();
         ip(&["netns", "add", &namespace]);
         let exec = |args: &[&str]| {
@@ -133,45 +134,13 @@ impl Drop for Network {
     }
 }
 
-/// Connects to the guest (retrying while it boots and gets its address, until `ended`), sends
-/// `data` and returns what came back.
-fn echo(data: &[u8], ended: &AtomicBool) -> Result<Vec<u8>, String> {
-    let address: SocketAddr = GUEST.parse().unwrap();
-    let started = Instant::now();
-    let mut stream = loop {
-        match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
-            Ok(stream) => break stream,
-            Err(error) if started.elapsed() > DEADLINE || ended.load(Ordering::SeqCst) => {
-                return Err(format!("no connection to {GUEST}: {error}"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    };
-    stream
-        .set_read_timeout(Some(DEADLINE))
-        .map_err(|e| e.to_string())?;
-    // All of it, then all of it back, then the end: the server echoes while the connection is
-    // open in both directions.
-    stream.write_all(data).map_err(|e| e.to_string())?;
-    let mut back = vec![0u8; data.len()];
-    stream
-        .read_exact(&mut back)
-        .map_err(|e| format!("reading the echo: {e}"))?;
-    stream
-        .shutdown(Shutdown::Write)
-        .map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-    back.extend_from_slice(&rest);
-    Ok(back)
-}
-
-fn run_uhyve(network: &Network, app: &Path) -> Child {
+fn run_uhyve(network: &Network, app: &Path, args: &[&str]) -> Child {
     Command::new("ip")
         .args(["netns", "exec", &network.namespace, UHYVE_BIN])
         .arg("--net")
         .arg(format!("tap:{}", network.tap))
         .arg(app)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -179,20 +148,20 @@ fn run_uhyve(network: &Network, app: &Path) -> Child {
         .expect("start uhyve")
 }
 
-fn netecho(test: &str) -> Option<PathBuf> {
+fn network_app(test: &str, name: &str) -> Option<PathBuf> {
     if !kvm_or_skip(test) || !tools_or_skip(test) {
         return None;
     }
-    hermit_app(test, "x86_64", "netecho")
+    hermit_app(test, "x86_64", name)
 }
 
 #[test]
 fn a_hermit_tcp_server_answers_over_tap() {
-    let Some(app) = netecho("a_hermit_tcp_server_answers_over_tap") else {
+    let Some(app) = network_app("a_hermit_tcp_server_answers_over_tap", "netecho") else {
         return;
     };
     let network = Network::new();
-    let uhyve = run_uhyve(&network, &app);
+    let uhyve = run_uhyve(&network, &app, &[]);
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let ended = AtomicBool::new(false);
     let (echoed, output) = std::thread::scope(|scope| {
@@ -201,12 +170,12 @@ fn a_hermit_tcp_server_answers_over_tap() {
             ended.store(true, Ordering::SeqCst);
             output
         });
-        let echoed = network.inside(|| echo(&data, &ended));
+        let guest: SocketAddr = GUEST.parse().unwrap();
+        let echoed = network.inside(|| echo(guest, &data, &ended));
         (echoed, waiter.join().expect("the waiting thread"))
     });
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    let report = report(&output);
     let echoed = echoed.unwrap_or_else(|error| panic!("{error}\n{report}"));
     assert!(
         echoed == data,
@@ -215,6 +184,18 @@ fn a_hermit_tcp_server_answers_over_tap() {
     );
     assert!(stdout.contains("netecho: echoed 20000 bytes"), "{report}");
     assert_eq!(output.status.code(), Some(0), "{report}");
+}
+
+#[test]
+fn a_hermit_http_client_fetches_a_page_over_tap() {
+    let Some(app) = network_app("a_hermit_http_client_fetches_a_page_over_tap", "httpget") else {
+        return;
+    };
+    let network = Network::new();
+    let listener = network.inside(|| TcpListener::bind((HOST, 0)).expect("bind the server"));
+    check_http_fetch(listener, "/tap/page.txt", |server| {
+        run_uhyve(&network, &app, &[&server.to_string(), "/tap/page.txt"])
+    });
 }
 
 #[test]

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod children;
+pub mod network;
 
 pub mod sandbox;
 pub mod v2;
