@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::virtio::net::NetCounters;
+
 /// Exit counts of one vCPU.
 #[derive(Debug, Default, Clone)]
 pub struct ExitStats {
@@ -81,6 +83,9 @@ pub struct RunStats {
     pub per_cpu: Vec<(u32, ExitStats)>,
     /// Wall time from the start of the vCPUs to the end of the run.
     pub elapsed: Duration,
+    /// The network card's traffic, if the guest had a card: what it was connected to, and the
+    /// counts.
+    pub network: Option<(String, NetCounters)>,
 }
 
 /// Writes one table: a heading row (`title`, `total`, one column per vCPU), then one row per
@@ -146,8 +151,37 @@ impl fmt::Display for RunStats {
             writeln!(f, "Emulated in user space: {all_emulated}")?;
             write_table(f, "Emulated instructions:", &emulated)?;
         }
+        if let Some((link, counters)) = &self.network {
+            write_network(f, link, counters)?;
+        }
         writeln!(f, "Wall time: {:?}", self.elapsed)
     }
+}
+
+/// The network card's traffic per direction.
+fn write_network(f: &mut fmt::Formatter<'_>, link: &str, counters: &NetCounters) -> fmt::Result {
+    writeln!(f, "Network card (virtio-net on {link}):")?;
+    let rows = [
+        (
+            "guest to host",
+            counters.tx_frames,
+            counters.tx_bytes,
+            counters.tx_dropped,
+        ),
+        (
+            "host to guest",
+            counters.rx_frames,
+            counters.rx_bytes,
+            counters.rx_dropped,
+        ),
+    ];
+    for (direction, frames, bytes, dropped) in rows {
+        writeln!(
+            f,
+            "  {direction}: {frames} frames, {bytes} bytes, {dropped} dropped"
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -190,6 +224,7 @@ mod tests {
         let run = RunStats {
             per_cpu: vec![(0, cpu0), (1, cpu1)],
             elapsed: Duration::from_millis(5),
+            network: None,
         };
         let text = run.to_string();
         assert!(text.starts_with("Run statistics:\nVM exits:"), "{text}");
@@ -223,6 +258,33 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("Wall time: 5ms\n"), "{text}");
+        assert!(!text.contains("Network card"), "{text}");
+    }
+
+    #[test]
+    fn the_network_cards_traffic_comes_per_direction() {
+        let counters = NetCounters {
+            tx_frames: 3,
+            tx_bytes: 180,
+            rx_frames: 2,
+            rx_bytes: 3028,
+            tx_dropped: 0,
+            rx_dropped: 1,
+        };
+        let text = RunStats {
+            per_cpu: vec![(0, ExitStats::new())],
+            elapsed: Duration::from_millis(5),
+            network: Some(("TAP interface tap0".into(), counters)),
+        }
+        .to_string();
+        assert!(
+            text.contains(
+                "Network card (virtio-net on TAP interface tap0):\n  \
+                 guest to host: 3 frames, 180 bytes, 0 dropped\n  \
+                 host to guest: 2 frames, 3028 bytes, 1 dropped\nWall time: 5ms\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -232,6 +294,7 @@ mod tests {
         let text = RunStats {
             per_cpu: vec![(0, cpu0)],
             elapsed: Duration::ZERO,
+            network: None,
         }
         .to_string();
         assert!(!text.contains("Emulated"), "{text}");

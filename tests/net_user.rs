@@ -45,10 +45,13 @@ fn network_app(test: &str, name: &str) -> Option<PathBuf> {
     hermit_app(test, "x86_64", name)
 }
 
-fn uhyve(net: &str, app: &Path, args: &[&str]) -> Command {
+/// uhyve with `--net` and `options` (words after the network backend), running `app` with
+/// `args`.
+fn uhyve(options: &str, app: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(UHYVE_BIN);
     command
-        .args(["--net", net])
+        .arg("--net")
+        .args(options.split(' '))
         .arg(app)
         .args(args)
         .stdin(Stdio::null())
@@ -57,8 +60,9 @@ fn uhyve(net: &str, app: &Path, args: &[&str]) -> Command {
     command
 }
 
-/// Has the echo server behind `uhyve` (reached on 127.0.0.1:`port`) echo 20,000 bytes.
-fn check_echo(uhyve: Child, port: u16) {
+/// Has the echo server behind `uhyve` (reached on 127.0.0.1:`port`) echo 20,000 bytes; returns
+/// uhyve's output.
+fn check_echo(uhyve: Child, port: u16) -> Output {
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let ended = AtomicBool::new(false);
     let (echoed, output) = std::thread::scope(|scope| {
@@ -77,6 +81,7 @@ fn check_echo(uhyve: Child, port: u16) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("netecho: echoed 20000 bytes"), "{report}");
     assert_eq!(output.status.code(), Some(0), "{report}");
+    output
 }
 
 #[test]
@@ -89,8 +94,35 @@ fn a_hermit_tcp_server_answers_through_a_forwarded_port() {
     };
     let port = free_port();
     let net = format!("user,hostfwd=tcp:127.0.0.1:{port}-:7777");
-    let child = uhyve(&net, &app, &[]).spawn().expect("start uhyve");
-    check_echo(child, port);
+    let child = uhyve(&format!("{net} --stats"), &app, &[])
+        .spawn()
+        .expect("start uhyve");
+    let output = check_echo(child, port);
+    // --stats counts the card's traffic: at least the 20,000 bytes each way, in frames.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = |direction: &str| -> (u64, u64) {
+        let prefix = format!("  {direction}: ");
+        let line = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {direction} line in\n{stdout}"));
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        (numbers[0], numbers[1])
+    };
+    assert!(
+        stdout.contains("Network card (virtio-net on passt (started by uhyve)):"),
+        "{stdout}"
+    );
+    for direction in ["guest to host", "host to guest"] {
+        let (frames, bytes) = line(direction);
+        assert!(
+            frames >= 15 && bytes > 20_000,
+            "{direction}: {frames} frames, {bytes} bytes\n{stdout}"
+        );
+    }
 }
 
 /// The IPv4 address of the host's default gateway (which passt gives the guest as its own

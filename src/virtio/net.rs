@@ -49,6 +49,10 @@ pub struct NetCounters {
     pub rx_frames: u64,
     /// Their bytes (without the virtio header).
     pub rx_bytes: u64,
+    /// Frames of the guest the host side did not take (a full TAP queue, passt gone).
+    pub tx_dropped: u64,
+    /// Frames from the host that no guest driver was there to take.
+    pub rx_dropped: u64,
 }
 
 impl NetDevice {

@@ -77,6 +77,11 @@ impl NetService {
         self.transport().device().counters
     }
 
+    /// What the card is connected to, for messages.
+    pub fn description(&self) -> String {
+        self.link.description()
+    }
+
     fn running(transport: &VirtioPciTransport<NetDevice>) -> bool {
         let status = transport.device_status();
         status & status::DRIVER_OK != 0 && status & status::DEVICE_NEEDS_RESET == 0
@@ -99,6 +104,7 @@ impl NetService {
             // A full interface queue drops the frame, as a congested link would.
             if let Err(error) = self.link.send(frame) {
                 log::debug!("network card: frame not sent: {error}");
+                transport.device_mut().counters.tx_dropped += 1;
             }
         }
         match result {
@@ -150,6 +156,7 @@ impl NetService {
             let mut transport = self.transport();
             if !Self::running(&transport) {
                 // No driver yet: the frame is dropped, as a link without a receiver drops it.
+                transport.device_mut().counters.rx_dropped += 1;
                 continue;
             }
             let (device, queue) = transport.device_and_queue(RX_QUEUE);

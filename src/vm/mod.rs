@@ -396,6 +396,10 @@ impl<H: Hypervisor> Vm<H> {
         self.output.flush();
         if let Some(mut stats) = stats {
             stats.elapsed = started.elapsed();
+            #[cfg(target_os = "linux")]
+            {
+                stats.network = self.net.as_ref().map(|n| (n.description(), n.counters()));
+            }
             // On standard output, after the guest's, as upstream uhyve prints them; a closed
             // standard output loses them rather than failing the run.
             use std::io::Write;

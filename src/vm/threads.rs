@@ -303,6 +303,7 @@ impl Supervisor {
         RunStats {
             per_cpu,
             elapsed: Duration::ZERO,
+            network: None,
         }
     }
 
