@@ -10,6 +10,7 @@
 #[cfg(target_os = "linux")]
 pub mod link;
 pub mod net;
+pub mod offload;
 #[cfg(target_os = "linux")]
 pub mod passt;
 pub mod pci;

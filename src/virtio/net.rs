@@ -11,7 +11,10 @@
 //! that marks the device broken; it never reaches host memory outside guest RAM.
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
+};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use vm_memory::{Bytes, GuestMemory};
@@ -226,8 +229,15 @@ impl VirtioDevice for NetDevice {
     /// smoltcp send frames of exactly that length (a guest panic on the first full-size
     /// frame). Without the feature smoltcp keeps its 1500-byte frames, and the field (see
     /// [`NetDevice::new`]) gives room for them with their header.
+    ///
+    /// VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM: the guest's TCP and UDP checksums are
+    /// computed by uhyve ([`super::offload`]) and not checked by the guest.
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_GUEST_CSUM
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -100,7 +100,12 @@ impl NetService {
         let mut frames = Vec::new();
         let (device, queue) = transport.device_and_queue(TX_QUEUE);
         let result = device.take_tx_frames(queue, mem, &mut frames);
-        for frame in &frames {
+        for frame in &mut frames {
+            if let Err(error) = super::offload::finish_tx_frame(frame) {
+                log::debug!("network card: frame not sent: {error}");
+                transport.device_mut().counters.tx_dropped += 1;
+                continue;
+            }
             // A full interface queue drops the frame, as a congested link would.
             if let Err(error) = self.link.send(frame) {
                 log::debug!("network card: frame not sent: {error}");
