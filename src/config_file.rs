@@ -11,6 +11,7 @@
 //! io_mode = "host=sync"       # --io-mode
 //! gdb_port = 6677             # -s/--gdb-port
 //! seccomp = "strict"          # --seccomp (this uhyve's own key)
+//! net = "user,hostfwd=tcp:127.0.0.1:8080-:80"  # -n/--net (this uhyve's own key)
 //!
 //! [memory]
 //! memory_size = "100MiB"      # -m (a string in the -m syntax, or a number of bytes)
@@ -45,7 +46,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use thiserror::Error;
 
 use crate::params::{
-    CpuList, EnvOption, FileIsolation, HermitImageMode, IoMode, MemorySize, SeccompMode,
+    CpuList, EnvOption, FileIsolation, HermitImageMode, IoMode, MemorySize, NetBackend, SeccompMode,
 };
 
 /// The file name looked for in the working directory and under `$XDG_CONFIG_HOME/uhyve/`.
@@ -120,6 +121,9 @@ pub struct UhyveSection {
     /// `--seccomp` (not in upstream's schema).
     #[serde(deserialize_with = "parsed")]
     pub seccomp: Option<SeccompMode>,
+    /// `-n/--net` (not in upstream's schema, where it is command line only).
+    #[serde(deserialize_with = "parsed")]
+    pub net: Option<NetBackend>,
 }
 
 /// `[memory]`.

@@ -114,6 +114,7 @@ fn fill_uhyve(args: &mut Args, matches: &ArgMatches, section: UhyveSection) {
         &mut args.seccomp,
         section.seccomp.map(Some),
     );
+    fill(matches, "net", &mut args.net, section.net.map(Some));
 }
 
 fn fill_memory(args: &mut Args, matches: &ArgMatches, section: MemorySection) {

@@ -304,10 +304,20 @@ fn the_config_file_fills_what_the_command_line_leaves_unset() {
     assert_eq!(config.memory_size, MemorySize::DEFAULT);
     assert!(config.tuning.aslr && !config.stats);
     assert_eq!(config.confinement.file_isolation, FileIsolation::Normal);
-    let file = "[uhyve]\ngdb_port = 7000\noutput = \"none\"\n";
+    let file = "[uhyve]\ngdb_port = 7000\noutput = \"none\"\nnet = \"tap:tap0\"\n";
     let config = parse_with_file(file, &["app"]).unwrap();
     assert_eq!(config.gdb, Some(GdbAddress::on_loopback(7000)));
     assert_eq!(config.output, OutputTarget::None);
+    assert_eq!(config.net, Some(NetBackend::Tap("tap0".into())));
+    let config = parse_with_file(file, &["--net", "user", "app"]).unwrap();
+    assert_eq!(config.net, Some(NetBackend::User(Vec::new())));
+    let error = parse_with_file("[uhyve]\nnet = \"vde:x\"\n", &["app"]).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("invalid network backend 'vde:x'"),
+        "{error}"
+    );
 }
 
 #[test]

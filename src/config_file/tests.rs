@@ -38,6 +38,7 @@ fn every_key_reads() {
         io_mode = "host=direct,sync"
         gdb_port = 1234
         seccomp = "none"
+        net = "user,hostfwd=tcp::8080-:80"
         [memory]
         memory_size = 134217728
         [cpu]
@@ -65,6 +66,10 @@ fn every_key_reads() {
     );
     assert_eq!(file.uhyve.gdb_port, Some(1234));
     assert_eq!(file.uhyve.seccomp, Some(SeccompMode::None));
+    assert_eq!(
+        file.uhyve.net,
+        Some("user,hostfwd=tcp::8080-:80".parse().unwrap())
+    );
     assert_eq!(file.memory.memory_size, Some(MemorySize(128 << 20)));
     assert_eq!(file.cpu.cpu_pm, Some(true));
     assert_eq!(file.cpu.affinity, Some(CpuList(vec![0, 1, 3])));
