@@ -352,7 +352,13 @@ pub enum CommandLineError {
 }
 
 fn init_logging(verbose: bool) {
-    let default = if verbose { "info" } else { "warn" };
+    // virtio-queue logs the guest's ring mistakes as errors of its own; uhyve reports them once
+    // per card (a guest could otherwise fill the terminal). RUST_LOG still shows them.
+    let default = if verbose {
+        "info,virtio_queue=off"
+    } else {
+        "warn,virtio_queue=off"
+    };
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp(None)
         .try_init();

@@ -41,6 +41,9 @@ pub struct NetService {
     rx_posted: Mutex<bool>,
     rx_wake: Condvar,
     stop: AtomicBool,
+    /// A breakage by the guest was reported at warning level (later ones go to debug: a guest
+    /// that resets and breaks the card in a loop must not flood the terminal).
+    warned: AtomicBool,
 }
 
 /// The PCI configuration address (port 0xCF8) of the card's dword `register`, if `address`
@@ -65,6 +68,7 @@ impl NetService {
             rx_posted: Mutex::new(false),
             rx_wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -80,6 +84,20 @@ impl NetService {
     /// What the card is connected to, for messages.
     pub fn description(&self) -> String {
         self.link.description()
+    }
+
+    /// Marks the card broken by the guest because of `what`, and says so (once at warning level).
+    fn break_card(
+        &self,
+        transport: &mut VirtioPciTransport<NetDevice>,
+        what: &dyn std::fmt::Display,
+    ) {
+        if self.warned.swap(true, Ordering::Relaxed) {
+            log::debug!("network card broken by the guest (again): {what}");
+        } else {
+            log::warn!("network card broken by the guest: {what} (the guest must reset it)");
+        }
+        transport.set_needs_reset();
     }
 
     fn running(transport: &VirtioPciTransport<NetDevice>) -> bool {
@@ -119,8 +137,7 @@ impl NetService {
                 interrupt();
             }
             Err(error) => {
-                log::warn!("network card broken by the guest: {error}");
-                transport.set_needs_reset();
+                self.break_card(transport, &error);
                 interrupt();
             }
         }
@@ -179,8 +196,7 @@ impl NetService {
                     self.wait_for_buffers();
                 }
                 Err(error) => {
-                    log::warn!("network card broken by the guest: {error}");
-                    transport.set_needs_reset();
+                    self.break_card(&mut transport, &error);
                     drop(transport);
                     interrupt();
                 }
@@ -279,8 +295,7 @@ impl PciDevices for NetService {
             BarWrite::Activated => {
                 let valid = transport.queues_mut().iter().all(|q| q.is_valid(mem));
                 if !valid {
-                    log::warn!("network card: the guest activated queues outside RAM");
-                    transport.set_needs_reset();
+                    self.break_card(&mut transport, &"queues activated outside RAM");
                     drop(transport);
                     interrupt();
                     return true;

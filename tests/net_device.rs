@@ -1,0 +1,83 @@
+//! The network card from the guest's side, on real KVM: the small guest `virtio_net`
+//! (tests/guests/virtio_net.c) is its own virtio driver, with passt on the other end
+//! (`--net user`, no root). It brings the card up and exchanges ARP with passt, and it breaks
+//! the card on purpose (a transmit buffer beyond RAM, a chain that loops, read-only receive
+//! buffers, a descriptor table beyond RAM): each time the card must report DEVICE_NEEDS_RESET
+//! with a configuration interrupt, uhyve must go on (one warning), and after a reset the card
+//! must work again.
+//!
+//! Needs KVM and passt: without them the tests are skipped with a message; under
+//! `UHYVE_REQUIRE_KVM` (CI) they fail instead.
+#![cfg(kvm)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Uhyve, kvm_or_skip};
+
+fn passt_or_skip(test: &str) -> bool {
+    if Command::new("passt").arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var_os("UHYVE_REQUIRE_KVM").is_some() {
+        panic!("{test}: passt is not installed, but UHYVE_REQUIRE_KVM is set");
+    }
+    eprintln!("skipping {test}: passt is not installed (apt-get install passt)");
+    false
+}
+
+/// Runs the driver guest in `mode`; checks that every check passed, and whether uhyve warned
+/// that the guest broke the card.
+fn drive(mode: &str, breaks_the_card: bool) {
+    let test = format!("virtio_net {mode}");
+    if !kvm_or_skip(&test) || !passt_or_skip(&test) {
+        return;
+    }
+    let run = Uhyve::guest("virtio_net")
+        .opts(["--net", "user"])
+        .args([mode])
+        .timeout(Duration::from_secs(120))
+        .run();
+    let report = run.report();
+    assert!(
+        run.stdout.contains("virtio_net: all checks passed"),
+        "{report}"
+    );
+    assert!(!run.stdout.contains("FAILED"), "{report}");
+    run.assert_success();
+    assert_eq!(
+        run.stderr.contains("network card broken by the guest"),
+        breaks_the_card,
+        "{report}"
+    );
+    assert!(!run.stderr.contains("panicked"), "{report}");
+    // One line per breakage at most, and nothing from the queue crate's own logging.
+    assert!(run.stderr.lines().count() <= 1, "{report}");
+}
+
+#[test]
+fn a_driver_brings_the_card_up_and_exchanges_arp_with_passt() {
+    drive("arp", false);
+}
+
+#[test]
+fn a_transmit_buffer_beyond_ram_breaks_the_card_until_reset() {
+    drive("tx-outside-ram", true);
+}
+
+#[test]
+fn a_looping_transmit_chain_breaks_the_card_until_reset() {
+    drive("tx-loop", true);
+}
+
+#[test]
+fn read_only_receive_buffers_break_the_card_and_stay_untouched() {
+    drive("rx-read-only", true);
+}
+
+#[test]
+fn a_descriptor_table_beyond_ram_is_refused_at_driver_ok() {
+    drive("ring-outside-ram", true);
+}
