@@ -4,7 +4,8 @@
 //! the card on purpose (a transmit buffer beyond RAM, a chain that loops, read-only receive
 //! buffers, a descriptor table beyond RAM): each time the card must report DEVICE_NEEDS_RESET
 //! with a configuration interrupt, uhyve must go on (one warning), and after a reset the card
-//! must work again.
+//! must work again. It also checks interrupt suppression, with the no-interrupt flag and with
+//! event indexes.
 //!
 //! Needs KVM and passt: without them the tests are skipped with a message; under
 //! `UHYVE_REQUIRE_KVM` (CI) they fail instead.
@@ -75,6 +76,16 @@ fn a_looping_transmit_chain_breaks_the_card_until_reset() {
 #[test]
 fn read_only_receive_buffers_break_the_card_and_stay_untouched() {
     drive("rx-read-only", true);
+}
+
+#[test]
+fn the_no_interrupt_flag_suppresses_the_queue_interrupt() {
+    drive("suppress-flag", false);
+}
+
+#[test]
+fn event_indexes_suppress_and_request_notifications() {
+    drive("event-idx", false);
 }
 
 #[test]

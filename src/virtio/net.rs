@@ -15,6 +15,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use vm_memory::{Bytes, GuestMemory};
@@ -121,7 +122,7 @@ impl NetDevice {
         if !used_any {
             return Ok(false);
         }
-        queue.needs_notification(mem).map_err(queue_error(TX_QUEUE))
+        wants_interrupt(queue, mem, TX_QUEUE)
     }
 
     /// Delivers `frame` (its virtio header first) into the next receive buffer; `Ok(None)` if
@@ -173,14 +174,14 @@ impl NetDevice {
             queue
                 .add_used(mem, head, 0)
                 .map_err(queue_error(RX_QUEUE))?;
-            return queue.needs_notification(mem).map_err(queue_error(RX_QUEUE));
+            return wants_interrupt(queue, mem, RX_QUEUE);
         }
         queue
             .add_used(mem, head, written as u32)
             .map_err(queue_error(RX_QUEUE))?;
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len().saturating_sub(NET_HEADER_LEN) as u64;
-        queue.needs_notification(mem).map_err(queue_error(RX_QUEUE))
+        wants_interrupt(queue, mem, RX_QUEUE)
     }
 }
 
@@ -205,6 +206,25 @@ where
         )),
         Some(_) => Ok(descriptors),
     }
+}
+
+/// Whether the driver wants an interrupt for the buffers just added to `queue`'s used ring: by
+/// the event index when that feature was negotiated (virtio-queue decides), otherwise unless
+/// the available ring's flags say VRING_AVAIL_F_NO_INTERRUPT, which virtio-queue does not look
+/// at.
+fn wants_interrupt<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    index: u16,
+) -> Result<bool, VirtioError> {
+    let by_event_index = queue.needs_notification(mem).map_err(queue_error(index))?;
+    if queue.event_idx_enabled() || !by_event_index {
+        return Ok(by_event_index);
+    }
+    let flags: u16 = mem
+        .read_obj(vm_memory::GuestAddress(queue.avail_ring()))
+        .map_err(|e| bad_chain(index, &format!("available ring outside RAM: {e}")))?;
+    Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
 }
 
 fn queue_error(queue: u16) -> impl Fn(virtio_queue::Error) -> VirtioError {
@@ -232,12 +252,15 @@ impl VirtioDevice for NetDevice {
     ///
     /// VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM: the guest's TCP and UDP checksums are
     /// computed by uhyve ([`super::offload`]) and not checked by the guest.
+    /// VIRTIO_RING_F_EVENT_IDX: the queues follow it when the driver takes it (Hermit 0.11
+    /// does not ask for it; tests/guests/virtio_net.c does).
     fn features(&self) -> u64 {
         1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_NET_F_MAC
             | 1 << VIRTIO_NET_F_STATUS
             | 1 << VIRTIO_NET_F_CSUM
             | 1 << VIRTIO_NET_F_GUEST_CSUM
+            | 1 << VIRTIO_RING_F_EVENT_IDX
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

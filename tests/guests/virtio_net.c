@@ -14,6 +14,14 @@
  *                                 to the ARP request must break the card, not land in them
  *   virtio_net ring-outside-ram   a queue whose descriptor table lies beyond RAM at DRIVER_OK:
  *                                 the card must refuse to run (DEVICE_NEEDS_RESET)
+ *   virtio_net suppress-flag      interrupt suppression without event indexes: with
+ *                                 VRING_AVAIL_F_NO_INTERRUPT on the transmit queue the card
+ *                                 raises no queue interrupt (ISR bit 0) for a used transmit
+ *                                 buffer; without it on the receive queue it does for the reply
+ *   virtio_net event-idx          the same with VIRTIO_F_EVENT_IDX negotiated: a used_event
+ *                                 far ahead suppresses the interrupt, one at the current index
+ *                                 asks for it, and the card publishes avail_event (the next
+ *                                 notification it wants) after taking the transmit buffer
  *
  * Prints what it checks; exits 0 when everything holds, 1 on a failed check, 100 on bad usage.
  * BAR 0 lies at 3.97 GiB, beyond the first GiB that uhyve maps for these guests: the guest maps
@@ -33,6 +41,8 @@
 #define STATUS_NEEDS_RESET 0x40
 
 #define FEATURE_MAC (1u << 5)
+#define FEATURE_EVENT_IDX (1u << 29)
+#define AVAIL_NO_INTERRUPT 1
 #define FEATURE_VERSION_1_HIGH 1u /* bit 32 */
 
 #define DESC_NEXT 1
@@ -191,9 +201,10 @@ static void set_queue(int index, uint64_t desc)
 	w16(common, 0x1c, 1);
 }
 
-/* Resets the card and brings it up with two queues; `tx_desc` overrides where the transmit
- * queue's descriptor table is said to lie (0: where it is). Returns the status read back. */
-static uint8_t start_card(uint64_t tx_desc)
+/* Resets the card and brings it up with two queues and MAC, VERSION_1 and `extra_features`
+ * (of the low word); `tx_desc` overrides where the transmit queue's descriptor table is said to
+ * lie (0: where it is). Returns the status read back. */
+static uint8_t start_card_with(uint64_t tx_desc, uint32_t extra_features)
 {
 	w8(common, 0x14, 0);
 	expect("the reset status reads back 0", r8(common, 0x14) == 0);
@@ -202,10 +213,11 @@ static uint8_t start_card(uint64_t tx_desc)
 	uint32_t low = r32(common, 0x04);
 	w32(common, 0x00, 1);
 	uint32_t high = r32(common, 0x04);
-	expect("the card offers MAC and VERSION_1",
-	       (low & FEATURE_MAC) && (high & FEATURE_VERSION_1_HIGH));
+	expect("the card offers MAC, VERSION_1 and what else is asked for",
+	       (low & FEATURE_MAC) && (high & FEATURE_VERSION_1_HIGH) &&
+		       (low & extra_features) == extra_features);
 	w32(common, 0x08, 0);
-	w32(common, 0x0c, FEATURE_MAC);
+	w32(common, 0x0c, FEATURE_MAC | extra_features);
 	w32(common, 0x08, 1);
 	w32(common, 0x0c, FEATURE_VERSION_1_HIGH);
 	w8(common, 0x14, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
@@ -217,6 +229,11 @@ static uint8_t start_card(uint64_t tx_desc)
 		mac[i] = r8(device_config, i);
 	w8(common, 0x14, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
 	return r8(common, 0x14);
+}
+
+static uint8_t start_card(uint64_t tx_desc)
+{
+	return start_card_with(tx_desc, 0);
 }
 
 static void notify(int index)
@@ -298,6 +315,38 @@ static void arp_exchange(void)
 	expect("the card is still running", !(r8(common, 0x14) & STATUS_NEEDS_RESET));
 }
 
+/* Sends the ARP request with transmit interrupts suppressed (by the flag, or by a used_event
+ * far ahead) and no receive buffer posted yet, checks that no queue interrupt came, then posts
+ * receive buffers with interrupts wanted and checks that the reply raises one. */
+static void suppression(int event_idx)
+{
+	expect("the card runs after DRIVER_OK",
+	       !(start_card_with(0, event_idx ? FEATURE_EVENT_IDX : 0) & STATUS_NEEDS_RESET));
+	struct queue *tx = &queues[TX], *rx = &queues[RX];
+	if (event_idx)
+		tx->avail.used_event = 0x4000;
+	else
+		tx->avail.flags = AVAIL_NO_INTERRUPT;
+	(void)r8(isr, 0); /* reading clears it */
+	uint32_t len = build_arp_request(buffers[TX][0]);
+	post(TX, 0, (uint64_t)(uintptr_t)buffers[TX][0], len, 0, 0);
+	notify(TX);
+	expect("the transmit buffer comes back used", wait_used(TX));
+	expect("no queue interrupt for it", !(r8(isr, 0) & 1));
+	if (event_idx)
+		expect("the card asks for the next transmit notification (avail_event = avail idx)",
+		       tx->used.avail_event == tx->avail.idx);
+	/* Now the receive side, interrupts wanted: at the first used buffer. */
+	rx->avail.used_event = 0;
+	post_rx_buffers(DESC_WRITE);
+	expect("the reply arrives", wait_used(RX));
+	int interrupted = 0;
+	for (long i = 0; i < 1000 && !interrupted; i++)
+		interrupted = r8(isr, 0) & 1;
+	expect("a queue interrupt for the reply", interrupted);
+	expect("the card is still running", !(r8(common, 0x14) & STATUS_NEEDS_RESET));
+}
+
 static void expect_broken(void)
 {
 	expect("the card reports DEVICE_NEEDS_RESET", wait_needs_reset());
@@ -308,7 +357,8 @@ int main(void)
 {
 	struct uhyve_args args;
 	if (uhyve_get_args(&args) != 0 || args.argc < 2) {
-		put_str("usage: virtio_net arp|tx-outside-ram|tx-loop|rx-read-only|ring-outside-ram\n");
+		put_str("usage: virtio_net arp|tx-outside-ram|tx-loop|rx-read-only|ring-outside-ram|"
+			"suppress-flag|event-idx\n");
 		return 100;
 	}
 	const char *mode = args.argv[1];
@@ -319,6 +369,10 @@ int main(void)
 		expect("the ISR shows a configuration change", r8(isr, 0) & 2);
 		start_card(0);
 		arp_exchange();
+		finish();
+	}
+	if (strcmp(mode, "suppress-flag") == 0 || strcmp(mode, "event-idx") == 0) {
+		suppression(strcmp(mode, "event-idx") == 0);
 		finish();
 	}
 	expect("the card runs after DRIVER_OK", !(start_card(0) & STATUS_NEEDS_RESET));
