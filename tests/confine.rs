@@ -274,6 +274,31 @@ fn a_forbidden_call_on_a_vcpu_thread_ends_uhyve_with_a_message() {
 }
 
 #[test]
+fn a_forbidden_call_on_the_network_receive_thread_ends_uhyve_with_a_message() {
+    let test = "a_forbidden_call_on_the_network_receive_thread_ends_uhyve_with_a_message";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    if Command::new("passt").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("UHYVE_REQUIRE_KVM").is_none(),
+            "{test}: passt is not installed, but UHYVE_REQUIRE_KVM is set"
+        );
+        eprintln!("skipping {test}: passt is not installed");
+        return;
+    }
+    let run = Uhyve::guest("spin")
+        .opts(["--net", "user"])
+        .env(TEST_VIOLATION_ENV, "net")
+        .run();
+    run.assert_code(VIOLATION_STATUS)
+        .assert_stderr_mentions(&format!(
+            "uhyve: seccomp: forbidden system call {} on the network receive thread",
+            libc::SYS_socket
+        ));
+}
+
+#[test]
 fn a_memory_fault_under_the_filter_is_named_not_taken_for_a_violation() {
     if !kvm_or_skip("a_memory_fault_under_the_filter_is_named_not_taken_for_a_violation") {
         return;

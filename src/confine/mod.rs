@@ -64,6 +64,8 @@ pub enum ThreadRole {
     Main,
     /// A vCPU thread, after creating its vCPU and before its first run.
     Vcpu,
+    /// The network card's receive thread, before it receives anything.
+    NetReceiver,
 }
 
 /// What one VM's confinement will do, decided at start-up.

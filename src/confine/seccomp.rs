@@ -1,6 +1,7 @@
 //! The seccomp allowlist of uhyve's run phase: once the VM is set up, every vCPU thread (after
-//! creating its vCPU, before its first `KVM_RUN`) and the main thread (after spawning the vCPU
-//! threads, before waiting for them) install the same filter. It allows only the system calls
+//! creating its vCPU, before its first `KVM_RUN`), the network card's receive thread (before it
+//! receives anything) and the main thread (after spawning the vCPU threads, before waiting for
+//! them) install the same filter. It allows only the system calls
 //! the run phase makes — each entry of [`ALLOWLIST`] says why — with arguments checked where
 //! that is cheap: `ioctl` only with the backend's run-time request numbers, `mmap`/`mprotect`
 //! never executable, `fcntl` only with the commands std and the file sandbox use, `tgkill` only
@@ -19,8 +20,8 @@
 //! the thread's alternate signal stack (std gives every thread one), so it works on a stack
 //! overflow too.
 //!
-//! Test hook: with `UHYVE_TEST_SECCOMP_VIOLATION=vcpu` (or `main`) in its environment, uhyve
-//! makes that thread call `socket(AF_UNIX, SOCK_DGRAM, 0)` right after installing its filter,
+//! Test hook: with `UHYVE_TEST_SECCOMP_VIOLATION=vcpu` (or `main`, or `net`) in its environment,
+//! uhyve makes that thread call `socket(AF_UNIX, SOCK_DGRAM, 0)` right after installing its filter,
 //! which the filter forbids. Harmless if the filter were missing: the socket would be closed at
 //! once. With `vcpu-fault` the vCPU thread raises SIGSEGV instead. `tests/confine.rs` uses both
 //! to check that uhyve ends with the message.
@@ -155,6 +156,7 @@ pub const ALLOWLIST: &[Allowed] = &[
     allow(libc::SYS_getrandom, "getrandom", Any, "std's hash-map keys on a thread's first map"),
     // The network card.
     allow(libc::SYS_sendto, "sendto", ConnectedPeer, "the network card's frames to passt (std's send with MSG_NOSIGNAL on the connected socket pair)"),
+    allow(libc::SYS_recvfrom, "recvfrom", ConnectedPeer, "the receive thread reading passt's frames (recv on the connected socket pair)"),
 ];
 
 /// The `fcntl` commands allowed (std's descriptor flags and duplication, the sandbox's locks).
@@ -174,6 +176,8 @@ pub const TEST_VIOLATION_ENV: &str = "UHYVE_TEST_SECCOMP_VIOLATION";
 
 /// The thread id of the main thread, for the SIGSYS handler's message (0 until known).
 static MAIN_THREAD: AtomicI32 = AtomicI32::new(0);
+/// The thread id of the network card's receive thread, once it has its filter (0: none).
+static NET_THREAD: AtomicI32 = AtomicI32::new(0);
 
 fn condition(
     index: u8,
@@ -268,12 +272,26 @@ pub fn install_violation_handler() -> Result<(), SeccompError> {
 
 /// Installs `filter` on the calling thread (threads it creates later inherit it).
 pub fn install(filter: &BpfProgram, role: ThreadRole) -> Result<(), SeccompError> {
-    if role == ThreadRole::Main {
-        MAIN_THREAD.store(current_thread_id(), Ordering::SeqCst);
+    match role {
+        ThreadRole::Main => MAIN_THREAD.store(current_thread_id(), Ordering::SeqCst),
+        ThreadRole::NetReceiver => NET_THREAD.store(current_thread_id(), Ordering::SeqCst),
+        ThreadRole::Vcpu => {}
     }
     seccompiler::apply_filter(filter).map_err(SeccompError::Install)?;
     provoke_violation_if_asked(role);
     Ok(())
+}
+
+/// The role of the calling thread, for the handlers' messages.
+fn current_role() -> ThreadRole {
+    let me = current_thread_id();
+    if me == MAIN_THREAD.load(Ordering::SeqCst) {
+        ThreadRole::Main
+    } else if me == NET_THREAD.load(Ordering::SeqCst) {
+        ThreadRole::NetReceiver
+    } else {
+        ThreadRole::Vcpu
+    }
 }
 
 fn current_thread_id() -> i32 {
@@ -286,6 +304,7 @@ fn provoke_violation_if_asked(role: ThreadRole) {
     let wanted = match role {
         ThreadRole::Main => "main",
         ThreadRole::Vcpu => "vcpu",
+        ThreadRole::NetReceiver => "net",
     };
     let asked = std::env::var_os(TEST_VIOLATION_ENV);
     if role == ThreadRole::Vcpu && asked.as_ref().is_some_and(|value| value == "vcpu-fault") {
@@ -323,11 +342,7 @@ extern "C" fn on_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut l
     // SAFETY: the kernel passes a valid siginfo for a SA_SIGINFO handler; for SIGSYS it is laid
     // out as `SigsysInfo`, which is smaller than `siginfo_t`.
     let number = unsafe { (*info.cast::<SigsysInfo>()).syscall };
-    let role = if current_thread_id() == MAIN_THREAD.load(Ordering::SeqCst) {
-        ThreadRole::Main
-    } else {
-        ThreadRole::Vcpu
-    };
+    let role = current_role();
     let mut line = [0u8; 96];
     let len = violation_message(number, role, &mut line);
     // SAFETY: write(2) from a buffer on this stack, then exit_group; both async-signal-safe.
@@ -343,11 +358,7 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     // SAFETY: the kernel passes a valid siginfo for a SA_SIGINFO handler; for SIGSEGV and SIGBUS
     // it holds the faulting address.
     let address = unsafe { (*info).si_addr() } as u64;
-    let role = if current_thread_id() == MAIN_THREAD.load(Ordering::SeqCst) {
-        ThreadRole::Main
-    } else {
-        ThreadRole::Vcpu
-    };
+    let role = current_role();
     let mut line = [0u8; 160];
     let len = fault_message(signal, address, role, &mut line);
     // SAFETY: write(2) from a buffer on this stack, then exit_group; both async-signal-safe.
@@ -374,6 +385,7 @@ pub fn fault_message(signal: i32, address: u64, role: ThreadRole, out: &mut [u8]
     let thread: &[u8] = match role {
         ThreadRole::Main => b" on the main thread",
         ThreadRole::Vcpu => b" on a vCPU thread",
+        ThreadRole::NetReceiver => b" on the network receive thread",
     };
     let parts: [&[u8]; 6] = [
         b"uhyve: fatal memory fault: ",
@@ -413,6 +425,7 @@ pub fn violation_message(number: i32, role: ThreadRole, out: &mut [u8]) -> usize
     let suffix: &[u8] = match role {
         ThreadRole::Main => b" on the main thread\n",
         ThreadRole::Vcpu => b" on a vCPU thread\n",
+        ThreadRole::NetReceiver => b" on the network receive thread\n",
     };
     let parts: [&[u8]; 3] = [
         b"uhyve: seccomp: forbidden system call ",

@@ -160,9 +160,18 @@ impl<H: Hypervisor> Vm<H> {
         #[cfg(target_os = "linux")]
         if let Some(net) = &self.net {
             let mem = self.guest.mem.as_vm_memory();
+            let confiner = &self.confiner;
+            let receive = move || {
+                // The same allowlist as the vCPUs: it reads the backend and raises interrupts.
+                if let Err(error) = confiner.restrict_syscalls(ThreadRole::NetReceiver) {
+                    log::error!("network card: no frames for the guest: {error}");
+                    return;
+                }
+                net.run_receiver(mem, interrupt);
+            };
             thread::Builder::new()
                 .name("net-rx".into())
-                .spawn_scoped(scope, move || net.run_receiver(mem, interrupt))
+                .spawn_scoped(scope, receive)
                 .map_err(ThreadError::NetSpawn)?;
         }
         let _ = (scope, interrupt);
