@@ -1,5 +1,6 @@
 //! uhyve's benchmark: `cargo bench --bench uhyve_bench` (add `-- --quick`, or set
-//! `UHYVE_BENCH_QUICK=1`, for fewer repetitions). See docs/performance.md.
+//! `UHYVE_BENCH_QUICK=1`, for fewer repetitions; `-- --only 2,6`, or `UHYVE_BENCH_ONLY=2,6`, for
+//! some measurements only). See docs/performance.md.
 //!
 //! It runs the release `uhyve` binary on the `bench_*` test guests as child processes and
 //! compares it with a *floor*: this same binary re-executed as `uhyve_bench --floor <ram bytes>
@@ -15,6 +16,9 @@ mod child;
 #[cfg(kvm)]
 #[path = "uhyve_bench/floor.rs"]
 mod floor;
+#[cfg(kvm)]
+#[path = "uhyve_bench/network.rs"]
+mod network;
 #[cfg(kvm)]
 #[path = "uhyve_bench/scenarios.rs"]
 mod scenarios;
@@ -38,7 +42,20 @@ fn main() -> ExitCode {
     }
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("UHYVE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    match harness::run(scenarios::Settings::new(quick)) {
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--only=").map(str::to_owned))
+        })
+        .or_else(|| std::env::var("UHYVE_BENCH_ONLY").ok());
+    let Some(selection) = harness::Selection::parse(only.as_deref()) else {
+        eprintln!("uhyve_bench: --only takes measurement numbers 1–6, e.g. `--only 2,6`");
+        return ExitCode::from(2);
+    };
+    match harness::run(scenarios::Settings::new(quick), selection) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("uhyve_bench: {e}");
@@ -67,15 +84,45 @@ fn floor_main(args: &[String]) -> ExitCode {
     }
 }
 
-/// The benchmark run: machine description, the five measurements, the summary.
+/// The benchmark run: machine description, the six measurements, the summary.
 #[cfg(kvm)]
 mod harness {
     use std::fs::OpenOptions;
     use std::path::PathBuf;
     use std::time::Instant;
 
+    use crate::network;
     use crate::scenarios::{Bench, BenchError, Settings};
     use crate::stats;
+
+    /// The number of measurements.
+    const COUNT: u8 = 6;
+
+    /// Which measurements run: bit n − 1 for measurement n.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Selection(u8);
+
+    impl Selection {
+        /// All measurements without a list, else the comma-separated numbers (None if invalid).
+        pub fn parse(list: Option<&str>) -> Option<Self> {
+            let Some(list) = list.filter(|l| !l.trim().is_empty()) else {
+                return Some(Self(u8::MAX));
+            };
+            let mut bits = 0u8;
+            for item in list.split(',') {
+                let n: u8 = item.trim().parse().ok()?;
+                if !(1..=COUNT).contains(&n) {
+                    return None;
+                }
+                bits |= 1 << (n - 1);
+            }
+            Some(Self(bits))
+        }
+
+        fn has(self, n: u8) -> bool {
+            self.0 & (1 << (n - 1)) != 0
+        }
+    }
 
     /// The environment variable naming the directory of real Hermit images.
     const IMAGES_ENV: &str = "UHYVE_TEST_IMAGES";
@@ -90,7 +137,7 @@ mod harness {
         }
     }
 
-    pub fn run(settings: Settings) -> Result<(), BenchError> {
+    pub fn run(settings: Settings, selection: Selection) -> Result<(), BenchError> {
         if OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,52 +161,78 @@ mod harness {
         println!("## uhyve benchmark\n");
         println!("{}", machine_description(&settings));
 
-        eprintln!("uhyve_bench: 1/5 cold start");
-        section(
-            "1. Cold start (bench_exit guest vs floor, one exit)",
-            &bench.cold_start()?,
-            Some(
-                "Wall: spawn to wait4 return. CPU: user + system time of the child. -m 3G stands in \
-             for 4G (3 GiB is the v1 maximum); the floor uses the same RAM size.",
-            ),
-        );
-        eprintln!("uhyve_bench: 2/5 hypercall round trip");
-        section(
-            "2. Hypercall round trip (bench_hypercalls vs floor `out` loop)",
-            &bench.hypercalls()?,
-            Some(
-                "µs / iteration = (median wall with n iterations − median wall with 0) / n; \
-                 both loops are `out; dec; jnz`.",
-            ),
-        );
-        eprintln!("uhyve_bench: 3/5 file throughput");
-        let (table, note) = bench.file_throughput()?;
-        section(
-            "3. File throughput (bench_file, --file-mapping)",
-            &table,
-            Some(&note),
-        );
-        eprintln!("uhyve_bench: 4/5 host memory");
-        let (table, note) = bench.host_memory()?;
-        section(
-            "4. Host memory (bench_touch, peak RSS)",
-            &table,
-            Some(&note),
-        );
-        eprintln!("uhyve_bench: 5/5 real image");
-        match std::env::var_os(IMAGES_ENV) {
-            Some(dir) if PathBuf::from(&dir).join(HELLO_WORLD).is_file() => {
-                let image = PathBuf::from(dir).join(HELLO_WORLD);
-                section(
-                    "5. Real image end to end",
-                    &bench.real_image(&image)?,
-                    Some("Default options (64 MiB, output to stdout = /dev/null)."),
-                );
+        if selection.has(1) {
+            eprintln!("uhyve_bench: 1/{COUNT} cold start");
+            section(
+                "1. Cold start (bench_exit guest vs floor, one exit)",
+                &bench.cold_start()?,
+                Some(
+                    "Wall: spawn to wait4 return. CPU: user + system time of the child. -m 3G \
+                     stands in for 4G (3 GiB is the v1 maximum); the floor uses the same RAM size.",
+                ),
+            );
+        }
+        if selection.has(2) {
+            eprintln!("uhyve_bench: 2/{COUNT} hypercall round trip");
+            section(
+                "2. Hypercall round trip (bench_hypercalls vs floor `out` loop)",
+                &bench.hypercalls()?,
+                Some(
+                    "µs / iteration = (median wall with n iterations − median wall with 0) / n; \
+                     both loops are `out; dec; jnz`.",
+                ),
+            );
+        }
+        if selection.has(3) {
+            eprintln!("uhyve_bench: 3/{COUNT} file throughput");
+            let (table, note) = bench.file_throughput()?;
+            section(
+                "3. File throughput (bench_file, --file-mapping)",
+                &table,
+                Some(&note),
+            );
+        }
+        if selection.has(4) {
+            eprintln!("uhyve_bench: 4/{COUNT} host memory");
+            let (table, note) = bench.host_memory()?;
+            section(
+                "4. Host memory (bench_touch, peak RSS)",
+                &table,
+                Some(&note),
+            );
+        }
+        if selection.has(5) {
+            eprintln!("uhyve_bench: 5/{COUNT} real image");
+            match std::env::var_os(IMAGES_ENV) {
+                Some(dir) if PathBuf::from(&dir).join(HELLO_WORLD).is_file() => {
+                    let image = PathBuf::from(dir).join(HELLO_WORLD);
+                    section(
+                        "5. Real image end to end",
+                        &bench.real_image(&image)?,
+                        Some("Default options (64 MiB, output to stdout = /dev/null)."),
+                    );
+                }
+                _ => println!(
+                    "\n### 5. Real image end to end\n\nskipped: {IMAGES_ENV} is unset or holds \
+                     no {HELLO_WORLD}"
+                ),
             }
-            _ => println!(
-                "\n### 5. Real image end to end\n\nskipped: {IMAGES_ENV} is unset or holds no \
-                 {HELLO_WORLD}"
-            ),
+        }
+        if selection.has(6) {
+            eprintln!("uhyve_bench: 6/{COUNT} network");
+            let title = "6. Network (netbench over TAP and passt vs host TCP)";
+            let floor_exit_us = bench.floor_exit_us()?;
+            let uhyve = bench.uhyve_binary().to_path_buf();
+            match network::run(&uhyve, &settings, floor_exit_us, &mut bench.checks)? {
+                network::Outcome::Done(tables, note) => {
+                    println!("\n### {title}\n");
+                    for table in &tables {
+                        println!("{}", table.render());
+                    }
+                    println!("{note}");
+                }
+                network::Outcome::Skipped(why) => println!("\n### {title}\n\nskipped: {why}"),
+            }
         }
         section("Summary", &stats::summary(&bench.checks), None);
         println!(

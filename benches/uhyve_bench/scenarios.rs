@@ -1,5 +1,5 @@
-//! The five measurements: cold start, hypercall round trip, file throughput, host memory and the
-//! real hello_world image. Each runs `uhyve` (and the floor, where there is one) as child
+//! Measurements 1–5: cold start, hypercall round trip, file throughput, host memory and the
+//! real hello_world image (6, the network, is network.rs). Each runs `uhyve` (and the floor, where there is one) as child
 //! processes, interleaved repetition by repetition so both see the same machine noise, and
 //! returns a markdown table; the targets of the issue are collected as [`Check`]s.
 
@@ -28,7 +28,7 @@ const FILE_BYTES: u64 = 64 * MIB;
 /// subtracted from each run is small against the transfer).
 const FILE_PASSES: u64 = 8;
 /// Environment variables uhyve reads that must not leak from the caller into a measurement.
-const UHYVE_ENV: &[&str] = &[
+pub const UHYVE_ENV: &[&str] = &[
     "RUST_LOG",
     "HERMIT_MEMORY_SIZE",
     "HERMIT_CPU_COUNT",
@@ -69,6 +69,12 @@ pub struct Settings {
     pub rss_reps: usize,
     pub image_reps: usize,
     pub iterations: u32,
+    /// Bytes of one netbench transfer each way, transfers per direction, timed round trips.
+    pub net_bytes: u64,
+    pub net_reps: usize,
+    pub net_pings: usize,
+    /// Transfers per direction of the network floor.
+    pub net_floor_reps: usize,
 }
 
 impl Settings {
@@ -82,6 +88,10 @@ impl Settings {
                 rss_reps: 1,
                 image_reps: 2,
                 iterations: 100_000,
+                net_bytes: 64 * KIB,
+                net_reps: 1,
+                net_pings: 50,
+                net_floor_reps: 3,
             }
         } else {
             Self {
@@ -92,6 +102,10 @@ impl Settings {
                 rss_reps: 3,
                 image_reps: 5,
                 iterations: 100_000,
+                net_bytes: 256 * KIB,
+                net_reps: 3,
+                net_pings: 200,
+                net_floor_reps: 5,
             }
         }
     }
@@ -125,6 +139,25 @@ impl Bench {
             checks: Vec::new(),
             floor_iteration_us: None,
         }
+    }
+
+    /// The `uhyve` binary measured.
+    pub fn uhyve_binary(&self) -> &Path {
+        &self.uhyve
+    }
+
+    /// The floor's wall time per `out` exit in µs: measurement 2's, or measured now (the floor
+    /// loop alone) if measurement 2 did not run.
+    pub fn floor_exit_us(&mut self) -> Result<f64, BenchError> {
+        if let Some(us) = self.floor_iteration_us {
+            return Ok(us);
+        }
+        let n = self.settings.iterations;
+        let variants = [self.floor(SMALL_RAM.1, n), self.floor(SMALL_RAM.1, 0)];
+        let samples = self.interleaved(&variants, self.settings.hypercall_reps, Spawn::Fast)?;
+        let us = (wall_ms(&samples[0]) - wall_ms(&samples[1])) * 1e3 / f64::from(n);
+        self.floor_iteration_us = Some(us);
+        Ok(us)
     }
 
     /// `uhyve -m <ram> -o none <options> <guest> <args>` (the guest gets no host environment).
@@ -344,7 +377,7 @@ impl Bench {
         }
         let samples = self.interleaved(&variants, reps, Spawn::Fast)?;
 
-        let floor_us = self.floor_iteration_us.unwrap_or(f64::NAN);
+        let floor_us = self.floor_exit_us()?;
         let mib = (FILE_BYTES * FILE_PASSES) as f64 / MIB as f64;
         let mut table = Table::new(&[
             "transfer (8 × 64 MiB)",
