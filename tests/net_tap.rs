@@ -199,6 +199,23 @@ fn a_hermit_http_client_fetches_a_page_over_tap() {
 }
 
 #[test]
+fn a_second_run_on_the_same_tap_gets_the_address_again() {
+    // dnsmasq offers one address for an hour: a card with a new MAC address would not get it
+    // while the first run's lease lasts.
+    let test = "a_second_run_on_the_same_tap_gets_the_address_again";
+    let Some(app) = network_app(test, "httpget") else {
+        return;
+    };
+    let network = Network::new();
+    for run in ["/first", "/second"] {
+        let listener = network.inside(|| TcpListener::bind((HOST, 0)).expect("bind the server"));
+        check_http_fetch(listener, run, |server| {
+            run_uhyve(&network, &app, &[&server.to_string(), run])
+        });
+    }
+}
+
+#[test]
 fn an_unknown_backend_is_a_clear_error() {
     let output = Command::new(UHYVE_BIN)
         .args(["--net", "vde:switch", "nonexistent-kernel"])

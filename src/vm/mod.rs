@@ -214,7 +214,7 @@ fn open_net<H: Hypervisor>(
             NetBackend::Passt(socket) => HostLink::Passt(PasstLink::connect(socket)?),
         };
         log::info!("network card on {}", link.description());
-        Ok(Some(NetCard::new(link, local_mac())))
+        Ok(Some(NetCard::new(link, stable_mac(backend))))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -223,13 +223,22 @@ fn open_net<H: Hypervisor>(
     }
 }
 
-/// A locally administered unicast MAC address, different for every run.
+/// The card's MAC address: locally administered, unicast, and the same on every run with the
+/// same backend, so that a DHCP server on a TAP interface finds the lease it gave last time
+/// (a new address each run would find a one-address range taken by the previous run's lease).
+/// FNV-1a of the backend's text (`tap:NAME`, `user`, `passt:PATH`), stable across builds.
 #[cfg(target_os = "linux")]
-fn local_mac() -> [u8; 6] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    let bytes = hasher.finish().to_le_bytes();
+fn stable_mac(backend: &crate::params::NetBackend) -> [u8; 6] {
+    use crate::params::NetBackend;
+    let key = match backend {
+        NetBackend::Tap(name) => format!("tap:{name}"),
+        NetBackend::User(_) => "user".to_string(),
+        NetBackend::Passt(path) => format!("passt:{}", path.display()),
+    };
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let bytes = hash.to_le_bytes();
     [0x02, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]
 }
 
@@ -414,4 +423,21 @@ impl<H: Hypervisor> Vm<H> {
 pub fn run(config: &VmConfig) -> Result<i32, VmError> {
     let mut vm = Vm::new(config)?;
     vm.run().map(|GuestExit(code)| code)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::stable_mac;
+    use crate::params::NetBackend;
+
+    #[test]
+    fn the_cards_address_is_local_unicast_and_the_same_for_the_same_backend() {
+        let tap0 = stable_mac(&NetBackend::Tap("tap0".into()));
+        assert_eq!(tap0, stable_mac(&NetBackend::Tap("tap0".into())));
+        assert_eq!(tap0[0], 0x02, "locally administered, unicast");
+        assert_ne!(tap0, stable_mac(&NetBackend::Tap("tap1".into())));
+        assert_ne!(tap0, stable_mac(&NetBackend::User(Vec::new())));
+        // Fixed by the algorithm, not by this build: a DHCP lease survives an upgrade.
+        assert_eq!(tap0, [0x02, 0x07, 0xa7, 0x0a, 0xce, 0xfd]);
+    }
 }
