@@ -293,7 +293,7 @@ fn a_forbidden_call_on_the_network_receive_thread_ends_uhyve_with_a_message() {
         .run();
     run.assert_code(VIOLATION_STATUS)
         .assert_stderr_mentions(&format!(
-            "uhyve: seccomp: forbidden system call {} on the network receive thread",
+            "uhyve: seccomp: forbidden system call {} on the network I/O thread",
             libc::SYS_socket
         ));
 }

@@ -64,8 +64,8 @@ pub enum ThreadRole {
     Main,
     /// A vCPU thread, after creating its vCPU and before its first run.
     Vcpu,
-    /// The network card's receive thread, before it receives anything.
-    NetReceiver,
+    /// The network card's I/O thread, before it serves anything.
+    NetIo,
 }
 
 /// What one VM's confinement will do, decided at start-up.

@@ -1,6 +1,6 @@
 //! The seccomp allowlist of uhyve's run phase: once the VM is set up, every vCPU thread (after
-//! creating its vCPU, before its first `KVM_RUN`), the network card's receive thread (before it
-//! receives anything) and the main thread (after spawning the vCPU threads, before waiting for
+//! creating its vCPU, before its first `KVM_RUN`), the network card's I/O thread (before it
+//! serves anything) and the main thread (after spawning the vCPU threads, before waiting for
 //! them) install the same filter. It allows only the system calls
 //! the run phase makes — each entry of [`ALLOWLIST`] says why — with arguments checked where
 //! that is cheap: `ioctl` only with the backend's run-time request numbers, `mmap`/`mprotect`
@@ -155,8 +155,8 @@ pub const ALLOWLIST: &[Allowed] = &[
     allow(libc::SYS_poll, "poll", Any, "waiting for a console reader that can block (pipe, terminal)"),
     allow(libc::SYS_getrandom, "getrandom", Any, "std's hash-map keys on a thread's first map"),
     // The network card.
-    allow(libc::SYS_sendto, "sendto", ConnectedPeer, "the network card's frames to passt (std's send with MSG_NOSIGNAL on the connected socket pair)"),
-    allow(libc::SYS_recvfrom, "recvfrom", ConnectedPeer, "the receive thread reading passt's frames (recv on the connected socket pair)"),
+    allow(libc::SYS_sendto, "sendto", ConnectedPeer, "the network card's frames to passt, from its I/O thread (std's send with MSG_NOSIGNAL on the connected socket pair)"),
+    allow(libc::SYS_recvfrom, "recvfrom", ConnectedPeer, "the network card's I/O thread reading passt's frames (recv on the connected socket pair)"),
 ];
 
 /// The `fcntl` commands allowed (std's descriptor flags and duplication, the sandbox's locks).
@@ -274,7 +274,7 @@ pub fn install_violation_handler() -> Result<(), SeccompError> {
 pub fn install(filter: &BpfProgram, role: ThreadRole) -> Result<(), SeccompError> {
     match role {
         ThreadRole::Main => MAIN_THREAD.store(current_thread_id(), Ordering::SeqCst),
-        ThreadRole::NetReceiver => NET_THREAD.store(current_thread_id(), Ordering::SeqCst),
+        ThreadRole::NetIo => NET_THREAD.store(current_thread_id(), Ordering::SeqCst),
         ThreadRole::Vcpu => {}
     }
     seccompiler::apply_filter(filter).map_err(SeccompError::Install)?;
@@ -288,7 +288,7 @@ fn current_role() -> ThreadRole {
     if me == MAIN_THREAD.load(Ordering::SeqCst) {
         ThreadRole::Main
     } else if me == NET_THREAD.load(Ordering::SeqCst) {
-        ThreadRole::NetReceiver
+        ThreadRole::NetIo
     } else {
         ThreadRole::Vcpu
     }
@@ -304,7 +304,7 @@ fn provoke_violation_if_asked(role: ThreadRole) {
     let wanted = match role {
         ThreadRole::Main => "main",
         ThreadRole::Vcpu => "vcpu",
-        ThreadRole::NetReceiver => "net",
+        ThreadRole::NetIo => "net",
     };
     let asked = std::env::var_os(TEST_VIOLATION_ENV);
     if role == ThreadRole::Vcpu && asked.as_ref().is_some_and(|value| value == "vcpu-fault") {
@@ -385,7 +385,7 @@ pub fn fault_message(signal: i32, address: u64, role: ThreadRole, out: &mut [u8]
     let thread: &[u8] = match role {
         ThreadRole::Main => b" on the main thread",
         ThreadRole::Vcpu => b" on a vCPU thread",
-        ThreadRole::NetReceiver => b" on the network receive thread",
+        ThreadRole::NetIo => b" on the network I/O thread",
     };
     let parts: [&[u8]; 6] = [
         b"uhyve: fatal memory fault: ",
@@ -425,7 +425,7 @@ pub fn violation_message(number: i32, role: ThreadRole, out: &mut [u8]) -> usize
     let suffix: &[u8] = match role {
         ThreadRole::Main => b" on the main thread\n",
         ThreadRole::Vcpu => b" on a vCPU thread\n",
-        ThreadRole::NetReceiver => b" on the network receive thread\n",
+        ThreadRole::NetIo => b" on the network I/O thread\n",
     };
     let parts: [&[u8]; 3] = [
         b"uhyve: seccomp: forbidden system call ",

@@ -333,6 +333,18 @@ pub trait Hypervisor: Send + Sync + Sized {
         ))
     }
 
+    /// Has the hypervisor signal `eventfd` for every guest write to the guest-physical address
+    /// `address` instead of reporting it as an exit (KVM_IOEVENTFD); `false` where it cannot,
+    /// and the write then arrives as an MMIO exit as before.
+    #[cfg(target_os = "linux")]
+    fn mmio_write_eventfd(
+        &self,
+        _address: u64,
+        _eventfd: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<bool, HypervisorError> {
+        Ok(false)
+    }
+
     /// The most vCPUs this hypervisor can give one VM, where it has a limit of its own.
     fn max_cpus(&self) -> Option<u32> {
         None

@@ -1,6 +1,6 @@
 //! Where the network card's frames go on the host: a TAP interface ([`super::tap`]) or a passt
 //! process ([`super::passt`]). Both carry whole frames with the card's 12-byte virtio header in
-//! front; the receive thread polls either one's descriptor.
+//! front; the card's I/O thread polls either one's descriptor.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};

@@ -74,7 +74,7 @@ pub struct PasstLink {
     stream: UnixStream,
     /// What the link leads to, for messages.
     description: String,
-    /// Bytes read from the stream and not yet handed out as frames (only the receive thread
+    /// Bytes read from the stream and not yet handed out as frames (only the I/O thread
     /// reads).
     received: Mutex<StreamBuffer>,
 }

@@ -198,6 +198,11 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         self.isr |= ISR_QUEUE;
     }
 
+    /// The guest-physical address at which the driver notifies queue `queue`.
+    pub fn notify_address(&self, queue: u16) -> u64 {
+        u64::from(self.bar_base) + NOTIFY + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER)
+    }
+
     /// Marks the device broken (DEVICE_NEEDS_RESET and a configuration interrupt).
     pub fn set_needs_reset(&mut self) {
         self.device_status |= status::DEVICE_NEEDS_RESET;

@@ -1,19 +1,21 @@
 //! The network card of a running VM: its PCI transport, its host backend and the interrupt that
 //! tells the guest about used buffers. The vCPU threads reach it through PCI configuration
-//! accesses (ports 0xCF8/0xCFC, device 00:01.0) and BAR 0 accesses; a queue notification of the
-//! transmit queue sends the guest's frames right there, on the notifying vCPU's thread. Frames
-//! from the host arrive on a receive thread of their own ([`NetService::run_receiver`]), which
-//! polls the backend and the guest's receive notifications.
+//! accesses (ports 0xCF8/0xCFC, device 00:01.0) and BAR 0 accesses. Both queues are served off
+//! the vCPU threads, by one I/O thread ([`NetService::run_io`]) that polls the backend and one
+//! eventfd per queue. The guest's queue notifications signal those eventfds: inside KVM, without
+//! an exit to uhyve, where the hypervisor can (KVM_IOEVENTFD, [`NetService::route_notifications`]),
+//! otherwise from the MMIO exit.
 //!
 //! A chain the device cannot use marks the device broken (DEVICE_NEEDS_RESET): the guest loses
 //! its network, uhyve and the other guest activity go on.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::PciDevices;
 use super::link::{HostLink, Received};
@@ -27,8 +29,8 @@ pub const INTERRUPT_LINE: u8 = 11;
 pub const BAR_BASE: u32 = 0xfe00_0000;
 /// The card's PCI slot on bus 0.
 const SLOT: u32 = 1;
-/// How long the receive thread sleeps in `poll` before it looks at the stop flag again.
-const RECEIVE_POLL: Duration = Duration::from_millis(50);
+/// How long the I/O thread sleeps in `poll` before it looks at the stop flag again.
+const IO_POLL: Duration = Duration::from_millis(50);
 
 /// What raises the card's interrupt in the guest.
 pub type Interrupt<'a> = &'a (dyn Fn() + Sync);
@@ -37,9 +39,11 @@ pub type Interrupt<'a> = &'a (dyn Fn() + Sync);
 pub struct NetService {
     transport: Mutex<VirtioPciTransport<NetDevice>>,
     link: HostLink,
-    /// The guest posted receive buffers since the receive thread last looked.
-    rx_posted: Mutex<bool>,
-    rx_wake: Condvar,
+    /// Signalled when the guest notifies the transmit queue (by KVM or by the MMIO exit).
+    tx_notified: EventFd,
+    /// Signalled when the guest notifies the receive queue (new buffers), activates the card,
+    /// or uhyve stops it.
+    rx_notified: EventFd,
     stop: AtomicBool,
     /// A breakage by the guest was reported at warning level (later ones go to debug: a guest
     /// that resets and breaks the card in a loop must not flood the terminal).
@@ -58,18 +62,44 @@ fn card_register(address: u32) -> Option<u8> {
 
 impl NetService {
     /// The card with address `mac`, connected to `link`.
-    pub fn new(link: HostLink, mac: [u8; 6]) -> Self {
+    pub fn new(link: HostLink, mac: [u8; 6]) -> std::io::Result<Self> {
         // The configuration's `mtu`: a full Ethernet frame and its virtio header (see
         // NetDevice::features).
         let device = NetDevice::new(mac, 1526);
-        Self {
+        Ok(Self {
             transport: Mutex::new(VirtioPciTransport::new(device, BAR_BASE, INTERRUPT_LINE)),
             link,
-            rx_posted: Mutex::new(false),
-            rx_wake: Condvar::new(),
+            tx_notified: EventFd::new(EFD_NONBLOCK)?,
+            rx_notified: EventFd::new(EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
             warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Has `register(address, eventfd)` (the hypervisor's KVM_IOEVENTFD) route the guest's
+    /// notifications of both queues straight to the I/O thread's eventfds; returns whether it
+    /// did. Where it cannot, the notifications keep arriving as MMIO exits, which signal the
+    /// same eventfds.
+    pub fn route_notifications<E: std::fmt::Display>(
+        &self,
+        register: impl Fn(u64, &EventFd) -> Result<bool, E>,
+    ) -> bool {
+        let transport = self.transport();
+        let routes = [
+            (transport.notify_address(TX_QUEUE), &self.tx_notified),
+            (transport.notify_address(RX_QUEUE), &self.rx_notified),
+        ];
+        for (address, eventfd) in routes {
+            match register(address, eventfd) {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(error) => {
+                    log::info!("network card: notifications stay MMIO exits: {error}");
+                    return false;
+                }
+            }
         }
+        true
     }
 
     fn transport(&self) -> MutexGuard<'_, VirtioPciTransport<NetDevice>> {
@@ -143,35 +173,86 @@ impl NetService {
         }
     }
 
-    fn wake_receiver(&self) {
-        *self.rx_posted.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.rx_wake.notify_all();
-    }
-
-    /// Stops [`NetService::run_receiver`].
+    /// Stops [`NetService::run_io`].
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.wake_receiver();
+        let _ = self.rx_notified.write(1);
     }
 
-    /// The receive thread: moves frames from the backend into the guest's receive buffers
-    /// until [`NetService::stop`].
-    pub fn run_receiver(&self, mem: &GuestMemoryMmap, interrupt: Interrupt<'_>) {
+    /// The I/O thread: sends what the guest posts on the transmit queue, moves frames from the
+    /// backend into the guest's receive buffers, until [`NetService::stop`].
+    pub fn run_io(&self, mem: &GuestMemoryMmap, interrupt: Interrupt<'_>) {
         let mut frame = vec![0u8; MAX_FRAME_LEN];
-        // A frame read from the backend that found no guest buffer yet.
+        // A frame read from the backend that found no guest buffer yet; while there is one,
+        // the backend is not read (the guest's pace holds the host side back).
         let mut waiting: Option<usize> = None;
         while !self.stop.load(Ordering::SeqCst) {
-            let len = match waiting.take() {
+            let (tx, rx, backend) = self.wait(waiting.is_none());
+            if tx {
+                let mut transport = self.transport();
+                self.transmit(&mut transport, mem, interrupt);
+            }
+            if waiting.is_some() && !rx {
+                continue;
+            }
+            if waiting.is_none() && !backend {
+                continue;
+            }
+            match self.receive_into_guest(&mut frame, waiting.take(), mem, interrupt) {
+                Ok(held) => waiting = held,
+                Err(()) => return,
+            }
+        }
+    }
+
+    /// Waits (up to [`IO_POLL`]) for a notification or, if `backend` is wanted, a frame from
+    /// the backend; which of the three is ready (the notifications are consumed).
+    fn wait(&self, backend: bool) -> (bool, bool, bool) {
+        let entry = |fd: i32| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut fds = [
+            entry(self.tx_notified.as_raw_fd()),
+            entry(self.rx_notified.as_raw_fd()),
+            entry(if backend { self.link.as_raw_fd() } else { -1 }),
+        ];
+        // SAFETY: an array of three valid pollfds (a negative fd is ignored), for the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 3, IO_POLL.as_millis() as libc::c_int) };
+        let ready = |i: usize| fds[i].revents != 0;
+        let tx = ready(0) && self.tx_notified.read().is_ok();
+        let rx = ready(1) && self.rx_notified.read().is_ok();
+        (tx, rx, ready(2))
+    }
+
+    /// Delivers `held` (a frame already in `frame`) and then what the backend has, until the
+    /// backend has nothing or the guest has no buffer: returns the length of the frame left
+    /// waiting for a buffer, or `Err` when the backend has gone.
+    fn receive_into_guest(
+        &self,
+        frame: &mut [u8],
+        mut held: Option<usize>,
+        mem: &GuestMemoryMmap,
+        interrupt: Interrupt<'_>,
+    ) -> Result<Option<usize>, ()> {
+        for delivered in 0u32.. {
+            // A host side that floods the guest must not hold its transmissions back.
+            if delivered % 16 == 15 && self.tx_notified.read().is_ok() {
+                let mut transport = self.transport();
+                self.transmit(&mut transport, mem, interrupt);
+            }
+            let len = match held.take() {
                 Some(len) => len,
-                None => match self.receive(&mut frame) {
+                None => match self.link.receive(frame) {
                     Received::Frame(len) => len,
-                    Received::Nothing => continue,
+                    Received::Nothing => return Ok(None),
                     Received::Gone(reason) => {
                         log::error!(
                             "network card: {} has gone ({reason}): the guest's network is down",
                             self.link.description()
                         );
-                        return;
+                        return Err(());
                     }
                 },
             };
@@ -190,11 +271,7 @@ impl NetService {
                         interrupt();
                     }
                 }
-                Ok(None) => {
-                    drop(transport);
-                    waiting = Some(len);
-                    self.wait_for_buffers();
-                }
+                Ok(None) => return Ok(Some(len)),
                 Err(error) => {
                     self.break_card(&mut transport, &error);
                     drop(transport);
@@ -202,35 +279,7 @@ impl NetService {
                 }
             }
         }
-    }
-
-    /// One frame from the backend, waiting up to [`RECEIVE_POLL`] for it.
-    fn receive(&self, frame: &mut [u8]) -> Received {
-        let received = self.link.receive(frame);
-        if received != Received::Nothing {
-            return received;
-        }
-        let mut poll = libc::pollfd {
-            fd: self.link.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        unsafe { libc::poll(&mut poll, 1, RECEIVE_POLL.as_millis() as libc::c_int) };
-        Received::Nothing
-    }
-
-    /// Waits until the guest posts receive buffers (or the service stops).
-    fn wait_for_buffers(&self) {
-        let mut posted = self.rx_posted.lock().unwrap_or_else(|p| p.into_inner());
-        if !*posted && !self.stop.load(Ordering::SeqCst) {
-            posted = self
-                .rx_wake
-                .wait_timeout(posted, RECEIVE_POLL)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        *posted = false;
+        Ok(None)
     }
 }
 
@@ -290,8 +339,12 @@ impl PciDevices for NetService {
         };
         let bytes = value.to_le_bytes();
         match transport.bar_write(offset, &bytes[..usize::from(size.min(8))]) {
-            BarWrite::QueueNotify(TX_QUEUE) => self.transmit(&mut transport, mem, interrupt),
-            BarWrite::QueueNotify(_) => self.wake_receiver(),
+            BarWrite::QueueNotify(TX_QUEUE) => {
+                let _ = self.tx_notified.write(1);
+            }
+            BarWrite::QueueNotify(_) => {
+                let _ = self.rx_notified.write(1);
+            }
             BarWrite::Activated => {
                 let valid = transport.queues_mut().iter().all(|q| q.is_valid(mem));
                 if !valid {
@@ -301,7 +354,7 @@ impl PciDevices for NetService {
                     return true;
                 }
                 drop(transport);
-                self.wake_receiver();
+                let _ = self.rx_notified.write(1);
             }
             BarWrite::Reset | BarWrite::None => {}
         }

@@ -101,6 +101,9 @@ pub enum VmError {
     #[cfg(target_os = "linux")]
     #[error(transparent)]
     Passt(#[from] crate::virtio::passt::PasstError),
+    /// The network card's notification eventfds could not be created.
+    #[error("cannot create the network card's eventfds: {0}")]
+    NetEventFd(std::io::Error),
     /// The guest's architecture or the hypervisor has no network card yet.
     #[error("-n/--net: {0:?} guests get no network card yet (x86_64 guests on Linux KVM do)")]
     NetUnsupported(crate::arch::GuestArch),
@@ -121,8 +124,8 @@ pub enum ThreadError {
     /// The GDB server's thread could not be started.
     #[error("cannot start the GDB server thread: {0}")]
     GdbSpawn(std::io::Error),
-    /// The network card's receive thread could not be started.
-    #[error("cannot start the network card's receive thread: {0}")]
+    /// The network card's I/O thread could not be started.
+    #[error("cannot start the network card's I/O thread: {0}")]
     NetSpawn(std::io::Error),
     /// The thread that creates the hypervisor's VM could not be started.
     #[error("cannot start the VM set-up thread: {0}")]
@@ -214,13 +217,27 @@ fn open_net<H: Hypervisor>(
             NetBackend::Passt(socket) => HostLink::Passt(PasstLink::connect(socket)?),
         };
         log::info!("network card on {}", link.description());
-        Ok(Some(NetCard::new(link, stable_mac(backend))))
+        let card = NetCard::new(link, stable_mac(backend)).map_err(VmError::NetEventFd)?;
+        Ok(Some(card))
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = backend;
         Err(VmError::NetUnsupported(H::ARCH))
     }
+}
+
+/// Routes the network card's queue notifications to its I/O thread inside the hypervisor where
+/// it can (no exit to uhyve per notification).
+fn route_net_notifications<H: Hypervisor>(hypervisor: &H, net: Option<&NetCard>) {
+    #[cfg(target_os = "linux")]
+    if let Some(net) = net {
+        let routed = net.route_notifications(|address, eventfd| {
+            hypervisor.mmio_write_eventfd(address, eventfd)
+        });
+        log::debug!("network card: notifications by eventfd: {routed}");
+    }
+    let _ = (hypervisor, net);
 }
 
 /// The card's MAC address: locally administered, unicast, and the same on every run with the
@@ -330,6 +347,7 @@ impl<H: Hypervisor + 'static> Vm<H> {
         // drops the hypervisor first; on the error paths below, `hypervisor` (declared after
         // `guest`) is dropped before it.
         unsafe { hypervisor.map_memory(&guest.mem) }?;
+        route_net_notifications(&hypervisor, net.as_ref());
         let hypercalls = Hypercalls::new(H::ARCH, Arc::clone(&output), input.files, input.cmdline)
             .with_interface(image.kernel.interface_version());
         Ok(Self {

@@ -99,7 +99,7 @@ impl<H: Hypervisor> Vm<H> {
             }
             gate.open(supervisor.first_end.is_none());
             supervisor.wait_until_finished(&inbox, &shared);
-            self.stop_net_receiver();
+            self.stop_net_io();
         });
         let stats = self.stats.then(|| supervisor.stats());
         if killed.load(Ordering::SeqCst) {
@@ -144,15 +144,15 @@ impl<H: Hypervisor> Vm<H> {
         shared: &'env SharedVcpuState<'env, K>,
         killed: &'env AtomicBool,
     ) -> Result<(), ThreadError> {
-        self.spawn_net_receiver(scope, interrupt)?;
+        self.spawn_net_io(scope, interrupt)?;
         if let (Some(listener), Some(debugger)) = gdb {
             spawn_gdb(scope, listener, debugger, shared, killed)?;
         }
         Ok(())
     }
 
-    /// Starts the network card's receive thread.
-    fn spawn_net_receiver<'scope, 'env>(
+    /// Starts the network card's I/O thread.
+    fn spawn_net_io<'scope, 'env>(
         &'env self,
         scope: &'scope thread::Scope<'scope, 'env>,
         interrupt: &'env (dyn Fn() + Sync),
@@ -162,15 +162,16 @@ impl<H: Hypervisor> Vm<H> {
             let mem = self.guest.mem.as_vm_memory();
             let confiner = &self.confiner;
             let receive = move || {
-                // The same allowlist as the vCPUs: it reads the backend and raises interrupts.
-                if let Err(error) = confiner.restrict_syscalls(ThreadRole::NetReceiver) {
+                // The same allowlist as the vCPUs: it reads and writes the backend and eventfds, and
+                // raises interrupts.
+                if let Err(error) = confiner.restrict_syscalls(ThreadRole::NetIo) {
                     log::error!("network card: no frames for the guest: {error}");
                     return;
                 }
-                net.run_receiver(mem, interrupt);
+                net.run_io(mem, interrupt);
             };
             thread::Builder::new()
-                .name("net-rx".into())
+                .name("net-io".into())
                 .spawn_scoped(scope, receive)
                 .map_err(ThreadError::NetSpawn)?;
         }
@@ -178,7 +179,7 @@ impl<H: Hypervisor> Vm<H> {
         Ok(())
     }
 
-    fn stop_net_receiver(&self) {
+    fn stop_net_io(&self) {
         #[cfg(target_os = "linux")]
         if let Some(net) = &self.net {
             net.stop();

@@ -250,6 +250,22 @@ impl Hypervisor for KvmVm {
             .map_err(|e| HypervisorError::Backend(Box::new(e)))
     }
 
+    fn mmio_write_eventfd(
+        &self,
+        address: u64,
+        eventfd: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<bool, HypervisorError> {
+        self.vm
+            .register_ioevent(
+                eventfd,
+                &kvm_ioctls::IoEventAddress::Mmio(address),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map(|()| true)
+            .map_err(ioctl_error("KVM_IOEVENTFD"))
+            .map_err(|e| HypervisorError::Backend(Box::new(e)))
+    }
+
     /// Registers `mem` as the VM's RAM (memory slot 0).
     unsafe fn map_memory(&self, mem: &GuestMemory) -> Result<(), HypervisorError> {
         let region = kvm_userspace_memory_region {
