@@ -15,9 +15,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use common::network::{check_http_fetch, echo, report};
+use common::network::{check_echo, check_http_fetch, echo};
 use common::{UHYVE_BIN, hermit_app, kvm_or_skip};
 
 /// The guest's address (the one the DHCP server offers) and the echo port.
@@ -162,28 +162,10 @@ fn a_hermit_tcp_server_answers_over_tap() {
     };
     let network = Network::new();
     let uhyve = run_uhyve(&network, &app, &[]);
-    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-    let ended = AtomicBool::new(false);
-    let (echoed, output) = std::thread::scope(|scope| {
-        let waiter = scope.spawn(|| {
-            let output = uhyve.wait_with_output().expect("wait for uhyve");
-            ended.store(true, Ordering::SeqCst);
-            output
-        });
-        let guest: SocketAddr = GUEST.parse().unwrap();
-        let echoed = network.inside(|| echo(guest, &data, &ended));
-        (echoed, waiter.join().expect("the waiting thread"))
+    let guest: SocketAddr = GUEST.parse().unwrap();
+    check_echo(uhyve, |data, ended| {
+        network.inside(|| echo(guest, data, ended))
     });
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report = report(&output);
-    let echoed = echoed.unwrap_or_else(|error| panic!("{error}\n{report}"));
-    assert!(
-        echoed == data,
-        "the echo differs ({} bytes)\n{report}",
-        echoed.len()
-    );
-    assert!(stdout.contains("netecho: echoed 20000 bytes"), "{report}");
-    assert_eq!(output.status.code(), Some(0), "{report}");
 }
 
 #[test]

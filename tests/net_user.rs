@@ -14,11 +14,10 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::children::free_port;
-use common::network::{check_http_fetch, echo, report};
+use common::network::{check_echo, check_http_fetch, echo, report};
 use common::{UHYVE_BIN, hermit_app, kvm_or_skip};
 
 fn passt_or_skip(test: &str) -> bool {
@@ -60,28 +59,10 @@ fn uhyve(options: &str, app: &Path, args: &[&str]) -> Command {
     command
 }
 
-/// Has the echo server behind `uhyve` (reached on 127.0.0.1:`port`) echo 20,000 bytes; returns
-/// uhyve's output.
-fn check_echo(uhyve: Child, port: u16) -> Output {
-    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-    let ended = AtomicBool::new(false);
-    let (echoed, output) = std::thread::scope(|scope| {
-        let waiter = scope.spawn(|| {
-            let output = uhyve.wait_with_output().expect("wait for uhyve");
-            ended.store(true, Ordering::SeqCst);
-            output
-        });
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let echoed = echo(address, &data, &ended);
-        (echoed, waiter.join().expect("the waiting thread"))
-    });
-    let report = report(&output);
-    let echoed = echoed.unwrap_or_else(|error| panic!("{error}\n{report}"));
-    assert!(echoed == data, "the echo differs\n{report}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("netecho: echoed 20000 bytes"), "{report}");
-    assert_eq!(output.status.code(), Some(0), "{report}");
-    output
+/// Has the echo server behind `uhyve`, reached on 127.0.0.1:`port`, echo 20,000 bytes.
+fn check_echo_on(uhyve: Child, port: u16) -> Output {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    check_echo(uhyve, |data, ended| echo(address, data, ended))
 }
 
 #[test]
@@ -97,7 +78,7 @@ fn a_hermit_tcp_server_answers_through_a_forwarded_port() {
     let child = uhyve(&format!("{net} --stats"), &app, &[])
         .spawn()
         .expect("start uhyve");
-    let output = check_echo(child, port);
+    let output = check_echo_on(child, port);
     // --stats counts the card's traffic: at least the 20,000 bytes each way, in frames.
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = |direction: &str| -> (u64, u64) {
@@ -217,7 +198,7 @@ fn a_running_passt_is_reached_through_its_socket() {
     let passt = RunningPasst::start(port);
     let net = format!("passt:{}", passt.socket.display());
     let child = uhyve(&net, &app, &[]).spawn().expect("start uhyve");
-    check_echo(child, port);
+    check_echo_on(child, port);
 }
 
 /// uhyve on the small `hello` guest with `--net NET`, its environment changed by `setup`.

@@ -58,6 +58,37 @@ fn echo_once(address: SocketAddr, data: &[u8]) -> Result<Vec<u8>, (String, bool)
     Ok(back)
 }
 
+/// Has `netecho` behind `uhyve` echo 20,000 bytes: `client` connects (given the data and a
+/// flag set once uhyve has ended) while a thread waits for uhyve; checks the echo, netecho's
+/// count and the exit status, and returns uhyve's output.
+pub fn check_echo(
+    uhyve: Child,
+    client: impl FnOnce(&[u8], &AtomicBool) -> Result<Vec<u8>, String>,
+) -> Output {
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let ended = AtomicBool::new(false);
+    let (echoed, output) = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let output = uhyve.wait_with_output().expect("wait for uhyve");
+            ended.store(true, Ordering::SeqCst);
+            output
+        });
+        let echoed = client(&data, &ended);
+        (echoed, waiter.join().expect("the waiting thread"))
+    });
+    let report = report(&output);
+    let echoed = echoed.unwrap_or_else(|error| panic!("{error}\n{report}"));
+    assert!(
+        echoed == data,
+        "the echo differs ({} bytes)\n{report}",
+        echoed.len()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("netecho: echoed 20000 bytes"), "{report}");
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    output
+}
+
 /// The body [`serve_one_http_request`] answers with.
 pub const HTTP_BODY: &str = "Hello from the host side of uhyve's network test.\n";
 
