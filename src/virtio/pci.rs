@@ -427,8 +427,9 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             value &= !status::FEATURES_OK;
         }
         self.device_status = value | (before & status::DEVICE_NEEDS_RESET);
-        let ready = status::FEATURES_OK | status::DRIVER_OK;
-        if before & status::DRIVER_OK == 0 && self.device_status & ready == ready {
+        // Whenever DRIVER_OK comes on, with FEATURES_OK or (from a driver that skipped it)
+        // without: the device model checks the queues before it uses them.
+        if before & status::DRIVER_OK == 0 && self.device_status & status::DRIVER_OK != 0 {
             // With VIRTIO_RING_F_EVENT_IDX the driver suppresses notifications and interrupts
             // through the rings' event fields instead of their flags: the queues must know.
             let event_idx = 1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;

@@ -164,6 +164,24 @@ fn a_driver_initialises_the_device_and_notifies_its_queues() {
 }
 
 #[test]
+fn driver_ok_without_features_ok_still_has_the_queues_checked() {
+    // Otherwise the card would run (DRIVER_OK) with queues nobody checked, and a receive would
+    // write the used ring of a queue the driver never enabled (at guest address 0).
+    let mut t = transport();
+    let driver = status::ACKNOWLEDGE | status::DRIVER;
+    write(&mut t, 0x14, u64::from(driver), 1);
+    assert_eq!(
+        write(&mut t, 0x14, u64::from(driver | status::DRIVER_OK), 1),
+        BarWrite::Activated
+    );
+    assert_eq!(
+        write(&mut t, 0x14, u64::from(driver | status::DRIVER_OK), 1),
+        BarWrite::None,
+        "only when DRIVER_OK comes on"
+    );
+}
+
+#[test]
 fn reading_the_isr_clears_it() {
     let mut t = transport();
     t.signal_used_queue();
