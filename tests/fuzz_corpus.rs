@@ -73,3 +73,8 @@ fn aarch64_abort_corpus() {
 fn boot_encoders_corpus() {
     replay("boot_encoders");
 }
+
+#[test]
+fn virtio_net_corpus() {
+    replay("virtio_net");
+}

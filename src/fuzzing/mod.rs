@@ -13,6 +13,7 @@
 //! * [`x86_emulator`]: the x86 instruction emulator on arbitrary bytes and vCPU state.
 //! * [`aarch64_abort`]: the aarch64 data-abort syndrome decoder.
 //! * [`boot_encoders`]: the boot info and device tree encoders.
+//! * [`virtio_net`]: the virtio network card and its PCI transport under an arbitrary driver.
 
 mod boot_encoders;
 mod emulator;
@@ -25,6 +26,8 @@ mod loader;
 mod sandbox;
 mod sandbox_tree;
 mod syndrome;
+mod virtio_net;
+mod virtio_net_model;
 
 pub use boot_encoders::boot_encoders;
 pub use emulator::x86_emulator;
@@ -32,17 +35,19 @@ pub use hypercall::hypercall;
 pub use loader::loader;
 pub use sandbox::sandbox_paths;
 pub use syndrome::aarch64_abort;
+pub use virtio_net::virtio_net;
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `fuzz/corpus/<name>` and `fuzz/fuzz_targets/<name>.rs` call
 /// them.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("loader", loader),
     ("hypercall", hypercall),
     ("sandbox_paths", sandbox_paths),
     ("x86_emulator", x86_emulator),
     ("aarch64_abort", aarch64_abort),
     ("boot_encoders", boot_encoders),
+    ("virtio_net", virtio_net),
 ];
