@@ -49,6 +49,7 @@ const GUESTS: &[&str] = &[
     "spin",
     "stdout_write",
     "triple_fault",
+    "virtio_net",
 ];
 
 /// Register names and mnemonics the KVM here cannot emulate (matched as whole words in objdump
