@@ -22,6 +22,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -30,6 +32,8 @@ use crate::params::{ForwardProtocol, PortForward};
 
 /// The program started for `--net user`, looked up in `PATH`.
 const PASST: &str = "passt";
+/// How long sending one frame may wait for room in passt's socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The length prefix of a frame on the stream.
 const LENGTH_PREFIX: usize = 4;
 /// The longest Ethernet frame the card carries (its largest frame without the virtio header).
@@ -38,8 +42,8 @@ const MAX_ETHERNET_FRAME: usize = MAX_FRAME_LEN - NET_HEADER_LEN;
 /// Failures of connecting the card to passt; each says what to do.
 #[derive(Debug, Error)]
 pub enum PasstError {
-    /// The socket pair for passt could not be made.
-    #[error("--net user: cannot create a socket pair for passt: {0}")]
+    /// The socket pair for passt could not be made or set up.
+    #[error("--net user: cannot set up the socket to passt: {0}")]
     SocketPair(io::Error),
     /// passt is not installed (or not in `PATH`).
     #[error(
@@ -77,6 +81,8 @@ pub struct PasstLink {
     /// Bytes read from the stream and not yet handed out as frames (only the I/O thread
     /// reads).
     received: Mutex<StreamBuffer>,
+    /// A send stopped in the middle of a frame: the stream is out of step.
+    broken: AtomicBool,
 }
 
 impl PasstLink {
@@ -115,7 +121,7 @@ impl PasstLink {
                 reason: failure_reason(&text),
             });
         }
-        Ok(Self::over(ours, "passt (started by uhyve)".into()))
+        Self::over(ours, "passt (started by uhyve)".into())
     }
 
     /// Connects to a passt that listens on the UNIX socket `path`.
@@ -124,15 +130,19 @@ impl PasstLink {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Self::over(stream, format!("passt at {}", path.display())))
+        Self::over(stream, format!("passt at {}", path.display()))
     }
 
-    fn over(stream: UnixStream, description: String) -> Self {
-        Self {
+    fn over(stream: UnixStream, description: String) -> Result<Self, PasstError> {
+        stream
+            .set_write_timeout(Some(SEND_TIMEOUT))
+            .map_err(PasstError::SocketPair)?;
+        Ok(Self {
             stream,
             description,
             received: Mutex::new(StreamBuffer::default()),
-        }
+            broken: AtomicBool::new(false),
+        })
     }
 
     /// What the link leads to.
@@ -140,20 +150,39 @@ impl PasstLink {
         &self.description
     }
 
-    /// Sends one frame of the card (virtio header first), waiting while passt's socket is full.
+    /// Sends one frame of the card (virtio header first), waiting while passt's socket is full,
+    /// up to [`SEND_TIMEOUT`]. A frame that cannot be sent whole leaves the stream cut in the
+    /// middle of a frame: the link is then broken for good (later sends fail at once, and the
+    /// receive side reports it gone), so a stuck passt cannot hold the I/O thread for ever.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the link to passt is broken",
+            ));
+        }
         let ethernet = frame.get(NET_HEADER_LEN..).unwrap_or_default();
         let length = u32::try_from(ethernet.len()).map_err(io::Error::other)?;
         let mut message = Vec::with_capacity(LENGTH_PREFIX + ethernet.len());
         message.extend_from_slice(&length.to_be_bytes());
         message.extend_from_slice(ethernet);
-        (&self.stream).write_all(&message)
+        let sent = (&self.stream).write_all(&message);
+        if sent.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Receives one frame for the card (a zero virtio header, then the Ethernet frame) into
     /// `frame`, which holds [`MAX_FRAME_LEN`] bytes; `WouldBlock` if no whole frame is there
     /// yet, `UnexpectedEof` once passt has gone.
     pub fn receive(&self, frame: &mut [u8]) -> io::Result<usize> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "a frame could not be sent whole within the send timeout",
+            ));
+        }
         let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(len) = received.take_frame(frame)? {

@@ -228,7 +228,7 @@ impl NetService {
 
     /// Delivers `held` (a frame already in `frame`) and then what the backend has, until the
     /// backend has nothing or the guest has no buffer: returns the length of the frame left
-    /// waiting for a buffer, or `Err` when the backend has gone.
+    /// waiting for a buffer, or `Err` when the backend has gone or the card stops.
     fn receive_into_guest(
         &self,
         frame: &mut [u8],
@@ -237,6 +237,11 @@ impl NetService {
         interrupt: Interrupt<'_>,
     ) -> Result<Option<usize>, ()> {
         for delivered in 0u32.. {
+            // A host side that floods the card (even one no driver runs yet, whose frames are
+            // dropped) must not keep the thread from stopping.
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(());
+            }
             // A host side that floods the guest must not hold its transmissions back.
             if delivered % 16 == 15 && self.tx_notified.read().is_ok() {
                 let mut transport = self.transport();

@@ -1,12 +1,13 @@
 use std::io::Write;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::*;
 
 /// A link over one end of a socket pair, and the other end as passt's.
 fn linked() -> (PasstLink, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    (PasstLink::over(ours, "test".into()), theirs)
+    (PasstLink::over(ours, "test".into()).unwrap(), theirs)
 }
 
 fn framed(ethernet: &[u8]) -> Vec<u8> {
@@ -80,6 +81,22 @@ fn many_large_frames_pass_through_the_buffer_in_order() {
         }
     }
     writer.join().unwrap();
+}
+
+#[test]
+fn a_passt_that_stops_reading_breaks_the_link_within_the_timeout() {
+    let (link, _passt) = linked();
+    let mut frame = vec![0u8; NET_HEADER_LEN + 1500];
+    let started = std::time::Instant::now();
+    // Nobody reads: the socket fills, a send times out, the link is broken for good.
+    let failed = (0..100_000).find_map(|_| link.send(&frame).err());
+    assert!(failed.is_some(), "every send went through");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(link.send(&frame).is_err(), "a later send must fail at once");
+    assert_eq!(
+        link.receive(&mut frame).unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe
+    );
 }
 
 #[test]
