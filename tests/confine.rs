@@ -274,17 +274,9 @@ fn a_forbidden_call_on_a_vcpu_thread_ends_uhyve_with_a_message() {
 }
 
 #[test]
-fn a_forbidden_call_on_the_network_receive_thread_ends_uhyve_with_a_message() {
-    let test = "a_forbidden_call_on_the_network_receive_thread_ends_uhyve_with_a_message";
-    if !kvm_or_skip(test) {
-        return;
-    }
-    if Command::new("passt").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("UHYVE_REQUIRE_KVM").is_none(),
-            "{test}: passt is not installed, but UHYVE_REQUIRE_KVM is set"
-        );
-        eprintln!("skipping {test}: passt is not installed");
+fn a_forbidden_call_on_the_network_io_thread_ends_uhyve_with_a_message() {
+    let test = "a_forbidden_call_on_the_network_io_thread_ends_uhyve_with_a_message";
+    if !kvm_or_skip(test) || !common::network::passt_or_skip(test) {
         return;
     }
     let run = Uhyve::guest("spin")

@@ -13,21 +13,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::network::passt_or_skip;
 use common::{Uhyve, kvm_or_skip};
-
-fn passt_or_skip(test: &str) -> bool {
-    if Command::new("passt").arg("--version").output().is_ok() {
-        return true;
-    }
-    if std::env::var_os("UHYVE_REQUIRE_KVM").is_some() {
-        panic!("{test}: passt is not installed, but UHYVE_REQUIRE_KVM is set");
-    }
-    eprintln!("skipping {test}: passt is not installed (apt-get install passt)");
-    false
-}
 
 /// Runs the driver guest in `mode` with `--net user` and `options`; checks that it passed every
 /// check of its own.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 
-use common::network::{check_echo, check_http_fetch, echo};
+use common::network::{check_echo, check_http_fetch, echo, refused_net_option};
 use common::{UHYVE_BIN, hermit_app, kvm_or_skip};
 
 /// The guest's address (the one the DHCP server offers) and the echo port.
@@ -199,17 +199,11 @@ fn a_second_run_on_the_same_tap_gets_the_address_again() {
 
 #[test]
 fn an_unknown_backend_is_a_clear_error() {
-    let output = Command::new(UHYVE_BIN)
-        .args(["--net", "vde:switch", "nonexistent-kernel"])
-        .output()
-        .expect("run uhyve");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_ne!(output.status.code(), Some(0));
+    let stderr = refused_net_option("vde:switch");
     assert!(
         stderr.contains("invalid network backend 'vde:switch'"),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

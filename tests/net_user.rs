@@ -17,25 +17,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::children::free_port;
-use common::network::{check_echo, check_http_fetch, echo, report};
+use common::network::{
+    check_echo, check_http_fetch, echo, passt_or_skip, refused_net_option, report,
+};
 use common::{UHYVE_BIN, hermit_app, kvm_or_skip};
-
-fn passt_or_skip(test: &str) -> bool {
-    let installed = Command::new("passt")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if installed {
-        return true;
-    }
-    if std::env::var_os("UHYVE_REQUIRE_KVM").is_some() {
-        panic!("{test}: passt is not installed, but UHYVE_REQUIRE_KVM is set");
-    }
-    eprintln!("skipping {test}: passt is not installed (apt-get install passt)");
-    false
-}
 
 fn network_app(test: &str, name: &str) -> Option<PathBuf> {
     if !kvm_or_skip(test) || !passt_or_skip(test) {
@@ -256,12 +241,7 @@ fn a_missing_passt_socket_is_one_clear_line() {
 
 #[test]
 fn a_malformed_port_forwarding_is_refused_by_the_command_line() {
-    let output = Command::new(UHYVE_BIN)
-        .args(["--net", "user,hostfwd=tcp:8080:80", "nonexistent-kernel"])
-        .output()
-        .expect("run uhyve");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let stderr = refused_net_option("user,hostfwd=tcp:8080:80");
     assert!(
         stderr.contains("invalid port forwarding 'tcp:8080:80'"),
         "{stderr}"

@@ -10,6 +10,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Whether passt can be run (for `--net user`); skips with a message, or under
+/// `UHYVE_REQUIRE_KVM` (CI) panics, when it cannot.
+pub fn passt_or_skip(test: &str) -> bool {
+    let installed = std::process::Command::new("passt")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if installed {
+        return true;
+    }
+    if std::env::var_os("UHYVE_REQUIRE_KVM").is_some() {
+        panic!("{test}: passt is not installed, but UHYVE_REQUIRE_KVM is set");
+    }
+    eprintln!("skipping {test}: passt is not installed (apt-get install passt)");
+    false
+}
+
+/// uhyve's standard error for `--net NET` refused by the command line (status 2, no panic).
+pub fn refused_net_option(net: &str) -> String {
+    let output = std::process::Command::new(super::UHYVE_BIN)
+        .args(["--net", net, "nonexistent-kernel"])
+        .output()
+        .expect("run uhyve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 /// How long a guest may take to boot, get its address and answer (every instruction is
 /// emulated by the host kernel on this project's machines).
 pub const DEADLINE: Duration = Duration::from_secs(240);
