@@ -271,6 +271,10 @@ pub struct FdtParams {
     /// mode): `/chosen/linux,initrd-start` and `linux,initrd-end` (u64 each), and the same range
     /// in the memory reservation block so that the kernel does not hand it out.
     pub initrd: Option<Range<u64>>,
+    /// The guest has PCI devices (the network card): on aarch64 the tree then describes the
+    /// PCI host bridge (`/pcie@a000000`, see [`write_pci_host_bridge`]); x86_64 kernels scan
+    /// the legacy configuration ports instead.
+    pub pci: bool,
 }
 
 /// The bytes given to the kernel as its initial RAM disk (the decompressed tar of a Hermit image
@@ -302,6 +306,8 @@ pub enum BootPlatform {
 
 /// GICv3 distributor base and size, redistributor base and size (§7.4).
 const GIC_REG: [u64; 4] = [0x800_0000, 0x1_0000, 0x80A_0000, 0xF6_0000];
+/// The GIC's phandle, by which the PCI host bridge's interrupt map names it.
+const GIC_PHANDLE: u32 = 1;
 /// GIC ITS base and size.
 const GIC_ITS_REG: [u64; 2] = [0x808_0000, 0x2_0000];
 /// Timer PPIs: secure physical, non-secure physical, virtual, hypervisor (type 1 = PPI, level).
@@ -347,7 +353,12 @@ pub fn build_fdt_for(params: &FdtParams, platform: BootPlatform) -> Result<Vec<u
                 fdt.end_node(tsc)?;
             }
         }
-        BootPlatform::Aarch64 => write_gic_and_timer(&mut fdt)?,
+        BootPlatform::Aarch64 => {
+            write_gic_and_timer(&mut fdt)?;
+            if params.pci {
+                write_pci_host_bridge(&mut fdt)?;
+            }
+        }
     }
 
     if !params.mounts.is_empty() {
@@ -392,6 +403,9 @@ fn write_gic_and_timer(fdt: &mut FdtWriter) -> Result<(), BootError> {
     fdt.property_u32("#address-cells", 2)?;
     fdt.property_u32("#size-cells", 2)?;
     fdt.property_array_u64("reg", &GIC_REG)?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 3)?;
+    fdt.property_phandle(GIC_PHANDLE)?;
     let its = fdt.begin_node(&format!("its@{:x}", GIC_ITS_REG[0]))?;
     fdt.property_u32("#msi-cells", 1)?;
     fdt.property_array_u64("reg", &GIC_ITS_REG)?;
@@ -404,6 +418,63 @@ fn write_gic_and_timer(fdt: &mut FdtWriter) -> Result<(), BootError> {
     fdt.property_null("always-on")?;
     fdt.property_string("compatible", "arm,armv8-timer")?;
     fdt.end_node(timer)?;
+    Ok(())
+}
+
+/// The aarch64 PCI host bridge (`/pcie@a000000`) in the form Hermit's aarch64 kernels scan
+/// for: a generic ECAM bridge for bus 0, its I/O, 32-bit and 64-bit memory windows in `ranges`
+/// (3 PCI address cells, 2 parent address cells, 2 size cells each), and an `interrupt-map`
+/// that routes the network card's pin INTA to its level-triggered SPI on the GIC.
+fn write_pci_host_bridge(fdt: &mut FdtWriter) -> Result<(), BootError> {
+    use crate::arch::aarch64::layout::{NET_SPI, PCI_ECAM, PCI_IO, PCI_MEM32, PCI_MEM64};
+    /// `ranges` space codes (bits 25:24 of the first PCI address cell), prefetchable bit 30.
+    const IO_SPACE: u32 = 0x0100_0000;
+    const MEM32_SPACE: u32 = 0x0200_0000;
+    const MEM64_PREFETCHABLE: u32 = 0x4300_0000;
+    /// Interrupt pin INTA in the child interrupt specifier.
+    const PIN_INTA: u32 = 1;
+    /// The GIC's interrupt types and flags: an SPI, level-triggered active high.
+    const GIC_SPI: u32 = 0;
+    const LEVEL_HIGH: u32 = 4;
+    let range = |space: u32, window: &Range<u64>| {
+        let size = window.end - window.start;
+        let (child_high, child_low) = match space {
+            IO_SPACE => (0, 0),
+            _ => ((window.start >> 32) as u32, window.start as u32),
+        };
+        [
+            space,
+            child_high,
+            child_low,
+            (window.start >> 32) as u32,
+            window.start as u32,
+            (size >> 32) as u32,
+            size as u32,
+        ]
+    };
+    let bridge = fdt.begin_node(&format!("pcie@{:x}", PCI_ECAM.start))?;
+    fdt.property_string("compatible", "pci-host-ecam-generic")?;
+    fdt.property_string("device_type", "pci")?;
+    fdt.property_u32("#address-cells", 3)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    fdt.property_array_u64("reg", &[PCI_ECAM.start, PCI_ECAM.end - PCI_ECAM.start])?;
+    fdt.property_array_u32("bus-range", &[0, 0])?;
+    let ranges: Vec<u32> = [
+        range(IO_SPACE, &PCI_IO),
+        range(MEM32_SPACE, &PCI_MEM32),
+        range(MEM64_PREFETCHABLE, &PCI_MEM64),
+    ]
+    .concat();
+    fdt.property_array_u32("ranges", &ranges)?;
+    let card = crate::virtio::NET_SLOT << 11;
+    fdt.property_array_u32("interrupt-map-mask", &[0xf800, 0, 0, 7])?;
+    fdt.property_array_u32(
+        "interrupt-map",
+        &[card, 0, 0, PIN_INTA, GIC_PHANDLE, 0, 0, GIC_SPI, NET_SPI, LEVEL_HIGH],
+    )?;
+    fdt.property_null("dma-coherent")?;
+    fdt.end_node(bridge)?;
     Ok(())
 }
 
@@ -713,6 +784,7 @@ mod tests {
             bootargs: "-freq 2995 -- hello".to_owned(),
             mounts: Vec::new(),
             initrd: None,
+            pci: false,
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -824,6 +896,7 @@ mod tests {
                 bootargs: String::new(),
                 mounts: Vec::new(),
                 initrd: None,
+                pci: false,
             },
             BootPlatform::Aarch64,
         )
@@ -868,6 +941,54 @@ mod tests {
         assert_eq!(prop(&nodes, "/timer", "always-on"), Some(&[][..]));
     }
 
+    /// The bridge as Hermit 0.11's aarch64 `pci::init` reads it: `reg` as two u64, `ranges` as
+    /// entries of 3 + 2 + 2 cells with the space code in bits 25:24, `interrupt-map` entries of
+    /// 3 + 1 + 1 + (root `#address-cells` = 2) + 3 cells, SPI level-high for slot 1's INTA.
+    #[test]
+    fn aarch64_fdt_with_pci_describes_the_host_bridge_hermit_scans() {
+        let params = FdtParams {
+            ram: 0x1000_0000..0x1400_0000,
+            num_cpus: 1,
+            tsc_khz: None,
+            bootargs: String::new(),
+            mounts: Vec::new(),
+            initrd: None,
+            pci: true,
+        };
+        let nodes = parse_dtb(&build_fdt_for(&params, BootPlatform::Aarch64).unwrap());
+        let cells = |path: &str, name: &str| -> Vec<u32> {
+            let bytes = prop(&nodes, path, name).unwrap_or_else(|| panic!("{path} {name}"));
+            bytes
+                .chunks(4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let bridge = "/pcie@a000000";
+        assert_eq!(
+            prop(&nodes, bridge, "compatible"),
+            Some(&b"pci-host-ecam-generic\0"[..])
+        );
+        assert_eq!(cells(bridge, "reg"), [0, 0x0a00_0000, 0, 0x10_0000]);
+        assert_eq!(cells("/", "#address-cells"), [2]);
+        assert_eq!(
+            cells(bridge, "ranges"),
+            [
+                0x0100_0000, 0, 0, 0, 0x0b00_0000, 0, 0x1_0000, // I/O
+                0x0200_0000, 0, 0x0c00_0000, 0, 0x0c00_0000, 0, 0x100_0000, // 32-bit
+                0x4300_0000, 0, 0x0e00_0000, 0, 0x0e00_0000, 0, 0x100_0000, // 64-bit
+            ]
+        );
+        assert_eq!(
+            cells(bridge, "interrupt-map"),
+            [0x800, 0, 0, 1, GIC_PHANDLE, 0, 0, 0, 3, 4]
+        );
+        assert_eq!(cells("/intc@8000000", "phandle"), [GIC_PHANDLE]);
+        assert_eq!(cells("/intc@8000000", "#interrupt-cells"), [3]);
+        // x86_64 kernels scan the configuration ports: no bridge in their tree.
+        let x86 = parse_dtb(&build_fdt(&params).unwrap());
+        assert!(x86.iter().all(|n| !n.path.starts_with("/pcie")));
+    }
+
     #[test]
     fn fdt_without_tsc_and_with_nonzero_base() {
         let blob = build_fdt(&FdtParams {
@@ -877,6 +998,7 @@ mod tests {
             bootargs: String::new(),
             mounts: Vec::new(),
             initrd: None,
+            pci: false,
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -894,6 +1016,7 @@ mod tests {
             bootargs: String::new(),
             mounts: vec!["/data".to_owned(), "/root/cfg".to_owned()],
             initrd: None,
+            pci: false,
         })
         .unwrap();
         let nodes = parse_dtb(&blob);
@@ -941,6 +1064,7 @@ mod tests {
             bootargs: String::new(),
             mounts: Vec::new(),
             initrd: Some(0x20_1000..0x28_0a00),
+            pci: false,
         };
         let blob = build_fdt(&params).unwrap();
         let nodes = parse_dtb(&blob);
@@ -988,6 +1112,7 @@ mod tests {
             bootargs: String::new(),
             mounts: Vec::new(),
             initrd: None,
+            pci: false,
         };
         assert!(matches!(
             build_fdt(&FdtParams {
@@ -1022,6 +1147,7 @@ mod tests {
             bootargs: "x".to_owned(),
             mounts: Vec::new(),
             initrd: None,
+            pci: false,
         })
         .unwrap();
         write_fdt(&mem, GuestPhysAddr::new(0x3000), FDT_MAX_SIZE, &blob).unwrap();
@@ -1038,6 +1164,7 @@ mod tests {
             bootargs: "y".repeat(60 * 1024),
             mounts: Vec::new(),
             initrd: None,
+            pci: false,
         })
         .unwrap();
         assert!(matches!(

@@ -1930,7 +1930,8 @@ mod vcpu_logic {
             stop: AtomicBool::new(false),
             debugger: None,
             devices: None,
-            device_interrupt: &|| {},
+            device_interrupt: &NoInterrupt,
+            pci_ecam: None,
         };
         let script = vec![
             store_to(0x800, 8),
@@ -2361,4 +2362,12 @@ fn host_follows_symlinks_beneath() -> bool {
     {
         false
     }
+}
+
+/// The interrupt of a VM without devices: never raised.
+struct NoInterrupt;
+
+impl uhyve::virtio::DeviceInterrupt for NoInterrupt {
+    fn raise(&self) {}
+    fn lower(&self) {}
 }

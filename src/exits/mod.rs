@@ -17,7 +17,7 @@ use crate::hypervisor::x86_64::X86Vcpu;
 use crate::hypervisor::{InstructionBytes, VcpuError, VcpuExit, VirtualCpu};
 use crate::mem::GuestMemory;
 use crate::stats::ExitStats;
-use crate::virtio::PciDevices;
+use crate::virtio::{DeviceInterrupt, PciDevices};
 
 pub use self::crash::GuestCrash;
 use self::crash::{Crash, CrashContext};
@@ -82,8 +82,10 @@ pub struct ExitServices<'a> {
     pub debugger: Option<&'a Debugger<'a>>,
     /// The PCI devices (the network card of `--net`), if any.
     pub devices: Option<&'a dyn PciDevices>,
-    /// Raises the devices' interrupt in the guest.
-    pub device_interrupt: &'a (dyn Fn() + Sync),
+    /// The devices' interrupt in the guest.
+    pub device_interrupt: &'a dyn DeviceInterrupt,
+    /// The guest-physical ECAM window of the PCI host bridge (aarch64), if the guest has one.
+    pub pci_ecam: Option<std::ops::Range<u64>>,
 }
 
 /// One vCPU as its exit loop drives it: the backend-neutral vCPU, and its x86 state access for
@@ -238,15 +240,31 @@ impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
     }
 
     fn device_read(&self, address: u64, size: u8) -> Option<u64> {
-        self.shared.devices?.mmio_read(address, size)
+        let devices = self.shared.devices?;
+        if let Some(offset) = self.ecam_offset(address) {
+            return Some(ecam_read(devices, offset, size));
+        }
+        devices.mmio_read(address, size, self.shared.device_interrupt)
     }
 
     fn device_write(&self, address: u64, data: u64, size: u8) -> bool {
         let Some(devices) = self.shared.devices else {
             return false;
         };
+        if let Some(offset) = self.ecam_offset(address) {
+            if let Some((config, byte)) = crate::virtio::pci::ecam_config_address(offset) {
+                devices.config_write(config, byte, size.min(4), data as u32);
+            }
+            return true;
+        }
         let mem = self.shared.mem.as_vm_memory();
         devices.mmio_write(mem, address, size, data, self.shared.device_interrupt)
+    }
+
+    /// The offset of `address` in the ECAM window, if it lies there.
+    fn ecam_offset(&self, address: u64) -> Option<u64> {
+        let window = self.shared.pci_ecam.as_ref()?;
+        window.contains(&address).then(|| address - window.start)
     }
 
     fn hypercall(&mut self, address: u16, argument: u64) -> Result<Next, ExitError> {
@@ -300,6 +318,29 @@ impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
             arch: self.shared.hypercalls.arch(),
         };
         crash.report(&mut *self.vcpu, guest)
+    }
+}
+
+/// A read of `size` bytes at `offset` of the ECAM window: the configuration register of a
+/// device, all-ones where no device answers (as an empty slot reads), zeros in a device's
+/// extended configuration space (no extended capabilities).
+fn ecam_read(devices: &dyn PciDevices, offset: u64, size: u8) -> u64 {
+    let all_ones = match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    };
+    match crate::virtio::pci::ecam_config_address(offset) {
+        Some((config, byte)) => devices
+            .config_read(config, byte, size.min(4))
+            .map_or(all_ones, u64::from),
+        None => {
+            let function_start = crate::virtio::pci::ecam_config_address(offset & !0xfff);
+            let present = function_start.is_some_and(|(config, _)| {
+                devices.config_read(config, 0, 4).is_some()
+            });
+            if present { 0 } else { all_ones }
+        }
     }
 }
 

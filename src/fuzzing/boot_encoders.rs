@@ -54,6 +54,7 @@ pub fn boot_encoders(data: &[u8]) {
         bootargs: line,
         mounts: input.mounts.clone(),
         initrd: input.initrd.clone(),
+        pci: input.has_pci,
     };
     let platform = if input.aarch64 {
         BootPlatform::Aarch64

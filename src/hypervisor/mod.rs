@@ -333,6 +333,14 @@ pub trait Hypervisor: Send + Sync + Sized {
         ))
     }
 
+    /// Sets the level of the shared peripheral interrupt `spi` (aarch64: GIC INTID 32 + `spi`),
+    /// from any thread; a level-triggered device keeps it high until the driver has seen it.
+    fn set_spi_level(&self, _spi: u32, _high: bool) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Backend(
+            "this hypervisor backend has no interrupt lines".into(),
+        ))
+    }
+
     /// Has the hypervisor signal `eventfd` for every guest write to the guest-physical address
     /// `address` instead of reporting it as an exit (KVM_IOEVENTFD); `false` where it cannot,
     /// and the write then arrives as an MMIO exit as before.

@@ -70,6 +70,23 @@ pub(crate) fn ioctl_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Er
     }
 }
 
+/// Has KVM signal `eventfd` for every guest write to the guest-physical `address`
+/// (KVM_IOEVENTFD on an MMIO address, any length, any value): both architectures' backends.
+fn register_mmio_eventfd(
+    vm: &kvm_ioctls::VmFd,
+    address: u64,
+    eventfd: &vmm_sys_util::eventfd::EventFd,
+) -> Result<bool, HypervisorError> {
+    vm.register_ioevent(
+        eventfd,
+        &kvm_ioctls::IoEventAddress::Mmio(address),
+        kvm_ioctls::NoDatamatch,
+    )
+    .map(|()| true)
+    .map_err(ioctl_error("KVM_IOEVENTFD"))
+    .map_err(|e| HypervisorError::Backend(Box::new(e)))
+}
+
 /// Opens `/dev/kvm`, naming the usual causes when that fails.
 fn open_kvm() -> Result<Kvm, KvmError> {
     Kvm::new().map_err(|e| match e.errno() {

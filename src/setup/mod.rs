@@ -143,6 +143,7 @@ impl BootPlan {
                 bootargs: plan.bootargs.clone(),
                 mounts: plan.mounts.clone(),
                 initrd: loaded.initrd.clone(),
+                pci: false,
             },
             serial_port: boot::serial_port_for_interface(interface_version),
             has_pci: false,
@@ -151,9 +152,11 @@ impl BootPlan {
 }
 
 impl PreparedGuest {
-    /// Tells the kernel (boot info `has_pci`) that it has PCI devices to scan for.
+    /// Tells the kernel that it has PCI devices to scan for: the boot info's `has_pci`
+    /// (x86_64) and the device tree's PCI host bridge (aarch64).
     pub fn announce_pci(&mut self) {
         self.boot.has_pci = true;
+        self.boot.fdt.pci = true;
     }
 
     /// Writes the device tree and the boot info: `cpu_freq_khz` is vCPU 0's TSC rate where the

@@ -1,11 +1,12 @@
 //! Virtio devices for guests: the device side of the virtio 1.x PCI transport ([`pci`]) that a
-//! Hermit kernel probes for on x86_64, and the devices behind it (so far the network card of
+//! Hermit kernel probes for (x86_64: on the legacy configuration ports; aarch64: behind the ECAM
+//! host bridge of the device tree), and the devices behind it (so far the network card of
 //! [`net`]). The split virtqueues themselves are rust-vmm's `virtio-queue` crate, which reads
 //! the guest's rings through `vm-memory` with every address and chain checked.
 //!
 //! On Linux, [`service`] runs the card in a VM over a TAP interface ([`tap`]) or a passt
 //! process ([`passt`]), either one a [`link::HostLink`]; see docs/networking.md for what is
-//! still missing (aarch64, the Hypervisor.framework backend).
+//! still missing (the Hypervisor.framework backend).
 
 #[cfg(target_os = "linux")]
 pub mod link;
@@ -20,6 +21,9 @@ pub mod service;
 pub mod tap;
 
 use thiserror::Error;
+
+/// The network card's PCI slot on bus 0 (device 00:01.0).
+pub const NET_SLOT: u32 = 1;
 
 /// Failures of a virtio device that mark it broken (the guest sees DEVICE_NEEDS_RESET).
 #[derive(Debug, Error)]
@@ -51,16 +55,27 @@ pub enum VirtioError {
     },
 }
 
-/// The PCI devices of a VM as the vCPU exit loops reach them: configuration accesses through
-/// ports 0xCF8/0xCFC and memory accesses to their BARs. `None`/`false`: not a device's.
+/// How a device's interrupt reaches the guest: on x86_64 a message (one MSI per event, nothing
+/// to take back), on aarch64 a level-triggered line of the GIC (an SPI), high from the moment
+/// the device sets ISR bits until the driver reads the ISR, which clears them.
+pub trait DeviceInterrupt: Sync {
+    /// The device set ISR bits: the guest is to run its handler.
+    fn raise(&self);
+    /// The driver read (and so cleared) the ISR: a level-triggered line goes low.
+    fn lower(&self);
+}
+
+/// The PCI devices of a VM as the vCPU exit loops reach them: configuration accesses (x86_64:
+/// ports 0xCF8/0xCFC; aarch64: an ECAM window, see [`pci::ecam_config_address`]) and memory
+/// accesses to their BARs. `None`/`false`: not a device's.
 pub trait PciDevices: Sync {
-    /// A configuration read of `size` bytes at byte `byte` of port 0xCFC, with `address` latched
-    /// at 0xCF8.
+    /// A configuration read of `size` bytes at byte `byte` of the dword that `address` (in the
+    /// format of port 0xCF8) names.
     fn config_read(&self, address: u32, byte: u8, size: u8) -> Option<u32>;
     /// A configuration write.
     fn config_write(&self, address: u32, byte: u8, size: u8, value: u32);
-    /// A read of `size` bytes at guest-physical `address`.
-    fn mmio_read(&self, address: u64, size: u8) -> Option<u64>;
+    /// A read of `size` bytes at guest-physical `address`; reading the ISR lowers `interrupt`.
+    fn mmio_read(&self, address: u64, size: u8, interrupt: &dyn DeviceInterrupt) -> Option<u64>;
     /// A write of `size` bytes at guest-physical `address`; `interrupt` raises the device's
     /// interrupt in the guest.
     fn mmio_write(
@@ -69,7 +84,7 @@ pub trait PciDevices: Sync {
         address: u64,
         size: u8,
         value: u64,
-        interrupt: &(dyn Fn() + Sync),
+        interrupt: &dyn DeviceInterrupt,
     ) -> bool;
 }
 

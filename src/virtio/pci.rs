@@ -78,6 +78,20 @@ pub enum BarWrite {
     Reset,
 }
 
+/// The configuration access that byte `offset` of an ECAM window (the PCIe enhanced
+/// configuration mechanism: 4 KiB per function, bus in bits 27:20, device 19:15, function
+/// 14:12) makes: the address of its dword in the format of port 0xCF8 (enable bit set) and the
+/// byte within the dword. `None` for the extended space past a function's first 256 bytes (no
+/// device here has extended capabilities) and past the 256 buses.
+pub fn ecam_config_address(offset: u64) -> Option<(u32, u8)> {
+    let register = offset & 0xfff;
+    if register >= 0x100 || offset >= 1 << 28 {
+        return None;
+    }
+    let function = ((offset >> 12) & 0xffff) as u32;
+    Some((1 << 31 | function << 8 | (register as u32 & 0xfc), (register & 3) as u8))
+}
+
 /// One virtio device on the PCI bus.
 pub struct VirtioPciTransport<D: VirtioDevice> {
     device: D,
@@ -193,6 +207,11 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             .filter(|offset| *offset < BAR_SIZE)
     }
 
+    /// Whether a read at BAR 0 offset `offset` reads (and so clears) the ISR status.
+    pub fn reads_isr(offset: u64) -> bool {
+        (ISR..ISR + ISR_LEN).contains(&offset)
+    }
+
     /// Marks a queue interrupt (ISR bit 0); the caller raises the interrupt line.
     pub fn signal_used_queue(&mut self) {
         self.isr |= ISR_QUEUE;
@@ -295,7 +314,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         let len = data.len() as u64;
         if (COMMON..COMMON + COMMON_LEN).contains(&offset) {
             self.read_common(offset - COMMON, data);
-        } else if (ISR..ISR + ISR_LEN).contains(&offset) {
+        } else if Self::reads_isr(offset) {
             // Reading the ISR status clears it.
             put(
                 data,

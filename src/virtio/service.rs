@@ -1,6 +1,7 @@
 //! The network card of a running VM: its PCI transport, its host backend and the interrupt that
 //! tells the guest about used buffers. The vCPU threads reach it through PCI configuration
-//! accesses (ports 0xCF8/0xCFC, device 00:01.0) and BAR 0 accesses. Both queues are served off
+//! accesses to device 00:01.0 (x86_64: ports 0xCF8/0xCFC; aarch64: the ECAM window) and BAR 0
+//! accesses. Both queues are served off
 //! the vCPU threads, by one I/O thread ([`NetService::run_io`]) that polls the backend and one
 //! eventfd per queue. The guest's queue notifications signal those eventfds: inside KVM, without
 //! an exit to uhyve, where the hypervisor can (KVM_IOEVENTFD, [`NetService::route_notifications`]),
@@ -17,23 +18,27 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::PciDevices;
+use super::{DeviceInterrupt, PciDevices};
 use super::link::{HostLink, Received};
 use super::net::{MAX_FRAME_LEN, NetCounters, NetDevice, RX_QUEUE, TX_QUEUE};
 use super::pci::{BarWrite, VirtioPciTransport, status};
 use virtio_queue::QueueT;
 
-/// The legacy interrupt line the card reports; the guest's handler runs at vector 0x20 + line.
-pub const INTERRUPT_LINE: u8 = 11;
-/// Where BAR 0 lies: in the hole below 4 GiB that uhyve keeps free of RAM.
-pub const BAR_BASE: u32 = 0xfe00_0000;
-/// The card's PCI slot on bus 0.
-const SLOT: u32 = 1;
 /// How long the I/O thread sleeps in `poll` before it looks at the stop flag again.
 const IO_POLL: Duration = Duration::from_millis(50);
 
 /// What raises the card's interrupt in the guest.
-pub type Interrupt<'a> = &'a (dyn Fn() + Sync);
+pub type Interrupt<'a> = &'a dyn DeviceInterrupt;
+
+/// Where the card sits in the guest-physical address space and which interrupt it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardPlacement {
+    /// Where BAR 0 lies until the guest moves it (16 KiB aligned, below 4 GiB).
+    pub bar_base: u32,
+    /// The interrupt line in the configuration space (x86_64: the guest's handler runs at
+    /// vector 0x20 + line; aarch64: the SPI the device tree's interrupt map names).
+    pub interrupt_line: u8,
+}
 
 /// The network card of one VM.
 pub struct NetService {
@@ -57,17 +62,21 @@ fn card_register(address: u32) -> Option<u8> {
     let bus = (address >> 16) & 0xff;
     let slot = (address >> 11) & 0x1f;
     let function = (address >> 8) & 0x7;
-    (enabled && bus == 0 && slot == SLOT && function == 0).then_some((address & 0xfc) as u8)
+    (enabled && bus == 0 && slot == super::NET_SLOT && function == 0).then_some((address & 0xfc) as u8)
 }
 
 impl NetService {
-    /// The card with address `mac`, connected to `link`.
-    pub fn new(link: HostLink, mac: [u8; 6]) -> std::io::Result<Self> {
+    /// The card with address `mac`, connected to `link`, at `placement`.
+    pub fn new(link: HostLink, mac: [u8; 6], placement: CardPlacement) -> std::io::Result<Self> {
         // The configuration's `mtu`: a full Ethernet frame and its virtio header (see
         // NetDevice::features).
         let device = NetDevice::new(mac, 1526);
         Ok(Self {
-            transport: Mutex::new(VirtioPciTransport::new(device, BAR_BASE, INTERRUPT_LINE)),
+            transport: Mutex::new(VirtioPciTransport::new(
+                device,
+                placement.bar_base,
+                placement.interrupt_line,
+            )),
             link,
             tx_notified: EventFd::new(EFD_NONBLOCK)?,
             rx_notified: EventFd::new(EFD_NONBLOCK)?,
@@ -164,11 +173,11 @@ impl NetService {
             Ok(false) => {}
             Ok(true) => {
                 transport.signal_used_queue();
-                interrupt();
+                interrupt.raise();
             }
             Err(error) => {
                 self.break_card(transport, &error);
-                interrupt();
+                interrupt.raise();
             }
         }
     }
@@ -273,14 +282,14 @@ impl NetService {
                     if wanted {
                         transport.signal_used_queue();
                         drop(transport);
-                        interrupt();
+                        interrupt.raise();
                     }
                 }
                 Ok(None) => return Ok(Some(len)),
                 Err(error) => {
                     self.break_card(&mut transport, &error);
                     drop(transport);
-                    interrupt();
+                    interrupt.raise();
                 }
             }
         }
@@ -289,8 +298,8 @@ impl NetService {
 }
 
 impl PciDevices for NetService {
-    /// A PCI configuration read through port 0xCFC (+ `byte` for a narrower access) with the
-    /// address `address` latched at 0xCF8; `None` if it is not the card's.
+    /// A PCI configuration read of the dword `address` names (+ `byte` for a narrower access);
+    /// `None` if it is not the card's.
     fn config_read(&self, address: u32, byte: u8, size: u8) -> Option<u32> {
         let register = card_register(address)?;
         let dword = self.transport().config_read(register);
@@ -302,7 +311,7 @@ impl PciDevices for NetService {
         })
     }
 
-    /// A PCI configuration write through port 0xCFC; ignored unless it is the card's.
+    /// A PCI configuration write; ignored unless it is the card's.
     fn config_write(&self, address: u32, byte: u8, size: u8, value: u32) {
         let Some(register) = card_register(address) else {
             return;
@@ -320,12 +329,18 @@ impl PciDevices for NetService {
         transport.config_write(register, value);
     }
 
-    /// A read of `size` bytes at guest-physical `address`, if it lies in the card's BAR.
-    fn mmio_read(&self, address: u64, size: u8) -> Option<u64> {
+    /// A read of `size` bytes at guest-physical `address`, if it lies in the card's BAR. A read
+    /// of the ISR clears it and lowers the interrupt, under the card's lock: the I/O thread sets
+    /// ISR bits under the same lock and raises the interrupt after, so a lowered line never
+    /// hides bits set later.
+    fn mmio_read(&self, address: u64, size: u8, interrupt: &dyn DeviceInterrupt) -> Option<u64> {
         let mut transport = self.transport();
         let offset = transport.bar_offset(address)?;
         let mut data = [0u8; 8];
         transport.bar_read(offset, &mut data[..usize::from(size.min(8))]);
+        if VirtioPciTransport::<NetDevice>::reads_isr(offset) {
+            interrupt.lower();
+        }
         Some(u64::from_le_bytes(data))
     }
 
@@ -336,7 +351,7 @@ impl PciDevices for NetService {
         address: u64,
         size: u8,
         value: u64,
-        interrupt: &(dyn Fn() + Sync),
+        interrupt: &dyn DeviceInterrupt,
     ) -> bool {
         let mut transport = self.transport();
         let Some(offset) = transport.bar_offset(address) else {
@@ -355,7 +370,7 @@ impl PciDevices for NetService {
                 if !valid {
                     self.break_card(&mut transport, &"queues activated outside RAM");
                     drop(transport);
-                    interrupt();
+                    interrupt.raise();
                     return true;
                 }
                 drop(transport);

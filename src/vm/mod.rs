@@ -105,7 +105,7 @@ pub enum VmError {
     #[error("cannot create the network card's eventfds: {0}")]
     NetEventFd(std::io::Error),
     /// The guest's architecture or the hypervisor has no network card yet.
-    #[error("-n/--net: {0:?} guests get no network card yet (x86_64 guests on Linux KVM do)")]
+    #[error("-n/--net: {0:?} guests get no network card on this hypervisor yet (guests on Linux KVM do)")]
     NetUnsupported(crate::arch::GuestArch),
 }
 
@@ -203,7 +203,7 @@ fn open_net<H: Hypervisor>(
         return Ok(None);
     };
     guest.announce_pci();
-    if H::ARCH != crate::arch::GuestArch::X86_64 || cfg!(not(target_os = "linux")) {
+    if cfg!(not(target_os = "linux")) {
         return Err(VmError::NetUnsupported(H::ARCH));
     }
     #[cfg(target_os = "linux")]
@@ -217,13 +217,33 @@ fn open_net<H: Hypervisor>(
             NetBackend::Passt(socket) => HostLink::Passt(PasstLink::connect(socket)?),
         };
         log::info!("network card on {}", link.description());
-        let card = NetCard::new(link, stable_mac(backend)).map_err(VmError::NetEventFd)?;
+        let placement = card_placement(H::ARCH);
+        let card =
+            NetCard::new(link, stable_mac(backend), placement).map_err(VmError::NetEventFd)?;
         Ok(Some(card))
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = backend;
         Err(VmError::NetUnsupported(H::ARCH))
+    }
+}
+
+/// Where the network card sits in a guest of `arch`: its BAR where the kernel looks for it
+/// (x86_64) or places it (aarch64: the start of the host bridge's 64-bit window), and its
+/// interrupt.
+#[cfg(target_os = "linux")]
+fn card_placement(arch: crate::arch::GuestArch) -> crate::virtio::service::CardPlacement {
+    use crate::arch::{aarch64, x86_64};
+    match arch {
+        crate::arch::GuestArch::X86_64 => crate::virtio::service::CardPlacement {
+            bar_base: x86_64::layout::NET_BAR as u32,
+            interrupt_line: x86_64::layout::NET_INTERRUPT_LINE,
+        },
+        crate::arch::GuestArch::Aarch64 => crate::virtio::service::CardPlacement {
+            bar_base: aarch64::layout::PCI_MEM64.start as u32,
+            interrupt_line: aarch64::layout::NET_SPI as u8,
+        },
     }
 }
 

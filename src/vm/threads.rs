@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use std::net::TcpListener;
 
 use crate::affinity;
+use crate::arch::GuestArch;
 use crate::confine::ThreadRole;
 use crate::debug::Debugger;
 use crate::debug::gdb::{self, SessionEnd};
 use crate::exits::{EmulationFallback, ExitServices, GuestExit, LoopVcpu, run_vcpu};
 use crate::hypervisor::{Hypervisor, VcpuKick};
 use crate::stats::{ExitStats, RunStats};
+use crate::virtio::DeviceInterrupt;
 
 use super::{ThreadError, Vm, VmError};
 
@@ -43,7 +45,9 @@ impl<H: Hypervisor> Vm<H> {
         let debugger = (listener.as_ref())
             .map(|_| Debugger::new(self.cpu_count, H::ARCH, &self.guest.mem, &kick_all, bias));
         let killed = AtomicBool::new(false);
-        let device_interrupt = || self.raise_device_interrupt();
+        let device_interrupt = CardInterrupt {
+            hypervisor: &self.hypervisor,
+        };
         let shared = SharedVcpuState {
             services: ExitServices {
                 mem: &self.guest.mem,
@@ -53,6 +57,7 @@ impl<H: Hypervisor> Vm<H> {
                 debugger: debugger.as_ref(),
                 devices: self.pci_devices(),
                 device_interrupt: &device_interrupt,
+                pci_ecam: self.net.as_ref().and(pci_ecam(H::ARCH)),
             },
             kicks: &kicks,
         };
@@ -121,25 +126,11 @@ impl<H: Hypervisor> Vm<H> {
         return None;
     }
 
-    /// Raises the network card's interrupt: a message-signalled interrupt straight to the boot
-    /// CPU's local APIC at vector 0x20 + the card's line, where the kernel's handler for that
-    /// line sits (Hermit does not program the I/O APIC on uhyve).
-    fn raise_device_interrupt(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            const LOCAL_APIC_MSI: u64 = 0xfee0_0000;
-            let vector = 0x20 + u32::from(crate::virtio::service::INTERRUPT_LINE);
-            if let Err(error) = self.hypervisor.signal_msi(LOCAL_APIC_MSI, vector) {
-                log::debug!("network card interrupt: {error}");
-            }
-        }
-    }
-
     /// Starts the helper threads: the network card's receiver and the GDB server.
     fn spawn_helpers<'scope, 'env, K: VcpuKick>(
         &'env self,
         scope: &'scope thread::Scope<'scope, 'env>,
-        interrupt: &'env (dyn Fn() + Sync),
+        interrupt: &'env dyn DeviceInterrupt,
         gdb: (&'env Option<TcpListener>, &'env Option<Debugger<'env>>),
         shared: &'env SharedVcpuState<'env, K>,
         killed: &'env AtomicBool,
@@ -155,7 +146,7 @@ impl<H: Hypervisor> Vm<H> {
     fn spawn_net_io<'scope, 'env>(
         &'env self,
         scope: &'scope thread::Scope<'scope, 'env>,
-        interrupt: &'env (dyn Fn() + Sync),
+        interrupt: &'env dyn DeviceInterrupt,
     ) -> Result<(), ThreadError> {
         #[cfg(target_os = "linux")]
         if let Some(net) = &self.net {
@@ -514,4 +505,46 @@ impl<H: Hypervisor> VcpuThread<'_, '_, H> {
             Err(error) => VcpuEnd::Failed(error.into()),
         }
     }
+}
+
+/// The network card's interrupt in the guest.
+///
+/// On x86_64 a message-signalled interrupt straight to the boot CPU's local APIC at vector
+/// 0x20 + the card's line, where the kernel's handler for that line sits (Hermit does not
+/// program the I/O APIC on uhyve); nothing to lower. On aarch64 the card's level-triggered SPI,
+/// high until the driver reads the ISR.
+struct CardInterrupt<'h, H> {
+    hypervisor: &'h H,
+}
+
+impl<H: Hypervisor> DeviceInterrupt for CardInterrupt<'_, H> {
+    fn raise(&self) {
+        let result = match H::ARCH {
+            GuestArch::X86_64 => {
+                const LOCAL_APIC_MSI: u64 = 0xfee0_0000;
+                let line = crate::arch::x86_64::layout::NET_INTERRUPT_LINE;
+                self.hypervisor.signal_msi(LOCAL_APIC_MSI, 0x20 + u32::from(line))
+            }
+            GuestArch::Aarch64 => (self.hypervisor)
+                .set_spi_level(crate::arch::aarch64::layout::NET_SPI, true),
+        };
+        if let Err(error) = result {
+            log::debug!("network card interrupt: {error}");
+        }
+    }
+
+    fn lower(&self) {
+        if H::ARCH == GuestArch::Aarch64
+            && let Err(error) =
+                (self.hypervisor).set_spi_level(crate::arch::aarch64::layout::NET_SPI, false)
+        {
+            log::debug!("network card interrupt: {error}");
+        }
+    }
+}
+
+/// The ECAM window through which guests of `arch` reach PCI configuration space (aarch64; an
+/// x86_64 kernel uses ports 0xCF8/0xCFC).
+fn pci_ecam(arch: GuestArch) -> Option<std::ops::Range<u64>> {
+    (arch == GuestArch::Aarch64).then_some(crate::arch::aarch64::layout::PCI_ECAM)
 }

@@ -74,6 +74,19 @@ pub const GIC_ITS: Range<u64> = 0x0808_0000..0x080A_0000;
 /// GICv3 redistributors (GICR) base and size.
 pub const GICR: Range<u64> = 0x080A_0000..0x0900_0000;
 
+/// The PCI host bridge (`/pcie@a000000` in the device tree, present with `--net`): its ECAM
+/// configuration window for bus 0 (1 MiB: 32 devices × 8 functions × 4 KiB).
+pub const PCI_ECAM: Range<u64> = 0x0a00_0000..0x0a10_0000;
+/// Its I/O window (no device has an I/O BAR, but Hermit's aarch64 kernels insist on one).
+pub const PCI_IO: Range<u64> = 0x0b00_0000..0x0b01_0000;
+/// Its 32-bit memory window (Hermit ignores 32-bit BARs, but insists on the window).
+pub const PCI_MEM32: Range<u64> = 0x0c00_0000..0x0d00_0000;
+/// Its 64-bit memory window: Hermit places 64-bit BARs from its start, as uhyve does before the
+/// kernel runs.
+pub const PCI_MEM64: Range<u64> = 0x0e00_0000..0x0f00_0000;
+/// The network card's interrupt: shared peripheral interrupt 3 (GIC INTID 35), level-triggered.
+pub const NET_SPI: u32 = 3;
+
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 16 * MIB;
 /// End (exclusive) of the v1 guest-physical address space: 64 GiB, the 36-bit IPA space that
@@ -99,6 +112,9 @@ const _: () = {
     assert!(RAM_BASE.is_multiple_of(MEMORY_GRANULE));
     assert!(V1_MAX_MEMORY.is_multiple_of(MEMORY_GRANULE));
     assert!(GICD.end <= GIC_ITS.start && GIC_ITS.end <= GICR.start && GICR.end <= RAM_BASE);
+    assert!(GICR.end <= PCI_ECAM.start && PCI_ECAM.end <= PCI_IO.start);
+    assert!(PCI_IO.end <= PCI_MEM32.start && PCI_MEM32.end <= PCI_MEM64.start);
+    assert!(PCI_MEM64.end <= RAM_BASE && PCI_MEM64.end <= 1 << 32);
 };
 
 // The "too large" message states the maximum in MiB.

@@ -77,6 +77,12 @@ pub const HIGH_MAX_MEMORY: u64 = HIGH_RAM_LIMIT - HIGH_RAM_BASE;
 /// VM with a read outside RAM.
 pub const LOW_MEMORY: Range<u64> = 0..0x10_0000;
 
+/// Where the network card's BAR 0 lies: in the 32-bit hole above v1 RAM (which ends by 3 GiB).
+pub const NET_BAR: u64 = 0xfe00_0000;
+/// The network card's legacy interrupt line: the guest's handler runs at vector 0x20 + line
+/// (Hermit does not program the I/O APIC on uhyve; the card sends an MSI to that vector).
+pub const NET_INTERRUPT_LINE: u8 = 11;
+
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY: u64 = 16 * MIB;
 /// Largest guest RAM for v1 guests: RAM must end below the 32-bit hole at 3 GiB.

@@ -120,6 +120,14 @@ pub struct KvmArmVm {
     pmu: bool,
 }
 
+/// The `irq` of KVM_IRQ_LINE for the shared peripheral interrupt `spi`: the interrupt type
+/// (KVM_ARM_IRQ_TYPE_SPI) in bits 31:24, the GIC INTID (32 + `spi`) in bits 15:0.
+fn spi_irq_line(spi: u32) -> u32 {
+    const KVM_ARM_IRQ_TYPE_SPI: u32 = 1;
+    const FIRST_SPI_INTID: u32 = 32;
+    KVM_ARM_IRQ_TYPE_SPI << 24 | (FIRST_SPI_INTID + spi) & 0xffff
+}
+
 /// The VM type asking for an IPA size: KVM's default where the host offers no more than that,
 /// else the host's limit up to [`WANTED_IPA_BITS`].
 fn vm_type_for_ipa_limit(host_limit: i32) -> u64 {
@@ -234,6 +242,21 @@ impl Hypervisor for KvmArmVm {
         Some(self.max_cpus)
     }
 
+    fn set_spi_level(&self, spi: u32, high: bool) -> Result<(), HypervisorError> {
+        self.vm
+            .set_irq_line(spi_irq_line(spi), high)
+            .map_err(ioctl_error("KVM_IRQ_LINE"))
+            .map_err(|e| HypervisorError::Backend(Box::new(e)))
+    }
+
+    fn mmio_write_eventfd(
+        &self,
+        address: u64,
+        eventfd: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<bool, HypervisorError> {
+        super::register_mmio_eventfd(&self.vm, address, eventfd)
+    }
+
     /// Creates vCPU `cpu` on the calling thread: vCPU 0 in the state `entry`, the others powered
     /// off until the guest starts them with PSCI CPU_ON.
     fn create_vcpu(
@@ -286,6 +309,12 @@ mod tests {
         assert_eq!(vm_type_for_ipa_limit(44), 44);
         assert_eq!(vm_type_for_ipa_limit(48), 48);
         assert_eq!(vm_type_for_ipa_limit(52), 48);
+    }
+
+    #[test]
+    fn spi_lines_carry_the_spi_type_and_the_intid() {
+        assert_eq!(spi_irq_line(0), 0x0100_0020);
+        assert_eq!(spi_irq_line(3), 0x0100_0023);
     }
 
     #[test]

@@ -31,8 +31,8 @@ use crate::linux::{KvmError, ioctl_error};
 /// Every ioctl an aarch64 vCPU issues once it exists: `KVM_RUN`, the register accesses of exit
 /// handling and crash reports, and the vGIC initialisation of the first run. The seccomp
 /// allowlist of the run phase allows exactly these.
-pub(super) const RUN_IOCTLS: [u64; 5] = {
-    use kvm_bindings::{kvm_device_attr, kvm_guest_debug};
+pub(super) const RUN_IOCTLS: [u64; 6] = {
+    use kvm_bindings::{kvm_device_attr, kvm_guest_debug, kvm_irq_level};
     use std::mem::size_of;
     [
         kvm_ioctl(0, 0x80, 0),                                    // KVM_RUN
@@ -40,6 +40,9 @@ pub(super) const RUN_IOCTLS: [u64; 5] = {
         kvm_ioctl(IOC_WRITE, 0xac, size_of::<kvm_one_reg>()),     // KVM_SET_ONE_REG
         kvm_ioctl(IOC_WRITE, 0xe1, size_of::<kvm_device_attr>()), // KVM_SET_DEVICE_ATTR
         kvm_ioctl(IOC_WRITE, 0x9b, size_of::<kvm_guest_debug>()), // KVM_SET_GUEST_DEBUG
+        // A VM ioctl: the network card's interrupt line, raised by its I/O thread and lowered
+        // by the vCPU that reads its ISR (virtio::service).
+        kvm_ioctl(IOC_WRITE, 0x61, size_of::<kvm_irq_level>()), // KVM_IRQ_LINE
     ]
 };
 
@@ -125,7 +128,8 @@ pub struct KvmArmCpu {
     fd: VcpuFd,
     ram_base: u64,
     gic: Arc<Gic>,
-    /// The last exit was a hypercall read (a load of a v2/v3 address) waiting for its value.
+    /// The last exit was a load waiting for its value: a hypercall read (of a v2/v3 address)
+    /// or a device read.
     pending_read: bool,
     /// The vCPU has not run yet: the vGIC (once per VM) and its PMUv3 still need initialising
     /// before it does. Checked on every run, so that exits after the first take no lock.
@@ -252,6 +256,23 @@ impl KvmArmCpu {
         }
     }
 
+    /// Gives the load of the last exit (a hypercall or device read) its value.
+    fn complete_read(&mut self, operation: &'static str, value: u64) -> Result<(), VcpuError> {
+        let run = self.fd.get_kvm_run();
+        if !std::mem::take(&mut self.pending_read) || run.exit_reason != KVM_EXIT_MMIO {
+            return Err(VcpuError::Unexpected {
+                operation,
+                detail: "no read is pending".into(),
+            });
+        }
+        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the `mmio` member of the union is the
+        // valid one; KVM copies its `data` into the load's register when the vCPU runs again.
+        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+        let len = (mmio.len as usize).min(mmio.data.len());
+        mmio.data[..len].copy_from_slice(&value.to_le_bytes()[..len]);
+        Ok(())
+    }
+
     /// A `KVM_EXIT_ARM_NISV`: a data abort outside RAM whose syndrome does not describe the
     /// access (a load/store pair, a write-back form, a SIMD access), which nobody can emulate.
     fn access_without_syndrome(&mut self) -> VcpuExit {
@@ -353,7 +374,7 @@ impl VirtualCpu for KvmArmCpu {
         if self.pending_read {
             return Err(VcpuError::Unexpected {
                 operation: "KVM_RUN",
-                detail: "the hypercall read of the last exit was not answered".into(),
+                detail: "the read of the last exit was not answered".into(),
             });
         }
         let exit = match self.fd.run() {
@@ -390,7 +411,10 @@ impl VirtualCpu for KvmArmCpu {
                 description: format!("KVM exit {other:?}"),
             },
         };
-        self.pending_read = matches!(exit, VcpuExit::HypercallRead { .. });
+        self.pending_read = matches!(
+            exit,
+            VcpuExit::HypercallRead { .. } | VcpuExit::MmioRead { .. }
+        );
         Ok(exit)
     }
 
@@ -402,19 +426,11 @@ impl VirtualCpu for KvmArmCpu {
     }
 
     fn complete_hypercall_read(&mut self, value: u64) -> Result<(), VcpuError> {
-        let run = self.fd.get_kvm_run();
-        if !std::mem::take(&mut self.pending_read) || run.exit_reason != KVM_EXIT_MMIO {
-            return Err(VcpuError::Unexpected {
-                operation: "complete hypercall read",
-                detail: "no hypercall read is pending".into(),
-            });
-        }
-        // SAFETY: the exit reason is KVM_EXIT_MMIO, so the `mmio` member of the union is the
-        // valid one; KVM copies its `data` into the load's register when the vCPU runs again.
-        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
-        let len = (mmio.len as usize).min(mmio.data.len());
-        mmio.data[..len].copy_from_slice(&value.to_le_bytes()[..len]);
-        Ok(())
+        self.complete_read("complete hypercall read", value)
+    }
+
+    fn complete_mmio_read(&mut self, value: u64) -> Result<(), VcpuError> {
+        self.complete_read("complete device read", value)
     }
 
     fn page_table_root(&mut self) -> Result<GuestPhysAddr, VcpuError> {

@@ -255,15 +255,7 @@ impl Hypervisor for KvmVm {
         address: u64,
         eventfd: &vmm_sys_util::eventfd::EventFd,
     ) -> Result<bool, HypervisorError> {
-        self.vm
-            .register_ioevent(
-                eventfd,
-                &kvm_ioctls::IoEventAddress::Mmio(address),
-                kvm_ioctls::NoDatamatch,
-            )
-            .map(|()| true)
-            .map_err(ioctl_error("KVM_IOEVENTFD"))
-            .map_err(|e| HypervisorError::Backend(Box::new(e)))
+        super::register_mmio_eventfd(&self.vm, address, eventfd)
     }
 
     /// Registers `mem` as the VM's RAM (memory slot 0).

@@ -214,3 +214,19 @@ fn every_offset_and_length_is_answered() {
         }
     }
 }
+
+#[test]
+fn ecam_offsets_name_bus_device_function_and_register() {
+    // Bus 0, device 1, function 0, register 0x3c: the card's interrupt line.
+    assert_eq!(ecam_config_address(0x803c), Some((0x8000_083c, 0)));
+    assert_eq!(ecam_config_address(0x803d), Some((0x8000_083c, 1)));
+    assert_eq!(ecam_config_address(0x8000), Some((0x8000_0800, 0)));
+    // Bus 3, device 31, function 7, register 0xfc.
+    let offset = 3 << 20 | 31 << 15 | 7 << 12 | 0xfc;
+    assert_eq!(ecam_config_address(offset), Some((0x8003_fffc, 0)));
+    // The extended configuration space and offsets past 256 buses are nobody's.
+    assert_eq!(ecam_config_address(0x8100), None);
+    assert_eq!(ecam_config_address(0x8fff), None);
+    assert_eq!(ecam_config_address(1 << 28), None);
+    assert_eq!(ecam_config_address(u64::MAX), None);
+}
