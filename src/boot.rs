@@ -272,7 +272,7 @@ pub struct FdtParams {
     /// in the memory reservation block so that the kernel does not hand it out.
     pub initrd: Option<Range<u64>>,
     /// The guest has PCI devices (the network card): on aarch64 the tree then describes the
-    /// PCI host bridge (`/pcie@a000000`, see [`write_pci_host_bridge`]); x86_64 kernels scan
+    /// PCI host bridge (`/pcie@1000000000`, see [`write_pci_host_bridge`]); x86_64 kernels scan
     /// the legacy configuration ports instead.
     pub pci: bool,
 }
@@ -421,8 +421,8 @@ fn write_gic_and_timer(fdt: &mut FdtWriter) -> Result<(), BootError> {
     Ok(())
 }
 
-/// The aarch64 PCI host bridge (`/pcie@a000000`) in the form Hermit's aarch64 kernels scan
-/// for: a generic ECAM bridge for bus 0, its I/O, 32-bit and 64-bit memory windows in `ranges`
+/// The aarch64 PCI host bridge (`/pcie@1000000000`) in the form Hermit's aarch64 kernels scan
+/// for: a generic ECAM bridge, its I/O, 32-bit and 64-bit memory windows in `ranges`
 /// (3 PCI address cells, 2 parent address cells, 2 size cells each), and an `interrupt-map`
 /// that routes the network card's pin INTA to its level-triggered SPI on the GIC.
 fn write_pci_host_bridge(fdt: &mut FdtWriter) -> Result<(), BootError> {
@@ -459,7 +459,7 @@ fn write_pci_host_bridge(fdt: &mut FdtWriter) -> Result<(), BootError> {
     fdt.property_u32("#size-cells", 2)?;
     fdt.property_u32("#interrupt-cells", 1)?;
     fdt.property_array_u64("reg", &[PCI_ECAM.start, PCI_ECAM.end - PCI_ECAM.start])?;
-    fdt.property_array_u32("bus-range", &[0, 0])?;
+    fdt.property_array_u32("bus-range", &[0, 0xff])?;
     let ranges: Vec<u32> = [
         range(IO_SPACE, &PCI_IO),
         range(MEM32_SPACE, &PCI_MEM32),
@@ -471,7 +471,18 @@ fn write_pci_host_bridge(fdt: &mut FdtWriter) -> Result<(), BootError> {
     fdt.property_array_u32("interrupt-map-mask", &[0xf800, 0, 0, 7])?;
     fdt.property_array_u32(
         "interrupt-map",
-        &[card, 0, 0, PIN_INTA, GIC_PHANDLE, 0, 0, GIC_SPI, NET_SPI, LEVEL_HIGH],
+        &[
+            card,
+            0,
+            0,
+            PIN_INTA,
+            GIC_PHANDLE,
+            0,
+            0,
+            GIC_SPI,
+            NET_SPI,
+            LEVEL_HIGH,
+        ],
     )?;
     fdt.property_null("dma-coherent")?;
     fdt.end_node(bridge)?;
@@ -963,19 +974,37 @@ mod tests {
                 .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
                 .collect()
         };
-        let bridge = "/pcie@a000000";
+        let bridge = "/pcie@1000000000";
         assert_eq!(
             prop(&nodes, bridge, "compatible"),
             Some(&b"pci-host-ecam-generic\0"[..])
         );
-        assert_eq!(cells(bridge, "reg"), [0, 0x0a00_0000, 0, 0x10_0000]);
+        assert_eq!(cells(bridge, "reg"), [0x10, 0, 0, 0x1000_0000]);
         assert_eq!(cells("/", "#address-cells"), [2]);
         assert_eq!(
             cells(bridge, "ranges"),
             [
-                0x0100_0000, 0, 0, 0, 0x0b00_0000, 0, 0x1_0000, // I/O
-                0x0200_0000, 0, 0x0c00_0000, 0, 0x0c00_0000, 0, 0x100_0000, // 32-bit
-                0x4300_0000, 0, 0x0e00_0000, 0, 0x0e00_0000, 0, 0x100_0000, // 64-bit
+                0x0100_0000,
+                0,
+                0,
+                0,
+                0x0b00_0000,
+                0,
+                0x1_0000, // I/O
+                0x0200_0000,
+                0,
+                0x0c00_0000,
+                0,
+                0x0c00_0000,
+                0,
+                0x100_0000, // 32-bit
+                0x4300_0000,
+                0,
+                0x0e00_0000,
+                0,
+                0x0e00_0000,
+                0,
+                0x100_0000, // 64-bit
             ]
         );
         assert_eq!(

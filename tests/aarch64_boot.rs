@@ -47,6 +47,7 @@ fn hello_plan(aslr_random: Option<u64>) -> GuestPlan {
         pre_0_10_kernel: false,
         aslr_random,
         ram_advice: Default::default(),
+        pci: false,
     }
 }
 
@@ -78,6 +79,41 @@ fn with_aslr_the_real_aarch64_image_moves_with_its_ram() {
         bases.insert(g);
     }
     assert_eq!(bases.len(), 4, "{bases:x?}");
+}
+
+/// With PCI devices (`--net`) the v1 kernel maps a 256 MiB configuration window below 4 GiB:
+/// ASLR keeps RAM ending by 3.5 GiB, and RAM that cannot end there is one clear error.
+#[test]
+fn with_pci_devices_v1_ram_leaves_the_kernel_room_for_the_pci_window() {
+    let Some(bytes) = image() else {
+        return;
+    };
+    for random in [1, 1000, 0x1234_5678_9abc, u64::MAX] {
+        let plan = GuestPlan {
+            pci: true,
+            ..hello_plan(Some(random))
+        };
+        let guest = prepare_guest(bytes.clone(), &plan);
+        let end = guest.mem.base().as_u64() + (64 << 20);
+        assert!(end <= layout::PCI_KERNEL_RAM_END, "{end:#x}");
+    }
+    let image = KernelImage::parse_for(bytes, goblin::elf::header::EM_AARCH64).unwrap();
+    let largest = layout::PCI_KERNEL_RAM_END - layout::RAM_BASE;
+    let fits = GuestPlan {
+        ram_size: largest,
+        pci: true,
+        ..hello_plan(None)
+    };
+    setup::prepare(GuestArch::Aarch64, &image, &fits).unwrap();
+    let too_large = GuestPlan {
+        ram_size: largest + (2 << 20),
+        ..fits
+    };
+    let error = setup::prepare(GuestArch::Aarch64, &image, &too_large).unwrap_err();
+    assert!(
+        error.to_string().contains("at most 3328 MiB of RAM"),
+        "{error}"
+    );
 }
 
 /// Checks the prepared `guest` with RAM `[g, g + ram_size)`: kernel, registers, tables, boot
@@ -157,6 +193,7 @@ fn a_hermit_image_archive_is_placed_after_the_aarch64_kernel_for_the_internal_mo
         pre_0_10_kernel: false,
         aslr_random: None,
         ram_advice: Default::default(),
+        pci: false,
     };
     let guest = prepare_guest(bytes.clone(), &setup);
     let initrd = guest.initrd.clone().expect("an initrd range");

@@ -136,6 +136,7 @@ fn prepare_with_ram(bytes: Vec<u8>, random: Option<u64>, ram_size: u64) -> Prepa
         pre_0_10_kernel: false,
         aslr_random: random,
         ram_advice: Default::default(),
+        pci: false,
     };
     let guest = setup::prepare(GuestArch::Aarch64, &image, &plan).unwrap();
     guest

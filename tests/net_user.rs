@@ -3,11 +3,13 @@
 //! host ports to it. The real Hermit applications of tests/hermit/build.sh run on it: `netecho`
 //! (a TCP echo server) is reached through a forwarded port on 127.0.0.1, and `httpget` (an HTTP
 //! client) fetches a page from a server on the host's loopback through the gateway address,
-//! which passt maps to the host. No interface is created, nothing needs privileges.
+//! which passt maps to the host. No interface is created, nothing needs privileges. The same
+//! tests run on aarch64 KVM (inside the emulated Arm machine of .ci/aarch64-kvm, with Debian's
+//! arm64 passt), where the card sits behind the device tree's PCI host bridge.
 //!
 //! Needs KVM and passt (`apt-get install passt`): without them the tests are skipped with a
 //! message; under `UHYVE_REQUIRE_KVM` (CI) they fail instead.
-#![cfg(kvm)]
+#![cfg(any(kvm, kvm_arm))]
 
 mod common;
 
@@ -26,7 +28,7 @@ fn network_app(test: &str, name: &str) -> Option<PathBuf> {
     if !kvm_or_skip(test) || !passt_or_skip(test) {
         return None;
     }
-    hermit_app(test, "x86_64", name)
+    hermit_app(test, std::env::consts::ARCH, name)
 }
 
 /// uhyve with `--net` and `options` (words after the network backend), running `app` with

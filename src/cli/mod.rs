@@ -94,7 +94,7 @@ pub struct Args {
     )]
     pub gdb_port: Option<GdbAddress>,
 
-    /// Give the guest a virtio network card (x86_64 guests on Linux KVM) connected to: a TAP
+    /// Give the guest a virtio network card (guests on Linux KVM) connected to: a TAP
     /// interface (tap:NAME; an existing one is used, a missing one is created where uhyve may,
     /// CAP_NET_ADMIN), rootless user networking through passt, which uhyve starts
     /// (user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]..., udp too), or a running passt's

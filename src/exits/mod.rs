@@ -336,9 +336,8 @@ fn ecam_read(devices: &dyn PciDevices, offset: u64, size: u8) -> u64 {
             .map_or(all_ones, u64::from),
         None => {
             let function_start = crate::virtio::pci::ecam_config_address(offset & !0xfff);
-            let present = function_start.is_some_and(|(config, _)| {
-                devices.config_read(config, 0, 4).is_some()
-            });
+            let present = function_start
+                .is_some_and(|(config, _)| devices.config_read(config, 0, 4).is_some());
             if present { 0 } else { all_ones }
         }
     }

@@ -50,6 +50,19 @@ pub enum SetupError {
     /// The boot info or device tree could not be built or written.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// An aarch64 v1 guest with PCI devices has too much RAM for its kernel to map the PCI
+    /// configuration window.
+    #[error(
+        "with -n/--net, aarch64 guests of interface v1 (Hermit 0.11 and older) get at most \
+         {max_mib} MiB of RAM: their kernel maps the 256 MiB PCI configuration window into its \
+         virtual memory below 4 GiB, which guest RAM above {limit:#x} leaves no room for"
+    )]
+    PciWindow {
+        /// The largest RAM size, in MiB.
+        max_mib: u64,
+        /// Where RAM must end.
+        limit: u64,
+    },
     /// Address-space layout randomisation chose a RAM base the layout rules cannot move to
     /// (cannot happen: the choice stays within them).
     #[error("guest RAM cannot start at {0:#x}")]
@@ -85,6 +98,9 @@ pub struct GuestPlan {
     pub aslr_random: Option<u64>,
     /// What the host kernel is asked to do with guest RAM (`--thp`, `--ksm`).
     pub ram_advice: RamAdvice,
+    /// The guest gets PCI devices (`--net`); on aarch64 its kernel then maps the PCI host
+    /// bridge's configuration window, which limits where its RAM may end.
+    pub pci: bool,
 }
 
 /// A guest ready for its vCPUs: RAM with the kernel, tables and registers in place; the boot

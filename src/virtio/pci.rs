@@ -89,7 +89,10 @@ pub fn ecam_config_address(offset: u64) -> Option<(u32, u8)> {
         return None;
     }
     let function = ((offset >> 12) & 0xffff) as u32;
-    Some((1 << 31 | function << 8 | (register as u32 & 0xfc), (register & 3) as u8))
+    Some((
+        1 << 31 | function << 8 | (register as u32 & 0xfc),
+        (register & 3) as u8,
+    ))
 }
 
 /// One virtio device on the PCI bus.

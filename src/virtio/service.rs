@@ -18,10 +18,10 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{DeviceInterrupt, PciDevices};
 use super::link::{HostLink, Received};
 use super::net::{MAX_FRAME_LEN, NetCounters, NetDevice, RX_QUEUE, TX_QUEUE};
 use super::pci::{BarWrite, VirtioPciTransport, status};
+use super::{DeviceInterrupt, PciDevices};
 use virtio_queue::QueueT;
 
 /// How long the I/O thread sleeps in `poll` before it looks at the stop flag again.
@@ -62,7 +62,8 @@ fn card_register(address: u32) -> Option<u8> {
     let bus = (address >> 16) & 0xff;
     let slot = (address >> 11) & 0x1f;
     let function = (address >> 8) & 0x7;
-    (enabled && bus == 0 && slot == super::NET_SLOT && function == 0).then_some((address & 0xfc) as u8)
+    (enabled && bus == 0 && slot == super::NET_SLOT && function == 0)
+        .then_some((address & 0xfc) as u8)
 }
 
 impl NetService {

@@ -105,7 +105,9 @@ pub enum VmError {
     #[error("cannot create the network card's eventfds: {0}")]
     NetEventFd(std::io::Error),
     /// The guest's architecture or the hypervisor has no network card yet.
-    #[error("-n/--net: {0:?} guests get no network card on this hypervisor yet (guests on Linux KVM do)")]
+    #[error(
+        "-n/--net: {0:?} guests get no network card on this hypervisor yet (guests on Linux KVM do)"
+    )]
     NetUnsupported(crate::arch::GuestArch),
 }
 
@@ -338,6 +340,7 @@ impl<H: Hypervisor + 'static> Vm<H> {
                 huge_pages: config.tuning.transparent_huge_pages,
                 mergeable: config.tuning.same_page_merging,
             },
+            pci: config.net.is_some(),
         };
         let mut guest =
             setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {

@@ -523,10 +523,12 @@ impl<H: Hypervisor> DeviceInterrupt for CardInterrupt<'_, H> {
             GuestArch::X86_64 => {
                 const LOCAL_APIC_MSI: u64 = 0xfee0_0000;
                 let line = crate::arch::x86_64::layout::NET_INTERRUPT_LINE;
-                self.hypervisor.signal_msi(LOCAL_APIC_MSI, 0x20 + u32::from(line))
+                self.hypervisor
+                    .signal_msi(LOCAL_APIC_MSI, 0x20 + u32::from(line))
             }
-            GuestArch::Aarch64 => (self.hypervisor)
-                .set_spi_level(crate::arch::aarch64::layout::NET_SPI, true),
+            GuestArch::Aarch64 => {
+                (self.hypervisor).set_spi_level(crate::arch::aarch64::layout::NET_SPI, true)
+            }
         };
         if let Err(error) = result {
             log::debug!("network card interrupt: {error}");

@@ -45,6 +45,34 @@ pub fn refused_net_option(net: &str) -> String {
 /// emulated by the host kernel on this project's machines).
 pub const DEADLINE: Duration = Duration::from_secs(240);
 
+/// `child`'s output once it ends, or once it has run for `limit`: then it is killed first, so
+/// that a guest that never gets its network fails the test with its output instead of holding
+/// it (and CI) for ever.
+pub fn output_within(child: Child, limit: Duration) -> Output {
+    let pid = child.id() as libc::pid_t;
+    let ended = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !ended.load(Ordering::SeqCst) {
+                if started.elapsed() > limit {
+                    // SAFETY: kill(2) takes plain integers and touches no memory of ours. The
+                    // pid is the child's until wait_with_output reaps it; only in the instant
+                    // between that reap and `ended` could it name a recycled pid.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let output = child.wait_with_output().expect("wait for uhyve");
+    ended.store(true, Ordering::SeqCst);
+    watchdog.join().expect("the watchdog thread");
+    output
+}
+
 /// Connects to the echo server at `address` (retrying while the guest boots, until `ended` or
 /// [`DEADLINE`]), sends `data` and returns what came back. A connection that ends before any
 /// byte came back is retried too: passt accepts for a guest that does not listen yet, then
@@ -100,7 +128,8 @@ pub fn check_echo(
     let ended = AtomicBool::new(false);
     let (echoed, output) = std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
-            let output = uhyve.wait_with_output().expect("wait for uhyve");
+            // The client gives up after DEADLINE; netecho would wait for it for ever.
+            let output = output_within(uhyve, DEADLINE + Duration::from_secs(30));
             ended.store(true, Ordering::SeqCst);
             output
         });
@@ -186,7 +215,7 @@ pub fn check_http_fetch(
     let server = listener.local_addr().expect("the server's address");
     let stop = Arc::new(AtomicBool::new(false));
     let request = serve_one_http_request(listener, stop.clone());
-    let output = uhyve(server).wait_with_output().expect("wait for uhyve");
+    let output = output_within(uhyve(server), DEADLINE);
     stop.store(true, Ordering::SeqCst);
     let request = request.join().expect("the server thread");
     let report = report(&output);

@@ -74,9 +74,11 @@ pub const GIC_ITS: Range<u64> = 0x0808_0000..0x080A_0000;
 /// GICv3 redistributors (GICR) base and size.
 pub const GICR: Range<u64> = 0x080A_0000..0x0900_0000;
 
-/// The PCI host bridge (`/pcie@a000000` in the device tree, present with `--net`): its ECAM
-/// configuration window for bus 0 (1 MiB: 32 devices × 8 functions × 4 KiB).
-pub const PCI_ECAM: Range<u64> = 0x0a00_0000..0x0a10_0000;
+/// The PCI host bridge (`/pcie@1000000000` in the device tree, present with `--net`): its ECAM
+/// configuration window, 256 MiB for 256 buses (32 devices × 8 functions × 4 KiB each). Hermit's
+/// aarch64 kernels map it at a virtual address aligned to its size and refuse a smaller one, so
+/// it lies where no RAM can be: right after the 64 GiB that RAM may use.
+pub const PCI_ECAM: Range<u64> = V1_ADDRESS_SPACE_END..V1_ADDRESS_SPACE_END + 0x1000_0000;
 /// Its I/O window (no device has an I/O BAR, but Hermit's aarch64 kernels insist on one).
 pub const PCI_IO: Range<u64> = 0x0b00_0000..0x0b01_0000;
 /// Its 32-bit memory window (Hermit ignores 32-bit BARs, but insists on the window).
@@ -112,7 +114,7 @@ const _: () = {
     assert!(RAM_BASE.is_multiple_of(MEMORY_GRANULE));
     assert!(V1_MAX_MEMORY.is_multiple_of(MEMORY_GRANULE));
     assert!(GICD.end <= GIC_ITS.start && GIC_ITS.end <= GICR.start && GICR.end <= RAM_BASE);
-    assert!(GICR.end <= PCI_ECAM.start && PCI_ECAM.end <= PCI_IO.start);
+    assert!(GICR.end <= PCI_IO.start && PCI_ECAM.start >= V1_ADDRESS_SPACE_END);
     assert!(PCI_IO.end <= PCI_MEM32.start && PCI_MEM32.end <= PCI_MEM64.start);
     assert!(PCI_MEM64.end <= RAM_BASE && PCI_MEM64.end <= 1 << 32);
 };
@@ -125,6 +127,13 @@ const _: () = assert!(V1_MAX_MEMORY / MIB == 65280);
 /// large as RAM) from it, and panic at start-up when it is too small. So ASLR moves the RAM of a
 /// v1 guest only within the first 4 GiB.
 pub const KERNEL_VIRTUAL_MEMORY_END: u64 = 4 * GIB;
+
+/// Where the RAM of a v1 guest with PCI devices must end: its kernel maps the PCI configuration
+/// window ([`PCI_ECAM`], 256 MiB) at a 256 MiB-aligned virtual address in its virtual memory
+/// after its heap (which ends within RAM) and below [`KERNEL_VIRTUAL_MEMORY_END`], and a few
+/// small mappings come first. RAM ending 512 MiB below 4 GiB leaves an aligned 256 MiB block
+/// and 256 MiB for the rest.
+pub const PCI_KERNEL_RAM_END: u64 = KERNEL_VIRTUAL_MEMORY_END - 512 * MIB;
 
 /// The shared layout rules with this architecture's values.
 pub const RULES: LayoutRules = LayoutRules {
