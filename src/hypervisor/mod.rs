@@ -353,6 +353,13 @@ pub trait Hypervisor: Send + Sync + Sized {
         Ok(false)
     }
 
+    /// Lets the guest read the guest-physical `range` (outside RAM, 1 MiB aligned) as all-ones,
+    /// as where no device answers, without an exit per read; writes there still exit as MMIO
+    /// writes. `false` where the hypervisor cannot: the reads then exit.
+    fn map_all_ones(&self, _range: std::ops::Range<u64>) -> Result<bool, HypervisorError> {
+        Ok(false)
+    }
+
     /// The most vCPUs this hypervisor can give one VM, where it has a limit of its own.
     fn max_cpus(&self) -> Option<u32> {
         None

@@ -3,11 +3,15 @@
 //! hypercalls in the trapped window, vGICv3, PSCI in the host kernel); each builds only on its
 //! own host architecture. Both turn KVM's exits into the backend-neutral
 //! [`crate::hypervisor::VcpuExit`] and share what is here: opening `/dev/kvm`, the errors
-//! ([`KvmError`]) and the vCPU kick (`kick.rs`). The backend depends only on
+//! ([`KvmError`]), the vCPU kick (`kick.rs`) and host memory reading as all-ones for
+//! empty device space (`all_ones.rs`). The backend depends only on
 //! `crate::hypervisor`, `crate::arch` and `crate::mem`.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+// Used by the aarch64 backend; its tests run on every host.
+#[cfg(any(target_arch = "aarch64", test))]
+mod all_ones;
 mod kick;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;

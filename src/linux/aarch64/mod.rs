@@ -15,13 +15,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use kvm_bindings::{
     KVM_CAP_ARM_NISV_TO_USER, KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR,
-    KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
-    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_enable_cap,
-    kvm_userspace_memory_region, kvm_vcpu_init,
+    KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_MEM_READONLY, KVM_VGIC_V3_ADDR_TYPE_DIST,
+    KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_enable_cap, kvm_userspace_memory_region,
+    kvm_vcpu_init,
 };
 use kvm_ioctls::{Cap, DeviceFd, VmFd};
 
 pub use self::vcpu::KvmArmCpu;
+use super::all_ones::AllOnes;
 use super::kick::{self, KvmKick};
 use super::{KvmError, ioctl_error, open_kvm};
 use crate::arch::GuestArch;
@@ -108,6 +110,9 @@ impl Gic {
 pub struct KvmArmVm {
     // Declared first, so dropped first: the VM goes before the memory it maps.
     vm: VmFd,
+    /// Host memory reading as all-ones behind memory slot 1 ([`Hypervisor::map_all_ones`]);
+    /// dropped after the VM.
+    all_ones: OnceLock<AllOnes>,
     gic: Arc<Gic>,
     /// The host's preferred vCPU target, read once.
     target: kvm_vcpu_init,
@@ -192,6 +197,7 @@ impl KvmArmVm {
             .min(u32::try_from(redistributors).unwrap_or(u32::MAX));
         Ok(Self {
             vm,
+            all_ones: OnceLock::new(),
             gic: Arc::new(gic),
             target,
             ram_base: OnceLock::new(),
@@ -255,6 +261,30 @@ impl Hypervisor for KvmArmVm {
         eventfd: &vmm_sys_util::eventfd::EventFd,
     ) -> Result<bool, HypervisorError> {
         super::register_mmio_eventfd(&self.vm, address, eventfd)
+    }
+
+    /// A read-only memory slot (slot 1, `KVM_MEM_READONLY`) over host memory of 0xFF bytes.
+    fn map_all_ones(&self, range: std::ops::Range<u64>) -> Result<bool, HypervisorError> {
+        const ALL_ONES_SLOT: u32 = 1;
+        let backend = |e: std::io::Error| HypervisorError::Backend(Box::new(e));
+        if !open_kvm()?.check_extension(Cap::ReadonlyMem) || self.all_ones.get().is_some() {
+            return Ok(false);
+        }
+        let len = range.end.saturating_sub(range.start);
+        let mapping = AllOnes::new(usize::try_from(len).unwrap_or(0)).map_err(backend)?;
+        let region = kvm_userspace_memory_region {
+            slot: ALL_ONES_SLOT,
+            flags: KVM_MEM_READONLY,
+            guest_phys_addr: range.start,
+            memory_size: mapping.size(),
+            userspace_addr: mapping.host_address(),
+        };
+        // SAFETY: the region is exactly the mapping, which `self.all_ones` keeps until after
+        // the VM is dropped (field order), and KVM only reads it (a read-only slot).
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION (all-ones)"))?;
+        let _ = self.all_ones.set(mapping);
+        Ok(true)
     }
 
     /// Creates vCPU `cpu` on the calling thread: vCPU 0 in the state `entry`, the others powered
