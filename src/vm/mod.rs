@@ -290,6 +290,30 @@ fn stable_mac(backend: &crate::params::NetBackend) -> [u8; 6] {
     [0x02, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]
 }
 
+/// How the guest of `config` running `image` is laid out, with the kernel's command line
+/// `bootargs` and its mount points `mounts`.
+fn guest_plan(
+    config: &VmConfig,
+    image: &image::GuestImage<'_>,
+    bootargs: String,
+    mounts: Vec<String>,
+) -> GuestPlan {
+    GuestPlan {
+        ram_size: config.memory_size.0,
+        num_cpus: config.cpu_count,
+        bootargs,
+        mounts,
+        initrd: image.initrd.clone(),
+        pre_0_10_kernel: image.kernel.generation() == crate::loader::KernelGeneration::Legacy,
+        aslr_random: aslr_random(config),
+        ram_advice: crate::mem::RamAdvice {
+            huge_pages: config.tuning.transparent_huge_pages,
+            mergeable: config.tuning.same_page_merging,
+        },
+        pci: config.net.is_some(),
+    }
+}
+
 /// Checks the vCPU count and the affinity list of `config`.
 fn check_cpus(config: &VmConfig) -> Result<(), VmError> {
     if config.cpu_count == 0 || config.cpu_count > MAX_CPUS {
@@ -337,20 +361,7 @@ impl<H: Hypervisor + 'static> Vm<H> {
             confiner.allow_trees(trees, removable);
         }
         let output = Arc::new(SerialOutput::new(config.output.clone())?);
-        let plan = GuestPlan {
-            ram_size: config.memory_size.0,
-            num_cpus: config.cpu_count,
-            bootargs: input.bootargs,
-            mounts: input.fdt_mounts,
-            initrd: image.initrd.clone(),
-            pre_0_10_kernel: image.kernel.generation() == crate::loader::KernelGeneration::Legacy,
-            aslr_random: aslr_random(config),
-            ram_advice: crate::mem::RamAdvice {
-                huge_pages: config.tuning.transparent_huge_pages,
-                mergeable: config.tuning.same_page_merging,
-            },
-            pci: config.net.is_some(),
-        };
+        let plan = guest_plan(config, &image, input.bootargs, input.fdt_mounts);
         let mut guest =
             setup::prepare(H::ARCH, &image.kernel, &plan).map_err(|source| VmError::Setup {
                 path: config.kernel.clone(),

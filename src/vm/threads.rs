@@ -49,16 +49,7 @@ impl<H: Hypervisor> Vm<H> {
             hypervisor: &self.hypervisor,
         };
         let shared = SharedVcpuState {
-            services: ExitServices {
-                mem: &self.guest.mem,
-                hypercalls: &self.hypercalls,
-                fallback: EmulationFallback::new(self.emulation_fallback),
-                stop: AtomicBool::new(false),
-                debugger: debugger.as_ref(),
-                devices: self.pci_devices(),
-                device_interrupt: &device_interrupt,
-                pci_ecam: self.net.as_ref().and(pci_ecam(H::ARCH)),
-            },
+            services: self.exit_services(debugger.as_ref(), &device_interrupt),
             kicks: &kicks,
         };
         if let Err(error) = self.confiner.restrict_files() {
@@ -115,6 +106,24 @@ impl<H: Hypervisor> Vm<H> {
 }
 
 impl<H: Hypervisor> Vm<H> {
+    /// What every vCPU's exit loop uses.
+    fn exit_services<'s>(
+        &'s self,
+        debugger: Option<&'s Debugger<'s>>,
+        device_interrupt: &'s dyn DeviceInterrupt,
+    ) -> ExitServices<'s> {
+        ExitServices {
+            mem: &self.guest.mem,
+            hypercalls: &self.hypercalls,
+            fallback: EmulationFallback::new(self.emulation_fallback),
+            stop: AtomicBool::new(false),
+            debugger,
+            devices: self.pci_devices(),
+            device_interrupt,
+            pci_ecam: self.net.as_ref().and(pci_ecam(H::ARCH)),
+        }
+    }
+
     /// The PCI devices the exit loops serve (the network card), if any.
     fn pci_devices(&self) -> Option<&dyn crate::virtio::PciDevices> {
         #[cfg(target_os = "linux")]
