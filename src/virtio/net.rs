@@ -1,9 +1,10 @@
-//! The virtio network card (virtio 1.x device type 1): what it offers (MAC, MTU, link status and
-//! VIRTIO_F_VERSION_1; event indexes are supported by the queues but not offered yet), its configuration space, and moving
-//! Ethernet frames between its two queues and a host backend: [`NetDevice::take_tx_frames`]
-//! collects what the guest sent, [`NetDevice::deliver_rx_frame`] puts one received frame into a
-//! buffer the guest posted. Every frame crosses with the 12-byte `virtio_net_hdr_v1` in front,
-//! as TAP devices with `IFF_VNET_HDR` expect it.
+//! The virtio network card (virtio 1.x device type 1): what it offers (MAC, link status,
+//! checksum offload, mergeable receive buffers, event indexes and VIRTIO_F_VERSION_1), its
+//! configuration space, and moving Ethernet frames between its two queues and a host backend:
+//! [`NetDevice::take_tx_frames`] collects what the guest sent,
+//! [`NetDevice::deliver_rx_frame`] puts one received frame into a buffer the guest posted
+//! ([`NetDevice::deliver_rx_frame_mergeable`] into as many as it needs). Every frame crosses
+//! with the 12-byte `virtio_net_hdr_v1` in front, as TAP devices with `IFF_VNET_HDR` expect it.
 //!
 //! The guest's rings are hostile input: `virtio-queue` walks the chains (a loop or an indirect
 //! table out of RAM ends the chain with an error), and every buffer is read or written through
@@ -12,8 +13,8 @@
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -30,6 +31,9 @@ pub const TX_QUEUE: u16 = 1;
 pub const QUEUE_SIZE: u16 = 256;
 /// `sizeof(struct virtio_net_hdr_v1)`: the header in front of every frame.
 pub const NET_HEADER_LEN: usize = 12;
+/// Offset of `num_buffers` in the header: how many receive buffers the frame fills (1 unless
+/// VIRTIO_NET_F_MRG_RXBUF spreads it over several).
+pub const NUM_BUFFERS: usize = 10;
 /// The largest frame the device moves, header included (a 64 KiB GSO frame and its headers).
 pub const MAX_FRAME_LEN: usize = 65_562;
 
@@ -55,7 +59,8 @@ pub struct NetCounters {
     pub rx_bytes: u64,
     /// Frames of the guest the host side did not take (a full TAP queue, passt gone).
     pub tx_dropped: u64,
-    /// Frames from the host that no guest driver was there to take.
+    /// Frames from the host that no guest driver was there to take, or that did not fit the
+    /// buffer it posted.
     pub rx_dropped: u64,
 }
 
@@ -147,6 +152,54 @@ impl NetDevice {
         self.fill_rx_chain(queue, mem, chain, frame).map(Some)
     }
 
+    /// Delivers `frame` (its virtio header first) with VIRTIO_NET_F_MRG_RXBUF negotiated: into
+    /// as many receive buffers as it needs, the first header's `num_buffers` saying how many.
+    /// `Ok(None)` if the guest posted too few (none is used; the caller keeps the frame and
+    /// waits), otherwise whether the guest wants an interrupt. A buffer shorter than the header
+    /// breaks the card, as any buffer that is not the device's to write.
+    pub fn deliver_rx_frame_mergeable<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        frame: &[u8],
+    ) -> Result<Option<bool>, VirtioError> {
+        let Some(buffers) = take_rx_buffers(queue, mem, frame.len())? else {
+            return Ok(None);
+        };
+        // Fewer than 2^16 buffers: the queue holds at most QUEUE_SIZE.
+        let count = u16::try_from(buffers.len()).unwrap_or(u16::MAX);
+        let mut header = [0u8; NET_HEADER_LEN];
+        header.copy_from_slice(&frame[..NET_HEADER_LEN.min(frame.len())]);
+        header[NUM_BUFFERS..].copy_from_slice(&count.to_le_bytes());
+        let mut written = 0usize;
+        let mut used = Vec::with_capacity(buffers.len());
+        for (head, descriptors) in buffers {
+            let mut in_buffer = 0u32;
+            for descriptor in descriptors {
+                if written == frame.len() {
+                    break;
+                }
+                let len = (descriptor.len() as usize).min(frame.len() - written);
+                let mut piece = frame[written..written + len].to_vec();
+                // The part of the header this piece holds, with num_buffers set.
+                for (i, byte) in piece.iter_mut().enumerate() {
+                    if let Some(patched) = header.get(written + i) {
+                        *byte = *patched;
+                    }
+                }
+                mem.write_slice(&piece, descriptor.addr())
+                    .map_err(|e| bad_chain(RX_QUEUE, &format!("buffer outside RAM: {e}")))?;
+                written += len;
+                in_buffer += len as u32;
+            }
+            used.push((head, in_buffer));
+        }
+        let wanted = publish_used(queue, mem, &used)?;
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += frame.len().saturating_sub(NET_HEADER_LEN) as u64;
+        Ok(Some(wanted))
+    }
+
     fn fill_rx_chain<M: GuestMemory>(
         &mut self,
         queue: &mut Queue,
@@ -171,6 +224,7 @@ impl NetDevice {
         if written < frame.len() {
             // The guest's buffer is too small for the frame: it is dropped, as a NIC drops a
             // frame larger than its buffer, and the buffer goes back empty.
+            self.counters.rx_dropped += 1;
             queue
                 .add_used(mem, head, 0)
                 .map_err(queue_error(RX_QUEUE))?;
@@ -183,6 +237,102 @@ impl NetDevice {
         self.counters.rx_bytes += frame.len().saturating_sub(NET_HEADER_LEN) as u64;
         wants_interrupt(queue, mem, RX_QUEUE)
     }
+}
+
+/// A receive buffer the device may fill: its head index and its (device-writable) descriptors.
+type RxBuffer = (u16, Vec<virtio_queue::desc::split::Descriptor>);
+
+/// Takes receive buffers from `queue` until they hold `len` bytes; `None` (and the queue as it
+/// was) if the guest has not posted enough yet.
+fn take_rx_buffers<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    len: usize,
+) -> Result<Option<Vec<RxBuffer>>, VirtioError> {
+    let mut buffers: Vec<RxBuffer> = Vec::new();
+    let mut capacity = 0usize;
+    while capacity < len {
+        let mut chain = queue.pop_descriptor_chain(mem);
+        if chain.is_none() {
+            queue
+                .enable_notification(mem)
+                .map_err(queue_error(RX_QUEUE))?;
+            // A buffer may have been posted before notifications were back on.
+            chain = queue.pop_descriptor_chain(mem);
+        }
+        let Some(chain) = chain else {
+            for _ in 0..buffers.len() {
+                queue.go_to_previous_position();
+            }
+            return Ok(None);
+        };
+        let head = chain.head_index();
+        let descriptors = descriptors_of(chain, RX_QUEUE)?;
+        if descriptors.iter().any(|d| !d.is_write_only()) {
+            return Err(bad_chain(RX_QUEUE, "a receive buffer is device-readable"));
+        }
+        let size = descriptors
+            .iter()
+            .fold(0usize, |sum, d| sum.saturating_add(d.len() as usize));
+        if size < NET_HEADER_LEN {
+            return Err(bad_chain(
+                RX_QUEUE,
+                "a receive buffer shorter than the header",
+            ));
+        }
+        capacity = capacity.saturating_add(size);
+        buffers.push((head, descriptors));
+    }
+    Ok(Some(buffers))
+}
+
+/// Puts the receive buffers `used` (head, bytes written) of one frame into the used ring and
+/// makes them visible to the driver at once: a driver that reads `num_buffers` from the first
+/// may take the others right away (Hermit unwraps them). The elements but the last are written
+/// first, then `virtio-queue` adds the last and publishes the index. Returns whether the driver
+/// wants an interrupt: with event indexes, if its `used_event` names any of them.
+fn publish_used<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    used: &[(u16, u32)],
+) -> Result<bool, VirtioError> {
+    let Some((&(last_head, last_len), earlier)) = used.split_last() else {
+        return Ok(false);
+    };
+    let base = queue.next_used();
+    let size = queue.size().max(1);
+    for (n, &(head, len)) in earlier.iter().enumerate() {
+        let slot = u64::from(base.wrapping_add(n as u16) % size);
+        let mut element = [0u8; 8];
+        element[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        element[4..].copy_from_slice(&len.to_le_bytes());
+        // struct virtq_used: flags, idx, then 8-byte elements.
+        let at = queue
+            .used_ring()
+            .checked_add(4 + 8 * slot)
+            .ok_or_else(|| bad_chain(RX_QUEUE, "used ring past the address space"))?;
+        mem.write_slice(&element, vm_memory::GuestAddress(at))
+            .map_err(|e| bad_chain(RX_QUEUE, &format!("used ring outside RAM: {e}")))?;
+    }
+    queue.set_next_used(base.wrapping_add(earlier.len() as u16));
+    queue
+        .add_used(mem, last_head, last_len)
+        .map_err(queue_error(RX_QUEUE))?;
+    // virtio-queue's check covers the element it added; the earlier ones are checked here.
+    let wanted = wants_interrupt(queue, mem, RX_QUEUE)?;
+    if wanted || !queue.event_idx_enabled() || earlier.is_empty() {
+        return Ok(wanted);
+    }
+    let used_event_at = queue
+        .avail_ring()
+        .checked_add(4 + 2 * u64::from(queue.size()))
+        .ok_or_else(|| bad_chain(RX_QUEUE, "available ring past the address space"))?;
+    let used_event = u16::from_le(
+        mem.read_obj(vm_memory::GuestAddress(used_event_at))
+            .map_err(|e| bad_chain(RX_QUEUE, &format!("available ring outside RAM: {e}")))?,
+    );
+    let new = queue.next_used();
+    Ok(new.wrapping_sub(used_event).wrapping_sub(1) < used.len() as u16)
 }
 
 /// The descriptors of `chain`, all of them or an error: `virtio-queue` ends a chain early
@@ -254,6 +404,9 @@ impl VirtioDevice for NetDevice {
     /// computed by uhyve ([`super::offload`]) and not checked by the guest.
     /// VIRTIO_RING_F_EVENT_IDX: the queues follow it when the driver takes it (Hermit 0.11
     /// does not ask for it; tests/guests/virtio_net.c does).
+    /// VIRTIO_NET_F_MRG_RXBUF: Hermit 0.11 takes it (its receive buffers then hold a header and
+    /// 1514 bytes); a frame larger than one buffer spreads over several.
+    /// No segmentation offload (TSO/UFO): Hermit 0.11's driver takes none.
     fn features(&self) -> u64 {
         1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_NET_F_MAC
@@ -261,6 +414,7 @@ impl VirtioDevice for NetDevice {
             | 1 << VIRTIO_NET_F_CSUM
             | 1 << VIRTIO_NET_F_GUEST_CSUM
             | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -19,9 +19,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::link::{HostLink, Received};
-use super::net::{MAX_FRAME_LEN, NetCounters, NetDevice, RX_QUEUE, TX_QUEUE};
+use super::net::{MAX_FRAME_LEN, NUM_BUFFERS, NetCounters, NetDevice, RX_QUEUE, TX_QUEUE};
 use super::pci::{BarWrite, VirtioPciTransport, status};
 use super::{DeviceInterrupt, PciDevices};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::QueueT;
 
 /// How long the I/O thread sleeps in `poll` before it looks at the stop flag again.
@@ -277,8 +278,19 @@ impl NetService {
                 transport.device_mut().counters.rx_dropped += 1;
                 continue;
             }
+            let mergeable = transport.driver_features() & 1 << VIRTIO_NET_F_MRG_RXBUF != 0;
             let (device, queue) = transport.device_and_queue(RX_QUEUE);
-            match device.deliver_rx_frame(queue, mem, &frame[..len]) {
+            let delivered = if mergeable {
+                device.deliver_rx_frame_mergeable(queue, mem, &frame[..len])
+            } else {
+                // One buffer per frame: num_buffers is 1 (virtio 1.x, 5.1.6.4), whatever the
+                // backend left in the header.
+                if let Some(field) = frame.get_mut(NUM_BUFFERS..NUM_BUFFERS + 2) {
+                    field.copy_from_slice(&1u16.to_le_bytes());
+                }
+                device.deliver_rx_frame(queue, mem, &frame[..len])
+            };
+            match delivered {
                 Ok(Some(wanted)) => {
                     if wanted {
                         transport.signal_used_queue();
