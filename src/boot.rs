@@ -958,13 +958,8 @@ mod tests {
     #[test]
     fn aarch64_fdt_with_pci_describes_the_host_bridge_hermit_scans() {
         let params = FdtParams {
-            ram: 0x1000_0000..0x1400_0000,
-            num_cpus: 1,
-            tsc_khz: None,
-            bootargs: String::new(),
-            mounts: Vec::new(),
-            initrd: None,
             pci: true,
+            ..one_cpu(0x1000_0000..0x1400_0000)
         };
         let nodes = parse_dtb(&build_fdt_for(&params, BootPlatform::Aarch64).unwrap());
         let cells = |path: &str, name: &str| -> Vec<u32> {
@@ -1018,18 +1013,22 @@ mod tests {
         assert!(x86.iter().all(|n| !n.path.starts_with("/pcie")));
     }
 
-    #[test]
-    fn fdt_without_tsc_and_with_nonzero_base() {
-        let blob = build_fdt(&FdtParams {
-            ram: 0x1000_0000..0x1400_0000,
+    /// One vCPU on `ram`, nothing else.
+    fn one_cpu(ram: Range<u64>) -> FdtParams {
+        FdtParams {
+            ram,
             num_cpus: 1,
             tsc_khz: None,
             bootargs: String::new(),
             mounts: Vec::new(),
             initrd: None,
             pci: false,
-        })
-        .unwrap();
+        }
+    }
+
+    #[test]
+    fn fdt_without_tsc_and_with_nonzero_base() {
+        let blob = build_fdt(&one_cpu(0x1000_0000..0x1400_0000)).unwrap();
         let nodes = parse_dtb(&blob);
         assert!(nodes.iter().any(|n| n.path == "/memory@10000000"));
         assert!(nodes.iter().all(|n| n.path != "/hermit,tsc"));
@@ -1039,13 +1038,8 @@ mod tests {
     #[test]
     fn mount_points_go_into_one_node_as_a_string_list() {
         let blob = build_fdt(&FdtParams {
-            ram: 0..0x400_0000,
-            num_cpus: 1,
-            tsc_khz: None,
-            bootargs: String::new(),
             mounts: vec!["/data".to_owned(), "/root/cfg".to_owned()],
-            initrd: None,
-            pci: false,
+            ..one_cpu(0..0x400_0000)
         })
         .unwrap();
         let nodes = parse_dtb(&blob);

@@ -73,6 +73,13 @@ impl<'m> Driver<'m> {
     }
 }
 
+/// A driver on `mem`, its queue (with event indexes or not) and a card.
+fn card(mem: &GuestMemoryMmap, event_idx: bool) -> (Driver<'_>, Queue, NetDevice) {
+    let driver = Driver::new(mem);
+    let queue = driver.queue(event_idx);
+    (driver, queue, NetDevice::new([2, 0, 0, 0, 0, 1], 1500))
+}
+
 fn header_and(payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0u8; NET_HEADER_LEN];
     frame.extend_from_slice(payload);
@@ -117,9 +124,7 @@ fn transmitted_frames_come_out_whole_and_their_buffers_go_back() {
 #[test]
 fn a_received_frame_fills_the_next_posted_buffer() {
     let mem = memory();
-    let mut driver = Driver::new(&mem);
-    let mut queue = driver.queue(false);
-    let mut device = NetDevice::new([2, 0, 0, 0, 0, 1], 1500);
+    let (mut driver, mut queue, mut device) = card(&mem, false);
     let frame = header_and(b"ping");
     // No buffer posted yet: the frame waits.
     assert_eq!(
@@ -146,9 +151,7 @@ fn a_received_frame_fills_the_next_posted_buffer() {
 #[test]
 fn a_frame_too_large_for_the_buffer_is_dropped_and_the_buffer_returned() {
     let mem = memory();
-    let mut driver = Driver::new(&mem);
-    let mut queue = driver.queue(false);
-    let mut device = NetDevice::new([2, 0, 0, 0, 0, 1], 1500);
+    let (mut driver, mut queue, mut device) = card(&mem, false);
     driver.descriptor(0, BUFFERS, 16, WRITE, 0);
     driver.post(0);
     let frame = header_and(&[7; 100]);
@@ -173,9 +176,7 @@ fn post_rx_buffers(driver: &mut Driver<'_>, count: u16, len: u32) {
 #[test]
 fn with_mergeable_buffers_a_large_frame_spreads_and_says_how_many() {
     let mem = memory();
-    let mut driver = Driver::new(&mem);
-    let mut queue = driver.queue(false);
-    let mut device = NetDevice::new([2, 0, 0, 0, 0, 1], 1500);
+    let (mut driver, mut queue, mut device) = card(&mem, false);
     // Hermit's buffers with VIRTIO_NET_F_MRG_RXBUF: a header and 1514 bytes.
     post_rx_buffers(&mut driver, 3, 1526);
     let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
@@ -215,9 +216,7 @@ fn with_mergeable_buffers_a_large_frame_spreads_and_says_how_many() {
 #[test]
 fn with_mergeable_buffers_too_few_posted_leaves_the_queue_as_it_was() {
     let mem = memory();
-    let mut driver = Driver::new(&mem);
-    let mut queue = driver.queue(false);
-    let mut device = NetDevice::new([2, 0, 0, 0, 0, 1], 1500);
+    let (mut driver, mut queue, mut device) = card(&mem, false);
     post_rx_buffers(&mut driver, 1, 1526);
     let frame = header_and(&[9; 3000]);
     assert_eq!(
@@ -243,9 +242,7 @@ fn with_mergeable_buffers_too_few_posted_leaves_the_queue_as_it_was() {
 #[test]
 fn with_mergeable_buffers_event_indexes_count_every_buffer_of_the_frame() {
     let mem = memory();
-    let mut driver = Driver::new(&mem);
-    let mut queue = driver.queue(true);
-    let mut device = NetDevice::new([2, 0, 0, 0, 0, 1], 1500);
+    let (mut driver, mut queue, mut device) = card(&mem, true);
     post_rx_buffers(&mut driver, 3, 1526);
     // used_event 0: the driver wants an interrupt once element 0 is used, which is the first
     // of the frame's two buffers, not the one virtio-queue added last.
@@ -271,9 +268,7 @@ fn with_mergeable_buffers_event_indexes_count_every_buffer_of_the_frame() {
 #[test]
 fn with_mergeable_buffers_one_shorter_than_the_header_breaks_the_card() {
     let mem = memory();
-    let mut driver = Driver::new(&mem);
-    let mut queue = driver.queue(false);
-    let mut device = NetDevice::new([2, 0, 0, 0, 0, 1], 1500);
+    let (mut driver, mut queue, mut device) = card(&mem, false);
     post_rx_buffers(&mut driver, 2, 8);
     let error = device
         .deliver_rx_frame_mergeable(&mut queue, &mem, &header_and(b"data"))
