@@ -6,12 +6,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use crate::arch::x86_64::emulate::{
     EmulationError, GuestAccess, MAX_INSTRUCTION_LEN, PageFault, PagingMode, SystemServices,
-    emulate, xsave,
+    XsaveScope, emulate, xsave, xsave_scope,
 };
 use crate::arch::x86_64::paging::{AccessKind, CheckedPageTables, CheckedTranslateError};
 use crate::hypervisor::VcpuError;
@@ -223,7 +223,14 @@ pub fn emulate_on_vcpu(
     mem: &GuestMemory,
     reported: Option<&[u8]>,
 ) -> Result<Emulated, FallbackError> {
-    let before = cpu.emulation_state()?;
+    // With the hypervisor's bytes the instruction is known first, and only the part of the
+    // XSAVE area it works on is read.
+    let scope = reported
+        .filter(|bytes| !bytes.is_empty())
+        .map(|bytes| Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE).decode())
+        .filter(|instruction| !instruction.is_invalid())
+        .map_or(XsaveScope::Full, |instruction| xsave_scope(&instruction));
+    let before = cpu.emulation_state_for(scope)?;
     let mut memory =
         PagedGuestMemory::new(mem, GuestPhysAddr::new(before.cr3), before.paging_mode());
     let fetched;
@@ -249,6 +256,9 @@ pub fn emulate_on_vcpu(
     match emulate(bytes, &mut after, &mut memory, &mut BackendServices { cpu }) {
         Ok(instruction) => {
             cpu.set_emulation_state(&before, &after)?;
+            if matches!(instruction.mnemonic(), Mnemonic::Xgetbv | Mnemonic::Xsetbv) {
+                cpu.xcr0_kept_by_fallback(after.xcr0);
+            }
             Ok(Emulated::Executed(instruction))
         }
         Err(EmulationError::PageFault(fault)) => {

@@ -1,17 +1,31 @@
 //! What an x86_64 backend offers beyond [`super::VirtualCpu`]: the vCPU state the user-space
 //! instruction emulator reads and writes back, and injecting the page faults it finds.
 
-use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout};
+use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, XsaveScope};
 
 use super::{VcpuError, VirtualCpu};
 
 /// An x86_64 vCPU whose state the user-space instruction emulator can work on.
 pub trait X86Vcpu: VirtualCpu {
-    /// Reads the state the emulator works on.
+    /// Reads the state the emulator works on, the whole XSAVE area included.
     fn emulation_state(&mut self) -> Result<X86State, VcpuError>;
-    /// Writes back what changed between `before` and `after`.
+    /// Reads the state with only the part of the XSAVE area that `scope` names (where the
+    /// backend can read less, which is cheaper); `X86State::xsave_scope` says what was read.
+    fn emulation_state_for(&mut self, scope: XsaveScope) -> Result<X86State, VcpuError> {
+        let _ = scope;
+        self.emulation_state()
+    }
+    /// Writes back what changed between `before` and `after` (of the XSAVE area, only the part
+    /// `before` was read with).
     fn set_emulation_state(&mut self, before: &X86State, after: &X86State)
     -> Result<(), VcpuError>;
+    /// The fallback executed `xgetbv` or `xsetbv` for this vCPU, leaving XCR0 at `xcr0`: a
+    /// hypervisor that leaves those to uhyve executes neither itself (it executes `xgetbv`
+    /// natively or not at all), so from now on XCR0 changes only through the fallback and a
+    /// backend may keep it instead of reading it each time.
+    fn xcr0_kept_by_fallback(&mut self, xcr0: u64) {
+        let _ = xcr0;
+    }
     /// The guest's TSC and `IA32_TSC_AUX`.
     fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError>;
     /// The XSAVE layout of this vCPU.

@@ -5,15 +5,17 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    CpuId, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION,
+    CpuId, KVM_CAP_SYNC_REGS, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_RUNNABLE, Msrs, kvm_mp_state, kvm_msr_entry, kvm_segment,
+    KVM_MP_STATE_RUNNABLE, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, Msrs, kvm_fpu, kvm_mp_state,
+    kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
 };
-use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
+use kvm_ioctls::{SyncReg, VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
-use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, state::XSAVE_AREA_SIZE};
+use crate::arch::x86_64::emulate::state::{LEGACY_REGION_SIZE, XSAVE_AREA_SIZE};
+use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, XsaveScope};
 use crate::arch::x86_64::{
     CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
     restrict_to_fallback,
@@ -104,9 +106,10 @@ const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 /// Every ioctl a vCPU issues after its creation: `KVM_RUN` and what the exit handling, the
 /// emulation fallback (`X86Vcpu`) and crash reports read and write. The seccomp allowlist of the
 /// run phase allows exactly these; a new vCPU call at run time must be added here.
-pub(super) const RUN_IOCTLS: [u64; 14] = {
+pub(super) const RUN_IOCTLS: [u64; 15] = {
     use kvm_bindings::{
-        kvm_guest_debug, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+        kvm_fpu, kvm_guest_debug, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+        kvm_xsave,
     };
     use std::mem::size_of;
     [
@@ -116,6 +119,7 @@ pub(super) const RUN_IOCTLS: [u64; 14] = {
         kvm_ioctl(IOC_READ, 0x83, size_of::<kvm_sregs>()),            // KVM_GET_SREGS
         kvm_ioctl(IOC_WRITE, 0x84, size_of::<kvm_sregs>()),           // KVM_SET_SREGS
         kvm_ioctl(IOC_READ | IOC_WRITE, 0x88, size_of::<kvm_msrs>()), // KVM_GET_MSRS
+        kvm_ioctl(IOC_WRITE, 0x8d, size_of::<kvm_fpu>()),             // KVM_SET_FPU
         kvm_ioctl(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()),      // KVM_GET_VCPU_EVENTS
         kvm_ioctl(IOC_WRITE, 0xa0, size_of::<kvm_vcpu_events>()),     // KVM_SET_VCPU_EVENTS
         kvm_ioctl(IOC_READ, 0xa4, size_of::<kvm_xsave>()),            // KVM_GET_XSAVE
@@ -136,6 +140,27 @@ pub struct KvmCpu {
     xsave_layout: XsaveLayout,
     /// What its kick handles aim at; cleared when the vCPU is dropped.
     kick_target: Arc<Mutex<Option<KickTarget>>>,
+    /// What makes reading the state for the emulation fallback cheap.
+    emulation: EmulationCache,
+}
+
+/// Shortcuts for the emulation fallback's state reads, which on a KVM that cannot execute SSE
+/// happen once per emulated instruction.
+#[derive(Debug, Default)]
+struct EmulationCache {
+    /// KVM offers to copy the general and system registers into the `kvm_run` page at every
+    /// exit (`KVM_CAP_SYNC_REGS`).
+    sync_offered: bool,
+    /// It does so: turned on at the fallback's first use, so that a KVM that executes
+    /// everything pays nothing for it on its exits.
+    sync_on: bool,
+    /// The copy in the `kvm_run` page is that of the last exit, and nothing changed the
+    /// registers since.
+    fresh: bool,
+    /// XCR0 as the fallback last executed `xgetbv` or `xsetbv` with it: a KVM that leaves those
+    /// to uhyve executes neither itself, so XCR0 changes only through the fallback. `None`
+    /// until then (and always on a KVM that executes them).
+    xcr0: Option<u64>,
 }
 
 impl Drop for KvmCpu {
@@ -191,6 +216,12 @@ impl KvmCpu {
         enable_fast_strings(&fd);
 
         let tsc_khz = fd.get_tsc_khz().ok().filter(|&khz| khz != 0);
+        let wanted = u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
+        let offered = u64::try_from(vm.check_extension_raw(KVM_CAP_SYNC_REGS.into())).unwrap_or(0);
+        let emulation = EmulationCache {
+            sync_offered: offered & wanted == wanted,
+            ..EmulationCache::default()
+        };
         let mut fd = fd;
         let kick_target = KickTarget::of_current_thread(&mut fd);
         Ok(Self {
@@ -199,7 +230,62 @@ impl KvmCpu {
             tsc_khz,
             xsave_layout,
             kick_target,
+            emulation,
         })
+    }
+
+    /// The general and system registers: from the `kvm_run` page when KVM synchronised them
+    /// at the last exit, else by ioctl (and from then on KVM synchronises them at every exit).
+    fn synchronised_registers(&mut self) -> Result<(kvm_regs, kvm_sregs), VcpuError> {
+        if self.emulation.fresh {
+            let synced = self.fd.sync_regs();
+            return Ok((synced.regs, synced.sregs));
+        }
+        let regs = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(backend_error("KVM_GET_SREGS"))?;
+        if self.emulation.sync_offered && !self.emulation.sync_on {
+            self.fd.set_sync_valid_reg(SyncReg::Register);
+            self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            self.emulation.sync_on = true;
+        }
+        Ok((regs, sregs))
+    }
+
+    /// Reads the whole XSAVE area into `area`.
+    fn read_xsave_area(&mut self, area: &mut [u8; XSAVE_AREA_SIZE]) -> Result<(), VcpuError> {
+        let xsave = self
+            .fd
+            .get_xsave()
+            .map_err(backend_error("KVM_GET_XSAVE"))?;
+        for (chunk, word) in area.chunks_exact_mut(4).zip(xsave.region.iter()) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Writes `state`'s XSAVE area back.
+    fn write_xsave_area(&mut self, state: &X86State) -> Result<(), VcpuError> {
+        let mut xsave = kvm_bindings::kvm_xsave::default();
+        for (word, chunk) in xsave.region.iter_mut().zip(state.xsave.chunks_exact(4)) {
+            *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        // SAFETY: `xsave` is a complete `kvm_xsave` (4096 bytes) that lives for the call.
+        // uhyve never enables dynamically sized state (AMX), so the kernel's XSAVE buffer for
+        // this vCPU is at most 4096 bytes and KVM reads nothing beyond the struct.
+        unsafe { self.fd.set_xsave(&xsave) }.map_err(backend_error("KVM_SET_XSAVE"))
+    }
+
+    /// XCR0 as KVM holds it.
+    fn read_xcr0(&mut self) -> Result<u64, VcpuError> {
+        let xcrs = self.fd.get_xcrs().map_err(backend_error("KVM_GET_XCRS"))?;
+        let valid_xcrs = xcrs.xcrs.get(..xcrs.nr_xcrs as usize).unwrap_or(&xcrs.xcrs);
+        Ok(valid_xcrs
+            .iter()
+            .find(|x| x.xcr == 0)
+            .map_or(1, |x| x.value))
     }
 
     /// A handle another thread can use to interrupt this vCPU (see [`KvmKick`]).
@@ -252,7 +338,7 @@ impl KvmCpu {
             let len = usize::from(size).min(bytes.len());
             InstructionBytes(bytes[..len].to_vec())
         });
-        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let rip = self.synchronised_registers().map_or(0, |(r, _)| r.rip);
         VcpuExit::EmulationFailure { rip, instruction }
     }
 }
@@ -448,6 +534,8 @@ impl VirtualCpu for KvmCpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit, VcpuError> {
+        // Whatever the outcome, the registers may change from here.
+        self.emulation.fresh = false;
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -456,6 +544,7 @@ impl VirtualCpu for KvmCpu {
             }
             Err(e) => return Err(backend_error("KVM_RUN")(e)),
         };
+        self.emulation.fresh = self.emulation.sync_on;
         // Copied out of the kvm_run page, so that the vCPU can be asked for more below.
         let exit = match exit {
             KvmExit::IoOut(port, data) => OwnedExit::PortWrite {
@@ -574,6 +663,7 @@ impl VirtualCpu for KvmCpu {
         // `int3` is a trap: the guest's handler returns after it.
         let mut regs = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
         regs.rip += 1;
+        self.emulation.fresh = false;
         self.fd
             .set_regs(&regs)
             .map_err(backend_error("KVM_SET_REGS"))?;
@@ -638,6 +728,29 @@ impl VirtualCpu for KvmCpu {
 }
 
 /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8 … R15 of `kvm_regs`.
+/// The `kvm_fpu` (`KVM_SET_FPU`) of the legacy region of `area`.
+fn kvm_fpu_from(area: &[u8; XSAVE_AREA_SIZE]) -> kvm_fpu {
+    let u16_at = |at: usize| u16::from_le_bytes([area[at], area[at + 1]]);
+    let u64_at = |at: usize| u64::from_le_bytes(area[at..at + 8].try_into().unwrap_or([0; 8]));
+    let mut fpu = kvm_fpu {
+        fcw: u16_at(0),
+        fsw: u16_at(2),
+        ftwx: area[4],
+        last_opcode: u16_at(6),
+        last_ip: u64_at(8),
+        last_dp: u64_at(16),
+        mxcsr: u32::from_le_bytes([area[24], area[25], area[26], area[27]]),
+        ..kvm_fpu::default()
+    };
+    for (n, register) in fpu.fpr.iter_mut().enumerate() {
+        register.copy_from_slice(&area[32 + 16 * n..48 + 16 * n]);
+    }
+    for (n, register) in fpu.xmm.iter_mut().enumerate() {
+        register.copy_from_slice(&area[160 + 16 * n..176 + 16 * n]);
+    }
+    fpu
+}
+
 fn gprs_in_hardware_order(r: &kvm_bindings::kvm_regs) -> [u64; 16] {
     [
         r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
@@ -689,25 +802,25 @@ fn kvm_regs_from(gprs: &[u64; 16], rip: u64, rflags: u64) -> kvm_bindings::kvm_r
 
 impl X86Vcpu for KvmCpu {
     fn emulation_state(&mut self) -> Result<X86State, VcpuError> {
-        let r = self.fd.get_regs().map_err(backend_error("KVM_GET_REGS"))?;
-        let s = self
-            .fd
-            .get_sregs()
-            .map_err(backend_error("KVM_GET_SREGS"))?;
-        let xsave = self
-            .fd
-            .get_xsave()
-            .map_err(backend_error("KVM_GET_XSAVE"))?;
-        let xcrs = self.fd.get_xcrs().map_err(backend_error("KVM_GET_XCRS"))?;
+        self.emulation_state_for(XsaveScope::Full)
+    }
+
+    /// Registers from the `kvm_run` page where KVM synchronised them at the last exit (no
+    /// ioctl), XCR0 from the cache where the fallback set it, and the XSAVE area only if
+    /// `scope` needs any of it. The area is always read whole (`KVM_GET_XSAVE`):
+    /// `KVM_GET_FPU` reads the legacy region from memory that XSAVE's init optimisation leaves
+    /// stale (MXCSR 0 where the guest's is 0x1f80, seen on this project's KVM). A legacy-only
+    /// change is written back with the smaller `KVM_SET_FPU`.
+    fn emulation_state_for(&mut self, scope: XsaveScope) -> Result<X86State, VcpuError> {
+        let (r, s) = self.synchronised_registers()?;
         let mut area = Box::new([0u8; XSAVE_AREA_SIZE]);
-        for (chunk, word) in area.chunks_exact_mut(4).zip(xsave.region.iter()) {
-            chunk.copy_from_slice(&word.to_le_bytes());
+        if scope != XsaveScope::Nothing {
+            self.read_xsave_area(&mut area)?;
         }
-        let valid_xcrs = xcrs.xcrs.get(..xcrs.nr_xcrs as usize).unwrap_or(&xcrs.xcrs);
-        let xcr0 = valid_xcrs
-            .iter()
-            .find(|x| x.xcr == 0)
-            .map_or(1, |x| x.value);
+        let xcr0 = match self.emulation.xcr0 {
+            Some(xcr0) => xcr0,
+            None => self.read_xcr0()?,
+        };
         Ok(X86State {
             gprs: gprs_in_hardware_order(&r),
             rip: r.rip,
@@ -721,6 +834,7 @@ impl X86Vcpu for KvmCpu {
             cpl: s.ss.dpl,
             xcr0,
             xsave: area,
+            xsave_scope: scope,
         })
     }
 
@@ -729,15 +843,19 @@ impl X86Vcpu for KvmCpu {
         before: &X86State,
         after: &X86State,
     ) -> Result<(), VcpuError> {
-        if after.xsave != before.xsave {
-            let mut xsave = kvm_bindings::kvm_xsave::default();
-            for (word, chunk) in xsave.region.iter_mut().zip(after.xsave.chunks_exact(4)) {
-                *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        match before.xsave_scope {
+            XsaveScope::Nothing => {}
+            XsaveScope::Legacy => {
+                let legacy = ..LEGACY_REGION_SIZE;
+                if after.xsave[legacy] != before.xsave[legacy] {
+                    let fpu = kvm_fpu_from(&after.xsave);
+                    self.fd
+                        .set_fpu(&fpu)
+                        .map_err(backend_error("KVM_SET_FPU"))?;
+                }
             }
-            // SAFETY: `xsave` is a complete `kvm_xsave` (4096 bytes) that lives for the call.
-            // uhyve never enables dynamically sized state (AMX), so the kernel's XSAVE buffer for
-            // this vCPU is at most 4096 bytes and KVM reads nothing beyond the struct.
-            unsafe { self.fd.set_xsave(&xsave) }.map_err(backend_error("KVM_SET_XSAVE"))?;
+            XsaveScope::Full if after.xsave != before.xsave => self.write_xsave_area(after)?,
+            XsaveScope::Full => {}
         }
         if after.xcr0 != before.xcr0 {
             let mut xcrs = kvm_bindings::kvm_xcrs {
@@ -752,9 +870,14 @@ impl X86Vcpu for KvmCpu {
         }
         // `kvm_regs` is exactly the general registers, RIP and RFLAGS: all of it is in `after`.
         let regs = kvm_regs_from(&after.gprs, after.rip, after.rflags);
+        self.emulation.fresh = false;
         self.fd
             .set_regs(&regs)
             .map_err(backend_error("KVM_SET_REGS"))
+    }
+
+    fn xcr0_kept_by_fallback(&mut self, xcr0: u64) {
+        self.emulation.xcr0 = Some(xcr0);
     }
 
     fn guest_tsc(&mut self) -> Result<(u64, u32), VcpuError> {
@@ -806,6 +929,7 @@ impl X86Vcpu for KvmCpu {
             .get_sregs()
             .map_err(backend_error("KVM_GET_SREGS"))?;
         sregs.cr2 = fault.address;
+        self.emulation.fresh = false;
         self.fd
             .set_sregs(&sregs)
             .map_err(backend_error("KVM_SET_SREGS"))?;
@@ -839,6 +963,7 @@ mod tests {
                 0x8138_ae83,
                 0x4138_ae84,
                 0xc008_ae88,
+                0x41a0_ae8d,
                 0x8040_ae9f,
                 0x4040_aea0,
                 0x9000_aea4,
@@ -849,6 +974,23 @@ mod tests {
                 0x4020_aea5,
             ]
         );
+    }
+
+    #[test]
+    fn the_legacy_region_goes_to_kvm_fpu() {
+        let mut area = [0u8; XSAVE_AREA_SIZE];
+        for (i, byte) in area[..LEGACY_REGION_SIZE].iter_mut().enumerate() {
+            *byte = (i * 7 + 1) as u8;
+        }
+        let fpu = kvm_fpu_from(&area);
+        assert_eq!(fpu.fcw, u16::from_le_bytes([area[0], area[1]]));
+        assert_eq!(fpu.ftwx, area[4]);
+        assert_eq!(fpu.last_ip.to_le_bytes(), area[8..16]);
+        assert_eq!(fpu.last_dp.to_le_bytes(), area[16..24]);
+        assert_eq!(fpu.mxcsr.to_le_bytes(), area[24..28]);
+        assert_eq!(fpu.fpr[7][..], area[144..160]);
+        assert_eq!(fpu.xmm[0][..], area[160..176]);
+        assert_eq!(fpu.xmm[15][..], area[400..416]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod xsave;
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 
 pub use self::fault::{PageFault, PagingMode};
-pub use self::state::{EmulationError, GuestAccess, X86State};
+pub use self::state::{EmulationError, GuestAccess, X86State, XsaveScope};
 pub use self::system::SystemServices;
 pub use self::xsave::XsaveLayout;
 
@@ -36,6 +36,24 @@ pub const MAX_INSTRUCTION_LEN: usize = 15;
 /// Whether the emulator implements `instruction`.
 pub fn supports(instruction: &Instruction) -> bool {
     system::supports(instruction) || sse::supports(instruction) || extensions::supports(instruction)
+}
+
+/// How much of the XSAVE area executing `instruction` needs (see [`XsaveScope`]): nothing for
+/// `rdtscp`, `rdrand` and `rdseed`; the legacy region for the SSE and extension instructions in
+/// their legacy encoding (which leave the upper halves of the YMM registers alone); all of it
+/// for everything else (the XSAVE family, `xgetbv`/`xsetbv`, VEX and EVEX forms).
+pub fn xsave_scope(instruction: &Instruction) -> XsaveScope {
+    use iced_x86::{EncodingKind, Mnemonic};
+    match instruction.mnemonic() {
+        Mnemonic::Rdtscp | Mnemonic::Rdrand | Mnemonic::Rdseed => return XsaveScope::Nothing,
+        _ => {}
+    }
+    let legacy = instruction.encoding() == EncodingKind::Legacy;
+    if legacy && (sse::supports(instruction) || extensions::supports(instruction)) {
+        XsaveScope::Legacy
+    } else {
+        XsaveScope::Full
+    }
 }
 
 /// Decodes the instruction at `state.rip` from `bytes` and executes it against `state` and

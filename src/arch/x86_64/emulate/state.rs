@@ -73,6 +73,19 @@ impl EmulationError {
     }
 }
 
+/// How much of the XSAVE area an instruction works on, so that a backend reads (and writes
+/// back) only that: fetching the whole area is the costliest part of emulating an instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XsaveScope {
+    /// None of it (e.g. `rdtscp`, `rdrand`): the area's contents are not the guest's.
+    Nothing,
+    /// The legacy (FXSAVE) region: x87 state, MXCSR and MXCSR_MASK, XMM0 to XMM15.
+    Legacy,
+    /// The whole area: header, AVX and further components too.
+    #[default]
+    Full,
+}
+
 /// A copy of the vCPU state, as read from and written back to the backend.
 #[derive(Clone, PartialEq, Eq)]
 pub struct X86State {
@@ -100,6 +113,8 @@ pub struct X86State {
     pub xcr0: u64,
     /// The XSAVE area in standard format: x87 and SSE state (legacy region), header, AVX….
     pub xsave: Box<[u8; XSAVE_AREA_SIZE]>,
+    /// Which part of `xsave` holds the guest's state (the rest is zero).
+    pub xsave_scope: XsaveScope,
 }
 
 impl std::fmt::Debug for X86State {
@@ -130,6 +145,7 @@ impl Default for X86State {
             cpl: 0,
             xcr0: 1,
             xsave: Box::new([0; XSAVE_AREA_SIZE]),
+            xsave_scope: XsaveScope::Full,
         };
         state.set_mxcsr(MXCSR_DEFAULT);
         state
