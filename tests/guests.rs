@@ -19,7 +19,7 @@ const EMULATION_GUEST: &str = "emulated";
 /// The guests allowed to use SSE/XSAVE instructions: the emulation guest, the one that reports
 /// what a guest's feature detection concludes (it needs XSETBV/XGETBV), and the one that checks
 /// that the fallback's stores respect page protection.
-const SIMD_GUESTS: &[&str] = &[EMULATION_GUEST, "cpu_features", "page_fault"];
+const SIMD_GUESTS: &[&str] = &[EMULATION_GUEST, "cpu_features", "page_fault", "bench_sse"];
 
 /// Guests tests/guest-images/build.rs must produce.
 const GUESTS: &[&str] = &[
@@ -27,6 +27,7 @@ const GUESTS: &[&str] = &[
     "bench_exit",
     "bench_file",
     "bench_hypercalls",
+    "bench_sse",
     "bench_touch",
     "boot_info",
     "cpu_features",
@@ -890,6 +891,23 @@ fn instructions_the_hypervisor_lacks_are_emulated() {
     if run.code() != 0 {
         run.assert_no_host_crash()
             .assert_stderr_mentions("emulation failure");
+    }
+}
+
+/// Loops of SSE instructions (each one emulated on a KVM that cannot execute SSE) keep their
+/// values from one instruction to the next: the float loop must end with the value it started
+/// with, the memchr loop must never find its byte. A fallback that lost XMM state between
+/// instructions (as writing it back with KVM_SET_FPU did, in about half the runs) fails this.
+#[test]
+fn emulated_sse_loops_keep_their_values() {
+    if !kvm_or_skip("emulated_sse_loops_keep_their_values") {
+        return;
+    }
+    for _ in 0..4 {
+        for kernel in ["float", "memchr"] {
+            let run = Uhyve::guest("bench_sse").args([kernel, "300"]).run();
+            run.assert_code(0);
+        }
     }
 }
 

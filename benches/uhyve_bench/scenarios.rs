@@ -160,6 +160,85 @@ impl Bench {
         Ok(us)
     }
 
+    /// 7. The emulation fallback: the `bench_sse` guest's float and memchr loops, whose SSE
+    ///    instructions are each one emulation-failure exit on a KVM that cannot execute SSE,
+    ///    in µs per emulated instruction against the floor's µs per `out` exit.
+    pub fn emulated_instructions(&mut self) -> Result<(Table, String), BenchError> {
+        let n: u32 = if self.settings.quick { 500 } else { 2000 };
+        let floor_exit = self.floor_exit_us()?;
+        let args = |kernel: &str, count: u32| vec![kernel.to_owned(), count.to_string()];
+        let mut table = Table::new(&[
+            "loop (n iterations)",
+            "emulated / iteration",
+            &format!("wall ms, n = {n}"),
+            "wall ms, n = 0",
+            "µs / emulated instruction",
+            "ratio to floor exit",
+        ]);
+        for kernel in ["float", "memchr"] {
+            let per_iteration = self.emulated_per_iteration(kernel, n)?;
+            let variants = [
+                self.uhyve(SMALL_RAM.0, &[], "bench_sse", &args(kernel, n)),
+                self.uhyve(SMALL_RAM.0, &[], "bench_sse", &args(kernel, 0)),
+            ];
+            let samples = self.interleaved(&variants, self.settings.hypercall_reps, Spawn::Fast)?;
+            let (loaded, empty) = (wall_ms(&samples[0]), wall_ms(&samples[1]));
+            let mut row = vec![
+                format!("bench_sse {kernel}"),
+                format!("{per_iteration:.2}"),
+                format!("{loaded:.1}"),
+                format!("{empty:.1}"),
+            ];
+            if per_iteration == 0.0 {
+                row.extend([
+                    "none emulated (the KVM executes SSE)".to_owned(),
+                    "-".to_owned(),
+                ]);
+                table.row(row);
+                continue;
+            }
+            let us = (loaded - empty) * 1e3 / (per_iteration * f64::from(n));
+            let relative = ratio(us, floor_exit);
+            row.extend([format!("{us:.2}"), format!("{relative:.2}")]);
+            table.row(row);
+            // Every emulated instruction is still a run of its own (one exit each).
+            self.checks.push(Check::at_most(
+                &format!("emulated run ≤ 1.5× floor exit: bench_sse {kernel}"),
+                relative,
+                1.5,
+                format!("{us:.2} / {floor_exit:.2} µs = {relative:.2}×"),
+            ));
+        }
+        let note = format!(
+            "µs / emulated instruction = (median wall with n iterations − with 0) / the \
+             emulated instructions `--stats` counts for those n iterations; the floor's `out` \
+             exit takes {floor_exit:.2} µs in this run. Each emulated instruction is one exit \
+             (no runs of several yet), so it is also the cost of a run."
+        );
+        Ok((table, note))
+    }
+
+    /// Emulated instructions per loop iteration of `bench_sse KERNEL`: what `--stats` counts
+    /// for `n` iterations, less what it counts for none.
+    fn emulated_per_iteration(&self, kernel: &str, n: u32) -> Result<f64, BenchError> {
+        let count = |iterations: u32| -> Result<u64, BenchError> {
+            let output = Command::new(&self.uhyve)
+                .args(["-m", SMALL_RAM.0, "--stats"])
+                .arg(self.guests.join("bench_sse"))
+                .args([kernel.to_owned(), iterations.to_string()])
+                .output()
+                .map_err(io_error("running bench_sse with --stats"))?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            Ok(stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("Emulated in user space: "))
+                .and_then(|count| count.trim().parse().ok())
+                .unwrap_or(0))
+        };
+        let (loaded, empty) = (count(n)?, count(0)?);
+        Ok(loaded.saturating_sub(empty) as f64 / f64::from(n.max(1)))
+    }
+
     /// `uhyve -m <ram> -o none <options> <guest> <args>` (the guest gets no host environment).
     fn uhyve(&self, ram: &str, options: &[OsString], guest: &str, args: &[String]) -> Variant {
         let (uhyve, image) = (self.uhyve.clone(), self.guests.join(guest));

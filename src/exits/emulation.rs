@@ -256,7 +256,7 @@ pub fn emulate_on_vcpu(
     match emulate(bytes, &mut after, &mut memory, &mut BackendServices { cpu }) {
         Ok(instruction) => {
             cpu.set_emulation_state(&before, &after)?;
-            if matches!(instruction.mnemonic(), Mnemonic::Xgetbv | Mnemonic::Xsetbv) {
+            if instruction.mnemonic() == Mnemonic::Xsetbv {
                 cpu.xcr0_kept_by_fallback(after.xcr0);
             }
             Ok(Emulated::Executed(instruction))

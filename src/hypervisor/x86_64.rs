@@ -19,10 +19,10 @@ pub trait X86Vcpu: VirtualCpu {
     /// `before` was read with).
     fn set_emulation_state(&mut self, before: &X86State, after: &X86State)
     -> Result<(), VcpuError>;
-    /// The fallback executed `xgetbv` or `xsetbv` for this vCPU, leaving XCR0 at `xcr0`: a
-    /// hypervisor that leaves those to uhyve executes neither itself (it executes `xgetbv`
-    /// natively or not at all), so from now on XCR0 changes only through the fallback and a
-    /// backend may keep it instead of reading it each time.
+    /// The fallback executed `xsetbv` for this vCPU, setting XCR0 to `xcr0`: a hypervisor that
+    /// leaves `xsetbv` to uhyve executes none itself, so from now on XCR0 changes only through
+    /// the fallback and a backend may keep it instead of reading it each time. (`xgetbv` is no
+    /// such sign: this project's KVM leaves `xgetbv` to uhyve but executes `xsetbv` itself.)
     fn xcr0_kept_by_fallback(&mut self, xcr0: u64) {
         let _ = xcr0;
     }

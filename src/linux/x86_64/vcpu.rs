@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{
     CpuId, KVM_CAP_SYNC_REGS, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_RUNNABLE, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, Msrs, kvm_fpu, kvm_mp_state,
+    KVM_MP_STATE_RUNNABLE, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, Msrs, kvm_mp_state,
     kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
 };
 use kvm_ioctls::{SyncReg, VcpuExit as KvmExit, VcpuFd, VmFd};
 use uhyve_interface::v2::HypercallAddressV2;
 use uhyve_interface::{GuestPhysAddr, HypercallAddress};
 
-use crate::arch::x86_64::emulate::state::{LEGACY_REGION_SIZE, XSAVE_AREA_SIZE};
+use crate::arch::x86_64::emulate::state::XSAVE_AREA_SIZE;
 use crate::arch::x86_64::emulate::{PageFault, X86State, XsaveLayout, XsaveScope};
 use crate::arch::x86_64::{
     CpuidRegisters, FallbackSimd, InitialRegisters, SegmentDescriptor, adjust_cpuid_leaf,
@@ -106,10 +106,9 @@ const MSR_IA32_TSC_AUX: u32 = 0xc000_0103;
 /// Every ioctl a vCPU issues after its creation: `KVM_RUN` and what the exit handling, the
 /// emulation fallback (`X86Vcpu`) and crash reports read and write. The seccomp allowlist of the
 /// run phase allows exactly these; a new vCPU call at run time must be added here.
-pub(super) const RUN_IOCTLS: [u64; 15] = {
+pub(super) const RUN_IOCTLS: [u64; 14] = {
     use kvm_bindings::{
-        kvm_fpu, kvm_guest_debug, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-        kvm_xsave,
+        kvm_guest_debug, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
     };
     use std::mem::size_of;
     [
@@ -119,7 +118,6 @@ pub(super) const RUN_IOCTLS: [u64; 15] = {
         kvm_ioctl(IOC_READ, 0x83, size_of::<kvm_sregs>()),            // KVM_GET_SREGS
         kvm_ioctl(IOC_WRITE, 0x84, size_of::<kvm_sregs>()),           // KVM_SET_SREGS
         kvm_ioctl(IOC_READ | IOC_WRITE, 0x88, size_of::<kvm_msrs>()), // KVM_GET_MSRS
-        kvm_ioctl(IOC_WRITE, 0x8d, size_of::<kvm_fpu>()),             // KVM_SET_FPU
         kvm_ioctl(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()),      // KVM_GET_VCPU_EVENTS
         kvm_ioctl(IOC_WRITE, 0xa0, size_of::<kvm_vcpu_events>()),     // KVM_SET_VCPU_EVENTS
         kvm_ioctl(IOC_READ, 0xa4, size_of::<kvm_xsave>()),            // KVM_GET_XSAVE
@@ -157,9 +155,9 @@ struct EmulationCache {
     /// The copy in the `kvm_run` page is that of the last exit, and nothing changed the
     /// registers since.
     fresh: bool,
-    /// XCR0 as the fallback last executed `xgetbv` or `xsetbv` with it: a KVM that leaves those
-    /// to uhyve executes neither itself, so XCR0 changes only through the fallback. `None`
-    /// until then (and always on a KVM that executes them).
+    /// XCR0 as the fallback's last `xsetbv` set it: a KVM that leaves `xsetbv` to uhyve
+    /// executes none itself, so XCR0 changes only through the fallback. `None` until then (and
+    /// always on a KVM that executes `xsetbv`, as this project's does).
     xcr0: Option<u64>,
 }
 
@@ -728,29 +726,6 @@ impl VirtualCpu for KvmCpu {
 }
 
 /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8 … R15 of `kvm_regs`.
-/// The `kvm_fpu` (`KVM_SET_FPU`) of the legacy region of `area`.
-fn kvm_fpu_from(area: &[u8; XSAVE_AREA_SIZE]) -> kvm_fpu {
-    let u16_at = |at: usize| u16::from_le_bytes([area[at], area[at + 1]]);
-    let u64_at = |at: usize| u64::from_le_bytes(area[at..at + 8].try_into().unwrap_or([0; 8]));
-    let mut fpu = kvm_fpu {
-        fcw: u16_at(0),
-        fsw: u16_at(2),
-        ftwx: area[4],
-        last_opcode: u16_at(6),
-        last_ip: u64_at(8),
-        last_dp: u64_at(16),
-        mxcsr: u32::from_le_bytes([area[24], area[25], area[26], area[27]]),
-        ..kvm_fpu::default()
-    };
-    for (n, register) in fpu.fpr.iter_mut().enumerate() {
-        register.copy_from_slice(&area[32 + 16 * n..48 + 16 * n]);
-    }
-    for (n, register) in fpu.xmm.iter_mut().enumerate() {
-        register.copy_from_slice(&area[160 + 16 * n..176 + 16 * n]);
-    }
-    fpu
-}
-
 fn gprs_in_hardware_order(r: &kvm_bindings::kvm_regs) -> [u64; 16] {
     [
         r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
@@ -806,20 +781,21 @@ impl X86Vcpu for KvmCpu {
     }
 
     /// Registers from the `kvm_run` page where KVM synchronised them at the last exit (no
-    /// ioctl), XCR0 from the cache where the fallback set it, and the XSAVE area only if
-    /// `scope` needs any of it. The area is always read whole (`KVM_GET_XSAVE`):
-    /// `KVM_GET_FPU` reads the legacy region from memory that XSAVE's init optimisation leaves
-    /// stale (MXCSR 0 where the guest's is 0x1f80, seen on this project's KVM). A legacy-only
-    /// change is written back with the smaller `KVM_SET_FPU`.
+    /// ioctl), XCR0 from the cache where the fallback keeps it, and the XSAVE area only if
+    /// `scope` asks for it. The area moves whole (`KVM_GET_XSAVE`/`KVM_SET_XSAVE`): the smaller
+    /// `KVM_GET_FPU`/`KVM_SET_FPU` ignore the XSAVE header, so they read MXCSR 0 where the guest
+    /// has 0x1f80 and write XMM values the guest never sees (both seen on this project's KVM).
     fn emulation_state_for(&mut self, scope: XsaveScope) -> Result<X86State, VcpuError> {
         let (r, s) = self.synchronised_registers()?;
         let mut area = Box::new([0u8; XSAVE_AREA_SIZE]);
         if scope != XsaveScope::Nothing {
             self.read_xsave_area(&mut area)?;
         }
-        let xcr0 = match self.emulation.xcr0 {
-            Some(xcr0) => xcr0,
-            None => self.read_xcr0()?,
+        let xcr0 = match (self.emulation.xcr0, scope) {
+            (Some(xcr0), _) => xcr0,
+            (None, XsaveScope::Full) => self.read_xcr0()?,
+            // Not the guest's: the instruction neither reads nor changes XCR0.
+            (None, XsaveScope::Nothing | XsaveScope::Area) => 1,
         };
         Ok(X86State {
             gprs: gprs_in_hardware_order(&r),
@@ -843,21 +819,10 @@ impl X86Vcpu for KvmCpu {
         before: &X86State,
         after: &X86State,
     ) -> Result<(), VcpuError> {
-        match before.xsave_scope {
-            XsaveScope::Nothing => {}
-            XsaveScope::Legacy => {
-                let legacy = ..LEGACY_REGION_SIZE;
-                if after.xsave[legacy] != before.xsave[legacy] {
-                    let fpu = kvm_fpu_from(&after.xsave);
-                    self.fd
-                        .set_fpu(&fpu)
-                        .map_err(backend_error("KVM_SET_FPU"))?;
-                }
-            }
-            XsaveScope::Full if after.xsave != before.xsave => self.write_xsave_area(after)?,
-            XsaveScope::Full => {}
+        if before.xsave_scope != XsaveScope::Nothing && after.xsave != before.xsave {
+            self.write_xsave_area(after)?;
         }
-        if after.xcr0 != before.xcr0 {
+        if before.xsave_scope == XsaveScope::Full && after.xcr0 != before.xcr0 {
             let mut xcrs = kvm_bindings::kvm_xcrs {
                 nr_xcrs: 1,
                 ..Default::default()
@@ -963,7 +928,6 @@ mod tests {
                 0x8138_ae83,
                 0x4138_ae84,
                 0xc008_ae88,
-                0x41a0_ae8d,
                 0x8040_ae9f,
                 0x4040_aea0,
                 0x9000_aea4,
@@ -974,23 +938,6 @@ mod tests {
                 0x4020_aea5,
             ]
         );
-    }
-
-    #[test]
-    fn the_legacy_region_goes_to_kvm_fpu() {
-        let mut area = [0u8; XSAVE_AREA_SIZE];
-        for (i, byte) in area[..LEGACY_REGION_SIZE].iter_mut().enumerate() {
-            *byte = (i * 7 + 1) as u8;
-        }
-        let fpu = kvm_fpu_from(&area);
-        assert_eq!(fpu.fcw, u16::from_le_bytes([area[0], area[1]]));
-        assert_eq!(fpu.ftwx, area[4]);
-        assert_eq!(fpu.last_ip.to_le_bytes(), area[8..16]);
-        assert_eq!(fpu.last_dp.to_le_bytes(), area[16..24]);
-        assert_eq!(fpu.mxcsr.to_le_bytes(), area[24..28]);
-        assert_eq!(fpu.fpr[7][..], area[144..160]);
-        assert_eq!(fpu.xmm[0][..], area[160..176]);
-        assert_eq!(fpu.xmm[15][..], area[400..416]);
     }
 
     #[test]

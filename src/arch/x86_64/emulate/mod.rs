@@ -38,21 +38,16 @@ pub fn supports(instruction: &Instruction) -> bool {
     system::supports(instruction) || sse::supports(instruction) || extensions::supports(instruction)
 }
 
-/// How much of the XSAVE area executing `instruction` needs (see [`XsaveScope`]): nothing for
-/// `rdtscp`, `rdrand` and `rdseed`; the legacy region for the SSE and extension instructions in
-/// their legacy encoding (which leave the upper halves of the YMM registers alone); all of it
-/// for everything else (the XSAVE family, `xgetbv`/`xsetbv`, VEX and EVEX forms).
+/// What of the extended state executing `instruction` needs (see [`XsaveScope`]): nothing for
+/// `rdtscp`, `rdrand` and `rdseed`, which work on general registers only; the XSAVE area for
+/// the SSE and extension instructions; the area and XCR0 for everything else (the XSAVE family,
+/// `xgetbv`, `xsetbv`).
 pub fn xsave_scope(instruction: &Instruction) -> XsaveScope {
-    use iced_x86::{EncodingKind, Mnemonic};
+    use iced_x86::Mnemonic;
     match instruction.mnemonic() {
-        Mnemonic::Rdtscp | Mnemonic::Rdrand | Mnemonic::Rdseed => return XsaveScope::Nothing,
-        _ => {}
-    }
-    let legacy = instruction.encoding() == EncodingKind::Legacy;
-    if legacy && (sse::supports(instruction) || extensions::supports(instruction)) {
-        XsaveScope::Legacy
-    } else {
-        XsaveScope::Full
+        Mnemonic::Rdtscp | Mnemonic::Rdrand | Mnemonic::Rdseed => XsaveScope::Nothing,
+        _ if sse::supports(instruction) || extensions::supports(instruction) => XsaveScope::Area,
+        _ => XsaveScope::Full,
     }
 }
 

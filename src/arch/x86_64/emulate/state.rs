@@ -73,15 +73,19 @@ impl EmulationError {
     }
 }
 
-/// How much of the XSAVE area an instruction works on, so that a backend reads (and writes
-/// back) only that: fetching the whole area is the costliest part of emulating an instruction.
+/// What of the extended state an instruction works on, so that a backend reads (and writes
+/// back) only that: the XSAVE area is the costliest part of the state to move, XCR0 one more
+/// read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XsaveScope {
-    /// None of it (e.g. `rdtscp`, `rdrand`): the area's contents are not the guest's.
+    /// Neither (e.g. `rdtscp`, `rdrand`): the area's contents and XCR0 are not the guest's.
     Nothing,
-    /// The legacy (FXSAVE) region: x87 state, MXCSR and MXCSR_MASK, XMM0 to XMM15.
-    Legacy,
-    /// The whole area: header, AVX and further components too.
+    /// The XSAVE area but not XCR0 (SSE and the other extension instructions); `xcr0` is not
+    /// the guest's. (The area's legacy region alone is no cheaper to move correctly: KVM's
+    /// `KVM_GET_FPU` and `KVM_SET_FPU` ignore the XSAVE header, so with XSAVE's init
+    /// optimisation they read stale values and write values the guest never sees.)
+    Area,
+    /// The XSAVE area and XCR0 (the XSAVE family, `xgetbv`, `xsetbv`).
     #[default]
     Full,
 }
