@@ -11,7 +11,7 @@ use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use crate::arch::x86_64::emulate::{
     EmulationError, GuestAccess, MAX_INSTRUCTION_LEN, PageFault, PagingMode, SystemServices,
-    XsaveScope, emulate, xsave, xsave_scope,
+    X86State, XsaveScope, emulate, xsave, xsave_scope,
 };
 use crate::arch::x86_64::paging::{AccessKind, CheckedPageTables, CheckedTranslateError};
 use crate::hypervisor::VcpuError;
@@ -39,17 +39,19 @@ impl EmulationFallback {
         self.enabled
     }
 
-    /// Executes the instruction at the vCPU's RIP in user space: what to count in the
-    /// statistics (the lower-case mnemonic, or `#PF` when the instruction faulted in the guest),
-    /// or why it failed.
+    /// Executes the instruction at the vCPU's RIP in user space, and after it up to
+    /// `run_limit` − 1 further SSE or extension instructions that follow it (a run, see
+    /// [`emulate_on_vcpu`]): what to count in the statistics (the lower-case mnemonic of each
+    /// instruction, or `#PF` when the first faulted in the guest), or why it failed.
     pub fn execute(
         &self,
         cpu: &mut dyn X86Vcpu,
         mem: &GuestMemory,
         reported: Option<&[u8]>,
-    ) -> Result<String, FallbackError> {
-        let result = emulate_on_vcpu(cpu, mem, reported);
-        if let Ok(Emulated::Executed(instruction)) = &result
+        run_limit: usize,
+    ) -> Result<Vec<String>, FallbackError> {
+        let result = emulate_on_vcpu(cpu, mem, reported, run_limit);
+        if let Ok(Emulated::Executed(instruction, _)) = &result
             && !self.warned.swap(true, Ordering::Relaxed)
         {
             log::warn!(
@@ -59,10 +61,12 @@ impl EmulationFallback {
                 instruction.ip()
             );
         }
+        let mnemonic = |i: &Instruction| format!("{:?}", i.mnemonic()).to_lowercase();
         result.map(|outcome| match outcome {
-            Emulated::Executed(instruction) => {
-                format!("{:?}", instruction.mnemonic()).to_lowercase()
-            }
+            Emulated::Executed(instruction, run) => std::iter::once(&instruction)
+                .chain(&run)
+                .map(mnemonic)
+                .collect(),
             Emulated::PageFault { instruction, fault } => {
                 log::debug!(
                     "injected a page fault at {:#x} (error code {:#x}) for {}",
@@ -70,7 +74,7 @@ impl EmulationFallback {
                     fault.error_code,
                     instruction.map_or("an instruction fetch".to_owned(), |i| format!("`{i}`"))
                 );
-                "#PF".to_owned()
+                vec!["#PF".to_owned()]
             }
         })
     }
@@ -202,8 +206,9 @@ pub enum FallbackError {
 /// What the fallback did with the instruction at RIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Emulated {
-    /// Executed it; RIP points past it.
-    Executed(Instruction),
+    /// Executed it, and then the instructions of the second field (the rest of its run); RIP
+    /// points past the last.
+    Executed(Instruction, Vec<Instruction>),
     /// It (or fetching it) touched a page the guest's CPU would refuse: the page fault was
     /// injected into the guest, which handles it from the unchanged state (RIP at the
     /// instruction). `instruction` is `None` when the fault happened while fetching it.
@@ -218,10 +223,17 @@ pub enum Emulated {
 /// Executes the instruction at the vCPU's RIP in user space and writes the new state back, or
 /// injects the page fault the guest's CPU would have raised for it. `reported` are the
 /// instruction bytes the hypervisor gave, if any.
+///
+/// A run: after an SSE or extension instruction, the ones that directly follow it and are SSE
+/// or extension instructions too are executed on the same state (up to `run_limit` in all), and
+/// the state is written back once, so such a sequence costs one exit instead of one each. The
+/// run ends before the first other instruction and before one that fails or faults (the guest
+/// then meets it itself, and it comes back here alone).
 pub fn emulate_on_vcpu(
     cpu: &mut dyn X86Vcpu,
     mem: &GuestMemory,
     reported: Option<&[u8]>,
+    run_limit: usize,
 ) -> Result<Emulated, FallbackError> {
     // With the hypervisor's bytes the instruction is known first, and only the part of the
     // XSAVE area it works on is read.
@@ -255,11 +267,12 @@ pub fn emulate_on_vcpu(
     let mut after = before.clone();
     match emulate(bytes, &mut after, &mut memory, &mut BackendServices { cpu }) {
         Ok(instruction) => {
+            let run = continue_run(&mut after, &mut memory, cpu, &instruction, run_limit);
             cpu.set_emulation_state(&before, &after)?;
             if instruction.mnemonic() == Mnemonic::Xsetbv {
                 cpu.xcr0_kept_by_fallback(after.xcr0);
             }
-            Ok(Emulated::Executed(instruction))
+            Ok(Emulated::Executed(instruction, run))
         }
         Err(EmulationError::PageFault(fault)) => {
             cpu.inject_page_fault(fault)?;
@@ -272,6 +285,40 @@ pub fn emulate_on_vcpu(
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Executes, on `state`, the SSE and extension instructions that follow `first` (if it is one
+/// itself), until `run_limit` instructions in all, the first other instruction, or the first one
+/// that fails; returns those executed after `first`.
+fn continue_run(
+    state: &mut X86State,
+    memory: &mut PagedGuestMemory<'_>,
+    cpu: &mut dyn X86Vcpu,
+    first: &Instruction,
+    run_limit: usize,
+) -> Vec<Instruction> {
+    let mut run = Vec::new();
+    if xsave_scope(first) != XsaveScope::Area || state.xsave_scope == XsaveScope::Nothing {
+        return run;
+    }
+    while run.len() + 1 < run_limit {
+        let (bytes, _) = memory.fetch(state.rip, MAX_INSTRUCTION_LEN);
+        let next = Decoder::with_ip(64, &bytes, state.rip, DecoderOptions::NONE).decode();
+        if next.is_invalid() || xsave_scope(&next) != XsaveScope::Area {
+            break;
+        }
+        // On failure `emulate` leaves the state (and guest memory) as it was.
+        match emulate(
+            &bytes,
+            state,
+            memory,
+            &mut BackendServices { cpu: &mut *cpu },
+        ) {
+            Ok(instruction) => run.push(instruction),
+            Err(_) => break,
+        }
+    }
+    run
 }
 
 #[cfg(test)]
@@ -370,8 +417,8 @@ mod tests {
         let mem = memory();
         let mut cpu = cpu_at(0x20_0000);
         let xgetbv = [0x0f, 0x01, 0xd0];
-        let Emulated::Executed(instruction) =
-            emulate_on_vcpu(&mut cpu, &mem, Some(&xgetbv)).unwrap()
+        let Emulated::Executed(instruction, _) =
+            emulate_on_vcpu(&mut cpu, &mem, Some(&xgetbv), 1).unwrap()
         else {
             panic!("xgetbv was not executed");
         };
@@ -390,7 +437,8 @@ mod tests {
             .unwrap();
         let mut cpu = cpu_at(rip);
         cpu.state.set_xmm(1, u128::MAX);
-        let Emulated::Executed(instruction) = emulate_on_vcpu(&mut cpu, &mem, None).unwrap() else {
+        let Emulated::Executed(instruction, _) = emulate_on_vcpu(&mut cpu, &mem, None, 1).unwrap()
+        else {
             panic!("pxor was not executed");
         };
         assert_eq!(instruction.to_string(), "pxor xmm1,xmm1");
@@ -404,19 +452,69 @@ mod tests {
         );
     }
 
+    /// pxor xmm1,xmm1; paddq xmm1,xmm2; movq xmm3,[rbx] at 0x20_0000, then `inc eax`.
+    fn sse_run_code(mem: &GuestMemory) -> Vec<u8> {
+        let code = [
+            0x66, 0x0f, 0xef, 0xc9, 0x66, 0x0f, 0xd4, 0xca, 0xf3, 0x0f, 0x7e, 0x1b, 0xff, 0xc0,
+        ];
+        mem.write(GuestPhysAddr::new(0x20_0000), &code).unwrap();
+        code[..4].to_vec()
+    }
+
+    #[test]
+    fn sse_instructions_that_follow_run_in_the_same_exit() {
+        let mem = memory();
+        let first = sse_run_code(&mem);
+        mem.write_obj(GuestPhysAddr::new(0x20_1000), &0x55u64)
+            .unwrap();
+        let mut cpu = cpu_at(0x20_0000);
+        cpu.state.set_xmm(1, 7);
+        cpu.state.set_xmm(2, 40);
+        cpu.state.set_gpr(3, 0x20_1000); // RBX
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&first), 64).unwrap();
+        let Emulated::Executed(instruction, run) = outcome else {
+            panic!("not executed: {outcome:?}");
+        };
+        assert_eq!(instruction.to_string(), "pxor xmm1,xmm1");
+        let run: Vec<String> = run.iter().map(ToString::to_string).collect();
+        assert_eq!(run, ["paddq xmm1,xmm2", "movq xmm3,[rbx]"]);
+        // One write-back, with RIP at `inc eax`, which the guest executes itself.
+        let written = cpu.written.unwrap();
+        assert_eq!(written.rip, 0x20_000c);
+        assert_eq!((written.xmm(1), written.xmm(3)), (40, 0x55));
+    }
+
+    #[test]
+    fn a_run_stops_at_its_limit_and_before_an_instruction_that_faults() {
+        let mem = memory();
+        let first = sse_run_code(&mem);
+        let mut cpu = cpu_at(0x20_0000);
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&first), 2).unwrap();
+        assert!(matches!(&outcome, Emulated::Executed(_, run) if run.len() == 1));
+        assert_eq!(cpu.written.as_ref().unwrap().rip, 0x20_0008);
+        // RBX outside RAM: the run ends before the load, nothing is injected, and the guest
+        // meets the load itself.
+        let mut cpu = cpu_at(0x20_0000);
+        cpu.state.set_gpr(3, 0x60_0000);
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&first), 64).unwrap();
+        assert!(matches!(&outcome, Emulated::Executed(_, run) if run.len() == 1));
+        assert_eq!(cpu.written.as_ref().unwrap().rip, 0x20_0008);
+        assert!(cpu.injected.is_none());
+    }
+
     #[test]
     fn unknown_instructions_are_named_and_nothing_is_written() {
         let mem = memory();
         let mut cpu = cpu_at(0x20_0000);
         let cpuid = [0x0f, 0xa2];
-        let error = emulate_on_vcpu(&mut cpu, &mem, Some(&cpuid)).unwrap_err();
+        let error = emulate_on_vcpu(&mut cpu, &mem, Some(&cpuid), 1).unwrap_err();
         assert_eq!(error.to_string(), "the emulator does not implement `cpuid`");
         assert!(cpu.written.is_none());
         // Bytes that do not decode, fetched from mapped memory.
         let mut cpu = cpu_at(0x20_0000);
         mem.write(GuestPhysAddr::new(0x20_0000), &[0xff; 15])
             .unwrap();
-        let error = emulate_on_vcpu(&mut cpu, &mem, None).unwrap_err();
+        let error = emulate_on_vcpu(&mut cpu, &mem, None, 1).unwrap_err();
         assert!(matches!(
             error,
             FallbackError::Emulation(EmulationError::Undecodable)
@@ -432,7 +530,7 @@ mod tests {
             (0x40_0000, PF_FETCH | PF_PROTECTION),
         ] {
             let mut cpu = cpu_at(rip);
-            let outcome = emulate_on_vcpu(&mut cpu, &mem, None).unwrap();
+            let outcome = emulate_on_vcpu(&mut cpu, &mem, None, 1).unwrap();
             let fault = PageFault {
                 address: rip,
                 error_code,
@@ -451,7 +549,7 @@ mod tests {
         let rip = 0x3f_fffe;
         mem.write(GuestPhysAddr::new(rip), &[0x66, 0x0f]).unwrap();
         let mut cpu = cpu_at(rip);
-        let outcome = emulate_on_vcpu(&mut cpu, &mem, None).unwrap();
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, None, 1).unwrap();
         assert!(
             matches!(outcome, Emulated::PageFault { fault, .. } if fault.address == 0x40_0000),
             "{outcome:?}"
@@ -506,7 +604,7 @@ mod tests {
             cpu.state.set_gpr(3, 0x40_0040); // RBX: the read-only alias
             cpu.state.set_gpr(0, 3); // EAX: x87 | SSE for xsave
             cpu.state.set_xmm(0, u128::MAX);
-            let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(bytes)).unwrap();
+            let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(bytes), 1).unwrap();
             let fault = PageFault {
                 address: 0x40_0040,
                 error_code: PF_PROTECTION | PF_WRITE,
@@ -528,19 +626,19 @@ mod tests {
             cpu.state.cr0 &= !state::CR0_WP;
             cpu.state.set_gpr(3, 0x40_0040);
             cpu.state.set_gpr(0, 3);
-            let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(bytes)).unwrap();
-            assert!(matches!(outcome, Emulated::Executed(_)), "{outcome:?}");
+            let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(bytes), 1).unwrap();
+            assert!(matches!(outcome, Emulated::Executed(..)), "{outcome:?}");
             mem.write(GuestPhysAddr::new(0x20_0040), &[0; 1024])
                 .unwrap();
         }
         // Reads of the read-only page work; a store to an unmapped page is a not-present fault.
         let mut cpu = cpu_at(0x20_0000);
         cpu.state.set_gpr(3, 0x40_0040);
-        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&[0x0f, 0x16, 0x03])).unwrap(); // movhps xmm0, [rbx]
-        assert!(matches!(outcome, Emulated::Executed(_)), "{outcome:?}");
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&[0x0f, 0x16, 0x03]), 1).unwrap(); // movhps xmm0, [rbx]
+        assert!(matches!(outcome, Emulated::Executed(..)), "{outcome:?}");
         let mut cpu = cpu_at(0x20_0000);
         cpu.state.set_gpr(3, 0x80_0000);
-        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&[0x0f, 0x17, 0x03])).unwrap();
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&[0x0f, 0x17, 0x03]), 1).unwrap();
         assert_eq!(
             outcome,
             Emulated::PageFault {
@@ -562,7 +660,8 @@ mod tests {
         let mut cpu = cpu_at(0x20_0000);
         cpu.state.set_gpr(3, 0x60_0000); // RBX: mapped to a page outside RAM
         // movdqu xmm0, [rbx]
-        let error = emulate_on_vcpu(&mut cpu, &mem, Some(&[0xf3, 0x0f, 0x6f, 0x03])).unwrap_err();
+        let error =
+            emulate_on_vcpu(&mut cpu, &mem, Some(&[0xf3, 0x0f, 0x6f, 0x03]), 1).unwrap_err();
         assert!(matches!(
             error,
             FallbackError::Emulation(EmulationError::BadAddress {

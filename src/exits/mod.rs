@@ -62,6 +62,10 @@ pub enum ExitError {
     GuestCrash(#[from] GuestCrash),
 }
 
+/// The most instructions the emulation fallback executes per exit (a run, see
+/// [`emulation::emulate_on_vcpu`]): interrupts wait for the end of a run, so it stays short.
+const EMULATION_RUN_LIMIT: usize = 64;
+
 /// State of the emulated PCI configuration mechanism: no devices, every read is all-ones.
 #[derive(Debug, Default)]
 struct PciConfigSpace {
@@ -292,10 +296,18 @@ impl<C: VirtualCpu> ExitHandler<'_, '_, C> {
             && let Some(x86) = (self.x86)(self.vcpu)
         {
             let reported = instruction.as_ref().map(|bytes| bytes.0.as_slice());
-            match fallback.execute(x86, self.shared.mem, reported) {
-                Ok(mnemonic) => {
+            // One instruction at a time under a debugger (single steps stay single).
+            let run_limit = if self.shared.debugger.is_some() {
+                1
+            } else {
+                EMULATION_RUN_LIMIT
+            };
+            match fallback.execute(x86, self.shared.mem, reported, run_limit) {
+                Ok(mnemonics) => {
                     if let Some(stats) = self.stats.as_deref_mut() {
-                        stats.record_emulated(&mnemonic);
+                        for mnemonic in &mnemonics {
+                            stats.record_emulated(mnemonic);
+                        }
                     }
                     return Ok(());
                 }
