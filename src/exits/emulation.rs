@@ -11,7 +11,7 @@ use uhyve_interface::{GuestPhysAddr, GuestVirtAddr};
 
 use crate::arch::x86_64::emulate::{
     EmulationError, GuestAccess, MAX_INSTRUCTION_LEN, PageFault, PagingMode, SystemServices,
-    X86State, XsaveScope, emulate, xsave, xsave_scope,
+    X86State, XsaveScope, emulate, integer, xsave, xsave_scope,
 };
 use crate::arch::x86_64::paging::{AccessKind, CheckedPageTables, CheckedTranslateError};
 use crate::hypervisor::VcpuError;
@@ -287,9 +287,11 @@ pub fn emulate_on_vcpu(
     }
 }
 
-/// Executes, on `state`, the SSE and extension instructions that follow `first` (if it is one
-/// itself), until `run_limit` instructions in all, the first other instruction, or the first one
-/// that fails; returns those executed after `first`.
+/// Executes, on `state`, the instructions that follow `first` (if it is an SSE or extension
+/// instruction itself) while they are SSE, extension or the integer instructions of
+/// `emulate::integer` on registers (loop control and address arithmetic between SSE code), until
+/// `run_limit` instructions in all, the first other instruction, or the first one that fails;
+/// returns those executed after `first`.
 fn continue_run(
     state: &mut X86State,
     memory: &mut PagedGuestMemory<'_>,
@@ -304,19 +306,22 @@ fn continue_run(
     while run.len() + 1 < run_limit {
         let (bytes, _) = memory.fetch(state.rip, MAX_INSTRUCTION_LEN);
         let next = Decoder::with_ip(64, &bytes, state.rip, DecoderOptions::NONE).decode();
-        if next.is_invalid() || xsave_scope(&next) != XsaveScope::Area {
+        if next.is_invalid() {
             break;
         }
-        // On failure `emulate` leaves the state (and guest memory) as it was.
-        match emulate(
-            &bytes,
-            state,
-            memory,
-            &mut BackendServices { cpu: &mut *cpu },
-        ) {
-            Ok(instruction) => run.push(instruction),
-            Err(_) => break,
+        // On failure both leave the state (and guest memory) as it was.
+        let executed = if integer::supports(&next) && !integer::touches_memory(&next) {
+            integer::execute(&next, state, memory).is_ok_and(|done| done)
+        } else if xsave_scope(&next) == XsaveScope::Area {
+            let services = &mut BackendServices { cpu: &mut *cpu };
+            emulate(&bytes, state, memory, services).is_ok()
+        } else {
+            false
+        };
+        if !executed {
+            break;
         }
+        run.push(next);
     }
     run
 }
@@ -477,10 +482,12 @@ mod tests {
         };
         assert_eq!(instruction.to_string(), "pxor xmm1,xmm1");
         let run: Vec<String> = run.iter().map(ToString::to_string).collect();
-        assert_eq!(run, ["paddq xmm1,xmm2", "movq xmm3,[rbx]"]);
-        // One write-back, with RIP at `inc eax`, which the guest executes itself.
+        assert_eq!(run, ["paddq xmm1,xmm2", "movq xmm3,[rbx]", "inc eax"]);
+        // One write-back, with RIP at the integer instruction with a memory operand that
+        // follows (the zeros after the code: `add [rax],al`), which the guest executes itself.
         let written = cpu.written.unwrap();
-        assert_eq!(written.rip, 0x20_000c);
+        assert_eq!(written.rip, 0x20_000e);
+        assert_eq!(written.gpr(0), 1);
         assert_eq!((written.xmm(1), written.xmm(3)), (40, 0x55));
     }
 

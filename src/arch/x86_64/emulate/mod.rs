@@ -11,6 +11,7 @@
 
 pub mod extensions;
 pub mod fault;
+pub mod integer;
 #[cfg(all(any(test, feature = "fuzz-native"), target_arch = "x86_64"))]
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod native_harness;
