@@ -9,7 +9,7 @@
 
 use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-use super::operands::{OperandAccess, gpr_number};
+use super::operands::{OperandAccess, gpr_number, high_byte_register};
 use super::state::{EmulationError, GuestAccess, X86State};
 
 const CF: u64 = 1;
@@ -116,17 +116,6 @@ fn mask(size: usize) -> u64 {
     }
 }
 
-/// AH, CH, DH or BH: bits 8–15 of RAX … RBX.
-fn high_byte(register: Register) -> Option<usize> {
-    match register {
-        Register::AH => Some(0),
-        Register::CH => Some(1),
-        Register::DH => Some(2),
-        Register::BH => Some(3),
-        _ => None,
-    }
-}
-
 /// The value of operand `n`, `size` bytes wide.
 fn read(
     instruction: &Instruction,
@@ -139,7 +128,7 @@ fn read(
         OpKind::Register => {
             let register = instruction.op_register(n);
             let unsupported = || EmulationError::Unsupported(instruction.to_string());
-            match high_byte(register) {
+            match high_byte_register(register) {
                 Some(number) => (state.gpr(number) >> 8) & 0xff,
                 None => state.gpr(gpr_number(register).ok_or_else(unsupported)?) & mask(size),
             }
@@ -168,7 +157,7 @@ fn write(
         return memory.write(address, &value.to_le_bytes()[..size]);
     }
     let register = instruction.op0_register();
-    if let Some(number) = high_byte(register) {
+    if let Some(number) = high_byte_register(register) {
         let old = state.gpr(number);
         state.set_gpr(number, (old & !0xff00) | ((value & 0xff) << 8));
         return Ok(());

@@ -16,6 +16,17 @@ pub fn gpr_number(register: Register) -> Option<usize> {
     (number < 16).then_some(number)
 }
 
+/// The hardware number of the register whose bits 8–15 `register` is (AH … BH), if it is one.
+pub fn high_byte_register(register: Register) -> Option<usize> {
+    match register {
+        Register::AH => Some(0),
+        Register::CH => Some(1),
+        Register::DH => Some(2),
+        Register::BH => Some(3),
+        _ => None,
+    }
+}
+
 /// Computes operand addresses of one decoded instruction.
 pub struct OperandAccess<'a> {
     instruction: &'a Instruction,

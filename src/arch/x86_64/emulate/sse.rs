@@ -403,17 +403,6 @@ enum Operand {
     Immediate(u8),
 }
 
-/// The hardware number of the register whose bits 8–15 `register` is (AH … BH), if it is one.
-fn high_byte_register(register: Register) -> Option<usize> {
-    match register {
-        Register::AH => Some(0),
-        Register::CH => Some(1),
-        Register::DH => Some(2),
-        Register::BH => Some(3),
-        _ => None,
-    }
-}
-
 /// Decodes operand `index` of `instruction`.
 fn operand(
     instruction: &Instruction,
@@ -426,7 +415,7 @@ fn operand(
             let register = instruction.op_register(index);
             if register.is_xmm() {
                 Ok(Operand::Xmm(register.number()))
-            } else if let Some(low) = high_byte_register(register) {
+            } else if let Some(low) = super::operands::high_byte_register(register) {
                 Ok(Operand::HighByte(low))
             } else if register.is_gpr() {
                 let number = gpr_number(register).ok_or_else(unsupported)?;
