@@ -42,7 +42,7 @@ mod string_compare;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 
-use iced_x86::{Code, CpuidFeature, Instruction, OpKind, Register};
+use iced_x86::{Code, CpuidFeature, Instruction, OpKind};
 
 use super::operands::{address_register, gpr_number};
 use super::state::{EmulationError, GuestAccess, MXCSR_MASK_OFFSET, X86State};
