@@ -299,8 +299,13 @@ fn continue_run(
     first: &Instruction,
     run_limit: usize,
 ) -> Vec<Instruction> {
+    /// RFLAGS.TF: the guest single-steps itself and must see a debug trap after each one.
+    const TRAP_FLAG: u64 = 1 << 8;
     let mut run = Vec::new();
-    if xsave_scope(first) != XsaveScope::Area || state.xsave_scope == XsaveScope::Nothing {
+    if xsave_scope(first) != XsaveScope::Area
+        || state.xsave_scope == XsaveScope::Nothing
+        || state.rflags & TRAP_FLAG != 0
+    {
         return run;
     }
     while run.len() + 1 < run_limit {
@@ -489,6 +494,17 @@ mod tests {
         assert_eq!(written.rip, 0x20_000e);
         assert_eq!(written.gpr(0), 1);
         assert_eq!((written.xmm(1), written.xmm(3)), (40, 0x55));
+    }
+
+    #[test]
+    fn a_guest_that_single_steps_itself_gets_no_run() {
+        let mem = memory();
+        let first = sse_run_code(&mem);
+        let mut cpu = cpu_at(0x20_0000);
+        cpu.state.rflags |= 1 << 8;
+        let outcome = emulate_on_vcpu(&mut cpu, &mem, Some(&first), 64).unwrap();
+        assert!(matches!(&outcome, Emulated::Executed(_, run) if run.is_empty()));
+        assert_eq!(cpu.written.as_ref().unwrap().rip, 0x20_0004);
     }
 
     #[test]
