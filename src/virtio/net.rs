@@ -169,7 +169,8 @@ impl NetDevice {
         // Fewer than 2^16 buffers: the queue holds at most QUEUE_SIZE.
         let count = u16::try_from(buffers.len()).unwrap_or(u16::MAX);
         let mut header = [0u8; NET_HEADER_LEN];
-        header.copy_from_slice(&frame[..NET_HEADER_LEN.min(frame.len())]);
+        let header_len = NET_HEADER_LEN.min(frame.len());
+        header[..header_len].copy_from_slice(&frame[..header_len]);
         header[NUM_BUFFERS..].copy_from_slice(&count.to_le_bytes());
         let mut written = 0usize;
         let mut used = Vec::with_capacity(buffers.len());

@@ -266,6 +266,21 @@ fn with_mergeable_buffers_event_indexes_count_every_buffer_of_the_frame() {
 }
 
 #[test]
+fn with_mergeable_buffers_a_frame_shorter_than_its_header_goes_in_as_it_is() {
+    let mem = memory();
+    let (mut driver, mut queue, mut device) = card(&mem, false);
+    post_rx_buffers(&mut driver, 1, 1526);
+    let short = [7u8; 5];
+    assert_eq!(
+        device
+            .deliver_rx_frame_mergeable(&mut queue, &mem, &short)
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(driver.used(0), (0, 5));
+}
+
+#[test]
 fn with_mergeable_buffers_one_shorter_than_the_header_breaks_the_card() {
     let mem = memory();
     let (mut driver, mut queue, mut device) = card(&mem, false);

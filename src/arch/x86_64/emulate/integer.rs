@@ -82,7 +82,8 @@ fn operation(instruction: &Instruction) -> Option<Operation> {
     });
     // `lea` with a segment override would add no segment base; iced's address would.
     let lea_ok = operation != O::Lea || instruction.segment_prefix() == Register::None;
-    (operands_ok && lea_ok).then_some(operation)
+    let size_ok = matches!(operand_size(instruction), 1 | 2 | 4 | 8);
+    (operands_ok && lea_ok && size_ok).then_some(operation)
 }
 
 /// Whether this module executes `instruction`.
